@@ -135,7 +135,5 @@ def delta_weights(
     window_size: float = DEFAULT_WINDOW_SIZE,
 ) -> tuple[Window, np.ndarray]:
     """The whole rule for update k >= 2: the window and the N normalised weights."""
-    window, ranking = delta_window(
-        init_losses, cur_losses, update_index, update_times, window_size
-    )
+    window, ranking = delta_window(init_losses, cur_losses, update_index, update_times, window_size)
     return window, weights_from_window(window, ranking, len(init_losses))

@@ -1,0 +1,327 @@
+"""The trainer-to-scorer wire format over ZeroMQ: pure encode/decode functions.
+
+A request is a multipart message: frame 0 is a UTF-8 JSON header with a protocol version,
+the frames after it carry raw tensor bytes. Every request gets exactly one reply, a single
+JSON frame: an ack or an error with a code and a reason a person can act on.
+Nothing received is ever unpickled: tensors are rebuilt from raw bytes with a declared
+dtype and shape, or from a safetensors blob.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from common.errors import (
+    IntegrityError,
+    MalformedMessage,
+    ProtocolError,
+    TooLarge,
+    VersionMismatch,
+)
+
+PROTOCOL_VERSION = 1
+MAX_HEADER_BYTES = 1 << 20
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "uint8": torch.uint8,
+    "bool": torch.bool,
+}
+DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+
+Frame = bytes | memoryview | Any  # anything exposing the buffer protocol
+
+
+class _Header(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    protocol: int
+    token: str | None = None
+
+
+class LoraSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    r: int = Field(gt=0)
+    alpha: float
+    dropout: float = 0.0
+    target_modules: list[str] | str
+
+
+class Hello(_Header):
+    """Registers a run: what the scorer needs to score the same samples the trainer trains on."""
+
+    type: Literal["hello"] = "hello"
+    run_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
+    base_model: str = Field(min_length=1)
+    finetuning_type: Literal["lora", "full"]
+    lora: LoraSpec | None = None
+    trust_remote_code: bool = False
+    dataset: str = Field(min_length=1)
+    dataset_dir: str | None = None
+    tokenization: dict[str, Any]
+    window_size: float = Field(ge=0.0, le=1.0)
+    update_times: int = Field(ge=1)
+    n_samples: int = Field(ge=1)
+    fingerprint: str = Field(pattern=r"^[0-9a-f]{64}$")
+    vocab_size: int | None = None
+
+
+class TensorEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1)
+    dtype: str
+    shape: list[int]
+    frame: int = Field(ge=1)
+    offset: int = Field(ge=0)
+    length: int = Field(ge=0)
+
+
+class CheckpointHeader(_Header):
+    """One checkpoint: where each tensor lies in the frames after the header."""
+
+    type: Literal["checkpoint"] = "checkpoint"
+    run_id: str = Field(min_length=1, max_length=128)
+    step: int = Field(ge=0)
+    update_index: int = Field(ge=1)
+    kind: Literal["lora", "full"]
+    encoding: Literal["raw", "safetensors"] = "raw"
+    tensors: list[TensorEntry] = Field(default_factory=list)
+    total_bytes: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class Checkpoint(BaseModel):
+    """A decoded checkpoint request: the header and its payload frames."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    header: CheckpointHeader
+    frames: list[Any]
+
+
+Request = Hello | Checkpoint
+
+
+def _json_frame(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
+
+
+def encode_hello(hello: Hello) -> list[bytes]:
+    return [_json_frame(hello.model_dump(exclude_none=True))]
+
+
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """The tensor's bytes without a copy when it is already contiguous on the CPU."""
+    flat = tensor.detach().cpu().contiguous().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy())
+
+
+def payload_sha256(frames: Sequence[Frame]) -> str:
+    digest = hashlib.sha256()
+    for frame in frames:
+        digest.update(frame)
+    return digest.hexdigest()
+
+
+def encode_checkpoint(
+    *,
+    run_id: str,
+    step: int,
+    update_index: int,
+    kind: str,
+    tensors: dict[str, torch.Tensor],
+    token: str | None = None,
+) -> list[Frame]:
+    """Header frame, then one raw frame per tensor (zero-copy when sent with copy=False)."""
+    frames: list[Frame] = []
+    table = []
+    for i, (name, tensor) in enumerate(tensors.items(), start=1):
+        if tensor.dtype not in DTYPE_NAMES:
+            raise ValueError(f"tensor {name} has dtype {tensor.dtype}, which cannot be sent")
+        data = tensor_bytes(tensor)
+        frames.append(data)
+        table.append(
+            TensorEntry(
+                name=name,
+                dtype=DTYPE_NAMES[tensor.dtype],
+                shape=list(tensor.shape),
+                frame=i,
+                offset=0,
+                length=data.nbytes,
+            )
+        )
+    header = CheckpointHeader(
+        protocol=PROTOCOL_VERSION,
+        token=token,
+        run_id=run_id,
+        step=step,
+        update_index=update_index,
+        kind=kind,  # type: ignore[arg-type]
+        tensors=table,
+        total_bytes=sum(f.nbytes for f in frames),
+        sha256=payload_sha256(frames),
+    )
+    return [_json_frame(header.model_dump(exclude_none=True)), *frames]
+
+
+def _parse_header(frame: Frame) -> dict[str, Any]:
+    raw = bytes(frame)
+    if len(raw) > MAX_HEADER_BYTES:
+        raise TooLarge(f"header is {len(raw)} bytes; the limit is {MAX_HEADER_BYTES}")
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MalformedMessage(f"frame 0 must be a UTF-8 JSON header: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise MalformedMessage("frame 0 must be a JSON object")
+    version = obj.get("protocol")
+    if version != PROTOCOL_VERSION:
+        raise VersionMismatch(
+            f"protocol version {version!r} is not supported; this scorer speaks version "
+            f"{PROTOCOL_VERSION}: run trainer and scorer from the same release"
+        )
+    return obj
+
+
+def _validate(model: type[BaseModel], obj: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'header'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise MalformedMessage(f"invalid {obj.get('type')} header: {problems}") from exc
+
+
+def _check_table(header: CheckpointHeader, frames: Sequence[Frame], max_bytes: int) -> None:
+    if header.total_bytes > max_bytes:
+        raise TooLarge(
+            f"checkpoint declares {header.total_bytes} bytes; this scorer accepts at most "
+            f"{max_bytes} (raise max_checkpoint_bytes to allow it)"
+        )
+    sizes = [memoryview(f).nbytes for f in frames]
+    if sum(sizes) != header.total_bytes:
+        raise IntegrityError(
+            f"payload frames hold {sum(sizes)} bytes but the header declares "
+            f"{header.total_bytes}: the message was truncated or padded"
+        )
+    if header.encoding == "safetensors":
+        if len(frames) != 1 or header.tensors:
+            raise MalformedMessage("safetensors encoding takes one blob frame and no table")
+        return
+    if not header.tensors:
+        raise MalformedMessage("a checkpoint must carry at least one tensor")
+    names = set()
+    for entry in header.tensors:
+        if entry.name in names:
+            raise MalformedMessage(f"tensor {entry.name} appears twice in the table")
+        names.add(entry.name)
+        if entry.dtype not in DTYPES:
+            raise MalformedMessage(
+                f"tensor {entry.name}: dtype '{entry.dtype}' is not one of {sorted(DTYPES)}"
+            )
+        if any(d < 0 for d in entry.shape):
+            raise MalformedMessage(f"tensor {entry.name}: negative dimension in {entry.shape}")
+        if entry.frame > len(frames):
+            raise MalformedMessage(
+                f"tensor {entry.name} points at frame {entry.frame}, but only "
+                f"{len(frames)} payload frames came"
+            )
+        itemsize = torch.empty((), dtype=DTYPES[entry.dtype]).element_size()
+        expected = math.prod(entry.shape) * itemsize
+        if entry.length != expected:
+            raise IntegrityError(
+                f"tensor {entry.name}: {entry.dtype}{entry.shape} needs {expected} bytes, "
+                f"the table declares {entry.length}"
+            )
+        if entry.offset + entry.length > sizes[entry.frame - 1]:
+            raise IntegrityError(
+                f"tensor {entry.name}: bytes {entry.offset}..{entry.offset + entry.length} "
+                f"lie beyond frame {entry.frame} ({sizes[entry.frame - 1]} bytes)"
+            )
+
+
+def decode_request(frames: Sequence[Frame], *, max_bytes: int = 1 << 34) -> Request:
+    """Validate a request's framing, header, table and sha256; tensors stay raw bytes."""
+    if not frames:
+        raise MalformedMessage("empty message")
+    obj = _parse_header(frames[0])
+    kind = obj.get("type")
+    if kind == "hello":
+        if len(frames) != 1:
+            raise MalformedMessage("hello takes a single header frame")
+        return _validate(Hello, obj)
+    if kind == "checkpoint":
+        header = _validate(CheckpointHeader, obj)
+        payload = list(frames[1:])
+        _check_table(header, payload, max_bytes)
+        actual = payload_sha256(payload)
+        if actual != header.sha256:
+            raise IntegrityError(
+                f"payload sha256 is {actual}, the header declares {header.sha256}: "
+                "the checkpoint was corrupted in transit; send it again"
+            )
+        return Checkpoint(header=header, frames=payload)
+    raise MalformedMessage(f"unknown message type {kind!r}; expected 'hello' or 'checkpoint'")
+
+
+def decode_tensors(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
+    """Rebuild tensors from raw bytes (one copy each) or from the safetensors blob."""
+    header = checkpoint.header
+    if header.encoding == "safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load as load_safetensors
+
+        try:
+            return load_safetensors(bytes(checkpoint.frames[0]))
+        except (SafetensorError, ValueError) as exc:
+            raise MalformedMessage(f"safetensors blob cannot be read: {exc}") from exc
+    tensors = {}
+    for entry in header.tensors:
+        view = memoryview(checkpoint.frames[entry.frame - 1])[
+            entry.offset : entry.offset + entry.length
+        ]
+        data = bytearray(view)
+        dtype = DTYPES[entry.dtype]
+        tensor = torch.frombuffer(data, dtype=dtype) if data else torch.empty(0, dtype=dtype)
+        tensors[entry.name] = tensor.reshape(entry.shape)
+    return tensors
+
+
+def ack(**fields: Any) -> list[bytes]:
+    return [_json_frame({"protocol": PROTOCOL_VERSION, "ok": True, "type": "ack", **fields})]
+
+
+def error_reply(error: ProtocolError) -> list[bytes]:
+    return [
+        _json_frame(
+            {
+                "protocol": PROTOCOL_VERSION,
+                "ok": False,
+                "type": "error",
+                "code": error.code,
+                "reason": str(error),
+            }
+        )
+    ]
+
+
+def decode_reply(frames: Sequence[Frame]) -> dict[str, Any]:
+    """A reply as a dict; raises the ProtocolError subclass named by an error's code."""
+    if len(frames) != 1:
+        raise MalformedMessage(f"a reply is one frame, got {len(frames)}")
+    reply = json.loads(bytes(frames[0]).decode("utf-8"))
+    if not reply.get("ok"):
+        raise ProtocolError.from_code(reply.get("code", "error"), reply.get("reason", ""))
+    return reply

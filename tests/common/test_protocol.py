@@ -1,0 +1,157 @@
+"""Wire format: round trips and every kind of refusal, without sockets."""
+
+import json
+import pickle
+
+import pytest
+import torch
+
+from common import errors
+from common.protocol import (
+    PROTOCOL_VERSION,
+    Checkpoint,
+    Hello,
+    ack,
+    decode_reply,
+    decode_request,
+    decode_tensors,
+    encode_checkpoint,
+    encode_hello,
+    error_reply,
+)
+
+
+def _hello(**over):
+    fields = dict(
+        protocol=PROTOCOL_VERSION,
+        run_id="run-1",
+        base_model="/models/tiny",
+        finetuning_type="lora",
+        lora={"r": 4, "alpha": 8, "target_modules": "all-linear"},
+        dataset="/data/train.json",
+        tokenization={"template": "auto", "cutoff_len": 256},
+        window_size=0.2,
+        update_times=3,
+        n_samples=64,
+        fingerprint="a" * 64,
+    )
+    fields.update(over)
+    return Hello(**fields)
+
+
+def _tensors():
+    return {
+        "a.weight": torch.arange(12, dtype=torch.float32).reshape(3, 4),
+        "b.weight": torch.randn(2, 5, generator=torch.Generator().manual_seed(0)).to(
+            torch.bfloat16
+        ),
+        "c.bias": torch.zeros(0),
+    }
+
+
+def _frames():
+    return [
+        bytes(f)
+        for f in encode_checkpoint(
+            run_id="run-1", step=4, update_index=2, kind="lora", tensors=_tensors()
+        )
+    ]
+
+
+def test_hello_round_trip():
+    msg = decode_request(encode_hello(_hello()))
+    assert isinstance(msg, Hello) and msg == _hello()
+
+
+def test_checkpoint_round_trip_keeps_dtype_shape_and_bits():
+    msg = decode_request(_frames())
+    assert isinstance(msg, Checkpoint)
+    assert (msg.header.step, msg.header.update_index, msg.header.kind) == (4, 2, "lora")
+    decoded = decode_tensors(msg)
+    for name, tensor in _tensors().items():
+        assert decoded[name].dtype == tensor.dtype and decoded[name].shape == tensor.shape
+        assert torch.equal(decoded[name], tensor)
+
+
+def test_safetensors_blob_is_accepted():
+    from safetensors.torch import save
+
+    blob = save(_tensors())
+    header = json.loads(_frames()[0])
+    header.update(encoding="safetensors", tensors=[], total_bytes=len(blob))
+    import hashlib
+
+    header["sha256"] = hashlib.sha256(blob).hexdigest()
+    msg = decode_request([json.dumps(header).encode(), blob])
+    assert torch.equal(decode_tensors(msg)["a.weight"], _tensors()["a.weight"])
+
+
+def _mutate_header(frames, **changes):
+    header = json.loads(frames[0])
+    header.update(changes)
+    return [json.dumps(header).encode(), *frames[1:]]
+
+
+@pytest.mark.parametrize(
+    ("frames", "error", "words"),
+    [
+        ([], errors.MalformedMessage, "empty"),
+        ([b"\xff\x00not json"], errors.MalformedMessage, "JSON header"),
+        ([b"[1, 2]"], errors.MalformedMessage, "JSON object"),
+        ([pickle.dumps({"type": "hello"})], errors.MalformedMessage, "JSON header"),
+        ([b'{"protocol": 99, "type": "hello"}'], errors.VersionMismatch, "99"),
+        ([b'{"type": "hello"}'], errors.VersionMismatch, "None"),
+        ([b'{"protocol": 1, "type": "nope"}'], errors.MalformedMessage, "unknown message"),
+        ([b'{"protocol": 1, "type": "hello"}'], errors.MalformedMessage, "run_id"),
+    ],
+)
+def test_bad_headers_are_refused(frames, error, words):
+    with pytest.raises(error, match=words):
+        decode_request(frames)
+
+
+def test_wrong_sha256_is_an_integrity_error():
+    frames = _mutate_header(_frames(), sha256="0" * 64)
+    with pytest.raises(errors.IntegrityError, match="sha256"):
+        decode_request(frames)
+
+
+def test_flipped_payload_byte_is_caught():
+    frames = _frames()
+    frames[1] = bytes([frames[1][0] ^ 1]) + frames[1][1:]
+    with pytest.raises(errors.IntegrityError, match="corrupted"):
+        decode_request(frames)
+
+
+def test_tensor_bytes_shorter_or_longer_than_declared():
+    frames = _frames()
+    with pytest.raises(errors.IntegrityError, match="truncated or padded"):
+        decode_request([frames[0], frames[1][:-4], *frames[2:]])
+    with pytest.raises(errors.IntegrityError, match="truncated or padded"):
+        decode_request([frames[0], frames[1] + b"\0" * 4, *frames[2:]])
+
+
+def test_table_that_disagrees_with_shape_is_refused():
+    header = json.loads(_frames()[0])
+    header["tensors"][0]["shape"] = [4, 4]
+    with pytest.raises(errors.IntegrityError, match="needs 64 bytes"):
+        decode_request([json.dumps(header).encode(), *_frames()[1:]])
+    header = json.loads(_frames()[0])
+    header["tensors"][0]["dtype"] = "object"
+    with pytest.raises(errors.MalformedMessage, match="dtype 'object'"):
+        decode_request([json.dumps(header).encode(), *_frames()[1:]])
+    header = json.loads(_frames()[0])
+    header["tensors"][0]["frame"] = 9
+    with pytest.raises(errors.MalformedMessage, match="frame 9"):
+        decode_request([json.dumps(header).encode(), *_frames()[1:]])
+
+
+def test_declared_size_over_limit_is_refused_before_decoding():
+    with pytest.raises(errors.TooLarge, match="at most 10"):
+        decode_request(_frames(), max_bytes=10)
+
+
+def test_replies_round_trip_and_errors_raise_their_class():
+    assert decode_reply(ack(status="queued", step=3))["status"] == "queued"
+    with pytest.raises(errors.UnknownRun, match="no run"):
+        decode_reply(error_reply(errors.UnknownRun("no run x")))
