@@ -1,0 +1,1 @@
+"""The scoring service: checkpoints in over ZeroMQ, losses stored, weights served over REST."""

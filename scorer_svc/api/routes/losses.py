@@ -1,0 +1,61 @@
+"""Loss history: a checkpoint's loss vector, and one sample across checkpoints."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query
+from fastapi import Path as PathParam
+
+from scorer_svc import crud
+from scorer_svc.api.deps import RunDep, SessionDep
+from scorer_svc.api.steps import scored_checkpoint
+from scorer_svc.schemas import LossPage, LossPoint, SampleHistory
+
+router = APIRouter(prefix="/v1/runs/{run_id}", tags=["losses"])
+
+MAX_PAGE = 100_000
+
+
+@router.get("/losses")
+def losses_at_step(
+    session: SessionDep,
+    run: RunDep,
+    step: Annotated[
+        int | None, Query(ge=0, description="a scored step; default the latest")
+    ] = None,
+    offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1000,
+) -> LossPage:
+    checkpoint = scored_checkpoint(session, run, step)
+    values = crud.loss_page(session, run=run, step=checkpoint.step, offset=offset, limit=limit)
+    return LossPage(
+        run_id=run.run_id,
+        step=checkpoint.step,
+        offset=offset,
+        limit=limit,
+        n_samples=run.n_samples,
+        losses=values,
+    )
+
+
+@router.get("/samples/{index}/losses")
+def sample_losses(
+    session: SessionDep,
+    run: RunDep,
+    index: Annotated[int, PathParam(ge=0, le=2**31)],
+) -> SampleHistory:
+    if index >= run.n_samples:
+        raise HTTPException(
+            404, detail=f"sample {index} does not exist: run {run.run_id} has {run.n_samples}"
+        )
+    rows = crud.sample_history(session, run=run, sample_index=index)
+    initial = next((loss for step, _, loss in rows if step == run.initial_step), None)
+    history = [
+        LossPoint(
+            step=step,
+            update_index=update_index,
+            loss=loss,
+            delta=None if loss is None or initial is None else initial - loss,
+        )
+        for step, update_index, loss in rows
+    ]
+    return SampleHistory(run_id=run.run_id, sample_index=index, history=history)

@@ -1,0 +1,48 @@
+"""Runs and their checkpoints."""
+
+from fastapi import APIRouter
+
+from scorer_svc import crud
+from scorer_svc.api.deps import RunDep, SessionDep
+from scorer_svc.models import Run
+from scorer_svc.schemas import CheckpointInfo, RunInfo
+
+router = APIRouter(prefix="/v1/runs", tags=["runs"])
+
+
+def run_info(session: SessionDep, run: Run) -> RunInfo:
+    n_invalid = None
+    if run.initial_step is not None and crud.count_losses(session, run=run, step=run.initial_step):
+        n_invalid = crud.count_null_at(session, run=run, step=run.initial_step)
+    return RunInfo(
+        run_id=run.run_id,
+        base_model=run.base_model,
+        finetuning_type=run.finetuning_type,
+        n_samples=run.n_samples,
+        n_no_labels=run.n_no_labels,
+        n_invalid=n_invalid,
+        window_size=run.window_size,
+        update_times=run.update_times,
+        fingerprint=run.fingerprint,
+        initial_step=run.initial_step,
+        created_at=run.created_at,
+        config=run.config,
+    )
+
+
+@router.get("")
+def list_runs(session: SessionDep) -> list[RunInfo]:
+    return [run_info(session, run) for run in crud.list_runs(session)]
+
+
+@router.get("/{run_id}")
+def get_run(session: SessionDep, run: RunDep) -> RunInfo:
+    return run_info(session, run)
+
+
+@router.get("/{run_id}/checkpoints")
+def list_checkpoints(session: SessionDep, run: RunDep) -> list[CheckpointInfo]:
+    return [
+        CheckpointInfo.model_validate(c, from_attributes=True)
+        for c in crud.list_checkpoints(session, run=run)
+    ]

@@ -1,0 +1,40 @@
+"""Finding the checkpoint a request names, with the errors the API promises."""
+
+from fastapi import HTTPException
+from sqlalchemy.orm import Session
+
+from scorer_svc import crud
+from scorer_svc.models import FAILED, SCORED, Checkpoint, Run
+
+
+class NotScoredYet(Exception):
+    def __init__(self, checkpoint: Checkpoint) -> None:
+        super().__init__(checkpoint.status)
+        self.checkpoint = checkpoint
+
+
+def named_checkpoint(session: Session, run: Run, step: int | None) -> Checkpoint:
+    """The checkpoint at `step`, or the latest scored one; 404 when there is none."""
+    if step is None:
+        latest = crud.latest_scored(session, run=run)
+        if latest is None:
+            raise HTTPException(404, detail=f"run {run.run_id} has no scored checkpoint yet")
+        return latest
+    checkpoint = crud.get_checkpoint(session, run=run, step=step)
+    if checkpoint is None:
+        raise HTTPException(
+            404, detail=f"run {run.run_id} has no checkpoint at step {step}; see /checkpoints"
+        )
+    return checkpoint
+
+
+def scored_checkpoint(session: Session, run: Run, step: int | None) -> Checkpoint:
+    """As named_checkpoint, and 409 if it failed, NotScoredYet if it is still pending."""
+    checkpoint = named_checkpoint(session, run, step)
+    if checkpoint.status == FAILED:
+        raise HTTPException(
+            409, detail=f"scoring step {checkpoint.step} failed: {checkpoint.error}"
+        )
+    if checkpoint.status != SCORED:
+        raise NotScoredYet(checkpoint)
+    return checkpoint

@@ -1,0 +1,74 @@
+"""Length-grouped, right-padded batches: the same batches for every checkpoint of a run."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from common.tokenization import IGNORE_INDEX, EncodedSample
+
+
+@dataclass(frozen=True)
+class Batch:
+    indices: list[int]
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+
+    @property
+    def real_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+    @property
+    def padded_tokens(self) -> int:
+        return self.input_ids.numel()
+
+
+def group_by_length(
+    lengths: Sequence[int], *, batch_size: int, max_batch_tokens: int
+) -> list[list[int]]:
+    """Sample indices sorted by length (ties by index), cut into batches of at most
+    batch_size rows and at most max_batch_tokens padded tokens (a longer sample goes alone)."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        width = lengths[index]  # sorted ascending: the newest sample is the longest
+        if current and (
+            len(current) >= batch_size or width * (len(current) + 1) > max_batch_tokens
+        ):
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def collate(samples: Sequence[EncodedSample], indices: list[int], pad_id: int) -> Batch:
+    width = max(len(samples[i].input_ids) for i in indices)
+    input_ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(indices), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(indices), width), dtype=torch.long)
+    for row, index in enumerate(indices):
+        sample = samples[index]
+        n = len(sample.input_ids)
+        input_ids[row, :n] = torch.tensor(sample.input_ids)
+        labels[row, :n] = torch.tensor(sample.labels)
+        mask[row, :n] = 1
+    return Batch(indices, input_ids, mask, labels)
+
+
+def make_batches(
+    samples: Sequence[EncodedSample], *, batch_size: int, max_batch_tokens: int, pad_id: int
+) -> list[Batch]:
+    """Batches of the samples that have label tokens; the others have no loss to compute."""
+    scorable = [i for i, s in enumerate(samples) if s.n_label_tokens > 0]
+    groups = group_by_length(
+        [len(samples[i].input_ids) for i in scorable],
+        batch_size=batch_size,
+        max_batch_tokens=max_batch_tokens,
+    )
+    return [collate(samples, [scorable[j] for j in group], pad_id) for group in groups]

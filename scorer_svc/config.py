@@ -1,0 +1,93 @@
+"""Scorer settings: flags, SCORER_* environment variables or a YAML file, validated at start."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger(__name__)
+
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+class SettingsError(ValueError):
+    """One or more settings are invalid; the message names every one."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SCORER_", extra="forbid")
+
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8000, ge=0, le=65535)
+    zmq_url: str = "tcp://127.0.0.1:5555"
+    data_dir: Path = Path("scorer_data")
+    database_url: str | None = None  # default: sqlite:///<data_dir>/scorer.db
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    dtype: str = "auto"  # auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16
+    batch_size: int = Field(8, ge=1)
+    max_batch_tokens: int = Field(16384, ge=1)
+    max_checkpoint_bytes: int = Field(16 << 30, ge=1)
+    retry_after_seconds: int = Field(1, ge=1)
+    keep_checkpoints: bool = False  # keep tensors after scoring (they are needed only until then)
+    log_level: str = "INFO"
+
+    @field_validator("zmq_url")
+    @classmethod
+    def _zmq_url(cls, value: str) -> str:
+        if not value.startswith(("tcp://", "ipc://", "inproc://")):
+            raise ValueError("must look like tcp://HOST:PORT (or ipc://PATH)")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        ok = value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit())
+        if not ok:
+            raise ValueError("must be auto, cpu, cuda or cuda:N")
+        return value
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, value: str) -> str:
+        if value not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError("must be auto, float32, bfloat16 or float16")
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'scorer.db'}"
+
+    def exposed_addresses(self) -> list[str]:
+        """Addresses bound beyond loopback, to be logged at start."""
+        exposed = []
+        if not _is_loopback(self.http_host):
+            exposed.append(f"http://{self.http_host}:{self.http_port}")
+        zmq_host = self.zmq_url.split("://", 1)[1].rsplit(":", 1)[0]
+        if self.zmq_url.startswith("tcp://") and not _is_loopback(zmq_host):
+            exposed.append(self.zmq_url)
+        return exposed
+
+
+def _is_loopback(host: str) -> bool:
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def load_settings(overrides: dict[str, Any]) -> Settings:
+    """Settings from overrides (flags, file) over SCORER_* variables over defaults."""
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "\n".join(
+            f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise SettingsError(f"invalid scorer settings:\n{problems}") from None

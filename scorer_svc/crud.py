@@ -1,0 +1,270 @@
+"""Data access: every query the services and routes need, keyword-only, no SQL elsewhere."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import numpy as np
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.orm import Session
+
+from common.selection import Window as WindowData
+from scorer_svc.models import (
+    FAILED,
+    PENDING,
+    RECEIVED,
+    SCORED,
+    SCORING,
+    Checkpoint,
+    Loss,
+    Run,
+    Window,
+)
+
+
+def now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+# runs
+
+
+def get_run(session: Session, *, run_id: str) -> Run | None:
+    return session.scalar(select(Run).where(Run.run_id == run_id))
+
+
+def list_runs(session: Session) -> Sequence[Run]:
+    return session.scalars(select(Run).order_by(Run.id)).all()
+
+
+def create_run(session: Session, *, config: dict, n_no_labels: int) -> Run:
+    run = Run(
+        run_id=config["run_id"],
+        base_model=config["base_model"],
+        finetuning_type=config["finetuning_type"],
+        config=config,
+        fingerprint=config["fingerprint"],
+        n_samples=config["n_samples"],
+        n_no_labels=n_no_labels,
+        window_size=config["window_size"],
+        update_times=config["update_times"],
+        created_at=now(),
+    )
+    session.add(run)
+    session.commit()
+    return run
+
+
+def set_initial_step(session: Session, *, run: Run, step: int) -> None:
+    run.initial_step = step
+    session.commit()
+
+
+# checkpoints
+
+
+def get_checkpoint(session: Session, *, run: Run, step: int) -> Checkpoint | None:
+    return session.scalar(
+        select(Checkpoint).where(Checkpoint.run_pk == run.id, Checkpoint.step == step)
+    )
+
+
+def list_checkpoints(session: Session, *, run: Run) -> Sequence[Checkpoint]:
+    return session.scalars(
+        select(Checkpoint).where(Checkpoint.run_pk == run.id).order_by(Checkpoint.step)
+    ).all()
+
+
+def scored_steps(session: Session, *, run: Run) -> list[int]:
+    return list(
+        session.scalars(
+            select(Checkpoint.step)
+            .where(Checkpoint.run_pk == run.id, Checkpoint.status == SCORED)
+            .order_by(Checkpoint.step)
+        )
+    )
+
+
+def latest_scored(session: Session, *, run: Run) -> Checkpoint | None:
+    return session.scalar(
+        select(Checkpoint)
+        .where(Checkpoint.run_pk == run.id, Checkpoint.status == SCORED)
+        .order_by(Checkpoint.step.desc())
+        .limit(1)
+    )
+
+
+def add_checkpoint(
+    session: Session,
+    *,
+    run: Run,
+    step: int,
+    update_index: int,
+    kind: str,
+    sha256: str,
+    path: str,
+    n_bytes: int,
+) -> Checkpoint:
+    checkpoint = Checkpoint(
+        run_pk=run.id,
+        step=step,
+        update_index=update_index,
+        kind=kind,
+        sha256=sha256,
+        path=path,
+        n_bytes=n_bytes,
+        status=RECEIVED,
+        received_at=now(),
+    )
+    session.add(checkpoint)
+    if update_index == 1 and run.initial_step is None:
+        run.initial_step = step
+    session.commit()
+    return checkpoint
+
+
+def next_pending(session: Session) -> Checkpoint | None:
+    """The oldest checkpoint acknowledged but not scored (including one cut off mid-scoring)."""
+    return session.scalar(
+        select(Checkpoint).where(Checkpoint.status.in_(PENDING)).order_by(Checkpoint.id).limit(1)
+    )
+
+
+def mark_scoring(session: Session, *, checkpoint: Checkpoint) -> None:
+    checkpoint.status = SCORING
+    checkpoint.started_at = now()
+    checkpoint.error = None
+    session.commit()
+
+
+def mark_received(session: Session, *, checkpoint_id: int) -> None:
+    session.execute(
+        update(Checkpoint)
+        .where(Checkpoint.id == checkpoint_id)
+        .values(status=RECEIVED, started_at=None)
+    )
+    session.commit()
+
+
+def mark_failed(session: Session, *, checkpoint_id: int, error: str) -> None:
+    session.execute(
+        update(Checkpoint)
+        .where(Checkpoint.id == checkpoint_id)
+        .values(status=FAILED, error=error, finished_at=now())
+    )
+    session.commit()
+
+
+def store_scores(
+    session: Session,
+    *,
+    checkpoint: Checkpoint,
+    losses: np.ndarray,
+    window: WindowData | None,
+    seconds: float,
+) -> None:
+    """All of a checkpoint's losses, its window and its status, in one transaction."""
+    rows = [
+        {"run_pk": checkpoint.run_pk, "step": checkpoint.step, "sample_index": i, "loss": v}
+        for i, v in enumerate(_nullable(losses))
+    ]
+    if rows:
+        session.execute(insert(Loss), rows)
+    if window is not None:
+        session.add(
+            Window(
+                run_pk=checkpoint.run_pk,
+                step=checkpoint.step,
+                update_index=window.update_index,
+                t=window.t,
+                T=window.T,
+                u=window.u,
+                start=window.start,
+                end=window.end,
+                truncated_at=window.truncated_at,
+                n_ranked=window.n_ranked,
+            )
+        )
+    session.execute(
+        update(Checkpoint)
+        .where(Checkpoint.id == checkpoint.id)
+        .values(
+            status=SCORED,
+            finished_at=now(),
+            score_seconds=seconds,
+            samples_per_second=len(rows) / seconds if seconds > 0 else None,
+            n_null=int(np.count_nonzero(~np.isfinite(losses))),
+            error=None,
+        )
+    )
+    session.commit()
+
+
+def _nullable(losses: np.ndarray) -> list[float | None]:
+    return [float(v) if math.isfinite(v) else None for v in losses.tolist()]
+
+
+# losses and windows
+
+
+def losses_at(session: Session, *, run: Run, step: int) -> np.ndarray:
+    """The N losses at a scored step as float64, NaN where NULL."""
+    values = session.execute(
+        select(Loss.sample_index, Loss.loss)
+        .where(Loss.run_pk == run.id, Loss.step == step)
+        .order_by(Loss.sample_index)
+    ).all()
+    out = np.full(run.n_samples, np.nan)
+    for index, loss in values:
+        if loss is not None:
+            out[index] = loss
+    return out
+
+
+def count_losses(session: Session, *, run: Run, step: int) -> int:
+    return (
+        session.scalar(
+            select(func.count()).select_from(Loss).where(Loss.run_pk == run.id, Loss.step == step)
+        )
+        or 0
+    )
+
+
+def loss_page(session: Session, *, run: Run, step: int, offset: int, limit: int) -> list:
+    return list(
+        session.scalars(
+            select(Loss.loss)
+            .where(Loss.run_pk == run.id, Loss.step == step, Loss.sample_index >= offset)
+            .order_by(Loss.sample_index)
+            .limit(limit)
+        )
+    )
+
+
+def sample_history(session: Session, *, run: Run, sample_index: int) -> list[tuple]:
+    """(step, update_index, loss) of one sample at every scored checkpoint, by step."""
+    return list(
+        session.execute(
+            select(Loss.step, Checkpoint.update_index, Loss.loss)
+            .join(Checkpoint, (Checkpoint.run_pk == Loss.run_pk) & (Checkpoint.step == Loss.step))
+            .where(Loss.run_pk == run.id, Loss.sample_index == sample_index)
+            .order_by(Loss.step)
+        ).all()
+    )
+
+
+def get_window(session: Session, *, run: Run, step: int) -> Window | None:
+    return session.get(Window, (run.id, step))
+
+
+def count_null_at(session: Session, *, run: Run, step: int) -> int:
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(Loss)
+            .where(Loss.run_pk == run.id, Loss.step == step, Loss.loss.is_(None))
+        )
+        or 0
+    )

@@ -1,0 +1,216 @@
+"""The ZeroMQ ROUTER: registers runs and takes in checkpoints, one reply per request."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+from sqlalchemy.orm import Session, sessionmaker
+
+from common.errors import (
+    CheckpointRejected,
+    ProtocolError,
+    RunMismatch,
+    ScorerInternalError,
+    UnknownRun,
+)
+from common.protocol import (
+    Checkpoint,
+    Hello,
+    ack,
+    decode_request,
+    decode_tensors,
+    error_reply,
+)
+from scorer_svc import crud
+from scorer_svc.config import Settings
+from scorer_svc.models import Run
+from scorer_svc.registry import Registry, differences, identity
+from scorer_svc.store import checkpoint_path, write_checkpoint
+
+log = logging.getLogger(__name__)
+
+POLL_MS = 200
+
+
+class Intake:
+    """Handles decoded requests; the socket loop lives in IntakeServer."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        registry: Registry,
+        on_queued: Callable[[], None],
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.registry = registry
+        self.on_queued = on_queued
+
+    def handle(self, frames: list[Any]) -> list[bytes]:
+        try:
+            message = decode_request(frames, max_bytes=self.settings.max_checkpoint_bytes)
+            with self.sessions() as session:
+                if isinstance(message, Hello):
+                    return self.hello(session, message)
+                return self.checkpoint(session, message)
+        except ProtocolError as error:
+            log.warning("refused request: %s: %s", error.code, error)
+            return error_reply(error)
+        except Exception as error:  # a reply is owed even when the scorer itself fails
+            log.exception("request failed inside the scorer")
+            return error_reply(
+                ScorerInternalError(
+                    f"the scorer failed on this request: {type(error).__name__}: "
+                    f"{error}; see the scorer's log"
+                )
+            )
+
+    def hello(self, session: Session, hello: Hello) -> list[bytes]:
+        run = crud.get_run(session, run_id=hello.run_id)
+        if run is not None:
+            diffs = differences(run.config, hello)
+            if diffs:
+                raise RunMismatch(
+                    f"run {hello.run_id} is already registered with other settings: "
+                    + "; ".join(diffs)
+                    + ". Use a new run id for a different run."
+                )
+            status = "already_registered"
+        else:
+            data = self.registry.prepare(hello)
+            self.registry.model(hello)
+            config = {**hello.model_dump(exclude={"token"}), **identity(hello)}
+            run = crud.create_run(session, config=config, n_no_labels=data.n_no_labels)
+            status = "registered"
+            log.info(
+                "registered run %s: %d samples, %d without label tokens",
+                hello.run_id,
+                run.n_samples,
+                data.n_no_labels,
+            )
+        return ack(
+            status=status,
+            run_id=run.run_id,
+            n_samples=run.n_samples,
+            scored_steps=crud.scored_steps(session, run=run),
+        )
+
+    def checkpoint(self, session: Session, message: Checkpoint) -> list[bytes]:
+        header = message.header
+        run = crud.get_run(session, run_id=header.run_id)
+        if run is None:
+            raise UnknownRun(
+                f"no run '{header.run_id}' is registered with this scorer: send hello first"
+            )
+        self._check_fits_run(run, header.kind, header.update_index)
+        existing = crud.get_checkpoint(session, run=run, step=header.step)
+        if existing is not None:
+            if existing.sha256 != header.sha256:
+                raise CheckpointRejected(
+                    f"step {header.step} of run {run.run_id} was already received with other "
+                    "content; a step is scored once"
+                )
+            return ack(
+                status="duplicate",
+                run_id=run.run_id,
+                step=header.step,
+                update_index=existing.update_index,
+            )
+        if header.update_index >= 2 and run.initial_step is None:
+            raise CheckpointRejected(
+                f"run {run.run_id} has no initial checkpoint yet: update 1 must come first"
+            )
+        tensors = decode_tensors(message)
+        hello = Hello.model_validate(run.config)
+        self.registry.prepare(hello)
+        self.registry.model(hello).check(
+            [
+                (name, str(t.dtype).removeprefix("torch."), list(t.shape))
+                for name, t in tensors.items()
+            ]
+        )
+        path = checkpoint_path(self.settings.data_dir, run.run_id, header.step)
+        n_bytes = write_checkpoint(path, tensors)
+        try:
+            crud.add_checkpoint(
+                session,
+                run=run,
+                step=header.step,
+                update_index=header.update_index,
+                kind=header.kind,
+                sha256=header.sha256,
+                path=str(path),
+                n_bytes=n_bytes,
+            )
+        except Exception:
+            session.rollback()
+            path.unlink(missing_ok=True)
+            raise
+        log.info(
+            "queued run %s step %d (update %d, %d bytes)",
+            run.run_id,
+            header.step,
+            header.update_index,
+            n_bytes,
+        )
+        self.on_queued()
+        return ack(
+            status="queued", run_id=run.run_id, step=header.step, update_index=header.update_index
+        )
+
+    @staticmethod
+    def _check_fits_run(run: Run, kind: str, update_index: int) -> None:
+        if kind != run.finetuning_type:
+            raise CheckpointRejected(
+                f"checkpoint kind {kind} does not match run {run.run_id} ({run.finetuning_type})"
+            )
+        if not 1 <= update_index <= run.update_times:
+            raise CheckpointRejected(
+                f"update index {update_index} is outside 1..{run.update_times} (update_times "
+                f"of run {run.run_id})"
+            )
+
+
+class IntakeServer:
+    """Binds the ROUTER at construction (so a busy port fails start) and serves in a thread."""
+
+    def __init__(self, url: str, intake: Intake, max_message_bytes: int) -> None:
+        self.intake = intake
+        self._context = zmq.Context()
+        self._socket = self._context.socket(zmq.ROUTER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        try:
+            self._socket.bind(url)
+        except zmq.ZMQError as exc:
+            self._socket.close(0)
+            self._context.term()
+            raise RuntimeError(f"cannot bind the ZeroMQ socket at {url}: {exc}") from exc
+        self.url = url
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="intake", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        self._socket.close(0)
+        self._context.term()
+
+    def _serve(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._socket, zmq.POLLIN)
+        while not self._stop.is_set():
+            if not poller.poll(POLL_MS):
+                continue
+            frames = self._socket.recv_multipart(copy=False)
+            identity, body = frames[0], [f.buffer for f in frames[1:]]
+            reply = self.intake.handle(body)
+            self._socket.send_multipart([identity.bytes, *reply])

@@ -1,0 +1,102 @@
+"""Tables: runs, their checkpoints, every sample's loss per checkpoint, and window data."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+RECEIVED, SCORING, SCORED, FAILED = "received", "scoring", "scored", "failed"
+PENDING = (RECEIVED, SCORING)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Run(Base):
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(128), unique=True)
+    base_model: Mapped[str] = mapped_column(Text)
+    finetuning_type: Mapped[str] = mapped_column(String(16))
+    config: Mapped[dict] = mapped_column(JSON)  # the hello that registered the run
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    n_samples: Mapped[int] = mapped_column(Integer)
+    n_no_labels: Mapped[int] = mapped_column(Integer)
+    window_size: Mapped[float] = mapped_column(Float)
+    update_times: Mapped[int] = mapped_column(Integer)
+    initial_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+    __table_args__ = (
+        UniqueConstraint("run_pk", "step"),
+        Index("ix_checkpoints_status", "status", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_pk: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    step: Mapped[int] = mapped_column(Integer)
+    update_index: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))
+    sha256: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)
+    n_bytes: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    received_at: Mapped[datetime] = mapped_column(DateTime)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    score_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    samples_per_second: Mapped[float | None] = mapped_column(Float, nullable=True)
+    n_null: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Loss(Base):
+    """One sample's loss at one checkpoint; NULL when the loss does not exist or is not finite.
+
+    The primary key serves "all losses at a step"; the index serves "one sample across steps".
+    """
+
+    __tablename__ = "losses"
+    __table_args__ = (
+        Index("ix_losses_sample", "run_pk", "sample_index", "step"),
+        {"sqlite_with_rowid": False},
+    )
+
+    run_pk: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sample_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class Window(Base):
+    """Where the window sat at an update k >= 2: with the losses, rebuilds the weights."""
+
+    __tablename__ = "windows"
+
+    run_pk: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    update_index: Mapped[int] = mapped_column(Integer)
+    t: Mapped[int] = mapped_column(Integer)
+    T: Mapped[int] = mapped_column("t_max", Integer)  # SQLite names ignore case
+    u: Mapped[float] = mapped_column(Float)
+    start: Mapped[int] = mapped_column(Integer)
+    end: Mapped[int] = mapped_column(Integer)
+    truncated_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    n_ranked: Mapped[int] = mapped_column(Integer)

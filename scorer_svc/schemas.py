@@ -1,0 +1,89 @@
+"""Response bodies of the REST API (separate from the tables)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class Health(BaseModel):
+    status: str
+
+
+class RunInfo(BaseModel):
+    run_id: str
+    base_model: str
+    finetuning_type: str
+    n_samples: int
+    n_no_labels: int
+    n_invalid: int | None  # samples with no loss at the initial checkpoint
+    window_size: float
+    update_times: int
+    fingerprint: str
+    initial_step: int | None
+    created_at: datetime
+    config: dict[str, Any]
+
+
+class CheckpointInfo(BaseModel):
+    step: int
+    update_index: int
+    kind: str
+    status: str
+    sha256: str
+    n_bytes: int
+    received_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    score_seconds: float | None
+    samples_per_second: float | None
+    n_null: int | None
+    error: str | None
+
+
+class LossPage(BaseModel):
+    run_id: str
+    step: int
+    offset: int
+    limit: int
+    n_samples: int
+    losses: list[float | None]
+
+
+class LossPoint(BaseModel):
+    step: int
+    update_index: int
+    loss: float | None
+    delta: float | None  # initial loss minus this loss
+
+
+class SampleHistory(BaseModel):
+    run_id: str
+    sample_index: int
+    history: list[LossPoint]
+
+
+class WindowInfo(BaseModel):
+    start: int
+    end: int
+    truncated_at: int | None
+
+
+class WeightsBody(BaseModel):
+    run_id: str
+    step: int
+    update_index: int
+    t: int | None
+    T: int | None
+    u: float | None
+    window: WindowInfo | None
+    n_samples: int
+    n_ranked: int
+    weights: list[float]
+
+
+class Pending(BaseModel):
+    detail: str
+    status: str

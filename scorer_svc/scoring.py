@@ -1,0 +1,186 @@
+"""The scoring model: loaded once, checkpoints copied into it in place, every sample's loss."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from common.errors import CheckpointRejected
+from common.tokenization import IGNORE_INDEX
+from scorer_svc.batching import Batch
+
+log = logging.getLogger(__name__)
+
+
+class ScoringAborted(Exception):
+    """Scoring stopped because the service is shutting down; the checkpoint stays pending."""
+
+
+def per_sample_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over each row's label tokens after the shift; NaN for a row with none.
+
+    Matches `model(..., labels=row).loss` for each row taken alone.
+    """
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:]
+    token_loss = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)),
+        shift_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    ).view(shift_labels.shape)
+    mask = shift_labels != IGNORE_INDEX
+    sums = (token_loss * mask).sum(dim=1)
+    counts = mask.sum(dim=1)
+    return torch.where(counts > 0, sums / counts.clamp(min=1), torch.full_like(sums, torch.nan))
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    shape: tuple[int, ...]
+    is_float: bool
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name} was asked for, but CUDA is not available here")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+class ScoringModel:
+    """One model per run, on one device; a checkpoint is copied into its tensors in place."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, kind: str) -> None:
+        self.model = model.to(device).eval()
+        self.device = device
+        self.kind = kind
+        self.targets = self._targets()
+        self.manifest = {
+            name: ParamSpec(tuple(t.shape), t.is_floating_point())
+            for name, t in self.targets.items()
+        }
+        self._required = set(self._required_names())
+
+    @classmethod
+    def load(
+        cls,
+        base_model: str,
+        *,
+        kind: str,
+        lora: dict | None,
+        device: torch.device,
+        dtype: torch.dtype,
+        trust_remote_code: bool = False,
+    ) -> ScoringModel:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(
+            base_model, dtype=dtype, trust_remote_code=trust_remote_code
+        )
+        if kind == "lora":
+            from peft import LoraConfig, get_peft_model
+
+            assert lora is not None
+            config = LoraConfig(
+                r=lora["r"],
+                lora_alpha=lora["alpha"],
+                lora_dropout=lora.get("dropout", 0.0),
+                target_modules=lora["target_modules"],
+                task_type="CAUSAL_LM",
+            )
+            model = get_peft_model(model, config)
+        return cls(model, device, kind)
+
+    def _targets(self) -> dict[str, torch.Tensor]:
+        if self.kind == "lora":
+            return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        return dict(self.model.state_dict())
+
+    def _required_names(self) -> list[str]:
+        if self.kind == "lora":
+            return list(self.targets)
+        return [name for name, _ in self.model.named_parameters()]  # tied weights once
+
+    def check(self, table: Sequence[tuple[str, str, list[int]]]) -> None:
+        """Refuse a checkpoint whose names or shapes do not fit this model, naming them."""
+        problems = []
+        names = set()
+        for name, dtype, shape in table:
+            names.add(name)
+            spec = self.manifest.get(name)
+            if spec is None:
+                problems.append(f"unknown tensor {name}")
+            elif tuple(shape) != spec.shape:
+                problems.append(f"{name} has shape {list(shape)}, the model has {list(spec.shape)}")
+            elif spec.is_float != dtype.startswith(("float", "bfloat")):
+                problems.append(f"{name} has dtype {dtype}, which does not fit the model")
+        missing = self._required - names
+        if missing:
+            problems.append(f"{len(missing)} tensors missing, e.g. {sorted(missing)[0]}")
+        if problems:
+            shown = "; ".join(problems[:5]) + (
+                f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+            )
+            raise CheckpointRejected(
+                f"checkpoint does not fit the {self.kind} model of this run: {shown}"
+            )
+
+    @torch.no_grad()
+    def apply(self, tensors: dict[str, torch.Tensor]) -> None:
+        for name, tensor in tensors.items():
+            self.targets[name].copy_(tensor)
+
+    @torch.no_grad()
+    def score(
+        self,
+        batches: Sequence[Batch],
+        n_samples: int,
+        *,
+        stop: threading.Event | None = None,
+        desc: str = "scoring",
+    ) -> np.ndarray:
+        """Every sample's loss (float64, NaN where none); raises ScoringAborted on stop."""
+        losses = np.full(n_samples, np.nan)
+        autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if self.device.type == "cuda"
+            else nullcontext()
+        )
+        n_rows = sum(len(b.indices) for b in batches)
+        with tqdm(total=n_rows, desc=desc, unit="sample", leave=False) as bar, autocast:
+            for batch in batches:
+                if stop is not None and stop.is_set():
+                    raise ScoringAborted(desc)
+                logits = self.model(
+                    input_ids=batch.input_ids.to(self.device),
+                    attention_mask=batch.attention_mask.to(self.device),
+                ).logits
+                values = per_sample_losses(logits, batch.labels.to(self.device))
+                losses[batch.indices] = values.double().cpu().numpy()
+                bar.update(len(batch.indices))
+        return losses
+
+
+def timed_score(
+    model: ScoringModel, batches: Sequence[Batch], n: int, **kw
+) -> tuple[np.ndarray, float]:
+    start = time.perf_counter()
+    losses = model.score(batches, n, **kw)
+    return losses, time.perf_counter() - start

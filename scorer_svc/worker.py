@@ -1,0 +1,123 @@
+"""The scoring worker: takes acknowledged checkpoints in order and stores every sample's loss."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from common.protocol import Hello
+from common.selection import delta_window
+from scorer_svc import crud
+from scorer_svc.models import FAILED, SCORED, Checkpoint, Run
+from scorer_svc.registry import Registry
+from scorer_svc.scoring import ScoringAborted, timed_score
+from scorer_svc.store import read_checkpoint
+
+log = logging.getLogger(__name__)
+
+IDLE_WAIT_S = 0.5
+
+
+class Worker:
+    def __init__(
+        self, sessions: sessionmaker[Session], registry: Registry, *, keep_checkpoints: bool
+    ) -> None:
+        self.sessions = sessions
+        self.registry = registry
+        self.keep_checkpoints = keep_checkpoints
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="scorer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 60) -> None:
+        """Stop between batches; a checkpoint cut off stays pending and is scored on restart."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=timeout)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                worked = self.run_once()
+            except Exception:
+                log.exception("scoring loop error")
+                worked = False
+            if not worked:
+                self._wake.wait(IDLE_WAIT_S)
+                self._wake.clear()
+
+    def run_once(self) -> bool:
+        """Score the oldest pending checkpoint; False when there was none."""
+        with self.sessions() as session:
+            checkpoint = crud.next_pending(session)
+            if checkpoint is None:
+                return False
+            self._score(session, checkpoint)
+            return True
+
+    def _score(self, session: Session, checkpoint: Checkpoint) -> None:
+        run = session.get(Run, checkpoint.run_pk)
+        assert run is not None
+        crud.mark_scoring(session, checkpoint=checkpoint)
+        label = f"run {run.run_id} step {checkpoint.step}"
+        try:
+            hello = Hello.model_validate(run.config)
+            data = self.registry.prepare(hello)
+            model = self.registry.model(hello)
+            model.apply(read_checkpoint(checkpoint.path))
+            losses, seconds = timed_score(
+                model, data.batches, run.n_samples, stop=self._stop, desc=label
+            )
+            window = None
+            if checkpoint.update_index >= 2:
+                window = self._window(session, run, checkpoint, losses)
+            crud.store_scores(
+                session, checkpoint=checkpoint, losses=losses, window=window, seconds=seconds
+            )
+        except ScoringAborted:
+            session.rollback()
+            crud.mark_received(session, checkpoint_id=checkpoint.id)
+            log.warning("stopped while scoring %s; it will be scored on restart", label)
+            return
+        except Exception as error:
+            session.rollback()
+            log.exception("scoring %s failed", label)
+            crud.mark_failed(
+                session, checkpoint_id=checkpoint.id, error=f"{type(error).__name__}: {error}"
+            )
+            return
+        log.info(
+            "scored %s (update %d): %d samples in %.2fs, %.1f samples/s",
+            label,
+            checkpoint.update_index,
+            run.n_samples,
+            seconds,
+            run.n_samples / seconds if seconds else float("inf"),
+        )
+        if not self.keep_checkpoints:
+            Path(checkpoint.path).unlink(missing_ok=True)
+
+    @staticmethod
+    def _window(session: Session, run: Run, checkpoint: Checkpoint, losses):  # type: ignore[no-untyped-def]
+        assert run.initial_step is not None
+        initial = crud.get_checkpoint(session, run=run, step=run.initial_step)
+        if initial is None or initial.status != SCORED:
+            reason = initial.error if initial is not None and initial.status == FAILED else None
+            raise RuntimeError(
+                f"the initial checkpoint (step {run.initial_step}) has no losses"
+                + (f": it failed with {reason}" if reason else "")
+            )
+        init = crud.losses_at(session, run=run, step=run.initial_step)
+        window, _ = delta_window(
+            init, losses, checkpoint.update_index, run.update_times, run.window_size
+        )
+        return window

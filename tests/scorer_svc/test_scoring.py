@@ -1,0 +1,108 @@
+"""Loss of a sample: batched and length-grouped equals the model's own batch-of-one loss."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from common.errors import CheckpointRejected
+from common.tokenization import TokenizationSettings, encode_dataset
+from scorer_svc.batching import group_by_length, make_batches
+from scorer_svc.scoring import ScoringModel
+from tests.conftest import make_samples
+
+LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}
+
+
+def _encoded(tiny_model, n=24, cutoff=1024):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    samples = make_samples(n)
+    samples.append({"instruction": "x" * 500, "input": "", "output": "cut off"})
+    return encode_dataset(tokenizer, samples, TokenizationSettings(cutoff_len=cutoff))
+
+
+def _reference_losses(model, encoded):
+    out = []
+    for sample in encoded:
+        if sample.n_label_tokens == 0:
+            out.append(float("nan"))
+            continue
+        ids = torch.tensor([sample.input_ids])
+        loss = model(
+            input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.tensor([sample.labels])
+        ).loss
+        out.append(loss.item())
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def _perturb_lora(model: ScoringModel, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        name: torch.randn(spec.shape, generator=g) * 0.1 for name, spec in model.manifest.items()
+    }
+
+
+def test_batched_losses_equal_batch_of_one(tiny_model):
+    encoded = _encoded(tiny_model, cutoff=400)
+    lengths = sorted(len(s.input_ids) for s in encoded)
+    assert lengths[-1] > 4 * lengths[0]  # very different lengths share batches
+    scorer = ScoringModel.load(
+        str(tiny_model), kind="lora", lora=LORA, device=torch.device("cpu"), dtype=torch.float32
+    )
+    scorer.apply(_perturb_lora(scorer, 1))  # a non-trivial adapter
+    batches = make_batches(encoded, batch_size=8, max_batch_tokens=4096, pad_id=0)
+    assert max(len(b.indices) for b in batches) > 1
+    batched = torch.from_numpy(scorer.score(batches, len(encoded)))
+    reference = _reference_losses(scorer.model, encoded)
+    assert torch.isnan(batched[-1]) and torch.isnan(reference[-1])  # no label token left
+    torch.testing.assert_close(batched[:-1], reference[:-1], atol=1e-4, rtol=0)
+
+
+def test_full_model_losses_match_the_plain_model(tiny_model):
+    encoded = _encoded(tiny_model, n=10)
+    scorer = ScoringModel.load(
+        str(tiny_model), kind="full", lora=None, device=torch.device("cpu"), dtype=torch.float32
+    )
+    batches = make_batches(encoded, batch_size=4, max_batch_tokens=4096, pad_id=0)
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    reference = _reference_losses(plain, encoded)
+    got = torch.from_numpy(scorer.score(batches, len(encoded)))
+    torch.testing.assert_close(got[:-1], reference[:-1], atol=1e-4, rtol=0)
+
+
+def test_checkpoints_are_copied_in_place(tiny_model):
+    scorer = ScoringModel.load(
+        str(tiny_model), kind="lora", lora=LORA, device=torch.device("cpu"), dtype=torch.float32
+    )
+    pointers = {n: t.data_ptr() for n, t in scorer.targets.items()}
+    n_params = sum(p.numel() for p in scorer.model.parameters())
+    for seed in range(3):
+        tensors = _perturb_lora(scorer, seed)
+        scorer.apply(tensors)
+        name = next(iter(tensors))
+        assert torch.equal(scorer.targets[name], tensors[name])
+    assert pointers == {n: t.data_ptr() for n, t in scorer.targets.items()}
+    assert n_params == sum(p.numel() for p in scorer.model.parameters())
+
+
+def test_checkpoint_that_does_not_fit_is_refused(tiny_model):
+    scorer = ScoringModel.load(
+        str(tiny_model), kind="lora", lora=LORA, device=torch.device("cpu"), dtype=torch.float32
+    )
+    table = [(n, "float32", list(s.shape)) for n, s in scorer.manifest.items()]
+    scorer.check(table)
+    bad_shape = [(table[0][0], "float32", [1, 2]), *table[1:]]
+    with pytest.raises(CheckpointRejected, match="has shape"):
+        scorer.check(bad_shape)
+    with pytest.raises(CheckpointRejected, match="unknown tensor"):
+        scorer.check([*table, ("model.evil", "float32", [1])])
+    with pytest.raises(CheckpointRejected, match="1 tensors missing"):
+        scorer.check(table[1:])
+    with pytest.raises(CheckpointRejected, match="dtype int64"):
+        scorer.check([(table[0][0], "int64", table[0][2]), *table[1:]])
+
+
+def test_length_grouping_respects_size_and_token_budget():
+    lengths = [5, 100, 7, 6, 100, 50]
+    groups = group_by_length(lengths, batch_size=2, max_batch_tokens=150)
+    assert groups == [[0, 3], [2, 5], [1], [4]]  # sorted by length, ties by index
+    assert group_by_length(lengths, batch_size=2, max_batch_tokens=150) == groups
