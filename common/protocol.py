@@ -123,7 +123,7 @@ def encode_hello(hello: Hello) -> list[bytes]:
 def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     """The tensor's bytes without a copy when it is already contiguous on the CPU."""
     flat = tensor.detach().cpu().contiguous().reshape(-1)
-    return memoryview(flat.view(torch.uint8).numpy())
+    return memoryview(flat.view(torch.uint8).numpy())  # type: ignore[arg-type]
 
 
 def payload_sha256(frames: Sequence[Frame]) -> str:
@@ -168,7 +168,7 @@ def encode_checkpoint(
         update_index=update_index,
         kind=kind,  # type: ignore[arg-type]
         tensors=table,
-        total_bytes=sum(f.nbytes for f in frames),
+        total_bytes=sum(memoryview(f).nbytes for f in frames),
         sha256=payload_sha256(frames),
     )
     return [_json_frame(header.model_dump(exclude_none=True)), *frames]

@@ -105,7 +105,7 @@ class ScoringModel:
                 target_modules=lora["target_modules"],
                 task_type="CAUSAL_LM",
             )
-            model = get_peft_model(model, config)
+            model = get_peft_model(model, config)  # type: ignore[assignment]
         return cls(model, device, kind)
 
     def _targets(self) -> dict[str, torch.Tensor]:

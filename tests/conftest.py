@@ -29,7 +29,7 @@ def make_samples(n: int, seed: int = 0) -> list[dict[str, str]]:
     """Instruction pairs of very different lengths (a few chars to a few hundred)."""
     rng = random.Random(seed)
     samples = []
-    for i in range(n):
+    for _ in range(n):
         a, b = rng.randint(0, 99), rng.randint(0, 99)
         pad = " ".join(
             rng.choice(["please", "kindly", "now"]) for _ in range(rng.choice([0, 2, 40]))

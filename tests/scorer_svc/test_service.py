@@ -94,7 +94,7 @@ def test_three_checkpoints_weights_and_restart(tiny_model, dataset_file, tmp_pat
         assert reply["ok"] and reply["status"] == "registered", reply
         steps = [2, 4, 6]
         checkpoints = lora_checkpoints(tiny_model, 3)
-        for k, (step, tensors) in enumerate(zip(steps, checkpoints), 1):
+        for k, (step, tensors) in enumerate(zip(steps, checkpoints, strict=True), 1):
             reply = send_checkpoint(scorer.zmq_url, "run-a", step, k, tensors)
             assert reply["ok"] and reply["status"] == "queued", reply
         # the same step again: acknowledged as a duplicate, scored once
