@@ -1,0 +1,135 @@
+"""The real scorer refuses bad requests with one clear reply each, and stores nothing for them."""
+
+import json
+import pickle
+
+import httpx
+import pytest
+
+from common.protocol import encode_checkpoint, encode_hello
+from tests.conftest import ScorerProcess, zmq_request
+from tests.scorer_svc.test_service import lora_checkpoints, make_hello
+
+pytestmark = pytest.mark.slow
+
+
+class _WritesFile:
+    """Unpickling this would create a file: the test checks that no file appears."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.fixture(scope="module")
+def live(tiny_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("rejections")
+    dataset = root / "train.json"
+    from tests.conftest import make_samples
+
+    dataset.write_text(json.dumps(make_samples(12)))
+    scorer = ScorerProcess(root / "scorer").start()
+    hello = make_hello(tiny_model, dataset, run_id="run-r")
+    assert zmq_request(scorer.zmq_url, encode_hello(hello))["status"] == "registered"
+    tensors = lora_checkpoints(tiny_model, 1)[0]
+    yield scorer, hello, tensors, root
+    scorer.stop()
+
+
+def _frames(tensors, **over):
+    fields = dict(run_id="run-r", step=2, update_index=1, kind="lora", tensors=tensors)
+    fields.update(over)
+    return [bytes(f) for f in encode_checkpoint(**fields)]
+
+
+def _with_header(frames, **changes):
+    header = json.loads(frames[0])
+    header.update(changes)
+    return [json.dumps(header).encode(), *frames[1:]]
+
+
+def _checkpoints(scorer):
+    return httpx.get(f"{scorer.base_url}/v1/runs/run-r/checkpoints").json()
+
+
+def test_each_bad_request_gets_one_error_reply_and_stores_nothing(live):
+    scorer, _, tensors, root = live
+    good = _frames(tensors)
+    marker = root / "pwned"
+    cases = {
+        "version": _with_header(good, protocol=7),
+        "malformed": [b"{not json"],
+        "integrity": _with_header(good, sha256="f" * 64),
+        "short": [good[0], good[1][:-4], *good[2:]],
+        "long": [good[0], good[1] + b"\0\0\0\0", *good[2:]],
+        "unknown_run": _frames(tensors, run_id="nobody"),
+        "pickle": [pickle.dumps(_WritesFile(str(marker)))],
+        "pickle_payload": _with_header(
+            [good[0], pickle.dumps(_WritesFile(str(marker)))], tensors=[], encoding="safetensors"
+        ),
+        "bad_update": _frames(tensors, update_index=9),
+        "wrong_kind": _frames(tensors, kind="full"),
+        "wrong_shape": _frames({**tensors, next(iter(tensors)): tensors[next(iter(tensors))][:1]}),
+    }
+    expected = {
+        "version": ("version", "protocol version 7"),
+        "malformed": ("malformed", "JSON header"),
+        "integrity": ("integrity", "sha256"),
+        "short": ("integrity", "truncated"),
+        "long": ("integrity", "truncated"),
+        "unknown_run": ("unknown_run", "send hello first"),
+        "pickle": ("malformed", "JSON header"),
+        "pickle_payload": ("integrity", ""),
+        "bad_update": ("rejected", "outside 1..3"),
+        "wrong_kind": ("rejected", "does not match"),
+        "wrong_shape": ("rejected", "has shape"),
+    }
+    for name, frames in cases.items():
+        reply = zmq_request(scorer.zmq_url, frames)
+        code, words = expected[name]
+        assert reply["ok"] is False and reply["code"] == code, (name, reply)
+        assert words in reply["reason"], (name, reply)
+    assert not marker.exists()
+    assert _checkpoints(scorer) == []
+
+
+def test_checkpoint_before_initial_update_is_refused(live):
+    scorer, _, tensors, _ = live
+    reply = zmq_request(scorer.zmq_url, _frames(tensors, step=4, update_index=2))
+    assert reply["code"] == "rejected" and "update 1 must come first" in reply["reason"]
+
+
+def test_hello_that_disagrees_is_refused_naming_both_values(live, tiny_model):
+    scorer, hello, _, root = live
+    other = make_hello(tiny_model, root / "train.json", run_id="run-x", fingerprint="0" * 64)
+    reply = zmq_request(scorer.zmq_url, encode_hello(other))
+    assert reply["code"] == "mismatch"
+    assert "0" * 64 in reply["reason"] and hello.fingerprint in reply["reason"]
+    changed = hello.model_copy(update={"window_size": 0.5})
+    reply = zmq_request(scorer.zmq_url, encode_hello(changed))
+    assert reply["code"] == "mismatch" and "window_size" in reply["reason"]
+    assert [r["run_id"] for r in httpx.get(f"{scorer.base_url}/v1/runs").json()] == ["run-r"]
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "words"),
+    [
+        ("/v1/runs/nobody", 404, "no run 'nobody'"),
+        ("/v1/runs/nobody/weights", 404, "no run"),
+        ("/v1/runs/run-r/weights?step=999", 404, "no checkpoint at step 999"),
+        ("/v1/runs/run-r/weights?step=abc", 422, "step"),
+        ("/v1/runs/run-r/losses?step=-1", 422, "step"),
+        ("/v1/runs/run-r/losses?limit=0", 422, "limit"),
+        ("/v1/runs/run-r/losses?offset=99999999999999", 422, "offset"),
+        ("/v1/runs/run-r/losses", 404, "no scored checkpoint"),
+        ("/v1/runs/run-r/samples/999/losses", 404, "sample 999 does not exist"),
+        ("/v1/runs/run-r/samples/x/losses", 422, "index"),
+    ],
+)
+def test_rest_errors_are_4xx_with_a_readable_detail(live, path, status, words):
+    scorer = live[0]
+    response = httpx.get(scorer.base_url + path)
+    assert response.status_code == status, response.text
+    assert words in response.json()["detail"]

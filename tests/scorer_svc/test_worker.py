@@ -1,0 +1,69 @@
+"""The worker on a real SQLite file: cut-off checkpoints are re-scored, a stop stores nothing."""
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from common.protocol import encode_checkpoint, encode_hello
+from scorer_svc import crud
+from scorer_svc.config import Settings
+from scorer_svc.db import make_engine, make_sessionmaker
+from scorer_svc.intake import Intake
+from scorer_svc.models import RECEIVED, SCORED, SCORING, Checkpoint, Loss
+from scorer_svc.registry import Registry
+from scorer_svc.worker import Worker
+from tests.conftest import make_samples
+from tests.scorer_svc.test_service import lora_checkpoints, make_hello
+
+
+@pytest.fixture
+def queued(tiny_model, tmp_path):
+    """A run registered and its first checkpoint acknowledged, as the intake leaves them."""
+    dataset = tmp_path / "train.json"
+    dataset.write_text(json.dumps(make_samples(10)))
+    settings = Settings(data_dir=tmp_path / "data", device="cpu")
+    sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
+    intake = Intake(settings, sessions, Registry(settings), on_queued=lambda: None)
+    hello = make_hello(tiny_model, dataset, run_id="run-w")
+    assert json.loads(intake.handle(encode_hello(hello))[0])["status"] == "registered"
+    frames = encode_checkpoint(
+        run_id="run-w",
+        step=3,
+        update_index=1,
+        kind="lora",
+        tensors=lora_checkpoints(tiny_model, 1)[0],
+    )
+    assert json.loads(intake.handle(frames)[0])["status"] == "queued"
+    return settings, sessions
+
+
+def _status_and_rows(sessions):
+    with sessions() as session:
+        checkpoint = session.scalar(select(Checkpoint))
+        rows = session.scalars(select(Loss)).all()
+        return checkpoint.status, len(rows), checkpoint.path
+
+
+def test_checkpoint_cut_off_while_scoring_is_scored_by_a_new_worker(queued):
+    settings, sessions = queued
+    with sessions() as session:  # a scorer that died mid-scoring leaves the row like this
+        crud.mark_scoring(session, checkpoint=session.scalar(select(Checkpoint)))
+    assert _status_and_rows(sessions)[:2] == (SCORING, 0)
+    worker = Worker(sessions, Registry(settings), keep_checkpoints=False)
+    assert worker.run_once() is True
+    status, n_rows, path = _status_and_rows(sessions)
+    assert (status, n_rows) == (SCORED, 10)
+    assert worker.run_once() is False  # nothing left, nothing scored twice
+    assert not Path(path).exists()  # tensors dropped once scored
+
+
+def test_stop_during_scoring_leaves_the_checkpoint_pending_and_stores_nothing(queued):
+    settings, sessions = queued
+    worker = Worker(sessions, Registry(settings), keep_checkpoints=False)
+    worker._stop.set()  # the stop arrives before the first batch
+    assert worker.run_once() is True
+    status, n_rows, path = _status_and_rows(sessions)
+    assert (status, n_rows) == (RECEIVED, 0)
+    assert Path(path).exists()  # kept for the restart
