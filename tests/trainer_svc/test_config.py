@@ -1,0 +1,135 @@
+"""Config validation: defaults, the components file, one error naming every bad key."""
+
+import logging
+
+import pytest
+import yaml
+
+from trainer_svc.config import ConfigError, load_config, parse_config
+
+
+def base(demo_file, tmp_path, **over):
+    raw = dict(
+        model_name_or_path="some/model",
+        dataset=str(demo_file),
+        output_dir=str(tmp_path / "out"),
+        warmup_step=2,
+        update_step=2,
+        update_times=3,
+    )
+    raw.update(over)
+    return raw
+
+
+def test_defaults_and_derived_values(demo_file, tmp_path):
+    loaded = parse_config(
+        base(demo_file, tmp_path, per_device_train_batch_size=2, gradient_accumulation_steps=3)
+    )
+    cfg = loaded.config
+    assert cfg.selection_mode == "sync" and cfg.on_scorer_failure == "fail"
+    assert cfg.scorer_zmq_url == "tcp://127.0.0.1:5555"
+    assert cfg.scorer_http_url == "http://127.0.0.1:8000"
+    assert cfg.target_modules == "all-linear"
+    assert cfg.alpha == 2 * cfg.lora_rank
+    assert loaded.window_size == 0.2 and loaded.batch == 6 and len(loaded.samples) == 32
+
+
+def test_comma_lora_target_becomes_a_list(demo_file, tmp_path):
+    cfg = parse_config(base(demo_file, tmp_path, lora_target="q_proj, v_proj")).config
+    assert cfg.target_modules == ["q_proj", "v_proj"]
+
+
+def test_unknown_keys_give_one_warning_naming_them(demo_file, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        parse_config(base(demo_file, tmp_path, foo=1, bar=2))
+    warnings = [r for r in caplog.records if "unknown" in r.getMessage()]
+    assert len(warnings) == 1 and "bar, foo" in warnings[0].getMessage()
+
+
+def test_every_bad_key_is_named_in_one_error(demo_file, tmp_path):
+    raw = base(
+        demo_file,
+        tmp_path,
+        update_step=0,
+        selection_mode="later",
+        lora_rank="x",
+        finetuning_type="qlora",
+        template="nope",
+        dataloader_num_workers=4,
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    assert set(info.value.problems) == {
+        "update_step",
+        "selection_mode",
+        "lora_rank",
+        "finetuning_type",
+        "template",
+        "dataloader_num_workers",
+    }
+
+
+def test_segments_larger_than_the_dataset(demo_file, tmp_path):
+    # 32 samples; B = 8: warmup 5 x 8 = 40 and update 8 x 8 = 64 are too many
+    raw = base(demo_file, tmp_path, per_device_train_batch_size=8, warmup_step=5, update_step=8)
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    assert set(info.value.problems) == {"warmup_step", "update_step"}
+    assert "40" in info.value.problems["warmup_step"]
+
+
+def test_missing_dataset_and_required_keys(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        parse_config({"dataset": str(tmp_path / "none.json")})
+    assert {"model_name_or_path", "output_dir", "dataset"} <= set(info.value.problems)
+
+
+def write_components(tmp_path, window):
+    path = tmp_path / "components.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "delta_loss": {
+                    "name": "delta_loss",
+                    "params": {"cache_dir": "x", "window_size": window},
+                }
+            }
+        )
+    )
+    return path
+
+
+def test_window_size_comes_from_the_components_file(demo_file, tmp_path):
+    comp = write_components(tmp_path, 0.3)
+    loaded = parse_config(
+        base(demo_file, tmp_path, components_cfg_file=str(comp), component_name="delta_loss")
+    )
+    assert loaded.window_size == 0.3
+
+
+def test_window_size_outside_unit_interval_is_named_with_other_errors(demo_file, tmp_path):
+    comp = write_components(tmp_path, 1.5)
+    with pytest.raises(ConfigError) as info:
+        parse_config(base(demo_file, tmp_path, components_cfg_file=str(comp), update_times=0))
+    assert set(info.value.problems) == {"window_size", "update_times"}
+
+
+def test_load_config_applies_overrides_and_resolves_relative_files(demo_file, tmp_path):
+    write_components(tmp_path, 0.1)
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        yaml.safe_dump(base(demo_file, tmp_path, components_cfg_file="components.yaml"))
+    )
+    loaded = load_config(path, ["selection_mode=async", "scorer_wait_seconds=5"])
+    assert loaded.config.selection_mode == "async" and loaded.config.scorer_wait_seconds == 5
+    assert loaded.window_size == 0.1
+
+
+def test_an_existing_run_needs_overwrite(demo_file, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "selections.jsonl").write_text("")
+    with pytest.raises(ConfigError) as info:
+        parse_config(base(demo_file, tmp_path))
+    assert set(info.value.problems) == {"overwrite_output_dir"}
+    parse_config(base(demo_file, tmp_path, overwrite_output_dir=True))

@@ -1,0 +1,131 @@
+"""Trainer and scorer for real on loopback: `trainer-svc train` against `scorer_svc serve`."""
+
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+import torch
+import yaml
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from tests.conftest import ROOT
+from trainer_svc.demo_data import write_dataset
+from trainer_svc.records import read_jsonl
+from trainer_svc.schedule import draw_warmup
+
+pytestmark = pytest.mark.slow
+
+N, B = 64, 4
+
+
+def run_trainer(tiny_model, scorer, tmp_path, mode):
+    data = write_dataset(tmp_path / "data.json", n=N, seed=2)
+    out = tmp_path / f"out-{mode}"
+    cfg = dict(
+        model_name_or_path=str(tiny_model),
+        dataset=str(data),
+        output_dir=str(out),
+        template="llama3",
+        cutoff_len=256,
+        finetuning_type="lora",
+        lora_target="all",
+        lora_rank=4,
+        lora_alpha=8,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        learning_rate=1e-3,
+        num_train_epochs=1.0,
+        logging_steps=1,
+        save_steps=1000,
+        plot_loss=True,
+        warmup_step=2,
+        update_step=2,
+        update_times=3,
+        scorer_zmq_url=scorer.zmq_url,
+        scorer_http_url=scorer.base_url,
+        selection_mode=mode,
+        scorer_wait_seconds=120,
+    )
+    path = tmp_path / f"{mode}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    done = subprocess.run(
+        [sys.executable, "-m", "trainer_svc", "train", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert done.returncode == 0, done.stderr[-4000:] + scorer.log()[-3000:]
+    run_id = (out / "run.json").read_text()
+    return out, yaml.safe_load(run_id)["run_id"]
+
+
+def scored_checkpoints(scorer, run_id, expected, timeout=120):
+    url = f"{scorer.base_url}/v1/runs/{run_id}/checkpoints"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = httpx.get(url).json()
+        if len(rows) >= expected and all(r["status"] in ("scored", "failed") for r in rows):
+            return rows
+        time.sleep(0.2)
+    raise AssertionError(f"checkpoints not scored in {timeout}s: {rows}")
+
+
+def expected_draw(scorer, run_id, row):
+    count = B * 2
+    if row["update_index"] == 1:
+        seed = 42 if row["epoch"] == 0 else 42 + row["global_step"]
+        return torch.randperm(N, generator=torch.Generator().manual_seed(seed))[:count].tolist()
+    if row["weights_step"] is None:
+        weights = torch.full((N,), 1.0 / N, dtype=torch.float64)
+    else:
+        body = httpx.get(
+            f"{scorer.base_url}/v1/runs/{run_id}/weights", params={"step": row["weights_step"]}
+        ).json()
+        assert body["step"] == row["weights_step"]
+        weights = torch.tensor(body["weights"], dtype=torch.float64)
+    g = torch.Generator().manual_seed(42 + row["global_step"])
+    replace = count > int((weights > 0).sum())
+    return torch.multinomial(weights, count, replacement=replace, generator=g).tolist()
+
+
+def check_run(tiny_model, scorer, out, run_id):
+    checkpoints = scored_checkpoints(scorer, run_id, 3)
+    assert [(c["step"], c["update_index"], c["status"]) for c in checkpoints] == [
+        (2, 1, "scored"),
+        (4, 2, "scored"),
+        (6, 3, "scored"),
+    ]
+    rows = read_jsonl(out / "selections.jsonl")
+    assert [(r["epoch"], r["update_index"], r["global_step"]) for r in rows] == [
+        (0, 1, 2),
+        (0, 2, 4),
+        (0, 3, 6),
+    ]
+    trained = {r["step"]: r["indices"] for r in read_jsonl(out / "trained_samples.jsonl")}
+    assert sorted(trained) == list(range(8))
+    assert trained[0] + trained[1] == draw_warmup(N, B * 2).tolist()
+    for row in rows:
+        assert row["sampled_indices"] == expected_draw(scorer, run_id, row)
+        s = row["global_step"]
+        assert trained[s] + trained[s + 1] == row["sampled_indices"]
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), out)
+    assert (out / "training_loss.png").is_file()
+    return rows
+
+
+def test_sync_run_trains_on_the_scorers_selection(tiny_model, scorer, tmp_path):
+    out, run_id = run_trainer(tiny_model, scorer, tmp_path, "sync")
+    rows = check_run(tiny_model, scorer, out, run_id)
+    assert [r["weights_step"] for r in rows] == [2, 4, 6]
+    assert [r["window"] is None for r in rows] == [True, False, False]
+
+
+def test_async_run_uses_older_weights_and_records_them(tiny_model, scorer, tmp_path):
+    out, run_id = run_trainer(tiny_model, scorer, tmp_path, "async")
+    rows = check_run(tiny_model, scorer, out, run_id)
+    for row in rows:
+        assert row["weights_step"] is None or row["weights_step"] < row["global_step"]

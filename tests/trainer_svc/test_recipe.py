@@ -1,0 +1,102 @@
+"""The whole recipe on a tiny model with fake scorer clients: what it sends, trains and saves."""
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from common.protocol import Hello
+from tests.trainer_svc.conftest import FakePublisher, FakeWeights
+from trainer_svc.config import parse_config
+from trainer_svc.recipe import run
+from trainer_svc.records import read_jsonl
+from trainer_svc.schedule import draw_warmup
+
+pytestmark = pytest.mark.slow  # trains a model (in-process, fake scorer clients)
+
+
+def config(tiny_model, demo_file, out, **over):
+    raw = dict(
+        model_name_or_path=str(tiny_model),
+        dataset=str(demo_file),
+        output_dir=str(out),
+        template="plain",
+        cutoff_len=128,
+        warmup_step=2,
+        update_step=2,
+        update_times=3,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        num_train_epochs=1.5,
+        logging_steps=1,
+        save_steps=1000,
+        plot_loss=True,
+        lora_rank=4,
+    )
+    raw.update(over)
+    return parse_config(raw)
+
+
+def train(tiny_model, demo_file, out, **over):
+    pub = FakePublisher()
+    recipe = run(
+        config(tiny_model, demo_file, out, **over), publisher=pub, weights=FakeWeights(32, pub)
+    )
+    return recipe, pub
+
+
+def test_lora_run_trains_exactly_the_scheduled_samples(tiny_model, demo_file, tmp_path):
+    out = tmp_path / "out"
+    recipe, pub = train(tiny_model, demo_file, out)
+    # E = 2 + 2 x 3 = 8, 1.5 epochs = 12 steps; updates at 2, 4, 6 and 10 (epoch 2)
+    assert [(c["step"], c["update_index"]) for c in pub.checkpoints] == [
+        (2, 1),
+        (4, 2),
+        (6, 3),
+        (10, 1),
+    ]
+    names = {n for n, p in recipe.model.named_parameters() if p.requires_grad}
+    assert set(pub.checkpoints[0]["tensors"]) == names and all("lora_" in n for n in names)
+    hello = pub.hellos[0]
+    assert isinstance(hello, Hello) and hello.n_samples == 32 and hello.update_times == 3
+
+    selections = read_jsonl(out / "selections.jsonl")
+    trained = {row["step"]: row["indices"] for row in read_jsonl(out / "trained_samples.jsonl")}
+    assert sorted(trained) == list(range(12))
+    warm = draw_warmup(32, 8).tolist()
+    assert trained[0] + trained[1] == warm and trained[8] + trained[9] == warm
+    for row in selections:
+        s = row["global_step"]
+        assert trained[s] + trained[s + 1] == row["sampled_indices"]
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), out)
+    saved = dict(model.named_parameters())
+    for name, tensor in recipe.trainable_tensors().items():
+        assert torch.equal(saved[name], tensor)
+    assert (out / "training_loss.png").is_file() and (out / "trainer_state.json").is_file()
+
+
+def test_full_finetuning_sends_the_state_dict(tiny_model, demo_file, tmp_path):
+    recipe, pub = train(
+        tiny_model,
+        demo_file,
+        tmp_path / "out",
+        finetuning_type="full",
+        num_train_epochs=0.5,
+        plot_loss=False,
+    )
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    assert set(pub.checkpoints[0]["tensors"]) == set(base.state_dict())
+    assert pub.hellos[0].lora is None
+
+
+def test_resume_trains_the_same_samples_as_an_uninterrupted_run(tiny_model, demo_file, tmp_path):
+    out = tmp_path / "out"
+    train(tiny_model, demo_file, out, save_steps=3)
+    before = read_jsonl(out / "trained_samples.jsonl")
+    selections = [r["sampled_indices"] for r in read_jsonl(out / "selections.jsonl")]
+    _, pub = train(tiny_model, demo_file, out, resume_from_checkpoint=str(out / "checkpoint-6"))
+    # updates from step 6 on are sent again (the scorer answers `duplicate`) and drawn again
+    assert [c["step"] for c in pub.checkpoints] == [6, 10]
+    assert read_jsonl(out / "trained_samples.jsonl") == before
+    assert [r["sampled_indices"] for r in read_jsonl(out / "selections.jsonl")] == selections

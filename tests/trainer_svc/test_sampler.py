@@ -1,0 +1,40 @@
+"""The batch sampler yields the plan's indices lazily and refuses to read ahead of it."""
+
+import pytest
+import torch
+
+from trainer_svc.sampler import ScheduleBatchSampler, SelectionNotReady, SelectionPlan
+from trainer_svc.schedule import Schedule, draw_warmup
+
+
+def plan(n=20):
+    s = Schedule.build(warmup_step=1, update_step=2, update_times=1, batch=4, epochs=1)
+    return SelectionPlan(s, n)
+
+
+def test_micro_batches_split_each_step_in_order():
+    p = plan()
+    p.set_segment(p.schedule.segment_at(1), torch.arange(8))
+    batches = list(ScheduleBatchSampler(p, micro_batch=2))
+    warm = draw_warmup(20, 4).tolist()
+    assert batches == [warm[:2], warm[2:], [0, 1], [2, 3], [4, 5], [6, 7]]
+    assert len(ScheduleBatchSampler(p, micro_batch=2)) == 6
+
+
+def test_iterating_is_lazy_and_fails_before_the_update_is_selected():
+    p = plan()
+    it = iter(ScheduleBatchSampler(p, micro_batch=4))
+    next(it)  # warmup step: drawn on demand
+    with pytest.raises(SelectionNotReady, match="update 1"):
+        next(it)
+
+
+def test_segment_size_is_checked():
+    p = plan()
+    with pytest.raises(ValueError, match="needs 8 indices"):
+        p.set_segment(p.schedule.segment_at(1), torch.arange(6))
+
+
+def test_micro_batch_must_divide_b():
+    with pytest.raises(ValueError, match="multiple"):
+        ScheduleBatchSampler(plan(), micro_batch=3)

@@ -1,0 +1,79 @@
+"""The weights client against scripted HTTP answers (httpx.MockTransport)."""
+
+import httpx
+import pytest
+
+from common.errors import ScorerUnavailable
+from trainer_svc.weights_client import ScoringFailed, WeightsClient
+
+BODY = {
+    "run_id": "r",
+    "step": 4,
+    "update_index": 2,
+    "t": 1,
+    "T": 2,
+    "u": 0.5,
+    "window": {"start": 1, "end": 2, "truncated_at": None},
+    "n_samples": 3,
+    "n_ranked": 3,
+    "weights": [0.2, 0.6, 0.2],
+}
+
+
+def client(answers, wait=30.0):
+    """answers: a list of (status, json, headers) served in order; records requests."""
+    seen, sleeps = [], []
+
+    def handler(request):
+        seen.append(request)
+        if isinstance(answers[0], Exception):
+            raise answers.pop(0)
+        status, body, headers = answers.pop(0)
+        return httpx.Response(status, json=body, headers=headers)
+
+    http = httpx.Client(base_url="http://scorer", transport=httpx.MockTransport(handler))
+    wc = WeightsClient("http://scorer", "r", wait_seconds=wait, client=http, sleep=sleeps.append)
+    return wc, seen, sleeps
+
+
+def test_wait_for_follows_retry_after_until_scored():
+    answers = [
+        (202, {"detail": "queued"}, {"Retry-After": "2"}),
+        (202, {"detail": "scoring"}, {"Retry-After": "1"}),
+        (200, BODY, {}),
+    ]
+    wc, seen, sleeps = client(answers)
+    got = wc.wait_for(4)
+    assert sleeps == [2.0, 1.0]
+    assert [r.url.params["step"] for r in seen] == ["4", "4", "4"]
+    assert got.step == 4 and got.update_index == 2
+    assert got.weights.tolist() == [0.2, 0.6, 0.2]
+    assert got.window == {"t": 1, "T": 2, "u": 0.5, "start": 1, "end": 2, "truncated_at": None}
+
+
+def test_unreachable_scorer_backs_off_then_gives_up():
+    answers = [httpx.ConnectError("refused")] * 50
+    wc, seen, sleeps = client(answers, wait=0.0001)
+    with pytest.raises(ScorerUnavailable, match="scorer_http_url"):
+        wc.wait_for(4)
+    assert len(seen) >= 1
+
+
+def test_backoff_grows_between_connection_errors():
+    answers = [httpx.ConnectError("refused")] * 3 + [(200, BODY, {})]
+    wc, _, sleeps = client(answers)
+    wc.wait_for(4)
+    assert sleeps == [0.5, 1.0, 2.0]
+
+
+def test_failed_checkpoint_raises_scoring_failed():
+    wc, _, _ = client([(409, {"detail": "out of memory"}, {})])
+    with pytest.raises(ScoringFailed, match="out of memory"):
+        wc.wait_for(4)
+
+
+def test_latest_is_none_until_something_is_scored():
+    wc, seen, _ = client([(404, {"detail": "no scored checkpoint"}, {}), (200, BODY, {})])
+    assert wc.latest() is None
+    assert wc.latest().step == 4
+    assert "step" not in seen[0].url.params

@@ -1,0 +1,48 @@
+"""`trainer-svc train CONFIG.yaml [key=value ...]`: validate the config, then train."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from trainer_svc.config import ConfigError, load_config
+from trainer_svc.updates import ScorerFailure
+
+logger = logging.getLogger("trainer_svc")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trainer-svc", description=__doc__)
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train with Delta Loss selection")
+    train.add_argument("config", help="YAML config (the seed's keys plus the scorer's)")
+    train.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
+    try:
+        loaded = load_config(args.config, args.overrides)
+    except (ConfigError, OSError) as exc:
+        logger.error("%s", exc)
+        return 2
+    from trainer_svc.recipe import run  # heavy imports only once the config is valid
+
+    try:
+        run(loaded)
+    except ScorerFailure as exc:
+        logger.error("stopped: %s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,306 @@
+"""The training config: the seed's YAML keys plus the scorer's, validated before any heavy work.
+
+`load_config` reads the YAML (and `key=value` overrides), warns once about unknown keys, and
+raises one `ConfigError` that names every bad key: wrong types and ranges, impossible
+combinations, a window_size outside [0, 1], warmup or update segments larger than the data.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from transformers.trainer_utils import SchedulerType
+
+from common.datasets import DatasetError, load_alpaca, resolve_dataset
+from common.selection import DEFAULT_WINDOW_SIZE
+from common.tokenization import TEMPLATE_NAMES
+
+logger = logging.getLogger(__name__)
+
+SCHEDULERS = tuple(s.value for s in SchedulerType)
+
+
+class ConfigError(ValueError):
+    """One or more config keys are wrong; `problems` maps each key to what is wrong."""
+
+    def __init__(self, problems: dict[str, str]):
+        self.problems = dict(problems)
+        lines = "\n".join(f"  {key}: {msg}" for key, msg in self.problems.items())
+        super().__init__(f"invalid config ({len(self.problems)} key(s) to fix):\n{lines}")
+
+
+class TrainConfig(BaseModel):
+    """Every key the trainer reads, with its default; the single place defaults live."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    # model and method
+    model_name_or_path: str = Field(min_length=1)
+    trust_remote_code: bool = False
+    stage: Literal["sft"] = "sft"
+    do_train: Literal[True] = True
+    finetuning_type: Literal["lora", "full"] = "lora"
+    lora_target: str = "all"
+    lora_rank: int = Field(8, ge=1)
+    lora_alpha: float | None = Field(None, gt=0)  # None: 2 x lora_rank, as LLaMA-Factory
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    # data
+    dataset: str = Field(min_length=1)
+    dataset_dir: str | None = None
+    eval_dataset: str | None = None
+    do_eval: bool = False
+    template: str = "auto"
+    cutoff_len: int = Field(1024, ge=2)
+    overwrite_cache: bool = False  # accepted; tokenization is not cached
+    preprocessing_num_workers: int | None = Field(None, ge=1)  # accepted; unused
+    dataloader_num_workers: Literal[0] = 0  # workers prefetch ahead of the schedule
+    seed: int = 42
+    # output
+    output_dir: str = Field(min_length=1)
+    logging_steps: float = Field(10, gt=0)
+    save_steps: float = Field(500, gt=0)
+    plot_loss: bool = False
+    save_only_model: bool = False
+    overwrite_output_dir: bool = False
+    resume_from_checkpoint: str | None = None
+    report_to: str | list[str] = "none"
+    # optimisation
+    per_device_train_batch_size: int = Field(1, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    learning_rate: float = Field(1e-4, gt=0)
+    num_train_epochs: float = Field(1.0, gt=0)
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    bf16: bool = False
+    fp16: bool = False
+    ddp_timeout: int = Field(1800, ge=1)
+    # dynamic selection (DataFlex keys)
+    train_type: Literal["dynamic_select"] = "dynamic_select"
+    components_cfg_file: str | None = None
+    component_name: Literal["delta_loss"] = "delta_loss"
+    warmup_step: int = Field(10, ge=0)
+    update_step: int = Field(10, ge=1)
+    update_times: int = Field(2, ge=1)
+    # the scorer (ours)
+    run_id: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
+    scorer_zmq_url: str = "tcp://127.0.0.1:5555"
+    scorer_http_url: str = "http://127.0.0.1:8000"
+    scorer_token: str | None = None
+    selection_mode: Literal["sync", "async"] = "sync"
+    scorer_wait_seconds: float = Field(600.0, gt=0)
+    on_scorer_failure: Literal["fail", "uniform"] = "fail"
+
+    @property
+    def target_modules(self) -> str | list[str]:
+        if self.lora_target.strip() == "all":
+            return "all-linear"
+        return [name.strip() for name in self.lora_target.split(",") if name.strip()]
+
+    @property
+    def alpha(self) -> float:
+        return self.lora_alpha if self.lora_alpha is not None else 2.0 * self.lora_rank
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A valid config and what was resolved while checking it (no model is loaded yet)."""
+
+    config: TrainConfig
+    window_size: float
+    dataset_path: Path
+    samples: list[dict[str, str]]
+    eval_path: Path | None
+    eval_samples: list[dict[str, str]] | None
+    world_size: int
+
+    @property
+    def batch(self) -> int:
+        """B: samples per optimizer step over all processes."""
+        cfg = self.config
+        return cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * self.world_size
+
+
+def read_yaml(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """The YAML mapping with `key=value` overrides applied (values parsed as YAML scalars)."""
+    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError({"<file>": f"{path} must hold a mapping of keys to values"})
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError({item: "an override must look like key=value"})
+        raw[key.strip()] = yaml.safe_load(value)
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedConfig:
+    return parse_config(read_yaml(path, overrides), base_dir=Path(path).parent)
+
+
+def parse_config(raw: dict[str, Any], base_dir: Path | None = None) -> LoadedConfig:
+    """Validate everything that can be checked without a model; one error for all problems."""
+    known = set(TrainConfig.model_fields)
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        logger.warning("ignoring unknown config keys: %s", ", ".join(unknown))
+    values = {k: v for k, v in raw.items() if k in known}
+    problems: dict[str, str] = {}
+    try:
+        cfg: TrainConfig | None = TrainConfig.model_validate(values)
+    except ValidationError as exc:
+        cfg = None
+        for err in exc.errors():
+            key = str(err["loc"][0]) if err["loc"] else "<config>"
+            problems.setdefault(key, f"{err['msg']} (got {values.get(key)!r})")
+    good = _good_values(values, problems)
+    _check_values(good, problems)
+    window_size = _window_size(good, base_dir, problems)
+    world_size = _world_size(problems)
+    dataset_path, samples = _dataset(good, "dataset", base_dir, problems)
+    eval_path, eval_samples = (None, None)
+    if good.get("eval_dataset"):
+        eval_path, eval_samples = _dataset(good, "eval_dataset", base_dir, problems)
+    if samples is not None:
+        _check_sizes(good, len(samples), world_size, problems)
+    if problems or cfg is None or dataset_path is None or samples is None:
+        raise ConfigError(problems)
+    return LoadedConfig(
+        cfg, window_size, dataset_path, samples, eval_path, eval_samples, world_size
+    )
+
+
+def _good_values(values: dict[str, Any], problems: dict[str, str]) -> dict[str, Any]:
+    """Defaults overlaid with the values that passed field validation, for cross-checks."""
+    good = {
+        name: field.default
+        for name, field in TrainConfig.model_fields.items()
+        if not field.is_required()
+    }
+    good.update({k: v for k, v in values.items() if k not in problems})
+    return good
+
+
+def _check_values(good: dict[str, Any], problems: dict[str, str]) -> None:
+    if good.get("template") not in TEMPLATE_NAMES:
+        problems["template"] = (
+            f"unknown template {good.get('template')!r}; use one of {TEMPLATE_NAMES}"
+        )
+    if good.get("lr_scheduler_type") not in SCHEDULERS:
+        problems["lr_scheduler_type"] = (
+            f"unknown scheduler {good.get('lr_scheduler_type')!r}; use one of {SCHEDULERS}"
+        )
+    if good.get("bf16") and good.get("fp16"):
+        problems["fp16"] = "bf16 and fp16 cannot both be true"
+    if not str(good.get("scorer_zmq_url", "")).startswith(("tcp://", "ipc://", "inproc://")):
+        problems["scorer_zmq_url"] = "must be a ZeroMQ endpoint such as tcp://127.0.0.1:5555"
+    if not str(good.get("scorer_http_url", "")).startswith(("http://", "https://")):
+        problems["scorer_http_url"] = "must be an http(s) URL such as http://127.0.0.1:8000"
+    if good.get("finetuning_type") == "lora" and not _target_list(good.get("lora_target")):
+        problems["lora_target"] = "name at least one module, or 'all'"
+    output_dir = good.get("output_dir")
+    if (
+        output_dir
+        and not good.get("overwrite_output_dir")
+        and not good.get("resume_from_checkpoint")
+    ):
+        if (Path(output_dir) / "selections.jsonl").exists():
+            problems["overwrite_output_dir"] = (
+                f"{output_dir} already holds a run; set overwrite_output_dir: true "
+                "or resume_from_checkpoint"
+            )
+
+
+def _target_list(value: Any) -> list[str]:
+    return [name for name in str(value or "").split(",") if name.strip()]
+
+
+def _find_file(name: str, base_dir: Path | None) -> Path | None:
+    """A relative path is tried from the working directory, then from the config's folder."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    if base_dir is not None and not path.is_absolute() and (base_dir / path).is_file():
+        return base_dir / path
+    return None
+
+
+def _window_size(good: dict[str, Any], base_dir: Path | None, problems: dict[str, str]) -> float:
+    name = good.get("components_cfg_file")
+    if not name:
+        return DEFAULT_WINDOW_SIZE
+    path = _find_file(name, base_dir)
+    if path is None:
+        problems["components_cfg_file"] = f"{name} does not exist"
+        return DEFAULT_WINDOW_SIZE
+    try:
+        components = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        problems["components_cfg_file"] = f"{path} is not valid YAML: {exc}"
+        return DEFAULT_WINDOW_SIZE
+    component = good.get("component_name", "delta_loss")
+    entry = components.get(component) if isinstance(components, dict) else None
+    if not isinstance(entry, dict):
+        problems["component_name"] = f"{path} has no entry '{component}'"
+        return DEFAULT_WINDOW_SIZE
+    params = entry.get("params") or {}
+    extra = sorted(set(params) - {"window_size", "cache_dir"})
+    if extra:
+        logger.warning("ignoring unknown %s params in %s: %s", component, path, ", ".join(extra))
+    window = params.get("window_size", DEFAULT_WINDOW_SIZE)
+    if isinstance(window, bool) or not isinstance(window, int | float) or not 0 <= window <= 1:
+        problems["window_size"] = (
+            f"{component}.params.window_size in {path} must be within [0, 1], got {window!r}"
+        )
+        return DEFAULT_WINDOW_SIZE
+    return float(window)
+
+
+def _world_size(problems: dict[str, str]) -> int:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world != 1:
+        problems["WORLD_SIZE"] = (
+            f"distributed training (WORLD_SIZE={world}) is not supported yet; run one process"
+        )
+    return world
+
+
+def _dataset(
+    good: dict[str, Any], key: str, base_dir: Path | None, problems: dict[str, str]
+) -> tuple[Path | None, list[dict[str, str]] | None]:
+    name = good.get(key)
+    if not name:
+        return None, None
+    dataset_dir = good.get("dataset_dir")
+    try:
+        try:
+            path = resolve_dataset(name, dataset_dir)
+        except DatasetError:
+            found = _find_file(name, base_dir)
+            if found is None or found.suffix not in (".json", ".jsonl"):
+                raise
+            path = found.resolve()
+        return path, load_alpaca(path)
+    except DatasetError as exc:
+        problems[key] = str(exc)
+        return None, None
+
+
+def _check_sizes(good: dict[str, Any], n: int, world: int, problems: dict[str, str]) -> None:
+    per_device = good.get("per_device_train_batch_size")
+    accumulation = good.get("gradient_accumulation_steps")
+    if not isinstance(per_device, int) or not isinstance(accumulation, int):
+        return
+    batch = per_device * accumulation * world
+    for key in ("warmup_step", "update_step"):
+        steps = good.get(key)
+        if isinstance(steps, int) and batch * steps > n:
+            problems[key] = (
+                f"{key} x B = {steps} x {batch} = {batch * steps} samples, more than the "
+                f"dataset's {n}; lower {key} or the batch size"
+            )

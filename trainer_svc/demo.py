@@ -1,0 +1,180 @@
+"""The demo: a tiny model learns on the samples the scorer picks, all on this machine.
+
+`python -m trainer_svc.demo --out DIR` builds a tiny Llama and a generated dataset in DIR,
+starts the scorer in the background on free loopback ports, trains on examples/demo.yaml,
+prints each update's window and selection, where the REST API is, and the mean delta loss per
+group of samples, then stops the scorer. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import httpx
+
+from common.tiny_model import build_tiny_model
+from trainer_svc.config import load_config
+from trainer_svc.demo_data import groups_of, write_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_YAML = ROOT / "examples" / "demo.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Scorer:
+    """`python -m scorer_svc serve` in the background, its output in DIR/scorer.log."""
+
+    def __init__(self, out: Path):
+        self.data_dir = out / "scorer"
+        self.http_port, self.zmq_port = free_port(), free_port()
+        self.base_url = f"http://127.0.0.1:{self.http_port}"
+        self.zmq_url = f"tcp://127.0.0.1:{self.zmq_port}"
+        self.log_path = out / "scorer.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 90.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            sys.executable, "-m", "scorer_svc", "serve",
+            "--http-port", str(self.http_port), "--zmq-url", self.zmq_url,
+            "--data-dir", str(self.data_dir),
+            "--database-url", f"sqlite:///{self.data_dir / 'scorer.db'}", "--device", "cpu",
+        ]  # fmt: skip
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"the scorer exited ({self.proc.returncode}); see {self.log_path}"
+                )
+            try:
+                if httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)  # polling the health endpoint, not waiting blind
+        raise RuntimeError(f"the scorer was not healthy within {timeout:.0f}s; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def print_update(groups: list[str]):
+    def show(row: dict) -> None:
+        window = row["window"]
+        if window is None:
+            where = "no window (uniform; the scorer keeps these losses as the initial ones)"
+        elif window["end"] <= window["start"]:
+            where = (
+                f"window empty (u={window['u']:.2f}, start rank {window['start']}, deltas turn "
+                f"negative at rank {window['truncated_at']}): uniform over ranked samples"
+            )
+        else:
+            cut = window.get("truncated_at")
+            where = f"window ranks [{window['start']}, {window['end']}) u={window['u']:.2f}" + (
+                f", cut at rank {cut}" if cut is not None else ""
+            )
+        picked = Counter(groups[i] for i in row["sampled_indices"])
+        mix = ", ".join(f"{g} {picked[g]}" for g in sorted(set(groups)))
+        print(
+            f"\n>> update {row['update_index']} at step {row['global_step']}: {where}; "
+            f"{row['draw']} from weights of step {row['weights_step']} "
+            f"(waited {row['seconds_waited']:.1f}s)\n   picked {len(row['sampled_indices'])}: "
+            f"{mix}\n   indices: {row['sampled_indices'][:24]}"
+            + (" ..." if len(row["sampled_indices"]) > 24 else ""),
+            flush=True,
+        )
+
+    return show
+
+
+def losses(base_url: str, run_id: str, step: int) -> list[float | None]:
+    out: list[float | None] = []
+    while True:
+        body = httpx.get(
+            f"{base_url}/v1/runs/{run_id}/losses",
+            params={"step": step, "offset": len(out), "limit": 1000},
+        ).json()
+        out.extend(body["losses"])
+        if not body["losses"] or len(out) >= body["n_samples"]:
+            return out
+
+
+def print_deltas(base_url: str, run_id: str, groups: list[str]) -> None:
+    run = httpx.get(f"{base_url}/v1/runs/{run_id}").json()
+    checkpoints = httpx.get(f"{base_url}/v1/runs/{run_id}/checkpoints").json()
+    last = max(c["step"] for c in checkpoints if c["status"] == "scored")
+    first = losses(base_url, run_id, run["initial_step"])
+    current = losses(base_url, run_id, last)
+    per_group: dict[str, list[float]] = defaultdict(list)
+    for group, a, b in zip(groups, first, current, strict=True):
+        if a is not None and b is not None:
+            per_group[group].append(a - b)
+    print(f"\nmean delta loss per group (initial step {run['initial_step']} minus step {last}):")
+    for group, deltas in sorted(per_group.items(), key=lambda kv: -sum(kv[1]) / len(kv[1])):
+        print(f"   {group:8s} {sum(deltas) / len(deltas):+.4f}  ({len(deltas)} samples)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--out", default="demo_out", help="folder for everything (default demo_out)"
+    )
+    parser.add_argument("--samples", type=int, default=320)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    out = Path(args.out).resolve()
+    started = time.monotonic()
+    model = build_tiny_model(out / "tiny-model")
+    data = write_dataset(out / "data" / "demo.json", n=args.samples)
+    groups = groups_of(data)
+    print(f"tiny model: {model}\ndataset: {data} ({len(groups)} samples: {dict(Counter(groups))})")
+    scorer = Scorer(out)
+    scorer.start()
+    print(f"scorer: REST {scorer.base_url} (docs {scorer.base_url}/docs), ZeroMQ {scorer.zmq_url}")
+    try:
+        loaded = load_config(DEMO_YAML, [
+            f"model_name_or_path={model}", f"dataset={data}", f"output_dir={out / 'run'}",
+            f"scorer_zmq_url={scorer.zmq_url}", f"scorer_http_url={scorer.base_url}",
+        ])  # fmt: skip
+        from trainer_svc.recipe import run
+
+        recipe = run(loaded, on_update=print_update(groups))
+        run_id = recipe.run_id
+        print(f"\nrecords: {out / 'run'} (selections.jsonl, training_loss.png, adapter)")
+        print(f"REST API: {scorer.base_url}/docs  (run id {run_id}); loss history of sample 0:")
+        print(f"   curl {scorer.base_url}/v1/runs/{run_id}/samples/0/losses")
+        print_deltas(scorer.base_url, run_id, groups)
+    finally:
+        scorer.stop()
+        took = time.monotonic() - started
+        print(f"\nscorer stopped (log: {scorer.log_path}); demo took {took:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,300 @@
+"""The Delta Loss training recipe: setup, train, save, cleanup, in that order.
+
+setup loads the tokenizer, encodes the data, loads the model (LoRA-wrapped or not) and
+registers the run with the scorer; train runs transformers' Trainer with the scheduled
+dataloader and the update callback; save writes the adapter or model, the trainer state,
+the metrics and the loss plot.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
+
+from common.protocol import PROTOCOL_VERSION, Hello, LoraSpec
+from common.tokenization import TokenizationSettings, encode_dataset, fingerprint
+from trainer_svc.config import LoadedConfig
+from trainer_svc.data import EncodedDataset, PadCollator
+from trainer_svc.publisher import CheckpointPublisher
+from trainer_svc.records import (
+    LOSS_PLOT,
+    SELECTIONS,
+    TRAINED,
+    JsonlRecord,
+    TrainedSamples,
+    read_jsonl,
+)
+from trainer_svc.records import plot_loss as write_loss_plot
+from trainer_svc.sampler import ScheduleBatchSampler, SelectionPlan
+from trainer_svc.schedule import Schedule
+from trainer_svc.trainer import ScheduledTrainer, SelectionCallback
+from trainer_svc.updates import UpdateCoordinator
+from trainer_svc.weights_client import WeightsClient
+
+logger = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+
+
+class DeltaLossRecipe:
+    def __init__(self, loaded: LoadedConfig, *, publisher=None, weights=None, on_update=None):
+        """publisher and weights replace the ZeroMQ and REST clients (tests use fakes);
+        on_update is called with each update's record row."""
+        self.loaded = loaded
+        self.publisher = publisher
+        self.weights = weights
+        self.on_update = on_update
+        self.cfg = loaded.config
+        self.output_dir = Path(self.cfg.output_dir)
+        self.schedule = Schedule.build(
+            warmup_step=self.cfg.warmup_step,
+            update_step=self.cfg.update_step,
+            update_times=self.cfg.update_times,
+            batch=loaded.batch,
+            epochs=self.cfg.num_train_epochs,
+        )
+
+    # ---- setup ----
+    def setup(self) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.run_id = self._run_id()
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            self.cfg.model_name_or_path, trust_remote_code=self.cfg.trust_remote_code
+        )
+        self.settings = TokenizationSettings(self.cfg.template, self.cfg.cutoff_len)
+        self.encoded = encode_dataset(self.tokenizer, self.loaded.samples, self.settings)
+        self._warn_empty_labels()
+        self.model = self._load_model()
+        self._connect_scorer()
+        self._build_trainer()
+
+    def _run_id(self) -> str:
+        """Configured, or kept from run.json when resuming, or new: dir name + time + random."""
+        run_file = self.output_dir / RUN_FILE
+        if self.cfg.run_id:
+            run_id = self.cfg.run_id
+        elif self.cfg.resume_from_checkpoint and run_file.is_file():
+            run_id = json.loads(run_file.read_text())["run_id"]
+        else:
+            stem = "".join(c if c.isalnum() or c in "._-" else "-" for c in self.output_dir.name)
+            run_id = f"{stem[:80] or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+        run_file.write_text(json.dumps({"run_id": run_id}) + "\n")
+        logger.info("run id %s", run_id)
+        return run_id
+
+    def _warn_empty_labels(self) -> None:
+        empty = [i for i, s in enumerate(self.encoded) if s.n_label_tokens == 0]
+        if empty:
+            logger.warning(
+                "%d sample(s) keep no response token after cutoff_len=%d (first: %s); "
+                "they have no loss and the scorer gives them weight 0",
+                len(empty),
+                self.cfg.cutoff_len,
+                empty[:10],
+            )
+
+    def _load_model(self) -> torch.nn.Module:
+        model = AutoModelForCausalLM.from_pretrained(
+            self.cfg.model_name_or_path, trust_remote_code=self.cfg.trust_remote_code
+        )
+        if self.cfg.finetuning_type == "full":
+            return model
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=self.cfg.lora_rank,
+            lora_alpha=self.cfg.alpha,
+            lora_dropout=self.cfg.lora_dropout,
+            target_modules=self.cfg.target_modules,
+            task_type="CAUSAL_LM",
+        )
+        return get_peft_model(model, lora)
+
+    def trainable_tensors(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint carries: LoRA's trainable tensors, or the full state dict."""
+        if self.cfg.finetuning_type == "full":
+            return {name: t.detach() for name, t in self.model.state_dict().items()}
+        return {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def hello(self) -> Hello:
+        cfg = self.cfg
+        lora = None
+        if cfg.finetuning_type == "lora":
+            lora = LoraSpec(
+                r=cfg.lora_rank,
+                alpha=cfg.alpha,
+                dropout=cfg.lora_dropout,
+                target_modules=cfg.target_modules,
+            )
+        model_path = Path(cfg.model_name_or_path).expanduser()
+        base_model = str(model_path.resolve()) if model_path.is_dir() else cfg.model_name_or_path
+        return Hello(
+            protocol=PROTOCOL_VERSION,
+            token=cfg.scorer_token,
+            run_id=self.run_id,
+            base_model=base_model,
+            finetuning_type=cfg.finetuning_type,
+            lora=lora,
+            trust_remote_code=cfg.trust_remote_code,
+            dataset=str(self.loaded.dataset_path),
+            dataset_dir=cfg.dataset_dir,
+            tokenization=self.settings.to_dict(),
+            window_size=self.loaded.window_size,
+            update_times=cfg.update_times,
+            n_samples=len(self.encoded),
+            fingerprint=fingerprint(self.encoded),
+            vocab_size=getattr(self.model.config, "vocab_size", None),
+        )
+
+    def _connect_scorer(self) -> None:
+        cfg = self.cfg
+        if self.publisher is None:
+            self.publisher = CheckpointPublisher(
+                cfg.scorer_zmq_url, wait_seconds=cfg.scorer_wait_seconds, token=cfg.scorer_token
+            )
+        if self.weights is None:
+            self.weights = WeightsClient(
+                cfg.scorer_http_url, self.run_id, wait_seconds=cfg.scorer_wait_seconds
+            )
+        self.publisher.hello(self.hello())
+
+    def _training_args(self) -> TrainingArguments:
+        cfg = self.cfg
+        return TrainingArguments(
+            output_dir=str(self.output_dir),
+            per_device_train_batch_size=cfg.per_device_train_batch_size,
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            learning_rate=cfg.learning_rate,
+            max_steps=self.schedule.max_steps,
+            lr_scheduler_type=cfg.lr_scheduler_type,
+            warmup_steps=cfg.warmup_ratio,
+            logging_steps=cfg.logging_steps,
+            save_steps=cfg.save_steps,
+            save_only_model=cfg.save_only_model,
+            bf16=cfg.bf16,
+            fp16=cfg.fp16,
+            ddp_timeout=cfg.ddp_timeout,
+            seed=cfg.seed,
+            report_to=cfg.report_to,
+            dataloader_num_workers=0,
+            remove_unused_columns=False,
+            ignore_data_skip=True,  # the sampler starts at the resumed step itself
+            use_cpu=not torch.cuda.is_available(),
+        )
+
+    def _build_trainer(self) -> None:
+        fresh = not self.cfg.resume_from_checkpoint
+        self.plan = SelectionPlan(self.schedule, len(self.encoded))
+        selections = JsonlRecord(self.output_dir / SELECTIONS, truncate=fresh)
+        self.trained = TrainedSamples(JsonlRecord(self.output_dir / TRAINED, truncate=fresh))
+        coordinator = UpdateCoordinator(
+            run_id=self.run_id,
+            kind=self.cfg.finetuning_type,
+            plan=self.plan,
+            publisher=self.publisher,
+            weights=self.weights,
+            record=selections,
+            mode=self.cfg.selection_mode,
+            on_failure=self.cfg.on_scorer_failure,
+            on_update=self.on_update,
+        )
+        start = self._resume_records() if not fresh else 0
+        sampler = ScheduleBatchSampler(self.plan, self.cfg.per_device_train_batch_size, start)
+        callback = SelectionCallback(
+            self.schedule, coordinator, self.trainable_tensors, self.trained
+        )
+        self.trainer = ScheduledTrainer(
+            model=self.model,
+            args=self._training_args(),
+            train_dataset=EncodedDataset(self.encoded),
+            eval_dataset=self._eval_dataset(),
+            data_collator=PadCollator(self._pad_id()),
+            processing_class=self.tokenizer,
+            callbacks=[callback],
+            batch_sampler=sampler,
+            trained=self.trained,
+        )
+
+    def _resume_records(self) -> int:
+        """Restore the draws made before the resumed step; drop records from it on."""
+        state = Path(self.cfg.resume_from_checkpoint) / "trainer_state.json"
+        start = int(json.loads(state.read_text())["global_step"])
+        kept = [r for r in read_jsonl(self.output_dir / SELECTIONS) if r["global_step"] < start]
+        for row in kept:
+            segment = self.schedule.segment_at(row["global_step"])
+            self.plan.set_segment(segment, torch.tensor(row["sampled_indices"]))
+        _rewrite(self.output_dir / SELECTIONS, kept)
+        trained = read_jsonl(self.output_dir / TRAINED)
+        _rewrite(self.output_dir / TRAINED, [r for r in trained if r["step"] < start])
+        logger.info("resuming at step %d with %d earlier update(s)", start, len(kept))
+        return start
+
+    def _pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else self.tokenizer.eos_token_id
+
+    def _eval_dataset(self) -> EncodedDataset | None:
+        if self.loaded.eval_samples is None:
+            return None
+        return EncodedDataset(
+            encode_dataset(self.tokenizer, self.loaded.eval_samples, self.settings)
+        )
+
+    # ---- train ----
+    def train(self) -> None:
+        logger.info(
+            "training %d steps: E=%d (warmup %d + %d x %d), B=%d, %s selection",
+            self.schedule.max_steps,
+            self.schedule.epoch_len,
+            self.cfg.warmup_step,
+            self.cfg.update_times,
+            self.cfg.update_step,
+            self.schedule.batch,
+            self.cfg.selection_mode,
+        )
+        result = self.trainer.train(resume_from_checkpoint=self.cfg.resume_from_checkpoint)
+        self.trainer.log_metrics("train", result.metrics)
+        self.trainer.save_metrics("train", result.metrics)
+        if self.cfg.do_eval and self.trainer.eval_dataset is not None:
+            metrics = self.trainer.evaluate()
+            self.trainer.log_metrics("eval", metrics)
+            self.trainer.save_metrics("eval", metrics)
+
+    # ---- save ----
+    def save(self) -> None:
+        self.trainer.save_model(str(self.output_dir))
+        self.trainer.save_state()
+        if self.cfg.plot_loss:
+            path = write_loss_plot(self.trainer.state.log_history, self.output_dir / LOSS_PLOT)
+            if path:
+                logger.info("loss plot: %s", path)
+        logger.info("saved to %s", self.output_dir)
+
+    # ---- cleanup ----
+    def cleanup(self) -> None:
+        for client in (self.publisher, self.weights):
+            if client is not None and hasattr(client, "close"):
+                client.close()
+
+
+def _rewrite(path: Path, rows: list[dict]) -> None:
+    record = JsonlRecord(path, truncate=True)
+    for row in rows:
+        record.append(row)
+
+
+def run(loaded: LoadedConfig, **hooks) -> DeltaLossRecipe:
+    recipe = DeltaLossRecipe(loaded, **hooks)
+    try:
+        recipe.setup()
+        recipe.train()
+        recipe.save()
+    finally:
+        recipe.cleanup()
+    return recipe

@@ -1,0 +1,77 @@
+"""A batch sampler that yields, step by step, exactly the samples the schedule says.
+
+Indices are pulled lazily: the batch for step S is asked for only when the Trainer fetches
+it, and asking for a segment whose selection has not been made yet is an error rather than a
+wait (trainer and selection share one thread, so waiting would hang). The Trainer's own
+dataloader is not used: accelerate's wrapper reads one batch ahead, which would ask for an
+update's samples before its checkpoint is sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import torch
+
+from trainer_svc.schedule import Schedule, Segment, draw_warmup
+
+logger = logging.getLogger(__name__)
+
+
+class SelectionNotReady(RuntimeError):
+    """A batch was requested before the selection for its segment was made."""
+
+
+class SelectionPlan:
+    """The sample indices of each segment, filled in as updates happen."""
+
+    def __init__(self, schedule: Schedule, n_samples: int):
+        self.schedule = schedule
+        self.n_samples = n_samples
+        self._segments: dict[int, torch.Tensor] = {}
+
+    def set_segment(self, segment: Segment, indices: torch.Tensor) -> None:
+        expected = self.schedule.batch * segment.steps
+        if indices.numel() != expected:
+            raise ValueError(f"segment at step {segment.start} needs {expected} indices")
+        self._segments[segment.start] = indices.to(torch.long)
+
+    def step_indices(self, step: int) -> torch.Tensor:
+        """The B sample indices trained at global step `step`."""
+        segment = self.schedule.segment_at(step)
+        if segment.start not in self._segments:
+            if not segment.is_warmup:
+                raise SelectionNotReady(
+                    f"step {step} belongs to epoch {segment.epoch} update "
+                    f"{segment.update_index}, whose selection has not been made yet"
+                )
+            count = self.schedule.batch * segment.steps
+            self._segments[segment.start] = draw_warmup(self.n_samples, count)
+        offset = (step - segment.start) * self.schedule.batch
+        return self._segments[segment.start][offset : offset + self.schedule.batch]
+
+
+class ScheduleBatchSampler:
+    """Micro-batches of per-device size; gradient_accumulation_steps of them per step."""
+
+    def __init__(self, plan: SelectionPlan, micro_batch: int, start_step: int = 0):
+        if plan.schedule.batch % micro_batch:
+            raise ValueError(f"B={plan.schedule.batch} is not a multiple of {micro_batch}")
+        self.plan = plan
+        self.micro_batch = micro_batch
+        self.start_step = start_step
+
+    @property
+    def accumulation(self) -> int:
+        return self.plan.schedule.batch // self.micro_batch
+
+    def __len__(self) -> int:
+        # The whole run, also when resuming: the Trainer counts its epoch from this length.
+        return self.plan.schedule.max_steps * self.accumulation
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start_step, self.plan.schedule.max_steps):
+            for m in range(self.accumulation):
+                indices = self.plan.step_indices(step)
+                yield indices[m * self.micro_batch : (m + 1) * self.micro_batch].tolist()

@@ -1,0 +1,146 @@
+"""One update of the schedule: send the checkpoint, obtain weights, draw, record.
+
+sync: wait for the weights of the checkpoint just sent (the published method).
+async: send, then use the newest weights already available (uniform until any exist).
+When the scorer cannot be reached in time, `on_scorer_failure` decides: stop with a message
+that says what to check, or carry on with uniform weights, logged loudly and recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import torch
+
+from common.errors import ScorerUnavailable
+from trainer_svc.records import JsonlRecord
+from trainer_svc.sampler import SelectionPlan
+from trainer_svc.schedule import Segment, draw_permutation, draw_weighted, update_seed
+from trainer_svc.weights_client import ScorerWeights, ScoringFailed
+
+logger = logging.getLogger(__name__)
+
+
+class ScorerFailure(RuntimeError):
+    """The scorer did not deliver and on_scorer_failure is `fail`."""
+
+
+class Publisher(Protocol):
+    def send_checkpoint(self, **kwargs: Any) -> dict[str, Any]: ...
+
+
+class Weights(Protocol):
+    def wait_for(self, step: int) -> ScorerWeights: ...
+    def latest(self) -> ScorerWeights | None: ...
+
+
+class UpdateCoordinator:
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        kind: str,
+        plan: SelectionPlan,
+        publisher: Publisher,
+        weights: Weights,
+        record: JsonlRecord,
+        mode: str = "sync",
+        on_failure: str = "fail",
+        on_update: Callable[[dict], None] | None = None,
+    ):
+        self.run_id = run_id
+        self.kind = kind
+        self.plan = plan
+        self.publisher = publisher
+        self.weights = weights
+        self.record = record
+        self.mode = mode
+        self.on_failure = on_failure
+        self.on_update = on_update  # e.g. the demo's printout
+
+    def run_update(self, segment: Segment, tensors: Callable[[], dict[str, torch.Tensor]]) -> dict:
+        """Everything for the update starting at segment.start; returns its record row."""
+        started = time.monotonic()
+        got, failure = self._obtain(segment, tensors)
+        waited = time.monotonic() - started
+        indices, draw, seed, source = self._draw(segment, got)
+        if failure is not None:
+            source = "uniform_fallback"
+        self.plan.set_segment(segment, indices)
+        row = {
+            "epoch": segment.epoch,
+            "update_index": segment.update_index,
+            "global_step": segment.start,
+            "mode": self.mode,
+            "weights_step": got.step if got else None,
+            "weights_update_index": got.update_index if got else None,
+            "window": got.window if got else None,
+            "source": source,
+            "draw": draw,
+            "seed": seed,
+            "seconds_waited": round(waited, 3),
+            "failure": str(failure) if failure else None,
+            "sampled_indices": indices.tolist(),
+        }
+        self.record.append(row)
+        if self.on_update is not None:
+            self.on_update(row)
+        logger.info(
+            "update %d of epoch %d at step %d: %s draw from %s (weights of step %s), waited %.1fs",
+            segment.update_index,
+            segment.epoch,
+            segment.start,
+            draw,
+            source,
+            row["weights_step"],
+            waited,
+        )
+        return row
+
+    def _obtain(
+        self, segment: Segment, tensors: Callable[[], dict[str, torch.Tensor]]
+    ) -> tuple[ScorerWeights | None, Exception | None]:
+        try:
+            self.publisher.send_checkpoint(
+                run_id=self.run_id,
+                step=segment.start,
+                update_index=segment.update_index,
+                kind=self.kind,
+                tensors=tensors(),
+            )
+            if self.mode == "sync":
+                return self.weights.wait_for(segment.start), None
+            return self.weights.latest(), None
+        except (ScorerUnavailable, ScoringFailed) as exc:
+            if self.on_failure == "fail":
+                raise ScorerFailure(
+                    f"update {segment.update_index} at step {segment.start}: {exc} "
+                    "(set on_scorer_failure: uniform to continue without the scorer)"
+                ) from exc
+            logger.error(
+                "!!! SCORER FAILURE at step %d: %s -- continuing on UNIFORM weights "
+                "(on_scorer_failure: uniform); this update is not Delta Loss selection",
+                segment.start,
+                exc,
+            )
+            return None, exc
+
+    def _draw(
+        self, segment: Segment, got: ScorerWeights | None
+    ) -> tuple[torch.Tensor, str, int, str]:
+        n = self.plan.n_samples
+        count = self.plan.schedule.batch * segment.steps
+        first = segment.epoch == 0 and segment.update_index == 1
+        seed = update_seed(segment.start, first)
+        if got is not None and got.weights.numel() != n:
+            raise ScorerFailure(
+                f"the scorer returned {got.weights.numel()} weights for a run of {n} samples"
+            )
+        source = "scorer" if got is not None else "uniform"
+        if segment.update_index == 1:
+            return draw_permutation(n, count, seed), "randperm", seed, source
+        weights = got.weights if got is not None else torch.full((n,), 1.0 / n, dtype=torch.float64)
+        return draw_weighted(weights, count, seed), "multinomial", seed, source
