@@ -160,10 +160,10 @@ def _problems(cfg: dict[str, Any]) -> list[str]:
     if not isinstance(dep, dict) or dep.get("condition") != "service_healthy":
         problems.append(f"trainer must depend on scorer being healthy, got {dep}")
 
-    trainer_env = trainer.get("environment", {})
-    if "tcp://scorer:5555" not in trainer_env.values():
+    command = trainer.get("command") or []
+    if "scorer_zmq_url=tcp://scorer:5555" not in command:
         problems.append("trainer must be pointed at tcp://scorer:5555")
-    if "http://scorer:8000" not in trainer_env.values():
+    if "scorer_http_url=http://scorer:8000" not in command:
         problems.append("trainer must be pointed at http://scorer:8000")
 
     sm, tm = _mounts(scorer), _mounts(trainer)
