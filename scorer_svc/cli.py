@@ -44,7 +44,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         if not isinstance(loaded, dict):
             raise SettingsError(f"{args.config} must hold a mapping of settings")
         overrides.update(loaded)
-    overrides.update({dest: getattr(args, dest) for dest, _ in FLAGS.values()})
+    flags = {dest: getattr(args, dest) for dest, _ in FLAGS.values()}
+    overrides.update({key: value for key, value in flags.items() if value is not None})
     return load_settings(overrides)
 
 

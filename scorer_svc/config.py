@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     database_url: str | None = None  # default: sqlite:///<data_dir>/scorer.db
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     dtype: str = "auto"  # auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(16, ge=1)
     max_batch_tokens: int = Field(16384, ge=1)
     max_checkpoint_bytes: int = Field(16 << 30, ge=1)
     retry_after_seconds: int = Field(1, ge=1)
