@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         "--out", default="demo_out", help="folder for everything (default demo_out)"
     )
     parser.add_argument("--samples", type=int, default=320)
+    parser.add_argument("--config", type=Path, default=DEMO_YAML, help="training YAML")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     out = Path(args.out).resolve()
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     scorer.start()
     print(f"scorer: REST {scorer.base_url} (docs {scorer.base_url}/docs), ZeroMQ {scorer.zmq_url}")
     try:
-        loaded = load_config(DEMO_YAML, [
+        loaded = load_config(args.config, [
             f"model_name_or_path={model}", f"dataset={data}", f"output_dir={out / 'run'}",
             f"scorer_zmq_url={scorer.zmq_url}", f"scorer_http_url={scorer.base_url}",
         ])  # fmt: skip
@@ -165,9 +166,14 @@ def main(argv: list[str] | None = None) -> int:
 
         recipe = run(loaded, on_update=print_update(groups))
         run_id = recipe.run_id
-        print(f"\nrecords: {out / 'run'} (selections.jsonl, training_loss.png, adapter)")
+        print(f"\nrecords: {out / 'run'} (selections.jsonl, training_loss.png, the model)")
         print(f"REST API: {scorer.base_url}/docs  (run id {run_id}); loss history of sample 0:")
         print(f"   curl {scorer.base_url}/v1/runs/{run_id}/samples/0/losses")
+        print(
+            "   (the scorer stops with the demo; its history stays in "
+            f"{scorer.data_dir}: serve it again with\n"
+            f"    .venv/bin/scorer-svc serve --data-dir {scorer.data_dir} and use port 8000)"
+        )
         print_deltas(scorer.base_url, run_id, groups)
     finally:
         scorer.stop()

@@ -22,6 +22,9 @@ from common.errors import ProtocolError, ScorerUnavailable
 logger = logging.getLogger(__name__)
 
 
+FIRST_PENDING_POLL = 0.05
+
+
 class ScoringFailed(ProtocolError):
     """The scorer could not score the checkpoint (409): its error is in the message."""
 
@@ -80,6 +83,7 @@ class WeightsClient:
     ) -> ScorerWeights | None:
         start = time.monotonic()
         pause = 0.5
+        pending = FIRST_PENDING_POLL
         while True:
             try:
                 response = self._client.get(self.path, params=params)
@@ -93,7 +97,11 @@ class WeightsClient:
                 if response.status_code == 409:
                     raise ScoringFailed(f"the scorer failed on {what}: {_detail(response)}")
                 if response.status_code == 202:
-                    reason, delay = f"{what}: {_detail(response)}", _retry_after(response)
+                    # Poll soon at first (small checkpoints score in well under a second),
+                    # then no more often than Retry-After asks.
+                    reason = f"{what}: {_detail(response)}"
+                    delay = min(pending, _retry_after(response))
+                    pending *= 2
                 else:
                     reason = f"HTTP {response.status_code} for {what}: {_detail(response)}"
                     delay = pause
@@ -105,8 +113,13 @@ class WeightsClient:
                     "(GET /v1/runs/{id}/checkpoints, its log); or raise scorer_wait_seconds"
                 )
             delay = min(delay, self.wait_seconds - waited)
-            logger.info(
-                "%s; waiting %.1fs (%.0fs of %.0fs)", reason, delay, waited, self.wait_seconds
+            logger.log(
+                logging.INFO if delay >= 1 else logging.DEBUG,
+                "%s; waiting %.1fs (%.0fs of %.0fs)",
+                reason,
+                delay,
+                waited,
+                self.wait_seconds,
             )
             self._sleep(delay)
             pause = min(pause * 2, 10.0)

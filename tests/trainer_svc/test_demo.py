@@ -15,8 +15,8 @@ def test_demo_runs_and_reports(tmp_path):
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     out = done.stdout
-    assert out.count(">> update ") == 4
+    assert out.count(">> update ") == 5
     assert "curl http://127.0.0.1:" in out and "/samples/0/losses" in out
     assert "mean delta loss per group" in out and "noise" in out.split("mean delta")[1]
     assert "scorer stopped" in out
-    assert (tmp_path / "run" / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "run" / "model.safetensors").is_file()

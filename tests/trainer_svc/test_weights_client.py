@@ -36,16 +36,16 @@ def client(answers, wait=30.0):
     return wc, seen, sleeps
 
 
-def test_wait_for_follows_retry_after_until_scored():
+def test_wait_for_polls_soon_then_no_faster_than_retry_after():
     answers = [
         (202, {"detail": "queued"}, {"Retry-After": "2"}),
-        (202, {"detail": "scoring"}, {"Retry-After": "1"}),
+        *[(202, {"detail": "scoring"}, {"Retry-After": "1"})] * 6,
         (200, BODY, {}),
     ]
     wc, seen, sleeps = client(answers)
     got = wc.wait_for(4)
-    assert sleeps == [2.0, 1.0]
-    assert [r.url.params["step"] for r in seen] == ["4", "4", "4"]
+    assert sleeps == [0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    assert [r.url.params["step"] for r in seen] == ["4"] * 8
     assert got.step == 4 and got.update_index == 2
     assert got.weights.tolist() == [0.2, 0.6, 0.2]
     assert got.window == {"t": 1, "T": 2, "u": 0.5, "start": 1, "end": 2, "truncated_at": None}
