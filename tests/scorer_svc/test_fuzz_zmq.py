@@ -1,0 +1,167 @@
+"""5,000 random and mutated requests at the real scorer: one error reply each, bounded memory,
+nothing stored, and a real checkpoint still goes through afterwards."""
+
+import json
+import pickle
+import random
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import zmq
+
+from common.protocol import encode_checkpoint, encode_hello
+from tests.conftest import ScorerProcess, make_samples, zmq_request
+from tests.scorer_svc.test_rejections import _WritesFile
+from tests.scorer_svc.test_service import lora_checkpoints, make_hello, wait_weights
+
+pytestmark = pytest.mark.slow
+
+N_MESSAGES = 5000
+DTYPES = ["int32", "bfloat16", "int64", "complex64", "object", "", "float8"]  # tensors are float32
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def _header(frames):
+    return json.loads(frames[0])
+
+
+def _with(frames, header):
+    return [json.dumps(header).encode(), *frames[1:]]
+
+
+def mutations(good: list[bytes], rng: random.Random, marker: Path):
+    """Yield (name, frames) forever: every kind of bad request the scorer must refuse."""
+    tensor_names = [t["name"] for t in _header(good)["tensors"]]
+
+    def header_with(**changes):
+        h = _header(good)
+        h.update(changes)
+        return _with(good, h)
+
+    def table_with(field, value):
+        h = _header(good)
+        h["tensors"][rng.randrange(len(h["tensors"]))][field] = value
+        return _with(good, h)
+
+    def payload_flip():
+        frames = list(good)
+        i = rng.randrange(1, len(frames))
+        buf = bytearray(frames[i])
+        if buf:
+            buf[rng.randrange(len(buf))] ^= 1 << rng.randrange(8)
+        frames[i] = bytes(buf)
+        return frames
+
+    def truncated():
+        frames = list(good)
+        i = rng.randrange(1, len(frames))
+        frames[i] = frames[i][: rng.randrange(len(frames[i]))]
+        return frames
+
+    makers = {
+        "random_frames": lambda: [
+            rng.randbytes(rng.randrange(0, 300)) for _ in range(rng.randrange(1, 6))
+        ],
+        "random_json": lambda: [
+            json.dumps(
+                {"protocol": 1, "type": rng.choice(["hello", "checkpoint", "x", None])}
+            ).encode()
+        ],
+        "version": lambda: header_with(protocol=rng.choice([0, 2, 99, -1, "1", None])),
+        "wrong_sha": lambda: header_with(sha256=rng.randbytes(32).hex()),
+        "payload_flip": payload_flip,
+        "truncated": truncated,
+        "declared_huge": lambda: header_with(total_bytes=rng.choice([1 << 40, 1 << 62])),
+        "dtype": lambda: table_with("dtype", rng.choice(DTYPES)),
+        "shape": lambda: table_with(
+            "shape", [rng.randrange(0, 9) for _ in range(rng.randrange(4))]
+        ),
+        "length": lambda: table_with("length", rng.randrange(0, 1 << 20)),
+        "frame": lambda: table_with("frame", rng.choice([0, -1, 99, 2**40])),
+        "unknown_run": lambda: header_with(run_id=f"nobody-{rng.randrange(1000)}"),
+        "bad_update": lambda: header_with(update_index=rng.choice([0, 4, 99])),
+        "before_initial": lambda: header_with(step=rng.randrange(100, 10**6), update_index=2),
+        "unknown_tensor": lambda: table_with("name", rng.choice(tensor_names) + ".x"),
+        "pickle": lambda: [pickle.dumps(_WritesFile(str(marker)))],
+        "pickle_frames": lambda: [good[0], *[pickle.dumps(_WritesFile(str(marker)))] * 3],
+        "missing_payload": lambda: good[:1],
+        "extra_frames": lambda: [*good, rng.randbytes(16)],
+    }
+    names = sorted(makers)
+    while True:
+        name = rng.choice(names)
+        yield name, makers[name]()
+
+
+def test_fuzzed_requests_each_get_an_error_and_store_nothing(tiny_model, tmp_path):
+    dataset = tmp_path / "train.json"
+    dataset.write_text(json.dumps(make_samples(8)))
+    scorer = ScorerProcess(tmp_path / "scorer").start()
+    marker = tmp_path / "pwned"
+    try:
+        hello = make_hello(tiny_model, dataset, run_id="run-f")
+        assert zmq_request(scorer.zmq_url, encode_hello(hello))["status"] == "registered"
+        first, second = lora_checkpoints(tiny_model, 2)
+        # Mutations start from a checkpoint the scorer would refuse only for its mutation:
+        # update 1 of an unused step; the real update 1 is sent after the fuzzing.
+        good = [
+            bytes(f)
+            for f in encode_checkpoint(
+                run_id="run-f", step=2, update_index=1, kind="lora", tensors=first
+            )
+        ]
+        rss_before = _rss_kb(scorer.proc.pid)
+
+        context = zmq.Context.instance()
+        sock = context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(scorer.zmq_url)
+        codes: dict[str, set] = {}
+        rng = random.Random(1234)
+        stream = mutations(good, rng, marker)
+        started = time.monotonic()
+        for _ in range(N_MESSAGES):
+            name, frames = next(stream)
+            sock.send_multipart(frames)
+            assert sock.poll(30_000), f"no reply to a {name} message"
+            reply = sock.recv_multipart()
+            assert len(reply) == 1, name
+            body = json.loads(reply[0])
+            assert body["ok"] is False, (name, body)
+            assert body["reason"], name
+            codes.setdefault(name, set()).add(body["code"])
+        assert not sock.poll(200), "more replies than requests"
+        sock.close(0)
+        fuzz_seconds = time.monotonic() - started
+        rss_after = _rss_kb(scorer.proc.pid)
+
+        assert codes["declared_huge"] == {"too_large"}
+        assert codes["version"] == {"version"}
+        assert codes["wrong_sha"] == {"integrity"}
+        assert codes["unknown_run"] == {"unknown_run"}
+        assert not marker.exists()
+        assert rss_after - rss_before < 150_000, (rss_before, rss_after)
+        assert httpx.get(f"{scorer.base_url}/v1/runs/run-f/checkpoints").json() == []
+        assert len(httpx.get(f"{scorer.base_url}/v1/runs").json()) == 1
+
+        # A real run still works.
+        for step, k, tensors in ((2, 1, first), (4, 2, second)):
+            frames = encode_checkpoint(
+                run_id="run-f", step=step, update_index=k, kind="lora", tensors=tensors
+            )
+            assert zmq_request(scorer.zmq_url, frames)["status"] == "queued"
+        assert wait_weights(scorer.base_url, "run-f", 4)["update_index"] == 2
+        print(
+            f"\n{N_MESSAGES} fuzzed requests in {fuzz_seconds:.1f}s; "
+            f"RSS {rss_before} -> {rss_after} kB; codes {codes}"
+        )
+    finally:
+        scorer.stop()
