@@ -22,6 +22,7 @@ FLAGS = {
     "--batch-size": ("batch_size", int),
     "--max-batch-tokens": ("max_batch_tokens", int),
     "--log-level": ("log_level", str),
+    "--token-file": ("token_file", str),
 }
 
 

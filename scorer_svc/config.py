@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,26 @@ class Settings(BaseSettings):
     retry_after_seconds: int = Field(1, ge=1)
     keep_checkpoints: bool = False  # keep tensors after scoring (they are needed only until then)
     log_level: str = "INFO"
+    # A shared secret required on every request (Bearer on REST, `token` in ZeroMQ headers).
+    token: SecretStr | None = None
+    token_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> Settings:
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("set token or token_file, not both")
+        if self.token_file is not None and not self.token_file.is_file():
+            raise ValueError(f"token_file {self.token_file} does not exist")
+        return self
+
+    def shared_token(self) -> str | None:
+        """The token in force, or None when requests need none."""
+        if self.token_file is not None:
+            value = self.token_file.read_text(encoding="utf-8").strip()
+            if not value:
+                raise SettingsError(f"token_file {self.token_file} is empty")
+            return value
+        return self.token.get_secret_value() if self.token is not None else None
 
     @field_validator("zmq_url")
     @classmethod

@@ -26,6 +26,7 @@ from common.protocol import (
     error_reply,
 )
 from scorer_svc import crud
+from scorer_svc.auth import check_request_token
 from scorer_svc.config import Settings
 from scorer_svc.models import Run
 from scorer_svc.registry import Registry, differences, identity
@@ -50,9 +51,11 @@ class Intake:
         self.sessions = sessions
         self.registry = registry
         self.on_queued = on_queued
+        self.token = settings.shared_token()
 
     def handle(self, frames: list[Any]) -> list[bytes]:
         try:
+            check_request_token(frames[0] if frames else b"", self.token)
             message = decode_request(frames, max_bytes=self.settings.max_checkpoint_bytes)
             with self.sessions() as session:
                 if isinstance(message, Hello):

@@ -13,6 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from scorer_svc.api.routes import health, losses, runs, weights
 from scorer_svc.api.steps import NotScoredYet
+from scorer_svc.auth import OPEN_PATHS, bearer, same_token
 from scorer_svc.config import Settings
 from scorer_svc.db import make_engine, make_sessionmaker
 from scorer_svc.intake import Intake, IntakeServer
@@ -47,6 +48,8 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.service = state
         for address in settings.exposed_addresses():
             log.warning("listening beyond loopback at %s", address)
+        if settings.token is None and settings.token_file is None:
+            log.info("no token set: any local process can use this scorer")
         state.worker.start()
         state.intake.start()
         log.info(
@@ -74,7 +77,25 @@ def create_app(settings: Settings) -> FastAPI:
     for module in (health, runs, losses, weights):
         app.include_router(module.router)
     _add_error_handlers(app, settings)
+    _require_token(app, settings.shared_token())
     return app
+
+
+def _require_token(app: FastAPI, token: str | None) -> None:
+    if token is None:
+        return
+
+    @app.middleware("http")
+    async def check_bearer(request: Request, call_next):  # type: ignore[no-untyped-def]
+        if request.url.path in OPEN_PATHS or same_token(
+            bearer(request.headers.get("authorization")), token
+        ):
+            return await call_next(request)
+        return JSONResponse(
+            status_code=401,
+            content={"detail": "missing or wrong token: send Authorization: Bearer <token>"},
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
 
 def _add_error_handlers(app: FastAPI, settings: Settings) -> None:

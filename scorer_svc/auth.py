@@ -1,0 +1,39 @@
+"""The optional shared token: checked on every ZeroMQ request and every REST call."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any
+
+from common.errors import Unauthorized
+
+# Liveness and the API's own description stay open: they reveal no run data, and health
+# checks (compose, orchestrators) cannot carry a secret.
+OPEN_PATHS = frozenset({"/healthz", "/docs", "/openapi.json", "/docs/oauth2-redirect"})
+
+
+def same_token(given: str | None, expected: str) -> bool:
+    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+
+
+def check_request_token(frame0: Any, expected: str | None) -> None:
+    """Refuse a ZeroMQ request whose header lacks the token, before anything else is read."""
+    if expected is None:
+        return
+    try:
+        header = json.loads(bytes(frame0)[: 1 << 20])
+        given = header.get("token") if isinstance(header, dict) else None
+    except (ValueError, UnicodeDecodeError):
+        given = None
+    if not same_token(given if isinstance(given, str) else None, expected):
+        raise Unauthorized(
+            "this scorer requires a token: set scorer_token (or SCORER_TOKEN) in the trainer "
+            "to the scorer's token"
+        )
+
+
+def bearer(authorization: str | None) -> str | None:
+    if authorization and authorization.lower().startswith("bearer "):
+        return authorization[7:].strip()
+    return None

@@ -1,0 +1,60 @@
+"""With a shared token set, requests without it or with a wrong one are refused, nothing stored."""
+
+import json
+
+import httpx
+import pytest
+
+from common.protocol import encode_hello
+from tests.conftest import ScorerProcess, make_samples, zmq_request
+from tests.scorer_svc.test_service import make_hello
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "s3cret-token-for-tests"
+
+
+@pytest.fixture(scope="module")
+def guarded(tiny_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("auth")
+    (root / "token").write_text(TOKEN + "\n")
+    dataset = root / "train.json"
+    dataset.write_text(json.dumps(make_samples(6)))
+    scorer = ScorerProcess(root / "scorer", "--token-file", str(root / "token")).start()
+    yield scorer, make_hello(tiny_model, dataset, run_id="run-t")
+    scorer.stop()
+    assert TOKEN not in scorer.log()  # never logged
+
+
+def _runs(scorer):
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    response = httpx.get(f"{scorer.base_url}/v1/runs", headers=headers)
+    assert response.status_code == 200
+    return [r["run_id"] for r in response.json()]
+
+
+@pytest.mark.parametrize("header", [None, "Bearer wrong", f"Basic {TOKEN}", "Bearer", "bearer  x"])
+def test_rest_without_the_right_token_is_401(guarded, header):
+    scorer, _ = guarded
+    headers = {"Authorization": header} if header else {}
+    for path in ("/v1/runs", "/v1/runs/run-t/weights", "/v1/runs/x/samples/0/losses"):
+        response = httpx.get(scorer.base_url + path, headers=headers)
+        assert response.status_code == 401, path
+        assert "Bearer" in response.json()["detail"]
+    assert httpx.get(f"{scorer.base_url}/healthz").status_code == 200
+
+
+def test_zmq_without_the_right_token_is_refused_and_nothing_stored(guarded):
+    scorer, hello = guarded
+    for token in (None, "wrong", TOKEN + "x"):
+        reply = zmq_request(scorer.zmq_url, encode_hello(hello.model_copy(update={"token": token})))
+        assert reply["ok"] is False and reply["code"] == "unauthorized", reply
+        assert "token" in reply["reason"]
+    assert _runs(scorer) == []
+    reply = zmq_request(scorer.zmq_url, encode_hello(hello.model_copy(update={"token": TOKEN})))
+    assert reply["status"] == "registered"
+    assert _runs(scorer) == ["run-t"]
+    stored = httpx.get(
+        f"{scorer.base_url}/v1/runs/run-t", headers={"Authorization": f"Bearer {TOKEN}"}
+    ).json()
+    assert "token" not in stored["config"]
