@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     max_batch_tokens: int = Field(16384, ge=1)
     max_checkpoint_bytes: int = Field(16 << 30, ge=1)
     retry_after_seconds: int = Field(1, ge=1)
+    database_busy_timeout_seconds: float = Field(30.0, gt=0)
     keep_checkpoints: bool = False  # keep tensors after scoring (they are needed only until then)
     log_level: str = "INFO"
     # A shared secret required on every request (Bearer on REST, `token` in ZeroMQ headers).

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 
 import numpy as np
@@ -125,11 +125,13 @@ def add_checkpoint(
     return checkpoint
 
 
-def next_pending(session: Session) -> Checkpoint | None:
-    """The oldest checkpoint acknowledged but not scored (including one cut off mid-scoring)."""
-    return session.scalar(
-        select(Checkpoint).where(Checkpoint.status.in_(PENDING)).order_by(Checkpoint.id).limit(1)
-    )
+def next_pending(session: Session, *, skip: Collection[int] = ()) -> Checkpoint | None:
+    """The oldest checkpoint acknowledged but not scored (including one cut off mid-scoring),
+    other than those in skip."""
+    query = select(Checkpoint).where(Checkpoint.status.in_(PENDING))
+    if skip:
+        query = query.where(Checkpoint.id.not_in(list(skip)))
+    return session.scalar(query.order_by(Checkpoint.id).limit(1))
 
 
 def mark_scoring(session: Session, *, checkpoint: Checkpoint) -> None:

@@ -9,15 +9,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from scorer_svc.models import Base
 
-SQLITE_BUSY_TIMEOUT_MS = 30_000
 
-
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, busy_timeout_seconds: float = 30.0) -> Engine:
+    """An engine whose tables exist; SQLite waits busy_timeout_seconds for a lock, then fails."""
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
-            url,
-            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            url, connect_args={"check_same_thread": False, "timeout": busy_timeout_seconds}
         )
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
@@ -31,7 +29,6 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.close()
 
 

@@ -29,7 +29,10 @@ HEADER_MARGIN = 1 << 20
 
 def build_state(settings: Settings) -> ServiceState:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.resolved_database_url)
+    engine = make_engine(
+        settings.resolved_database_url,
+        busy_timeout_seconds=settings.database_busy_timeout_seconds,
+    )
     sessions = make_sessionmaker(engine)
     registry = Registry(settings)
     worker = Worker(sessions, registry, keep_checkpoints=settings.keep_checkpoints)

@@ -6,6 +6,7 @@ import logging
 import threading
 from pathlib import Path
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.protocol import Hello
@@ -31,6 +32,10 @@ class Worker:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="scorer", daemon=True)
+        # Failures the database could not take (read-only, locked): served from here and
+        # written when the database accepts them again.
+        self.unrecorded_failures: dict[int, str] = {}
+        self._lock = threading.Lock()
 
     def start(self) -> None:
         self._thread.start()
@@ -57,19 +62,52 @@ class Worker:
 
     def run_once(self) -> bool:
         """Score the oldest pending checkpoint; False when there was none."""
+        self._record_failures()
         with self.sessions() as session:
-            checkpoint = crud.next_pending(session)
+            with self._lock:
+                skip = set(self.unrecorded_failures)
+            checkpoint = crud.next_pending(session, skip=skip)
             if checkpoint is None:
                 return False
             self._score(session, checkpoint)
             return True
 
+    def failure_of(self, checkpoint_id: int) -> str | None:
+        with self._lock:
+            return self.unrecorded_failures.get(checkpoint_id)
+
+    def _fail(self, session: Session, checkpoint_id: int, error: str) -> None:
+        try:
+            crud.mark_failed(session, checkpoint_id=checkpoint_id, error=error)
+        except SQLAlchemyError as db_error:
+            session.rollback()
+            log.error(
+                "cannot record that checkpoint %d failed (%s); serving the failure from memory",
+                checkpoint_id,
+                type(db_error).__name__,
+            )
+            with self._lock:
+                self.unrecorded_failures[checkpoint_id] = error
+
+    def _record_failures(self) -> None:
+        with self._lock:
+            pending = dict(self.unrecorded_failures)
+        for checkpoint_id, error in pending.items():
+            try:
+                with self.sessions() as session:
+                    crud.mark_failed(session, checkpoint_id=checkpoint_id, error=error)
+            except SQLAlchemyError:
+                return  # still unavailable; try again on the next round
+            with self._lock:
+                self.unrecorded_failures.pop(checkpoint_id, None)
+
     def _score(self, session: Session, checkpoint: Checkpoint) -> None:
         run = session.get(Run, checkpoint.run_pk)
         assert run is not None
-        crud.mark_scoring(session, checkpoint=checkpoint)
         label = f"run {run.run_id} step {checkpoint.step}"
+        checkpoint_id = checkpoint.id
         try:
+            crud.mark_scoring(session, checkpoint=checkpoint)
             hello = Hello.model_validate(run.config)
             data = self.registry.prepare(hello)
             model = self.registry.model(hello)
@@ -85,15 +123,13 @@ class Worker:
             )
         except ScoringAborted:
             session.rollback()
-            crud.mark_received(session, checkpoint_id=checkpoint.id)
+            crud.mark_received(session, checkpoint_id=checkpoint_id)
             log.warning("stopped while scoring %s; it will be scored on restart", label)
             return
         except Exception as error:
             session.rollback()
             log.exception("scoring %s failed", label)
-            crud.mark_failed(
-                session, checkpoint_id=checkpoint.id, error=f"{type(error).__name__}: {error}"
-            )
+            self._fail(session, checkpoint_id, f"{type(error).__name__}: {error}")
             return
         log.info(
             "scored %s (update %d): %d samples in %.2fs, %.1f samples/s",

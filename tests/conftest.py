@@ -56,12 +56,13 @@ def free_port() -> int:
 class ScorerProcess:
     """`python -m scorer_svc serve` on free loopback ports, with its own data directory."""
 
-    def __init__(self, data_dir: Path, *extra: str) -> None:
+    def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.http_port = free_port()
         self.zmq_url = f"tcp://127.0.0.1:{free_port()}"
         self.base_url = f"http://127.0.0.1:{self.http_port}"
         self.extra = list(extra)
+        self.env = env or {}
         self.proc: subprocess.Popen | None = None
         self.log_path = data_dir / "scorer.log"
 
@@ -83,7 +84,7 @@ class ScorerProcess:
             *self.extra,
         ]
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -1,5 +1,7 @@
 """Finding the checkpoint a request names, with the errors the API promises."""
 
+from collections.abc import Callable
+
 from fastapi import HTTPException
 from sqlalchemy.orm import Session
 
@@ -28,13 +30,16 @@ def named_checkpoint(session: Session, run: Run, step: int | None) -> Checkpoint
     return checkpoint
 
 
-def scored_checkpoint(session: Session, run: Run, step: int | None) -> Checkpoint:
-    """As named_checkpoint, and 409 if it failed, NotScoredYet if it is still pending."""
+def scored_checkpoint(
+    session: Session, run: Run, step: int | None, unrecorded: Callable[[int], str | None]
+) -> Checkpoint:
+    """As named_checkpoint, and 409 if it failed, NotScoredYet if it is still pending.
+
+    unrecorded gives the error of a failure the database could not store yet."""
     checkpoint = named_checkpoint(session, run, step)
-    if checkpoint.status == FAILED:
-        raise HTTPException(
-            409, detail=f"scoring step {checkpoint.step} failed: {checkpoint.error}"
-        )
+    error = checkpoint.error if checkpoint.status == FAILED else unrecorded(checkpoint.id)
+    if error is not None:
+        raise HTTPException(409, detail=f"scoring step {checkpoint.step} failed: {error}")
     if checkpoint.status != SCORED:
         raise NotScoredYet(checkpoint)
     return checkpoint

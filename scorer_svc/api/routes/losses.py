@@ -6,7 +6,7 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi import Path as PathParam
 
 from scorer_svc import crud
-from scorer_svc.api.deps import RunDep, SessionDep
+from scorer_svc.api.deps import RunDep, SessionDep, StateDep
 from scorer_svc.api.steps import scored_checkpoint
 from scorer_svc.schemas import LossPage, LossPoint, SampleHistory
 
@@ -18,6 +18,7 @@ MAX_PAGE = 100_000
 @router.get("/losses")
 def losses_at_step(
     session: SessionDep,
+    state: StateDep,
     run: RunDep,
     step: Annotated[
         int | None, Query(ge=0, description="a scored step; default the latest")
@@ -25,7 +26,7 @@ def losses_at_step(
     offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1000,
 ) -> LossPage:
-    checkpoint = scored_checkpoint(session, run, step)
+    checkpoint = scored_checkpoint(session, run, step, state.worker.failure_of)
     values = crud.loss_page(session, run=run, step=checkpoint.step, offset=offset, limit=limit)
     return LossPage(
         run_id=run.run_id,
