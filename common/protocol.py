@@ -28,6 +28,7 @@ from common.errors import (
 
 PROTOCOL_VERSION = 1
 MAX_HEADER_BYTES = 1 << 20
+MAX_STEP = 2**62  # steps, indices and counts fit a signed 64-bit database integer
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -71,8 +72,8 @@ class Hello(_Header):
     dataset_dir: str | None = None
     tokenization: dict[str, Any]
     window_size: float = Field(ge=0.0, le=1.0)
-    update_times: int = Field(ge=1)
-    n_samples: int = Field(ge=1)
+    update_times: int = Field(ge=1, le=MAX_STEP)
+    n_samples: int = Field(ge=1, le=MAX_STEP)
     fingerprint: str = Field(pattern=r"^[0-9a-f]{64}$")
     vocab_size: int | None = None
 
@@ -92,8 +93,8 @@ class CheckpointHeader(_Header):
 
     type: Literal["checkpoint"] = "checkpoint"
     run_id: str = Field(min_length=1, max_length=128)
-    step: int = Field(ge=0)
-    update_index: int = Field(ge=1)
+    step: int = Field(ge=0, le=MAX_STEP)
+    update_index: int = Field(ge=1, le=MAX_STEP)
     kind: Literal["lora", "full"]
     encoding: Literal["raw", "safetensors"] = "raw"
     tensors: list[TensorEntry] = Field(default_factory=list)

@@ -7,7 +7,8 @@ cuts the window where deltas turn negative (samples that got worse are not prior
 Samples inside the window weigh 1.0, the others 0.025; weights are normalised to sum 1.
 
 A sample whose loss (initial or current) is missing or not finite takes no part: it has
-weight 0 and is not ranked, and N in the window formula counts only ranked samples.
+weight 0 and is not ranked. N in the window formula is the run's N all the same, so the
+window sits where the method puts it; ranks past the ranked samples are simply empty.
 """
 
 from __future__ import annotations
@@ -97,13 +98,12 @@ def delta_window(
         )
     deltas = init - cur
     ranking = rank_by_delta(deltas)
-    n = int(ranking.size)
-    t, big_t, u, start, end = window_position(update_index, update_times, n, window_size)
+    t, big_t, u, start, end = window_position(update_index, update_times, deltas.size, window_size)
     negative = np.flatnonzero(deltas[ranking] < 0)
     truncated_at = int(negative[0]) if negative.size else None
     if truncated_at is not None:
         end = min(end, truncated_at)
-    window = Window(update_index, t, big_t, u, start, end, truncated_at, n)
+    window = Window(update_index, t, big_t, u, start, end, truncated_at, int(ranking.size))
     return window, ranking
 
 

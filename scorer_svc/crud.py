@@ -125,6 +125,27 @@ def add_checkpoint(
     return checkpoint
 
 
+def requeue(
+    session: Session,
+    *,
+    checkpoint: Checkpoint,
+    update_index: int,
+    sha256: str,
+    path: str,
+    n_bytes: int,
+) -> None:
+    """A failed checkpoint sent again: pending once more, with the new tensors."""
+    checkpoint.update_index = update_index
+    checkpoint.sha256 = sha256
+    checkpoint.path = path
+    checkpoint.n_bytes = n_bytes
+    checkpoint.status = RECEIVED
+    checkpoint.received_at = now()
+    checkpoint.started_at = checkpoint.finished_at = None
+    checkpoint.error = None
+    session.commit()
+
+
 def next_pending(session: Session, *, skip: Collection[int] = ()) -> Checkpoint | None:
     """The oldest checkpoint acknowledged but not scored (including one cut off mid-scoring),
     other than those in skip."""

@@ -28,7 +28,7 @@ from common.protocol import (
 from scorer_svc import crud
 from scorer_svc.auth import check_request_token
 from scorer_svc.config import Settings
-from scorer_svc.models import Run
+from scorer_svc.models import FAILED, Run
 from scorer_svc.registry import Registry, differences, identity
 from scorer_svc.store import checkpoint_path, write_checkpoint
 
@@ -86,7 +86,7 @@ class Intake:
             status = "already_registered"
         else:
             data = self.registry.prepare(hello)
-            self.registry.model(hello)
+            self.registry.manifest(hello)  # the base model must load as the trainer says
             config = {**hello.model_dump(exclude={"token"}), **identity(hello)}
             run = crud.create_run(session, config=config, n_no_labels=data.n_no_labels)
             status = "registered"
@@ -112,17 +112,18 @@ class Intake:
             )
         self._check_fits_run(run, header.kind, header.update_index)
         existing = crud.get_checkpoint(session, run=run, step=header.step)
-        if existing is not None:
+        if existing is not None and existing.status != FAILED:
             if existing.sha256 != header.sha256:
-                raise CheckpointRejected(
-                    f"step {header.step} of run {run.run_id} was already received with other "
-                    "content; a step is scored once"
-                )
+                log.warning(
+                    "run %s step %d sent again with other content; the first one is kept",
+                    run.run_id, header.step,
+                )  # fmt: skip
             return ack(
                 status="duplicate",
                 run_id=run.run_id,
                 step=header.step,
                 update_index=existing.update_index,
+                same_content=existing.sha256 == header.sha256,
             )
         if header.update_index >= 2 and run.initial_step is None:
             raise CheckpointRejected(
@@ -130,8 +131,7 @@ class Intake:
             )
         tensors = decode_tensors(message)
         hello = Hello.model_validate(run.config)
-        self.registry.prepare(hello)
-        self.registry.model(hello).check(
+        self.registry.manifest(hello).check(
             [
                 (name, str(t.dtype).removeprefix("torch."), list(t.shape))
                 for name, t in tensors.items()
@@ -140,16 +140,22 @@ class Intake:
         path = checkpoint_path(self.settings.data_dir, run.run_id, header.step)
         n_bytes = write_checkpoint(path, tensors)
         try:
-            crud.add_checkpoint(
-                session,
-                run=run,
-                step=header.step,
-                update_index=header.update_index,
-                kind=header.kind,
-                sha256=header.sha256,
-                path=str(path),
-                n_bytes=n_bytes,
-            )
+            if existing is not None:  # a failed step sent again is scored again
+                crud.requeue(
+                    session, checkpoint=existing, update_index=header.update_index,
+                    sha256=header.sha256, path=str(path), n_bytes=n_bytes,
+                )  # fmt: skip
+            else:
+                crud.add_checkpoint(
+                    session,
+                    run=run,
+                    step=header.step,
+                    update_index=header.update_index,
+                    kind=header.kind,
+                    sha256=header.sha256,
+                    path=str(path),
+                    n_bytes=n_bytes,
+                )
         except Exception:
             session.rollback()
             path.unlink(missing_ok=True)
@@ -204,6 +210,9 @@ class IntakeServer:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
+        if self._thread.is_alive():
+            log.error("ZeroMQ intake did not stop in 30 s; leaving its socket to the process exit")
+            return
         self._socket.close(0)
         self._context.term()
 
@@ -213,7 +222,10 @@ class IntakeServer:
         while not self._stop.is_set():
             if not poller.poll(POLL_MS):
                 continue
-            frames = self._socket.recv_multipart(copy=False)
-            identity, body = frames[0], [f.buffer for f in frames[1:]]
-            reply = self.intake.handle(body)
-            self._socket.send_multipart([identity.bytes, *reply])
+            try:
+                frames = self._socket.recv_multipart(copy=False)
+                identity, body = frames[0], [f.buffer for f in frames[1:]]
+                reply = self.intake.handle(body)
+                self._socket.send_multipart([identity.bytes, *reply])
+            except Exception:  # keep serving: one bad exchange must not stop the intake
+                log.exception("ZeroMQ intake error")

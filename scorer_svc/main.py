@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
+from common.selection import SelectionError
 from scorer_svc.api.routes import health, losses, runs, weights
 from scorer_svc.api.steps import NotScoredYet
 from scorer_svc.auth import OPEN_PATHS, bearer, same_token
@@ -120,6 +121,10 @@ def _add_error_handlers(app: FastAPI, settings: Settings) -> None:
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         return JSONResponse(status_code=422, content={"detail": problems})
+
+    @app.exception_handler(SelectionError)
+    async def no_weights(_: Request, exc: SelectionError) -> JSONResponse:
+        return JSONResponse(status_code=409, content={"detail": f"no weights: {exc}"})
 
     @app.exception_handler(SQLAlchemyError)
     async def database(_: Request, exc: SQLAlchemyError) -> JSONResponse:

@@ -17,7 +17,13 @@ from common.tokenization import (
 )
 from scorer_svc.batching import Batch, make_batches
 from scorer_svc.config import Settings
-from scorer_svc.scoring import ScoringModel, resolve_device, resolve_dtype
+from scorer_svc.scoring import (
+    Manifest,
+    ScoringModel,
+    build_model,
+    resolve_device,
+    resolve_dtype,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +78,9 @@ class Registry:
         self._data: dict[str, RunData] = {}
         self._model_key: tuple | None = None
         self._model: ScoringModel | None = None
+        self._manifests: dict[tuple, Manifest] = {}
         self._lock = threading.RLock()
+        self._model_lock = threading.Lock()
 
     def prepare(self, hello: Hello) -> RunData:
         """Tokenize the dataset as the trainer did and refuse the run if anything differs."""
@@ -119,13 +127,32 @@ class Registry:
                 "tokenizer and the same template and cutoff_len."
             )
 
-    def model(self, hello: Hello) -> ScoringModel:
-        key = (
-            hello.base_model,
-            hello.finetuning_type,
-            repr(hello.lora.model_dump() if hello.lora else None),
-        )
+    @staticmethod
+    def _key(hello: Hello) -> tuple:
+        lora = hello.lora.model_dump() if hello.lora else None
+        return (hello.base_model, hello.finetuning_type, repr(lora), hello.trust_remote_code)
+
+    def manifest(self, hello: Hello) -> Manifest:
+        """What a checkpoint of this run must hold, from a weightless (meta) model: the
+        intake checks checkpoints without loading weights or waiting for the worker."""
+        key = self._key(hello)
         with self._lock:
+            if key not in self._manifests:
+                skeleton = build_model(
+                    hello.base_model,
+                    kind=hello.finetuning_type,
+                    lora=hello.lora.model_dump() if hello.lora else None,
+                    dtype=self.dtype,
+                    trust_remote_code=hello.trust_remote_code,
+                    weights=False,
+                )
+                self._manifests[key] = Manifest.of(skeleton, hello.finetuning_type)
+            return self._manifests[key]
+
+    def model(self, hello: Hello) -> ScoringModel:
+        """The scoring model for this run's configuration, loaded once (used by the worker)."""
+        key = self._key(hello)
+        with self._model_lock:
             if self._model_key != key:
                 self._model = None  # free the previous model before loading the next
                 log.info(

@@ -64,19 +64,99 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return getattr(torch, name)
 
 
+@dataclass(frozen=True)
+class Manifest:
+    """Names and shapes a checkpoint of this model must carry, and those it may carry."""
+
+    kind: str
+    specs: dict[str, ParamSpec]
+    required: frozenset[str]
+
+    @classmethod
+    def of(cls, model: torch.nn.Module, kind: str) -> Manifest:
+        if kind == "lora":
+            targets = {n: p for n, p in model.named_parameters() if p.requires_grad}
+            required = frozenset(targets)
+        else:
+            targets = dict(model.state_dict())
+            required = frozenset(n for n, _ in model.named_parameters())  # tied weights once
+        specs = {n: ParamSpec(tuple(t.shape), t.is_floating_point()) for n, t in targets.items()}
+        return cls(kind, specs, required)
+
+    def check(self, table: Sequence[tuple[str, str, list[int]]]) -> None:
+        """Refuse a checkpoint whose names or shapes do not fit this model, naming them."""
+        problems = []
+        names = set()
+        for name, dtype, shape in table:
+            names.add(name)
+            spec = self.specs.get(name)
+            if spec is None:
+                problems.append(f"unknown tensor {name}")
+            elif tuple(shape) != spec.shape:
+                problems.append(f"{name} has shape {list(shape)}, the model has {list(spec.shape)}")
+            elif spec.is_float != dtype.startswith(("float", "bfloat")):
+                problems.append(f"{name} has dtype {dtype}, which does not fit the model")
+        missing = self.required - names
+        if missing:
+            problems.append(f"{len(missing)} tensors missing, e.g. {sorted(missing)[0]}")
+        if problems:
+            shown = "; ".join(problems[:5]) + (
+                f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+            )
+            raise CheckpointRejected(
+                f"checkpoint does not fit the {self.kind} model of this run: {shown}"
+            )
+
+
+def build_model(
+    base_model: str,
+    *,
+    kind: str,
+    lora: dict | None,
+    dtype: torch.dtype,
+    trust_remote_code: bool = False,
+    weights: bool = True,
+) -> torch.nn.Module:
+    """The base model, LoRA-wrapped for a LoRA run; without weights it is built on the meta
+    device (no memory), enough to know the names and shapes a checkpoint must have."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if weights:
+        model = AutoModelForCausalLM.from_pretrained(
+            base_model, dtype=dtype, trust_remote_code=trust_remote_code
+        )
+    else:
+        config = AutoConfig.from_pretrained(base_model, trust_remote_code=trust_remote_code)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    if kind == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        assert lora is not None
+        config = LoraConfig(
+            r=lora["r"],
+            lora_alpha=lora["alpha"],
+            lora_dropout=lora.get("dropout", 0.0),
+            target_modules=lora["target_modules"],
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, config)  # type: ignore[assignment]
+    return model
+
+
 class ScoringModel:
-    """One model per run, on one device; a checkpoint is copied into its tensors in place."""
+    """One model on one device; a checkpoint is copied into its tensors in place."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device, kind: str) -> None:
         self.model = model.to(device).eval()
         self.device = device
         self.kind = kind
-        self.targets = self._targets()
-        self.manifest = {
-            name: ParamSpec(tuple(t.shape), t.is_floating_point())
-            for name, t in self.targets.items()
-        }
-        self._required = set(self._required_names())
+        self.manifest = Manifest.of(self.model, kind)
+        self.targets = (
+            {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+            if kind == "lora"
+            else dict(self.model.state_dict())
+        )
 
     @classmethod
     def load(
@@ -89,58 +169,13 @@ class ScoringModel:
         dtype: torch.dtype,
         trust_remote_code: bool = False,
     ) -> ScoringModel:
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(
-            base_model, dtype=dtype, trust_remote_code=trust_remote_code
+        model = build_model(
+            base_model, kind=kind, lora=lora, dtype=dtype, trust_remote_code=trust_remote_code
         )
-        if kind == "lora":
-            from peft import LoraConfig, get_peft_model
-
-            assert lora is not None
-            config = LoraConfig(
-                r=lora["r"],
-                lora_alpha=lora["alpha"],
-                lora_dropout=lora.get("dropout", 0.0),
-                target_modules=lora["target_modules"],
-                task_type="CAUSAL_LM",
-            )
-            model = get_peft_model(model, config)  # type: ignore[assignment]
         return cls(model, device, kind)
 
-    def _targets(self) -> dict[str, torch.Tensor]:
-        if self.kind == "lora":
-            return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
-        return dict(self.model.state_dict())
-
-    def _required_names(self) -> list[str]:
-        if self.kind == "lora":
-            return list(self.targets)
-        return [name for name, _ in self.model.named_parameters()]  # tied weights once
-
     def check(self, table: Sequence[tuple[str, str, list[int]]]) -> None:
-        """Refuse a checkpoint whose names or shapes do not fit this model, naming them."""
-        problems = []
-        names = set()
-        for name, dtype, shape in table:
-            names.add(name)
-            spec = self.manifest.get(name)
-            if spec is None:
-                problems.append(f"unknown tensor {name}")
-            elif tuple(shape) != spec.shape:
-                problems.append(f"{name} has shape {list(shape)}, the model has {list(spec.shape)}")
-            elif spec.is_float != dtype.startswith(("float", "bfloat")):
-                problems.append(f"{name} has dtype {dtype}, which does not fit the model")
-        missing = self._required - names
-        if missing:
-            problems.append(f"{len(missing)} tensors missing, e.g. {sorted(missing)[0]}")
-        if problems:
-            shown = "; ".join(problems[:5]) + (
-                f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
-            )
-            raise CheckpointRejected(
-                f"checkpoint does not fit the {self.kind} model of this run: {shown}"
-            )
+        self.manifest.check(table)
 
     @torch.no_grad()
     def apply(self, tensors: dict[str, torch.Tensor]) -> None:

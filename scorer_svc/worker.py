@@ -6,6 +6,7 @@ import logging
 import threading
 from pathlib import Path
 
+import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -115,6 +116,10 @@ class Worker:
             losses, seconds = timed_score(
                 model, data.batches, run.n_samples, stop=self._stop, desc=label
             )
+            if not np.isfinite(losses).any():
+                raise ValueError(
+                    "no sample has a finite loss at this checkpoint (NaN or inf weights?)"
+                )
             window = None
             if checkpoint.update_index >= 2:
                 window = self._window(session, run, checkpoint, losses)

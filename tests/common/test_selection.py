@@ -106,10 +106,14 @@ def test_non_finite_losses_get_zero_weight_and_are_not_ranked():
     window, w = delta_weights(init, cur, 2, 3)
     assert window.n_ranked == 8
     assert w[1] == 0 and w[2] == 0
-    # 8 ranked, sN = 1.6: start = int(0.5 * 6.4) = 3, end = int(4.6) = 4.
-    # Ranking: 3, 0, 5, 9, 8, 7, 4, 6 -> rank 3 is sample 9.
-    assert (window.start, window.end) == (3, 4)
-    assert _in_window(w) == [9]
+    # N stays 10: start = int(0.5 * 8) = 4, end = 6 over the ranking of the 8 finite deltas,
+    # 3, 0, 5, 9, 8, 7, 4, 6 -> ranks 4 and 5 are samples 8 and 7.
+    assert (window.start, window.end) == (4, 6)
+    assert _in_window(w) == [7, 8]
+    # At the last update the window reaches past the 8 ranked samples: rank 7 alone is in it.
+    window, w = delta_weights(init, cur, 3, 3)
+    assert (window.start, window.end) == (7, 9)
+    assert _in_window(w) == [6]
     assert uniform_weights([1.0, None, float("inf"), 2.0]).tolist() == [0.5, 0.0, 0.0, 0.5]
 
 

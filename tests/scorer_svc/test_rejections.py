@@ -2,13 +2,15 @@
 
 import json
 import pickle
+import time
 
 import httpx
 import pytest
+import torch
 
 from common.protocol import encode_checkpoint, encode_hello
 from tests.conftest import ScorerProcess, zmq_request
-from tests.scorer_svc.test_service import lora_checkpoints, make_hello
+from tests.scorer_svc.test_service import lora_checkpoints, make_hello, wait_weights
 
 pytestmark = pytest.mark.slow
 
@@ -50,6 +52,21 @@ def _with_header(frames, **changes):
     return [json.dumps(header).encode(), *frames[1:]]
 
 
+def _pickle_as_safetensors(header_frame, marker):
+    """A well-formed request whose one blob is a pickle that writes a file if unpickled."""
+    import hashlib
+
+    blob = pickle.dumps(_WritesFile(str(marker)))
+    header = json.loads(header_frame)
+    header.update(
+        encoding="safetensors",
+        tensors=[],
+        total_bytes=len(blob),
+        sha256=hashlib.sha256(blob).hexdigest(),
+    )
+    return [json.dumps(header).encode(), blob]
+
+
 def _checkpoints(scorer):
     return httpx.get(f"{scorer.base_url}/v1/runs/run-r/checkpoints").json()
 
@@ -66,10 +83,9 @@ def test_each_bad_request_gets_one_error_reply_and_stores_nothing(live):
         "long": [good[0], good[1] + b"\0\0\0\0", *good[2:]],
         "unknown_run": _frames(tensors, run_id="nobody"),
         "pickle": [pickle.dumps(_WritesFile(str(marker)))],
-        "pickle_payload": _with_header(
-            [good[0], pickle.dumps(_WritesFile(str(marker)))], tensors=[], encoding="safetensors"
-        ),
+        "pickle_payload": _pickle_as_safetensors(good[0], marker),
         "bad_update": _frames(tensors, update_index=9),
+        "huge_step": _with_header(good, step=2**63),
         "wrong_kind": _frames(tensors, kind="full"),
         "wrong_shape": _frames({**tensors, next(iter(tensors)): tensors[next(iter(tensors))][:1]}),
     }
@@ -81,7 +97,8 @@ def test_each_bad_request_gets_one_error_reply_and_stores_nothing(live):
         "long": ("integrity", "truncated"),
         "unknown_run": ("unknown_run", "send hello first"),
         "pickle": ("malformed", "JSON header"),
-        "pickle_payload": ("integrity", ""),
+        "pickle_payload": ("malformed", "safetensors blob cannot be read"),
+        "huge_step": ("malformed", "step"),
         "bad_update": ("rejected", "outside 1..3"),
         "wrong_kind": ("rejected", "does not match"),
         "wrong_shape": ("rejected", "has shape"),
@@ -120,9 +137,11 @@ def test_hello_that_disagrees_is_refused_naming_both_values(live, tiny_model):
         ("/v1/runs/nobody/weights", 404, "no run"),
         ("/v1/runs/run-r/weights?step=999", 404, "no checkpoint at step 999"),
         ("/v1/runs/run-r/weights?step=abc", 422, "step"),
+        ("/v1/runs/run-r/weights?step=99999999999999999999", 422, "step"),
+        ("/v1/runs/run-r/losses?step=9223372036854775808", 422, "step"),
         ("/v1/runs/run-r/losses?step=-1", 422, "step"),
         ("/v1/runs/run-r/losses?limit=0", 422, "limit"),
-        ("/v1/runs/run-r/losses?offset=99999999999999", 422, "offset"),
+        ("/v1/runs/run-r/losses?offset=9223372036854775808", 422, "offset"),
         ("/v1/runs/run-r/losses", 404, "no scored checkpoint"),
         ("/v1/runs/run-r/samples/999/losses", 404, "sample 999 does not exist"),
         ("/v1/runs/run-r/samples/x/losses", 422, "index"),
@@ -133,3 +152,21 @@ def test_rest_errors_are_4xx_with_a_readable_detail(live, path, status, words):
     response = httpx.get(scorer.base_url + path)
     assert response.status_code == status, response.text
     assert words in response.json()["detail"]
+
+
+def test_checkpoint_without_any_finite_loss_fails_with_409_and_can_be_sent_again(live):
+    scorer, _, tensors, _ = live
+    poisoned = {name: torch.full_like(t, float("nan")) for name, t in tensors.items()}
+    frames = _frames(poisoned, step=8, update_index=1)
+    assert zmq_request(scorer.zmq_url, frames)["status"] == "queued"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        r = httpx.get(f"{scorer.base_url}/v1/runs/run-r/weights", params={"step": 8})
+        if r.status_code != 202:
+            break
+        time.sleep(0.05)
+    assert r.status_code == 409 and "no sample has a finite loss" in r.json()["detail"]
+    # The same step sent again (fixed) is scored again, and then served.
+    assert zmq_request(scorer.zmq_url, _frames(tensors, step=8))["status"] == "queued"
+    body = wait_weights(scorer.base_url, "run-r", 8)
+    assert body["step"] == 8 and abs(sum(body["weights"]) - 1) < 1e-9

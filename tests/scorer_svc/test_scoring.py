@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from common.errors import CheckpointRejected
 from common.tokenization import TokenizationSettings, encode_dataset
 from scorer_svc.batching import group_by_length, make_batches
-from scorer_svc.scoring import ScoringModel
+from scorer_svc.scoring import Manifest, ScoringModel, build_model
 from tests.conftest import make_samples
 
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}
@@ -37,7 +37,8 @@ def _reference_losses(model, encoded):
 def _perturb_lora(model: ScoringModel, seed: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return {
-        name: torch.randn(spec.shape, generator=g) * 0.1 for name, spec in model.manifest.items()
+        name: torch.randn(spec.shape, generator=g) * 0.1
+        for name, spec in model.manifest.specs.items()
     }
 
 
@@ -50,7 +51,12 @@ def test_batched_losses_equal_batch_of_one(tiny_model):
     )
     scorer.apply(_perturb_lora(scorer, 1))  # a non-trivial adapter
     batches = make_batches(encoded, batch_size=8, max_batch_tokens=4096, pad_id=0)
-    assert max(len(b.indices) for b in batches) > 1
+    spreads = [
+        max(len(encoded[i].input_ids) for i in b.indices)
+        - min(len(encoded[i].input_ids) for i in b.indices)
+        for b in batches
+    ]
+    assert max(spreads) > 20  # rows of different lengths share a padded batch
     batched = torch.from_numpy(scorer.score(batches, len(encoded)))
     reference = _reference_losses(scorer.model, encoded)
     assert torch.isnan(batched[-1]) and torch.isnan(reference[-1])  # no label token left
@@ -88,7 +94,7 @@ def test_checkpoint_that_does_not_fit_is_refused(tiny_model):
     scorer = ScoringModel.load(
         str(tiny_model), kind="lora", lora=LORA, device=torch.device("cpu"), dtype=torch.float32
     )
-    table = [(n, "float32", list(s.shape)) for n, s in scorer.manifest.items()]
+    table = [(n, "float32", list(s.shape)) for n, s in scorer.manifest.specs.items()]
     scorer.check(table)
     bad_shape = [(table[0][0], "float32", [1, 2]), *table[1:]]
     with pytest.raises(CheckpointRejected, match="has shape"):
@@ -106,3 +112,16 @@ def test_length_grouping_respects_size_and_token_budget():
     groups = group_by_length(lengths, batch_size=2, max_batch_tokens=150)
     assert groups == [[0, 3], [2, 5], [1], [4]]  # sorted by length, ties by index
     assert group_by_length(lengths, batch_size=2, max_batch_tokens=150) == groups
+
+
+@pytest.mark.parametrize("kind", ["lora", "full"])
+def test_weightless_manifest_equals_the_loaded_models(tiny_model, kind):
+    lora = LORA if kind == "lora" else None
+    skeleton = build_model(
+        str(tiny_model), kind=kind, lora=lora, dtype=torch.float32, weights=False
+    )
+    loaded = ScoringModel.load(
+        str(tiny_model), kind=kind, lora=lora, device=torch.device("cpu"), dtype=torch.float32
+    )
+    assert Manifest.of(skeleton, kind) == loaded.manifest
+    assert next(skeleton.parameters()).device.type == "meta"

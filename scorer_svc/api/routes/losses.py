@@ -5,6 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query
 from fastapi import Path as PathParam
 
+from common.protocol import MAX_STEP
 from scorer_svc import crud
 from scorer_svc.api.deps import RunDep, SessionDep, StateDep
 from scorer_svc.api.steps import scored_checkpoint
@@ -21,9 +22,9 @@ def losses_at_step(
     state: StateDep,
     run: RunDep,
     step: Annotated[
-        int | None, Query(ge=0, description="a scored step; default the latest")
+        int | None, Query(ge=0, le=MAX_STEP, description="a scored step; default the latest")
     ] = None,
-    offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_STEP)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1000,
 ) -> LossPage:
     checkpoint = scored_checkpoint(session, run, step, state.worker.failure_of)
@@ -42,7 +43,7 @@ def losses_at_step(
 def sample_losses(
     session: SessionDep,
     run: RunDep,
-    index: Annotated[int, PathParam(ge=0, le=2**31)],
+    index: Annotated[int, PathParam(ge=0, le=MAX_STEP)],
 ) -> SampleHistory:
     if index >= run.n_samples:
         raise HTTPException(

@@ -5,6 +5,7 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, Header, Query, Response
 
+from common.protocol import MAX_STEP
 from scorer_svc.api.deps import RunDep, SessionDep, StateDep
 from scorer_svc.api.steps import scored_checkpoint
 from scorer_svc.schemas import Pending, WeightsBody, WindowInfo
@@ -29,7 +30,7 @@ def get_weights(
     state: StateDep,
     run: RunDep,
     step: Annotated[
-        int | None, Query(ge=0, description="a step; default the latest scored")
+        int | None, Query(ge=0, le=MAX_STEP, description="a step; default the latest scored")
     ] = None,
     accept: Annotated[str | None, Header()] = None,
 ) -> Response | WeightsBody:
