@@ -1,4 +1,6 @@
-"""`trainer-svc train CONFIG.yaml [key=value ...]`: validate the config, then train."""
+"""`trainer-svc train CONFIG.yaml [key=value ...]`: validate the config, then train.
+`trainer-svc export MERGE.yaml [key=value ...]`: merge a LoRA adapter into its base and export.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train with Delta Loss selection")
     train.add_argument("config", help="YAML config (the seed's keys plus the scorer's)")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys")
+    export = commands.add_parser("export", help="merge a LoRA adapter and export the model")
+    export.add_argument("config", help="merge YAML (the seed's keys)")
+    export.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys")
     return parser
 
 
@@ -29,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
+    if args.command == "export":
+        return export(args.config, args.overrides)
     try:
         loaded = load_config(args.config, args.overrides)
     except (ConfigError, OSError) as exc:
@@ -40,6 +47,26 @@ def main(argv: list[str] | None = None) -> int:
         run(loaded)
     except ScorerFailure as exc:
         logger.error("stopped: %s", exc)
+        return 1
+    return 0
+
+
+def export(path: str, overrides: list[str]) -> int:
+    from trainer_svc.export import export as run_export
+    from trainer_svc.export import load_export_config
+
+    try:
+        cfg = load_export_config(path, overrides)
+    except (ConfigError, OSError) as exc:
+        logger.error("%s", exc)
+        return 2
+    try:
+        run_export(cfg)  # checks the adapter against the base before loading any weight
+    except ConfigError as exc:
+        logger.error("%s", exc)
+        return 2
+    except OSError as exc:
+        logger.error("export failed, %s left as it was: %s", cfg.export_dir, exc)
         return 1
     return 0
 

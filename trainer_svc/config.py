@@ -53,8 +53,10 @@ class TrainConfig(BaseModel):
     # data
     dataset: str = Field(min_length=1)
     dataset_dir: str | None = None
-    eval_dataset: str | None = None
-    do_eval: bool = False
+    eval_dataset: str | None = None  # an evaluation loss before, during and after training
+    eval_steps: int | None = Field(None, ge=1)  # None: only before and after training
+    per_device_eval_batch_size: int = Field(8, ge=1)
+    do_eval: bool = False  # accepted; eval_dataset alone turns evaluation on
     template: str = "auto"
     cutoff_len: int = Field(1024, ge=2)
     overwrite_cache: bool = False  # accepted; tokenization is not cached
@@ -201,6 +203,8 @@ def _check_values(good: dict[str, Any], problems: dict[str, str]) -> None:
         problems["scorer_zmq_url"] = "must be a ZeroMQ endpoint such as tcp://127.0.0.1:5555"
     if not str(good.get("scorer_http_url", "")).startswith(("http://", "https://")):
         problems["scorer_http_url"] = "must be an http(s) URL such as http://127.0.0.1:8000"
+    if good.get("eval_steps") is not None and not good.get("eval_dataset"):
+        problems["eval_steps"] = "needs eval_dataset (the data the evaluation loss is taken on)"
     if good.get("finetuning_type") == "lora" and not _target_list(good.get("lora_target")):
         problems["lora_target"] = "name at least one module, or 'all'"
     output_dir = good.get("output_dir")

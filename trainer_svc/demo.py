@@ -1,9 +1,10 @@
 """The demo: a tiny model learns on the samples the scorer picks, all on this machine.
 
-`python -m trainer_svc.demo --out DIR` builds a tiny Llama and a generated dataset in DIR,
-starts the scorer in the background on free loopback ports, trains on examples/demo.yaml,
-prints each update's window and selection, where the REST API is, and the mean delta loss per
-group of samples, then stops the scorer. Nothing is downloaded.
+`python -m trainer_svc.demo --out DIR` builds a tiny Llama, a generated dataset and a held-out
+evaluation set in DIR, starts the scorer in the background on free loopback ports, trains on
+examples/demo.yaml, prints each update's window and selection, the evaluation loss before and
+after training, where the REST API is, and the mean delta loss per group of samples, then
+stops the scorer. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import httpx
 from common.tiny_model import build_tiny_model
 from trainer_svc.config import load_config
 from trainer_svc.demo_data import groups_of, write_dataset
+from trainer_svc.records import eval_history
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_YAML = ROOT / "examples" / "demo.yaml"
@@ -139,6 +141,16 @@ def print_deltas(base_url: str, run_id: str, groups: list[str]) -> None:
         print(f"   {group:8s} {sum(deltas) / len(deltas):+.4f}  ({len(deltas)} samples)")
 
 
+def print_eval(log_history: list[dict]) -> None:
+    evals = eval_history(log_history)
+    if evals:
+        first, last = evals[0], evals[-1]
+        print(
+            f"\neval loss (held-out set): {first['eval_loss']:.4f} at step {first['step']} "
+            f"-> {last['eval_loss']:.4f} at step {last['step']}"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -152,20 +164,24 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     model = build_tiny_model(out / "tiny-model")
     data = write_dataset(out / "data" / "demo.json", n=args.samples)
+    held_out = write_dataset(out / "data" / "eval.json", n=64, noise_share=0.0, seed=1)
     groups = groups_of(data)
     print(f"tiny model: {model}\ndataset: {data} ({len(groups)} samples: {dict(Counter(groups))})")
+    print(f"eval dataset: {held_out} (64 held-out samples, no noise)")
     scorer = Scorer(out)
     scorer.start()
     print(f"scorer: REST {scorer.base_url} (docs {scorer.base_url}/docs), ZeroMQ {scorer.zmq_url}")
     try:
         loaded = load_config(args.config, [
-            f"model_name_or_path={model}", f"dataset={data}", f"output_dir={out / 'run'}",
+            f"model_name_or_path={model}", f"dataset={data}", f"eval_dataset={held_out}",
+            f"output_dir={out / 'run'}",
             f"scorer_zmq_url={scorer.zmq_url}", f"scorer_http_url={scorer.base_url}",
         ])  # fmt: skip
         from trainer_svc.recipe import run
 
         recipe = run(loaded, on_update=print_update(groups))
         run_id = recipe.run_id
+        print_eval(recipe.trainer.state.log_history)
         print(f"\nrecords: {out / 'run'} (selections.jsonl, training_loss.png, the model)")
         print(f"REST API: {scorer.base_url}/docs  (run id {run_id}); loss history of sample 0:")
         print(f"   curl {scorer.base_url}/v1/runs/{run_id}/samples/0/losses")

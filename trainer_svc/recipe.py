@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 
+from common.errors import ProtocolError
 from common.protocol import PROTOCOL_VERSION, Hello, LoraSpec
 from common.tokenization import TokenizationSettings, encode_dataset, fingerprint
 from trainer_svc.config import LoadedConfig
@@ -28,13 +30,14 @@ from trainer_svc.records import (
     TRAINED,
     JsonlRecord,
     TrainedSamples,
+    eval_history,
     read_jsonl,
 )
 from trainer_svc.records import plot_loss as write_loss_plot
 from trainer_svc.sampler import ScheduleBatchSampler, SelectionPlan
 from trainer_svc.schedule import Schedule
 from trainer_svc.trainer import ScheduledTrainer, SelectionCallback
-from trainer_svc.updates import UpdateCoordinator
+from trainer_svc.updates import ScorerFailure, UpdateCoordinator
 from trainer_svc.weights_client import WeightsClient
 
 logger = logging.getLogger(__name__)
@@ -136,7 +139,7 @@ class DeltaLossRecipe:
         base_model = str(model_path.resolve()) if model_path.is_dir() else cfg.model_name_or_path
         return Hello(
             protocol=PROTOCOL_VERSION,
-            token=cfg.scorer_token,
+            token=self.scorer_token,
             run_id=self.run_id,
             base_model=base_model,
             finetuning_type=cfg.finetuning_type,
@@ -149,23 +152,46 @@ class DeltaLossRecipe:
             update_times=cfg.update_times,
             n_samples=len(self.encoded),
             fingerprint=fingerprint(self.encoded),
-            vocab_size=getattr(self.model.config, "vocab_size", None),
+            vocab_size=len(self.tokenizer),  # the scorer compares its own tokenizer's length
         )
+
+    @property
+    def scorer_token(self) -> str | None:
+        """The scorer's shared token: scorer_token in the config, else $SCORER_TOKEN."""
+        return self.cfg.scorer_token or os.environ.get("SCORER_TOKEN") or None
 
     def _connect_scorer(self) -> None:
         cfg = self.cfg
         if self.publisher is None:
             self.publisher = CheckpointPublisher(
-                cfg.scorer_zmq_url, wait_seconds=cfg.scorer_wait_seconds, token=cfg.scorer_token
+                cfg.scorer_zmq_url, wait_seconds=cfg.scorer_wait_seconds, token=self.scorer_token
             )
         if self.weights is None:
             self.weights = WeightsClient(
-                cfg.scorer_http_url, self.run_id, wait_seconds=cfg.scorer_wait_seconds
+                cfg.scorer_http_url,
+                self.run_id,
+                wait_seconds=cfg.scorer_wait_seconds,
+                token=self.scorer_token,
             )
-        self.publisher.hello(self.hello())
+        try:
+            self.publisher.hello(self.hello())
+        except ProtocolError as exc:
+            if cfg.on_scorer_failure == "fail":
+                raise ScorerFailure(
+                    f"registering run {self.run_id} with the scorer at {cfg.scorer_zmq_url} "
+                    f"failed: {exc}"
+                ) from exc
+            logger.error(
+                "!!! SCORER FAILURE: registering run %s failed (%s) -- training goes on; "
+                "updates the scorer cannot serve use UNIFORM weights (on_scorer_failure: "
+                "uniform)",
+                self.run_id,
+                exc,
+            )
 
     def _training_args(self) -> TrainingArguments:
         cfg = self.cfg
+        evaluate = self.loaded.eval_samples is not None
         return TrainingArguments(
             output_dir=str(self.output_dir),
             per_device_train_batch_size=cfg.per_device_train_batch_size,
@@ -186,6 +212,13 @@ class DeltaLossRecipe:
             remove_unused_columns=False,
             ignore_data_skip=True,  # the sampler starts at the resumed step itself
             use_cpu=not torch.cuda.is_available(),
+            # eval_dataset: eval_loss at step 0, every eval_steps and at the last step, in
+            # log_history as Trainer logs it (the last step is evaluated even off the interval)
+            eval_strategy="steps" if evaluate else "no",
+            eval_steps=cfg.eval_steps or self.schedule.max_steps,
+            eval_on_start=evaluate,
+            per_device_eval_batch_size=cfg.per_device_eval_batch_size,
+            prediction_loss_only=True,  # the loss only: no logits kept for the whole eval set
         )
 
     def _build_trainer(self) -> None:
@@ -261,10 +294,18 @@ class DeltaLossRecipe:
         result = self.trainer.train(resume_from_checkpoint=self.cfg.resume_from_checkpoint)
         self.trainer.log_metrics("train", result.metrics)
         self.trainer.save_metrics("train", result.metrics)
-        if self.cfg.do_eval and self.trainer.eval_dataset is not None:
-            metrics = self.trainer.evaluate()
+        evals = eval_history(self.trainer.state.log_history)
+        if evals:
+            metrics = {k: v for k, v in evals[-1].items() if k != "step"}  # as evaluate() gives
             self.trainer.log_metrics("eval", metrics)
             self.trainer.save_metrics("eval", metrics)
+            logger.info(
+                "eval loss %.4f at step %d, %.4f at step %d",
+                evals[0]["eval_loss"],
+                evals[0]["step"],
+                evals[-1]["eval_loss"],
+                evals[-1]["step"],
+            )
 
     # ---- save ----
     def save(self) -> None:

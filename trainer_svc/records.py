@@ -59,6 +59,11 @@ class TrainedSamples:
         self._step, self._indices = None, []
 
 
+def eval_history(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The evaluation rows Trainer logged (eval_loss, eval_runtime, ..., step), in order."""
+    return [row for row in log_history if "eval_loss" in row]
+
+
 def plot_loss(log_history: list[dict[str, Any]], path: Path) -> Path | None:
     """A PNG of the logged training loss by step; None when nothing was logged."""
     points = [(row["step"], row["loss"]) for row in log_history if "loss" in row and "step" in row]

@@ -15,11 +15,11 @@ from typing import Any, Protocol
 
 import torch
 
-from common.errors import ScorerUnavailable
+from common.errors import ProtocolError
 from trainer_svc.records import JsonlRecord
 from trainer_svc.sampler import SelectionPlan
 from trainer_svc.schedule import Segment, draw_permutation, draw_weighted, update_seed
-from trainer_svc.weights_client import ScorerWeights, ScoringFailed
+from trainer_svc.weights_client import ScorerWeights
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class UpdateCoordinator:
             if self.mode == "sync":
                 return self.weights.wait_for(segment.start), None
             return self.weights.latest(), None
-        except (ScorerUnavailable, ScoringFailed) as exc:
+        except ProtocolError as exc:  # unreachable, refused, or failed scoring
             if self.on_failure == "fail":
                 raise ScorerFailure(
                     f"update {segment.update_index} at step {segment.start}: {exc} "

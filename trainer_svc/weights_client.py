@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import torch
 
-from common.errors import ProtocolError, ScorerUnavailable
+from common.errors import ProtocolError, ScorerUnavailable, Unauthorized
 
 logger = logging.getLogger(__name__)
 
@@ -54,13 +54,15 @@ class WeightsClient:
         run_id: str,
         *,
         wait_seconds: float,
+        token: str | None = None,
         client: httpx.Client | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ):
         self.base_url = base_url.rstrip("/")
         self.run_id = run_id
         self.wait_seconds = wait_seconds
-        self._client = client or httpx.Client(base_url=self.base_url, timeout=30.0)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._client = client or httpx.Client(base_url=self.base_url, timeout=30.0, headers=headers)
         self._sleep = sleep
 
     @property
@@ -96,6 +98,11 @@ class WeightsClient:
                     return None
                 if response.status_code == 409:
                     raise ScoringFailed(f"the scorer failed on {what}: {_detail(response)}")
+                if response.status_code == 401:
+                    raise Unauthorized(
+                        f"the scorer at {self.base_url} refused the token: set scorer_token "
+                        "(or SCORER_TOKEN) to the scorer's token"
+                    )
                 if response.status_code == 202:
                     # Poll soon at first (small checkpoints score in well under a second),
                     # then no more often than Retry-After asks.

@@ -133,3 +133,11 @@ def test_an_existing_run_needs_overwrite(demo_file, tmp_path):
         parse_config(base(demo_file, tmp_path))
     assert set(info.value.problems) == {"overwrite_output_dir"}
     parse_config(base(demo_file, tmp_path, overwrite_output_dir=True))
+
+
+def test_eval_steps_needs_an_eval_dataset(demo_file, tmp_path):
+    with pytest.raises(ConfigError) as info:
+        parse_config(base(demo_file, tmp_path, eval_steps=5))
+    assert set(info.value.problems) == {"eval_steps"}
+    loaded = parse_config(base(demo_file, tmp_path, eval_steps=5, eval_dataset=str(demo_file)))
+    assert loaded.config.eval_steps == 5 and len(loaded.eval_samples) == 32

@@ -16,6 +16,9 @@ def test_demo_runs_and_reports(tmp_path):
     assert done.returncode == 0, done.stderr[-4000:]
     out = done.stdout
     assert out.count(">> update ") == 5
+    before, after = out.split("eval loss (held-out set): ")[1].split("\n")[0].split(" -> ")
+    assert before.endswith("at step 0") and after.endswith("at step 180")
+    assert float(after.split()[0]) < float(before.split()[0])
     assert "curl http://127.0.0.1:" in out and "/samples/0/losses" in out
     assert "mean delta loss per group" in out and "noise" in out.split("mean delta")[1]
     assert "scorer stopped" in out

@@ -31,8 +31,9 @@ def test_seed_yaml_parses_with_the_seed_values(tiny_model, tmp_path):
 
 def test_demo_yaml_parses(tiny_model, tmp_path):
     data = write_dataset(tmp_path / "d.json", n=320)
-    loaded = load_config(ROOT / "examples" / "demo.yaml", local(tiny_model, data, tmp_path)[:2])
+    loaded = load_config(ROOT / "examples" / "demo.yaml", local(tiny_model, data, tmp_path)[:3])
     assert loaded.config.update_times == 5 and loaded.batch == 4
+    assert loaded.eval_path == data.resolve()
 
 
 @pytest.mark.slow

@@ -1,5 +1,7 @@
 """The whole recipe on a tiny model with fake scorer clients: what it sends, trains and saves."""
 
+import json
+
 import pytest
 import torch
 from peft import PeftModel
@@ -8,6 +10,7 @@ from transformers import AutoModelForCausalLM
 from common.protocol import Hello
 from tests.trainer_svc.conftest import FakePublisher, FakeWeights
 from trainer_svc.config import parse_config
+from trainer_svc.demo_data import write_dataset
 from trainer_svc.recipe import run
 from trainer_svc.records import read_jsonl
 from trainer_svc.schedule import draw_warmup
@@ -100,3 +103,21 @@ def test_resume_trains_the_same_samples_as_an_uninterrupted_run(tiny_model, demo
     assert [c["step"] for c in pub.checkpoints] == [6, 10]
     assert read_jsonl(out / "trained_samples.jsonl") == before
     assert [r["sampled_indices"] for r in read_jsonl(out / "selections.jsonl")] == selections
+
+
+def test_eval_dataset_logs_eval_loss_before_and_after_training(tiny_model, demo_file, tmp_path):
+    out = tmp_path / "out"
+    held_out = write_dataset(tmp_path / "eval.json", n=8, seed=9)
+    recipe, _ = train(
+        tiny_model, demo_file, out, eval_dataset=str(held_out), eval_steps=5, learning_rate=1e-2
+    )
+    history = recipe.trainer.state.log_history
+    evals = [(row["step"], row["eval_loss"]) for row in history if "eval_loss" in row]
+    # step 0 (eval_on_start), every eval_steps, and the last step (12)
+    assert [step for step, _ in evals] == [0, 5, 10, 12]
+    assert evals[-1][1] < evals[0][1]
+    saved = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert [row["eval_loss"] for row in saved if "eval_loss" in row] == [loss for _, loss in evals]
+    assert json.loads((out / "eval_results.json").read_text())["eval_loss"] == evals[-1][1]
+    # evaluation does not count as training: the record holds the 12 training steps only
+    assert len(read_jsonl(out / "trained_samples.jsonl")) == 12

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from common.errors import ScorerUnavailable
+from common.errors import CheckpointRejected, ScorerUnavailable
 from tests.trainer_svc.conftest import FakePublisher, FakeWeights, fake_weights
 from trainer_svc.records import JsonlRecord, read_jsonl
 from trainer_svc.sampler import SelectionPlan
@@ -86,3 +86,20 @@ def test_failure_with_uniform_fallback_is_recorded(tmp_path):
     uniform = torch.full((N,), 1.0 / N, dtype=torch.float64)
     g = torch.Generator().manual_seed(42 + 3)
     assert rows[1]["sampled_indices"] == torch.multinomial(uniform, 4, False, generator=g).tolist()
+
+
+class RefusingPublisher(FakePublisher):
+    def send_checkpoint(self, **kwargs):
+        raise CheckpointRejected("checkpoint does not fit the lora model of this run")
+
+
+def test_an_error_reply_stops_the_run_with_its_reason_or_falls_back(tmp_path):
+    coord, _, schedule = coordinator(tmp_path)
+    coord.publisher = RefusingPublisher()
+    with pytest.raises(ScorerFailure, match="does not fit the lora model"):
+        run_all(coord, schedule)
+    coord, _, schedule = coordinator(tmp_path / "u", on_failure="uniform")
+    coord.publisher = RefusingPublisher()
+    rows = run_all(coord, schedule)
+    assert {r["source"] for r in rows} == {"uniform_fallback"}
+    assert "does not fit" in rows[0]["failure"]

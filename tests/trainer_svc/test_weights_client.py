@@ -3,7 +3,7 @@
 import httpx
 import pytest
 
-from common.errors import ScorerUnavailable
+from common.errors import ScorerUnavailable, Unauthorized
 from trainer_svc.weights_client import ScoringFailed, WeightsClient
 
 BODY = {
@@ -77,3 +77,23 @@ def test_latest_is_none_until_something_is_scored():
     assert wc.latest() is None
     assert wc.latest().step == 4
     assert "step" not in seen[0].url.params
+
+
+def test_token_is_sent_as_bearer_and_a_refusal_is_not_retried():
+    seen = []
+
+    def handler(request):
+        seen.append(request.headers.get("authorization"))
+        return httpx.Response(401, json={"detail": "missing or wrong token"})
+
+    http = httpx.Client(
+        base_url="http://scorer",
+        transport=httpx.MockTransport(handler),
+        headers={"Authorization": "Bearer tok"},
+    )
+    wc = WeightsClient("http://scorer", "r", wait_seconds=30, client=http, sleep=lambda _: None)
+    with pytest.raises(Unauthorized, match="scorer_token"):
+        wc.wait_for(4)
+    assert seen == ["Bearer tok"]
+    built = WeightsClient("http://scorer", "r", wait_seconds=1, token="abc")
+    assert built._client.headers["authorization"] == "Bearer abc"
