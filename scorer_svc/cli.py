@@ -23,6 +23,8 @@ FLAGS = {
     "--max-batch-tokens": ("max_batch_tokens", int),
     "--log-level": ("log_level", str),
     "--token-file": ("token_file", str),
+    "--curve-secret-key-file": ("curve_secret_key_file", str),
+    "--curve-authorized-keys-dir": ("curve_authorized_keys_dir", str),
 }
 
 
@@ -33,6 +35,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     serve.add_argument("--config", type=Path, help="YAML file of settings (keys as in Settings)")
     for flag, (dest, kind) in FLAGS.items():
         serve.add_argument(flag, dest=dest, type=kind, default=None)
+    keys = sub.add_parser("keys", help="write a CURVE key pair (NAME.key, NAME.key_secret)")
+    keys.add_argument("directory", type=Path)
+    keys.add_argument("name")
     return parser.parse_args(argv)
 
 
@@ -66,6 +71,12 @@ def _server_class():  # type: ignore[no-untyped-def]
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.command == "keys":
+        from common.curve import create_keys
+
+        public, secret = create_keys(args.directory, args.name)
+        print(f"public key (give to peers): {public}\nsecret key (keep): {secret}")
+        return 0
     try:
         settings = settings_from(args)
     except SettingsError as exc:

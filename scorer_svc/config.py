@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     # A shared secret required on every request (Bearer on REST, `token` in ZeroMQ headers).
     token: SecretStr | None = None
     token_file: Path | None = None
+    # CURVE for links across hosts: this scorer's secret key file, and a folder of the public
+    # key files (NAME.key) of the trainers allowed in. Both or neither.
+    curve_secret_key_file: Path | None = None
+    curve_authorized_keys_dir: Path | None = None
 
     @model_validator(mode="after")
     def _one_token_source(self) -> Settings:
@@ -46,6 +50,11 @@ class Settings(BaseSettings):
             raise ValueError("set token or token_file, not both")
         if self.token_file is not None and not self.token_file.is_file():
             raise ValueError(f"token_file {self.token_file} does not exist")
+        curve = (self.curve_secret_key_file, self.curve_authorized_keys_dir)
+        if (curve[0] is None) != (curve[1] is None):
+            raise ValueError("CURVE needs both curve_secret_key_file and curve_authorized_keys_dir")
+        if curve[1] is not None and not curve[1].is_dir():
+            raise ValueError(f"curve_authorized_keys_dir {curve[1]} is not a folder")
         return self
 
     def shared_token(self) -> str | None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import zmq
 from sqlalchemy.orm import Session, sessionmaker
+from zmq.auth.thread import ThreadAuthenticator
 
+from common.curve import load_server_keys
 from common.errors import (
     CheckpointRejected,
     ProtocolError,
@@ -188,21 +191,46 @@ class Intake:
 class IntakeServer:
     """Binds the ROUTER at construction (so a busy port fails start) and serves in a thread."""
 
-    def __init__(self, url: str, intake: Intake, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        url: str,
+        intake: Intake,
+        max_message_bytes: int,
+        *,
+        curve_secret_key_file: Path | None = None,
+        curve_authorized_keys_dir: Path | None = None,
+    ) -> None:
         self.intake = intake
         self._context = zmq.Context()
+        self._auth: ThreadAuthenticator | None = None
         self._socket = self._context.socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        if curve_secret_key_file is not None and curve_authorized_keys_dir is not None:
+            self._enable_curve(curve_secret_key_file, curve_authorized_keys_dir)
         try:
             self._socket.bind(url)
         except zmq.ZMQError as exc:
             self._socket.close(0)
+            if self._auth is not None:
+                self._auth.stop()
             self._context.term()
             raise RuntimeError(f"cannot bind the ZeroMQ socket at {url}: {exc}") from exc
         self.url = url
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="intake", daemon=True)
+
+    def _enable_curve(self, secret_file: Path, authorized: Path) -> None:
+        """Encrypt every exchange and let in only clients whose public key is in authorized."""
+        public, secret = load_server_keys(secret_file)
+        self._auth = ThreadAuthenticator(self._context, log=logging.getLogger("scorer_svc.zap"))
+        self._auth.start()
+        self._auth.configure_curve(domain="*", location=str(authorized))
+        self._socket.curve_secretkey = secret
+        self._socket.curve_publickey = public
+        self._socket.curve_server = True
+        n_keys = len(list(authorized.glob("*.key")))
+        log.info("CURVE on: %d authorized client key(s) in %s", n_keys, authorized)
 
     def start(self) -> None:
         self._thread.start()
@@ -214,6 +242,8 @@ class IntakeServer:
             log.error("ZeroMQ intake did not stop in 30 s; leaving its socket to the process exit")
             return
         self._socket.close(0)
+        if self._auth is not None:
+            self._auth.stop()
         self._context.term()
 
     def _serve(self) -> None:

@@ -41,6 +41,8 @@ def build_state(settings: Settings) -> ServiceState:
         settings.zmq_url,
         Intake(settings, sessions, registry, on_queued=worker.wake),
         max_message_bytes=settings.max_checkpoint_bytes + HEADER_MARGIN,
+        curve_secret_key_file=settings.curve_secret_key_file,
+        curve_authorized_keys_dir=settings.curve_authorized_keys_dir,
     )
     return ServiceState(settings, engine, sessions, worker, intake, WeightsCache())
 

@@ -94,6 +94,9 @@ class TrainConfig(BaseModel):
     scorer_zmq_url: str = "tcp://127.0.0.1:5555"
     scorer_http_url: str = "http://127.0.0.1:8000"
     scorer_token: str | None = None
+    # CURVE (links across hosts): this trainer's secret key file and the scorer's public key.
+    scorer_curve_secret_key_file: str | None = None
+    scorer_curve_server_key_file: str | None = None
     selection_mode: Literal["sync", "async"] = "sync"
     scorer_wait_seconds: float = Field(600.0, gt=0)
     on_scorer_failure: Literal["fail", "uniform"] = "fail"
@@ -197,6 +200,14 @@ def _check_values(good: dict[str, Any], problems: dict[str, str]) -> None:
         problems["lr_scheduler_type"] = (
             f"unknown scheduler {good.get('lr_scheduler_type')!r}; use one of {SCHEDULERS}"
         )
+    curve = ("scorer_curve_secret_key_file", "scorer_curve_server_key_file")
+    given = [key for key in curve if good.get(key)]
+    if len(given) == 1:
+        missing = next(key for key in curve if key not in given)
+        problems[missing] = f"CURVE needs both {curve[0]} and {curve[1]}"
+    for key in given:
+        if not Path(str(good[key])).expanduser().is_file():
+            problems[key] = f"key file {good[key]} does not exist"
     if good.get("bf16") and good.get("fp16"):
         problems["fp16"] = "bf16 and fp16 cannot both be true"
     if not str(good.get("scorer_zmq_url", "")).startswith(("tcp://", "ipc://", "inproc://")):

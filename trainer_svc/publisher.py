@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import zmq
 
+from common.curve import ClientKeys, apply_client_keys
 from common.errors import ScorerUnavailable
 from common.protocol import Hello, decode_reply, encode_checkpoint, encode_hello
 
@@ -32,6 +33,7 @@ class CheckpointPublisher:
         wait_seconds: float,
         reply_timeout: float = 30.0,
         token: str | None = None,
+        curve: ClientKeys | None = None,
         context: zmq.Context | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ):
@@ -39,6 +41,7 @@ class CheckpointPublisher:
         self.wait_seconds = wait_seconds
         self.reply_timeout = reply_timeout
         self.token = token
+        self.curve = curve
         self._context = context or zmq.Context.instance()
         self._socket: zmq.Socket | None = None
         self._sleep = sleep
@@ -81,6 +84,8 @@ class CheckpointPublisher:
         if self._socket is None:
             self._socket = self._context.socket(zmq.DEALER)
             self._socket.setsockopt(zmq.LINGER, 0)
+            if self.curve is not None:
+                apply_client_keys(self._socket, self.curve)
             self._socket.connect(self.url)
         return self._socket
 
@@ -101,7 +106,8 @@ class CheckpointPublisher:
                 raise ScorerUnavailable(
                     f"no reply from the scorer at {self.url} to {what} after {attempt} "
                     f"attempt(s) over {waited:.0f}s: check that scorer_svc is running, that "
-                    "scorer_zmq_url points at its ZeroMQ address, and its log; or raise "
+                    "scorer_zmq_url points at its ZeroMQ address, its log (with CURVE: that "
+                    "this trainer's public key is among its authorized keys); or raise "
                     "scorer_wait_seconds"
                 )
             pause_now = min(pause, self.wait_seconds - waited)

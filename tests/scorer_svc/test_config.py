@@ -35,3 +35,23 @@ def test_every_bad_setting_is_named_in_one_error():
 def test_cli_exits_2_with_the_reason(capsys):
     assert main(["serve", "--device", "tpu"]) == 2
     assert "device: Value error, must be auto, cpu, cuda or cuda:N" in capsys.readouterr().err
+
+
+def test_curve_needs_both_the_secret_key_and_the_authorized_keys(tmp_path):
+    from common.curve import create_keys
+
+    _, secret = create_keys(tmp_path, "scorer")
+    with pytest.raises(SettingsError, match="needs both"):
+        load_settings({"curve_secret_key_file": str(secret)})
+    with pytest.raises(SettingsError, match="not a folder"):
+        load_settings({"curve_secret_key_file": str(secret), "curve_authorized_keys_dir": "nope"})
+    ok = load_settings(
+        {"curve_secret_key_file": str(secret), "curve_authorized_keys_dir": tmp_path}
+    )
+    assert ok.curve_authorized_keys_dir == tmp_path
+
+
+def test_keys_command_writes_a_pair(tmp_path, capsys):
+    assert main(["keys", str(tmp_path), "trainer"]) == 0
+    assert (tmp_path / "trainer.key").is_file() and (tmp_path / "trainer.key_secret").is_file()
+    assert "trainer.key_secret" in capsys.readouterr().out

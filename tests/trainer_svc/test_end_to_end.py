@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 N, B = 64, 4
 
 
-def run_trainer(tiny_model, scorer, tmp_path, mode):
+def run_trainer(tiny_model, scorer, tmp_path, mode, **extra):
     data = write_dataset(tmp_path / "data.json", n=N, seed=2)
     out = tmp_path / f"out-{mode}"
     cfg = dict(
@@ -48,6 +48,7 @@ def run_trainer(tiny_model, scorer, tmp_path, mode):
         scorer_http_url=scorer.base_url,
         selection_mode=mode,
         scorer_wait_seconds=120,
+        **extra,
     )
     path = tmp_path / f"{mode}.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -1,0 +1,60 @@
+"""A real run over ZeroMQ CURVE; a client whose key the scorer does not know gets nowhere."""
+
+import shutil
+
+import httpx
+import pytest
+
+from common.curve import create_keys, load_client_keys
+from common.errors import ScorerUnavailable
+from common.protocol import PROTOCOL_VERSION, Hello
+from tests.conftest import ScorerProcess
+from tests.trainer_svc.test_end_to_end import run_trainer, scored_checkpoints
+from trainer_svc.publisher import CheckpointPublisher
+
+pytestmark = pytest.mark.slow
+
+
+def test_run_over_curve_and_unknown_key_refused(tiny_model, tmp_path):
+    keys = tmp_path / "keys"
+    _, server_secret = create_keys(keys, "scorer")
+    trainer_public, trainer_secret = create_keys(keys, "trainer")
+    _, stranger_secret = create_keys(keys, "stranger")
+    authorized = tmp_path / "authorized"
+    authorized.mkdir()
+    shutil.copy(trainer_public, authorized)
+    scorer = ScorerProcess(
+        tmp_path / "scorer",
+        "--curve-secret-key-file", str(server_secret),
+        "--curve-authorized-keys-dir", str(authorized),
+    ).start()  # fmt: skip
+    try:
+        out, run_id = run_trainer(
+            tiny_model, scorer, tmp_path, "sync",
+            scorer_curve_secret_key_file=str(trainer_secret),
+            scorer_curve_server_key_file=str(keys / "scorer.key"),
+        )  # fmt: skip
+        rows = scored_checkpoints(scorer, run_id, 3)
+        assert [r["status"] for r in rows] == ["scored"] * 3
+        assert "CURVE on: 1 authorized client key(s)" in scorer.log()
+
+        hello = Hello(
+            protocol=PROTOCOL_VERSION, run_id="intruder", base_model=str(tiny_model),
+            finetuning_type="full", dataset="x.json", tokenization={}, window_size=0.2,
+            update_times=2, n_samples=1, fingerprint="0" * 64,
+        )  # fmt: skip
+        strangers = {
+            "unknown key": load_client_keys(stranger_secret, keys / "scorer.key"),
+            "no CURVE": None,
+        }
+        for what, curve in strangers.items():
+            publisher = CheckpointPublisher(
+                scorer.zmq_url, wait_seconds=2, reply_timeout=1, curve=curve
+            )
+            with pytest.raises(ScorerUnavailable, match="authorized keys"):
+                publisher.hello(hello)
+            publisher.close()
+            runs = [r["run_id"] for r in httpx.get(f"{scorer.base_url}/v1/runs").json()]
+            assert runs == [run_id], what
+    finally:
+        scorer.stop()
