@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 
+from common.curve import load_client_keys
 from common.errors import ProtocolError
 from common.protocol import PROTOCOL_VERSION, Hello, LoraSpec
 from common.tokenization import TokenizationSettings, encode_dataset, fingerprint
@@ -163,8 +164,16 @@ class DeltaLossRecipe:
     def _connect_scorer(self) -> None:
         cfg = self.cfg
         if self.publisher is None:
+            curve = None
+            if cfg.scorer_curve_secret_key_file and cfg.scorer_curve_server_key_file:
+                curve = load_client_keys(
+                    cfg.scorer_curve_secret_key_file, cfg.scorer_curve_server_key_file
+                )
             self.publisher = CheckpointPublisher(
-                cfg.scorer_zmq_url, wait_seconds=cfg.scorer_wait_seconds, token=self.scorer_token
+                cfg.scorer_zmq_url,
+                wait_seconds=cfg.scorer_wait_seconds,
+                token=self.scorer_token,
+                curve=curve,
             )
         if self.weights is None:
             self.weights = WeightsClient(
