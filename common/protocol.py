@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -75,7 +75,17 @@ class Hello(_Header):
     update_times: int = Field(ge=1, le=MAX_STEP)
     n_samples: int = Field(ge=1, le=MAX_STEP)
     fingerprint: str = Field(pattern=r"^[0-9a-f]{64}$")
-    vocab_size: int | None = None
+    vocab_size: int | None = None  # len(tokenizer)
+    model_digest: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")  # see shapes_digest
+
+
+def shapes_digest(shapes: Iterable[tuple[str, Sequence[int]]]) -> str:
+    """sha256 over the sorted names and shapes of the tensors a checkpoint carries: the same
+    on both sides when they build the same model (base, LoRA settings)."""
+    digest = hashlib.sha256()
+    for name, shape in sorted((n, tuple(s)) for n, s in shapes):
+        digest.update(f"{name}:{','.join(map(str, shape))}\n".encode())
+    return digest.hexdigest()
 
 
 class TensorEntry(BaseModel):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from dataclasses import dataclass
 
-from common.datasets import load_alpaca, resolve_dataset
+from common.datasets import DatasetError, load_alpaca, resolve_dataset
 from common.errors import RunMismatch
 from common.protocol import Hello
 from common.tokenization import (
@@ -84,16 +85,30 @@ class Registry:
 
     def prepare(self, hello: Hello) -> RunData:
         """Tokenize the dataset as the trainer did and refuse the run if anything differs."""
+        key = json.dumps([hello.run_id, identity(hello)], sort_keys=True)
         with self._lock:
-            if hello.run_id in self._data:
-                return self._data[hello.run_id]
+            if key in self._data:
+                return self._data[key]
             from transformers import AutoTokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(
-                hello.base_model, trust_remote_code=hello.trust_remote_code
-            )
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(
+                    hello.base_model, trust_remote_code=hello.trust_remote_code
+                )
+            except (OSError, ValueError) as exc:
+                raise RunMismatch(
+                    f"run {hello.run_id} refused: the scorer cannot load the tokenizer of "
+                    f"{hello.base_model} ({exc}); the scorer must see the base model at the "
+                    "path the trainer names"
+                ) from exc
             settings = TokenizationSettings(**hello.tokenization)
-            samples = load_alpaca(resolve_dataset(hello.dataset, hello.dataset_dir))
+            try:
+                samples = load_alpaca(resolve_dataset(hello.dataset, hello.dataset_dir))
+            except (DatasetError, OSError) as exc:
+                raise RunMismatch(
+                    f"run {hello.run_id} refused: the scorer cannot read the dataset: {exc}; "
+                    "the scorer must see the dataset at the path the trainer names"
+                ) from exc
             encoded = encode_dataset(tokenizer, samples, settings)
             self._check_agreement(hello, encoded, len(tokenizer))
             pad_id = tokenizer.pad_token_id
@@ -106,7 +121,7 @@ class Registry:
                 pad_id=pad_id,
             )
             data = RunData(encoded, batches)
-            self._data[hello.run_id] = data
+            self._data[key] = data
             return data
 
     @staticmethod
@@ -138,16 +153,33 @@ class Registry:
         key = self._key(hello)
         with self._lock:
             if key not in self._manifests:
-                skeleton = build_model(
-                    hello.base_model,
-                    kind=hello.finetuning_type,
-                    lora=hello.lora.model_dump() if hello.lora else None,
-                    dtype=self.dtype,
-                    trust_remote_code=hello.trust_remote_code,
-                    weights=False,
-                )
-                self._manifests[key] = Manifest.of(skeleton, hello.finetuning_type)
-            return self._manifests[key]
+                self._manifests[key] = self._build_manifest(hello)
+            manifest = self._manifests[key]
+        if hello.model_digest is not None and hello.model_digest != manifest.digest:
+            raise RunMismatch(
+                f"run {hello.run_id} refused: the trainer's model ({hello.finetuning_type}) "
+                f"has other tensor names or shapes than the scorer's {hello.base_model} with "
+                f"the same settings (digest {hello.model_digest} vs {manifest.digest}): check "
+                "that both use the same base model"
+            )
+        return manifest
+
+    def _build_manifest(self, hello: Hello) -> Manifest:
+        try:
+            skeleton = build_model(
+                hello.base_model,
+                kind=hello.finetuning_type,
+                lora=hello.lora.model_dump() if hello.lora else None,
+                dtype=self.dtype,
+                trust_remote_code=hello.trust_remote_code,
+                weights=False,
+            )
+        except (OSError, ValueError) as exc:
+            raise RunMismatch(
+                f"run {hello.run_id} refused: the scorer cannot build {hello.base_model} "
+                f"({hello.finetuning_type}): {exc}"
+            ) from exc
+        return Manifest.of(skeleton, hello.finetuning_type)
 
     def model(self, hello: Hello) -> ScoringModel:
         """The scoring model for this run's configuration, loaded once (used by the worker)."""

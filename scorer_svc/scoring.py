@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from common.errors import CheckpointRejected
+from common.protocol import shapes_digest
 from common.tokenization import IGNORE_INDEX
 from scorer_svc.batching import Batch
 
@@ -82,6 +83,10 @@ class Manifest:
             required = frozenset(n for n, _ in model.named_parameters())  # tied weights once
         specs = {n: ParamSpec(tuple(t.shape), t.is_floating_point()) for n, t in targets.items()}
         return cls(kind, specs, required)
+
+    @property
+    def digest(self) -> str:
+        return shapes_digest((name, spec.shape) for name, spec in self.specs.items())
 
     def check(self, table: Sequence[tuple[str, str, list[int]]]) -> None:
         """Refuse a checkpoint whose names or shapes do not fit this model, naming them."""

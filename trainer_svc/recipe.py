@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 
 from common.curve import load_client_keys
 from common.errors import ProtocolError
-from common.protocol import PROTOCOL_VERSION, Hello, LoraSpec
+from common.protocol import PROTOCOL_VERSION, Hello, LoraSpec, shapes_digest
 from common.tokenization import TokenizationSettings, encode_dataset, fingerprint
 from trainer_svc.config import LoadedConfig
 from trainer_svc.data import EncodedDataset, PadCollator
@@ -154,6 +154,7 @@ class DeltaLossRecipe:
             n_samples=len(self.encoded),
             fingerprint=fingerprint(self.encoded),
             vocab_size=len(self.tokenizer),  # the scorer compares its own tokenizer's length
+            model_digest=shapes_digest((n, t.shape) for n, t in self.trainable_tensors().items()),
         )
 
     @property

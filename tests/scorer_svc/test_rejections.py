@@ -170,3 +170,39 @@ def test_checkpoint_without_any_finite_loss_fails_with_409_and_can_be_sent_again
     assert zmq_request(scorer.zmq_url, _frames(tensors, step=8))["status"] == "queued"
     body = wait_weights(scorer.base_url, "run-r", 8)
     assert body["step"] == 8 and abs(sum(body["weights"]) - 1) < 1e-9
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"n_samples": 13}, "N: trainer has 13 samples, scorer 12"),
+        ({"vocab_size": 999}, "tokenizer vocabulary: trainer 999, scorer 384"),
+        ({"model_digest": "1" * 64}, "other tensor names or shapes"),
+        ({"base_model": "/nonexistent/model"}, "cannot load the tokenizer of /nonexistent"),
+        ({"dataset": "/nonexistent/train.json"}, "cannot read the dataset"),
+    ],
+)
+def test_trainer_and_scorer_that_disagree_are_refused_before_scoring(
+    live, tiny_model, change, words
+):
+    scorer, _, _, root = live
+    hello = make_hello(tiny_model, root / "train.json", run_id="run-d", **change)
+    reply = zmq_request(scorer.zmq_url, encode_hello(hello))
+    assert reply["code"] == "mismatch" and words in reply["reason"], reply
+    assert "run-d" not in [r["run_id"] for r in httpx.get(f"{scorer.base_url}/v1/runs").json()]
+
+
+def test_the_trainers_model_digest_matches_the_scorers(live, tiny_model):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from common.protocol import shapes_digest
+
+    scorer, _, _, root = live
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model),
+        LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"),
+    )
+    digest = shapes_digest((n, p.shape) for n, p in model.named_parameters() if p.requires_grad)
+    hello = make_hello(tiny_model, root / "train.json", run_id="run-g", model_digest=digest)
+    assert zmq_request(scorer.zmq_url, encode_hello(hello))["status"] == "registered"
