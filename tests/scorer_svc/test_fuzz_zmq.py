@@ -165,3 +165,28 @@ def test_fuzzed_requests_each_get_an_error_and_store_nothing(tiny_model, tmp_pat
         )
     finally:
         scorer.stop()
+
+
+def test_frame_over_the_limit_is_dropped_before_it_is_allocated(tmp_path):
+    """libzmq checks a frame's declared size against MAXMSGSIZE before reading it: the peer is
+    disconnected (no reply is possible) and the scorer's memory does not grow by the frame."""
+    scorer = ScorerProcess(
+        tmp_path / "scorer", env={"SCORER_MAX_CHECKPOINT_BYTES": str(1 << 20)}
+    ).start()
+    try:
+        rss_before = _rss_kb(scorer.proc.pid)
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(scorer.zmq_url)
+        big = bytes(256 << 20)
+        header = json.dumps({"protocol": 1, "type": "checkpoint"}).encode()
+        sock.send_multipart([header, big], copy=False)
+        assert not sock.poll(3000)  # dropped, not answered
+        sock.close(0)
+        del big
+        assert _rss_kb(scorer.proc.pid) - rss_before < 64_000
+        # the scorer still answers others
+        reply = zmq_request(scorer.zmq_url, [b'{"protocol": 1, "type": "hello"}'])
+        assert reply["code"] == "malformed"
+    finally:
+        scorer.stop()
