@@ -11,7 +11,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -148,21 +148,32 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     return parse_config(read_yaml(path, overrides), base_dir=Path(path).parent)
 
 
-def parse_config(raw: dict[str, Any], base_dir: Path | None = None) -> LoadedConfig:
-    """Validate everything that can be checked without a model; one error for all problems."""
-    known = set(TrainConfig.model_fields)
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_keys(
+    model: type[M], raw: dict[str, Any]
+) -> tuple[M | None, dict[str, Any], dict[str, str]]:
+    """The keys model knows, validated: (the config or None, the known values, problems by
+    key). Unknown keys get one warning naming them all."""
+    known = set(model.model_fields)
     unknown = sorted(set(raw) - known)
     if unknown:
         logger.warning("ignoring unknown config keys: %s", ", ".join(unknown))
     values = {k: v for k, v in raw.items() if k in known}
     problems: dict[str, str] = {}
     try:
-        cfg: TrainConfig | None = TrainConfig.model_validate(values)
+        return model.model_validate(values), values, problems
     except ValidationError as exc:
-        cfg = None
         for err in exc.errors():
             key = str(err["loc"][0]) if err["loc"] else "<config>"
             problems.setdefault(key, f"{err['msg']} (got {values.get(key)!r})")
+        return None, values, problems
+
+
+def parse_config(raw: dict[str, Any], base_dir: Path | None = None) -> LoadedConfig:
+    """Validate everything that can be checked without a model; one error for all problems."""
+    cfg, values, problems = validate_keys(TrainConfig, raw)
     good = _good_values(values, problems)
     _check_values(good, problems)
     window_size = _window_size(good, base_dir, problems)

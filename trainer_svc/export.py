@@ -19,10 +19,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from common.tokenization import TEMPLATE_NAMES, TEMPLATES
-from trainer_svc.config import ConfigError, read_yaml
+from trainer_svc.config import ConfigError, read_yaml, validate_keys
 
 logger = logging.getLogger(__name__)
 
@@ -73,19 +73,7 @@ def load_export_config(
 
 def parse_export_config(raw: dict[str, Any]) -> ExportConfig:
     """Validate everything that needs no model; one error naming every bad key."""
-    known = set(ExportConfig.model_fields)
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        logger.warning("ignoring unknown config keys: %s", ", ".join(unknown))
-    values = {k: v for k, v in raw.items() if k in known}
-    problems: dict[str, str] = {}
-    try:
-        cfg: ExportConfig | None = ExportConfig.model_validate(values)
-    except ValidationError as exc:
-        cfg = None
-        for err in exc.errors():
-            key = str(err["loc"][0]) if err["loc"] else "<config>"
-            problems.setdefault(key, f"{err['msg']} (got {values.get(key)!r})")
+    cfg, values, problems = validate_keys(ExportConfig, raw)
     good = {k: v for k, v in values.items() if k not in problems}
     if good.get("template", "auto") not in TEMPLATE_NAMES:
         problems["template"] = f"unknown template {good['template']!r}; use one of {TEMPLATE_NAMES}"
