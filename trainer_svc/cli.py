@@ -44,10 +44,16 @@ def main(argv: list[str] | None = None) -> int:
     from trainer_svc.recipe import run  # heavy imports only once the config is valid
 
     try:
-        run(loaded)
+        recipe = run(loaded, handle_sigterm=True)
     except ScorerFailure as exc:
         logger.error("stopped: %s", exc)
         return 1
+    if recipe.stopped:  # SIGTERM: the state is saved, the run is not finished
+        logger.warning(
+            "stopped by SIGTERM at step %d; resume with resume_from_checkpoint=%s",
+            recipe.trainer.state.global_step,
+            recipe.stop_checkpoint,
+        )
     return 0
 
 

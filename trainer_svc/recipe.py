@@ -13,13 +13,14 @@ import logging
 import os
 import secrets
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments, set_seed
 
 from common.curve import load_client_keys
-from common.errors import ProtocolError
+from common.errors import ProtocolError, ScorerUnavailable
 from common.protocol import PROTOCOL_VERSION, Hello, LoraSpec, shapes_digest
 from common.tokenization import TokenizationSettings, encode_dataset, fingerprint
 from trainer_svc.config import LoadedConfig
@@ -37,13 +38,15 @@ from trainer_svc.records import (
 from trainer_svc.records import plot_loss as write_loss_plot
 from trainer_svc.sampler import ScheduleBatchSampler, SelectionPlan
 from trainer_svc.schedule import Schedule
-from trainer_svc.trainer import ScheduledTrainer, SelectionCallback
+from trainer_svc.trainer import GracefulStop, ScheduledTrainer, SelectionCallback
 from trainer_svc.updates import ScorerFailure, UpdateCoordinator
 from trainer_svc.weights_client import WeightsClient
 
 logger = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
+HELLO_FIRST_WAIT = 2.0  # seconds the first hello waits for its reply; doubled per attempt
+HELLO_MAX_WAIT = 30.0
 
 
 class DeltaLossRecipe:
@@ -54,6 +57,7 @@ class DeltaLossRecipe:
         self.publisher = publisher
         self.weights = weights
         self.on_update = on_update
+        self.stop = GracefulStop()  # SIGTERM, once run() installs it
         self.cfg = loaded.config
         self.output_dir = Path(self.cfg.output_dir)
         self.schedule = Schedule.build(
@@ -104,6 +108,10 @@ class DeltaLossRecipe:
             )
 
     def _load_model(self) -> torch.nn.Module:
+        # Seeded before the model is built: LoRA's random initialisation (and anything else
+        # drawn while loading) is then the same in every run with the same seed. Trainer seeds
+        # again itself, but only after the model exists.
+        set_seed(self.cfg.seed)
         model = AutoModelForCausalLM.from_pretrained(
             self.cfg.model_name_or_path, trust_remote_code=self.cfg.trust_remote_code
         )
@@ -164,6 +172,7 @@ class DeltaLossRecipe:
 
     def _connect_scorer(self) -> None:
         cfg = self.cfg
+        register = self.publisher.hello if self.publisher is not None else self._hello
         if self.publisher is None:
             curve = None
             if cfg.scorer_curve_secret_key_file and cfg.scorer_curve_server_key_file:
@@ -184,7 +193,7 @@ class DeltaLossRecipe:
                 token=self.scorer_token,
             )
         try:
-            self.publisher.hello(self.hello())
+            register(self.hello())
         except ProtocolError as exc:
             if cfg.on_scorer_failure == "fail":
                 raise ScorerFailure(
@@ -198,6 +207,55 @@ class DeltaLossRecipe:
                 self.run_id,
                 exc,
             )
+
+    def _hello(self, hello: Hello) -> dict:
+        """Registers the run, waiting for a scorer that is not up yet: each attempt is a fresh
+        socket that waits a little longer for the reply (2 s, doubled up to 30 s, so a slow
+        registration is still heard), with a growing pause between attempts, each logged,
+        until scorer_wait_seconds. A repeated hello is harmless (`already_registered`)."""
+        url, wait = self.cfg.scorer_zmq_url, self.cfg.scorer_wait_seconds
+        start = time.monotonic()
+        reply_wait, pause, attempt = HELLO_FIRST_WAIT, 0.5, 0
+        while True:
+            attempt += 1
+            window = max(0.1, min(reply_wait, wait - (time.monotonic() - start)))
+            probe = CheckpointPublisher(
+                url,
+                wait_seconds=window,
+                reply_timeout=window,
+                token=self.scorer_token,
+                curve=getattr(self.publisher, "curve", None),
+            )
+            try:
+                return probe.hello(hello)
+            except ScorerUnavailable:
+                pass
+            finally:
+                probe.close()
+            waited = time.monotonic() - start
+            if self.stop.requested:
+                raise ScorerFailure(
+                    f"SIGTERM while waiting for the scorer at {url}; nothing was trained"
+                )
+            if waited >= wait:
+                raise ScorerUnavailable(
+                    f"no reply from the scorer at {url} after {attempt} attempt(s) over "
+                    f"{waited:.0f}s: check that scorer_svc is running and that scorer_zmq_url "
+                    "is its ZeroMQ address (--zmq-url); or raise scorer_wait_seconds"
+                )
+            delay = min(pause, wait - waited)
+            logger.warning(
+                "no reply from the scorer at %s yet (attempt %d, %.0fs of %.0fs); "
+                "retrying in %.1fs",
+                url,
+                attempt,
+                waited,
+                wait,
+                delay,
+            )
+            time.sleep(delay)
+            pause = min(pause * 2, 10.0)
+            reply_wait = min(reply_wait * 2, HELLO_MAX_WAIT)
 
     def _training_args(self) -> TrainingArguments:
         cfg = self.cfg
@@ -250,7 +308,7 @@ class DeltaLossRecipe:
         start = self._resume_records() if not fresh else 0
         sampler = ScheduleBatchSampler(self.plan, self.cfg.per_device_train_batch_size, start)
         callback = SelectionCallback(
-            self.schedule, coordinator, self.trainable_tensors, self.trained
+            self.schedule, coordinator, self.trainable_tensors, self.trained, self.stop
         )
         self.trainer = ScheduledTrainer(
             model=self.model,
@@ -259,7 +317,7 @@ class DeltaLossRecipe:
             eval_dataset=self._eval_dataset(),
             data_collator=PadCollator(self._pad_id()),
             processing_class=self.tokenizer,
-            callbacks=[callback],
+            callbacks=[callback, self.stop],  # the stop after the update: see GracefulStop
             batch_sampler=sampler,
             trained=self.trained,
         )
@@ -302,6 +360,8 @@ class DeltaLossRecipe:
             self.cfg.selection_mode,
         )
         result = self.trainer.train(resume_from_checkpoint=self.cfg.resume_from_checkpoint)
+        if self.stopped:
+            return
         self.trainer.log_metrics("train", result.metrics)
         self.trainer.save_metrics("train", result.metrics)
         evals = eval_history(self.trainer.state.log_history)
@@ -317,8 +377,28 @@ class DeltaLossRecipe:
                 evals[-1]["step"],
             )
 
+    @property
+    def stopped(self) -> bool:
+        """Stopped by a signal before the last step (its checkpoint holds the state)."""
+        return self.stop.requested and self.trainer.state.global_step < self.schedule.max_steps
+
+    @property
+    def stop_checkpoint(self) -> Path:
+        return self.output_dir / f"checkpoint-{self.trainer.state.global_step}"
+
     # ---- save ----
     def save(self) -> None:
+        if self.stopped:
+            # Not the finished model: the checkpoint the stop saved is what a resume needs.
+            logger.warning(
+                "stopped at step %d of %d; state saved in %s: rerun with "
+                "resume_from_checkpoint=%s to finish",
+                self.trainer.state.global_step,
+                self.schedule.max_steps,
+                self.stop_checkpoint,
+                self.stop_checkpoint,
+            )
+            return
         self.trainer.save_model(str(self.output_dir))
         self.trainer.save_state()
         if self.cfg.plot_loss:
@@ -340,12 +420,15 @@ def _rewrite(path: Path, rows: list[dict]) -> None:
         record.append(row)
 
 
-def run(loaded: LoadedConfig, **hooks) -> DeltaLossRecipe:
+def run(loaded: LoadedConfig, *, handle_sigterm: bool = False, **hooks) -> DeltaLossRecipe:
+    """handle_sigterm: SIGTERM saves a checkpoint at the end of the current step and stops
+    (`recipe.stopped` then says so); the command line sets it."""
     recipe = DeltaLossRecipe(loaded, **hooks)
-    try:
-        recipe.setup()
-        recipe.train()
-        recipe.save()
-    finally:
-        recipe.cleanup()
+    with recipe.stop.handling() if handle_sigterm else nullcontext():
+        try:
+            recipe.setup()
+            recipe.train()
+            recipe.save()
+        finally:
+            recipe.cleanup()
     return recipe

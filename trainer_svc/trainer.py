@@ -5,7 +5,10 @@ a callback that runs each update when its step is reached. Trainer's loop is use
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -43,6 +46,10 @@ class ScheduledTrainer(Trainer):
             batch_sampler=self.batch_sampler,
             collate_fn=self.data_collator,
             num_workers=0,
+            # Its own generator: starting the iterator draws a base seed, which would otherwise
+            # come from the global RNG after Trainer restored it on resume, and shift every
+            # later dropout mask against an uninterrupted run.
+            generator=torch.Generator().manual_seed(self.args.seed),
         )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -61,16 +68,28 @@ class SelectionCallback(TrainerCallback):
         coordinator: UpdateCoordinator,
         tensors: Callable[[], dict[str, torch.Tensor]],
         trained: TrainedSamples,
+        stop: GracefulStop | None = None,
     ):
         self.schedule = schedule
         self.coordinator = coordinator
         self.tensors = tensors
         self.trained = trained
+        self.stop = stop
 
     def _maybe_update(self, step: int) -> None:
         segment = self.schedule.update_at(step)
-        if segment is not None:
-            self.coordinator.run_update(segment, self.tensors)
+        if segment is None:
+            return
+        if self.stop is not None and self.stop.requested:
+            # Stopping at this step: the checkpoint saved now resumes here, and the resumed
+            # run sends this update (the scorer answers a repeat with `duplicate`).
+            logger.info(
+                "stop requested: update %d at step %d left to the resumed run",
+                segment.update_index,
+                step,
+            )
+            return
+        self.coordinator.run_update(segment, self.tensors)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._maybe_update(state.global_step)  # warmup_step 0: update 1 before any step
@@ -81,3 +100,45 @@ class SelectionCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self.trained.flush()
+
+
+class GracefulStop(TrainerCallback):
+    """SIGTERM: finish the current step, save a checkpoint, stop (resume_from_checkpoint
+    continues from it). A second SIGTERM stops at once, without saving.
+
+    Put it after SelectionCallback: a signal that arrives while an update waits for the scorer
+    then stops at that step, once the update is drawn.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def request(self, signum: int, frame: Any = None) -> None:
+        name = signal.Signals(signum).name
+        if self.requested:
+            logger.error("second %s: stopping now, without saving", name)
+            raise SystemExit(128 + signum)
+        self.requested = True
+        logger.warning(
+            "%s: stopping after the current step with a checkpoint (send it again to stop at "
+            "once, without saving)",
+            name,
+        )
+
+    @contextmanager
+    def handling(self, signals: tuple[int, ...] = (signal.SIGTERM,)) -> Iterator[None]:
+        """Handle the signals while the block runs (main thread only; elsewhere a no-op)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.signal(s, self.request) for s in signals}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.requested:
+            control.should_save = True
+            control.should_training_stop = True
