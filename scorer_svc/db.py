@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from scorer_svc.models import Base
@@ -13,7 +13,9 @@ from scorer_svc.models import Base
 def make_engine(url: str, *, busy_timeout_seconds: float = 30.0) -> Engine:
     """An engine whose tables exist; SQLite waits busy_timeout_seconds for a lock, then fails."""
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        database = make_url(url).database or ""
+        if database and not database.startswith("file:") and database != ":memory:":
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": busy_timeout_seconds}
         )

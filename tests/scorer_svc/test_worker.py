@@ -67,3 +67,25 @@ def test_stop_during_scoring_leaves_the_checkpoint_pending_and_stores_nothing(qu
     status, n_rows, path = _status_and_rows(sessions)
     assert (status, n_rows) == (RECEIVED, 0)
     assert Path(path).exists()  # kept for the restart
+
+
+def test_read_only_database_fails_the_checkpoint_in_memory_then_on_disk(queued):
+    settings, sessions = queued
+    db_path = settings.data_dir / "scorer.db"
+    read_only = make_sessionmaker(
+        make_engine(f"sqlite:///file:{db_path}?mode=ro&uri=true", busy_timeout_seconds=1)
+    )
+    worker = Worker(read_only, Registry(settings), keep_checkpoints=False)
+    assert worker.run_once() is True
+    with sessions() as session:
+        checkpoint = session.scalar(select(Checkpoint))
+        assert checkpoint.status == RECEIVED  # the database could not take any write
+        error = worker.failure_of(checkpoint.id)
+    assert error is not None and "readonly" in error
+    assert _status_and_rows(sessions)[1] == 0
+    assert worker.run_once() is False  # not retried while the failure stands
+    worker.sessions = sessions  # the database is writable again
+    worker.run_once()
+    status, n_rows, _ = _status_and_rows(sessions)
+    assert (status, n_rows) == ("failed", 0)
+    assert worker.failure_of(checkpoint.id) is None
