@@ -1,13 +1,16 @@
-"""Writing and reading one checkpoint's losses in a real SQLite file."""
+"""Item 4: one checkpoint's N losses written to SQLite, then a real scorer process serving
+/losses, /samples/{i}/losses and /weights (octet-stream) from that database."""
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 
+from bench.util import Scorer, median
+from common.selection import delta_window
 from scorer_svc import crud
 from scorer_svc.db import make_engine, make_sessionmaker
 
@@ -21,34 +24,74 @@ FAKE_HELLO = {
 }
 
 
-def measure(n: int = 200_000, checkpoints: int = 3) -> dict:
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def measure(work: Path, n: int = 200_000, checkpoints: int = 50, requests: int = 100) -> dict:
+    data_dir = work / "scorer-storage"
+    engine = make_engine(f"sqlite:///{data_dir / 'scorer.db'}")
+    sessions = make_sessionmaker(engine)
+    writes, reads = [], []
+    rng = np.random.default_rng(0)
+    with sessions() as session:
+        run = crud.create_run(session, config={**FAKE_HELLO, "n_samples": n}, n_no_labels=0)
+        initial = rng.random(n) * 3
+        for k in range(1, checkpoints + 1):
+            checkpoint = crud.add_checkpoint(
+                session, run=run, step=k, update_index=k, kind="lora",
+                sha256="0" * 64, path="-", n_bytes=0,
+            )  # fmt: skip
+            losses = initial if k == 1 else initial - rng.random(n) * 0.1 * k
+            window = None
+            if k >= 2:
+                window, _ = delta_window(initial, losses, k, checkpoints, 0.2)
+            start = time.perf_counter()
+            crud.store_scores(
+                session, checkpoint=checkpoint, losses=losses, window=window, seconds=1.0
+            )
+            writes.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            got = crud.losses_at(session, run=run, step=k)
+            reads.append(time.perf_counter() - start)
+            assert np.array_equal(got, losses)
+    engine.dispose()
+    out: dict = {"n": n, "checkpoints": checkpoints, "write_s": median(writes),
+                 "write_max_s": max(writes), "read_s": median(reads)}  # fmt: skip
+    with Scorer(data_dir) as scorer, httpx.Client(base_url=scorer.base_url, timeout=60) as client:
+        base = "/v1/runs/bench"
+        lat: dict[str, list[float]] = {"losses": [], "history": [], "weights_cold": [],
+                                       "weights_warm": []}  # fmt: skip
+        octet = {"Accept": "application/octet-stream"}
+        for _ in range(requests):
+            step = int(rng.integers(1, checkpoints + 1))
+            index = int(rng.integers(0, n))
+            for key, url, params, headers in (
+                ("losses", f"{base}/losses", {"step": step, "limit": 1000}, {}),
+                ("history", f"{base}/samples/{index}/losses", {}, {}),
+            ):
+                start = time.perf_counter()
+                r = client.get(url, params=params, headers=headers)
+                lat[key].append(time.perf_counter() - start)
+                assert r.status_code == 200, r.text
+        for step in range(2, min(checkpoints, 12) + 1):  # first request of each step: built
+            for key in ("weights_cold", "weights_warm"):
+                start = time.perf_counter()
+                r = client.get(f"{base}/weights", params={"step": step}, headers=octet)
+                lat[key].append(time.perf_counter() - start)
+                assert r.status_code == 200 and len(r.content) == 4 * n
+        start = time.perf_counter()
+        r = client.get(f"{base}/losses", params={"step": checkpoints, "limit": 100_000})
+        out["losses_page_100k_s"] = time.perf_counter() - start
+        for key, values in lat.items():
+            out[key] = {"p50": pct(values, 50), "p99": pct(values, 99), "count": len(values)}
+    return out
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+    import tempfile
+
     with tempfile.TemporaryDirectory() as tmp:
-        engine = make_engine(f"sqlite:///{Path(tmp) / 'bench.db'}")
-        sessions = make_sessionmaker(engine)
-        writes, reads = [], []
-        with sessions() as session:
-            run = crud.create_run(session, config={**FAKE_HELLO, "n_samples": n}, n_no_labels=0)
-            rng = np.random.default_rng(0)
-            for step in range(checkpoints):
-                checkpoint = crud.add_checkpoint(
-                    session, run=run, step=step, update_index=1, kind="lora",
-                    sha256="0" * 64, path="-", n_bytes=0,
-                )  # fmt: skip
-                losses = rng.random(n) * 3
-                start = time.perf_counter()
-                crud.store_scores(
-                    session, checkpoint=checkpoint, losses=losses, window=None, seconds=1.0
-                )
-                writes.append(time.perf_counter() - start)
-                start = time.perf_counter()
-                got = crud.losses_at(session, run=run, step=step)
-                reads.append(time.perf_counter() - start)
-                assert np.allclose(got, losses)
-        engine.dispose()
-    write = float(np.median(writes))
-    return {
-        "n": n,
-        "write_seconds": write,
-        "rows_per_second": n / write,
-        "read_seconds": float(np.median(reads)),
-    }
+        print(json.dumps(measure(Path(tmp), n=int(sys.argv[1]), checkpoints=5), indent=1))

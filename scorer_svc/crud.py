@@ -189,12 +189,9 @@ def store_scores(
     seconds: float,
 ) -> None:
     """All of a checkpoint's losses, its window and its status, in one transaction."""
-    rows = [
-        {"run_pk": checkpoint.run_pk, "step": checkpoint.step, "sample_index": i, "loss": v}
-        for i, v in enumerate(_nullable(losses))
-    ]
-    if rows:
-        session.execute(insert(Loss), rows)
+    values = _nullable(losses)
+    if values:
+        _insert_losses(session, checkpoint.run_pk, checkpoint.step, values)
     if window is not None:
         session.add(
             Window(
@@ -217,7 +214,7 @@ def store_scores(
             status=SCORED,
             finished_at=now(),
             score_seconds=seconds,
-            samples_per_second=len(rows) / seconds if seconds > 0 else None,
+            samples_per_second=len(values) / seconds if seconds > 0 else None,
             n_null=int(np.count_nonzero(~np.isfinite(losses))),
             error=None,
         )
@@ -229,11 +226,35 @@ def _nullable(losses: np.ndarray) -> list[float | None]:
     return [float(v) if math.isfinite(v) else None for v in losses.tolist()]
 
 
+def _is_sqlite(session: Session) -> bool:
+    return session.get_bind().dialect.name == "sqlite"
+
+
+def _insert_losses(session: Session, run_pk: int, step: int, values: list[float | None]) -> None:
+    """One checkpoint's rows. On SQLite a plain executemany of tuples through the driver: the
+    ORM's per-row dictionaries made N = 200,000 take 1.7 s, this takes about 0.45 s."""
+    if _is_sqlite(session):
+        session.connection().exec_driver_sql(
+            "INSERT INTO losses (run_pk, step, sample_index, loss) VALUES (?, ?, ?, ?)",
+            [(run_pk, step, i, v) for i, v in enumerate(values)],
+        )
+        return
+    session.execute(
+        insert(Loss),
+        [
+            {"run_pk": run_pk, "step": step, "sample_index": i, "loss": v}
+            for i, v in enumerate(values)
+        ],
+    )
+
+
 # losses and windows
 
 
 def losses_at(session: Session, *, run: Run, step: int) -> np.ndarray:
     """The N losses at a scored step as float64, NaN where NULL."""
+    if _is_sqlite(session):
+        return _losses_at_sqlite(session, run, step)
     values = session.execute(
         select(Loss.sample_index, Loss.loss)
         .where(Loss.run_pk == run.id, Loss.step == step)
@@ -243,6 +264,26 @@ def losses_at(session: Session, *, run: Run, step: int) -> np.ndarray:
     for index, loss in values:
         if loss is not None:
             out[index] = loss
+    return out
+
+
+def _losses_at_sqlite(session: Session, run: Run, step: int) -> np.ndarray:
+    """Read straight from the driver's cursor into numpy (no Row objects): NULL comes back as
+    +inf (9e999), which no stored loss can be, since only finite losses are stored."""
+    cursor = session.connection().connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(
+            "SELECT sample_index, coalesce(loss, 9e999) FROM losses "
+            "WHERE run_pk = ? AND step = ? ORDER BY sample_index",
+            (run.id, step),
+        )
+        rows = np.fromiter(iter(cursor.fetchall()), dtype=np.dtype([("i", "<i8"), ("v", "<f8")]))
+    finally:
+        cursor.close()
+    out = np.full(run.n_samples, np.nan)
+    values = rows["v"]
+    values[np.isinf(values)] = np.nan
+    out[rows["i"]] = values
     return out
 
 
@@ -268,6 +309,19 @@ def loss_page(session: Session, *, run: Run, step: int, offset: int, limit: int)
 
 def sample_history(session: Session, *, run: Run, sample_index: int) -> list[tuple]:
     """(step, update_index, loss) of one sample at every scored checkpoint, by step."""
+    if _is_sqlite(session):
+        # Without statistics SQLite scans the run's whole primary-key range (every loss of
+        # every step: 0.5 s at 50 checkpoints x 200,000) instead of the per-sample index.
+        return [
+            tuple(row)
+            for row in session.connection().exec_driver_sql(
+                "SELECT l.step, c.update_index, l.loss FROM losses AS l "
+                "INDEXED BY ix_losses_sample "
+                "JOIN checkpoints AS c ON c.run_pk = l.run_pk AND c.step = l.step "
+                "WHERE l.run_pk = ? AND l.sample_index = ? ORDER BY l.step",
+                (run.id, sample_index),
+            )
+        ]
     return list(
         session.execute(
             select(Loss.step, Checkpoint.update_index, Loss.loss)

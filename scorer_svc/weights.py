@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,8 @@ class WeightsCache:
         self._items: OrderedDict[tuple[int, int], Weights] = OrderedDict()
         self._size = size
         self._lock = threading.Lock()
+        # Each run's initial losses, read once rather than at every update (N float64 each).
+        self._initial: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
 
     def get(self, session: Session, run: Run, checkpoint: Checkpoint) -> Weights:
         key = (run.id, checkpoint.step)
@@ -37,15 +40,36 @@ class WeightsCache:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        weights = build_weights(session, run, checkpoint)
+        weights = build_weights(session, run, checkpoint, initial=self._initial_losses)
         with self._lock:
             self._items[key] = weights
             while len(self._items) > self._size:
                 self._items.popitem(last=False)
         return weights
 
+    def _initial_losses(self, session: Session, run: Run, step: int) -> np.ndarray:
+        key = (run.id, step)
+        with self._lock:
+            if key in self._initial:
+                self._initial.move_to_end(key)
+                return self._initial[key]
+        losses = crud.losses_at(session, run=run, step=step)
+        losses.setflags(write=False)
+        with self._lock:
+            self._initial[key] = losses
+            while len(self._initial) > self._size:
+                self._initial.popitem(last=False)
+        return losses
 
-def build_weights(session: Session, run: Run, checkpoint: Checkpoint) -> Weights:
+
+def build_weights(
+    session: Session,
+    run: Run,
+    checkpoint: Checkpoint,
+    *,
+    initial: Callable[[Session, Run, int], np.ndarray] | None = None,
+) -> Weights:
+    """initial(session, run, step) reads the initial losses (a cache may answer)."""
     current = crud.losses_at(session, run=run, step=checkpoint.step)
     if checkpoint.update_index == 1:
         values = uniform_weights(current)
@@ -63,8 +87,11 @@ def build_weights(session: Session, run: Run, checkpoint: Checkpoint) -> Weights
         truncated_at=row.truncated_at,
         n_ranked=row.n_ranked,
     )
-    initial = crud.losses_at(session, run=run, step=run.initial_step)
-    ranking = rank_by_delta(initial - current)
+    if initial is None:
+        init = crud.losses_at(session, run=run, step=run.initial_step)
+    else:
+        init = initial(session, run, run.initial_step)
+    ranking = rank_by_delta(init - current)
     return Weights(
         checkpoint.step,
         checkpoint.update_index,

@@ -1,0 +1,223 @@
+"""Item 1: trainer wall time of one dynamic-selection run, by how its weights are obtained.
+
+All four variants run DeltaLossRecipe (trainer_svc, unmodified) in this process, pinned to
+the trainer's core with one thread, interleaved in each repeat:
+- uniform: no scorer; a stand-in publisher drops the checkpoint and the weights are uniform
+  (update 1 draws randperm, later updates multinomial over equal weights, as without scoring);
+- async / sync: the real scorer in its own process on the other core (ZeroMQ + REST);
+- inprocess: the published method: at each update the trainer pauses and scores all N
+  samples itself with its own model, one sample at a time, then applies the same rule.
+Only `recipe.train()` is timed (setup and the scorer's start are not).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.util import ALPACA, ROOT, TRAINER_CORE, Scorer, median, pin_self
+from common.selection import delta_weights, uniform_weights
+from trainer_svc.config import load_config
+from trainer_svc.recipe import DeltaLossRecipe
+from trainer_svc.weights_client import ScorerWeights
+
+MODES = ("uniform", "async", "sync", "inprocess")
+
+CONFIG = """
+model_name_or_path: {model}
+stage: sft
+do_train: true
+finetuning_type: lora
+lora_target: all
+lora_rank: 8
+lora_alpha: 16
+dataset: {dataset}
+template: plain
+cutoff_len: {cutoff}
+dataloader_num_workers: 0
+seed: 42
+output_dir: {out}
+logging_steps: 1000
+save_steps: 100000
+plot_loss: false
+report_to: none
+overwrite_output_dir: true
+per_device_train_batch_size: {batch}
+gradient_accumulation_steps: 1
+learning_rate: 1.0e-3
+num_train_epochs: 1.0
+lr_scheduler_type: cosine
+train_type: dynamic_select
+components_cfg_file: {components}
+component_name: delta_loss
+warmup_step: {update_step}
+update_step: {update_step}
+update_times: {update_times}
+selection_mode: {mode}
+scorer_zmq_url: {zmq}
+scorer_http_url: {http}
+scorer_wait_seconds: 300
+on_scorer_failure: fail
+"""
+
+
+class NoScorer:
+    """Publisher and weights stand-in: nothing sent, uniform weights (plain sampling)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.latest_weights: ScorerWeights | None = None
+
+    def hello(self, hello) -> dict:  # noqa: ANN001
+        return {"status": "registered"}
+
+    def send_checkpoint(self, *, step: int, update_index: int, **_: object) -> dict:
+        weights = torch.full((self.n,), 1.0 / self.n, dtype=torch.float64)
+        self.latest_weights = ScorerWeights(step, update_index, weights, None)
+        return {"status": "queued"}
+
+    def wait_for(self, step: int) -> ScorerWeights:
+        assert self.latest_weights is not None
+        return self.latest_weights
+
+    def latest(self) -> ScorerWeights | None:
+        return self.latest_weights
+
+
+class InProcess(NoScorer):
+    """The published method: the trainer's own model scores every sample, batch of one."""
+
+    recipe: DeltaLossRecipe
+
+    def __init__(self, n: int, update_times: int, window_size: float) -> None:
+        super().__init__(n)
+        self.update_times = update_times
+        self.window_size = window_size
+        self.initial: np.ndarray | None = None
+
+    def send_checkpoint(self, *, step: int, update_index: int, **_: object) -> dict:
+        model = self.recipe.model
+        was_training = model.training
+        model.eval()
+        losses = np.full(self.n, np.nan)
+        with torch.no_grad():
+            for i, sample in enumerate(self.recipe.encoded):
+                if sample.n_label_tokens:
+                    out = model(
+                        input_ids=torch.tensor([sample.input_ids]),
+                        labels=torch.tensor([sample.labels]),
+                    )
+                    losses[i] = float(out.loss)
+        model.train(was_training)
+        if update_index == 1:
+            self.initial = losses
+            values, window = uniform_weights(losses), None
+        else:
+            assert self.initial is not None
+            found, values = delta_weights(
+                self.initial, losses, update_index, self.update_times, self.window_size
+            )
+            window = {"t": found.t, "T": found.T, "u": found.u, "start": found.start}
+        weights = torch.tensor(values, dtype=torch.float64)
+        self.latest_weights = ScorerWeights(step, update_index, weights, window)
+        return {"status": "queued"}
+
+
+def subset(n: int, out: Path) -> Path:
+    path = out / f"alpaca_{n}.json"
+    path.write_text(json.dumps(json.loads(ALPACA.read_text())[:n]))
+    return path
+
+
+def one_run(mode: str, work: Path, model_dir: Path, dataset: Path, scorer: Scorer, p: dict):
+    out = work / f"run-{mode}-{time.monotonic_ns()}"
+    yaml = work / f"{out.name}.yaml"
+    yaml.write_text(
+        CONFIG.format(
+            model=model_dir,
+            dataset=dataset,
+            out=out,
+            mode="sync" if mode in ("uniform", "inprocess") else mode,
+            zmq=scorer.zmq_url,
+            http=scorer.base_url,
+            components=ROOT / "examples" / "components.yaml",
+            **p,
+        )
+    )
+    loaded = load_config(yaml)
+    hooks: dict = {}
+    if mode == "uniform":
+        stub = NoScorer(p["n"])
+        hooks = {"publisher": stub, "weights": stub}
+    elif mode == "inprocess":
+        stub = InProcess(p["n"], p["update_times"], loaded.window_size)
+        hooks = {"publisher": stub, "weights": stub}
+    recipe = DeltaLossRecipe(loaded, **hooks)
+    if mode == "inprocess":
+        stub.recipe = recipe
+    try:
+        recipe.setup()
+        start = time.perf_counter()
+        recipe.train()
+        seconds = time.perf_counter() - start
+    finally:
+        recipe.cleanup()
+    rows = [json.loads(line) for line in (out / "selections.jsonl").read_text().splitlines()]
+    return seconds, sum(row["seconds_waited"] for row in rows)
+
+
+def measure(
+    work: Path,
+    model_dir: Path,
+    *,
+    n: int = 512,
+    repeats: int = 3,
+    update_step: int = 20,
+    update_times: int = 3,
+    batch: int = 8,
+    cutoff: int = 256,
+) -> dict:
+    pin_self(TRAINER_CORE)
+    torch.set_num_threads(1)
+    logging.getLogger("trainer_svc").setLevel(logging.WARNING)
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    p = {
+        "n": n,
+        "update_step": update_step,
+        "update_times": update_times,
+        "batch": batch,
+        "cutoff": cutoff,
+    }
+    dataset = subset(n, work)
+    times: dict[str, list[float]] = {m: [] for m in MODES}
+    ratios: dict[str, list[float]] = {m: [] for m in MODES}
+    waited: dict[str, list[float]] = {m: [] for m in MODES}
+    with Scorer(work / "scorer-overhead", "--batch-size", "16") as scorer:
+        for _ in range(repeats):
+            got = {m: one_run(m, work, model_dir, dataset, scorer, p) for m in MODES}
+            for m in MODES:
+                times[m].append(got[m][0])
+                waited[m].append(got[m][1])
+                ratios[m].append(got[m][0] / got["uniform"][0])
+    return {
+        **p,
+        "steps": update_step * (update_times + 1),
+        "repeats": repeats,
+        "seconds": {m: median(v) for m, v in times.items()},
+        "ratio": {m: median(v) for m, v in ratios.items()},
+        "updates_s": {m: median(v) for m, v in waited.items()},
+    }
+
+
+if __name__ == "__main__":
+    from common.tiny_model import build_tiny_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = build_tiny_model(Path(tmp) / "tiny", seed=0)
+        print(json.dumps(measure(Path(tmp), model_dir, repeats=1, n=512, update_step=10), indent=1))
