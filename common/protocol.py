@@ -287,6 +287,21 @@ def decode_request(frames: Sequence[Frame], *, max_bytes: int = 1 << 34) -> Requ
     raise MalformedMessage(f"unknown message type {kind!r}; expected 'hello' or 'checkpoint'")
 
 
+def raw_tensors(checkpoint: Checkpoint) -> list[tuple[str, str, list[int], memoryview]]:
+    """(name, dtype, shape, bytes) of a raw-encoded checkpoint, as views into its frames."""
+    return [
+        (
+            entry.name,
+            entry.dtype,
+            entry.shape,
+            memoryview(checkpoint.frames[entry.frame - 1])[
+                entry.offset : entry.offset + entry.length
+            ],
+        )
+        for entry in checkpoint.header.tensors
+    ]
+
+
 def decode_tensors(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
     """Rebuild tensors from raw bytes (one copy each) or from the safetensors blob."""
     header = checkpoint.header

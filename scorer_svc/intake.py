@@ -27,13 +27,14 @@ from common.protocol import (
     decode_request,
     decode_tensors,
     error_reply,
+    raw_tensors,
 )
 from scorer_svc import crud
 from scorer_svc.auth import check_request_token
 from scorer_svc.config import Settings
 from scorer_svc.models import FAILED, Run
 from scorer_svc.registry import Registry, differences, identity
-from scorer_svc.store import checkpoint_path, write_checkpoint
+from scorer_svc.store import checkpoint_path, write_checkpoint, write_raw_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -132,16 +133,21 @@ class Intake:
             raise CheckpointRejected(
                 f"run {run.run_id} has no initial checkpoint yet: update 1 must come first"
             )
-        tensors = decode_tensors(message)
         hello = Hello.model_validate(run.config)
-        self.registry.manifest(hello).check(
-            [
-                (name, str(t.dtype).removeprefix("torch."), list(t.shape))
-                for name, t in tensors.items()
-            ]
-        )
+        manifest = self.registry.manifest(hello)
         path = checkpoint_path(self.settings.data_dir, run.run_id, header.step)
-        n_bytes = write_checkpoint(path, tensors)
+        if header.encoding == "raw":
+            manifest.check([(e.name, e.dtype, e.shape) for e in header.tensors])
+            n_bytes = write_raw_checkpoint(path, raw_tensors(message))
+        else:
+            tensors = decode_tensors(message)
+            manifest.check(
+                [
+                    (n, str(t.dtype).removeprefix("torch."), list(t.shape))
+                    for n, t in tensors.items()
+                ]
+            )
+            n_bytes = write_checkpoint(path, tensors)
         try:
             if existing is not None:  # a failed step sent again is scored again
                 crud.requeue(
