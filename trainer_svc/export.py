@@ -173,17 +173,16 @@ def check_adapter_fits(cfg: ExportConfig) -> None:
 
 
 def adapter_shapes(adapter: Path) -> dict[str, tuple[int, ...]]:
-    """Tensor shapes of the adapter's weights, read from the file header (no tensor data)."""
+    """Tensor shapes of the adapter's weights, read from the safetensors header (no tensor
+    data). A legacy .bin adapter is not opened here: it has no header to read without
+    unpickling, and peft's own load reports a shape mismatch (reworded by export)."""
     safetensors_file = adapter / ADAPTER_WEIGHTS[0]
-    if safetensors_file.is_file():
-        from safetensors import safe_open
+    if not safetensors_file.is_file():
+        return {}
+    from safetensors import safe_open
 
-        with safe_open(str(safetensors_file), framework="pt") as f:
-            return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
-    import torch
-
-    state = torch.load(adapter / ADAPTER_WEIGHTS[1], map_location="meta", weights_only=True)
-    return {key: tuple(t.shape) for key, t in state.items()}
+    with safe_open(str(safetensors_file), framework="pt") as f:
+        return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
 
 
 def _misfits(
