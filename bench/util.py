@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
 import httpx
+
+from scorer_svc.process import ScorerProcess, free_port  # noqa: F401 - re-exported
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,12 +51,6 @@ def pin_self(core: int) -> None:
         os.sched_setaffinity(0, {core})
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def rss_bytes(pid: int, field: str = "VmRSS") -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -76,48 +68,19 @@ def python_env() -> dict[str, str]:
     }
 
 
-class Scorer:
-    """`python -m scorer_svc serve` pinned to the scorer's core, on free loopback ports."""
+class Scorer(ScorerProcess):
+    """The scorer pinned to the scorer's core, one thread, quiet logs."""
 
     def __init__(self, data_dir: Path, *extra: str, core: int = SCORER_CORE) -> None:
-        self.data_dir = data_dir
-        self.http_port = free_port()
-        self.zmq_url = f"tcp://127.0.0.1:{free_port()}"
-        self.base_url = f"http://127.0.0.1:{self.http_port}"
-        self.extra = list(extra)
-        self.core = core
-        self.proc: subprocess.Popen | None = None
-        self.log_path = data_dir.parent / f"{data_dir.name}.log"
-
-    def __enter__(self) -> Scorer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def start(self, timeout: float = 120) -> Scorer:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [
-            *pin(self.core), sys.executable, "-m", "scorer_svc", "serve",
-            "--http-port", str(self.http_port), "--zmq-url", self.zmq_url,
-            "--data-dir", str(self.data_dir), "--device", "cpu", "--log-level", "WARNING",
-            *self.extra,
-        ]  # fmt: skip
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=python_env()
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"scorer exited: {self.log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"scorer not healthy in {timeout}s: {self.log_path}")
+        super().__init__(
+            data_dir,
+            "--log-level",
+            "WARNING",
+            *extra,
+            env=python_env(),
+            log_path=data_dir.parent / f"{data_dir.name}.log",
+            prefix=pin(core),
+        )
 
     @property
     def pid(self) -> int:
@@ -126,15 +89,6 @@ class Scorer:
 
     def rss(self, field: str = "VmRSS") -> int:
         return rss_bytes(self.pid, field)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def wait_scored(client: httpx.Client, run_id: str, step: int) -> float:

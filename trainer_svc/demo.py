@@ -11,11 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -23,66 +18,13 @@ from pathlib import Path
 import httpx
 
 from common.tiny_model import build_tiny_model
+from scorer_svc.process import ScorerProcess
 from trainer_svc.config import load_config
 from trainer_svc.demo_data import groups_of, write_dataset
 from trainer_svc.records import eval_history
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_YAML = ROOT / "examples" / "demo.yaml"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Scorer:
-    """`python -m scorer_svc serve` in the background, its output in DIR/scorer.log."""
-
-    def __init__(self, out: Path):
-        self.data_dir = out / "scorer"
-        self.http_port, self.zmq_port = free_port(), free_port()
-        self.base_url = f"http://127.0.0.1:{self.http_port}"
-        self.zmq_url = f"tcp://127.0.0.1:{self.zmq_port}"
-        self.log_path = out / "scorer.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 90.0) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [
-            sys.executable, "-m", "scorer_svc", "serve",
-            "--http-port", str(self.http_port), "--zmq-url", self.zmq_url,
-            "--data-dir", str(self.data_dir),
-            "--database-url", f"sqlite:///{self.data_dir / 'scorer.db'}", "--device", "cpu",
-        ]  # fmt: skip
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"the scorer exited ({self.proc.returncode}); see {self.log_path}"
-                )
-            try:
-                if httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)  # polling the health endpoint, not waiting blind
-        raise RuntimeError(f"the scorer was not healthy within {timeout:.0f}s; see {self.log_path}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def print_update(groups: list[str]):
@@ -168,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     groups = groups_of(data)
     print(f"tiny model: {model}\ndataset: {data} ({len(groups)} samples: {dict(Counter(groups))})")
     print(f"eval dataset: {held_out} (64 held-out samples, no noise)")
-    scorer = Scorer(out)
+    scorer = ScorerProcess(out / "scorer", log_path=out / "scorer.log")
     scorer.start()
     print(f"scorer: REST {scorer.base_url} (docs {scorer.base_url}/docs), ZeroMQ {scorer.zmq_url}")
     try:

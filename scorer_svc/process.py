@@ -1,0 +1,93 @@
+"""The scorer as a background process on free loopback ports: used by the demo, the
+benchmarks and the tests, so that each starts, waits for and stops it the same way."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ScorerProcess:
+    """`python -m scorer_svc serve` with its own data directory, output in log_path."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        log_path: Path | None = None,
+        prefix: Sequence[str] = (),
+    ) -> None:
+        """extra: more flags; env: variables over os.environ; prefix: what runs the command
+        (e.g. taskset -c 1)."""
+        self.data_dir = data_dir
+        self.http_port = free_port()
+        self.zmq_url = f"tcp://127.0.0.1:{free_port()}"
+        self.base_url = f"http://127.0.0.1:{self.http_port}"
+        self.extra = list(extra)
+        self.env = env or {}
+        self.prefix = list(prefix)
+        self.log_path = log_path or data_dir / "scorer.log"
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> ScorerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 90) -> ScorerProcess:
+        """Start and wait until /healthz answers (polled, not slept on)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            *self.prefix, sys.executable, "-m", "scorer_svc", "serve",
+            "--http-port", str(self.http_port), "--zmq-url", self.zmq_url,
+            "--data-dir", str(self.data_dir), "--device", "cpu", *self.extra,
+        ]  # fmt: skip
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"the scorer exited with {self.proc.returncode}:\n{self.log()[-4000:]}"
+                )
+            try:
+                if httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"the scorer was not healthy within {timeout:.0f}s; see {self.log_path}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int | None:
+        """Signal the scorer and wait (kill after timeout); its exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
