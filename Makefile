@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 demo: venv
-	$(PY) -m trainer_svc.demo --out $(DEMO_OUT)
+	$(PY) -m devtools.demo --out $(DEMO_OUT)
 
 lint: venv
 	$(PY) -m ruff check .

@@ -20,7 +20,7 @@ import torch
 
 from bench import growth, overhead, scorer_eff, storage, transfer
 from bench.util import ALPACA
-from common.tiny_model import build_tiny_model
+from devtools.tiny_model import build_tiny_model
 
 OUT = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 RAW = Path(tempfile.gettempdir()) / "bench_results.json"  # the raw figures, to re-render
@@ -81,7 +81,7 @@ def render(r: dict, total: float) -> str:
         f"torch {torch.__version__}, {gpu}.",
         "Trainer side pinned to core 0 and scorer side to core 1 (taskset for the scorer "
         "process, sched_setaffinity in the bench process), one torch thread each. Model: the "
-        "tiny random Llama of `common.tiny_model` (hidden 64, 2 layers, byte vocabulary 384) "
+        "tiny random Llama of `devtools.tiny_model` (hidden 64, 2 layers, byte vocabulary 384) "
         "with LoRA r=8 on all linear layers; data: alpaca_en_demo.json (999 samples) unless "
         "said otherwise. Ratios are taken per repeat between runs made side by side in the "
         "same invocation, then the median. Load average (1, 5, 15 min) before the run: "

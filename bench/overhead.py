@@ -216,7 +216,7 @@ def measure(
 
 
 if __name__ == "__main__":
-    from common.tiny_model import build_tiny_model
+    from devtools.tiny_model import build_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_tiny_model(Path(tmp) / "tiny", seed=0)

@@ -175,7 +175,7 @@ if __name__ == "__main__":
     import json
     import sys
 
-    from common.tiny_model import build_tiny_model
+    from devtools.tiny_model import build_tiny_model
 
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 3
     with tempfile.TemporaryDirectory() as tmp:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from scorer_svc.process import ScorerProcess, free_port  # noqa: F401 - re-exported
+from devtools.scorer_process import ScorerProcess, free_port  # noqa: F401 - re-exported
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from common.tiny_model import build_tiny_model
-from scorer_svc.process import ScorerProcess, free_port  # noqa: F401 - used by tests
+from devtools.scorer_process import ScorerProcess, free_port  # noqa: F401 - used by tests
+from devtools.tiny_model import build_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer_svc.demo_data import write_dataset
+from devtools.demo_data import write_dataset
 from trainer_svc.weights_client import ScorerWeights
 
 

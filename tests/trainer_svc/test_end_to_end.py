@@ -11,8 +11,8 @@ import yaml
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
+from devtools.demo_data import write_dataset
 from tests.conftest import ROOT
-from trainer_svc.demo_data import write_dataset
 from trainer_svc.records import read_jsonl
 from trainer_svc.schedule import draw_warmup
 

@@ -11,13 +11,13 @@ import yaml
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from common.tiny_model import build_tiny_model
 from common.tokenization import render_prompt
+from devtools.demo_data import write_dataset
+from devtools.tiny_model import build_tiny_model
 from tests.conftest import ROOT
 from tests.trainer_svc.conftest import FakePublisher, FakeWeights
 from trainer_svc import cli
 from trainer_svc.config import ConfigError, parse_config
-from trainer_svc.demo_data import write_dataset
 from trainer_svc.export import AdapterMismatch, export, parse_export_config
 from trainer_svc.recipe import run
 

@@ -8,9 +8,9 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from common.protocol import Hello
+from devtools.demo_data import write_dataset
 from tests.trainer_svc.conftest import FakePublisher, FakeWeights
 from trainer_svc.config import parse_config
-from trainer_svc.demo_data import write_dataset
 from trainer_svc.recipe import run
 from trainer_svc.records import read_jsonl
 from trainer_svc.schedule import draw_warmup

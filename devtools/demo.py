@@ -1,8 +1,8 @@
 """The demo: a tiny model learns on the samples the scorer picks, all on this machine.
 
-`python -m trainer_svc.demo --out DIR` builds a tiny Llama, a generated dataset and a held-out
+`python -m devtools.demo --out DIR` builds a tiny Llama, a generated dataset and a held-out
 evaluation set in DIR, starts the scorer in the background on free loopback ports, trains on
-examples/demo.yaml, prints each update's window and selection, the evaluation loss before and
+the packaged demo.yaml, prints each update's window and selection, the evaluation loss before and
 after training, where the REST API is, and the mean delta loss per group of samples, then
 stops the scorer. Nothing is downloaded.
 """
@@ -17,14 +17,13 @@ from pathlib import Path
 
 import httpx
 
-from common.tiny_model import build_tiny_model
-from scorer_svc.process import ScorerProcess
+from devtools.demo_data import groups_of, write_dataset
+from devtools.scorer_process import ScorerProcess
+from devtools.tiny_model import build_tiny_model
 from trainer_svc.config import load_config
-from trainer_svc.demo_data import groups_of, write_dataset
 from trainer_svc.records import eval_history
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO_YAML = ROOT / "examples" / "demo.yaml"
+DEMO_YAML = Path(__file__).with_name("demo.yaml")  # shipped as package data
 
 
 def print_update(groups: list[str]):

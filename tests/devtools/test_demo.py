@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_demo_runs_and_reports(tmp_path):
-    cmd = [sys.executable, "-m", "trainer_svc.demo", "--out", str(tmp_path), "--samples", "160"]
+    cmd = [sys.executable, "-m", "devtools.demo", "--out", str(tmp_path), "--samples", "160"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     out = done.stdout

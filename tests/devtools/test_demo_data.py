@@ -1,7 +1,7 @@
 from collections import Counter
 
 from common.datasets import load_alpaca
-from trainer_svc.demo_data import groups_of, make_samples, write_dataset
+from devtools.demo_data import groups_of, make_samples, write_dataset
 
 
 def test_groups_and_noise_share():
