@@ -25,6 +25,7 @@ from common.errors import (
     TooLarge,
     VersionMismatch,
 )
+from common.validation import describe_errors
 
 PROTOCOL_VERSION = 1
 MAX_HEADER_BYTES = 1 << 20
@@ -208,10 +209,7 @@ def _validate(model: type[BaseModel], obj: dict[str, Any]) -> Any:
     try:
         return model.model_validate(obj)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'header'}: {err['msg']}"
-            for err in exc.errors()
-        )
+        problems = "; ".join(describe_errors(exc.errors(), default="header"))
         raise MalformedMessage(f"invalid {obj.get('type')} header: {problems}") from exc
 
 

@@ -1,0 +1,25 @@
+"""What both services say about bad values: validation errors as text, endpoint checks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+ZMQ_SCHEMES = ("tcp://", "ipc://", "inproc://")
+
+
+def error_location(loc: Iterable[Any], default: str = "") -> str:
+    """`a.b.0` for pydantic's ('a', 'b', 0); default when the error is about the whole value."""
+    return ".".join(str(part) for part in loc) or default
+
+
+def describe_errors(errors: Iterable[Mapping[str, Any]], *, default: str = "value") -> list[str]:
+    """One `location: message` line per pydantic error (ValidationError.errors())."""
+    return [f"{error_location(err['loc'], default)}: {err['msg']}" for err in errors]
+
+
+def check_zmq_url(value: str) -> str:
+    """A ZeroMQ endpoint the services can bind or connect: tcp://HOST:PORT, ipc://PATH."""
+    if not value.startswith(ZMQ_SCHEMES):
+        raise ValueError(f"{value!r} is not a ZeroMQ endpoint: use tcp://HOST:PORT (or ipc://PATH)")
+    return value
