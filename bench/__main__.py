@@ -1,4 +1,4 @@
-"""`python -m bench` (or `make bench`): every benchmark of issue 5 in one run, written to
+"""`python -m bench` (or `make bench`): every benchmark in one run, written to
 BENCHMARKS.md. The trainer side is pinned to core 0, the scorer side to core 1 (taskset /
 sched_setaffinity), one thread each. Takes about 10 minutes on 2 CPU cores."""
 

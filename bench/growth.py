@@ -1,4 +1,4 @@
-"""Item 6: scoring time against N (short samples) and against sequence length, in-process
+"""Scoring time against N (short samples) and against sequence length, in-process
 on one pinned core, with a log-log fit; plotted to docs/scoring_growth.png."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from bench.util import SCORER_CORE, pin_self
+from common.model_spec import LoraSettings, ModelSpec
 from common.tokenization import IGNORE_INDEX, EncodedSample
 from scorer_svc.batching import make_batches
 from scorer_svc.scoring import ScoringModel
@@ -42,10 +43,9 @@ def slope(x: list[int], y: list[float]) -> float:
 def measure(model_dir: Path, ns=(1_000, 10_000, 100_000), lengths=(64, 128, 256, 512, 1024)):
     pin_self(SCORER_CORE)
     torch.set_num_threads(1)
-    lora = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}
-    model = ScoringModel.load(
-        str(model_dir), kind="lora", lora=lora, device=torch.device("cpu"), dtype=torch.float32
-    )
+    lora = LoraSettings(r=8, alpha=16, dropout=0.0, target_modules="all-linear")
+    spec = ModelSpec(str(model_dir), "lora", lora)
+    model = ScoringModel.load(spec, device=torch.device("cpu"), dtype=torch.float32)
     by_n = [timed(model, samples(n, 16, seed=n)) for n in ns]
     per_len = 256
     by_len = [timed(model, samples(per_len, length, seed=length)) for length in lengths]

@@ -1,4 +1,4 @@
-"""Item 1: trainer wall time of one dynamic-selection run, by how its weights are obtained.
+"""Trainer wall time of one dynamic-selection run, by how its weights are obtained.
 
 All four variants run DeltaLossRecipe (trainer_svc, unmodified) in this process, pinned to
 the trainer's core with one thread, interleaved in each repeat:

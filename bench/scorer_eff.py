@@ -1,4 +1,4 @@
-"""Items 2 and 5: a real scorer process scoring a tiny LoRA run's checkpoints.
+"""Scorer efficiency: a real scorer process scoring a tiny LoRA run's checkpoints.
 
 Per checkpoint: the time from the ack to /weights answering 200 (octet-stream), against the
 bare forward passes of the same model over the same batches in a tight loop, on the same
@@ -19,13 +19,20 @@ from transformers import AutoTokenizer
 
 from bench.util import ALPACA, SCORER_CORE, Scorer, median, pin_self, wait_scored
 from common.datasets import load_alpaca
-from common.protocol import PROTOCOL_VERSION, Hello, LoraSpec, shapes_digest
-from common.tokenization import TokenizationSettings, encode_dataset, fingerprint
+from common.hello import build_hello
+from common.model_spec import LoraSettings, ModelSpec, checkpoint_digest, checkpoint_tensors, pad_id
+from common.tokenization import TokenizationSettings, encode_dataset
 from scorer_svc.batching import make_batches
-from scorer_svc.scoring import ScoringModel, build_model
+from scorer_svc.scoring import ScoringModel
 from trainer_svc.publisher import CheckpointPublisher
 
-LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}
+LORA = LoraSettings(r=8, alpha=16, dropout=0.0, target_modules="all-linear")
+
+
+def lora_spec(model_dir: Path) -> ModelSpec:
+    return ModelSpec(str(model_dir.resolve()), "lora", LORA)
+
+
 MAX_BATCH_TOKENS = 16384
 
 
@@ -33,22 +40,20 @@ def lora_hello(model_dir: Path, dataset: Path, run_id: str, update_times: int, c
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     settings = TokenizationSettings(cutoff_len=cutoff)
     encoded = encode_dataset(tokenizer, load_alpaca(dataset), settings)
-    model = build_model(str(model_dir), kind="lora", lora=LORA, dtype=torch.float32)
-    tensors = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    hello = Hello(
-        protocol=PROTOCOL_VERSION,
+    spec = lora_spec(model_dir)
+    model = spec.build(dtype=torch.float32)
+    tensors = {n: t.clone() for n, t in checkpoint_tensors(model, "lora").items()}
+    hello = build_hello(
         run_id=run_id,
-        base_model=str(model_dir.resolve()),
-        finetuning_type="lora",
-        lora=LoraSpec(**LORA),
+        spec=spec,
         dataset=str(dataset),
-        tokenization=settings.to_dict(),
+        dataset_dir=None,
+        tokenization=settings,
+        encoded=encoded,
         window_size=0.2,
         update_times=update_times,
-        n_samples=len(encoded),
-        fingerprint=fingerprint(encoded),
         vocab_size=len(tokenizer),
-        model_digest=shapes_digest((n, t.shape) for n, t in tensors.items()),
+        model_digest=checkpoint_digest(model, "lora"),
     )
     return hello, encoded, tensors, tokenizer
 
@@ -60,9 +65,7 @@ def perturbed(tensors: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Te
 
 def choose_batch_size(model_dir: Path, encoded, pad_id: int, sizes=(1, 4, 16)) -> list[dict]:
     """In this process, pinned to the scorer's core: scoring time per batch size."""
-    model = ScoringModel.load(
-        str(model_dir), kind="lora", lora=LORA, device=torch.device("cpu"), dtype=torch.float32
-    )
+    model = ScoringModel.load(lora_spec(model_dir), device=torch.device("cpu"), dtype=torch.float32)
     rows = []
     for size in sizes:
         batches = make_batches(
@@ -99,14 +102,12 @@ def measure(
     torch.set_num_threads(1)
     run_id = "bench-eff"
     hello, encoded, base, tokenizer = lora_hello(model_dir, ALPACA, run_id, checkpoints + 1, cutoff)
-    pad_id = tokenizer.pad_token_id
-    sizes = choose_batch_size(model_dir, encoded, pad_id)
+    pad = pad_id(tokenizer)
+    sizes = choose_batch_size(model_dir, encoded, pad)
     best = min(sizes, key=lambda r: r["seconds"])["batch_size"]
-    batches = make_batches(
-        encoded, batch_size=best, max_batch_tokens=MAX_BATCH_TOKENS, pad_id=pad_id
-    )
+    batches = make_batches(encoded, batch_size=best, max_batch_tokens=MAX_BATCH_TOKENS, pad_id=pad)
     bare_model = ScoringModel.load(
-        str(model_dir), kind="lora", lora=LORA, device=torch.device("cpu"), dtype=torch.float32
+        lora_spec(model_dir), device=torch.device("cpu"), dtype=torch.float32
     )
     real = sum(b.real_tokens for b in batches)
     padded = sum(b.padded_tokens for b in batches)

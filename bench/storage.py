@@ -1,4 +1,4 @@
-"""Item 4: one checkpoint's N losses written to SQLite, then a real scorer process serving
+"""One checkpoint's N losses written to SQLite, then a real scorer process serving
 /losses, /samples/{i}/losses and /weights (octet-stream) from that database."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Item 3: checkpoint transfer, in one process: the trainer's encode (sha256), ZeroMQ
+"""Checkpoint transfer, in one process: the trainer's encode (sha256), ZeroMQ
 DEALER -> ROUTER over TCP loopback, the scorer's decode + verify (sha256), persist
 (safetensors + fsync) and the ack back; each stage timed, for 1 GiB of float32 tensors and
 for an 8B-shaped LoRA adapter (r=16, all linear layers). The scorer's intake functions are

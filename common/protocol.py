@@ -4,7 +4,7 @@ A request is a multipart message: frame 0 is a UTF-8 JSON header with a protocol
 the frames after it carry raw tensor bytes. Every request gets exactly one reply, a single
 JSON frame: an ack or an error with a code and a reason a person can act on.
 Nothing received is ever unpickled: tensors are rebuilt from raw bytes with a declared
-dtype and shape, or from a safetensors blob.
+dtype and shape.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from common import dtypes
 from common.errors import (
     IntegrityError,
     MalformedMessage,
@@ -30,18 +31,6 @@ from common.validation import describe_errors
 PROTOCOL_VERSION = 1
 MAX_HEADER_BYTES = 1 << 20
 MAX_STEP = 2**62  # steps, indices and counts fit a signed 64-bit database integer
-
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-    "int64": torch.int64,
-    "int32": torch.int32,
-    "uint8": torch.uint8,
-    "bool": torch.bool,
-}
-DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 Frame = bytes | memoryview | Any  # anything exposing the buffer protocol
 
@@ -107,13 +96,13 @@ class CheckpointHeader(_Header):
     step: int = Field(ge=0, le=MAX_STEP)
     update_index: int = Field(ge=1, le=MAX_STEP)
     kind: Literal["lora", "full"]
-    encoding: Literal["raw", "safetensors"] = "raw"
+    encoding: Literal["raw"] = "raw"  # one frame per tensor
     tensors: list[TensorEntry] = Field(default_factory=list)
     total_bytes: int = Field(ge=0)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
-class Checkpoint(BaseModel):
+class CheckpointMessage(BaseModel):
     """A decoded checkpoint request: the header and its payload frames."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -121,7 +110,7 @@ class Checkpoint(BaseModel):
     frames: list[Any]
 
 
-Request = Hello | Checkpoint
+Request = Hello | CheckpointMessage
 
 
 def _json_frame(obj: dict[str, Any]) -> bytes:
@@ -158,14 +147,16 @@ def encode_checkpoint(
     frames: list[Frame] = []
     table = []
     for i, (name, tensor) in enumerate(tensors.items(), start=1):
-        if tensor.dtype not in DTYPE_NAMES:
-            raise ValueError(f"tensor {name} has dtype {tensor.dtype}, which cannot be sent")
+        try:
+            dtype = dtypes.name_of(tensor.dtype)
+        except ValueError as exc:
+            raise ValueError(f"tensor {name}: {exc}") from None
         data = tensor_bytes(tensor)
         frames.append(data)
         table.append(
             TensorEntry(
                 name=name,
-                dtype=DTYPE_NAMES[tensor.dtype],
+                dtype=dtype,
                 shape=list(tensor.shape),
                 frame=i,
                 offset=0,
@@ -225,10 +216,6 @@ def _check_table(header: CheckpointHeader, frames: Sequence[Frame], max_bytes: i
             f"payload frames hold {sum(sizes)} bytes but the header declares "
             f"{header.total_bytes}: the message was truncated or padded"
         )
-    if header.encoding == "safetensors":
-        if len(frames) != 1 or header.tensors:
-            raise MalformedMessage("safetensors encoding takes one blob frame and no table")
-        return
     if not header.tensors:
         raise MalformedMessage("a checkpoint must carry at least one tensor")
     names = set()
@@ -236,9 +223,9 @@ def _check_table(header: CheckpointHeader, frames: Sequence[Frame], max_bytes: i
         if entry.name in names:
             raise MalformedMessage(f"tensor {entry.name} appears twice in the table")
         names.add(entry.name)
-        if entry.dtype not in DTYPES:
+        if entry.dtype not in dtypes.BY_NAME:
             raise MalformedMessage(
-                f"tensor {entry.name}: dtype '{entry.dtype}' is not one of {sorted(DTYPES)}"
+                f"tensor {entry.name}: dtype '{entry.dtype}' is not one of {sorted(dtypes.BY_NAME)}"
             )
         if any(d < 0 for d in entry.shape):
             raise MalformedMessage(f"tensor {entry.name}: negative dimension in {entry.shape}")
@@ -247,7 +234,7 @@ def _check_table(header: CheckpointHeader, frames: Sequence[Frame], max_bytes: i
                 f"tensor {entry.name} points at frame {entry.frame}, but only "
                 f"{len(frames)} payload frames came"
             )
-        itemsize = torch.empty((), dtype=DTYPES[entry.dtype]).element_size()
+        itemsize = torch.empty((), dtype=dtypes.BY_NAME[entry.dtype].torch).element_size()
         expected = math.prod(entry.shape) * itemsize
         if entry.length != expected:
             raise IntegrityError(
@@ -281,11 +268,11 @@ def decode_request(frames: Sequence[Frame], *, max_bytes: int = 1 << 34) -> Requ
                 f"payload sha256 is {actual}, the header declares {header.sha256}: "
                 "the checkpoint was corrupted in transit; send it again"
             )
-        return Checkpoint(header=header, frames=payload)
+        return CheckpointMessage(header=header, frames=payload)
     raise MalformedMessage(f"unknown message type {kind!r}; expected 'hello' or 'checkpoint'")
 
 
-def raw_tensors(checkpoint: Checkpoint) -> list[tuple[str, str, list[int], memoryview]]:
+def raw_tensors(checkpoint: CheckpointMessage) -> list[tuple[str, str, list[int], memoryview]]:
     """(name, dtype, shape, bytes) of a raw-encoded checkpoint, as views into its frames."""
     return [
         (
@@ -300,26 +287,16 @@ def raw_tensors(checkpoint: Checkpoint) -> list[tuple[str, str, list[int], memor
     ]
 
 
-def decode_tensors(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
-    """Rebuild tensors from raw bytes (one copy each) or from the safetensors blob."""
-    header = checkpoint.header
-    if header.encoding == "safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load as load_safetensors
-
-        try:
-            return load_safetensors(bytes(checkpoint.frames[0]))
-        except (SafetensorError, ValueError) as exc:
-            raise MalformedMessage(f"safetensors blob cannot be read: {exc}") from exc
+def decode_tensors(checkpoint: CheckpointMessage) -> dict[str, torch.Tensor]:
+    """Rebuild tensors from their raw bytes (one copy each)."""
     tensors = {}
-    for entry in header.tensors:
-        view = memoryview(checkpoint.frames[entry.frame - 1])[
-            entry.offset : entry.offset + entry.length
-        ]
+    for name, dtype, shape, view in raw_tensors(checkpoint):
         data = bytearray(view)
-        dtype = DTYPES[entry.dtype]
-        tensor = torch.frombuffer(data, dtype=dtype) if data else torch.empty(0, dtype=dtype)
-        tensors[entry.name] = tensor.reshape(entry.shape)
+        torch_dtype = dtypes.BY_NAME[dtype].torch
+        tensor = (
+            torch.frombuffer(data, dtype=torch_dtype) if data else torch.empty(0, dtype=torch_dtype)
+        )
+        tensors[name] = tensor.reshape(shape)
     return tensors
 
 

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from common.tokenization import IGNORE_INDEX, EncodedSample
+from common.batching import pad_right
+from common.tokenization import EncodedSample
 
 
 @dataclass(frozen=True)
@@ -48,17 +49,10 @@ def group_by_length(
 
 
 def collate(samples: Sequence[EncodedSample], indices: list[int], pad_id: int) -> Batch:
-    width = max(len(samples[i].input_ids) for i in indices)
-    input_ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(indices), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(indices), width), dtype=torch.long)
-    for row, index in enumerate(indices):
-        sample = samples[index]
-        n = len(sample.input_ids)
-        input_ids[row, :n] = torch.tensor(sample.input_ids)
-        labels[row, :n] = torch.tensor(sample.labels)
-        mask[row, :n] = 1
-    return Batch(indices, input_ids, mask, labels)
+    padded = pad_right(
+        [samples[i].input_ids for i in indices], [samples[i].labels for i in indices], pad_id
+    )
+    return Batch(indices, padded.input_ids, padded.attention_mask, padded.labels)
 
 
 def make_batches(

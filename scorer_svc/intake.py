@@ -21,11 +21,10 @@ from common.errors import (
     UnknownRun,
 )
 from common.protocol import (
-    Checkpoint,
+    CheckpointMessage,
     Hello,
     ack,
     decode_request,
-    decode_tensors,
     error_reply,
     raw_tensors,
 )
@@ -34,7 +33,7 @@ from scorer_svc.auth import check_request_token
 from scorer_svc.config import Settings
 from scorer_svc.models import FAILED, Run
 from scorer_svc.registry import Registry, differences, identity
-from scorer_svc.store import checkpoint_path, write_checkpoint, write_raw_checkpoint
+from scorer_svc.store import checkpoint_path, write_raw_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +106,7 @@ class Intake:
             scored_steps=crud.scored_steps(session, run=run),
         )
 
-    def checkpoint(self, session: Session, message: Checkpoint) -> list[bytes]:
+    def checkpoint(self, session: Session, message: CheckpointMessage) -> list[bytes]:
         header = message.header
         run = crud.get_run(session, run_id=header.run_id)
         if run is None:
@@ -133,21 +132,10 @@ class Intake:
             raise CheckpointRejected(
                 f"run {run.run_id} has no initial checkpoint yet: update 1 must come first"
             )
-        hello = Hello.model_validate(run.config)
-        manifest = self.registry.manifest(hello)
+        manifest = self.registry.manifest(self.registry.hello_of(run.run_id, run.config))
+        manifest.check([(e.name, e.dtype, e.shape) for e in header.tensors])
         path = checkpoint_path(self.settings.data_dir, run.run_id, header.step)
-        if header.encoding == "raw":
-            manifest.check([(e.name, e.dtype, e.shape) for e in header.tensors])
-            n_bytes = write_raw_checkpoint(path, raw_tensors(message))
-        else:
-            tensors = decode_tensors(message)
-            manifest.check(
-                [
-                    (n, str(t.dtype).removeprefix("torch."), list(t.shape))
-                    for n, t in tensors.items()
-                ]
-            )
-            n_bytes = write_checkpoint(path, tensors)
+        n_bytes = write_raw_checkpoint(path, raw_tensors(message))
         try:
             if existing is not None:  # a failed step sent again is scored again
                 crud.requeue(

@@ -6,9 +6,12 @@ import json
 import logging
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from common.datasets import DatasetError, load_alpaca, resolve_dataset
+from common.dtypes import compute_dtype
 from common.errors import RunMismatch
+from common.model_spec import ModelSpec, pad_id
 from common.protocol import Hello
 from common.tokenization import (
     EncodedSample,
@@ -18,13 +21,7 @@ from common.tokenization import (
 )
 from scorer_svc.batching import Batch, make_batches
 from scorer_svc.config import Settings
-from scorer_svc.scoring import (
-    Manifest,
-    ScoringModel,
-    build_model,
-    resolve_device,
-    resolve_dtype,
-)
+from scorer_svc.scoring import Manifest, ScoringModel, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +64,7 @@ def differences(stored: dict, hello: Hello) -> list[str]:
 
 
 class Registry:
-    """Run data by run id, and one scoring model at a time, shared by runs built alike.
+    """Run data by run, and one scoring model at a time, shared by runs built alike.
 
     Sharing is safe because every checkpoint carries all the tensors it changes.
     """
@@ -75,54 +72,59 @@ class Registry:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.device = resolve_device(settings.device)
-        self.dtype = resolve_dtype(settings.dtype, self.device)
+        self.dtype = compute_dtype(settings.dtype, self.device)
         self._data: dict[str, RunData] = {}
-        self._model_key: tuple | None = None
+        self._hellos: dict[str, Hello] = {}
+        self._model_spec: ModelSpec | None = None
         self._model: ScoringModel | None = None
-        self._manifests: dict[tuple, Manifest] = {}
+        self._manifests: dict[ModelSpec, Manifest] = {}
         self._lock = threading.RLock()
         self._model_lock = threading.Lock()
+
+    def hello_of(self, run_id: str, config: dict[str, Any]) -> Hello:
+        """The stored hello of a registered run, parsed once (a run's hello never changes)."""
+        with self._lock:
+            if run_id not in self._hellos:
+                self._hellos[run_id] = Hello.model_validate(config)
+            return self._hellos[run_id]
 
     def prepare(self, hello: Hello) -> RunData:
         """Tokenize the dataset as the trainer did and refuse the run if anything differs."""
         key = json.dumps([hello.run_id, identity(hello)], sort_keys=True)
         with self._lock:
-            if key in self._data:
-                return self._data[key]
-            from transformers import AutoTokenizer
+            if key not in self._data:
+                self._data[key] = self._tokenize(hello)
+            return self._data[key]
 
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(
-                    hello.base_model, trust_remote_code=hello.trust_remote_code
-                )
-            except (OSError, ValueError) as exc:
-                raise RunMismatch(
-                    f"run {hello.run_id} refused: the scorer cannot load the tokenizer of "
-                    f"{hello.base_model} ({exc}); the scorer must see the base model at the "
-                    "path the trainer names"
-                ) from exc
-            settings = TokenizationSettings(**hello.tokenization)
-            try:
-                samples = load_alpaca(resolve_dataset(hello.dataset, hello.dataset_dir))
-            except (DatasetError, OSError) as exc:
-                raise RunMismatch(
-                    f"run {hello.run_id} refused: the scorer cannot read the dataset: {exc}; "
-                    "the scorer must see the dataset at the path the trainer names"
-                ) from exc
-            encoded = encode_dataset(tokenizer, samples, settings)
-            self._check_agreement(hello, encoded, len(tokenizer))
-            pad_id = tokenizer.pad_token_id
-            if pad_id is None:
-                pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-            batches = make_batches(
-                encoded,
-                batch_size=self.settings.batch_size,
-                max_batch_tokens=self.settings.max_batch_tokens,
-                pad_id=pad_id,
+    def _tokenize(self, hello: Hello) -> RunData:
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(
+                hello.base_model, trust_remote_code=hello.trust_remote_code
             )
-            data = RunData(encoded, batches)
-            self._data[key] = data
-            return data
+        except (OSError, ValueError) as exc:
+            raise RunMismatch(
+                f"run {hello.run_id} refused: the scorer cannot load the tokenizer of "
+                f"{hello.base_model} ({exc}); the scorer must see the base model at the "
+                "path the trainer names"
+            ) from exc
+        try:
+            samples = load_alpaca(resolve_dataset(hello.dataset, hello.dataset_dir))
+        except (DatasetError, OSError) as exc:
+            raise RunMismatch(
+                f"run {hello.run_id} refused: the scorer cannot read the dataset: {exc}; "
+                "the scorer must see the dataset at the path the trainer names"
+            ) from exc
+        encoded = encode_dataset(tokenizer, samples, TokenizationSettings(**hello.tokenization))
+        self._check_agreement(hello, encoded, len(tokenizer))
+        batches = make_batches(
+            encoded,
+            batch_size=self.settings.batch_size,
+            max_batch_tokens=self.settings.max_batch_tokens,
+            pad_id=pad_id(tokenizer),
+        )
+        return RunData(encoded, batches)
 
     @staticmethod
     def _check_agreement(hello: Hello, encoded: list[EncodedSample], vocab: int) -> None:
@@ -142,62 +144,42 @@ class Registry:
                 "tokenizer and the same template and cutoff_len."
             )
 
-    @staticmethod
-    def _key(hello: Hello) -> tuple:
-        lora = hello.lora.model_dump() if hello.lora else None
-        return (hello.base_model, hello.finetuning_type, repr(lora), hello.trust_remote_code)
-
     def manifest(self, hello: Hello) -> Manifest:
         """What a checkpoint of this run must hold, from a weightless (meta) model: the
         intake checks checkpoints without loading weights or waiting for the worker."""
-        key = self._key(hello)
+        spec = ModelSpec.from_hello(hello)
         with self._lock:
-            if key not in self._manifests:
-                self._manifests[key] = self._build_manifest(hello)
-            manifest = self._manifests[key]
+            if spec not in self._manifests:
+                self._manifests[spec] = self._build_manifest(spec, hello.run_id)
+            manifest = self._manifests[spec]
         if hello.model_digest is not None and hello.model_digest != manifest.digest:
             raise RunMismatch(
-                f"run {hello.run_id} refused: the trainer's model ({hello.finetuning_type}) "
-                f"has other tensor names or shapes than the scorer's {hello.base_model} with "
-                f"the same settings (digest {hello.model_digest} vs {manifest.digest}): check "
-                "that both use the same base model"
+                f"run {hello.run_id} refused: the trainer's model ({spec.kind}) has other "
+                f"tensor names or shapes than the scorer's {spec.base_model} with the same "
+                f"settings (digest {hello.model_digest} vs {manifest.digest}): check that "
+                "both use the same base model"
             )
         return manifest
 
-    def _build_manifest(self, hello: Hello) -> Manifest:
+    @staticmethod
+    def _build_manifest(spec: ModelSpec, run_id: str) -> Manifest:
         try:
-            skeleton = build_model(
-                hello.base_model,
-                kind=hello.finetuning_type,
-                lora=hello.lora.model_dump() if hello.lora else None,
-                dtype=self.dtype,
-                trust_remote_code=hello.trust_remote_code,
-                weights=False,
-            )
+            skeleton = spec.skeleton()
         except (OSError, ValueError) as exc:
             raise RunMismatch(
-                f"run {hello.run_id} refused: the scorer cannot build {hello.base_model} "
-                f"({hello.finetuning_type}): {exc}"
+                f"run {run_id} refused: the scorer cannot build {spec.base_model} "
+                f"({spec.kind}): {exc}"
             ) from exc
-        return Manifest.of(skeleton, hello.finetuning_type)
+        return Manifest.of(skeleton, spec.kind)
 
     def model(self, hello: Hello) -> ScoringModel:
         """The scoring model for this run's configuration, loaded once (used by the worker)."""
-        key = self._key(hello)
+        spec = ModelSpec.from_hello(hello)
         with self._model_lock:
-            if self._model_key != key:
+            if self._model_spec != spec:
                 self._model = None  # free the previous model before loading the next
-                log.info(
-                    "loading %s (%s) on %s", hello.base_model, hello.finetuning_type, self.device
-                )
-                self._model = ScoringModel.load(
-                    hello.base_model,
-                    kind=hello.finetuning_type,
-                    lora=hello.lora.model_dump() if hello.lora else None,
-                    device=self.device,
-                    dtype=self.dtype,
-                    trust_remote_code=hello.trust_remote_code,
-                )
-                self._model_key = key
+                log.info("loading %s (%s) on %s", spec.base_model, spec.kind, self.device)
+                self._model = ScoringModel.load(spec, device=self.device, dtype=self.dtype)
+                self._model_spec = spec
             assert self._model is not None
             return self._model

@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from common import dtypes
 from common.errors import CheckpointRejected
+from common.model_spec import ModelSpec, checkpoint_tensors
 from common.protocol import shapes_digest
 from common.tokenization import IGNORE_INDEX
 from scorer_svc.batching import Batch
@@ -103,12 +105,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, name)
-
-
 @dataclass(frozen=True)
 class Manifest:
     """Names and shapes a checkpoint of this model must carry, and those it may carry."""
@@ -119,11 +115,10 @@ class Manifest:
 
     @classmethod
     def of(cls, model: torch.nn.Module, kind: str) -> Manifest:
+        targets = checkpoint_tensors(model, kind)
         if kind == "lora":
-            targets = {n: p for n, p in model.named_parameters() if p.requires_grad}
             required = frozenset(targets)
         else:
-            targets = dict(model.state_dict())
             required = frozenset(n for n, _ in model.named_parameters())  # tied weights once
         specs = {n: ParamSpec(tuple(t.shape), t.is_floating_point()) for n, t in targets.items()}
         return cls(kind, specs, required)
@@ -143,7 +138,7 @@ class Manifest:
                 problems.append(f"unknown tensor {name}")
             elif tuple(shape) != spec.shape:
                 problems.append(f"{name} has shape {list(shape)}, the model has {list(spec.shape)}")
-            elif spec.is_float != dtype.startswith(("float", "bfloat")):
+            elif spec.is_float != dtypes.BY_NAME[dtype].is_float:
                 problems.append(f"{name} has dtype {dtype}, which does not fit the model")
         missing = self.required - names
         if missing:
@@ -157,42 +152,6 @@ class Manifest:
             )
 
 
-def build_model(
-    base_model: str,
-    *,
-    kind: str,
-    lora: dict | None,
-    dtype: torch.dtype,
-    trust_remote_code: bool = False,
-    weights: bool = True,
-) -> torch.nn.Module:
-    """The base model, LoRA-wrapped for a LoRA run; without weights it is built on the meta
-    device (no memory), enough to know the names and shapes a checkpoint must have."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    if weights:
-        model = AutoModelForCausalLM.from_pretrained(
-            base_model, dtype=dtype, trust_remote_code=trust_remote_code
-        )
-    else:
-        config = AutoConfig.from_pretrained(base_model, trust_remote_code=trust_remote_code)
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-    if kind == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        assert lora is not None
-        config = LoraConfig(
-            r=lora["r"],
-            lora_alpha=lora["alpha"],
-            lora_dropout=lora.get("dropout", 0.0),
-            target_modules=lora["target_modules"],
-            task_type="CAUSAL_LM",
-        )
-        model = get_peft_model(model, config)  # type: ignore[assignment]
-    return model
-
-
 class ScoringModel:
     """One model on one device; a checkpoint is copied into its tensors in place."""
 
@@ -202,30 +161,11 @@ class ScoringModel:
         self.kind = kind
         self.manifest = Manifest.of(self.model, kind)
         self.keep_logits = accepts_logits_to_keep(self.model)
-        self.targets = (
-            {n: p for n, p in self.model.named_parameters() if p.requires_grad}
-            if kind == "lora"
-            else dict(self.model.state_dict())
-        )
+        self.targets = checkpoint_tensors(self.model, kind)
 
     @classmethod
-    def load(
-        cls,
-        base_model: str,
-        *,
-        kind: str,
-        lora: dict | None,
-        device: torch.device,
-        dtype: torch.dtype,
-        trust_remote_code: bool = False,
-    ) -> ScoringModel:
-        model = build_model(
-            base_model, kind=kind, lora=lora, dtype=dtype, trust_remote_code=trust_remote_code
-        )
-        return cls(model, device, kind)
-
-    def check(self, table: Sequence[tuple[str, str, list[int]]]) -> None:
-        self.manifest.check(table)
+    def load(cls, spec: ModelSpec, *, device: torch.device, dtype: torch.dtype) -> ScoringModel:
+        return cls(spec.build(dtype=dtype), device, spec.kind)
 
     @torch.no_grad()
     def apply(self, tensors: dict[str, torch.Tensor]) -> None:

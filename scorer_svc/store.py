@@ -9,48 +9,26 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from common import dtypes
 
 
 def checkpoint_path(data_dir: Path, run_id: str, step: int) -> Path:
     return data_dir / "checkpoints" / run_id / f"step-{step:09d}.safetensors"
 
 
-def write_checkpoint(path: Path, tensors: dict[str, torch.Tensor]) -> int:
-    """Write atomically and fsync, so an acknowledged checkpoint survives a crash."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".partial")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    _publish(tmp, path)
-    return path.stat().st_size
-
-
-# safetensors' names for the dtypes the protocol carries
-SAFETENSORS_DTYPES = {
-    "float32": "F32",
-    "float16": "F16",
-    "bfloat16": "BF16",
-    "float64": "F64",
-    "int64": "I64",
-    "int32": "I32",
-    "uint8": "U8",
-    "bool": "BOOL",
-}
-
-
 def write_raw_checkpoint(
     path: Path, tensors: Sequence[tuple[str, str, list[int], memoryview]]
 ) -> int:
     """Write (name, dtype, shape, bytes) as a safetensors file straight from the received
-    frames: no tensor is rebuilt or copied on the way. Atomic and fsynced like
-    write_checkpoint."""
+    frames: no tensor is rebuilt or copied on the way. Written beside, fsynced, renamed into
+    place and its folder fsynced, so an acknowledged checkpoint survives a crash."""
     header: dict[str, dict] = {}
     offset = 0
     for name, dtype, shape, data in tensors:
         header[name] = {
-            "dtype": SAFETENSORS_DTYPES[dtype],
+            "dtype": dtypes.BY_NAME[dtype].safetensors,
             "shape": list(shape),
             "data_offsets": [offset, offset + data.nbytes],
         }

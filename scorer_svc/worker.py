@@ -10,7 +10,6 @@ import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.protocol import Hello
 from common.selection import delta_window
 from scorer_svc import crud
 from scorer_svc.models import FAILED, SCORED, Checkpoint, Run
@@ -109,7 +108,7 @@ class Worker:
         checkpoint_id = checkpoint.id
         try:
             crud.mark_scoring(session, checkpoint=checkpoint)
-            hello = Hello.model_validate(run.config)
+            hello = self.registry.hello_of(run.run_id, run.config)
             data = self.registry.prepare(hello)
             model = self.registry.model(hello)
             model.apply(read_checkpoint(checkpoint.path))

@@ -11,7 +11,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from common.tokenization import IGNORE_INDEX, EncodedSample
+from common.batching import pad_right
+from common.tokenization import EncodedSample
 
 INDEX_KEY = "sample_index"
 
@@ -29,20 +30,19 @@ class EncodedDataset(Dataset):
 
 
 class PadCollator:
-    """Right-pads input_ids with the pad id and labels with -100."""
+    """Right-pads input_ids with the pad id and labels with -100; keeps each row's index."""
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        width = max(len(row["input_ids"]) for row in rows)
-        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            n = len(row["input_ids"])
-            ids[i, :n] = torch.tensor(row["input_ids"])
-            labels[i, :n] = torch.tensor(row["labels"])
-            mask[i, :n] = 1
+        batch = pad_right(
+            [row["input_ids"] for row in rows], [row["labels"] for row in rows], self.pad_token_id
+        )
         index = torch.tensor([row[INDEX_KEY] for row in rows], dtype=torch.long)
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels, INDEX_KEY: index}
+        return {
+            "input_ids": batch.input_ids,
+            "attention_mask": batch.attention_mask,
+            "labels": batch.labels,
+            INDEX_KEY: index,
+        }

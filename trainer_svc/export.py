@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from common.model_spec import empty_model
 from common.tokenization import TEMPLATE_NAMES, TEMPLATES
 from trainer_svc.config import ConfigError, read_yaml, validate_keys
 
@@ -147,8 +148,7 @@ def _holds(out: Path, other: Path) -> bool:
 # ---- the adapter's fit, on an empty copy of the base ----
 def check_adapter_fits(cfg: ExportConfig) -> None:
     """Every adapter tensor must target a module of the base with matching dimensions."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     try:
         base_config = AutoConfig.from_pretrained(
@@ -156,10 +156,9 @@ def check_adapter_fits(cfg: ExportConfig) -> None:
         )
     except (OSError, ValueError) as exc:
         raise ConfigError({"model_name_or_path": f"cannot read its config: {exc}"}) from exc
-    with torch.device("meta"):  # the module tree and shapes, no memory for weights
-        skeleton = AutoModelForCausalLM.from_config(
-            base_config, trust_remote_code=cfg.trust_remote_code
-        )
+    skeleton = empty_model(  # the module tree and shapes, no memory for weights
+        cfg.model_name_or_path, trust_remote_code=cfg.trust_remote_code, config=base_config
+    )
     modules = dict(skeleton.named_modules())
     params = {name: tuple(p.shape) for name, p in skeleton.state_dict().items()}
     for adapter in cfg.adapters:

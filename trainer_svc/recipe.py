@@ -17,13 +17,21 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments, set_seed
+from transformers import AutoTokenizer, TrainingArguments, set_seed
 
 from common.curve import load_client_keys
 from common.errors import ProtocolError, ScorerUnavailable
-from common.protocol import PROTOCOL_VERSION, Hello, LoraSpec, shapes_digest
-from common.tokenization import TokenizationSettings, encode_dataset, fingerprint
-from trainer_svc.config import LoadedConfig
+from common.hello import build_hello
+from common.model_spec import (
+    LoraSettings,
+    ModelSpec,
+    checkpoint_digest,
+    checkpoint_tensors,
+    pad_id,
+)
+from common.protocol import Hello
+from common.tokenization import TokenizationSettings, encode_dataset
+from trainer_svc.config import LoadedConfig, TrainConfig
 from trainer_svc.data import EncodedDataset, PadCollator
 from trainer_svc.publisher import CheckpointPublisher
 from trainer_svc.records import (
@@ -60,6 +68,7 @@ class DeltaLossRecipe:
         self.stop = GracefulStop()  # SIGTERM, once run() installs it
         self.cfg = loaded.config
         self.output_dir = Path(self.cfg.output_dir)
+        self.spec = model_spec(self.cfg)
         self.schedule = Schedule.build(
             warmup_step=self.cfg.warmup_step,
             update_step=self.cfg.update_step,
@@ -112,57 +121,25 @@ class DeltaLossRecipe:
         # drawn while loading) is then the same in every run with the same seed. Trainer seeds
         # again itself, but only after the model exists.
         set_seed(self.cfg.seed)
-        model = AutoModelForCausalLM.from_pretrained(
-            self.cfg.model_name_or_path, trust_remote_code=self.cfg.trust_remote_code
-        )
-        if self.cfg.finetuning_type == "full":
-            return model
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(
-            r=self.cfg.lora_rank,
-            lora_alpha=self.cfg.alpha,
-            lora_dropout=self.cfg.lora_dropout,
-            target_modules=self.cfg.target_modules,
-            task_type="CAUSAL_LM",
-        )
-        return get_peft_model(model, lora)
+        return self.spec.build()
 
     def trainable_tensors(self) -> dict[str, torch.Tensor]:
         """What a checkpoint carries: LoRA's trainable tensors, or the full state dict."""
-        if self.cfg.finetuning_type == "full":
-            return {name: t.detach() for name, t in self.model.state_dict().items()}
-        return {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
+        return checkpoint_tensors(self.model, self.spec.kind)
 
     def hello(self) -> Hello:
-        cfg = self.cfg
-        lora = None
-        if cfg.finetuning_type == "lora":
-            lora = LoraSpec(
-                r=cfg.lora_rank,
-                alpha=cfg.alpha,
-                dropout=cfg.lora_dropout,
-                target_modules=cfg.target_modules,
-            )
-        model_path = Path(cfg.model_name_or_path).expanduser()
-        base_model = str(model_path.resolve()) if model_path.is_dir() else cfg.model_name_or_path
-        return Hello(
-            protocol=PROTOCOL_VERSION,
-            token=self.scorer_token,
+        return build_hello(
             run_id=self.run_id,
-            base_model=base_model,
-            finetuning_type=cfg.finetuning_type,
-            lora=lora,
-            trust_remote_code=cfg.trust_remote_code,
+            spec=self.spec,
             dataset=str(self.loaded.dataset_path),
-            dataset_dir=cfg.dataset_dir,
-            tokenization=self.settings.to_dict(),
+            dataset_dir=self.cfg.dataset_dir,
+            tokenization=self.settings,
+            encoded=self.encoded,
             window_size=self.loaded.window_size,
-            update_times=cfg.update_times,
-            n_samples=len(self.encoded),
-            fingerprint=fingerprint(self.encoded),
+            update_times=self.cfg.update_times,
             vocab_size=len(self.tokenizer),  # the scorer compares its own tokenizer's length
-            model_digest=shapes_digest((n, t.shape) for n, t in self.trainable_tensors().items()),
+            model_digest=checkpoint_digest(self.model, self.spec.kind),
+            token=self.scorer_token,
         )
 
     @property
@@ -315,7 +292,7 @@ class DeltaLossRecipe:
             args=self._training_args(),
             train_dataset=EncodedDataset(self.encoded),
             eval_dataset=self._eval_dataset(),
-            data_collator=PadCollator(self._pad_id()),
+            data_collator=PadCollator(pad_id(self.tokenizer)),
             processing_class=self.tokenizer,
             callbacks=[callback, self.stop],  # the stop after the update: see GracefulStop
             batch_sampler=sampler,
@@ -335,10 +312,6 @@ class DeltaLossRecipe:
         _rewrite(self.output_dir / TRAINED, [r for r in trained if r["step"] < start])
         logger.info("resuming at step %d with %d earlier update(s)", start, len(kept))
         return start
-
-    def _pad_id(self) -> int:
-        pad = self.tokenizer.pad_token_id
-        return pad if pad is not None else self.tokenizer.eos_token_id
 
     def _eval_dataset(self) -> EncodedDataset | None:
         if self.loaded.eval_samples is None:
@@ -412,6 +385,23 @@ class DeltaLossRecipe:
         for client in (self.publisher, self.weights):
             if client is not None and hasattr(client, "close"):
                 client.close()
+
+
+def model_spec(cfg: TrainConfig) -> ModelSpec:
+    """The run's model; a local base model is named by its absolute path, so that a scorer
+    started elsewhere finds the same folder."""
+    path = Path(cfg.model_name_or_path).expanduser()
+    base_model = str(path.resolve()) if path.is_dir() else cfg.model_name_or_path
+    lora = None
+    if cfg.finetuning_type == "lora":
+        targets = cfg.target_modules
+        lora = LoraSettings(
+            cfg.lora_rank,
+            cfg.alpha,
+            cfg.lora_dropout,
+            targets if isinstance(targets, str) else tuple(targets),
+        )
+    return ModelSpec(base_model, cfg.finetuning_type, lora, cfg.trust_remote_code)
 
 
 def _rewrite(path: Path, rows: list[dict]) -> None:

@@ -5,12 +5,19 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from common.errors import CheckpointRejected
+from common.model_spec import LoraSettings, ModelSpec
 from common.tokenization import TokenizationSettings, encode_dataset
 from scorer_svc.batching import group_by_length, make_batches
-from scorer_svc.scoring import Manifest, ScoringModel, build_model
+from scorer_svc.scoring import Manifest, ScoringModel
 from tests.conftest import make_samples
 
-LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}
+LORA = LoraSettings(r=4, alpha=8, dropout=0.0, target_modules="all-linear")
+CPU = torch.device("cpu")
+
+
+def _load(tiny_model, kind="lora"):
+    spec = ModelSpec(str(tiny_model), kind, LORA if kind == "lora" else None)
+    return ScoringModel.load(spec, device=CPU, dtype=torch.float32)
 
 
 def _encoded(tiny_model, n=24, cutoff=1024):
@@ -46,9 +53,7 @@ def test_batched_losses_equal_batch_of_one(tiny_model):
     encoded = _encoded(tiny_model, cutoff=400)
     lengths = sorted(len(s.input_ids) for s in encoded)
     assert lengths[-1] > 4 * lengths[0]  # very different lengths share batches
-    scorer = ScoringModel.load(
-        str(tiny_model), kind="lora", lora=LORA, device=torch.device("cpu"), dtype=torch.float32
-    )
+    scorer = _load(tiny_model)
     scorer.apply(_perturb_lora(scorer, 1))  # a non-trivial adapter
     batches = make_batches(encoded, batch_size=8, max_batch_tokens=4096, pad_id=0)
     spreads = [
@@ -65,9 +70,7 @@ def test_batched_losses_equal_batch_of_one(tiny_model):
 
 def test_full_model_losses_match_the_plain_model(tiny_model):
     encoded = _encoded(tiny_model, n=10)
-    scorer = ScoringModel.load(
-        str(tiny_model), kind="full", lora=None, device=torch.device("cpu"), dtype=torch.float32
-    )
+    scorer = _load(tiny_model, "full")
     batches = make_batches(encoded, batch_size=4, max_batch_tokens=4096, pad_id=0)
     plain = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
     reference = _reference_losses(plain, encoded)
@@ -76,9 +79,7 @@ def test_full_model_losses_match_the_plain_model(tiny_model):
 
 
 def test_checkpoints_are_copied_in_place(tiny_model):
-    scorer = ScoringModel.load(
-        str(tiny_model), kind="lora", lora=LORA, device=torch.device("cpu"), dtype=torch.float32
-    )
+    scorer = _load(tiny_model)
     pointers = {n: t.data_ptr() for n, t in scorer.targets.items()}
     n_params = sum(p.numel() for p in scorer.model.parameters())
     for seed in range(3):
@@ -91,20 +92,18 @@ def test_checkpoints_are_copied_in_place(tiny_model):
 
 
 def test_checkpoint_that_does_not_fit_is_refused(tiny_model):
-    scorer = ScoringModel.load(
-        str(tiny_model), kind="lora", lora=LORA, device=torch.device("cpu"), dtype=torch.float32
-    )
+    scorer = _load(tiny_model)
     table = [(n, "float32", list(s.shape)) for n, s in scorer.manifest.specs.items()]
-    scorer.check(table)
+    scorer.manifest.check(table)
     bad_shape = [(table[0][0], "float32", [1, 2]), *table[1:]]
     with pytest.raises(CheckpointRejected, match="has shape"):
-        scorer.check(bad_shape)
+        scorer.manifest.check(bad_shape)
     with pytest.raises(CheckpointRejected, match="unknown tensor"):
-        scorer.check([*table, ("model.evil", "float32", [1])])
+        scorer.manifest.check([*table, ("model.evil", "float32", [1])])
     with pytest.raises(CheckpointRejected, match="1 tensors missing"):
-        scorer.check(table[1:])
+        scorer.manifest.check(table[1:])
     with pytest.raises(CheckpointRejected, match="dtype int64"):
-        scorer.check([(table[0][0], "int64", table[0][2]), *table[1:]])
+        scorer.manifest.check([(table[0][0], "int64", table[0][2]), *table[1:]])
 
 
 def test_length_grouping_respects_size_and_token_budget():
@@ -116,12 +115,8 @@ def test_length_grouping_respects_size_and_token_budget():
 
 @pytest.mark.parametrize("kind", ["lora", "full"])
 def test_weightless_manifest_equals_the_loaded_models(tiny_model, kind):
-    lora = LORA if kind == "lora" else None
-    skeleton = build_model(
-        str(tiny_model), kind=kind, lora=lora, dtype=torch.float32, weights=False
-    )
-    loaded = ScoringModel.load(
-        str(tiny_model), kind=kind, lora=lora, device=torch.device("cpu"), dtype=torch.float32
-    )
+    spec = ModelSpec(str(tiny_model), kind, LORA if kind == "lora" else None)
+    skeleton = spec.skeleton()
+    loaded = ScoringModel.load(spec, device=CPU, dtype=torch.float32)
     assert Manifest.of(skeleton, kind) == loaded.manifest
     assert next(skeleton.parameters()).device.type == "meta"

@@ -7,57 +7,49 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from common.datasets import load_alpaca
-from common.protocol import PROTOCOL_VERSION, Hello, encode_checkpoint, encode_hello
+from common.hello import build_hello
+from common.model_spec import LoraSettings, ModelSpec, checkpoint_tensors
+from common.protocol import Hello, encode_checkpoint, encode_hello
 from common.selection import delta_weights
-from common.tokenization import TokenizationSettings, encode_dataset, fingerprint
+from common.tokenization import TokenizationSettings, encode_dataset
 from tests.conftest import ScorerProcess, zmq_request
 
 pytestmark = pytest.mark.slow
 
-LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}
+LORA = LoraSettings(r=4, alpha=8, dropout=0.0, target_modules="all-linear")
 SETTINGS = TokenizationSettings(template="auto", cutoff_len=256)
 
 
 def make_hello(tiny_model, dataset_file, run_id="run-a", **over):
+    """A LoRA run's hello as the trainer builds it, with fields in over replaced."""
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    encoded = encode_dataset(tokenizer, load_alpaca(dataset_file), SETTINGS)
-    fields = dict(
-        protocol=PROTOCOL_VERSION,
+    hello = build_hello(
         run_id=run_id,
-        base_model=str(tiny_model),
-        finetuning_type="lora",
-        lora=LORA,
+        spec=ModelSpec(str(tiny_model), "lora", LORA),
         dataset=str(dataset_file),
-        tokenization=SETTINGS.to_dict(),
+        dataset_dir=None,
+        tokenization=SETTINGS,
+        encoded=encode_dataset(tokenizer, load_alpaca(dataset_file), SETTINGS),
         window_size=0.25,
         update_times=3,
-        n_samples=len(encoded),
-        fingerprint=fingerprint(encoded),
         vocab_size=len(tokenizer),
     )
-    fields.update(over)
-    return Hello(**fields)
+    return Hello.model_validate({**hello.model_dump(), **over})
 
 
 def lora_checkpoints(tiny_model, n):
     """Trainable tensors of a peft model after n rounds of random drift (stand-in training)."""
-    base = AutoModelForCausalLM.from_pretrained(tiny_model)
-    config = LoraConfig(
-        r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
-    )
-    model = get_peft_model(base, config)
+    model = ModelSpec(str(tiny_model), "lora", LORA).build()
     g = torch.Generator().manual_seed(0)
     out = []
     for _ in range(n):
         with torch.no_grad():
-            for p in model.parameters():
-                if p.requires_grad:
-                    p.add_(torch.randn(p.shape, generator=g) * 0.05)
-        out.append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+            for p in checkpoint_tensors(model, "lora").values():
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+        out.append({k: t.clone() for k, t in checkpoint_tensors(model, "lora").items()})
     return out
 
 

@@ -1,0 +1,45 @@
+"""Building the hello that registers a run: what the scorer needs to score the samples the
+trainer trains on, and the digests it checks its own view against."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from common.model_spec import ModelSpec
+from common.protocol import PROTOCOL_VERSION, Hello
+from common.tokenization import EncodedSample, TokenizationSettings, fingerprint
+
+
+def build_hello(
+    *,
+    run_id: str,
+    spec: ModelSpec,
+    dataset: str,
+    dataset_dir: str | None,
+    tokenization: TokenizationSettings,
+    encoded: Sequence[EncodedSample],
+    window_size: float,
+    update_times: int,
+    vocab_size: int | None = None,
+    model_digest: str | None = None,
+    token: str | None = None,
+) -> Hello:
+    """vocab_size is len(tokenizer); model_digest the checkpoint_digest of the trainer's model."""
+    return Hello(
+        protocol=PROTOCOL_VERSION,
+        token=token,
+        run_id=run_id,
+        base_model=spec.base_model,
+        finetuning_type=spec.kind,
+        lora=spec.lora.to_spec() if spec.lora is not None else None,
+        trust_remote_code=spec.trust_remote_code,
+        dataset=dataset,
+        dataset_dir=dataset_dir,
+        tokenization=tokenization.to_dict(),
+        window_size=window_size,
+        update_times=update_times,
+        n_samples=len(encoded),
+        fingerprint=fingerprint(encoded),
+        vocab_size=vocab_size,
+        model_digest=model_digest,
+    )

@@ -1,0 +1,134 @@
+"""The model a run trains and scores: which base, LoRA or full, with which LoRA settings.
+
+Trainer and scorer build it with the same functions, so both agree on the tensors a
+checkpoint carries, their names and shapes, and the pad id their batches use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+from common.protocol import Hello, LoraSpec, shapes_digest
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
+
+Kind = Literal["lora", "full"]
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    r: int
+    alpha: float
+    dropout: float
+    target_modules: str | tuple[str, ...]  # "all-linear" or module names
+
+    @classmethod
+    def from_spec(cls, spec: LoraSpec) -> LoraSettings:
+        targets = spec.target_modules
+        return cls(
+            spec.r,
+            float(spec.alpha),
+            float(spec.dropout),
+            targets if isinstance(targets, str) else tuple(targets),
+        )
+
+    def to_spec(self) -> LoraSpec:
+        targets = self.target_modules
+        return LoraSpec(
+            r=self.r,
+            alpha=self.alpha,
+            dropout=self.dropout,
+            target_modules=targets if isinstance(targets, str) else list(targets),
+        )
+
+    def peft_config(self) -> LoraConfig:
+        from peft import LoraConfig
+
+        targets = self.target_modules
+        return LoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=targets if isinstance(targets, str) else list(targets),
+            task_type="CAUSAL_LM",
+        )
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything that decides a run's model; hashable, so it keys caches of models."""
+
+    base_model: str
+    kind: Kind
+    lora: LoraSettings | None = None
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.kind == "lora") != (self.lora is not None):
+            raise ValueError("a lora model needs LoRA settings, and only a lora model has them")
+
+    @classmethod
+    def from_hello(cls, hello: Hello) -> ModelSpec:
+        lora = LoraSettings.from_spec(hello.lora) if hello.lora is not None else None
+        return cls(hello.base_model, hello.finetuning_type, lora, hello.trust_remote_code)
+
+    def build(self, *, dtype: torch.dtype | None = None) -> torch.nn.Module:
+        """The base model with its weights (in dtype, or as transformers loads it by default),
+        LoRA-wrapped for a LoRA run."""
+        from transformers import AutoModelForCausalLM
+
+        extra: dict[str, Any] = {} if dtype is None else {"dtype": dtype}
+        model = AutoModelForCausalLM.from_pretrained(
+            self.base_model, trust_remote_code=self.trust_remote_code, **extra
+        )
+        return self._wrap(model)
+
+    def skeleton(self) -> torch.nn.Module:
+        """The same model without weights (meta device, no memory): names and shapes only."""
+        return self._wrap(empty_model(self.base_model, trust_remote_code=self.trust_remote_code))
+
+    def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self.lora is None:
+            return model
+        from peft import get_peft_model
+
+        return get_peft_model(model, self.lora.peft_config())  # type: ignore[arg-type]
+
+
+def empty_model(
+    base_model: str, *, trust_remote_code: bool = False, config: Any = None
+) -> torch.nn.Module:
+    """The base model's module tree on the meta device, built from its config alone (read
+    from base_model unless given)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if config is None:
+        config = AutoConfig.from_pretrained(base_model, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+
+
+def checkpoint_tensors(model: torch.nn.Module, kind: str) -> dict[str, torch.Tensor]:
+    """What a checkpoint carries: LoRA's trainable tensors, or the whole state dict for full
+    fine-tuning. The tensors are the model's own (detached), not copies."""
+    if kind == "full":
+        return {name: t.detach() for name, t in model.state_dict().items()}
+    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def checkpoint_digest(model: torch.nn.Module, kind: str) -> str:
+    """The shapes digest of what this model's checkpoints carry (see shapes_digest)."""
+    return shapes_digest((n, t.shape) for n, t in checkpoint_tensors(model, kind).items())
+
+
+def pad_id(tokenizer: Any) -> int:
+    """The id batches are right-padded with: the pad token, else EOS, else 0. Padded positions
+    are masked and unlabelled, so the choice changes no loss."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0

@@ -1,0 +1,88 @@
+"""The model both sides build: LoRA settings, the skeleton, what a checkpoint carries, pad id."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from common.model_spec import (
+    LoraSettings,
+    ModelSpec,
+    checkpoint_digest,
+    checkpoint_tensors,
+    empty_model,
+    pad_id,
+)
+from common.protocol import LoraSpec
+
+LORA = LoraSettings(r=4, alpha=8.0, dropout=0.1, target_modules=("q_proj", "v_proj"))
+
+
+def test_lora_settings_round_trip_through_the_wire_spec():
+    spec = LORA.to_spec()
+    assert spec == LoraSpec(r=4, alpha=8.0, dropout=0.1, target_modules=["q_proj", "v_proj"])
+    assert LoraSettings.from_spec(spec) == LORA
+
+
+def test_peft_config_carries_every_setting():
+    config = LORA.peft_config()
+    assert (config.r, config.lora_alpha, config.lora_dropout) == (4, 8.0, 0.1)
+    assert set(config.target_modules) == {"q_proj", "v_proj"}
+    assert config.task_type == "CAUSAL_LM"
+
+
+def test_model_spec_is_hashable_and_checks_its_kind():
+    a = ModelSpec("/m", "lora", LORA)
+    assert a == ModelSpec("/m", "lora", LoraSettings(4, 8.0, 0.1, ("q_proj", "v_proj")))
+    assert len({a, ModelSpec("/m", "lora", LORA), ModelSpec("/m", "full")}) == 2
+    with pytest.raises(ValueError, match="LoRA settings"):
+        ModelSpec("/m", "lora")
+    with pytest.raises(ValueError, match="LoRA settings"):
+        ModelSpec("/m", "full", LORA)
+
+
+@pytest.mark.parametrize("kind", ["lora", "full"])
+def test_skeleton_has_the_names_and_shapes_of_the_built_model(tiny_model, kind):
+    spec = ModelSpec(str(tiny_model), kind, LORA if kind == "lora" else None)
+    built, skeleton = spec.build(), spec.skeleton()
+    shapes = {n: t.shape for n, t in checkpoint_tensors(built, kind).items()}
+    assert shapes == {n: t.shape for n, t in checkpoint_tensors(skeleton, kind).items()}
+    assert checkpoint_digest(built, kind) == checkpoint_digest(skeleton, kind)
+    assert all(t.device.type == "meta" for t in checkpoint_tensors(skeleton, kind).values())
+
+
+def test_a_lora_checkpoint_is_the_adapter_and_a_full_one_the_state_dict(tiny_model):
+    lora_model = ModelSpec(str(tiny_model), "lora", LORA).build()
+    lora = checkpoint_tensors(lora_model, "lora")
+    assert lora and all("lora_A" in n or "lora_B" in n for n in lora)
+    assert all(("q_proj" in n) or ("v_proj" in n) for n in lora)
+    full_model = ModelSpec(str(tiny_model), "full").build()
+    assert set(checkpoint_tensors(full_model, "full")) == set(full_model.state_dict())
+    # the model's own tensors, not copies: an update copied into them changes the model
+    name, tensor = next(iter(lora.items()))
+    assert tensor.data_ptr() == dict(lora_model.named_parameters())[name].data_ptr()
+
+
+def test_build_loads_in_the_dtype_asked_for(tiny_model):
+    model = ModelSpec(str(tiny_model), "full").build(dtype=torch.bfloat16)
+    assert next(model.parameters()).dtype == torch.bfloat16
+
+
+def test_empty_model_takes_no_memory_and_matches_the_real_one(tiny_model):
+    skeleton = empty_model(str(tiny_model))
+    real = AutoModelForCausalLM.from_pretrained(tiny_model)
+    assert {n: p.shape for n, p in skeleton.named_parameters()} == {
+        n: p.shape for n, p in real.named_parameters()
+    }
+    assert {p.device.type for p in skeleton.parameters()} == {"meta"}
+
+
+class _Tok:
+    def __init__(self, pad, eos):
+        self.pad_token_id, self.eos_token_id = pad, eos
+
+
+@pytest.mark.parametrize(
+    ("pad", "eos", "expected"), [(3, 1, 3), (None, 1, 1), (None, None, 0), (0, 5, 0)]
+)
+def test_pad_id_is_pad_then_eos_then_zero(pad, eos, expected):
+    assert pad_id(_Tok(pad, eos)) == expected
