@@ -51,7 +51,7 @@ class LoraSettings:
         targets = self.target_modules
         return LoraConfig(
             r=self.r,
-            lora_alpha=self.alpha,
+            lora_alpha=self.alpha,  # type: ignore[arg-type]  # peft scales by alpha / r as a float
             lora_dropout=self.dropout,
             target_modules=targets if isinstance(targets, str) else list(targets),
             task_type="CAUSAL_LM",
