@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 DEMO_OUT ?= demo_out
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test test-fast lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -18,13 +18,22 @@ venv: $(VENV)/.installed
 demo: venv
 	$(PY) -m devtools.demo --out $(DEMO_OUT)
 
+# The code must run on the oldest Python pyproject accepts (requires-python).
+PY_FLOOR := $(shell sed -n 's/^requires-python = ">=\([0-9.]*\)"/\1/p' pyproject.toml)
+
 lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
+	$(VENV)/bin/vermin --no-tips -q --eval-annotations --violations -t=$(PY_FLOOR)- \
+		common scorer_svc trainer_svc devtools bench tests
 
 test: lint
 	$(PY) -m pytest -q --durations=10
+
+# Unit and in-process tests only: no scorer or trainer process is started.
+test-fast: lint
+	$(PY) -m pytest -q -m "not slow" --durations=5
 
 bench: venv
 	$(PY) -m bench
