@@ -8,11 +8,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
+
+from devtools.waiting import wait_until
 
 
 def free_port() -> int:
@@ -51,7 +52,7 @@ class ScorerProcess:
         self.stop()
 
     def start(self, timeout: float = 90) -> ScorerProcess:
-        """Start and wait until /healthz answers (polled, not slept on)."""
+        """Start and wait until /healthz answers."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         cmd = [
@@ -62,19 +63,24 @@ class ScorerProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"the scorer exited with {self.proc.returncode}:\n{self.log()[-4000:]}"
-                )
+
+        def healthy() -> bool:
             try:
-                if httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200:
-                    return self
+                return httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200
             except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"the scorer was not healthy within {timeout:.0f}s; see {self.log_path}")
+                return False
+
+        wait_until(healthy, f"the scorer's /healthz (log: {self.log_path})", self, timeout=timeout)
+        return self
+
+    def again(self, *extra: str) -> ScorerProcess:
+        """A new, unstarted scorer on this one's data directory, ports and log, with the flags
+        in extra (none by default): a restart."""
+        twin = ScorerProcess(
+            self.data_dir, *extra, env=self.env, log_path=self.log_path, prefix=self.prefix
+        )
+        twin.http_port, twin.zmq_url, twin.base_url = self.http_port, self.zmq_url, self.base_url
+        return twin
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -6,7 +6,7 @@ from common.hello import build_hello
 from common.model_spec import LoraSettings, ModelSpec, checkpoint_digest
 from common.protocol import decode_request, encode_hello
 from common.tokenization import TokenizationSettings, encode_dataset, fingerprint
-from tests.conftest import make_samples
+from tests.support.data import make_samples
 
 
 def test_hello_carries_the_model_data_and_digests(tiny_model):

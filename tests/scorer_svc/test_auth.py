@@ -6,8 +6,9 @@ import httpx
 import pytest
 
 from common.protocol import encode_hello
-from tests.conftest import ScorerProcess, make_samples, zmq_request
-from tests.scorer_svc.test_service import make_hello
+from devtools.scorer_process import ScorerProcess
+from tests.support.data import make_samples
+from tests.support.scorer import make_hello, zmq_request
 
 pytestmark = pytest.mark.slow
 

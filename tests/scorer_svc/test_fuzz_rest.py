@@ -11,8 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from common.protocol import encode_checkpoint, encode_hello
-from tests.conftest import ScorerProcess, make_samples, zmq_request
-from tests.scorer_svc.test_service import lora_checkpoints, make_hello, wait_weights
+from devtools.scorer_process import ScorerProcess
+from tests.support.data import make_samples
+from tests.support.scorer import lora_checkpoints, make_hello, wait_weights, zmq_request
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +37,7 @@ def live(tiny_model, tmp_path_factory):
         tensors=lora_checkpoints(tiny_model, 1)[0],
     )  # fmt: skip
     zmq_request(scorer.zmq_url, frames)
-    wait_weights(scorer.base_url, "run-z", 2)
+    wait_weights(scorer, "run-z", 2)
     schema = httpx.get(f"{scorer.base_url}/openapi.json").json()
     routes = []
     for path, item in schema["paths"].items():

@@ -12,9 +12,15 @@ import pytest
 import zmq
 
 from common.protocol import encode_checkpoint, encode_hello
-from tests.conftest import ScorerProcess, make_samples, zmq_request
-from tests.scorer_svc.test_rejections import _WritesFile
-from tests.scorer_svc.test_service import lora_checkpoints, make_hello, wait_weights
+from devtools.scorer_process import ScorerProcess
+from tests.support.data import make_samples
+from tests.support.scorer import (
+    WritesFile,
+    lora_checkpoints,
+    make_hello,
+    wait_weights,
+    zmq_request,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -90,8 +96,8 @@ def mutations(good: list[bytes], rng: random.Random, marker: Path):
         "bad_update": lambda: header_with(update_index=rng.choice([0, 4, 99])),
         "before_initial": lambda: header_with(step=rng.randrange(100, 10**6), update_index=2),
         "unknown_tensor": lambda: table_with("name", rng.choice(tensor_names) + ".x"),
-        "pickle": lambda: [pickle.dumps(_WritesFile(str(marker)))],
-        "pickle_frames": lambda: [good[0], *[pickle.dumps(_WritesFile(str(marker)))] * 3],
+        "pickle": lambda: [pickle.dumps(WritesFile(str(marker)))],
+        "pickle_frames": lambda: [good[0], *[pickle.dumps(WritesFile(str(marker)))] * 3],
         "missing_payload": lambda: good[:1],
         "extra_frames": lambda: [*good, rng.randbytes(16)],
     }
@@ -158,7 +164,7 @@ def test_fuzzed_requests_each_get_an_error_and_store_nothing(tiny_model, tmp_pat
                 run_id="run-f", step=step, update_index=k, kind="lora", tensors=tensors
             )
             assert zmq_request(scorer.zmq_url, frames)["status"] == "queued"
-        assert wait_weights(scorer.base_url, "run-f", 4)["update_index"] == 2
+        assert wait_weights(scorer, "run-f", 4)["update_index"] == 2
         print(
             f"\n{N_MESSAGES} fuzzed requests in {fuzz_seconds:.1f}s; "
             f"RSS {rss_before} -> {rss_after} kB; codes {codes}"

@@ -2,34 +2,30 @@
 
 import json
 import pickle
-import time
 
 import httpx
 import pytest
 import torch
 
 from common.protocol import encode_checkpoint, encode_hello
-from tests.conftest import ScorerProcess, zmq_request
-from tests.scorer_svc.test_service import lora_checkpoints, make_hello, wait_weights
+from devtools.scorer_process import ScorerProcess
+from tests.support.scorer import (
+    WritesFile,
+    lora_checkpoints,
+    make_hello,
+    settled_weights,
+    wait_weights,
+    zmq_request,
+)
 
 pytestmark = pytest.mark.slow
-
-
-class _WritesFile:
-    """Unpickling this would create a file: the test checks that no file appears."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
 
 
 @pytest.fixture(scope="module")
 def live(tiny_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("rejections")
     dataset = root / "train.json"
-    from tests.conftest import make_samples
+    from tests.support.data import make_samples
 
     dataset.write_text(json.dumps(make_samples(12)))
     scorer = ScorerProcess(root / "scorer").start()
@@ -56,7 +52,7 @@ def _pickle_as_blob(header_frame, marker):
     """A well-formed request whose one blob is a pickle that writes a file if unpickled."""
     import hashlib
 
-    blob = pickle.dumps(_WritesFile(str(marker)))
+    blob = pickle.dumps(WritesFile(str(marker)))
     header = json.loads(header_frame)
     header.update(
         encoding="safetensors",
@@ -82,7 +78,7 @@ def test_each_bad_request_gets_one_error_reply_and_stores_nothing(live):
         "short": [good[0], good[1][:-4], *good[2:]],
         "long": [good[0], good[1] + b"\0\0\0\0", *good[2:]],
         "unknown_run": _frames(tensors, run_id="nobody"),
-        "pickle": [pickle.dumps(_WritesFile(str(marker)))],
+        "pickle": [pickle.dumps(WritesFile(str(marker)))],
         "pickle_payload": _pickle_as_blob(good[0], marker),
         "bad_update": _frames(tensors, update_index=9),
         "huge_step": _with_header(good, step=2**63),
@@ -159,16 +155,11 @@ def test_checkpoint_without_any_finite_loss_fails_with_409_and_can_be_sent_again
     poisoned = {name: torch.full_like(t, float("nan")) for name, t in tensors.items()}
     frames = _frames(poisoned, step=8, update_index=1)
     assert zmq_request(scorer.zmq_url, frames)["status"] == "queued"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        r = httpx.get(f"{scorer.base_url}/v1/runs/run-r/weights", params={"step": 8})
-        if r.status_code != 202:
-            break
-        time.sleep(0.05)
+    r = settled_weights(scorer, "run-r", 8, timeout=60)
     assert r.status_code == 409 and "no sample has a finite loss" in r.json()["detail"]
     # The same step sent again (fixed) is scored again, and then served.
     assert zmq_request(scorer.zmq_url, _frames(tensors, step=8))["status"] == "queued"
-    body = wait_weights(scorer.base_url, "run-r", 8)
+    body = wait_weights(scorer, "run-r", 8)
     assert body["step"] == 8 and abs(sum(body["weights"]) - 1) < 1e-9
 
 

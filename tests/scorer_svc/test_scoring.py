@@ -9,7 +9,7 @@ from common.model_spec import LoraSettings, ModelSpec
 from common.tokenization import TokenizationSettings, encode_dataset
 from scorer_svc.batching import group_by_length, make_batches
 from scorer_svc.scoring import Manifest, ScoringModel
-from tests.conftest import make_samples
+from tests.support.data import make_samples
 
 LORA = LoraSettings(r=4, alpha=8, dropout=0.0, target_modules="all-linear")
 CPU = torch.device("cpu")

@@ -1,81 +1,23 @@
 """The real scorer process: hello and LoRA checkpoints over ZeroMQ, weights over REST,
 history kept across a restart."""
 
-import time
-
 import httpx
 import numpy as np
 import pytest
-import torch
-from transformers import AutoTokenizer
 
-from common.datasets import load_alpaca
-from common.hello import build_hello
-from common.model_spec import LoraSettings, ModelSpec, checkpoint_tensors
-from common.protocol import Hello, encode_checkpoint, encode_hello
+from common.protocol import encode_hello
 from common.selection import delta_weights
-from common.tokenization import TokenizationSettings, encode_dataset
-from tests.conftest import ScorerProcess, zmq_request
+from devtools.scorer_process import ScorerProcess
+from tests.support.scorer import (
+    all_losses,
+    lora_checkpoints,
+    make_hello,
+    send_checkpoint,
+    wait_weights,
+    zmq_request,
+)
 
 pytestmark = pytest.mark.slow
-
-LORA = LoraSettings(r=4, alpha=8, dropout=0.0, target_modules="all-linear")
-SETTINGS = TokenizationSettings(template="auto", cutoff_len=256)
-
-
-def make_hello(tiny_model, dataset_file, run_id="run-a", **over):
-    """A LoRA run's hello as the trainer builds it, with fields in over replaced."""
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    hello = build_hello(
-        run_id=run_id,
-        spec=ModelSpec(str(tiny_model), "lora", LORA),
-        dataset=str(dataset_file),
-        dataset_dir=None,
-        tokenization=SETTINGS,
-        encoded=encode_dataset(tokenizer, load_alpaca(dataset_file), SETTINGS),
-        window_size=0.25,
-        update_times=3,
-        vocab_size=len(tokenizer),
-    )
-    return Hello.model_validate({**hello.model_dump(), **over})
-
-
-def lora_checkpoints(tiny_model, n):
-    """Trainable tensors of a peft model after n rounds of random drift (stand-in training)."""
-    model = ModelSpec(str(tiny_model), "lora", LORA).build()
-    g = torch.Generator().manual_seed(0)
-    out = []
-    for _ in range(n):
-        with torch.no_grad():
-            for p in checkpoint_tensors(model, "lora").values():
-                p.add_(torch.randn(p.shape, generator=g) * 0.05)
-        out.append({k: t.clone() for k, t in checkpoint_tensors(model, "lora").items()})
-    return out
-
-
-def send_checkpoint(url, run_id, step, update_index, tensors):
-    frames = encode_checkpoint(
-        run_id=run_id, step=step, update_index=update_index, kind="lora", tensors=tensors
-    )
-    return zmq_request(url, frames)
-
-
-def wait_weights(base_url, run_id, step, timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r = httpx.get(f"{base_url}/v1/runs/{run_id}/weights", params={"step": step})
-        if r.status_code == 200:
-            return r.json()
-        assert r.status_code == 202, r.text
-        assert "Retry-After" in r.headers
-        time.sleep(0.2)
-    raise AssertionError(f"weights for step {step} not ready in {timeout}s")
-
-
-def all_losses(base_url, run_id, step):
-    r = httpx.get(f"{base_url}/v1/runs/{run_id}/losses", params={"step": step, "limit": 100000})
-    assert r.status_code == 200, r.text
-    return [np.nan if v is None else v for v in r.json()["losses"]]
 
 
 def test_three_checkpoints_weights_and_restart(tiny_model, dataset_file, tmp_path):
@@ -96,7 +38,7 @@ def test_three_checkpoints_weights_and_restart(tiny_model, dataset_file, tmp_pat
         other = send_checkpoint(scorer.zmq_url, "run-a", 6, 3, checkpoints[1])
         assert (other["status"], other["same_content"]) == ("duplicate", False)
 
-        bodies = {step: wait_weights(scorer.base_url, "run-a", step) for step in steps}
+        bodies = {step: wait_weights(scorer, "run-a", step) for step in steps}
         init = all_losses(scorer.base_url, "run-a", 2)
         n = hello.n_samples
         assert bodies[2]["update_index"] == 1 and bodies[2]["window"] is None
@@ -134,10 +76,7 @@ def test_three_checkpoints_weights_and_restart(tiny_model, dataset_file, tmp_pat
     finally:
         assert scorer.stop() == 0
 
-    restarted = ScorerProcess(tmp_path / "scorer")
-    restarted.zmq_url, restarted.http_port = scorer.zmq_url, scorer.http_port
-    restarted.base_url = scorer.base_url
-    restarted.start()
+    restarted = scorer.again().start()
     try:
         after = httpx.get(f"{restarted.base_url}/v1/runs/run-a/checkpoints").json()
         assert after == before  # same rows, same timings: nothing recomputed

@@ -4,15 +4,21 @@ database once the lock is gone."""
 
 import json
 import sqlite3
-import time
 
 import httpx
 import pytest
 
 from common.protocol import encode_checkpoint, encode_hello
-from tests.conftest import ScorerProcess, make_samples, zmq_request
-from tests.scorer_svc.test_crash import _status, _wait_status
-from tests.scorer_svc.test_service import lora_checkpoints, make_hello
+from devtools.scorer_process import ScorerProcess
+from tests.support.data import make_samples
+from tests.support.scorer import (
+    db_status,
+    lora_checkpoints,
+    make_hello,
+    settled_weights,
+    wait_status,
+    zmq_request,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +30,6 @@ def test_locked_database_fails_the_checkpoint_cleanly(tiny_model, tmp_path):
         tmp_path / "scorer", "--batch-size", "1",
         env={"SCORER_DATABASE_BUSY_TIMEOUT_SECONDS": "1"},
     ).start()  # fmt: skip
-    db = tmp_path / "scorer" / "scorer.db"
     try:
         zmq_request(scorer.zmq_url, encode_hello(make_hello(tiny_model, dataset, run_id="run-l")))
         frames = encode_checkpoint(
@@ -32,25 +37,18 @@ def test_locked_database_fails_the_checkpoint_cleanly(tiny_model, tmp_path):
             tensors=lora_checkpoints(tiny_model, 1)[0],
         )  # fmt: skip
         assert zmq_request(scorer.zmq_url, frames)["status"] == "queued"
-        _wait_status(db, 2, "scoring")
-        blocker = sqlite3.connect(db, timeout=10, isolation_level=None)
+        wait_status(scorer, 2, "scoring")
+        blocker = sqlite3.connect(scorer.data_dir / "scorer.db", timeout=10, isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")  # holds the write lock; readers go on (WAL)
         try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                r = httpx.get(f"{scorer.base_url}/v1/runs/run-l/weights", params={"step": 2})
-                if r.status_code != 202:
-                    break
-                time.sleep(0.1)
+            r = settled_weights(scorer, "run-l", 2)
             assert r.status_code == 409, r.text
             assert "locked" in r.json()["detail"]
         finally:
             blocker.execute("ROLLBACK")
             blocker.close()
-        deadline = time.monotonic() + 30
-        while _status(db, 2)[0] != "failed" and time.monotonic() < deadline:
-            time.sleep(0.1)
-        status, n_losses = _status(db, 2)
+        wait_status(scorer, 2, "failed", timeout=30)
+        status, n_losses = db_status(scorer, 2)
         assert (status, n_losses) == ("failed", 0)
         checkpoint = httpx.get(f"{scorer.base_url}/v1/runs/run-l/checkpoints").json()[0]
         assert "locked" in checkpoint["error"]

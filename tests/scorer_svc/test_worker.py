@@ -14,8 +14,8 @@ from scorer_svc.intake import Intake
 from scorer_svc.models import RECEIVED, SCORED, SCORING, Checkpoint, Loss
 from scorer_svc.registry import Registry
 from scorer_svc.worker import Worker
-from tests.conftest import make_samples
-from tests.scorer_svc.test_service import lora_checkpoints, make_hello
+from tests.support.data import make_samples
+from tests.support.scorer import lora_checkpoints, make_hello
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 from common.curve import create_keys, load_client_keys
 from common.errors import ScorerUnavailable
 from common.protocol import PROTOCOL_VERSION, Hello
-from tests.conftest import ScorerProcess
+from devtools.scorer_process import ScorerProcess
 from tests.trainer_svc.test_end_to_end import run_trainer, scored_checkpoints
 from trainer_svc.publisher import CheckpointPublisher
 

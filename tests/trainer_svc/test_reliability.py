@@ -2,35 +2,32 @@
 the scorer killed while it scores, the trainer killed or stopped by SIGTERM and resumed. Each
 run ends with the same selections (and stored losses) as an uninterrupted run with the seed.
 
-One config throughout (tests/trainer_svc/procs.py): 128 samples, B = 4, 8 steps, updates at
-steps 2, 4 and 6, LoRA with dropout (so the trainer's RNG matters), checkpoints every 2 steps.
+One config throughout (tests/support/trainer.py with RUN_KEYS): 128 samples, B = 4, 8 steps,
+updates at steps 2, 4 and 6, LoRA with dropout (so the trainer's RNG matters), checkpoints
+every 2 steps.
 """
 
 import json
 import re
 import signal
-import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import ScorerProcess
-from tests.trainer_svc.procs import (
+from devtools.scorer_process import ScorerProcess
+from devtools.waiting import wait_until
+from tests.support.data import write_samples
+from tests.support.scorer import checkpoints, db_status, stored_losses
+from tests.support.trainer import (
     STEPS,
     TrainerProcess,
     assert_close,
-    checkpoints,
-    db_status,
-    same_ports,
     sampled,
     scorer_keys,
-    stored_losses,
     train,
-    wait_until,
-    write_config,
-    write_data,
 )
+from tests.support.trainer import write_config as _write_config
 from trainer_svc.records import read_jsonl
 
 pytestmark = pytest.mark.slow
@@ -39,12 +36,21 @@ N = 128
 RUN = "rel-run"
 ADAPTER = "adapter_model.safetensors"
 SLOW = ("--batch-size", "1")  # one sample per forward pass: scoring takes long enough to hit
+# LoRA with dropout (the trainer's RNG matters: a resume must restore it), a checkpoint every
+# 2 steps, and a fixed run id.
+RUN_KEYS = dict(
+    run_id=RUN, lora_rank=8, lora_alpha=16, lora_dropout=0.1, learning_rate=5e-3, save_steps=2
+)
+
+
+def write_config(path, tiny_model, data, out, **over):
+    return _write_config(path, tiny_model, data, out, **{**RUN_KEYS, **over})
 
 
 @pytest.fixture(scope="module")
 def files(tiny_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("reliability")
-    return tiny_model, write_data(root / "data.json", N), root
+    return tiny_model, write_samples(root / "data.json", N, seed=3), root
 
 
 @pytest.fixture(scope="module")
@@ -111,11 +117,12 @@ def test_scorer_killed_while_scoring_is_restarted_and_the_run_finishes(files, re
     trainer = TrainerProcess(config, *scorer_keys(scorer), log=tmp_path / "trainer.log")
     restarted = None
     try:
-        wait_until(lambda: db_status(scorer, 4) == "scoring", "step 4 scoring", trainer, scorer)
+        wait_until(lambda: db_status(scorer, 4)[0] == "scoring", "step 4 scoring", trainer, scorer)
         assert scorer.stop(signal.SIGKILL) == -signal.SIGKILL
-        assert db_status(scorer, 4) == "scoring"  # cut off mid-way
-        time.sleep(1)  # the trainer polls a scorer that is not there
-        restarted = same_ports(scorer).start()
+        assert db_status(scorer, 4)[0] == "scoring"  # cut off mid-way
+        # the trainer polls a scorer that is not there, and says so
+        wait_until(lambda: "cannot reach" in trainer.log(), "the trainer missing it", trainer)
+        restarted = scorer.again().start()
         assert trainer.wait() == 0, trainer.log()[-4000:]
         log = trainer.log()
         assert "cannot reach" in log and "checkpoint step 4" in log  # it waited, and said so
@@ -143,7 +150,10 @@ def test_trainer_killed_after_an_update_resumes_to_the_same_selections(files, re
     try:
         trainer = TrainerProcess(config, *scorer_keys(scorer), log=tmp_path / "first.log")
         wait_until(
-            lambda: db_status(scorer, 6) is not None, "checkpoint 6 at the scorer", trainer, scorer
+            lambda: db_status(scorer, 6)[0] is not None,
+            "checkpoint 6 at the scorer",
+            trainer,
+            scorer,
         )
         assert trainer.kill() == -signal.SIGKILL
         assert (out / "checkpoint-4" / "trainer_state.json").is_file()
@@ -179,7 +189,10 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes_from_it(files, reference
     try:
         trainer = TrainerProcess(config, *scorer_keys(scorer), log=tmp_path / "first.log")
         wait_until(
-            lambda: db_status(scorer, 4) is not None, "checkpoint 4 at the scorer", trainer, scorer
+            lambda: db_status(scorer, 4)[0] is not None,
+            "checkpoint 4 at the scorer",
+            trainer,
+            scorer,
         )
         assert trainer.kill(signal.SIGTERM) == 0, trainer.log()[-4000:]
         saved = [p.name for p in out.glob("checkpoint-*")]

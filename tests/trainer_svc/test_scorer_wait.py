@@ -6,17 +6,11 @@ import re
 
 import pytest
 
-from tests.conftest import ScorerProcess
-from tests.trainer_svc.procs import (
-    STEPS,
-    TrainerProcess,
-    checkpoints,
-    sampled,
-    scorer_keys,
-    wait_until,
-    write_config,
-    write_data,
-)
+from devtools.scorer_process import ScorerProcess
+from devtools.waiting import wait_until
+from tests.support.data import write_samples
+from tests.support.scorer import checkpoints
+from tests.support.trainer import STEPS, TrainerProcess, sampled, scorer_keys, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -26,10 +20,12 @@ RETRY = re.compile(
 
 
 def test_trainer_waits_for_a_scorer_started_later(tiny_model, tmp_path):
-    data = write_data(tmp_path / "data.json", 64)
+    data = write_samples(tmp_path / "data.json", 64, seed=3)
     scorer = ScorerProcess(tmp_path / "scorer")  # ports chosen, not started yet
     out = tmp_path / "out"
-    config = write_config(tmp_path / "c.yaml", tiny_model, data, out, scorer_wait_seconds=60)
+    config = write_config(
+        tmp_path / "c.yaml", tiny_model, data, out, run_id="rel-run", scorer_wait_seconds=60
+    )
     trainer = TrainerProcess(config, *scorer_keys(scorer), log=tmp_path / "trainer.log")
     try:
         # two retries logged, with a growing pause, before the scorer comes up
@@ -52,9 +48,9 @@ def test_trainer_waits_for_a_scorer_started_later(tiny_model, tmp_path):
 
 
 def test_trainer_without_a_scorer_stops_naming_the_address(tiny_model, tmp_path):
-    data = write_data(tmp_path / "data.json", 64)
+    data = write_samples(tmp_path / "data.json", 64, seed=3)
     scorer = ScorerProcess(tmp_path / "scorer")  # never started
-    config = write_config(tmp_path / "c.yaml", tiny_model, data, tmp_path / "out")
+    config = write_config(tmp_path / "c.yaml", tiny_model, data, tmp_path / "out", run_id="rel-run")
     trainer = TrainerProcess(
         config, *scorer_keys(scorer), "scorer_wait_seconds=4", log=tmp_path / "trainer.log"
     )

@@ -1,0 +1,56 @@
+"""Waiting on a condition, never on a fixed sleep: poll until true, fail early if a process
+being waited on has died, and say what was waited for when time runs out."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from typing import Protocol, TypeVar
+
+from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_exponential
+
+T = TypeVar("T")
+
+
+class Watched(Protocol):
+    """A process wrapper: its Popen as `proc`, and its log so far."""
+
+    proc: object
+
+    def log(self) -> str: ...
+
+
+class ProcessExited(AssertionError):
+    """A process that was waited on exited first (the message holds its log's tail)."""
+
+
+def wait_until(
+    check: Callable[[], T],
+    what: str,
+    *watched: Watched,
+    timeout: float = 120,
+    every: float = 0.02,
+    most_every: float = 0.5,
+) -> T:
+    """check()'s first truthy value, polled every `every` seconds growing to `most_every`."""
+
+    def attempt() -> T:
+        for item in watched:
+            code = item.proc.poll()  # type: ignore[attr-defined]
+            if code is not None:
+                raise ProcessExited(
+                    f"{type(item).__name__} exited with {code} while waiting for {what}:\n"
+                    f"{item.log()[-4000:]}"
+                )
+        return check()
+
+    retrying = Retrying(
+        stop=stop_after_delay(timeout),
+        wait=wait_exponential(multiplier=every, min=every, max=most_every),
+        retry=retry_if_result(operator.not_),
+    )
+    try:
+        return retrying(attempt)
+    except RetryError:
+        tails = "\n".join(item.log()[-2000:] for item in watched)
+        raise TimeoutError(f"timed out after {timeout}s waiting for {what}\n{tails}") from None

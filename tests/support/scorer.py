@@ -1,0 +1,168 @@
+"""Talking to a live scorer as a trainer would: hellos, LoRA checkpoints, weights, history."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import torch
+import zmq
+from transformers import AutoTokenizer
+
+from common.datasets import load_alpaca
+from common.hello import build_hello
+from common.model_spec import LoraSettings, ModelSpec, checkpoint_tensors
+from common.protocol import Hello, encode_checkpoint
+from common.tokenization import TokenizationSettings, encode_dataset
+from devtools.scorer_process import ScorerProcess
+from devtools.waiting import wait_until
+
+LORA = LoraSettings(r=4, alpha=8, dropout=0.0, target_modules="all-linear")
+SETTINGS = TokenizationSettings(template="auto", cutoff_len=256)
+
+
+def make_hello(tiny_model: Path, dataset_file: Path, run_id: str = "run-a", **over: Any) -> Hello:
+    """A LoRA run's hello as the trainer builds it, with the fields in over replaced."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    hello = build_hello(
+        run_id=run_id,
+        spec=ModelSpec(str(tiny_model), "lora", LORA),
+        dataset=str(dataset_file),
+        dataset_dir=None,
+        tokenization=SETTINGS,
+        encoded=encode_dataset(tokenizer, load_alpaca(dataset_file), SETTINGS),
+        window_size=0.25,
+        update_times=3,
+        vocab_size=len(tokenizer),
+    )
+    return Hello.model_validate({**hello.model_dump(), **over})
+
+
+def lora_checkpoints(tiny_model: Path, n: int) -> list[dict[str, torch.Tensor]]:
+    """Trainable tensors of a peft model after n rounds of random drift (stand-in training)."""
+    model = ModelSpec(str(tiny_model), "lora", LORA).build()
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(n):
+        with torch.no_grad():
+            for p in checkpoint_tensors(model, "lora").values():
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+        out.append({k: t.clone() for k, t in checkpoint_tensors(model, "lora").items()})
+    return out
+
+
+def zmq_request(url: str, frames: list, timeout_ms: int = 60_000) -> dict:
+    """Send one request over a fresh DEALER; return the decoded reply's JSON."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(url)
+    try:
+        sock.send_multipart(frames, copy=False)
+        if not sock.poll(timeout_ms):
+            raise TimeoutError(f"no reply from {url} in {timeout_ms} ms")
+        reply = sock.recv_multipart()
+    finally:
+        sock.close(0)
+    assert len(reply) == 1, f"a reply is one frame, got {len(reply)}"
+    return json.loads(reply[0])
+
+
+def send_checkpoint(url: str, run_id: str, step: int, update_index: int, tensors) -> dict:
+    frames = encode_checkpoint(
+        run_id=run_id, step=step, update_index=update_index, kind="lora", tensors=tensors
+    )
+    return zmq_request(url, frames)
+
+
+def settled_weights(scorer: ScorerProcess, run_id: str, step: int, timeout=120) -> httpx.Response:
+    """The first /weights answer for step that is not 202 (scored, failed or unknown)."""
+
+    def settled() -> httpx.Response | None:
+        r = httpx.get(f"{scorer.base_url}/v1/runs/{run_id}/weights", params={"step": step})
+        if r.status_code == 202:
+            assert "Retry-After" in r.headers
+            return None
+        return r
+
+    return wait_until(settled, f"step {step} of {run_id} scored", scorer, timeout=timeout)
+
+
+def wait_weights(scorer: ScorerProcess, run_id: str, step: int, timeout=120) -> dict:
+    r = settled_weights(scorer, run_id, step, timeout)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def all_losses(base_url: str, run_id: str, step: int) -> list[float]:
+    r = httpx.get(f"{base_url}/v1/runs/{run_id}/losses", params={"step": step, "limit": 100000})
+    assert r.status_code == 200, r.text
+    return [np.nan if v is None else v for v in r.json()["losses"]]
+
+
+def checkpoints(scorer: ScorerProcess, run_id: str) -> list[dict]:
+    r = httpx.get(f"{scorer.base_url}/v1/runs/{run_id}/checkpoints")
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def settled_checkpoints(scorer: ScorerProcess, run_id: str, expected: int, *watched, timeout=120):
+    """The run's checkpoints once at least `expected` exist and none is pending."""
+
+    def settled() -> list[dict] | None:
+        rows = checkpoints(scorer, run_id)
+        done = len(rows) >= expected and all(r["status"] in ("scored", "failed") for r in rows)
+        return rows if done else None
+
+    return wait_until(
+        settled, f"{expected} checkpoints of {run_id}", scorer, *watched, timeout=timeout
+    )
+
+
+def db_status(scorer: ScorerProcess, step: int) -> tuple[str | None, int]:
+    """(status, number of stored losses) of the checkpoint at step, read from the SQLite file."""
+    db = scorer.data_dir / "scorer.db"
+    if not db.exists():
+        return None, 0
+    try:
+        with sqlite3.connect(db, timeout=5) as conn:
+            row = conn.execute("SELECT status FROM checkpoints WHERE step = ?", (step,)).fetchone()
+            (n,) = conn.execute("SELECT count(*) FROM losses WHERE step = ?", (step,)).fetchone()
+    except sqlite3.OperationalError:  # the tables are not there yet
+        return None, 0
+    return (row[0] if row else None), n
+
+
+def wait_status(scorer: ScorerProcess, step: int, wanted: str, *watched, timeout=60) -> None:
+    wait_until(
+        lambda: db_status(scorer, step)[0] == wanted,
+        f"step {step} {wanted}",
+        scorer,
+        *watched,
+        timeout=timeout,
+    )
+
+
+def stored_losses(scorer: ScorerProcess, run_id: str, steps=(2, 4, 6)) -> dict[int, list]:
+    """Every loss the scorer stored at each of steps."""
+    result = {}
+    for step in steps:
+        r = httpx.get(
+            f"{scorer.base_url}/v1/runs/{run_id}/losses", params={"step": step, "limit": 100000}
+        )
+        assert r.status_code == 200, r.text
+        result[step] = r.json()["losses"]
+    return result
+
+
+class WritesFile:
+    """A pickle gadget: unpickling it creates the file at path (tests check none appears)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
