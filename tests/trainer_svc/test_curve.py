@@ -9,7 +9,8 @@ from common.curve import create_keys, load_client_keys
 from common.errors import ScorerUnavailable
 from common.protocol import PROTOCOL_VERSION, Hello
 from devtools.scorer_process import ScorerProcess
-from tests.trainer_svc.test_end_to_end import run_trainer, scored_checkpoints
+from tests.support.scorer import settled_checkpoints
+from tests.trainer_svc.test_end_to_end import run_trainer
 from trainer_svc.publisher import CheckpointPublisher
 
 pytestmark = pytest.mark.slow
@@ -34,7 +35,7 @@ def test_run_over_curve_and_unknown_key_refused(tiny_model, tmp_path):
             scorer_curve_secret_key_file=str(trainer_secret),
             scorer_curve_server_key_file=str(keys / "scorer.key"),
         )  # fmt: skip
-        rows = scored_checkpoints(scorer, run_id, 3)
+        rows = settled_checkpoints(scorer, run_id, 3)
         assert [r["status"] for r in rows] == ["scored"] * 3
         assert "CURVE on: 1 authorized client key(s)" in scorer.log()
 

@@ -1,18 +1,14 @@
 """Trainer and scorer for real on loopback: `trainer-svc train` against `scorer_svc serve`."""
 
-import subprocess
-import sys
-import time
-
 import httpx
 import pytest
 import torch
-import yaml
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from devtools.demo_data import write_dataset
-from tests.conftest import ROOT
+from tests.support.scorer import settled_checkpoints
+from tests.support.trainer import run_id_of, scorer_keys, train, write_config
 from trainer_svc.records import read_jsonl
 from trainer_svc.schedule import draw_warmup
 
@@ -22,57 +18,15 @@ N, B = 64, 4
 
 
 def run_trainer(tiny_model, scorer, tmp_path, mode, **extra):
+    """`trainer-svc train` on the support config, in `mode`, to the end: (output dir, run id)."""
     data = write_dataset(tmp_path / "data.json", n=N, seed=2)
     out = tmp_path / f"out-{mode}"
-    cfg = dict(
-        model_name_or_path=str(tiny_model),
-        dataset=str(data),
-        output_dir=str(out),
-        template="llama3",
-        cutoff_len=256,
-        finetuning_type="lora",
-        lora_target="all",
-        lora_rank=4,
-        lora_alpha=8,
-        per_device_train_batch_size=2,
-        gradient_accumulation_steps=2,
-        learning_rate=1e-3,
-        num_train_epochs=1.0,
-        logging_steps=1,
-        save_steps=1000,
-        plot_loss=True,
-        warmup_step=2,
-        update_step=2,
-        update_times=3,
-        scorer_zmq_url=scorer.zmq_url,
-        scorer_http_url=scorer.base_url,
-        selection_mode=mode,
-        scorer_wait_seconds=120,
+    config = write_config(
+        tmp_path / f"{mode}.yaml", tiny_model, data, out, plot_loss=True, selection_mode=mode,
         **extra,
-    )
-    path = tmp_path / f"{mode}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    done = subprocess.run(
-        [sys.executable, "-m", "trainer_svc", "train", str(path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert done.returncode == 0, done.stderr[-4000:] + scorer.log()[-3000:]
-    run_id = (out / "run.json").read_text()
-    return out, yaml.safe_load(run_id)["run_id"]
-
-
-def scored_checkpoints(scorer, run_id, expected, timeout=120):
-    url = f"{scorer.base_url}/v1/runs/{run_id}/checkpoints"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rows = httpx.get(url).json()
-        if len(rows) >= expected and all(r["status"] in ("scored", "failed") for r in rows):
-            return rows
-        time.sleep(0.2)
-    raise AssertionError(f"checkpoints not scored in {timeout}s: {rows}")
+    )  # fmt: skip
+    train(config, *scorer_keys(scorer), log=tmp_path / f"{mode}.log", timeout=400)
+    return out, run_id_of(out)
 
 
 def expected_draw(scorer, run_id, row):
@@ -94,7 +48,7 @@ def expected_draw(scorer, run_id, row):
 
 
 def check_run(tiny_model, scorer, out, run_id):
-    checkpoints = scored_checkpoints(scorer, run_id, 3)
+    checkpoints = settled_checkpoints(scorer, run_id, 3)
     assert [(c["step"], c["update_index"], c["status"]) for c in checkpoints] == [
         (2, 1, "scored"),
         (4, 2, "scored"),
