@@ -1,5 +1,7 @@
-"""The demo, start to end, on a smaller dataset."""
+"""The demo, start to end, on a smaller dataset, run from an installed (non-editable) copy of
+the package in another directory: its YAML ships as package data, nothing reads the checkout."""
 
+import os
 import subprocess
 import sys
 
@@ -10,11 +12,36 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.slow
 
 
-def test_demo_runs_and_reports(tmp_path):
-    cmd = [sys.executable, "-m", "devtools.demo", "--out", str(tmp_path), "--samples", "160"]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """`pip install .` (no dependencies: the test's environment has them) into a folder."""
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+         "--target", str(target), str(ROOT)],
+        check=True, capture_output=True, timeout=600,
+    )  # fmt: skip
+    assert (target / "devtools" / "demo.yaml").is_file()
+    return target
+
+
+def test_demo_runs_and_reports_from_an_installed_copy(installed, tmp_path):
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(installed)}
+    cmd = [
+        sys.executable,
+        "-m",
+        "devtools.demo",
+        "--out",
+        str(tmp_path / "out"),
+        "--samples",
+        "160",
+    ]
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     out = done.stdout
+    assert f"tiny model: {tmp_path / 'out'}" in out
     assert out.count(">> update ") == 5
     before, after = out.split("eval loss (held-out set): ")[1].split("\n")[0].split(" -> ")
     assert before.endswith("at step 0") and after.endswith("at step 180")
@@ -22,4 +49,15 @@ def test_demo_runs_and_reports(tmp_path):
     assert "curl http://127.0.0.1:" in out and "/samples/0/losses" in out
     assert "mean delta loss per group" in out and "noise" in out.split("mean delta")[1]
     assert "scorer stopped" in out
-    assert (tmp_path / "run" / "model.safetensors").is_file()
+    assert (tmp_path / "out" / "run" / "model.safetensors").is_file()
+    assert str(ROOT) not in (tmp_path / "out" / "scorer.log").read_text()
+
+
+def test_the_installed_copy_is_the_one_imported(installed):
+    code = "import devtools, scorer_svc, trainer_svc, common; print(devtools.__file__)"
+    env = {**os.environ, "PYTHONPATH": str(installed)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=installed.parent, capture_output=True,
+        text=True, check=True,
+    )  # fmt: skip
+    assert done.stdout.strip().startswith(str(installed))
