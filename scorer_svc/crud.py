@@ -10,17 +10,17 @@ import numpy as np
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
-from common.selection import Window as WindowData
+from common.selection import Window
 from scorer_svc.models import (
     FAILED,
     PENDING,
     RECEIVED,
     SCORED,
     SCORING,
-    Checkpoint,
+    CheckpointRow,
     Loss,
     Run,
-    Window,
+    WindowRow,
 )
 
 
@@ -65,33 +65,33 @@ def set_initial_step(session: Session, *, run: Run, step: int) -> None:
 # checkpoints
 
 
-def get_checkpoint(session: Session, *, run: Run, step: int) -> Checkpoint | None:
+def get_checkpoint(session: Session, *, run: Run, step: int) -> CheckpointRow | None:
     return session.scalar(
-        select(Checkpoint).where(Checkpoint.run_pk == run.id, Checkpoint.step == step)
+        select(CheckpointRow).where(CheckpointRow.run_pk == run.id, CheckpointRow.step == step)
     )
 
 
-def list_checkpoints(session: Session, *, run: Run) -> Sequence[Checkpoint]:
+def list_checkpoints(session: Session, *, run: Run) -> Sequence[CheckpointRow]:
     return session.scalars(
-        select(Checkpoint).where(Checkpoint.run_pk == run.id).order_by(Checkpoint.step)
+        select(CheckpointRow).where(CheckpointRow.run_pk == run.id).order_by(CheckpointRow.step)
     ).all()
 
 
 def scored_steps(session: Session, *, run: Run) -> list[int]:
     return list(
         session.scalars(
-            select(Checkpoint.step)
-            .where(Checkpoint.run_pk == run.id, Checkpoint.status == SCORED)
-            .order_by(Checkpoint.step)
+            select(CheckpointRow.step)
+            .where(CheckpointRow.run_pk == run.id, CheckpointRow.status == SCORED)
+            .order_by(CheckpointRow.step)
         )
     )
 
 
-def latest_scored(session: Session, *, run: Run) -> Checkpoint | None:
+def latest_scored(session: Session, *, run: Run) -> CheckpointRow | None:
     return session.scalar(
-        select(Checkpoint)
-        .where(Checkpoint.run_pk == run.id, Checkpoint.status == SCORED)
-        .order_by(Checkpoint.step.desc())
+        select(CheckpointRow)
+        .where(CheckpointRow.run_pk == run.id, CheckpointRow.status == SCORED)
+        .order_by(CheckpointRow.step.desc())
         .limit(1)
     )
 
@@ -106,8 +106,8 @@ def add_checkpoint(
     sha256: str,
     path: str,
     n_bytes: int,
-) -> Checkpoint:
-    checkpoint = Checkpoint(
+) -> CheckpointRow:
+    checkpoint = CheckpointRow(
         run_pk=run.id,
         step=step,
         update_index=update_index,
@@ -128,7 +128,7 @@ def add_checkpoint(
 def requeue(
     session: Session,
     *,
-    checkpoint: Checkpoint,
+    checkpoint: CheckpointRow,
     update_index: int,
     sha256: str,
     path: str,
@@ -146,16 +146,16 @@ def requeue(
     session.commit()
 
 
-def next_pending(session: Session, *, skip: Collection[int] = ()) -> Checkpoint | None:
+def next_pending(session: Session, *, skip: Collection[int] = ()) -> CheckpointRow | None:
     """The oldest checkpoint acknowledged but not scored (including one cut off mid-scoring),
     other than those in skip."""
-    query = select(Checkpoint).where(Checkpoint.status.in_(PENDING))
+    query = select(CheckpointRow).where(CheckpointRow.status.in_(PENDING))
     if skip:
-        query = query.where(Checkpoint.id.not_in(list(skip)))
-    return session.scalar(query.order_by(Checkpoint.id).limit(1))
+        query = query.where(CheckpointRow.id.not_in(list(skip)))
+    return session.scalar(query.order_by(CheckpointRow.id).limit(1))
 
 
-def mark_scoring(session: Session, *, checkpoint: Checkpoint) -> None:
+def mark_scoring(session: Session, *, checkpoint: CheckpointRow) -> None:
     checkpoint.status = SCORING
     checkpoint.started_at = now()
     checkpoint.error = None
@@ -164,8 +164,8 @@ def mark_scoring(session: Session, *, checkpoint: Checkpoint) -> None:
 
 def mark_received(session: Session, *, checkpoint_id: int) -> None:
     session.execute(
-        update(Checkpoint)
-        .where(Checkpoint.id == checkpoint_id)
+        update(CheckpointRow)
+        .where(CheckpointRow.id == checkpoint_id)
         .values(status=RECEIVED, started_at=None)
     )
     session.commit()
@@ -173,8 +173,8 @@ def mark_received(session: Session, *, checkpoint_id: int) -> None:
 
 def mark_failed(session: Session, *, checkpoint_id: int, error: str) -> None:
     session.execute(
-        update(Checkpoint)
-        .where(Checkpoint.id == checkpoint_id)
+        update(CheckpointRow)
+        .where(CheckpointRow.id == checkpoint_id)
         .values(status=FAILED, error=error, finished_at=now())
     )
     session.commit()
@@ -183,9 +183,9 @@ def mark_failed(session: Session, *, checkpoint_id: int, error: str) -> None:
 def store_scores(
     session: Session,
     *,
-    checkpoint: Checkpoint,
+    checkpoint: CheckpointRow,
     losses: np.ndarray,
-    window: WindowData | None,
+    window: Window | None,
     seconds: float,
 ) -> None:
     """All of a checkpoint's losses, its window and its status, in one transaction."""
@@ -194,7 +194,7 @@ def store_scores(
         _insert_losses(session, checkpoint.run_pk, checkpoint.step, values)
     if window is not None:
         session.add(
-            Window(
+            WindowRow(
                 run_pk=checkpoint.run_pk,
                 step=checkpoint.step,
                 update_index=window.update_index,
@@ -208,8 +208,8 @@ def store_scores(
             )
         )
     session.execute(
-        update(Checkpoint)
-        .where(Checkpoint.id == checkpoint.id)
+        update(CheckpointRow)
+        .where(CheckpointRow.id == checkpoint.id)
         .values(
             status=SCORED,
             finished_at=now(),
@@ -324,16 +324,19 @@ def sample_history(session: Session, *, run: Run, sample_index: int) -> list[tup
         ]
     return list(
         session.execute(
-            select(Loss.step, Checkpoint.update_index, Loss.loss)
-            .join(Checkpoint, (Checkpoint.run_pk == Loss.run_pk) & (Checkpoint.step == Loss.step))
+            select(Loss.step, CheckpointRow.update_index, Loss.loss)
+            .join(
+                CheckpointRow,
+                (CheckpointRow.run_pk == Loss.run_pk) & (CheckpointRow.step == Loss.step),
+            )
             .where(Loss.run_pk == run.id, Loss.sample_index == sample_index)
             .order_by(Loss.step)
         ).all()
     )
 
 
-def get_window(session: Session, *, run: Run, step: int) -> Window | None:
-    return session.get(Window, (run.id, step))
+def get_window(session: Session, *, run: Run, step: int) -> WindowRow | None:
+    return session.get(WindowRow, (run.id, step))
 
 
 def count_null_at(session: Session, *, run: Run, step: int) -> int:

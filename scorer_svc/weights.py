@@ -12,11 +12,11 @@ from sqlalchemy.orm import Session
 
 from common.selection import Window, rank_by_delta, uniform_weights, weights_from_window
 from scorer_svc import crud
-from scorer_svc.models import Checkpoint, Run
+from scorer_svc.models import CheckpointRow, Run
 
 
 @dataclass(frozen=True)
-class Weights:
+class ServedWeights:
     step: int
     update_index: int
     window: Window | None
@@ -28,13 +28,13 @@ class WeightsCache:
     """Recently served weights; a scored checkpoint's weights never change."""
 
     def __init__(self, size: int = 8) -> None:
-        self._items: OrderedDict[tuple[int, int], Weights] = OrderedDict()
+        self._items: OrderedDict[tuple[int, int], ServedWeights] = OrderedDict()
         self._size = size
         self._lock = threading.Lock()
         # Each run's initial losses, read once rather than at every update (N float64 each).
         self._initial: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
 
-    def get(self, session: Session, run: Run, checkpoint: Checkpoint) -> Weights:
+    def get(self, session: Session, run: Run, checkpoint: CheckpointRow) -> ServedWeights:
         key = (run.id, checkpoint.step)
         with self._lock:
             if key in self._items:
@@ -65,15 +65,15 @@ class WeightsCache:
 def build_weights(
     session: Session,
     run: Run,
-    checkpoint: Checkpoint,
+    checkpoint: CheckpointRow,
     *,
     initial: Callable[[Session, Run, int], np.ndarray] | None = None,
-) -> Weights:
+) -> ServedWeights:
     """initial(session, run, step) reads the initial losses (a cache may answer)."""
     current = crud.losses_at(session, run=run, step=checkpoint.step)
     if checkpoint.update_index == 1:
         values = uniform_weights(current)
-        return Weights(checkpoint.step, 1, None, int(np.isfinite(current).sum()), values)
+        return ServedWeights(checkpoint.step, 1, None, int(np.isfinite(current).sum()), values)
     row = crud.get_window(session, run=run, step=checkpoint.step)
     if row is None or run.initial_step is None:
         raise LookupError(f"step {checkpoint.step} of run {run.run_id} has no stored window")
@@ -92,7 +92,7 @@ def build_weights(
     else:
         init = initial(session, run, run.initial_step)
     ranking = rank_by_delta(init - current)
-    return Weights(
+    return ServedWeights(
         checkpoint.step,
         checkpoint.update_index,
         window,

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from common.protocol import Hello
 from common.selection import delta_window
 from scorer_svc import crud
-from scorer_svc.models import FAILED, SCORED, Checkpoint, Run
+from scorer_svc.models import FAILED, SCORED, CheckpointRow, Run
 from scorer_svc.registry import Registry
 from scorer_svc.scoring import ScoringAborted, timed_score
 from scorer_svc.store import read_checkpoint
@@ -102,7 +102,7 @@ class Worker:
             with self._lock:
                 self.unrecorded_failures.pop(checkpoint_id, None)
 
-    def _score(self, session: Session, checkpoint: Checkpoint) -> None:
+    def _score(self, session: Session, checkpoint: CheckpointRow) -> None:
         run = session.get(Run, checkpoint.run_pk)
         assert run is not None
         label = f"run {run.run_id} step {checkpoint.step}"
@@ -148,7 +148,7 @@ class Worker:
             Path(checkpoint.path).unlink(missing_ok=True)
 
     @staticmethod
-    def _window(session: Session, run: Run, checkpoint: Checkpoint, losses):  # type: ignore[no-untyped-def]
+    def _window(session: Session, run: Run, checkpoint: CheckpointRow, losses):  # type: ignore[no-untyped-def]
         assert run.initial_step is not None
         initial = crud.get_checkpoint(session, run=run, step=run.initial_step)
         if initial is None or initial.status != SCORED:

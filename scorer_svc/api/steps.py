@@ -6,16 +6,16 @@ from fastapi import HTTPException
 from sqlalchemy.orm import Session
 
 from scorer_svc import crud
-from scorer_svc.models import FAILED, SCORED, Checkpoint, Run
+from scorer_svc.models import FAILED, SCORED, CheckpointRow, Run
 
 
 class NotScoredYet(Exception):
-    def __init__(self, checkpoint: Checkpoint) -> None:
+    def __init__(self, checkpoint: CheckpointRow) -> None:
         super().__init__(checkpoint.status)
         self.checkpoint = checkpoint
 
 
-def named_checkpoint(session: Session, run: Run, step: int | None) -> Checkpoint:
+def named_checkpoint(session: Session, run: Run, step: int | None) -> CheckpointRow:
     """The checkpoint at `step`, or the latest scored one; 404 when there is none."""
     if step is None:
         latest = crud.latest_scored(session, run=run)
@@ -32,7 +32,7 @@ def named_checkpoint(session: Session, run: Run, step: int | None) -> Checkpoint
 
 def scored_checkpoint(
     session: Session, run: Run, step: int | None, unrecorded: Callable[[int], str | None]
-) -> Checkpoint:
+) -> CheckpointRow:
     """As named_checkpoint, and 409 if it failed, NotScoredYet if it is still pending.
 
     unrecorded gives the error of a failure the database could not store yet."""

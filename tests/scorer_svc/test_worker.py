@@ -11,7 +11,7 @@ from scorer_svc import crud
 from scorer_svc.config import Settings
 from scorer_svc.db import make_engine, make_sessionmaker
 from scorer_svc.intake import Intake
-from scorer_svc.models import RECEIVED, SCORED, SCORING, Checkpoint, Loss
+from scorer_svc.models import RECEIVED, SCORED, SCORING, CheckpointRow, Loss
 from scorer_svc.registry import Registry
 from scorer_svc.worker import Worker
 from tests.conftest import make_samples
@@ -41,7 +41,7 @@ def queued(tiny_model, tmp_path):
 
 def _status_and_rows(sessions):
     with sessions() as session:
-        checkpoint = session.scalar(select(Checkpoint))
+        checkpoint = session.scalar(select(CheckpointRow))
         rows = session.scalars(select(Loss)).all()
         return checkpoint.status, len(rows), checkpoint.path
 
@@ -49,7 +49,7 @@ def _status_and_rows(sessions):
 def test_checkpoint_cut_off_while_scoring_is_scored_by_a_new_worker(queued):
     settings, sessions = queued
     with sessions() as session:  # a scorer that died mid-scoring leaves the row like this
-        crud.mark_scoring(session, checkpoint=session.scalar(select(Checkpoint)))
+        crud.mark_scoring(session, checkpoint=session.scalar(select(CheckpointRow)))
     assert _status_and_rows(sessions)[:2] == (SCORING, 0)
     worker = Worker(sessions, Registry(settings), keep_checkpoints=False)
     assert worker.run_once() is True
@@ -78,7 +78,7 @@ def test_read_only_database_fails_the_checkpoint_in_memory_then_on_disk(queued):
     worker = Worker(read_only, Registry(settings), keep_checkpoints=False)
     assert worker.run_once() is True
     with sessions() as session:
-        checkpoint = session.scalar(select(Checkpoint))
+        checkpoint = session.scalar(select(CheckpointRow))
         assert checkpoint.status == RECEIVED  # the database could not take any write
         error = worker.failure_of(checkpoint.id)
     assert error is not None and "readonly" in error
