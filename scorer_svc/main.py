@@ -17,6 +17,7 @@ from scorer_svc.api.steps import NotScoredYet
 from scorer_svc.auth import OPEN_PATHS, bearer, same_token
 from scorer_svc.config import Settings
 from scorer_svc.db import make_engine, make_sessionmaker
+from scorer_svc.failures import UnrecordedFailures
 from scorer_svc.intake import Intake, IntakeServer
 from scorer_svc.registry import Registry
 from scorer_svc.state import ServiceState
@@ -36,7 +37,10 @@ def build_state(settings: Settings) -> ServiceState:
     )
     sessions = make_sessionmaker(engine)
     registry = Registry(settings)
-    worker = Worker(sessions, registry, keep_checkpoints=settings.keep_checkpoints)
+    failures = UnrecordedFailures()
+    worker = Worker(
+        sessions, registry, failures=failures, keep_checkpoints=settings.keep_checkpoints
+    )
     intake = IntakeServer(
         settings.zmq_url,
         Intake(settings, sessions, registry, on_queued=worker.wake),
@@ -44,7 +48,7 @@ def build_state(settings: Settings) -> ServiceState:
         curve_secret_key_file=settings.curve_secret_key_file,
         curve_authorized_keys_dir=settings.curve_authorized_keys_dir,
     )
-    return ServiceState(settings, engine, sessions, worker, intake, WeightsCache())
+    return ServiceState(settings, engine, sessions, worker, intake, WeightsCache(), failures)
 
 
 def create_app(settings: Settings) -> FastAPI:

@@ -8,6 +8,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from scorer_svc.config import Settings
+from scorer_svc.failures import UnrecordedFailures
 from scorer_svc.intake import IntakeServer
 from scorer_svc.weights import WeightsCache
 from scorer_svc.worker import Worker
@@ -21,3 +22,4 @@ class ServiceState:
     worker: Worker
     intake: IntakeServer
     weights: WeightsCache
+    failures: UnrecordedFailures

@@ -27,7 +27,7 @@ def losses_at_step(
     offset: Annotated[int, Query(ge=0, le=MAX_STEP)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1000,
 ) -> LossPage:
-    checkpoint = scored_checkpoint(session, run, step, state.worker.failure_of)
+    checkpoint = scored_checkpoint(session, run, step, state.failures.get)
     values = crud.loss_page(session, run=run, step=checkpoint.step, offset=offset, limit=limit)
     return LossPage(
         run_id=run.run_id,

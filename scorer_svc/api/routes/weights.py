@@ -34,7 +34,7 @@ def get_weights(
     ] = None,
     accept: Annotated[str | None, Header()] = None,
 ) -> Response | WeightsBody:
-    checkpoint = scored_checkpoint(session, run, step, state.worker.failure_of)
+    checkpoint = scored_checkpoint(session, run, step, state.failures.get)
     weights = state.weights.get(session, run, checkpoint)
     window = weights.window
     headers = {"X-Step": str(weights.step), "X-Update-Index": str(weights.update_index)}
