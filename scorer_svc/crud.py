@@ -57,11 +57,6 @@ def create_run(session: Session, *, config: dict, n_no_labels: int) -> Run:
     return run
 
 
-def set_initial_step(session: Session, *, run: Run, step: int) -> None:
-    run.initial_step = step
-    session.commit()
-
-
 # checkpoints
 
 
