@@ -7,8 +7,12 @@ from fastapi import Path as PathParam
 
 from common.protocol import MAX_STEP
 from scorer_svc import crud
-from scorer_svc.api.deps import RunDep, SessionDep, StateDep
-from scorer_svc.api.steps import scored_checkpoint
+from scorer_svc.api.deps import (
+    SCORED_CHECKPOINT_RESPONSES,
+    RunDep,
+    ScoredCheckpointDep,
+    SessionDep,
+)
 from scorer_svc.schemas import LossPage, LossPoint, SampleHistory
 
 router = APIRouter(prefix="/v1/runs/{run_id}", tags=["losses"])
@@ -16,18 +20,14 @@ router = APIRouter(prefix="/v1/runs/{run_id}", tags=["losses"])
 MAX_PAGE = 100_000
 
 
-@router.get("/losses")
+@router.get("/losses", responses=SCORED_CHECKPOINT_RESPONSES)
 def losses_at_step(
     session: SessionDep,
-    state: StateDep,
     run: RunDep,
-    step: Annotated[
-        int | None, Query(ge=0, le=MAX_STEP, description="a scored step; default the latest")
-    ] = None,
+    checkpoint: ScoredCheckpointDep,
     offset: Annotated[int, Query(ge=0, le=MAX_STEP)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1000,
 ) -> LossPage:
-    checkpoint = scored_checkpoint(session, run, step, state.failures.get)
     values = crud.loss_page(session, run=run, step=checkpoint.step, offset=offset, limit=limit)
     return LossPage(
         run_id=run.run_id,
