@@ -38,10 +38,11 @@ def add_error_handlers(app: FastAPI, settings: Settings) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
+        # A parameter shared by two dependencies of a route is reported by each: once here.
+        problems = dict.fromkeys(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
-        return JSONResponse(status_code=422, content={"detail": problems})
+        return JSONResponse(status_code=422, content={"detail": "; ".join(problems)})
 
     @app.exception_handler(SelectionError)
     async def no_weights(_: Request, exc: SelectionError) -> JSONResponse:

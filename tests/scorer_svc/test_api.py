@@ -338,6 +338,21 @@ def test_bad_query_values_are_422_with_readable_detail(client, path, detail):
     assert response.json() == {"detail": detail}
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/runs/run-empty/losses?limit=0",  # else 404: no scored checkpoint
+        "/v1/runs/run-a/losses?step=5&limit=x",  # else 404: no such step
+        f"/v1/runs/run-a/losses?step={FAILED_STEP}&offset=-1",  # else 409
+        f"/v1/runs/run-a/losses?step={SCORING_STEP}&limit=0",  # else 202
+    ],
+)
+def test_bad_page_is_422_before_the_checkpoint_is_looked_up(client, path):
+    response = client.get(path)
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith(("query.limit: ", "query.offset: "))
+
+
 def test_run_id_too_long_is_422(client):
     response = client.get("/v1/runs/" + "r" * 129)
     assert response.status_code == 422
