@@ -1,6 +1,7 @@
 """The REST API in-process: a TestClient on a SQLite file seeded through crud, no scorer
 process. Weights are compared with common.selection applied to the seeded losses."""
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -13,8 +14,8 @@ from scorer_svc import crud
 from scorer_svc.config import Settings
 from scorer_svc.db import make_engine, make_sessionmaker
 from scorer_svc.main import build_service, create_app
+from scorer_svc.models import CheckpointRow
 from scorer_svc.state import ApiState
-from tests.conftest import free_port
 from tests.scorer_svc.test_store import fake_config
 
 N, UPDATE_TIMES, WINDOW_SIZE, RETRY_AFTER = 10, 6, 0.3, 7
@@ -41,7 +42,7 @@ def seed(state: ApiState) -> None:
         run = crud.create_run(session, config=config, n_no_labels=1)
         crud.create_run(session, config=fake_config("run-empty", 4), n_no_labels=0)
 
-        def add(step: int, k: int):  # type: ignore[no-untyped-def]
+        def add(step: int, k: int) -> CheckpointRow:
             return crud.add_checkpoint(
                 session, run=run, step=step, update_index=k, kind="lora",
                 sha256=f"{step:064d}", path=f"step-{step}", n_bytes=100 * step,
@@ -360,7 +361,8 @@ def test_run_id_too_long_is_422(client):
 
 
 def test_database_failure_is_503_with_retry_after(client, state):
-    state.sessions.kw["bind"].dispose()  # new connections open the file below
+    with state.sessions() as session:
+        session.get_bind().dispose()  # new connections open the file written below
     database = state.settings.data_dir / "scorer.db"
     database.write_bytes(b"this is not a SQLite database " * 200)
     for path in ("/v1/runs", "/v1/runs/run-a/weights", "/v1/runs/run-a/samples/0/losses"):
@@ -374,14 +376,24 @@ def test_database_failure_is_503_with_retry_after(client, state):
 # the app that owns its threads
 
 
+def service_threads() -> set[str]:
+    return {t.name for t in threading.enumerate()} & {"scorer", "intake"}
+
+
 def test_app_without_state_builds_and_stops_intake_and_worker(tmp_path):
-    settings = Settings(
-        data_dir=tmp_path / "data", device="cpu", zmq_url=f"tcp://127.0.0.1:{free_port()}"
-    )
+    settings = Settings(data_dir=tmp_path / "data", device="cpu", zmq_url="inproc://owned")
+    assert service_threads() == set()
     with TestClient(create_app(settings)) as client:
+        assert service_threads() == {"scorer", "intake"}
         assert client.get("/v1/runs").json() == []
         assert client.app.state.api.settings is settings
+    assert service_threads() == set()
     assert (tmp_path / "data" / "scorer.db").is_file()
+
+
+def test_app_with_state_starts_no_thread(client):
+    assert client.get("/v1/runs/run-a").status_code == 200
+    assert service_threads() == set()
 
 
 def test_api_and_worker_share_one_failures_object(tmp_path):
