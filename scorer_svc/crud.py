@@ -10,17 +10,17 @@ import numpy as np
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
-from common.selection import Window as WindowData
+from common.selection import Window
 from scorer_svc.models import (
     FAILED,
     PENDING,
     RECEIVED,
     SCORED,
     SCORING,
-    Checkpoint,
+    CheckpointRow,
     Loss,
     Run,
-    Window,
+    WindowRow,
 )
 
 
@@ -57,41 +57,36 @@ def create_run(session: Session, *, config: dict, n_no_labels: int) -> Run:
     return run
 
 
-def set_initial_step(session: Session, *, run: Run, step: int) -> None:
-    run.initial_step = step
-    session.commit()
-
-
 # checkpoints
 
 
-def get_checkpoint(session: Session, *, run: Run, step: int) -> Checkpoint | None:
+def get_checkpoint(session: Session, *, run: Run, step: int) -> CheckpointRow | None:
     return session.scalar(
-        select(Checkpoint).where(Checkpoint.run_pk == run.id, Checkpoint.step == step)
+        select(CheckpointRow).where(CheckpointRow.run_pk == run.id, CheckpointRow.step == step)
     )
 
 
-def list_checkpoints(session: Session, *, run: Run) -> Sequence[Checkpoint]:
+def list_checkpoints(session: Session, *, run: Run) -> Sequence[CheckpointRow]:
     return session.scalars(
-        select(Checkpoint).where(Checkpoint.run_pk == run.id).order_by(Checkpoint.step)
+        select(CheckpointRow).where(CheckpointRow.run_pk == run.id).order_by(CheckpointRow.step)
     ).all()
 
 
 def scored_steps(session: Session, *, run: Run) -> list[int]:
     return list(
         session.scalars(
-            select(Checkpoint.step)
-            .where(Checkpoint.run_pk == run.id, Checkpoint.status == SCORED)
-            .order_by(Checkpoint.step)
+            select(CheckpointRow.step)
+            .where(CheckpointRow.run_pk == run.id, CheckpointRow.status == SCORED)
+            .order_by(CheckpointRow.step)
         )
     )
 
 
-def latest_scored(session: Session, *, run: Run) -> Checkpoint | None:
+def latest_scored(session: Session, *, run: Run) -> CheckpointRow | None:
     return session.scalar(
-        select(Checkpoint)
-        .where(Checkpoint.run_pk == run.id, Checkpoint.status == SCORED)
-        .order_by(Checkpoint.step.desc())
+        select(CheckpointRow)
+        .where(CheckpointRow.run_pk == run.id, CheckpointRow.status == SCORED)
+        .order_by(CheckpointRow.step.desc())
         .limit(1)
     )
 
@@ -106,8 +101,8 @@ def add_checkpoint(
     sha256: str,
     path: str,
     n_bytes: int,
-) -> Checkpoint:
-    checkpoint = Checkpoint(
+) -> CheckpointRow:
+    checkpoint = CheckpointRow(
         run_pk=run.id,
         step=step,
         update_index=update_index,
@@ -128,7 +123,7 @@ def add_checkpoint(
 def requeue(
     session: Session,
     *,
-    checkpoint: Checkpoint,
+    checkpoint: CheckpointRow,
     update_index: int,
     sha256: str,
     path: str,
@@ -146,16 +141,16 @@ def requeue(
     session.commit()
 
 
-def next_pending(session: Session, *, skip: Collection[int] = ()) -> Checkpoint | None:
+def next_pending(session: Session, *, skip: Collection[int] = ()) -> CheckpointRow | None:
     """The oldest checkpoint acknowledged but not scored (including one cut off mid-scoring),
     other than those in skip."""
-    query = select(Checkpoint).where(Checkpoint.status.in_(PENDING))
+    query = select(CheckpointRow).where(CheckpointRow.status.in_(PENDING))
     if skip:
-        query = query.where(Checkpoint.id.not_in(list(skip)))
-    return session.scalar(query.order_by(Checkpoint.id).limit(1))
+        query = query.where(CheckpointRow.id.not_in(list(skip)))
+    return session.scalar(query.order_by(CheckpointRow.id).limit(1))
 
 
-def mark_scoring(session: Session, *, checkpoint: Checkpoint) -> None:
+def mark_scoring(session: Session, *, checkpoint: CheckpointRow) -> None:
     checkpoint.status = SCORING
     checkpoint.started_at = now()
     checkpoint.error = None
@@ -164,8 +159,8 @@ def mark_scoring(session: Session, *, checkpoint: Checkpoint) -> None:
 
 def mark_received(session: Session, *, checkpoint_id: int) -> None:
     session.execute(
-        update(Checkpoint)
-        .where(Checkpoint.id == checkpoint_id)
+        update(CheckpointRow)
+        .where(CheckpointRow.id == checkpoint_id)
         .values(status=RECEIVED, started_at=None)
     )
     session.commit()
@@ -173,8 +168,8 @@ def mark_received(session: Session, *, checkpoint_id: int) -> None:
 
 def mark_failed(session: Session, *, checkpoint_id: int, error: str) -> None:
     session.execute(
-        update(Checkpoint)
-        .where(Checkpoint.id == checkpoint_id)
+        update(CheckpointRow)
+        .where(CheckpointRow.id == checkpoint_id)
         .values(status=FAILED, error=error, finished_at=now())
     )
     session.commit()
@@ -183,18 +178,18 @@ def mark_failed(session: Session, *, checkpoint_id: int, error: str) -> None:
 def store_scores(
     session: Session,
     *,
-    checkpoint: Checkpoint,
+    checkpoint: CheckpointRow,
     losses: np.ndarray,
-    window: WindowData | None,
+    window: Window | None,
     seconds: float,
 ) -> None:
     """All of a checkpoint's losses, its window and its status, in one transaction."""
     values = _nullable(losses)
     if values:
-        _insert_losses(session, checkpoint.run_pk, checkpoint.step, values)
+        insert_losses(session, run_pk=checkpoint.run_pk, step=checkpoint.step, values=values)
     if window is not None:
         session.add(
-            Window(
+            WindowRow(
                 run_pk=checkpoint.run_pk,
                 step=checkpoint.step,
                 update_index=window.update_index,
@@ -208,8 +203,8 @@ def store_scores(
             )
         )
     session.execute(
-        update(Checkpoint)
-        .where(Checkpoint.id == checkpoint.id)
+        update(CheckpointRow)
+        .where(CheckpointRow.id == checkpoint.id)
         .values(
             status=SCORED,
             finished_at=now(),
@@ -230,15 +225,32 @@ def _is_sqlite(session: Session) -> bool:
     return session.get_bind().dialect.name == "sqlite"
 
 
-def _insert_losses(session: Session, run_pk: int, step: int, values: list[float | None]) -> None:
-    """One checkpoint's rows. On SQLite a plain executemany of tuples through the driver: the
-    ORM's per-row dictionaries made N = 200,000 take 1.7 s, this takes about 0.45 s."""
-    if _is_sqlite(session):
-        session.connection().exec_driver_sql(
-            "INSERT INTO losses (run_pk, step, sample_index, loss) VALUES (?, ?, ?, ?)",
-            [(run_pk, step, i, v) for i, v in enumerate(values)],
-        )
-        return
+# Each query below has a fast path for SQLite and a portable one for any other database;
+# both are public so that they can be compared on the same data.
+
+
+def insert_losses(
+    session: Session, *, run_pk: int, step: int, values: Sequence[float | None]
+) -> None:
+    """One checkpoint's rows: values[i] is sample i's loss, None for NULL."""
+    write = insert_losses_sqlite if _is_sqlite(session) else insert_losses_portable
+    write(session, run_pk=run_pk, step=step, values=values)
+
+
+def insert_losses_sqlite(
+    session: Session, *, run_pk: int, step: int, values: Sequence[float | None]
+) -> None:
+    """A plain executemany of tuples through the driver: the ORM's per-row dictionaries made
+    N = 200,000 take 1.7 s, this takes about 0.45 s."""
+    session.connection().exec_driver_sql(
+        "INSERT INTO losses (run_pk, step, sample_index, loss) VALUES (?, ?, ?, ?)",
+        [(run_pk, step, i, v) for i, v in enumerate(values)],
+    )
+
+
+def insert_losses_portable(
+    session: Session, *, run_pk: int, step: int, values: Sequence[float | None]
+) -> None:
     session.execute(
         insert(Loss),
         [
@@ -253,21 +265,11 @@ def _insert_losses(session: Session, run_pk: int, step: int, values: list[float 
 
 def losses_at(session: Session, *, run: Run, step: int) -> np.ndarray:
     """The N losses at a scored step as float64, NaN where NULL."""
-    if _is_sqlite(session):
-        return _losses_at_sqlite(session, run, step)
-    values = session.execute(
-        select(Loss.sample_index, Loss.loss)
-        .where(Loss.run_pk == run.id, Loss.step == step)
-        .order_by(Loss.sample_index)
-    ).all()
-    out = np.full(run.n_samples, np.nan)
-    for index, loss in values:
-        if loss is not None:
-            out[index] = loss
-    return out
+    read = losses_at_sqlite if _is_sqlite(session) else losses_at_portable
+    return read(session, run=run, step=step)
 
 
-def _losses_at_sqlite(session: Session, run: Run, step: int) -> np.ndarray:
+def losses_at_sqlite(session: Session, *, run: Run, step: int) -> np.ndarray:
     """Read straight from the driver's cursor into numpy (no Row objects): NULL comes back as
     +inf (9e999), which no stored loss can be, since only finite losses are stored."""
     cursor = session.connection().connection.dbapi_connection.cursor()  # type: ignore[union-attr]
@@ -284,6 +286,19 @@ def _losses_at_sqlite(session: Session, run: Run, step: int) -> np.ndarray:
     values = rows["v"]
     values[np.isinf(values)] = np.nan
     out[rows["i"]] = values
+    return out
+
+
+def losses_at_portable(session: Session, *, run: Run, step: int) -> np.ndarray:
+    rows = session.execute(
+        select(Loss.sample_index, Loss.loss)
+        .where(Loss.run_pk == run.id, Loss.step == step)
+        .order_by(Loss.sample_index)
+    ).all()
+    out = np.full(run.n_samples, np.nan)
+    for index, loss in rows:
+        if loss is not None:
+            out[index] = loss
     return out
 
 
@@ -309,31 +324,42 @@ def loss_page(session: Session, *, run: Run, step: int, offset: int, limit: int)
 
 def sample_history(session: Session, *, run: Run, sample_index: int) -> list[tuple]:
     """(step, update_index, loss) of one sample at every scored checkpoint, by step."""
-    if _is_sqlite(session):
-        # Without statistics SQLite scans the run's whole primary-key range (every loss of
-        # every step: 0.5 s at 50 checkpoints x 200,000) instead of the per-sample index.
-        return [
-            tuple(row)
-            for row in session.connection().exec_driver_sql(
-                "SELECT l.step, c.update_index, l.loss FROM losses AS l "
-                "INDEXED BY ix_losses_sample "
-                "JOIN checkpoints AS c ON c.run_pk = l.run_pk AND c.step = l.step "
-                "WHERE l.run_pk = ? AND l.sample_index = ? ORDER BY l.step",
-                (run.id, sample_index),
+    read = sample_history_sqlite if _is_sqlite(session) else sample_history_portable
+    return read(session, run=run, sample_index=sample_index)
+
+
+def sample_history_sqlite(session: Session, *, run: Run, sample_index: int) -> list[tuple]:
+    """Without statistics SQLite scans the run's whole primary-key range (every loss of every
+    step: 0.5 s at 50 checkpoints x 200,000) instead of the per-sample index: named here."""
+    return [
+        tuple(row)
+        for row in session.connection().exec_driver_sql(
+            "SELECT l.step, c.update_index, l.loss FROM losses AS l "
+            "INDEXED BY ix_losses_sample "
+            "JOIN checkpoints AS c ON c.run_pk = l.run_pk AND c.step = l.step "
+            "WHERE l.run_pk = ? AND l.sample_index = ? ORDER BY l.step",
+            (run.id, sample_index),
+        )
+    ]
+
+
+def sample_history_portable(session: Session, *, run: Run, sample_index: int) -> list[tuple]:
+    return [
+        tuple(row)
+        for row in session.execute(
+            select(Loss.step, CheckpointRow.update_index, Loss.loss)
+            .join(
+                CheckpointRow,
+                (CheckpointRow.run_pk == Loss.run_pk) & (CheckpointRow.step == Loss.step),
             )
-        ]
-    return list(
-        session.execute(
-            select(Loss.step, Checkpoint.update_index, Loss.loss)
-            .join(Checkpoint, (Checkpoint.run_pk == Loss.run_pk) & (Checkpoint.step == Loss.step))
             .where(Loss.run_pk == run.id, Loss.sample_index == sample_index)
             .order_by(Loss.step)
-        ).all()
-    )
+        )
+    ]
 
 
-def get_window(session: Session, *, run: Run, step: int) -> Window | None:
-    return session.get(Window, (run.id, step))
+def get_window(session: Session, *, run: Run, step: int) -> WindowRow | None:
+    return session.get(WindowRow, (run.id, step))
 
 
 def count_null_at(session: Session, *, run: Run, step: int) -> int:

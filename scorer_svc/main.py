@@ -1,34 +1,57 @@
-"""The app factory: builds the scorer's parts, starts intake and worker with the app."""
+"""The app factory. Given prepared API state it serves that alone (the caller owns any
+threads); otherwise it builds the scorer's parts and runs intake and worker with the app."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Engine
 
-from common.selection import SelectionError
+from scorer_svc.api.errors import add_error_handlers
 from scorer_svc.api.routes import health, losses, runs, weights
-from scorer_svc.api.steps import NotScoredYet
 from scorer_svc.auth import OPEN_PATHS, bearer, same_token
 from scorer_svc.config import Settings
 from scorer_svc.db import make_engine, make_sessionmaker
+from scorer_svc.failures import UnrecordedFailures
 from scorer_svc.intake import Intake, IntakeServer
 from scorer_svc.registry import Registry
-from scorer_svc.state import ServiceState
-from scorer_svc.weights import WeightsCache
+from scorer_svc.state import ApiState
 from scorer_svc.worker import Worker
 
 log = logging.getLogger(__name__)
 
 HEADER_MARGIN = 1 << 20
 
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
-def build_state(settings: Settings) -> ServiceState:
+
+@dataclass
+class Background:
+    """The threads that fill the database, and the engine they share with the API."""
+
+    engine: Engine
+    worker: Worker
+    intake: IntakeServer
+
+    def start(self) -> None:
+        self.worker.start()
+        self.intake.start()
+
+    def stop(self) -> None:
+        log.info("stopping: intake first, then the worker")
+        self.intake.stop()
+        self.worker.stop()
+        self.engine.dispose()
+        log.info("stopped")
+
+
+def build_service(settings: Settings) -> tuple[ApiState, Background]:
+    """Every part of a scorer, nothing started; the API and the worker share the failures."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(
         settings.resolved_database_url,
@@ -36,7 +59,10 @@ def build_state(settings: Settings) -> ServiceState:
     )
     sessions = make_sessionmaker(engine)
     registry = Registry(settings)
-    worker = Worker(sessions, registry, keep_checkpoints=settings.keep_checkpoints)
+    failures = UnrecordedFailures()
+    worker = Worker(
+        sessions, registry, failures=failures, keep_checkpoints=settings.keep_checkpoints
+    )
     intake = IntakeServer(
         settings.zmq_url,
         Intake(settings, sessions, registry, on_queued=worker.wake),
@@ -44,47 +70,63 @@ def build_state(settings: Settings) -> ServiceState:
         curve_secret_key_file=settings.curve_secret_key_file,
         curve_authorized_keys_dir=settings.curve_authorized_keys_dir,
     )
-    return ServiceState(settings, engine, sessions, worker, intake, WeightsCache())
+    api = ApiState(settings, sessions, failures=failures)
+    return api, Background(engine, worker, intake)
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, state: ApiState | None = None) -> FastAPI:
+    """state: serve it as given, starting nothing; it must carry these settings."""
+    if state is not None and state.settings is not settings:
+        raise ValueError("the state given was built with other settings than the app's")
+    app = FastAPI(
+        title="delta-loss scorer",
+        description="Per-sample losses of every checkpoint and Delta Loss sampling weights.",
+        lifespan=_owned_service(settings) if state is None else _given_state(state),
+    )
+    for module in (health, runs, losses, weights):
+        app.include_router(module.router)
+    add_error_handlers(app, settings)
+    _require_token(app, settings.shared_token())
+    return app
+
+
+def _given_state(state: ApiState) -> Lifespan:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = build_state(settings)
-        app.state.service = state
-        for address in settings.exposed_addresses():
-            log.warning("listening beyond loopback at %s", address)
-        if settings.token is None and settings.token_file is None:
-            log.info("no token set: any local process can use this scorer")
-        state.worker.start()
-        state.intake.start()
+        app.state.api = state
+        yield
+
+    return lifespan
+
+
+def _owned_service(settings: Settings) -> Lifespan:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        api, background = build_service(settings)
+        app.state.api = api
+        _log_exposure(settings)
+        background.start()
         log.info(
             "scorer ready: ZeroMQ %s, REST http://%s:%d, database %s, device %s",
             settings.zmq_url,
             settings.http_host,
             settings.http_port,
             settings.resolved_database_url,
-            state.worker.registry.device,
+            background.worker.registry.device,
         )
         try:
             yield
         finally:
-            log.info("stopping: intake first, then the worker")
-            state.intake.stop()
-            state.worker.stop()
-            state.engine.dispose()
-            log.info("stopped")
+            background.stop()
 
-    app = FastAPI(
-        title="delta-loss scorer",
-        description="Per-sample losses of every checkpoint and Delta Loss sampling weights.",
-        lifespan=lifespan,
-    )
-    for module in (health, runs, losses, weights):
-        app.include_router(module.router)
-    _add_error_handlers(app, settings)
-    _require_token(app, settings.shared_token())
-    return app
+    return lifespan
+
+
+def _log_exposure(settings: Settings) -> None:
+    for address in settings.exposed_addresses():
+        log.warning("listening beyond loopback at %s", address)
+    if settings.token is None and settings.token_file is None:
+        log.info("no token set: any local process can use this scorer")
 
 
 def _require_token(app: FastAPI, token: str | None) -> None:
@@ -101,38 +143,4 @@ def _require_token(app: FastAPI, token: str | None) -> None:
             status_code=401,
             content={"detail": "missing or wrong token: send Authorization: Bearer <token>"},
             headers={"WWW-Authenticate": "Bearer"},
-        )
-
-
-def _add_error_handlers(app: FastAPI, settings: Settings) -> None:
-    @app.exception_handler(NotScoredYet)
-    async def pending(_: Request, exc: NotScoredYet) -> JSONResponse:
-        checkpoint = exc.checkpoint
-        return JSONResponse(
-            status_code=202,
-            content={
-                "detail": f"step {checkpoint.step} is {checkpoint.status}; retry shortly",
-                "status": checkpoint.status,
-            },
-            headers={"Retry-After": str(settings.retry_after_seconds)},
-        )
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        return JSONResponse(status_code=422, content={"detail": problems})
-
-    @app.exception_handler(SelectionError)
-    async def no_weights(_: Request, exc: SelectionError) -> JSONResponse:
-        return JSONResponse(status_code=409, content={"detail": f"no weights: {exc}"})
-
-    @app.exception_handler(SQLAlchemyError)
-    async def database(_: Request, exc: SQLAlchemyError) -> JSONResponse:
-        log.error("database error while serving a request: %s", exc)
-        return JSONResponse(
-            status_code=503,
-            content={"detail": f"the scorer's database is unavailable: {type(exc).__name__}"},
-            headers={"Retry-After": str(settings.retry_after_seconds)},
         )

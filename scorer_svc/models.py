@@ -42,7 +42,7 @@ class Run(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
 
 
-class Checkpoint(Base):
+class CheckpointRow(Base):
     __tablename__ = "checkpoints"
     __table_args__ = (
         UniqueConstraint("run_pk", "step"),
@@ -85,7 +85,7 @@ class Loss(Base):
     loss: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
-class Window(Base):
+class WindowRow(Base):
     """Where the window sat at an update k >= 2: with the losses, rebuilds the weights."""
 
     __tablename__ = "windows"

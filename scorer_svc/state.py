@@ -1,23 +1,21 @@
-"""The scorer's parts, built once at start and shared by the routes and the threads."""
+"""What the routes read: settings, sessions, the weights cache and the failures the database
+could not store. Built from a database alone; the threads that fill it are not part of it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from scorer_svc.config import Settings
-from scorer_svc.intake import IntakeServer
+from scorer_svc.failures import UnrecordedFailures
 from scorer_svc.weights import WeightsCache
-from scorer_svc.worker import Worker
 
 
 @dataclass
-class ServiceState:
+class ApiState:
     settings: Settings
-    engine: Engine
     sessions: sessionmaker[Session]
-    worker: Worker
-    intake: IntakeServer
-    weights: WeightsCache
+    weights: WeightsCache = field(default_factory=WeightsCache)
+    # the worker's, when one runs: the same object must be handed to both
+    failures: UnrecordedFailures = field(default_factory=UnrecordedFailures)

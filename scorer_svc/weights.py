@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
+from cachetools import LRUCache
 from sqlalchemy.orm import Session
 
 from common.selection import Window, rank_by_delta, uniform_weights, weights_from_window
 from scorer_svc import crud
-from scorer_svc.models import Checkpoint, Run
+from scorer_svc.models import CheckpointRow, Run
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class Weights:
+class ServedWeights:
     step: int
     update_index: int
     window: Window | None
@@ -25,55 +28,59 @@ class Weights:
 
 
 class WeightsCache:
-    """Recently served weights; a scored checkpoint's weights never change."""
+    """Recently served weights, and each run's initial losses (N float64, read once rather than
+    at every update); a scored checkpoint's weights never change. Safe across threads: two
+    requests for the same missing entry may both build it, and the results are equal."""
 
     def __init__(self, size: int = 8) -> None:
-        self._items: OrderedDict[tuple[int, int], Weights] = OrderedDict()
-        self._size = size
+        self._weights: LRUCache[tuple[int, int], ServedWeights] = LRUCache(maxsize=size)
+        self._initial: LRUCache[tuple[int, int], np.ndarray] = LRUCache(maxsize=size)
         self._lock = threading.Lock()
-        # Each run's initial losses, read once rather than at every update (N float64 each).
-        self._initial: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
 
-    def get(self, session: Session, run: Run, checkpoint: Checkpoint) -> Weights:
-        key = (run.id, checkpoint.step)
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-        weights = build_weights(session, run, checkpoint, initial=self._initial_losses)
-        with self._lock:
-            self._items[key] = weights
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
-        return weights
+    def get(self, session: Session, run: Run, checkpoint: CheckpointRow) -> ServedWeights:
+        return self._cached(
+            self._weights,
+            (run.id, checkpoint.step),
+            lambda: build_weights(session, run, checkpoint, initial=self._initial_losses),
+        )
 
     def _initial_losses(self, session: Session, run: Run, step: int) -> np.ndarray:
-        key = (run.id, step)
+        return self._cached(
+            self._initial,
+            (run.id, step),
+            lambda: _read_only(crud.losses_at(session, run=run, step=step)),
+        )
+
+    def _cached(
+        self, cache: LRUCache[tuple[int, int], T], key: tuple[int, int], build: Callable[[], T]
+    ) -> T:
         with self._lock:
-            if key in self._initial:
-                self._initial.move_to_end(key)
-                return self._initial[key]
-        losses = crud.losses_at(session, run=run, step=step)
-        losses.setflags(write=False)
+            found = cache.get(key)
+        if found is not None:
+            return found
+        value = build()  # outside the lock: reading N losses must not hold up other requests
         with self._lock:
-            self._initial[key] = losses
-            while len(self._initial) > self._size:
-                self._initial.popitem(last=False)
-        return losses
+            cache[key] = value
+        return value
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.setflags(write=False)
+    return array
 
 
 def build_weights(
     session: Session,
     run: Run,
-    checkpoint: Checkpoint,
+    checkpoint: CheckpointRow,
     *,
     initial: Callable[[Session, Run, int], np.ndarray] | None = None,
-) -> Weights:
+) -> ServedWeights:
     """initial(session, run, step) reads the initial losses (a cache may answer)."""
     current = crud.losses_at(session, run=run, step=checkpoint.step)
     if checkpoint.update_index == 1:
         values = uniform_weights(current)
-        return Weights(checkpoint.step, 1, None, int(np.isfinite(current).sum()), values)
+        return ServedWeights(checkpoint.step, 1, None, int(np.isfinite(current).sum()), values)
     row = crud.get_window(session, run=run, step=checkpoint.step)
     if row is None or run.initial_step is None:
         raise LookupError(f"step {checkpoint.step} of run {run.run_id} has no stored window")
@@ -92,7 +99,7 @@ def build_weights(
     else:
         init = initial(session, run, run.initial_step)
     ranking = rank_by_delta(init - current)
-    return Weights(
+    return ServedWeights(
         checkpoint.step,
         checkpoint.update_index,
         window,

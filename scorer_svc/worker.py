@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from common.selection import delta_window
 from scorer_svc import crud
-from scorer_svc.models import FAILED, SCORED, Checkpoint, Run
+from scorer_svc.failures import UnrecordedFailures
+from scorer_svc.models import FAILED, SCORED, CheckpointRow, Run
 from scorer_svc.registry import Registry
 from scorer_svc.scoring import ScoringAborted, timed_score
 from scorer_svc.store import read_checkpoint
@@ -24,18 +25,21 @@ IDLE_WAIT_S = 0.5
 
 class Worker:
     def __init__(
-        self, sessions: sessionmaker[Session], registry: Registry, *, keep_checkpoints: bool
+        self,
+        sessions: sessionmaker[Session],
+        registry: Registry,
+        *,
+        failures: UnrecordedFailures,
+        keep_checkpoints: bool,
     ) -> None:
+        """failures: where a failure the database cannot take is kept (the API reads it)."""
         self.sessions = sessions
         self.registry = registry
+        self.failures = failures
         self.keep_checkpoints = keep_checkpoints
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="scorer", daemon=True)
-        # Failures the database could not take (read-only, locked): served from here and
-        # written when the database accepts them again.
-        self.unrecorded_failures: dict[int, str] = {}
-        self._lock = threading.Lock()
 
     def start(self) -> None:
         self._thread.start()
@@ -64,17 +68,11 @@ class Worker:
         """Score the oldest pending checkpoint; False when there was none."""
         self._record_failures()
         with self.sessions() as session:
-            with self._lock:
-                skip = set(self.unrecorded_failures)
-            checkpoint = crud.next_pending(session, skip=skip)
+            checkpoint = crud.next_pending(session, skip=self.failures.pending().keys())
             if checkpoint is None:
                 return False
             self._score(session, checkpoint)
             return True
-
-    def failure_of(self, checkpoint_id: int) -> str | None:
-        with self._lock:
-            return self.unrecorded_failures.get(checkpoint_id)
 
     def _fail(self, session: Session, checkpoint_id: int, error: str) -> None:
         try:
@@ -86,22 +84,18 @@ class Worker:
                 checkpoint_id,
                 type(db_error).__name__,
             )
-            with self._lock:
-                self.unrecorded_failures[checkpoint_id] = error
+            self.failures.record(checkpoint_id, error)
 
     def _record_failures(self) -> None:
-        with self._lock:
-            pending = dict(self.unrecorded_failures)
-        for checkpoint_id, error in pending.items():
+        for checkpoint_id, error in self.failures.pending().items():
             try:
                 with self.sessions() as session:
                     crud.mark_failed(session, checkpoint_id=checkpoint_id, error=error)
             except SQLAlchemyError:
                 return  # still unavailable; try again on the next round
-            with self._lock:
-                self.unrecorded_failures.pop(checkpoint_id, None)
+            self.failures.forget(checkpoint_id)
 
-    def _score(self, session: Session, checkpoint: Checkpoint) -> None:
+    def _score(self, session: Session, checkpoint: CheckpointRow) -> None:
         run = session.get(Run, checkpoint.run_pk)
         assert run is not None
         label = f"run {run.run_id} step {checkpoint.step}"
@@ -147,7 +141,7 @@ class Worker:
             Path(checkpoint.path).unlink(missing_ok=True)
 
     @staticmethod
-    def _window(session: Session, run: Run, checkpoint: Checkpoint, losses):  # type: ignore[no-untyped-def]
+    def _window(session: Session, run: Run, checkpoint: CheckpointRow, losses):  # type: ignore[no-untyped-def]
         assert run.initial_step is not None
         initial = crud.get_checkpoint(session, run=run, step=run.initial_step)
         if initial is None or initial.status != SCORED:

@@ -1,31 +1,50 @@
-"""Typed dependencies: a database session per request, the service state, the run in the path."""
+"""Typed dependencies: the API state, a database session per request, the run in the path and
+the scored checkpoint a request names."""
 
-from __future__ import annotations
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from collections.abc import Iterator
-from typing import Annotated
-
-from fastapi import Depends, HTTPException, Path, Request
+from fastapi import Depends, HTTPException, Path, Query, Request
 from sqlalchemy.orm import Session
 
+from common.protocol import MAX_STEP
 from scorer_svc import crud
-from scorer_svc.models import Run
-from scorer_svc.state import ServiceState
+from scorer_svc.api.errors import NotScoredYet
+from scorer_svc.failures import UnrecordedFailures
+from scorer_svc.models import FAILED, SCORED, CheckpointRow, Run
+from scorer_svc.schemas import Pending
+from scorer_svc.state import ApiState
+from scorer_svc.weights import WeightsCache
 
 
-def get_state(request: Request) -> ServiceState:
-    return request.app.state.service
+def get_api(request: Request) -> ApiState:
+    return request.app.state.api
 
 
-StateDep = Annotated[ServiceState, Depends(get_state)]
+ApiDep = Annotated[ApiState, Depends(get_api)]
 
 
-def get_session(state: StateDep) -> Iterator[Session]:
-    with state.sessions() as session:
+def get_session(api: ApiDep) -> Iterator[Session]:
+    with api.sessions() as session:
         yield session
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_weights_cache(api: ApiDep) -> WeightsCache:
+    return api.weights
+
+
+WeightsCacheDep = Annotated[WeightsCache, Depends(get_weights_cache)]
+
+
+def get_failures(api: ApiDep) -> UnrecordedFailures:
+    return api.failures
+
+
+FailuresDep = Annotated[UnrecordedFailures, Depends(get_failures)]
 
 
 def get_run(
@@ -39,3 +58,92 @@ def get_run(
 
 
 RunDep = Annotated[Run, Depends(get_run)]
+
+
+def get_step(
+    step: Annotated[
+        int | None, Query(ge=0, le=MAX_STEP, description="a step; default the latest scored")
+    ] = None,
+) -> int | None:
+    return step
+
+
+StepDep = Annotated[int | None, Depends(get_step)]
+
+
+def _no_other_query() -> None:
+    return None
+
+
+def scored_checkpoint(
+    after: Callable[..., object] = _no_other_query,
+) -> Callable[..., CheckpointRow]:
+    """The dependency giving the checkpoint a request names by `step` (default the latest
+    scored): 404 when there is none, 409 when its scoring failed (in the database or only in
+    memory), 202 while it is pending.
+
+    after: a dependency holding the route's other query parameters. It is solved before the
+    checkpoint is looked up, so a bad value in any of them is a 422, not a 404, 409 or 202
+    (FastAPI calls a dependency only when its own parameters are valid)."""
+
+    def get_scored_checkpoint(
+        session: SessionDep,
+        run: RunDep,
+        failures: FailuresDep,
+        step: StepDep,
+        _: Annotated[object, Depends(after)],
+    ) -> CheckpointRow:
+        checkpoint = _named_checkpoint(session, run, step)
+        error = checkpoint.error if checkpoint.status == FAILED else failures.get(checkpoint.id)
+        if error is not None:
+            raise HTTPException(409, detail=f"scoring step {checkpoint.step} failed: {error}")
+        if checkpoint.status != SCORED:
+            raise NotScoredYet(checkpoint.step, checkpoint.status)
+        return checkpoint
+
+    return get_scored_checkpoint
+
+
+ScoredCheckpointDep = Annotated[CheckpointRow, Depends(scored_checkpoint())]
+
+
+@dataclass(frozen=True)
+class Page:
+    offset: int
+    limit: int
+
+
+MAX_PAGE = 100_000
+
+
+def get_page(
+    offset: Annotated[int, Query(ge=0, le=MAX_STEP)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1000,
+) -> Page:
+    return Page(offset, limit)
+
+
+PageDep = Annotated[Page, Depends(get_page)]
+# The scored checkpoint of a paged route: a bad offset or limit is a 422 before any 404.
+ScoredPagedCheckpointDep = Annotated[CheckpointRow, Depends(scored_checkpoint(after=get_page))]
+
+# The answers scored_checkpoint adds to a route's own, for its OpenAPI description.
+SCORED_CHECKPOINT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {"model": Pending, "description": "queued or scoring; retry after Retry-After"},
+    404: {"description": "unknown run, or a step never received"},
+    409: {"description": "scoring this checkpoint failed"},
+}
+
+
+def _named_checkpoint(session: Session, run: Run, step: int | None) -> CheckpointRow:
+    if step is None:
+        latest = crud.latest_scored(session, run=run)
+        if latest is None:
+            raise HTTPException(404, detail=f"run {run.run_id} has no scored checkpoint yet")
+        return latest
+    checkpoint = crud.get_checkpoint(session, run=run, step=step)
+    if checkpoint is None:
+        raise HTTPException(
+            404, detail=f"run {run.run_id} has no checkpoint at step {step}; see /checkpoints"
+        )
+    return checkpoint

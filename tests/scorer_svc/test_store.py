@@ -1,8 +1,15 @@
-"""Checkpoints on disk: raw frames written as safetensors read back bit for bit."""
+"""Storage: checkpoints on disk (raw frames written as safetensors read back bit for bit), and
+loss rows in SQLite (each query's fast path and portable path give the same results)."""
 
+import numpy as np
+import pytest
 import torch
+from sqlalchemy import select
 
 from common.protocol import decode_request, encode_checkpoint, raw_tensors
+from scorer_svc import crud
+from scorer_svc.db import make_engine, make_sessionmaker
+from scorer_svc.models import Loss
 from scorer_svc.store import read_checkpoint, write_raw_checkpoint
 
 
@@ -24,3 +31,91 @@ def test_raw_frames_become_a_safetensors_file_with_the_same_tensors(tmp_path):
     assert back.keys() == tensors.keys()
     for name, tensor in tensors.items():
         assert back[name].dtype == tensor.dtype and torch.equal(back[name], tensor), name
+
+
+# Loss rows: the SQLite fast path and the portable path of each query, on one SQLite file.
+
+N = 5
+STEPS = {2: 1, 4: 2, 6: 3}  # step: update index
+LOSSES = {  # run "a"; run "b" holds these plus 10, so a query that ignores the run shows
+    2: [1.0, None, 2.5, 0.25, 3.0],
+    4: [0.5, None, 2.75, None, 1.0],
+    6: [0.125, 4.0, 2.0, 0.0, None],
+}
+WRITERS = {"a": crud.insert_losses_sqlite, "b": crud.insert_losses_portable}
+
+
+def fake_config(run_id: str, n_samples: int, **over) -> dict:
+    """The fields of a hello that crud.create_run stores."""
+    config = {
+        "run_id": run_id, "base_model": "none", "finetuning_type": "lora",
+        "fingerprint": "0" * 64, "n_samples": n_samples, "window_size": 0.25, "update_times": 3,
+    }  # fmt: skip
+    return {**config, **over}
+
+
+def expected(run_id: str, step: int) -> list[float | None]:
+    shift = 0 if run_id == "a" else 10
+    return [None if v is None else v + shift for v in LOSSES[step]]
+
+
+@pytest.fixture
+def loss_db(tmp_path):
+    """Runs "a" (rows written by the SQLite path) and "b" (by the portable path), each with
+    three checkpoints holding losses and one received checkpoint without any."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'scorer.db'}")
+    sessions = make_sessionmaker(engine)
+    with sessions() as session:
+        for run_id, write in WRITERS.items():
+            run = crud.create_run(session, config=fake_config(run_id, N), n_no_labels=0)
+            for step, k in {**STEPS, 8: 1}.items():
+                crud.add_checkpoint(
+                    session, run=run, step=step, update_index=k, kind="lora",
+                    sha256="0" * 64, path="-", n_bytes=0,
+                )  # fmt: skip
+            for step in STEPS:
+                write(session, run_pk=run.id, step=step, values=expected(run_id, step))
+        session.commit()
+    yield sessions
+    engine.dispose()
+
+
+def test_both_insert_paths_store_every_value_and_null(loss_db):
+    with loss_db() as session:
+        for run_id in WRITERS:
+            run = crud.get_run(session, run_id=run_id)
+            for step in STEPS:
+                rows = session.execute(
+                    select(Loss.sample_index, Loss.loss)
+                    .where(Loss.run_pk == run.id, Loss.step == step)
+                    .order_by(Loss.sample_index)
+                ).all()
+                assert [tuple(r) for r in rows] == list(enumerate(expected(run_id, step)))
+
+
+@pytest.mark.parametrize("run_id", WRITERS)
+def test_both_loss_readers_give_the_stored_losses_nan_for_null(loss_db, run_id):
+    with loss_db() as session:
+        run = crud.get_run(session, run_id=run_id)
+        for step in STEPS:
+            want = np.array([np.nan if v is None else v for v in expected(run_id, step)])
+            fast = crud.losses_at_sqlite(session, run=run, step=step)
+            portable = crud.losses_at_portable(session, run=run, step=step)
+            for got in (fast, portable, crud.losses_at(session, run=run, step=step)):
+                assert got.dtype == np.float64
+                np.testing.assert_array_equal(got, want)
+        for read in (crud.losses_at_sqlite, crud.losses_at_portable):  # a step without rows
+            assert np.isnan(read(session, run=run, step=8)).all()
+
+
+@pytest.mark.parametrize("run_id", WRITERS)
+def test_both_history_queries_give_each_scored_step_of_a_sample(loss_db, run_id):
+    with loss_db() as session:
+        run = crud.get_run(session, run_id=run_id)
+        for index in range(N):
+            want = [(step, k, expected(run_id, step)[index]) for step, k in STEPS.items()]
+            fast = crud.sample_history_sqlite(session, run=run, sample_index=index)
+            portable = crud.sample_history_portable(session, run=run, sample_index=index)
+            assert fast == portable == want
+            assert crud.sample_history(session, run=run, sample_index=index) == want
+        assert crud.sample_history_portable(session, run=run, sample_index=N) == []

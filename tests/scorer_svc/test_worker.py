@@ -10,8 +10,9 @@ from common.protocol import encode_checkpoint, encode_hello
 from scorer_svc import crud
 from scorer_svc.config import Settings
 from scorer_svc.db import make_engine, make_sessionmaker
+from scorer_svc.failures import UnrecordedFailures
 from scorer_svc.intake import Intake
-from scorer_svc.models import RECEIVED, SCORED, SCORING, Checkpoint, Loss
+from scorer_svc.models import RECEIVED, SCORED, SCORING, CheckpointRow, Loss
 from scorer_svc.registry import Registry
 from scorer_svc.worker import Worker
 from tests.support.data import make_samples
@@ -41,7 +42,7 @@ def queued(tiny_model, tmp_path):
 
 def _status_and_rows(sessions):
     with sessions() as session:
-        checkpoint = session.scalar(select(Checkpoint))
+        checkpoint = session.scalar(select(CheckpointRow))
         rows = session.scalars(select(Loss)).all()
         return checkpoint.status, len(rows), checkpoint.path
 
@@ -49,9 +50,11 @@ def _status_and_rows(sessions):
 def test_checkpoint_cut_off_while_scoring_is_scored_by_a_new_worker(queued):
     settings, sessions = queued
     with sessions() as session:  # a scorer that died mid-scoring leaves the row like this
-        crud.mark_scoring(session, checkpoint=session.scalar(select(Checkpoint)))
+        crud.mark_scoring(session, checkpoint=session.scalar(select(CheckpointRow)))
     assert _status_and_rows(sessions)[:2] == (SCORING, 0)
-    worker = Worker(sessions, Registry(settings), keep_checkpoints=False)
+    worker = Worker(
+        sessions, Registry(settings), failures=UnrecordedFailures(), keep_checkpoints=False
+    )
     assert worker.run_once() is True
     status, n_rows, path = _status_and_rows(sessions)
     assert (status, n_rows) == (SCORED, 10)
@@ -61,7 +64,9 @@ def test_checkpoint_cut_off_while_scoring_is_scored_by_a_new_worker(queued):
 
 def test_stop_during_scoring_leaves_the_checkpoint_pending_and_stores_nothing(queued):
     settings, sessions = queued
-    worker = Worker(sessions, Registry(settings), keep_checkpoints=False)
+    worker = Worker(
+        sessions, Registry(settings), failures=UnrecordedFailures(), keep_checkpoints=False
+    )
     worker._stop.set()  # the stop arrives before the first batch
     assert worker.run_once() is True
     status, n_rows, path = _status_and_rows(sessions)
@@ -75,12 +80,13 @@ def test_read_only_database_fails_the_checkpoint_in_memory_then_on_disk(queued):
     read_only = make_sessionmaker(
         make_engine(f"sqlite:///file:{db_path}?mode=ro&uri=true", busy_timeout_seconds=1)
     )
-    worker = Worker(read_only, Registry(settings), keep_checkpoints=False)
+    failures = UnrecordedFailures()
+    worker = Worker(read_only, Registry(settings), failures=failures, keep_checkpoints=False)
     assert worker.run_once() is True
     with sessions() as session:
-        checkpoint = session.scalar(select(Checkpoint))
+        checkpoint = session.scalar(select(CheckpointRow))
         assert checkpoint.status == RECEIVED  # the database could not take any write
-        error = worker.failure_of(checkpoint.id)
+        error = failures.get(checkpoint.id)
     assert error is not None and "readonly" in error
     assert _status_and_rows(sessions)[1] == 0
     assert worker.run_once() is False  # not retried while the failure stands
@@ -88,4 +94,4 @@ def test_read_only_database_fails_the_checkpoint_in_memory_then_on_disk(queued):
     worker.run_once()
     status, n_rows, _ = _status_and_rows(sessions)
     assert (status, n_rows) == ("failed", 0)
-    assert worker.failure_of(checkpoint.id) is None
+    assert failures.get(checkpoint.id) is None and failures.pending() == {}

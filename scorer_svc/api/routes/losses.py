@@ -2,38 +2,35 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException
 from fastapi import Path as PathParam
 
 from common.protocol import MAX_STEP
 from scorer_svc import crud
-from scorer_svc.api.deps import RunDep, SessionDep, StateDep
-from scorer_svc.api.steps import scored_checkpoint
+from scorer_svc.api.deps import (
+    SCORED_CHECKPOINT_RESPONSES,
+    PageDep,
+    RunDep,
+    ScoredPagedCheckpointDep,
+    SessionDep,
+)
 from scorer_svc.schemas import LossPage, LossPoint, SampleHistory
 
 router = APIRouter(prefix="/v1/runs/{run_id}", tags=["losses"])
 
-MAX_PAGE = 100_000
 
-
-@router.get("/losses")
+@router.get("/losses", responses=SCORED_CHECKPOINT_RESPONSES)
 def losses_at_step(
-    session: SessionDep,
-    state: StateDep,
-    run: RunDep,
-    step: Annotated[
-        int | None, Query(ge=0, le=MAX_STEP, description="a scored step; default the latest")
-    ] = None,
-    offset: Annotated[int, Query(ge=0, le=MAX_STEP)] = 0,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1000,
+    session: SessionDep, run: RunDep, checkpoint: ScoredPagedCheckpointDep, page: PageDep
 ) -> LossPage:
-    checkpoint = scored_checkpoint(session, run, step, state.worker.failure_of)
-    values = crud.loss_page(session, run=run, step=checkpoint.step, offset=offset, limit=limit)
+    values = crud.loss_page(
+        session, run=run, step=checkpoint.step, offset=page.offset, limit=page.limit
+    )
     return LossPage(
         run_id=run.run_id,
         step=checkpoint.step,
-        offset=offset,
-        limit=limit,
+        offset=page.offset,
+        limit=page.limit,
         n_samples=run.n_samples,
         losses=values,
     )

@@ -3,12 +3,18 @@
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Response
 
-from common.protocol import MAX_STEP
-from scorer_svc.api.deps import RunDep, SessionDep, StateDep
-from scorer_svc.api.steps import scored_checkpoint
-from scorer_svc.schemas import Pending, WeightsBody, WindowInfo
+from scorer_svc.api.deps import (
+    SCORED_CHECKPOINT_RESPONSES,
+    RunDep,
+    ScoredCheckpointDep,
+    SessionDep,
+    WeightsCacheDep,
+)
+from scorer_svc.models import Run
+from scorer_svc.schemas import WeightsBody, WindowInfo
+from scorer_svc.weights import ServedWeights
 
 router = APIRouter(prefix="/v1/runs/{run_id}", tags=["weights"])
 
@@ -18,29 +24,25 @@ OCTET = "application/octet-stream"
 @router.get(
     "/weights",
     response_model=WeightsBody,
-    responses={
-        202: {"model": Pending, "description": "queued or scoring; retry after Retry-After"},
-        404: {"description": "unknown run, or a step never received"},
-        409: {"description": "scoring this checkpoint failed"},
-        200: {"content": {OCTET: {}}},
-    },
+    responses={**SCORED_CHECKPOINT_RESPONSES, 200: {"content": {OCTET: {}}}},
 )
 def get_weights(
     session: SessionDep,
-    state: StateDep,
+    cache: WeightsCacheDep,
     run: RunDep,
-    step: Annotated[
-        int | None, Query(ge=0, le=MAX_STEP, description="a step; default the latest scored")
-    ] = None,
+    checkpoint: ScoredCheckpointDep,
     accept: Annotated[str | None, Header()] = None,
 ) -> Response | WeightsBody:
-    checkpoint = scored_checkpoint(session, run, step, state.worker.failure_of)
-    weights = state.weights.get(session, run, checkpoint)
-    window = weights.window
-    headers = {"X-Step": str(weights.step), "X-Update-Index": str(weights.update_index)}
+    weights = cache.get(session, run, checkpoint)
     if accept and OCTET in accept:
+        headers = {"X-Step": str(weights.step), "X-Update-Index": str(weights.update_index)}
         data = weights.values.astype("<f4").tobytes()
         return Response(content=data, media_type=OCTET, headers=headers)
+    return weights_body(run, weights)
+
+
+def weights_body(run: Run, weights: ServedWeights) -> WeightsBody:
+    window = weights.window
     return WeightsBody(
         run_id=run.run_id,
         step=weights.step,

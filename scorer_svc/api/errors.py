@@ -1,0 +1,58 @@
+"""Errors the routes raise and the JSON answers the API gives for them."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
+
+from common.selection import SelectionError
+from scorer_svc.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+class NotScoredYet(Exception):
+    """The checkpoint named is queued or being scored: answered 202 with Retry-After."""
+
+    def __init__(self, step: int, status: str) -> None:
+        super().__init__(status)
+        self.step = step
+        self.status = status
+
+
+def add_error_handlers(app: FastAPI, settings: Settings) -> None:
+    retry_after = {"Retry-After": str(settings.retry_after_seconds)}
+
+    @app.exception_handler(NotScoredYet)
+    async def pending(_: Request, exc: NotScoredYet) -> JSONResponse:
+        detail = f"step {exc.step} is {exc.status}; retry shortly"
+        return JSONResponse(
+            status_code=202,
+            content={"detail": detail, "status": exc.status},
+            headers=retry_after,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # A parameter shared by two dependencies of a route is reported by each: once here.
+        problems = dict.fromkeys(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        return JSONResponse(status_code=422, content={"detail": "; ".join(problems)})
+
+    @app.exception_handler(SelectionError)
+    async def no_weights(_: Request, exc: SelectionError) -> JSONResponse:
+        return JSONResponse(status_code=409, content={"detail": f"no weights: {exc}"})
+
+    @app.exception_handler(SQLAlchemyError)
+    async def database(_: Request, exc: SQLAlchemyError) -> JSONResponse:
+        log.error("database error while serving a request: %s", exc)
+        return JSONResponse(
+            status_code=503,
+            content={"detail": f"the scorer's database is unavailable: {type(exc).__name__}"},
+            headers=retry_after,
+        )

@@ -1,0 +1,412 @@
+"""The REST API in-process: a TestClient on a SQLite file seeded through crud, no scorer
+process. Weights are compared with common.selection applied to the seeded losses."""
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from common.selection import delta_weights, delta_window, uniform_weights
+from scorer_svc import crud
+from scorer_svc.config import Settings
+from scorer_svc.db import make_engine, make_sessionmaker
+from scorer_svc.main import build_service, create_app
+from scorer_svc.models import CheckpointRow
+from scorer_svc.state import ApiState
+from tests.scorer_svc.test_store import fake_config
+
+N, UPDATE_TIMES, WINDOW_SIZE, RETRY_AFTER = 10, 6, 0.3, 7
+NAN = float("nan")
+INITIAL = np.array([2.0, 1.5, 3.0, NAN, 0.5, 2.5, 1.0, 4.0, 0.8, 1.2])
+# step 4: deltas turn negative after rank 7; step 6: after rank 3, which cuts the window
+DROPS = {
+    4: np.array([0.5, 0.1, 1.0, NAN, -0.2, 0.3, 0.05, 2.0, -0.1, 0.4]),
+    6: np.array([0.9, -0.3, 1.5, NAN, -0.4, -0.2, -0.1, 2.5, -0.5, -0.6]),
+}
+LOSSES = {2: INITIAL, 4: INITIAL - DROPS[4], 6: INITIAL - DROPS[6]}
+SCORED = {2: 1, 4: 2, 6: 3}  # step: update index
+FAILED_STEP, SCORING_STEP, RECEIVED_STEP = 8, 10, 12
+FAILURE = "ValueError: no sample has a finite loss at this checkpoint"
+SCORE_SECONDS = 2.0
+TOKEN = "api-test-token"
+
+
+def seed(state: ApiState) -> None:
+    """run-a: three scored checkpoints, one failed, one scoring, one received; run-empty:
+    registered, nothing received."""
+    config = fake_config("run-a", N, window_size=WINDOW_SIZE, update_times=UPDATE_TIMES)
+    with state.sessions() as session:
+        run = crud.create_run(session, config=config, n_no_labels=1)
+        crud.create_run(session, config=fake_config("run-empty", 4), n_no_labels=0)
+
+        def add(step: int, k: int) -> CheckpointRow:
+            return crud.add_checkpoint(
+                session, run=run, step=step, update_index=k, kind="lora",
+                sha256=f"{step:064d}", path=f"step-{step}", n_bytes=100 * step,
+            )  # fmt: skip
+
+        for step, k in SCORED.items():
+            window = None
+            if k >= 2:
+                window, _ = delta_window(INITIAL, LOSSES[step], k, UPDATE_TIMES, WINDOW_SIZE)
+            crud.store_scores(
+                session, checkpoint=add(step, k), losses=LOSSES[step], window=window,
+                seconds=SCORE_SECONDS,
+            )  # fmt: skip
+        crud.mark_failed(session, checkpoint_id=add(FAILED_STEP, 4).id, error=FAILURE)
+        crud.mark_scoring(session, checkpoint=add(SCORING_STEP, 5))
+        add(RECEIVED_STEP, 6)
+
+
+@contextmanager
+def seeded_state(tmp_path, **settings) -> Iterator[ApiState]:
+    """The API state of a seeded SQLite file in tmp_path, as a test builds it: no threads."""
+    config = Settings(data_dir=tmp_path / "data", retry_after_seconds=RETRY_AFTER, **settings)
+    engine = make_engine(config.resolved_database_url)
+    state = ApiState(config, make_sessionmaker(engine))
+    seed(state)
+    try:
+        yield state
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def state(tmp_path) -> Iterator[ApiState]:
+    with seeded_state(tmp_path) as state:
+        yield state
+
+
+@pytest.fixture
+def client(state) -> Iterator[TestClient]:
+    with TestClient(create_app(state.settings, state)) as client:
+        yield client
+
+
+def as_list(values: np.ndarray) -> list[float | None]:
+    return [None if np.isnan(v) else float(v) for v in values]
+
+
+def expected_weights(step: int) -> tuple[object, np.ndarray]:
+    """(window or None, weights) by the selection rule, straight from the seeded losses."""
+    k = SCORED[step]
+    if k == 1:
+        return None, uniform_weights(LOSSES[step])
+    return delta_weights(INITIAL, LOSSES[step], k, UPDATE_TIMES, WINDOW_SIZE)
+
+
+# health, runs, checkpoints
+
+
+def test_healthz(client):
+    response = client.get("/healthz")
+    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+
+
+def test_runs_are_listed_with_their_settings_and_samples_without_loss(client):
+    runs = client.get("/v1/runs").json()
+    assert [r["run_id"] for r in runs] == ["run-a", "run-empty"]
+    run = client.get("/v1/runs/run-a").json()
+    assert run == runs[0]
+    assert (run["n_samples"], run["n_no_labels"], run["n_invalid"]) == (N, 1, 1)
+    assert (run["window_size"], run["update_times"], run["initial_step"]) == (
+        WINDOW_SIZE, UPDATE_TIMES, 2,
+    )  # fmt: skip
+    assert run["config"] == fake_config(
+        "run-a", N, window_size=WINDOW_SIZE, update_times=UPDATE_TIMES
+    )
+    empty = client.get("/v1/runs/run-empty").json()
+    assert (empty["initial_step"], empty["n_invalid"]) == (None, None)
+
+
+def test_unknown_run_is_404_on_every_run_route(client):
+    for path in ("", "/checkpoints", "/losses", "/samples/0/losses", "/weights"):
+        response = client.get(f"/v1/runs/run-x{path}")
+        assert response.status_code == 404, path
+        assert response.json()["detail"] == "no run 'run-x'; GET /v1/runs lists the runs"
+
+
+def test_checkpoints_in_step_order_with_status_timings_and_error(client):
+    rows = client.get("/v1/runs/run-a/checkpoints").json()
+    assert [(c["step"], c["update_index"], c["status"]) for c in rows] == [
+        (2, 1, "scored"), (4, 2, "scored"), (6, 3, "scored"),
+        (8, 4, "failed"), (10, 5, "scoring"), (12, 6, "received"),
+    ]  # fmt: skip
+    for c in rows[:3]:
+        assert (c["score_seconds"], c["samples_per_second"]) == (SCORE_SECONDS, N / SCORE_SECONDS)
+        assert (c["n_null"], c["error"]) == (1, None)
+    assert rows[3]["error"] == FAILURE and rows[3]["finished_at"] is not None
+    assert rows[4]["started_at"] is not None and rows[5]["started_at"] is None
+    assert [c["n_bytes"] for c in rows] == [100 * c["step"] for c in rows]
+    assert client.get("/v1/runs/run-empty/checkpoints").json() == []
+
+
+# losses
+
+
+def test_losses_page_at_a_step(client):
+    body = client.get("/v1/runs/run-a/losses", params={"step": 4, "offset": 3, "limit": 4}).json()
+    assert body == {
+        "run_id": "run-a", "step": 4, "offset": 3, "limit": 4, "n_samples": N,
+        "losses": as_list(LOSSES[4][3:7]),
+    }  # fmt: skip
+    tail = client.get("/v1/runs/run-a/losses", params={"step": 2, "offset": 8}).json()
+    assert tail["losses"] == as_list(INITIAL[8:])
+    past = client.get("/v1/runs/run-a/losses", params={"step": 2, "offset": N}).json()
+    assert past["losses"] == []
+
+
+def test_losses_default_to_the_latest_scored_step(client):
+    body = client.get("/v1/runs/run-a/losses").json()
+    assert (body["step"], body["offset"], body["limit"]) == (6, 0, 1000)
+    assert body["losses"] == as_list(LOSSES[6])
+
+
+def test_losses_of_a_step_never_received_or_a_run_without_scores_are_404(client):
+    response = client.get("/v1/runs/run-a/losses", params={"step": 5})
+    assert response.status_code == 404
+    assert response.json()["detail"] == "run run-a has no checkpoint at step 5; see /checkpoints"
+    response = client.get("/v1/runs/run-empty/losses")
+    assert response.status_code == 404
+    assert response.json()["detail"] == "run run-empty has no scored checkpoint yet"
+
+
+# the scored checkpoint both /losses and /weights name
+
+
+@pytest.mark.parametrize("route", ["losses", "weights"])
+def test_failed_checkpoint_is_409_with_its_error(client, route):
+    response = client.get(f"/v1/runs/run-a/{route}", params={"step": FAILED_STEP})
+    assert response.status_code == 409
+    assert response.json()["detail"] == f"scoring step {FAILED_STEP} failed: {FAILURE}"
+
+
+@pytest.mark.parametrize("route", ["losses", "weights"])
+@pytest.mark.parametrize(
+    ("step", "status"), [(SCORING_STEP, "scoring"), (RECEIVED_STEP, "received")]
+)
+def test_pending_checkpoint_is_202_with_retry_after(client, route, step, status):
+    response = client.get(f"/v1/runs/run-a/{route}", params={"step": step})
+    assert response.status_code == 202
+    assert response.headers["Retry-After"] == str(RETRY_AFTER)
+    assert response.json() == {
+        "detail": f"step {step} is {status}; retry shortly",
+        "status": status,
+    }
+
+
+@pytest.mark.parametrize("route", ["losses", "weights"])
+def test_failure_the_database_could_not_store_is_409_until_forgotten(client, state, route):
+    with state.sessions() as session:
+        run = crud.get_run(session, run_id="run-a")
+        checkpoint = crud.get_checkpoint(session, run=run, step=RECEIVED_STEP)
+    state.failures.record(checkpoint.id, "OperationalError: database is locked")
+    response = client.get(f"/v1/runs/run-a/{route}", params={"step": RECEIVED_STEP})
+    assert response.status_code == 409
+    assert response.json()["detail"] == (
+        f"scoring step {RECEIVED_STEP} failed: OperationalError: database is locked"
+    )
+    state.failures.forget(checkpoint.id)  # written to the database, which says received here
+    assert client.get(f"/v1/runs/run-a/{route}", params={"step": RECEIVED_STEP}).status_code == 202
+
+
+# one sample's history
+
+
+@pytest.mark.parametrize("index", [0, 4, N - 1])
+def test_sample_history_with_delta_from_the_initial_loss(client, index):
+    body = client.get(f"/v1/runs/run-a/samples/{index}/losses").json()
+    assert (body["run_id"], body["sample_index"]) == ("run-a", index)
+    assert body["history"] == [
+        {
+            "step": step,
+            "update_index": k,
+            "loss": LOSSES[step][index],
+            "delta": pytest.approx(DROPS[step][index] if step in DROPS else 0.0),
+        }
+        for step, k in SCORED.items()
+    ]
+
+
+def test_sample_without_loss_has_null_loss_and_delta(client):
+    history = client.get("/v1/runs/run-a/samples/3/losses").json()["history"]
+    assert [(p["step"], p["loss"], p["delta"]) for p in history] == [
+        (2, None, None), (4, None, None), (6, None, None),
+    ]  # fmt: skip
+
+
+def test_sample_index_past_the_run_is_404(client):
+    response = client.get(f"/v1/runs/run-a/samples/{N}/losses")
+    assert response.status_code == 404
+    assert response.json()["detail"] == f"sample {N} does not exist: run run-a has {N}"
+
+
+# weights
+
+
+@pytest.mark.parametrize("step", list(SCORED))
+def test_weights_json_equal_the_selection_rule_on_the_seeded_losses(client, step):
+    window, weights = expected_weights(step)
+    for _ in range(2):  # built, then from the cache
+        body = client.get("/v1/runs/run-a/weights", params={"step": step}).json()
+        assert (body["run_id"], body["step"], body["update_index"]) == ("run-a", step, SCORED[step])
+        assert (body["n_samples"], body["n_ranked"]) == (N, N - 1)
+        np.testing.assert_allclose(body["weights"], weights, rtol=1e-12)
+        assert body["weights"][3] == 0.0  # no loss, no weight
+        if window is None:
+            assert (body["t"], body["T"], body["u"], body["window"]) == (None, None, None, None)
+            continue
+        assert (body["t"], body["T"], body["u"]) == (window.t, window.T, window.u)
+        assert body["window"] == {
+            "start": window.start, "end": window.end, "truncated_at": window.truncated_at,
+        }  # fmt: skip
+
+
+def test_window_of_the_seeded_steps_is_cut_where_deltas_turn_negative(client):
+    windows = {s: client.get(f"/v1/runs/run-a/weights?step={s}").json()["window"] for s in (4, 6)}
+    assert windows == {
+        4: {"start": 0, "end": 3, "truncated_at": 7},
+        6: {"start": 1, "end": 3, "truncated_at": 3},
+    }
+
+
+def test_weights_default_to_the_latest_scored_step(client):
+    body = client.get("/v1/runs/run-a/weights").json()
+    assert body["step"] == 6
+    np.testing.assert_allclose(body["weights"], expected_weights(6)[1], rtol=1e-12)
+
+
+@pytest.mark.parametrize("step", list(SCORED))
+def test_weights_octet_stream_is_n_little_endian_float32(client, step):
+    response = client.get(
+        "/v1/runs/run-a/weights",
+        params={"step": step},
+        headers={"Accept": "application/octet-stream"},
+    )
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/octet-stream"
+    assert (response.headers["X-Step"], response.headers["X-Update-Index"]) == (
+        str(step), str(SCORED[step]),
+    )  # fmt: skip
+    expected = expected_weights(step)[1].astype("<f4")
+    np.testing.assert_array_equal(np.frombuffer(response.content, "<f4"), expected)
+
+
+# access, bad input, database failure
+
+
+def test_token_is_required_on_every_route_but_healthz(tmp_path):
+    with (
+        seeded_state(tmp_path, token=TOKEN) as state,
+        TestClient(create_app(state.settings, state)) as client,
+    ):
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+            response = client.get("/v1/runs", headers=headers)
+            assert response.status_code == 401
+            assert response.headers["WWW-Authenticate"] == "Bearer"
+            assert "Bearer" in response.json()["detail"]
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        for path in ("/v1/runs", "/v1/runs/run-a/weights", "/v1/runs/run-a/samples/0/losses"):
+            assert client.get(path).status_code == 401, path
+            assert client.get(path, headers=bearer).status_code == 200, path
+        assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "detail"),
+    [
+        ("/losses?step=-1", "query.step: Input should be greater than or equal to 0"),
+        (
+            "/weights?step=two",
+            "query.step: Input should be a valid integer, unable to parse string as an integer",
+        ),
+        ("/losses?limit=0", "query.limit: Input should be greater than or equal to 1"),
+        ("/losses?limit=100001", "query.limit: Input should be less than or equal to 100000"),
+        (
+            "/losses?step=-1&offset=x",
+            "query.step: Input should be greater than or equal to 0; "
+            "query.offset: Input should be a valid integer, unable to parse string as an integer",
+        ),
+        ("/samples/-1/losses", "path.index: Input should be greater than or equal to 0"),
+    ],
+)
+def test_bad_query_values_are_422_with_readable_detail(client, path, detail):
+    response = client.get(f"/v1/runs/run-a{path}")
+    assert response.status_code == 422
+    assert response.json() == {"detail": detail}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/runs/run-empty/losses?limit=0",  # else 404: no scored checkpoint
+        "/v1/runs/run-a/losses?step=5&limit=x",  # else 404: no such step
+        f"/v1/runs/run-a/losses?step={FAILED_STEP}&offset=-1",  # else 409
+        f"/v1/runs/run-a/losses?step={SCORING_STEP}&limit=0",  # else 202
+    ],
+)
+def test_bad_page_is_422_before_the_checkpoint_is_looked_up(client, path):
+    response = client.get(path)
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith(("query.limit: ", "query.offset: "))
+
+
+def test_run_id_too_long_is_422(client):
+    response = client.get("/v1/runs/" + "r" * 129)
+    assert response.status_code == 422
+    assert response.json()["detail"] == "path.run_id: String should have at most 128 characters"
+
+
+def test_database_failure_is_503_with_retry_after(client, state):
+    with state.sessions() as session:
+        session.get_bind().dispose()  # new connections open the file written below
+    database = state.settings.data_dir / "scorer.db"
+    database.write_bytes(b"this is not a SQLite database " * 200)
+    for path in ("/v1/runs", "/v1/runs/run-a/weights", "/v1/runs/run-a/samples/0/losses"):
+        response = client.get(path)
+        assert response.status_code == 503, path
+        assert response.headers["Retry-After"] == str(RETRY_AFTER)
+        assert response.json()["detail"] == "the scorer's database is unavailable: DatabaseError"
+    assert client.get("/healthz").status_code == 200
+
+
+# the app that owns its threads
+
+
+def service_threads() -> set[str]:
+    return {t.name for t in threading.enumerate()} & {"scorer", "intake"}
+
+
+def test_app_without_state_builds_and_stops_intake_and_worker(tmp_path):
+    settings = Settings(data_dir=tmp_path / "data", device="cpu", zmq_url="inproc://owned")
+    assert service_threads() == set()
+    with TestClient(create_app(settings)) as client:
+        assert service_threads() == {"scorer", "intake"}
+        assert client.get("/v1/runs").json() == []
+        assert client.app.state.api.settings is settings
+    assert service_threads() == set()
+    assert (tmp_path / "data" / "scorer.db").is_file()
+
+
+def test_app_with_state_starts_no_thread(client):
+    assert client.get("/v1/runs/run-a").status_code == 200
+    assert service_threads() == set()
+
+
+def test_api_and_worker_share_one_failures_object(tmp_path):
+    settings = Settings(data_dir=tmp_path / "data", device="cpu", zmq_url="inproc://failures")
+    api, background = build_service(settings)
+    background.start()
+    try:
+        assert background.worker.failures is api.failures
+        assert background.worker.sessions is api.sessions
+    finally:
+        background.stop()
+
+
+def test_state_with_other_settings_is_refused(state, tmp_path):
+    with pytest.raises(ValueError, match="other settings"):
+        create_app(Settings(data_dir=tmp_path / "other"), state)
