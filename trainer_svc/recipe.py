@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
 import time
 from contextlib import nullcontext
@@ -167,8 +166,8 @@ class DeltaLossRecipe:
 
     @property
     def scorer_token(self) -> str | None:
-        """The scorer's shared token: scorer_token in the config, else $SCORER_TOKEN."""
-        return self.cfg.scorer_token or os.environ.get("SCORER_TOKEN") or None
+        """The scorer's shared token (from $SCORER_TOKEN when the config leaves it unset)."""
+        return self.cfg.scorer_token
 
     def _connect_scorer(self) -> None:
         cfg = self.cfg
