@@ -17,15 +17,14 @@ import torch
 
 from common.errors import ProtocolError
 from trainer_svc.records import JsonlRecord
+from trainer_svc.retry import ScorerFailure
 from trainer_svc.sampler import SelectionPlan
 from trainer_svc.schedule import Segment, draw_permutation, draw_weighted, update_seed
 from trainer_svc.weights_client import ScorerWeights
 
 logger = logging.getLogger(__name__)
 
-
-class ScorerFailure(RuntimeError):
-    """The scorer did not deliver and on_scorer_failure is `fail`."""
+__all__ = ["ScorerFailure", "UpdateCoordinator"]
 
 
 class Publisher(Protocol):
