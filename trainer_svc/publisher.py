@@ -21,17 +21,13 @@ import zmq
 
 from common.curve import ClientKeys, apply_client_keys
 from common.protocol import Hello, decode_reply, encode_checkpoint, encode_hello
-from trainer_svc.retry import NotYet, RetryPolicy
+from trainer_svc.retry import NotYet, RetryPolicy, never
 
 logger = logging.getLogger(__name__)
 
 BYTES_PER_SECOND = 50e6  # allowance per attempt for moving and writing a large checkpoint
 HELLO_FIRST_WAIT = 2.0  # seconds the first hello waits for its reply; doubled per attempt
 MIN_REPLY_WAIT = 0.1
-
-
-def _never() -> bool:
-    return False
 
 
 class CheckpointPublisher:
@@ -56,7 +52,7 @@ class CheckpointPublisher:
         self._context = context or zmq.Context.instance()
         self._socket: zmq.Socket | None = None
 
-    def hello(self, hello: Hello, *, stop_requested: Callable[[], bool] = _never) -> dict[str, Any]:
+    def hello(self, hello: Hello, *, stop_requested: Callable[[], bool] = never) -> dict[str, Any]:
         """Registers the run; stop_requested ends the wait with ScorerFailure."""
 
         def reply_wait(attempt: int) -> float:

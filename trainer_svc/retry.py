@@ -50,7 +50,8 @@ class NotYet(Exception):
         self.level = level
 
 
-def _never() -> bool:
+def never() -> bool:
+    """The stop_requested of a wait that only time ends."""
     return False
 
 
@@ -62,7 +63,7 @@ class RetryPolicy:
     wait_seconds: float
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
-    stop_requested: Callable[[], bool] = _never
+    stop_requested: Callable[[], bool] = never
 
     def run(self, attempt: Callable[[int, float], T], *, waiting_for: str, advice: str) -> T:
         """attempt(number, seconds_left) until it returns. waiting_for names what is awaited

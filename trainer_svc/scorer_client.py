@@ -23,7 +23,7 @@ from common.errors import ProtocolError
 from common.protocol import Hello
 from trainer_svc.config import TrainConfig
 from trainer_svc.publisher import CheckpointPublisher
-from trainer_svc.retry import ScorerFailure
+from trainer_svc.retry import ScorerFailure, never
 from trainer_svc.weights_client import ScorerWeights, WeightsClient
 
 logger = logging.getLogger(__name__)
@@ -65,10 +65,6 @@ class ScorerClient(Protocol):
     def close(self) -> None: ...
 
 
-def _never() -> bool:
-    return False
-
-
 class RemoteScorer:
     """scorer_svc over the network: its ZeroMQ address for the hello and the checkpoints, its
     REST API for the weights."""
@@ -82,7 +78,7 @@ class RemoteScorer:
         wait_seconds: float,
         token: str | None = None,
         curve: ClientKeys | None = None,
-        stop_requested: Callable[[], bool] = _never,
+        stop_requested: Callable[[], bool] = never,
         sleep: Callable[[float], None] = time.sleep,
     ):
         """stop_requested (the recipe's SIGTERM flag) ends the wait for registration."""
@@ -96,7 +92,7 @@ class RemoteScorer:
 
     @classmethod
     def from_config(
-        cls, cfg: TrainConfig, run_id: str, *, stop_requested: Callable[[], bool] = _never
+        cls, cfg: TrainConfig, run_id: str, *, stop_requested: Callable[[], bool] = never
     ) -> RemoteScorer:
         curve = None
         if cfg.scorer_curve_secret_key_file and cfg.scorer_curve_server_key_file:
