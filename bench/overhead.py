@@ -68,13 +68,14 @@ on_scorer_failure: fail
 
 
 class NoScorer:
-    """Publisher and weights stand-in: nothing sent, uniform weights (plain sampling)."""
+    """Scorer stand-in (a trainer_svc ScorerClient): nothing sent, uniform weights (plain
+    sampling)."""
 
     def __init__(self, n: int) -> None:
         self.n = n
         self.latest_weights: ScorerWeights | None = None
 
-    def hello(self, hello) -> dict:  # noqa: ANN001
+    def register(self, hello) -> dict:  # noqa: ANN001
         return {"status": "registered"}
 
     def send_checkpoint(self, *, step: int, update_index: int, **_: object) -> dict:
@@ -88,6 +89,9 @@ class NoScorer:
 
     def latest(self) -> ScorerWeights | None:
         return self.latest_weights
+
+    def close(self) -> None:
+        pass
 
 
 class InProcess(NoScorer):
@@ -154,10 +158,10 @@ def one_run(mode: str, work: Path, model_dir: Path, dataset: Path, scorer: Score
     hooks: dict = {}
     if mode == "uniform":
         stub = NoScorer(p["n"])
-        hooks = {"publisher": stub, "weights": stub}
+        hooks = {"scorer": stub}
     elif mode == "inprocess":
         stub = InProcess(p["n"], p["update_times"], loaded.window_size)
-        hooks = {"publisher": stub, "weights": stub}
+        hooks = {"scorer": stub}
     recipe = DeltaLossRecipe(loaded, **hooks)
     if mode == "inprocess":
         stub.recipe = recipe

@@ -9,7 +9,7 @@ import logging
 import sys
 
 from trainer_svc.config import ConfigError, load_config
-from trainer_svc.updates import ScorerFailure
+from trainer_svc.retry import ScorerFailure
 
 logger = logging.getLogger("trainer_svc")
 

@@ -3,6 +3,9 @@
 `load_config` reads the YAML (and `key=value` overrides), warns once about unknown keys, and
 raises one `ConfigError` that names every bad key: wrong types and ranges, impossible
 combinations, a window_size outside [0, 1], warmup or update segments larger than the data.
+A value is checked by its field; once every field is valid, the combinations of keys and the
+segment sizes are checked on the typed config. scorer_token is filled from $SCORER_TOKEN here,
+when the config leaves it unset: the rest of the trainer reads `scorer_token` only.
 """
 
 from __future__ import annotations
@@ -14,16 +17,19 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 from transformers.trainer_utils import SchedulerType
 
 from common.datasets import DatasetError, load_alpaca, resolve_dataset
 from common.selection import DEFAULT_WINDOW_SIZE
 from common.tokenization import TEMPLATE_NAMES
+from common.validation import check_zmq_url
 
 logger = logging.getLogger(__name__)
 
 SCHEDULERS = tuple(s.value for s in SchedulerType)
+CURVE_KEYS = ("scorer_curve_secret_key_file", "scorer_curve_server_key_file")
 
 
 class ConfigError(ValueError):
@@ -93,13 +99,53 @@ class TrainConfig(BaseModel):
     run_id: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
     scorer_zmq_url: str = "tcp://127.0.0.1:5555"
     scorer_http_url: str = "http://127.0.0.1:8000"
-    scorer_token: str | None = None
+    scorer_token: str | None = Field(None, validate_default=True)  # unset: $SCORER_TOKEN
     # CURVE (links across hosts): this trainer's secret key file and the scorer's public key.
     scorer_curve_secret_key_file: str | None = None
     scorer_curve_server_key_file: str | None = None
     selection_mode: Literal["sync", "async"] = "sync"
     scorer_wait_seconds: float = Field(600.0, gt=0)
     on_scorer_failure: Literal["fail", "uniform"] = "fail"
+
+    @field_validator("template")
+    @classmethod
+    def _known_template(cls, value: str) -> str:
+        if value not in TEMPLATE_NAMES:
+            raise ValueError(f"unknown template {value!r}; use one of {TEMPLATE_NAMES}")
+        return value
+
+    @field_validator("lr_scheduler_type")
+    @classmethod
+    def _known_scheduler(cls, value: str) -> str:
+        if value not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {value!r}; use one of {SCHEDULERS}")
+        return value
+
+    @field_validator("scorer_zmq_url")
+    @classmethod
+    def _zmq_endpoint(cls, value: str) -> str:
+        return check_zmq_url(value)
+
+    @field_validator("scorer_http_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(
+                f"{value!r} is not an http(s) URL: use one such as http://127.0.0.1:8000"
+            )
+        return value
+
+    @field_validator(*CURVE_KEYS)
+    @classmethod
+    def _key_file_exists(cls, value: str | None) -> str | None:
+        if value and not Path(value).expanduser().is_file():
+            raise ValueError(f"key file {value} does not exist")
+        return value
+
+    @field_validator("scorer_token")
+    @classmethod
+    def _token_from_environment(cls, value: str | None) -> str | None:
+        return value or os.environ.get("SCORER_TOKEN") or None
 
     @property
     def target_modules(self) -> str | list[str]:
@@ -167,23 +213,33 @@ def validate_keys(
     except ValidationError as exc:
         for err in exc.errors():
             key = str(err["loc"][0]) if err["loc"] else "<config>"
-            problems.setdefault(key, f"{err['msg']} (got {values.get(key)!r})")
+            problems.setdefault(key, _problem(err, values.get(key)))
         return None, values, problems
+
+
+def _problem(err: ErrorDetails, value: Any) -> str:
+    """Our own checks' messages as written (they name what is wrong); pydantic's own with the
+    value it refused."""
+    if err["type"] == "value_error":
+        return str(err.get("ctx", {}).get("error", err["msg"]))
+    return f"{err['msg']} (got {value!r})"
 
 
 def parse_config(raw: dict[str, Any], base_dir: Path | None = None) -> LoadedConfig:
     """Validate everything that can be checked without a model; one error for all problems."""
     cfg, values, problems = validate_keys(TrainConfig, raw)
-    good = _good_values(values, problems)
-    _check_values(good, problems)
-    window_size = _window_size(good, base_dir, problems)
+    # The files are read even when other keys are bad, so that their problems are named too.
+    valid = {key: value for key, value in values.items() if key not in problems}
+    window_size = _window_size(valid, base_dir, problems)
     world_size = _world_size(problems)
-    dataset_path, samples = _dataset(good, "dataset", base_dir, problems)
+    dataset_path, samples = _dataset(valid, "dataset", base_dir, problems)
     eval_path, eval_samples = (None, None)
-    if good.get("eval_dataset"):
-        eval_path, eval_samples = _dataset(good, "eval_dataset", base_dir, problems)
-    if samples is not None:
-        _check_sizes(good, len(samples), world_size, problems)
+    if valid.get("eval_dataset"):
+        eval_path, eval_samples = _dataset(valid, "eval_dataset", base_dir, problems)
+    if cfg is not None:  # every key valid alone: now the keys together
+        problems.update(combination_problems(cfg))
+        if samples is not None:
+            problems.update(size_problems(cfg, len(samples), world_size))
     if problems or cfg is None or dataset_path is None or samples is None:
         raise ConfigError(problems)
     return LoadedConfig(
@@ -191,55 +247,26 @@ def parse_config(raw: dict[str, Any], base_dir: Path | None = None) -> LoadedCon
     )
 
 
-def _good_values(values: dict[str, Any], problems: dict[str, str]) -> dict[str, Any]:
-    """Defaults overlaid with the values that passed field validation, for cross-checks."""
-    good = {
-        name: field.default
-        for name, field in TrainConfig.model_fields.items()
-        if not field.is_required()
-    }
-    good.update({k: v for k, v in values.items() if k not in problems})
-    return good
-
-
-def _check_values(good: dict[str, Any], problems: dict[str, str]) -> None:
-    if good.get("template") not in TEMPLATE_NAMES:
-        problems["template"] = (
-            f"unknown template {good.get('template')!r}; use one of {TEMPLATE_NAMES}"
-        )
-    if good.get("lr_scheduler_type") not in SCHEDULERS:
-        problems["lr_scheduler_type"] = (
-            f"unknown scheduler {good.get('lr_scheduler_type')!r}; use one of {SCHEDULERS}"
-        )
-    curve = ("scorer_curve_secret_key_file", "scorer_curve_server_key_file")
-    given = [key for key in curve if good.get(key)]
+def combination_problems(cfg: TrainConfig) -> dict[str, str]:
+    """Keys whose values are valid alone but not together, with what to change."""
+    problems: dict[str, str] = {}
+    given = [key for key in CURVE_KEYS if getattr(cfg, key)]
     if len(given) == 1:
-        missing = next(key for key in curve if key not in given)
-        problems[missing] = f"CURVE needs both {curve[0]} and {curve[1]}"
-    for key in given:
-        if not Path(str(good[key])).expanduser().is_file():
-            problems[key] = f"key file {good[key]} does not exist"
-    if good.get("bf16") and good.get("fp16"):
+        (missing,) = set(CURVE_KEYS) - set(given)
+        problems[missing] = f"CURVE needs both {CURVE_KEYS[0]} and {CURVE_KEYS[1]}"
+    if cfg.bf16 and cfg.fp16:
         problems["fp16"] = "bf16 and fp16 cannot both be true"
-    if not str(good.get("scorer_zmq_url", "")).startswith(("tcp://", "ipc://", "inproc://")):
-        problems["scorer_zmq_url"] = "must be a ZeroMQ endpoint such as tcp://127.0.0.1:5555"
-    if not str(good.get("scorer_http_url", "")).startswith(("http://", "https://")):
-        problems["scorer_http_url"] = "must be an http(s) URL such as http://127.0.0.1:8000"
-    if good.get("eval_steps") is not None and not good.get("eval_dataset"):
+    if cfg.eval_steps is not None and not cfg.eval_dataset:
         problems["eval_steps"] = "needs eval_dataset (the data the evaluation loss is taken on)"
-    if good.get("finetuning_type") == "lora" and not _target_list(good.get("lora_target")):
+    if cfg.finetuning_type == "lora" and not _target_list(cfg.lora_target):
         problems["lora_target"] = "name at least one module, or 'all'"
-    output_dir = good.get("output_dir")
-    if (
-        output_dir
-        and not good.get("overwrite_output_dir")
-        and not good.get("resume_from_checkpoint")
-    ):
-        if (Path(output_dir) / "selections.jsonl").exists():
+    if not (cfg.overwrite_output_dir or cfg.resume_from_checkpoint):
+        if (Path(cfg.output_dir) / "selections.jsonl").exists():
             problems["overwrite_output_dir"] = (
-                f"{output_dir} already holds a run; set overwrite_output_dir: true "
+                f"{cfg.output_dir} already holds a run; set overwrite_output_dir: true "
                 "or resume_from_checkpoint"
             )
+    return problems
 
 
 def _target_list(value: Any) -> list[str]:
@@ -256,8 +283,8 @@ def _find_file(name: str, base_dir: Path | None) -> Path | None:
     return None
 
 
-def _window_size(good: dict[str, Any], base_dir: Path | None, problems: dict[str, str]) -> float:
-    name = good.get("components_cfg_file")
+def _window_size(valid: dict[str, Any], base_dir: Path | None, problems: dict[str, str]) -> float:
+    name = valid.get("components_cfg_file")
     if not name:
         return DEFAULT_WINDOW_SIZE
     path = _find_file(name, base_dir)
@@ -269,7 +296,7 @@ def _window_size(good: dict[str, Any], base_dir: Path | None, problems: dict[str
     except yaml.YAMLError as exc:
         problems["components_cfg_file"] = f"{path} is not valid YAML: {exc}"
         return DEFAULT_WINDOW_SIZE
-    component = good.get("component_name", "delta_loss")
+    component = valid.get("component_name", "delta_loss")
     entry = components.get(component) if isinstance(components, dict) else None
     if not isinstance(entry, dict):
         problems["component_name"] = f"{path} has no entry '{component}'"
@@ -297,12 +324,12 @@ def _world_size(problems: dict[str, str]) -> int:
 
 
 def _dataset(
-    good: dict[str, Any], key: str, base_dir: Path | None, problems: dict[str, str]
+    valid: dict[str, Any], key: str, base_dir: Path | None, problems: dict[str, str]
 ) -> tuple[Path | None, list[dict[str, str]] | None]:
-    name = good.get(key)
+    name = valid.get(key)
     if not name:
         return None, None
-    dataset_dir = good.get("dataset_dir")
+    dataset_dir = valid.get("dataset_dir")
     try:
         try:
             path = resolve_dataset(name, dataset_dir)
@@ -317,16 +344,14 @@ def _dataset(
         return None, None
 
 
-def _check_sizes(good: dict[str, Any], n: int, world: int, problems: dict[str, str]) -> None:
-    per_device = good.get("per_device_train_batch_size")
-    accumulation = good.get("gradient_accumulation_steps")
-    if not isinstance(per_device, int) or not isinstance(accumulation, int):
-        return
-    batch = per_device * accumulation * world
-    for key in ("warmup_step", "update_step"):
-        steps = good.get(key)
-        if isinstance(steps, int) and batch * steps > n:
+def size_problems(cfg: TrainConfig, n: int, world: int) -> dict[str, str]:
+    """Warmup and update segments must fit in the dataset of n samples."""
+    batch = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world
+    problems: dict[str, str] = {}
+    for key, steps in (("warmup_step", cfg.warmup_step), ("update_step", cfg.update_step)):
+        if batch * steps > n:
             problems[key] = (
                 f"{key} x B = {steps} x {batch} = {batch * steps} samples, more than the "
                 f"dataset's {n}; lower {key} or the batch size"
             )
+    return problems

@@ -1,9 +1,11 @@
 """Sends the run's hello and its checkpoints to the scorer over a ZeroMQ DEALER socket.
 
 Every request waits for its one reply. A request without a reply is sent again on a fresh
-socket ("lazy pirate"), with a growing pause, until the configured wait is spent; the scorer
-answers a repeated checkpoint with `duplicate`. An error reply is never retried: it raises
-the `common.errors` class its code names.
+socket ("lazy pirate") under the trainer's retry policy (trainer_svc.retry) until the
+configured wait is spent; the scorer answers a repeated hello with `already_registered` and a
+repeated checkpoint with `duplicate`. The hello's reply wait grows per attempt (2 s, doubled,
+up to reply_timeout), so a slow registration is still heard. An error reply is never
+retried: it raises the `common.errors` class its code names.
 """
 
 from __future__ import annotations
@@ -11,18 +13,21 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
 import zmq
 
 from common.curve import ClientKeys, apply_client_keys
-from common.errors import ScorerUnavailable
 from common.protocol import Hello, decode_reply, encode_checkpoint, encode_hello
+from trainer_svc.retry import NotYet, RetryPolicy, never
 
 logger = logging.getLogger(__name__)
 
 BYTES_PER_SECOND = 50e6  # allowance per attempt for moving and writing a large checkpoint
+HELLO_FIRST_WAIT = 2.0  # seconds the first hello waits for its reply; doubled per attempt
+MIN_REPLY_WAIT = 0.1
 
 
 class CheckpointPublisher:
@@ -37,17 +42,25 @@ class CheckpointPublisher:
         context: zmq.Context | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ):
+        """wait_seconds: how long a request is retried; reply_timeout: the longest a hello
+        waits for one reply, and what a checkpoint waits (plus time for its size)."""
         self.url = url
-        self.wait_seconds = wait_seconds
         self.reply_timeout = reply_timeout
         self.token = token
         self.curve = curve
+        self.retry = RetryPolicy(wait_seconds, sleep=sleep)
         self._context = context or zmq.Context.instance()
         self._socket: zmq.Socket | None = None
-        self._sleep = sleep
 
-    def hello(self, hello: Hello) -> dict[str, Any]:
-        reply = self._request(encode_hello(hello), "hello", self.reply_timeout)
+    def hello(self, hello: Hello, *, stop_requested: Callable[[], bool] = never) -> dict[str, Any]:
+        """Registers the run; stop_requested ends the wait with ScorerFailure."""
+
+        def reply_wait(attempt: int) -> float:
+            return min(HELLO_FIRST_WAIT * 2 ** (attempt - 1), self.reply_timeout)
+
+        what = f"the hello of run {hello.run_id}"
+        retry = replace(self.retry, stop_requested=stop_requested)
+        reply = self._request(encode_hello(hello), what, reply_wait, retry)
         logger.info("scorer %s run %s (%s)", reply.get("status"), hello.run_id, self.url)
         return reply
 
@@ -71,7 +84,7 @@ class CheckpointPublisher:
         size = sum(memoryview(f).nbytes for f in frames)
         timeout = self.reply_timeout + size / BYTES_PER_SECOND
         what = f"checkpoint step {step} (update {update_index}, {size / 1e6:.1f} MB)"
-        reply = self._request(frames, what, timeout)
+        reply = self._request(frames, what, lambda _: timeout, self.retry)
         logger.info("scorer %s %s", reply.get("status"), what)
         return reply
 
@@ -89,37 +102,32 @@ class CheckpointPublisher:
             self._socket.connect(self.url)
         return self._socket
 
-    def _request(self, frames: list[Any], what: str, timeout: float) -> dict[str, Any]:
-        start = time.monotonic()
-        pause = 0.5
-        attempt = 0
-        while True:
-            attempt += 1
-            remaining = self.wait_seconds - (time.monotonic() - start)
-            socket = self._connect()
-            socket.send_multipart(frames, copy=False)
-            if socket.poll(max(1, int(min(timeout, max(remaining, 0.001)) * 1000)), zmq.POLLIN):
-                return decode_reply(socket.recv_multipart())
-            self.close()  # a late reply must not be read as the next request's
-            waited = time.monotonic() - start
-            if waited >= self.wait_seconds:
-                raise ScorerUnavailable(
-                    f"no reply from the scorer at {self.url} to {what} after {attempt} "
-                    f"attempt(s) over {waited:.0f}s: check that scorer_svc is running, that "
-                    "scorer_zmq_url points at its ZeroMQ address, its log (with CURVE: that "
-                    "this trainer's public key is among its authorized keys); or raise "
-                    "scorer_wait_seconds"
-                )
-            pause_now = min(pause, self.wait_seconds - waited)
-            logger.warning(
-                "no reply from the scorer at %s to %s (attempt %d, %.0fs of %.0fs); "
-                "retrying in %.1fs",
-                self.url,
-                what,
-                attempt,
-                waited,
-                self.wait_seconds,
-                pause_now,
-            )
-            self._sleep(pause_now)
-            pause = min(pause * 2, 10.0)
+    def _request(
+        self,
+        frames: list[Any],
+        what: str,
+        reply_wait: Callable[[int], float],
+        retry: RetryPolicy,
+    ) -> dict[str, Any]:
+        """Sends frames until one reply comes; reply_wait(attempt) is how long each waits."""
+
+        def attempt(number: int, seconds_left: float) -> dict[str, Any]:
+            return self._send(frames, max(MIN_REPLY_WAIT, min(reply_wait(number), seconds_left)))
+
+        return retry.run(
+            attempt,
+            waiting_for=f"a reply from the scorer at {self.url} to {what}",
+            advice=(
+                "that scorer_svc is running, that scorer_zmq_url is its ZeroMQ address "
+                "(its --zmq-url), and its log (with CURVE: that this trainer's public key is "
+                "among its authorized keys)"
+            ),
+        )
+
+    def _send(self, frames: list[Any], reply_wait: float) -> dict[str, Any]:
+        socket = self._connect()
+        socket.send_multipart(frames, copy=False)
+        if socket.poll(int(reply_wait * 1000), zmq.POLLIN):
+            return decode_reply(socket.recv_multipart())
+        self.close()  # a fresh socket next: a late reply must not be read as the next one's
+        raise NotYet(f"no reply within {reply_wait:.1f}s")

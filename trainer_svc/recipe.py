@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoTokenizer, TrainingArguments, set_seed
 
-from common.curve import load_client_keys
-from common.errors import ProtocolError, ScorerUnavailable
+from common.errors import ProtocolError
 from common.hello import build_hello
 from common.model_spec import (
     LoraSettings,
@@ -33,7 +33,6 @@ from common.protocol import Hello
 from common.tokenization import TokenizationSettings, encode_dataset
 from trainer_svc.config import LoadedConfig, TrainConfig
 from trainer_svc.data import EncodedDataset, PadCollator
-from trainer_svc.publisher import CheckpointPublisher
 from trainer_svc.records import (
     LOSS_PLOT,
     SELECTIONS,
@@ -46,24 +45,27 @@ from trainer_svc.records import (
 from trainer_svc.records import plot_loss as write_loss_plot
 from trainer_svc.sampler import ScheduleBatchSampler, SelectionPlan
 from trainer_svc.schedule import Schedule
+from trainer_svc.scorer_client import RemoteScorer, ScorerClient, scorer_failed
 from trainer_svc.trainer import GracefulStop, ScheduledTrainer, SelectionCallback
-from trainer_svc.updates import ScorerFailure, UpdateCoordinator
-from trainer_svc.weights_client import WeightsClient
+from trainer_svc.updates import UpdateCoordinator
 
 logger = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
-HELLO_FIRST_WAIT = 2.0  # seconds the first hello waits for its reply; doubled per attempt
-HELLO_MAX_WAIT = 30.0
 
 
 class DeltaLossRecipe:
-    def __init__(self, loaded: LoadedConfig, *, publisher=None, weights=None, on_update=None):
-        """publisher and weights replace the ZeroMQ and REST clients (tests use fakes);
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        *,
+        scorer: ScorerClient | None = None,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+    ):
+        """scorer replaces the ZeroMQ and REST scorer (tests use devtools' FakeScorer);
         on_update is called with each update's record row."""
         self.loaded = loaded
-        self.publisher = publisher
-        self.weights = weights
+        self.scorer = scorer
         self.on_update = on_update
         self.stop = GracefulStop()  # SIGTERM, once run() installs it
         self.cfg = loaded.config
@@ -139,100 +141,25 @@ class DeltaLossRecipe:
             update_times=self.cfg.update_times,
             vocab_size=len(self.tokenizer),  # the scorer compares its own tokenizer's length
             model_digest=checkpoint_digest(self.model, self.spec.kind),
-            token=self.scorer_token,
+            token=self.cfg.scorer_token,
         )
 
-    @property
-    def scorer_token(self) -> str | None:
-        """The scorer's shared token: scorer_token in the config, else $SCORER_TOKEN."""
-        return self.cfg.scorer_token or os.environ.get("SCORER_TOKEN") or None
-
     def _connect_scorer(self) -> None:
-        cfg = self.cfg
-        register = self.publisher.hello if self.publisher is not None else self._hello
-        if self.publisher is None:
-            curve = None
-            if cfg.scorer_curve_secret_key_file and cfg.scorer_curve_server_key_file:
-                curve = load_client_keys(
-                    cfg.scorer_curve_secret_key_file, cfg.scorer_curve_server_key_file
-                )
-            self.publisher = CheckpointPublisher(
-                cfg.scorer_zmq_url,
-                wait_seconds=cfg.scorer_wait_seconds,
-                token=self.scorer_token,
-                curve=curve,
-            )
-        if self.weights is None:
-            self.weights = WeightsClient(
-                cfg.scorer_http_url,
-                self.run_id,
-                wait_seconds=cfg.scorer_wait_seconds,
-                token=self.scorer_token,
+        """Registers the run, waiting for a scorer that is not up yet (SIGTERM stops the
+        wait); a failure is handled as on_scorer_failure says."""
+        if self.scorer is None:
+            self.scorer = RemoteScorer.from_config(
+                self.cfg, self.run_id, stop_requested=lambda: self.stop.requested
             )
         try:
-            register(self.hello())
+            self.scorer.register(self.hello())
         except ProtocolError as exc:
-            if cfg.on_scorer_failure == "fail":
-                raise ScorerFailure(
-                    f"registering run {self.run_id} with the scorer at {cfg.scorer_zmq_url} "
-                    f"failed: {exc}"
-                ) from exc
-            logger.error(
-                "!!! SCORER FAILURE: registering run %s failed (%s) -- training goes on; "
-                "updates the scorer cannot serve use UNIFORM weights (on_scorer_failure: "
-                "uniform)",
-                self.run_id,
+            scorer_failed(
+                self.cfg.on_scorer_failure,
+                f"registering run {self.run_id} with the scorer at {self.cfg.scorer_zmq_url}",
                 exc,
+                fallback="training goes on; updates the scorer cannot serve use UNIFORM weights",
             )
-
-    def _hello(self, hello: Hello) -> dict:
-        """Registers the run, waiting for a scorer that is not up yet: each attempt is a fresh
-        socket that waits a little longer for the reply (2 s, doubled up to 30 s, so a slow
-        registration is still heard), with a growing pause between attempts, each logged,
-        until scorer_wait_seconds. A repeated hello is harmless (`already_registered`)."""
-        url, wait = self.cfg.scorer_zmq_url, self.cfg.scorer_wait_seconds
-        start = time.monotonic()
-        reply_wait, pause, attempt = HELLO_FIRST_WAIT, 0.5, 0
-        while True:
-            attempt += 1
-            window = max(0.1, min(reply_wait, wait - (time.monotonic() - start)))
-            probe = CheckpointPublisher(
-                url,
-                wait_seconds=window,
-                reply_timeout=window,
-                token=self.scorer_token,
-                curve=getattr(self.publisher, "curve", None),
-            )
-            try:
-                return probe.hello(hello)
-            except ScorerUnavailable:
-                pass
-            finally:
-                probe.close()
-            waited = time.monotonic() - start
-            if self.stop.requested:
-                raise ScorerFailure(
-                    f"SIGTERM while waiting for the scorer at {url}; nothing was trained"
-                )
-            if waited >= wait:
-                raise ScorerUnavailable(
-                    f"no reply from the scorer at {url} after {attempt} attempt(s) over "
-                    f"{waited:.0f}s: check that scorer_svc is running and that scorer_zmq_url "
-                    "is its ZeroMQ address (--zmq-url); or raise scorer_wait_seconds"
-                )
-            delay = min(pause, wait - waited)
-            logger.warning(
-                "no reply from the scorer at %s yet (attempt %d, %.0fs of %.0fs); "
-                "retrying in %.1fs",
-                url,
-                attempt,
-                waited,
-                wait,
-                delay,
-            )
-            time.sleep(delay)
-            pause = min(pause * 2, 10.0)
-            reply_wait = min(reply_wait * 2, HELLO_MAX_WAIT)
 
     def _training_args(self) -> TrainingArguments:
         cfg = self.cfg
@@ -271,12 +198,12 @@ class DeltaLossRecipe:
         self.plan = SelectionPlan(self.schedule, len(self.encoded))
         selections = JsonlRecord(self.output_dir / SELECTIONS, truncate=fresh)
         self.trained = TrainedSamples(JsonlRecord(self.output_dir / TRAINED, truncate=fresh))
+        assert self.scorer is not None, "setup connects the scorer before building the trainer"
         coordinator = UpdateCoordinator(
             run_id=self.run_id,
             kind=self.cfg.finetuning_type,
             plan=self.plan,
-            publisher=self.publisher,
-            weights=self.weights,
+            scorer=self.scorer,
             record=selections,
             mode=self.cfg.selection_mode,
             on_failure=self.cfg.on_scorer_failure,
@@ -382,9 +309,8 @@ class DeltaLossRecipe:
 
     # ---- cleanup ----
     def cleanup(self) -> None:
-        for client in (self.publisher, self.weights):
-            if client is not None and hasattr(client, "close"):
-                client.close()
+        if self.scorer is not None:
+            self.scorer.close()
 
 
 def model_spec(cfg: TrainConfig) -> ModelSpec:

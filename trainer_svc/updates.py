@@ -2,8 +2,9 @@
 
 sync: wait for the weights of the checkpoint just sent (the published method).
 async: send, then use the newest weights already available (uniform until any exist).
-When the scorer cannot be reached in time, `on_scorer_failure` decides: stop with a message
-that says what to check, or carry on with uniform weights, logged loudly and recorded.
+When the scorer cannot be reached in time, refuses or fails, `on_scorer_failure` decides
+(trainer_svc.scorer_client.scorer_failed): stop with a message that says what to check, or
+carry on with uniform weights, logged loudly and recorded.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Literal
 
 import torch
 
@@ -19,22 +20,12 @@ from common.errors import ProtocolError
 from trainer_svc.records import JsonlRecord
 from trainer_svc.sampler import SelectionPlan
 from trainer_svc.schedule import Segment, draw_permutation, draw_weighted, update_seed
+from trainer_svc.scorer_client import OnFailure, ScorerClient, ScorerFailure, scorer_failed
 from trainer_svc.weights_client import ScorerWeights
 
 logger = logging.getLogger(__name__)
 
-
-class ScorerFailure(RuntimeError):
-    """The scorer did not deliver and on_scorer_failure is `fail`."""
-
-
-class Publisher(Protocol):
-    def send_checkpoint(self, **kwargs: Any) -> dict[str, Any]: ...
-
-
-class Weights(Protocol):
-    def wait_for(self, step: int) -> ScorerWeights: ...
-    def latest(self) -> ScorerWeights | None: ...
+__all__ = ["ScorerFailure", "UpdateCoordinator"]
 
 
 class UpdateCoordinator:
@@ -44,18 +35,16 @@ class UpdateCoordinator:
         run_id: str,
         kind: str,
         plan: SelectionPlan,
-        publisher: Publisher,
-        weights: Weights,
+        scorer: ScorerClient,
         record: JsonlRecord,
-        mode: str = "sync",
-        on_failure: str = "fail",
-        on_update: Callable[[dict], None] | None = None,
+        mode: Literal["sync", "async"] = "sync",
+        on_failure: OnFailure = "fail",
+        on_update: Callable[[dict[str, Any]], None] | None = None,
     ):
         self.run_id = run_id
         self.kind = kind
         self.plan = plan
-        self.publisher = publisher
-        self.weights = weights
+        self.scorer = scorer
         self.record = record
         self.mode = mode
         self.on_failure = on_failure
@@ -103,30 +92,31 @@ class UpdateCoordinator:
     def _obtain(
         self, segment: Segment, tensors: Callable[[], dict[str, torch.Tensor]]
     ) -> tuple[ScorerWeights | None, Exception | None]:
+        """The weights to draw from, or (on_scorer_failure: uniform) None and the failure."""
         try:
-            self.publisher.send_checkpoint(
-                run_id=self.run_id,
-                step=segment.start,
-                update_index=segment.update_index,
-                kind=self.kind,
-                tensors=tensors(),
-            )
-            if self.mode == "sync":
-                return self.weights.wait_for(segment.start), None
-            return self.weights.latest(), None
+            return self._ask_scorer(segment, tensors), None
         except ProtocolError as exc:  # unreachable, refused, or failed scoring
-            if self.on_failure == "fail":
-                raise ScorerFailure(
-                    f"update {segment.update_index} at step {segment.start}: {exc} "
-                    "(set on_scorer_failure: uniform to continue without the scorer)"
-                ) from exc
-            logger.error(
-                "!!! SCORER FAILURE at step %d: %s -- continuing on UNIFORM weights "
-                "(on_scorer_failure: uniform); this update is not Delta Loss selection",
-                segment.start,
+            scorer_failed(
+                self.on_failure,
+                f"update {segment.update_index} at step {segment.start}",
                 exc,
+                fallback="this update draws from UNIFORM weights: it is not Delta Loss selection",
             )
             return None, exc
+
+    def _ask_scorer(
+        self, segment: Segment, tensors: Callable[[], dict[str, torch.Tensor]]
+    ) -> ScorerWeights | None:
+        self.scorer.send_checkpoint(
+            run_id=self.run_id,
+            step=segment.start,
+            update_index=segment.update_index,
+            kind=self.kind,
+            tensors=tensors(),
+        )
+        if self.mode == "sync":
+            return self.scorer.wait_for(segment.start)
+        return self.scorer.latest()
 
     def _draw(
         self, segment: Segment, got: ScorerWeights | None

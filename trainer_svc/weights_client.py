@@ -1,23 +1,26 @@
 """Reads sampling weights from the scorer's REST API (GET /v1/runs/{id}/weights).
 
-`wait_for(step)` polls until the checkpoint of that step is scored (202 means "not yet": wait
-as Retry-After says); `latest()` takes the newest weights already available, or None. Network
-errors and unknown steps are retried with a growing pause, each wait logged, up to the
-configured wait; then `ScorerUnavailable` says what to check.
+`wait_for(step)` polls until the checkpoint of that step is scored: 202 means "not yet", polled
+soon at first (0.05 s, doubled) and then as often as Retry-After says. `latest()` takes the
+newest weights already available, or None. Network errors and other answers are retried under
+the trainer's retry policy (trainer_svc.retry) up to the configured wait; then
+`ScorerUnavailable` says what to check. 409 (scoring failed) and 401 are not retried.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import torch
 
-from common.errors import ProtocolError, ScorerUnavailable, Unauthorized
+from common.errors import ProtocolError, Unauthorized
+from trainer_svc.retry import NotYet, RetryPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +63,9 @@ class WeightsClient:
     ):
         self.base_url = base_url.rstrip("/")
         self.run_id = run_id
-        self.wait_seconds = wait_seconds
+        self.retry = RetryPolicy(wait_seconds, sleep=sleep)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._client = client or httpx.Client(base_url=self.base_url, timeout=30.0, headers=headers)
-        self._sleep = sleep
 
     @property
     def path(self) -> str:
@@ -71,7 +73,9 @@ class WeightsClient:
 
     def wait_for(self, step: int) -> ScorerWeights:
         """The weights of checkpoint `step`, waiting while it is queued or scoring."""
-        return self._poll({"step": step}, f"checkpoint step {step}", accept_missing=False)
+        got = self._poll({"step": step}, f"checkpoint step {step}", accept_missing=False)
+        assert got is not None  # a missing checkpoint is retried, never returned
+        return got
 
     def latest(self) -> ScorerWeights | None:
         """The newest scored checkpoint's weights, or None when nothing is scored yet."""
@@ -83,53 +87,49 @@ class WeightsClient:
     def _poll(
         self, params: dict[str, Any], what: str, *, accept_missing: bool
     ) -> ScorerWeights | None:
-        start = time.monotonic()
-        pause = 0.5
-        pending = FIRST_PENDING_POLL
-        while True:
+        pending = itertools.count()  # 202s so far: the pause they ask for grows with them
+
+        def attempt(number: int, seconds_left: float) -> ScorerWeights | None:
             try:
                 response = self._client.get(self.path, params=params)
             except httpx.TransportError as exc:
-                reason, delay = f"cannot reach {self.base_url} ({exc})", pause
-            else:
-                if response.status_code == 200:
-                    return ScorerWeights.from_json(response.json())
-                if response.status_code in (202, 404) and accept_missing:
-                    return None
-                if response.status_code == 409:
-                    raise ScoringFailed(f"the scorer failed on {what}: {_detail(response)}")
-                if response.status_code == 401:
-                    raise Unauthorized(
-                        f"the scorer at {self.base_url} refused the token: set scorer_token "
-                        "(or SCORER_TOKEN) to the scorer's token"
-                    )
-                if response.status_code == 202:
-                    # Poll soon at first (small checkpoints score in well under a second),
-                    # then no more often than Retry-After asks.
-                    reason = f"{what}: {_detail(response)}"
-                    delay = min(pending, _retry_after(response))
-                    pending *= 2
-                else:
-                    reason = f"HTTP {response.status_code} for {what}: {_detail(response)}"
-                    delay = pause
-            waited = time.monotonic() - start
-            if waited >= self.wait_seconds:
-                raise ScorerUnavailable(
-                    f"gave up on {what} after {waited:.0f}s ({reason}): check that scorer_svc "
-                    f"is running at {self.base_url} (scorer_http_url), that it is scoring "
-                    "(GET /v1/runs/{id}/checkpoints, its log); or raise scorer_wait_seconds"
-                )
-            delay = min(delay, self.wait_seconds - waited)
-            logger.log(
-                logging.INFO if delay >= 1 else logging.DEBUG,
-                "%s; waiting %.1fs (%.0fs of %.0fs)",
-                reason,
-                delay,
-                waited,
-                self.wait_seconds,
+                raise NotYet(f"cannot reach {self.base_url} ({exc})") from exc
+            return self._answer(response, what, accept_missing, pending)
+
+        return self.retry.run(
+            attempt,
+            waiting_for=f"the weights of {what} from {self.base_url}",
+            advice=(
+                f"that scorer_svc is running at {self.base_url} (scorer_http_url) and that it "
+                f"is scoring (GET /v1/runs/{self.run_id}/checkpoints, its log)"
+            ),
+        )
+
+    def _answer(
+        self, response: httpx.Response, what: str, accept_missing: bool, pending: Iterator[int]
+    ) -> ScorerWeights | None:
+        """The weights, None (nothing yet, when that is accepted), or what to do instead."""
+        status = response.status_code
+        if status == 200:
+            return ScorerWeights.from_json(response.json())
+        if status in (202, 404) and accept_missing:
+            return None
+        if status == 409:
+            raise ScoringFailed(
+                f"the scorer failed on {what}: {_detail(response)} (its log says more)"
             )
-            self._sleep(delay)
-            pause = min(pause * 2, 10.0)
+        if status == 401:
+            raise Unauthorized(
+                f"the scorer at {self.base_url} refused the token: set scorer_token "
+                "(or SCORER_TOKEN) to the scorer's token"
+            )
+        if status == 202:
+            # Small checkpoints score in well under a second: poll soon at first, then no
+            # more often than Retry-After asks.
+            pause = min(FIRST_PENDING_POLL * 2 ** next(pending), _retry_after(response))
+            level = logging.INFO if pause >= 1 else logging.DEBUG
+            raise NotYet(_detail(response), pause=pause, level=level)
+        raise NotYet(f"HTTP {status}: {_detail(response)}")
 
 
 def _detail(response: httpx.Response) -> str:

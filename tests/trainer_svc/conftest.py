@@ -1,12 +1,17 @@
-"""Fixtures for trainer_svc tests: a small demo dataset and fake scorer clients."""
+"""Fixtures for trainer_svc tests: a small demo dataset, a clock that moves only when slept
+on, a ZeroMQ ROUTER standing in for the scorer, a hello (the fake scorer for the recipe is
+devtools.fake_scorer.FakeScorer)."""
 
 from __future__ import annotations
 
-import pytest
-import torch
+import threading
 
+import pytest
+import zmq
+
+from common.protocol import PROTOCOL_VERSION, Hello, decode_request
 from devtools.demo_data import write_dataset
-from trainer_svc.weights_client import ScorerWeights
+from trainer_svc.retry import RetryPolicy
 
 
 @pytest.fixture
@@ -14,43 +19,87 @@ def demo_file(tmp_path):
     return write_dataset(tmp_path / "demo.json", n=32, seed=1)
 
 
-def fake_weights(step: int, n: int) -> torch.Tensor:
-    """Distinct, step-dependent weights with some zeros, as the scorer might give."""
-    w = torch.rand(n, generator=torch.Generator().manual_seed(step), dtype=torch.float64)
-    w[: n // 4] = 0
-    return w / w.sum()
-
-
-class FakePublisher:
-    """Records what would go over ZeroMQ."""
+class FakeClock:
+    """Time that passes only when the code under test sleeps (or `advance` says so)."""
 
     def __init__(self):
-        self.hellos = []
-        self.checkpoints = []
+        self.now = 100.0
+        self.pauses = []
 
-    def hello(self, hello):
-        self.hellos.append(hello)
-        return {"ok": True, "status": "registered"}
+    def sleep(self, seconds):
+        self.pauses.append(seconds)
+        self.now += seconds
 
-    def send_checkpoint(self, **kwargs):
-        self.checkpoints.append(kwargs)
-        return {"ok": True, "status": "queued"}
+    def advance(self, seconds):
+        self.now += seconds
+
+    def policy(self, wait_seconds, **kw):
+        """A retry policy that sleeps and reads the time on this clock."""
+        return RetryPolicy(wait_seconds, sleep=self.sleep, clock=lambda: self.now, **kw)
 
 
-class FakeWeights:
-    """Answers as a scorer that has scored every checkpoint it was sent."""
+@pytest.fixture
+def clock():
+    return FakeClock()
 
-    def __init__(self, n: int, publisher: FakePublisher):
-        self.n = n
-        self.publisher = publisher
 
-    def wait_for(self, step):
-        sent = {c["step"]: c["update_index"] for c in self.publisher.checkpoints}
-        return ScorerWeights(step, sent[step], fake_weights(step, self.n), None)
+class FakeRouter:
+    """Binds a random port; answers each request with reply(request) or not at all (None)."""
 
-    def latest(self):
-        if len(self.publisher.checkpoints) < 2:
-            return None
-        previous = self.publisher.checkpoints[-2]
-        step = previous["step"]
-        return ScorerWeights(step, previous["update_index"], fake_weights(step, self.n), None)
+    def __init__(self, reply):
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        port = self.socket.bind_to_random_port("tcp://127.0.0.1")
+        self.url = f"tcp://127.0.0.1:{port}"
+        self.reply = reply
+        self.requests = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while not self.stop.is_set():
+            if not self.socket.poll(50):
+                continue
+            identity, *frames = self.socket.recv_multipart()
+            request = decode_request(frames)
+            self.requests.append(request)
+            answer = self.reply(request)
+            if answer is not None:
+                self.socket.send_multipart([identity, *answer])
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(5)
+        self.socket.close(0)
+        self.context.term()
+
+
+@pytest.fixture
+def router(request):
+    routers = []
+
+    def make(reply):
+        routers.append(FakeRouter(reply))
+        return routers[-1]
+
+    yield make
+    for r in routers:
+        r.close()
+
+
+@pytest.fixture
+def tiny_hello():
+    return Hello(
+        protocol=PROTOCOL_VERSION,
+        run_id="run-1",
+        base_model="m",
+        finetuning_type="full",
+        dataset="d.json",
+        tokenization={},
+        window_size=0.2,
+        update_times=2,
+        n_samples=4,
+        fingerprint="0" * 64,
+    )

@@ -141,3 +141,58 @@ def test_eval_steps_needs_an_eval_dataset(demo_file, tmp_path):
     assert set(info.value.problems) == {"eval_steps"}
     loaded = parse_config(base(demo_file, tmp_path, eval_steps=5, eval_dataset=str(demo_file)))
     assert loaded.config.eval_steps == 5 and len(loaded.eval_samples) == 32
+
+
+def test_scorer_token_comes_from_the_environment_when_unset(demo_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("SCORER_TOKEN", "from-env")
+    assert parse_config(base(demo_file, tmp_path)).config.scorer_token == "from-env"
+    configured = parse_config(base(demo_file, tmp_path, scorer_token="from-yaml"))
+    assert configured.config.scorer_token == "from-yaml"
+    monkeypatch.delenv("SCORER_TOKEN")
+    assert parse_config(base(demo_file, tmp_path)).config.scorer_token is None
+
+
+def test_bad_values_are_named_with_what_to_use(demo_file, tmp_path):
+    raw = base(
+        demo_file,
+        tmp_path,
+        scorer_zmq_url="http://127.0.0.1:5555",
+        scorer_http_url="tcp://127.0.0.1:8000",
+        lr_scheduler_type="sometimes",
+        scorer_curve_secret_key_file=str(tmp_path / "missing.key_secret"),
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    problems = info.value.problems
+    assert set(problems) == {
+        "scorer_zmq_url",
+        "scorer_http_url",
+        "lr_scheduler_type",
+        "scorer_curve_secret_key_file",
+    }
+    assert "not a ZeroMQ endpoint: use tcp://HOST:PORT" in problems["scorer_zmq_url"]
+    assert "http://127.0.0.1:8000" in problems["scorer_http_url"]
+    assert "does not exist" in problems["scorer_curve_secret_key_file"]
+
+
+def test_combinations_and_segment_sizes_are_named_together(demo_file, tmp_path):
+    key = tmp_path / "trainer.key_secret"
+    key.write_text("")
+    raw = base(
+        demo_file,
+        tmp_path,
+        bf16=True,
+        fp16=True,
+        lora_target=" , ",
+        scorer_curve_secret_key_file=str(key),
+        warmup_step=40,
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    assert set(info.value.problems) == {
+        "fp16",
+        "lora_target",
+        "scorer_curve_server_key_file",
+        "warmup_step",
+    }
+    assert "needs both" in info.value.problems["scorer_curve_server_key_file"]

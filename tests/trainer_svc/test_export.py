@@ -13,9 +13,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from common.tokenization import render_prompt
 from devtools.demo_data import write_dataset
+from devtools.fake_scorer import FakeScorer
 from devtools.tiny_model import build_tiny_model
 from tests.conftest import ROOT
-from tests.trainer_svc.conftest import FakePublisher, FakeWeights
 from trainer_svc import cli
 from trainer_svc.config import ConfigError, parse_config
 from trainer_svc.export import AdapterMismatch, export, parse_export_config
@@ -96,8 +96,7 @@ def test_trained_lora_run_exports_to_the_same_logits(tiny_model, tmp_path):
             save_steps=1000,
         )
     )
-    publisher = FakePublisher()
-    run(loaded, publisher=publisher, weights=FakeWeights(16, publisher))
+    run(loaded, scorer=FakeScorer(16))
     assert (out / "adapter_config.json").is_file()
 
     export_dir = export(merge_cfg(tiny_model, out, tmp_path / "merged"))

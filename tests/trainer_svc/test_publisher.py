@@ -1,61 +1,14 @@
-"""The checkpoint publisher against a real ZeroMQ ROUTER in a thread."""
+"""The checkpoint publisher against a real ZeroMQ ROUTER in a thread (conftest's router)."""
 
 import json
-import threading
 
 import pytest
 import torch
-import zmq
 
 from common.errors import RunMismatch, ScorerUnavailable
-from common.protocol import ack, decode_request, decode_tensors, error_reply
+from common.protocol import ack, decode_tensors, error_reply
 from trainer_svc.publisher import CheckpointPublisher
-
-
-class FakeRouter:
-    """Binds a random port; answers each request with reply(request) or not at all (None)."""
-
-    def __init__(self, reply):
-        self.context = zmq.Context()
-        self.socket = self.context.socket(zmq.ROUTER)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        port = self.socket.bind_to_random_port("tcp://127.0.0.1")
-        self.url = f"tcp://127.0.0.1:{port}"
-        self.reply = reply
-        self.requests = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self):
-        while not self.stop.is_set():
-            if not self.socket.poll(50):
-                continue
-            identity, *frames = self.socket.recv_multipart()
-            request = decode_request(frames)
-            self.requests.append(request)
-            answer = self.reply(request)
-            if answer is not None:
-                self.socket.send_multipart([identity, *answer])
-
-    def close(self):
-        self.stop.set()
-        self.thread.join(5)
-        self.socket.close(0)
-        self.context.term()
-
-
-@pytest.fixture
-def router(request):
-    routers = []
-
-    def make(reply):
-        routers.append(FakeRouter(reply))
-        return routers[-1]
-
-    yield make
-    for r in routers:
-        r.close()
+from trainer_svc.retry import NotYet, ScorerFailure
 
 
 def test_checkpoint_arrives_intact_and_is_acked(router):
@@ -117,19 +70,30 @@ def test_hello_sends_one_json_frame(router, tiny_hello):
     assert json.loads(server.requests[0].model_dump_json())["run_id"] == "run-1"
 
 
-@pytest.fixture
-def tiny_hello():
-    from common.protocol import PROTOCOL_VERSION, Hello
+def test_hello_waits_longer_for_each_reply_up_to_reply_timeout(tiny_hello, clock):
+    pub = CheckpointPublisher("tcp://127.0.0.1:9", wait_seconds=100, reply_timeout=30)
+    pub.retry = clock.policy(100)
+    waits = []
 
-    return Hello(
-        protocol=PROTOCOL_VERSION,
-        run_id="run-1",
-        base_model="m",
-        finetuning_type="full",
-        dataset="d.json",
-        tokenization={},
-        window_size=0.2,
-        update_times=2,
-        n_samples=4,
-        fingerprint="0" * 64,
+    def silent(frames, reply_wait):  # a scorer that never answers, on the fake clock
+        waits.append(reply_wait)
+        clock.advance(reply_wait)
+        raise NotYet(f"no reply within {reply_wait:.1f}s")
+
+    pub._send = silent
+    with pytest.raises(ScorerUnavailable, match="to the hello of run run-1 after 6 attempt"):
+        pub.hello(tiny_hello)
+    # 2 s doubled up to 30 s; the last is what the 100 s leave after the pauses
+    assert waits == [2, 4, 8, 16, 30, 24.5]
+    assert clock.pauses == [0.5, 1.0, 2.0, 4.0, 8.0]
+
+
+def test_a_stop_request_ends_the_hello_wait_after_the_attempt(router, tiny_hello):
+    server = router(lambda req: None)
+    pub = CheckpointPublisher(
+        server.url, wait_seconds=60, reply_timeout=0.2, sleep=lambda s: pytest.fail("paused")
     )
+    with pytest.raises(ScorerFailure, match=f"SIGTERM while waiting for a reply .* {server.url}"):
+        pub.hello(tiny_hello, stop_requested=lambda: True)
+    pub.close()
+    assert len(server.requests) <= 1  # one attempt (it may not have arrived when it gave up)

@@ -1,4 +1,4 @@
-"""The whole recipe on a tiny model with fake scorer clients: what it sends, trains and saves."""
+"""The whole recipe on a tiny model with a fake scorer: what it sends, trains and saves."""
 
 import json
 
@@ -7,15 +7,17 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
+from common.errors import RunMismatch
 from common.protocol import Hello
 from devtools.demo_data import write_dataset
-from tests.trainer_svc.conftest import FakePublisher, FakeWeights
+from devtools.fake_scorer import FakeScorer
 from trainer_svc.config import parse_config
 from trainer_svc.recipe import run
 from trainer_svc.records import read_jsonl
+from trainer_svc.retry import ScorerFailure
 from trainer_svc.schedule import draw_warmup
 
-pytestmark = pytest.mark.slow  # trains a model (in-process, fake scorer clients)
+pytestmark = pytest.mark.slow  # trains a model (in-process, fake scorer)
 
 
 def config(tiny_model, demo_file, out, **over):
@@ -41,26 +43,25 @@ def config(tiny_model, demo_file, out, **over):
 
 
 def train(tiny_model, demo_file, out, **over):
-    pub = FakePublisher()
-    recipe = run(
-        config(tiny_model, demo_file, out, **over), publisher=pub, weights=FakeWeights(32, pub)
-    )
-    return recipe, pub
+    scorer = FakeScorer(32)
+    recipe = run(config(tiny_model, demo_file, out, **over), scorer=scorer)
+    assert scorer.closed  # cleanup closes the scorer
+    return recipe, scorer
 
 
 def test_lora_run_trains_exactly_the_scheduled_samples(tiny_model, demo_file, tmp_path):
     out = tmp_path / "out"
-    recipe, pub = train(tiny_model, demo_file, out)
+    recipe, scorer = train(tiny_model, demo_file, out)
     # E = 2 + 2 x 3 = 8, 1.5 epochs = 12 steps; updates at 2, 4, 6 and 10 (epoch 2)
-    assert [(c["step"], c["update_index"]) for c in pub.checkpoints] == [
+    assert [(c["step"], c["update_index"]) for c in scorer.checkpoints] == [
         (2, 1),
         (4, 2),
         (6, 3),
         (10, 1),
     ]
     names = {n for n, p in recipe.model.named_parameters() if p.requires_grad}
-    assert set(pub.checkpoints[0]["tensors"]) == names and all("lora_" in n for n in names)
-    hello = pub.hellos[0]
+    assert set(scorer.checkpoints[0]["tensors"]) == names and all("lora_" in n for n in names)
+    hello = scorer.hellos[0]
     assert isinstance(hello, Hello) and hello.n_samples == 32 and hello.update_times == 3
 
     selections = read_jsonl(out / "selections.jsonl")
@@ -79,8 +80,31 @@ def test_lora_run_trains_exactly_the_scheduled_samples(tiny_model, demo_file, tm
     assert (out / "training_loss.png").is_file() and (out / "trainer_state.json").is_file()
 
 
+class RefusingRegistration(FakeScorer):
+    def register(self, hello):
+        raise RunMismatch("the scorer holds this run id with another dataset")
+
+
+def test_a_refused_registration_stops_or_goes_on_as_configured(
+    tiny_model, demo_file, tmp_path, caplog
+):
+    scorer = RefusingRegistration(32)
+    with pytest.raises(ScorerFailure) as info:
+        run(config(tiny_model, demo_file, tmp_path / "fail"), scorer=scorer)
+    assert "with the scorer at tcp://127.0.0.1:5555 failed: the scorer holds" in str(info.value)
+    assert "set on_scorer_failure: uniform" in str(info.value)
+    assert scorer.closed and scorer.checkpoints == []  # nothing trained, the client closed
+
+    scorer = RefusingRegistration(32)
+    out = tmp_path / "uniform"
+    run(config(tiny_model, demo_file, out, on_scorer_failure="uniform"), scorer=scorer)
+    assert "!!! SCORER FAILURE: registering run" in caplog.text
+    assert [c["step"] for c in scorer.checkpoints] == [2, 4, 6, 10]  # training went on
+    assert len(read_jsonl(out / "trained_samples.jsonl")) == 12
+
+
 def test_full_finetuning_sends_the_state_dict(tiny_model, demo_file, tmp_path):
-    recipe, pub = train(
+    recipe, scorer = train(
         tiny_model,
         demo_file,
         tmp_path / "out",
@@ -89,8 +113,8 @@ def test_full_finetuning_sends_the_state_dict(tiny_model, demo_file, tmp_path):
         plot_loss=False,
     )
     base = AutoModelForCausalLM.from_pretrained(tiny_model)
-    assert set(pub.checkpoints[0]["tensors"]) == set(base.state_dict())
-    assert pub.hellos[0].lora is None
+    assert set(scorer.checkpoints[0]["tensors"]) == set(base.state_dict())
+    assert scorer.hellos[0].lora is None
 
 
 def test_resume_trains_the_same_samples_as_an_uninterrupted_run(tiny_model, demo_file, tmp_path):
@@ -98,9 +122,9 @@ def test_resume_trains_the_same_samples_as_an_uninterrupted_run(tiny_model, demo
     train(tiny_model, demo_file, out, save_steps=3)
     before = read_jsonl(out / "trained_samples.jsonl")
     selections = [r["sampled_indices"] for r in read_jsonl(out / "selections.jsonl")]
-    _, pub = train(tiny_model, demo_file, out, resume_from_checkpoint=str(out / "checkpoint-6"))
+    _, scorer = train(tiny_model, demo_file, out, resume_from_checkpoint=str(out / "checkpoint-6"))
     # updates from step 6 on are sent again (the scorer answers `duplicate`) and drawn again
-    assert [c["step"] for c in pub.checkpoints] == [6, 10]
+    assert [c["step"] for c in scorer.checkpoints] == [6, 10]
     assert read_jsonl(out / "trained_samples.jsonl") == before
     assert [r["sampled_indices"] for r in read_jsonl(out / "selections.jsonl")] == selections
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from common.errors import CheckpointRejected, ScorerUnavailable
-from tests.trainer_svc.conftest import FakePublisher, FakeWeights, fake_weights
+from devtools.fake_scorer import FakeScorer, fake_weights
 from trainer_svc.records import JsonlRecord, read_jsonl
 from trainer_svc.sampler import SelectionPlan
 from trainer_svc.schedule import Schedule
@@ -13,26 +13,33 @@ from trainer_svc.updates import ScorerFailure, UpdateCoordinator
 N = 16
 
 
-class DownWeights:
+class DownScorer(FakeScorer):
+    """Takes checkpoints; its weights never come."""
+
     def wait_for(self, step):
         raise ScorerUnavailable("scorer down")
 
-    latest = wait_for
+    def latest(self):
+        raise ScorerUnavailable("scorer down")
 
 
-def coordinator(tmp_path, weights=None, **kw):
+class RefusingScorer(FakeScorer):
+    def send_checkpoint(self, **kwargs):
+        raise CheckpointRejected("checkpoint does not fit the lora model of this run")
+
+
+def coordinator(tmp_path, scorer=None, **kw):
     schedule = Schedule.build(warmup_step=1, update_step=2, update_times=3, batch=2, epochs=2)
-    pub = FakePublisher()
+    scorer = scorer or FakeScorer(N)
     coord = UpdateCoordinator(
         run_id="r",
         kind="lora",
         plan=SelectionPlan(schedule, N),
-        publisher=pub,
-        weights=weights or FakeWeights(N, pub),
+        scorer=scorer,
         record=JsonlRecord(tmp_path / "s.jsonl"),
         **kw,
     )
-    return coord, pub, schedule
+    return coord, scorer, schedule
 
 
 def run_all(coord, schedule):
@@ -40,9 +47,9 @@ def run_all(coord, schedule):
 
 
 def test_sync_draws_follow_the_documented_seeds(tmp_path):
-    coord, pub, schedule = coordinator(tmp_path)
+    coord, scorer, schedule = coordinator(tmp_path)
     rows = run_all(coord, schedule)
-    assert [(c["step"], c["update_index"]) for c in pub.checkpoints] == [
+    assert [(c["step"], c["update_index"]) for c in scorer.checkpoints] == [
         (1, 1),
         (3, 2),
         (5, 3),
@@ -73,14 +80,20 @@ def test_async_uses_the_newest_weights_available(tmp_path):
 
 
 def test_failure_stops_with_a_hint(tmp_path):
-    coord, _, schedule = coordinator(tmp_path, weights=DownWeights())
-    with pytest.raises(ScorerFailure, match="on_scorer_failure: uniform"):
+    coord, _, schedule = coordinator(tmp_path, DownScorer(N))
+    with pytest.raises(ScorerFailure) as info:
         run_all(coord, schedule)
+    assert str(info.value) == (
+        "update 1 at step 1 failed: scorer down "
+        "(set on_scorer_failure: uniform to continue without the scorer)"
+    )
 
 
-def test_failure_with_uniform_fallback_is_recorded(tmp_path):
-    coord, _, schedule = coordinator(tmp_path, weights=DownWeights(), on_failure="uniform")
+def test_failure_with_uniform_fallback_is_recorded(tmp_path, caplog):
+    coord, _, schedule = coordinator(tmp_path, DownScorer(N), on_failure="uniform")
     rows = run_all(coord, schedule)
+    loud = [r.getMessage() for r in caplog.records if "!!! SCORER FAILURE" in r.getMessage()]
+    assert len(loud) == len(rows) and "update 2 at step 3 failed: scorer down" in loud[1]
     assert {r["source"] for r in rows} == {"uniform_fallback"}
     assert all("scorer down" in r["failure"] for r in rows)
     uniform = torch.full((N,), 1.0 / N, dtype=torch.float64)
@@ -88,18 +101,11 @@ def test_failure_with_uniform_fallback_is_recorded(tmp_path):
     assert rows[1]["sampled_indices"] == torch.multinomial(uniform, 4, False, generator=g).tolist()
 
 
-class RefusingPublisher(FakePublisher):
-    def send_checkpoint(self, **kwargs):
-        raise CheckpointRejected("checkpoint does not fit the lora model of this run")
-
-
 def test_an_error_reply_stops_the_run_with_its_reason_or_falls_back(tmp_path):
-    coord, _, schedule = coordinator(tmp_path)
-    coord.publisher = RefusingPublisher()
+    coord, _, schedule = coordinator(tmp_path, RefusingScorer(N))
     with pytest.raises(ScorerFailure, match="does not fit the lora model"):
         run_all(coord, schedule)
-    coord, _, schedule = coordinator(tmp_path / "u", on_failure="uniform")
-    coord.publisher = RefusingPublisher()
+    coord, _, schedule = coordinator(tmp_path / "u", RefusingScorer(N), on_failure="uniform")
     rows = run_all(coord, schedule)
     assert {r["source"] for r in rows} == {"uniform_fallback"}
     assert "does not fit" in rows[0]["failure"]

@@ -66,6 +66,15 @@ def test_backoff_grows_between_connection_errors():
     assert sleeps == [0.5, 1.0, 2.0]
 
 
+def test_an_unknown_step_is_asked_again_with_a_growing_pause(caplog):
+    answers = [(404, {"detail": "no checkpoint at step 4"}, {})] * 2 + [(200, BODY, {})]
+    wc, seen, sleeps = client(answers)
+    assert wc.wait_for(4).step == 4
+    assert sleeps == [0.5, 1.0] and len(seen) == 3
+    assert "HTTP 404: no checkpoint at step 4 (attempt 2," in caplog.text
+    assert "waiting for the weights of checkpoint step 4 from http://scorer" in caplog.text
+
+
 def test_failed_checkpoint_raises_scoring_failed():
     wc, _, _ = client([(409, {"detail": "out of memory"}, {})])
     with pytest.raises(ScoringFailed, match="out of memory"):

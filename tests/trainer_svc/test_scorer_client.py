@@ -1,0 +1,96 @@
+"""The trainer's scorer client: one object for ZeroMQ and REST, and on_scorer_failure."""
+
+import logging
+
+import pytest
+import torch
+
+from common.curve import create_keys
+from common.errors import RunMismatch, ScorerUnavailable
+from common.protocol import ack
+from devtools.fake_scorer import FakeScorer
+from trainer_svc.config import TrainConfig
+from trainer_svc.retry import ScorerFailure
+from trainer_svc.scorer_client import RemoteScorer, ScorerClient, scorer_failed
+
+
+def remote(zmq_url, **kw):
+    return RemoteScorer(
+        zmq_url=zmq_url, http_url="http://127.0.0.1:9", run_id="run-1", wait_seconds=10, **kw
+    )
+
+
+def test_the_real_and_the_fake_scorer_are_scorer_clients():
+    scorer = remote("tcp://127.0.0.1:9")
+    assert isinstance(scorer, ScorerClient) and isinstance(FakeScorer(4), ScorerClient)
+    scorer.close()
+
+
+def test_remote_scorer_registers_and_sends_over_one_socket(router, tiny_hello):
+    server = router(lambda req: ack(status="registered" if len(server.requests) == 1 else "queued"))
+    scorer = remote(server.url)
+    assert scorer.register(tiny_hello)["status"] == "registered"
+    tensors = {"w": torch.ones(2)}
+    reply = scorer.send_checkpoint(
+        run_id="run-1", step=3, update_index=1, kind="full", tensors=tensors
+    )
+    scorer.close()
+    assert reply["status"] == "queued"
+    assert [type(r).__name__ for r in server.requests] == ["Hello", "CheckpointMessage"]
+
+
+def test_registration_stops_waiting_when_a_stop_is_requested(router, tiny_hello):
+    def no_pause(seconds):
+        pytest.fail("paused for another attempt after a stop request")
+
+    server = router(lambda req: None)
+    scorer = remote(server.url, stop_requested=lambda: True, sleep=no_pause)
+    scorer.publisher.reply_timeout = 0.1  # the first reply wait, so the test is quick
+    with pytest.raises(ScorerFailure, match=f"SIGTERM while waiting for a reply .* {server.url}"):
+        scorer.register(tiny_hello)
+    scorer.close()
+    assert len(server.requests) <= 1  # one attempt (it may not have arrived when it gave up)
+
+
+def test_from_config_takes_the_addresses_token_and_curve_keys(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCORER_TOKEN", "tok")
+    _, secret = create_keys(tmp_path, "trainer")
+    server_public, _ = create_keys(tmp_path, "scorer")
+    cfg = TrainConfig(
+        model_name_or_path="m",
+        dataset="d.json",
+        output_dir=str(tmp_path / "out"),
+        scorer_zmq_url="tcp://10.0.0.1:6000",
+        scorer_http_url="http://10.0.0.1:9000/",
+        scorer_wait_seconds=7,
+        scorer_curve_secret_key_file=str(secret),
+        scorer_curve_server_key_file=str(server_public),
+    )
+    scorer = RemoteScorer.from_config(cfg, "run-9")
+    assert scorer.publisher.url == "tcp://10.0.0.1:6000" and scorer.publisher.token == "tok"
+    assert scorer.publisher.curve is not None
+    assert scorer.publisher.retry.wait_seconds == 7 == scorer.weights.retry.wait_seconds
+    assert scorer.weights.base_url == "http://10.0.0.1:9000" and scorer.weights.run_id == "run-9"
+    assert scorer.weights._client.headers["authorization"] == "Bearer tok"
+    scorer.close()
+
+
+def test_on_scorer_failure_fail_stops_with_what_failed_and_the_way_on():
+    error = ScorerUnavailable("gave up waiting for X: check Y")
+    with pytest.raises(ScorerFailure) as info:
+        scorer_failed("fail", "registering run r", error, fallback="training goes on")
+    assert str(info.value) == (
+        "registering run r failed: gave up waiting for X: check Y "
+        "(set on_scorer_failure: uniform to continue without the scorer)"
+    )
+    assert info.value.__cause__ is error
+
+
+def test_on_scorer_failure_uniform_logs_loudly_and_goes_on(caplog):
+    error = RunMismatch("fingerprint differs")
+    with caplog.at_level(logging.ERROR):
+        scorer_failed("uniform", "update 2 at step 4", error, fallback="UNIFORM weights")
+    assert caplog.messages == [
+        "!!! SCORER FAILURE: update 2 at step 4 failed: fingerprint differs -- UNIFORM weights "
+        "(on_scorer_failure: uniform)"
+    ]

@@ -1,0 +1,153 @@
+"""The trainer's one view of the scorer, and what it does when the scorer fails.
+
+`ScorerClient` is everything the recipe and the updates ask of the scorer: register the run,
+send a checkpoint, wait for a checkpoint's weights, take the newest weights. `RemoteScorer`
+is the real one: the hello and the checkpoints go over ZeroMQ (trainer_svc.publisher), the
+weights come over REST (trainer_svc.weights_client), both under one retry policy
+(trainer_svc.retry). Tests use devtools.fake_scorer.FakeScorer.
+
+`scorer_failed` applies on_scorer_failure, at registration and at every update alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import torch
+
+from common.curve import ClientKeys, load_client_keys
+from common.errors import ProtocolError
+from common.protocol import Hello
+from trainer_svc.config import TrainConfig
+from trainer_svc.publisher import CheckpointPublisher
+from trainer_svc.retry import ScorerFailure, never
+from trainer_svc.weights_client import ScorerWeights, WeightsClient
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["OnFailure", "RemoteScorer", "ScorerClient", "ScorerFailure", "scorer_failed"]
+
+OnFailure = Literal["fail", "uniform"]  # the on_scorer_failure values
+
+
+@runtime_checkable
+class ScorerClient(Protocol):
+    """What the trainer asks of the scorer. Each call raises a `ProtocolError` when the scorer
+    refuses, fails or cannot be reached in time."""
+
+    def register(self, hello: Hello) -> dict[str, Any]:
+        """Registers the run (a repeated hello is answered `already_registered`)."""
+        ...
+
+    def send_checkpoint(
+        self,
+        *,
+        run_id: str,
+        step: int,
+        update_index: int,
+        kind: str,
+        tensors: dict[str, torch.Tensor],
+    ) -> dict[str, Any]:
+        """Hands the checkpoint of `step` over for scoring; returns the scorer's ack."""
+        ...
+
+    def wait_for(self, step: int) -> ScorerWeights:
+        """The weights of checkpoint `step`, once scored."""
+        ...
+
+    def latest(self) -> ScorerWeights | None:
+        """The newest weights already scored, or None."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class RemoteScorer:
+    """scorer_svc over the network: its ZeroMQ address for the hello and the checkpoints, its
+    REST API for the weights."""
+
+    def __init__(
+        self,
+        *,
+        zmq_url: str,
+        http_url: str,
+        run_id: str,
+        wait_seconds: float,
+        token: str | None = None,
+        curve: ClientKeys | None = None,
+        stop_requested: Callable[[], bool] = never,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        """stop_requested (the recipe's SIGTERM flag) ends the wait for registration."""
+        self.publisher = CheckpointPublisher(
+            zmq_url, wait_seconds=wait_seconds, token=token, curve=curve, sleep=sleep
+        )
+        self.weights = WeightsClient(
+            http_url, run_id, wait_seconds=wait_seconds, token=token, sleep=sleep
+        )
+        self.stop_requested = stop_requested
+
+    @classmethod
+    def from_config(
+        cls, cfg: TrainConfig, run_id: str, *, stop_requested: Callable[[], bool] = never
+    ) -> RemoteScorer:
+        curve = None
+        if cfg.scorer_curve_secret_key_file and cfg.scorer_curve_server_key_file:
+            curve = load_client_keys(
+                cfg.scorer_curve_secret_key_file, cfg.scorer_curve_server_key_file
+            )
+        return cls(
+            zmq_url=cfg.scorer_zmq_url,
+            http_url=cfg.scorer_http_url,
+            run_id=run_id,
+            wait_seconds=cfg.scorer_wait_seconds,
+            token=cfg.scorer_token,
+            curve=curve,
+            stop_requested=stop_requested,
+        )
+
+    def register(self, hello: Hello) -> dict[str, Any]:
+        return self.publisher.hello(hello, stop_requested=self.stop_requested)
+
+    def send_checkpoint(
+        self,
+        *,
+        run_id: str,
+        step: int,
+        update_index: int,
+        kind: str,
+        tensors: dict[str, torch.Tensor],
+    ) -> dict[str, Any]:
+        return self.publisher.send_checkpoint(
+            run_id=run_id, step=step, update_index=update_index, kind=kind, tensors=tensors
+        )
+
+    def wait_for(self, step: int) -> ScorerWeights:
+        return self.weights.wait_for(step)
+
+    def latest(self) -> ScorerWeights | None:
+        return self.weights.latest()
+
+    def close(self) -> None:
+        self.publisher.close()
+        self.weights.close()
+
+
+def scorer_failed(on_failure: OnFailure, what: str, error: ProtocolError, fallback: str) -> None:
+    """on_scorer_failure for `what` ("registering run ...", "update 2 at step 4"), which
+    failed with `error`: `fail` raises ScorerFailure; `uniform` logs it loudly and returns,
+    the caller then doing `fallback` (said in the log)."""
+    if on_failure == "fail":
+        raise ScorerFailure(
+            f"{what} failed: {error} (set on_scorer_failure: uniform to continue without "
+            "the scorer)"
+        ) from error
+    logger.error(
+        "!!! SCORER FAILURE: %s failed: %s -- %s (on_scorer_failure: uniform)",
+        what,
+        error,
+        fallback,
+    )
