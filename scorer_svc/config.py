@@ -10,9 +10,12 @@ from typing import Any
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from common.validation import check_zmq_url, describe_errors
+
 log = logging.getLogger(__name__)
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class SettingsError(ValueError):
@@ -69,9 +72,7 @@ class Settings(BaseSettings):
     @field_validator("zmq_url")
     @classmethod
     def _zmq_url(cls, value: str) -> str:
-        if not value.startswith(("tcp://", "ipc://", "inproc://")):
-            raise ValueError("must look like tcp://HOST:PORT (or ipc://PATH)")
-        return value
+        return check_zmq_url(value)
 
     @field_validator("device")
     @classmethod
@@ -86,6 +87,13 @@ class Settings(BaseSettings):
     def _dtype(cls, value: str) -> str:
         if value not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError("must be auto, float32, bfloat16 or float16")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
         return value
 
     @property
@@ -117,7 +125,7 @@ def load_settings(overrides: dict[str, Any]) -> Settings:
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
-        problems = "\n".join(
-            f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        problems = "".join(
+            f"\n  {line}" for line in describe_errors(exc.errors(), default="settings")
         )
-        raise SettingsError(f"invalid scorer settings:\n{problems}") from None
+        raise SettingsError(f"invalid scorer settings:{problems}") from None

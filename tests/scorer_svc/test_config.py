@@ -27,9 +27,12 @@ def test_defaults_bind_loopback_and_put_the_database_in_the_data_dir(tmp_path):
 
 def test_every_bad_setting_is_named_in_one_error():
     with pytest.raises(SettingsError) as info:
-        load_settings({"http_port": 70000, "device": "gpu", "zmq_url": "localhost", "dtype": "x"})
-    for key in ("http_port", "device", "zmq_url", "dtype"):
+        load_settings(
+            {"http_port": 70000, "device": "gpu", "zmq_url": "x", "dtype": "x", "log_level": "x"}
+        )
+    for key in ("http_port", "device", "zmq_url", "dtype", "log_level"):
         assert key in str(info.value)
+    assert "is not a ZeroMQ endpoint" in str(info.value)
 
 
 def test_cli_exits_2_with_the_reason(capsys):
