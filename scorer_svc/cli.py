@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from scorer_svc.config import (
     SettingsError,
     config_file_values,
     load_settings,
+    warn_unknown_environment,
 )
 
 
@@ -84,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    warn_unknown_environment(os.environ)
     import uvicorn
 
     from scorer_svc.main import create_app

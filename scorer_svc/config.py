@@ -207,3 +207,26 @@ def config_file_values(path: Path) -> dict[str, Any]:
         raise SettingsError(
             f"config file {path} must be a YAML mapping of settings, e.g. http_port: 8000"
         ) from None
+
+
+def unknown_environment(environ: Mapping[str, str]) -> list[str]:
+    """The SCORER_* variables in environ that name no setting (the names are case-insensitive)."""
+    known = set(_environment_names())
+    return sorted(
+        name for name in environ if name.upper().startswith("SCORER_") and name.upper() not in known
+    )
+
+
+def _environment_names() -> list[str]:
+    return [f"SCORER_{name.upper()}" for name in Settings.model_fields]
+
+
+def warn_unknown_environment(environ: Mapping[str, str]) -> None:
+    """Log the SCORER_* variables that set nothing, a misspelling most likely."""
+    unknown = unknown_environment(environ)
+    if unknown:
+        log.warning(
+            "ignoring unknown environment variable(s) %s; the scorer's are %s",
+            ", ".join(unknown),
+            ", ".join(_environment_names()),
+        )

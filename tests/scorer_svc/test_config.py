@@ -1,9 +1,11 @@
 """Scorer settings: flags over file over environment, every bad value named at once."""
 
+import logging
+
 import pytest
 
 from scorer_svc.cli import build_parser, main, serve_settings
-from scorer_svc.config import Settings, SettingsError, load_settings
+from scorer_svc.config import Settings, SettingsError, load_settings, warn_unknown_environment
 
 
 def settings_of(*argv: str) -> Settings:
@@ -103,6 +105,18 @@ def test_an_unknown_flag_is_an_error(capsys):
         main(["serve", "--batch-sise", "2"])
     assert info.value.code == 2
     assert "unrecognized arguments: --batch-sise" in capsys.readouterr().err
+
+
+def test_unknown_scorer_variables_are_warned_about_by_name(caplog):
+    environ = {"SCORER_BATCH_SIZ": "3", "SCORER_DEVICE": "cpu", "scorer_tokn": "x", "HOME": "/"}
+    with caplog.at_level(logging.WARNING, logger="scorer_svc.config"):
+        warn_unknown_environment(environ)
+        [record] = caplog.records
+        assert "SCORER_BATCH_SIZ, scorer_tokn;" in record.getMessage()
+        assert "SCORER_BATCH_SIZE" in record.getMessage() and "HOME" not in record.getMessage()
+        caplog.clear()
+        warn_unknown_environment({"SCORER_DEVICE": "cpu", "scorer_token": "x"})
+        assert caplog.records == []
 
 
 def test_curve_needs_both_the_secret_key_and_the_authorized_keys(tmp_path):
