@@ -1,58 +1,57 @@
-"""`scorer-svc serve`: flags over SCORER_* variables over an optional YAML file."""
+"""`scorer-svc serve`: flags over a YAML file (--config) over SCORER_* variables over defaults."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
-import yaml
+from pydantic_settings import CliSettingsSource
 
-from scorer_svc.config import Settings, SettingsError, load_settings
-
-FLAGS = {
-    "--http-host": ("http_host", str),
-    "--http-port": ("http_port", int),
-    "--zmq-url": ("zmq_url", str),
-    "--data-dir": ("data_dir", str),
-    "--database-url": ("database_url", str),
-    "--device": ("device", str),
-    "--dtype": ("dtype", str),
-    "--batch-size": ("batch_size", int),
-    "--max-batch-tokens": ("max_batch_tokens", int),
-    "--log-level": ("log_level", str),
-    "--token-file": ("token_file", str),
-    "--curve-secret-key-file": ("curve_secret_key_file", str),
-    "--curve-authorized-keys-dir": ("curve_authorized_keys_dir", str),
-}
+from scorer_svc.config import (
+    Settings,
+    SettingsError,
+    config_file_values,
+    load_settings,
+    warn_unknown_environment,
+)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> tuple[argparse.ArgumentParser, CliSettingsSource[Settings]]:
+    """The scorer-svc parser, and the source that reads the serve flags, one per setting."""
     parser = argparse.ArgumentParser(prog="scorer-svc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the scorer (ZeroMQ intake, worker, REST API)")
-    serve.add_argument("--config", type=Path, help="YAML file of settings (keys as in Settings)")
-    for flag, (dest, kind) in FLAGS.items():
-        serve.add_argument(flag, dest=dest, type=kind, default=None)
+    serve = sub.add_parser(
+        "serve",
+        help="run the scorer (ZeroMQ intake, worker, REST API)",
+        description="Run the scorer. Every setting but token is a flag, a key of the --config "
+        "file and a SCORER_<NAME> environment variable; flags win over the file, the file "
+        "over the environment.",
+    )
+    serve.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="a YAML file of settings by name (http_port: 8000)",
+    )
+    flags: CliSettingsSource[Settings] = CliSettingsSource(Settings, root_parser=serve)
     keys = sub.add_parser("keys", help="write a CURVE key pair (NAME.key, NAME.key_secret)")
     keys.add_argument("directory", type=Path)
     keys.add_argument("name")
-    return parser.parse_args(argv)
+    return parser, flags
 
 
-def settings_from(args: argparse.Namespace) -> Settings:
-    overrides: dict = {}
-    if args.config is not None:
-        if not args.config.is_file():
-            raise SettingsError(f"config file {args.config} does not exist")
-        loaded = yaml.safe_load(args.config.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise SettingsError(f"{args.config} must hold a mapping of settings")
-        overrides.update(loaded)
-    flags = {dest: getattr(args, dest) for dest, _ in FLAGS.values()}
-    overrides.update({key: value for key, value in flags.items() if value is not None})
-    return load_settings(overrides)
+def serve_settings(args: argparse.Namespace, flags: CliSettingsSource[Settings]) -> Settings:
+    """The settings of a parsed `serve` command line."""
+    if getattr(args, "token", None) is not None:  # a hidden flag, only to refuse it
+        raise SettingsError(
+            "token is not a flag, since a command line shows in ps: set SCORER_TOKEN, "
+            "token in the --config file, or --token-file"
+        )
+    file_values = config_file_values(args.config) if args.config is not None else {}
+    return load_settings(file_values, flags(parsed_args=args))
 
 
 def _server_class():  # type: ignore[no-untyped-def]
@@ -70,7 +69,8 @@ def _server_class():  # type: ignore[no-untyped-def]
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    parser, flags = build_parser()
+    args = parser.parse_args(argv)
     if args.command == "keys":
         from common.curve import create_keys
 
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"public key (give to peers): {public}\nsecret key (keep): {secret}")
         return 0
     try:
-        settings = settings_from(args)
+        settings = serve_settings(args, flags)
     except SettingsError as exc:
         print(f"scorer-svc: {exc}", file=sys.stderr)
         return 2
@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    warn_unknown_environment(os.environ)
     import uvicorn
 
     from scorer_svc.main import create_app

@@ -1,18 +1,29 @@
-"""Scorer settings: flags, SCORER_* environment variables or a YAML file, validated at start."""
+"""Scorer settings: flags, a YAML file or SCORER_* environment variables, validated at start."""
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    CliSettingsSource,
+    CliSuppress,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from common.validation import check_zmq_url, describe_errors
 
 log = logging.getLogger(__name__)
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class SettingsError(ValueError):
@@ -20,29 +31,76 @@ class SettingsError(ValueError):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SCORER_", extra="forbid")
+    """The scorer's settings: each is a flag of `scorer-svc serve` (but token), a key of its
+    --config YAML file and a SCORER_<NAME> environment variable, in that order of priority."""
 
-    http_host: str = "127.0.0.1"
-    http_port: int = Field(8000, ge=0, le=65535)
-    zmq_url: str = "tcp://127.0.0.1:5555"
-    data_dir: Path = Path("scorer_data")
-    database_url: str | None = None  # default: sqlite:///<data_dir>/scorer.db
-    device: str = "auto"  # auto, cpu, cuda, cuda:N
-    dtype: str = "auto"  # auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16
-    batch_size: int = Field(16, ge=1)
-    max_batch_tokens: int = Field(16384, ge=1)
-    max_checkpoint_bytes: int = Field(16 << 30, ge=1)
-    retry_after_seconds: int = Field(1, ge=1)
-    database_busy_timeout_seconds: float = Field(30.0, gt=0)
-    keep_checkpoints: bool = False  # keep tensors after scoring (they are needed only until then)
-    log_level: str = "INFO"
-    # A shared secret required on every request (Bearer on REST, `token` in ZeroMQ headers).
-    token: SecretStr | None = None
-    token_file: Path | None = None
-    # CURVE for links across hosts: this scorer's secret key file, and a folder of the public
-    # key files (NAME.key) of the trainers allowed in. Both or neither.
-    curve_secret_key_file: Path | None = None
-    curve_authorized_keys_dir: Path | None = None
+    model_config = SettingsConfigDict(
+        env_prefix="SCORER_",
+        extra="forbid",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_hide_none_type=True,
+        cli_show_env_vars=True,
+    )
+
+    http_host: str = Field(
+        "127.0.0.1", description="REST bind address (anything but loopback is logged as a warning)"
+    )
+    http_port: int = Field(8000, ge=0, le=65535, description="REST port")
+    zmq_url: str = Field(
+        "tcp://127.0.0.1:5555",
+        description="ZeroMQ ROUTER bind address: tcp://HOST:PORT or ipc://PATH",
+    )
+    data_dir: Path = Field(
+        Path("scorer_data"),
+        description="received checkpoints (until scored) and the default database",
+    )
+    database_url: str | None = Field(
+        None, description="any SQLAlchemy URL; null: sqlite:///DATA_DIR/scorer.db"
+    )
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    dtype: str = Field(
+        "auto",
+        description="auto (float32 on CPU, bfloat16 with autocast on CUDA), float32, bfloat16 "
+        "or float16",
+    )
+    batch_size: int = Field(
+        16, ge=1, description="rows per scoring batch (samples grouped by length)"
+    )
+    max_batch_tokens: int = Field(16384, ge=1, description="padded tokens per scoring batch")
+    max_checkpoint_bytes: int = Field(
+        16 << 30,
+        ge=1,
+        description="a checkpoint declaring more is refused (too_large), a larger ZeroMQ frame is "
+        "dropped unread; 17179869184 is 16 GiB",
+    )
+    retry_after_seconds: int = Field(1, ge=1, description="the Retry-After of a 202 response")
+    database_busy_timeout_seconds: float = Field(
+        30.0, gt=0, description="how long SQLite waits for a lock before a write fails"
+    )
+    keep_checkpoints: bool = Field(
+        False, description="keep received tensors after scoring (they are needed only until then)"
+    )
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    # A secret: hidden from the flags, and refused there, since a command line shows in `ps`.
+    token: CliSuppress[SecretStr | None] = Field(
+        None,
+        description="a shared secret every request must carry (Bearer on REST, `token` in ZeroMQ "
+        "headers); SCORER_TOKEN or the YAML file only; null: no token",
+    )
+    token_file: Path | None = Field(
+        None, description="a file holding the token (instead of token itself)"
+    )
+    curve_secret_key_file: Path | None = Field(
+        None,
+        description="ZeroMQ CURVE: this scorer's NAME.key_secret (with curve_authorized_keys_dir); "
+        "null: no CURVE",
+    )
+    curve_authorized_keys_dir: Path | None = Field(
+        None,
+        description="ZeroMQ CURVE: the folder of the public NAME.key files of the trainers "
+        "allowed in",
+    )
 
     @model_validator(mode="after")
     def _one_token_source(self) -> Settings:
@@ -69,9 +127,7 @@ class Settings(BaseSettings):
     @field_validator("zmq_url")
     @classmethod
     def _zmq_url(cls, value: str) -> str:
-        if not value.startswith(("tcp://", "ipc://", "inproc://")):
-            raise ValueError("must look like tcp://HOST:PORT (or ipc://PATH)")
-        return value
+        return check_zmq_url(value)
 
     @field_validator("device")
     @classmethod
@@ -86,6 +142,13 @@ class Settings(BaseSettings):
     def _dtype(cls, value: str) -> str:
         if value not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError("must be auto, float32, bfloat16 or float16")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
         return value
 
     @property
@@ -112,12 +175,58 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def load_settings(overrides: dict[str, Any]) -> Settings:
-    """Settings from overrides (flags, file) over SCORER_* variables over defaults."""
+def load_settings(
+    values: Mapping[str, Any] | None = None, flags: CliSettingsSource[Settings] | None = None
+) -> Settings:
+    """Settings from parsed flags, over values (a --config file's), over SCORER_* variables,
+    over defaults; SettingsError naming every bad one."""
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        # _cli_settings_source is BaseSettings' own keyword; mypy without pydantic's plugin
+        # sees only the fields.
+        return Settings(_cli_settings_source=flags, **dict(values or {}))  # type: ignore[call-arg]
     except ValidationError as exc:
-        problems = "\n".join(
-            f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        problems = "".join(
+            f"\n  {line}" for line in describe_errors(exc.errors(), default="settings")
         )
-        raise SettingsError(f"invalid scorer settings:\n{problems}") from None
+        raise SettingsError(
+            f"invalid scorer settings (see scorer-svc serve --help):{problems}"
+        ) from None
+
+
+def config_file_values(path: Path) -> dict[str, Any]:
+    """The settings in a YAML file, checked against Settings later with the others."""
+    if not path.is_file():
+        raise SettingsError(
+            f"config file {path} does not exist: give --config an existing YAML file"
+        )
+    try:
+        return YamlConfigSettingsSource(Settings, yaml_file=path, yaml_file_encoding="utf-8")()
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"config file {path} is not valid YAML: {exc}") from None
+    except ValueError:
+        raise SettingsError(
+            f"config file {path} must be a YAML mapping of settings, e.g. http_port: 8000"
+        ) from None
+
+
+def unknown_environment(environ: Mapping[str, str]) -> list[str]:
+    """The SCORER_* variables in environ that name no setting (the names are case-insensitive)."""
+    known = set(_environment_names())
+    return sorted(
+        name for name in environ if name.upper().startswith("SCORER_") and name.upper() not in known
+    )
+
+
+def _environment_names() -> list[str]:
+    return [f"SCORER_{name.upper()}" for name in Settings.model_fields]
+
+
+def warn_unknown_environment(environ: Mapping[str, str]) -> None:
+    """Log the SCORER_* variables that set nothing, a misspelling most likely."""
+    unknown = unknown_environment(environ)
+    if unknown:
+        log.warning(
+            "ignoring unknown environment variable(s) %s; the scorer's are %s",
+            ", ".join(unknown),
+            ", ".join(_environment_names()),
+        )

@@ -1,19 +1,50 @@
 """Scorer settings: flags over file over environment, every bad value named at once."""
 
+import logging
+
 import pytest
 
-from scorer_svc.cli import main, parse_args, settings_from
-from scorer_svc.config import Settings, SettingsError, load_settings
+from scorer_svc.cli import build_parser, main, serve_settings
+from scorer_svc.config import Settings, SettingsError, load_settings, warn_unknown_environment
+
+
+def settings_of(*argv: str) -> Settings:
+    """The settings of `scorer-svc serve ARGV`, through the real parser."""
+    parser, flags = build_parser()
+    return serve_settings(parser.parse_args(["serve", *argv]), flags)
 
 
 def test_flags_win_over_file_and_file_over_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("SCORER_HTTP_PORT", "9001")
     monkeypatch.setenv("SCORER_DEVICE", "cpu")
+    monkeypatch.setenv("SCORER_RETRY_AFTER_SECONDS", "5")
     config = tmp_path / "scorer.yaml"
-    config.write_text("http_port: 9002\nbatch_size: 4\n")
-    args = parse_args(["serve", "--config", str(config), "--batch-size", "2"])
-    settings = settings_from(args)
+    config.write_text("http_port: 9002\nbatch_size: 4\nretry_after_seconds: 3\n")
+    settings = settings_of("--config", str(config), "--batch-size", "2")
     assert (settings.http_port, settings.batch_size, settings.device) == (9002, 2, "cpu")
+    assert settings.retry_after_seconds == 3
+    assert settings_of("--retry-after-seconds", "7").retry_after_seconds == 7
+
+
+def test_every_setting_but_the_token_is_a_flag():
+    settings = settings_of(
+        "--keep-checkpoints",
+        "--max-checkpoint-bytes", "1024",
+        "--database-busy-timeout-seconds", "2.5",
+        "--database-url", "sqlite:///x.db",
+        "--token-file", __file__,
+    )  # fmt: skip
+    assert settings.keep_checkpoints is True and settings.max_checkpoint_bytes == 1024
+    assert settings.database_busy_timeout_seconds == 2.5
+    assert settings.resolved_database_url == "sqlite:///x.db" and settings.token is None
+
+
+def test_the_token_comes_from_the_environment_or_the_file(tmp_path, monkeypatch):
+    config = tmp_path / "scorer.yaml"
+    config.write_text("token: from-file\n")
+    assert settings_of("--config", str(config)).shared_token() == "from-file"
+    monkeypatch.setenv("SCORER_TOKEN", "from-env")
+    assert settings_of().shared_token() == "from-env"
 
 
 def test_defaults_bind_loopback_and_put_the_database_in_the_data_dir(tmp_path):
@@ -27,14 +58,65 @@ def test_defaults_bind_loopback_and_put_the_database_in_the_data_dir(tmp_path):
 
 def test_every_bad_setting_is_named_in_one_error():
     with pytest.raises(SettingsError) as info:
-        load_settings({"http_port": 70000, "device": "gpu", "zmq_url": "localhost", "dtype": "x"})
-    for key in ("http_port", "device", "zmq_url", "dtype"):
+        load_settings(
+            {"http_port": 70000, "device": "gpu", "zmq_url": "x", "dtype": "x", "log_level": "x"}
+        )
+    for key in ("http_port", "device", "zmq_url", "dtype", "log_level"):
         assert key in str(info.value)
+    assert "is not a ZeroMQ endpoint" in str(info.value)
+
+
+def test_bad_flags_file_keys_and_variables_are_named_together(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SCORER_BATCH_SIZE", "0")
+    config = tmp_path / "scorer.yaml"
+    config.write_text("log_level: loud\nhttp_prot: 80\n")
+    assert main(["serve", "--config", str(config), "--http-port", "port"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("scorer-svc: invalid scorer settings")
+    for line in (
+        "http_port: Input should be a valid integer",
+        "batch_size: Input should be greater than or equal to 1",
+        "log_level: Value error, must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL",
+        "http_prot: Extra inputs are not permitted",
+    ):
+        assert f"\n  {line}" in err
+
+
+def test_a_missing_or_malformed_config_file_is_named(tmp_path):
+    with pytest.raises(SettingsError, match="does not exist"):
+        settings_of("--config", str(tmp_path / "missing.yaml"))
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- http_port: 80\n")
+    with pytest.raises(SettingsError, match="must be a YAML mapping"):
+        settings_of("--config", str(listed))
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("http_port: [\n")
+    with pytest.raises(SettingsError, match="is not valid YAML"):
+        settings_of("--config", str(broken))
 
 
 def test_cli_exits_2_with_the_reason(capsys):
     assert main(["serve", "--device", "tpu"]) == 2
     assert "device: Value error, must be auto, cpu, cuda or cuda:N" in capsys.readouterr().err
+
+
+def test_an_unknown_flag_is_an_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "--batch-sise", "2"])
+    assert info.value.code == 2
+    assert "unrecognized arguments: --batch-sise" in capsys.readouterr().err
+
+
+def test_unknown_scorer_variables_are_warned_about_by_name(caplog):
+    environ = {"SCORER_BATCH_SIZ": "3", "SCORER_DEVICE": "cpu", "scorer_tokn": "x", "HOME": "/"}
+    with caplog.at_level(logging.WARNING, logger="scorer_svc.config"):
+        warn_unknown_environment(environ)
+        [record] = caplog.records
+        assert "SCORER_BATCH_SIZ, scorer_tokn;" in record.getMessage()
+        assert "SCORER_BATCH_SIZE" in record.getMessage() and "HOME" not in record.getMessage()
+        caplog.clear()
+        warn_unknown_environment({"SCORER_DEVICE": "cpu", "scorer_token": "x"})
+        assert caplog.records == []
 
 
 def test_curve_needs_both_the_secret_key_and_the_authorized_keys(tmp_path):

@@ -1,0 +1,45 @@
+"""The flags of `scorer-svc serve` come from the settings: one each, with help, but the token."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scorer_svc.cli import build_parser, serve_settings
+from scorer_svc.config import Settings, SettingsError
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRETS = {"token"}
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def test_every_setting_is_described():
+    undescribed = [name for name, field in Settings.model_fields.items() if not field.description]
+    assert undescribed == []
+
+
+def test_help_lists_every_flag_with_its_description_but_not_the_token():
+    env = {**os.environ, "COLUMNS": "200"}
+    done = subprocess.run(
+        [sys.executable, "-m", "scorer_svc", "serve", "--help"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    text = " ".join(done.stdout.split())
+    for name, field in Settings.model_fields.items():
+        if name in SECRETS:
+            assert not re.search(rf"{flag(name)}\b(?!-)", text), f"{flag(name)} is offered"
+        else:
+            assert f"{flag(name)} " in text and field.description in text, name
+
+
+def test_the_token_is_refused_as_a_flag():
+    parser, flags = build_parser()
+    args = parser.parse_args(["serve", "--token", "s3cret"])
+    with pytest.raises(SettingsError, match="token is not a flag.*SCORER_TOKEN"):
+        serve_settings(args, flags)
