@@ -155,15 +155,13 @@ def one_run(mode: str, work: Path, model_dir: Path, dataset: Path, scorer: Score
         )
     )
     loaded = load_config(yaml)
-    hooks: dict = {}
+    stub: NoScorer | None = None
     if mode == "uniform":
         stub = NoScorer(p["n"])
-        hooks = {"scorer": stub}
     elif mode == "inprocess":
         stub = InProcess(p["n"], p["update_times"], loaded.window_size)
-        hooks = {"scorer": stub}
-    recipe = DeltaLossRecipe(loaded, **hooks)
-    if mode == "inprocess":
+    recipe = DeltaLossRecipe(loaded, scorer=stub)
+    if isinstance(stub, InProcess):
         stub.recipe = recipe
     try:
         recipe.setup()

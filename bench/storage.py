@@ -66,10 +66,11 @@ def measure(work: Path, n: int = 200_000, checkpoints: int = 50, requests: int =
         for _ in range(requests):
             step = int(rng.integers(1, checkpoints + 1))
             index = int(rng.integers(0, n))
-            for key, url, params, headers in (
+            queries: list[tuple[str, str, dict, dict]] = [
                 ("losses", f"{base}/losses", {"step": step, "limit": 1000}, {}),
                 ("history", f"{base}/samples/{index}/losses", {}, {}),
-            ):
+            ]
+            for key, url, params, headers in queries:
                 start = time.perf_counter()
                 r = client.get(url, params=params, headers=headers)
                 lat[key].append(time.perf_counter() - start)

@@ -18,14 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _alpaca() -> Path:
-    """$BENCH_ALPACA, else shared/data next to the checkout, else /work/shared/data."""
+    """$BENCH_ALPACA, else ../shared/data beside the checkout (it is read, never copied)."""
     if os.environ.get("BENCH_ALPACA"):
         return Path(os.environ["BENCH_ALPACA"])
-    name = Path("shared") / "data" / "alpaca_en_demo.json"
-    for candidate in (ROOT.parent / name, Path("/work") / name):
-        if candidate.is_file():
-            return candidate
-    return ROOT.parent / name
+    return ROOT.parent / "shared" / "data" / "alpaca_en_demo.json"
 
 
 ALPACA = _alpaca()

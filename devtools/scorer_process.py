@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Self
 
 import httpx
 
@@ -45,13 +46,13 @@ class ScorerProcess:
         self.log_path = log_path or data_dir / "scorer.log"
         self.proc: subprocess.Popen | None = None
 
-    def __enter__(self) -> ScorerProcess:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def start(self, timeout: float = 90) -> ScorerProcess:
+    def start(self, timeout: float = 90) -> Self:
         """Start and wait until /healthz answers."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_exponential
 
@@ -15,7 +15,7 @@ T = TypeVar("T")
 class Watched(Protocol):
     """A process wrapper: its Popen as `proc`, and its log so far."""
 
-    proc: object
+    proc: Any
 
     def log(self) -> str: ...
 
@@ -36,7 +36,7 @@ def wait_until(
 
     def attempt() -> T:
         for item in watched:
-            code = item.proc.poll()  # type: ignore[attr-defined]
+            code = item.proc.poll()
             if code is not None:
                 raise ProcessExited(
                     f"{type(item).__name__} exited with {code} while waiting for {what}:\n"

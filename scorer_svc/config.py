@@ -18,6 +18,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from common.dtypes import COMPUTE_DTYPES
 from common.validation import check_zmq_url, describe_errors
 
 log = logging.getLogger(__name__)
@@ -140,8 +141,8 @@ class Settings(BaseSettings):
     @field_validator("dtype")
     @classmethod
     def _dtype(cls, value: str) -> str:
-        if value not in ("auto", "float32", "bfloat16", "float16"):
-            raise ValueError("must be auto, float32, bfloat16 or float16")
+        if value not in COMPUTE_DTYPES:
+            raise ValueError(f"must be one of {', '.join(COMPUTE_DTYPES)}")
         return value
 
     @field_validator("log_level")

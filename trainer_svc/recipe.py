@@ -228,6 +228,7 @@ class DeltaLossRecipe:
 
     def _resume_records(self) -> int:
         """Restore the draws made before the resumed step; drop records from it on."""
+        assert self.cfg.resume_from_checkpoint is not None
         state = Path(self.cfg.resume_from_checkpoint) / "trainer_state.json"
         start = int(json.loads(state.read_text())["global_step"])
         kept = [r for r in read_jsonl(self.output_dir / SELECTIONS) if r["global_step"] < start]

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from transformers import Trainer, TrainerCallback
 
 from trainer_svc.data import INDEX_KEY
@@ -41,6 +41,7 @@ class ScheduledTrainer(Trainer):
     def get_train_dataloader(self) -> DataLoader:
         # A plain DataLoader in this process: nothing reads batches ahead of the step that
         # trains them (accelerate's wrapper would, and so would workers).
+        assert isinstance(self.train_dataset, Dataset)
         return DataLoader(
             self.train_dataset,
             batch_sampler=self.batch_sampler,
