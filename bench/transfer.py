@@ -8,6 +8,7 @@ tensors cannot be built here, so no scorer process checks them against a model m
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import os
@@ -47,10 +48,8 @@ def lora_8b(r: int = 16) -> dict[str, torch.Tensor]:
 
 def reset_peak_rss() -> int:
     """Reset this process's VmHWM to its current RSS (Linux clear_refs 5); return the RSS."""
-    try:
+    with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
     return rss_bytes(os.getpid())
 
 

@@ -11,10 +11,10 @@ import string
 from collections.abc import Callable
 from pathlib import Path
 
-WORDS = (
-    "apple river stone cloud green tiger paper light music house water bread "
-    "night chair smile table plant storm dream ocean"
-).split()
+WORDS = [
+    *("apple", "river", "stone", "cloud", "green", "tiger", "paper", "light", "music", "house"),
+    *("water", "bread", "night", "chair", "smile", "table", "plant", "storm", "dream", "ocean"),
+]
 
 Task = Callable[[random.Random], tuple[str, str]]
 

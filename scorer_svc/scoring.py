@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import inspect
 import logging
@@ -85,10 +86,8 @@ def release_freed_memory() -> None:
     checkpoint (how the batches' activations fragment them), which looks like a leak."""
     if not sys.platform.startswith("linux"):
         return
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc (musl, ...): nothing to do
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to do
-        pass
 
 
 @dataclass(frozen=True)

@@ -260,12 +260,12 @@ def combination_problems(cfg: TrainConfig) -> dict[str, str]:
         problems["eval_steps"] = "needs eval_dataset (the data the evaluation loss is taken on)"
     if cfg.finetuning_type == "lora" and not _target_list(cfg.lora_target):
         problems["lora_target"] = "name at least one module, or 'all'"
-    if not (cfg.overwrite_output_dir or cfg.resume_from_checkpoint):
-        if (Path(cfg.output_dir) / "selections.jsonl").exists():
-            problems["overwrite_output_dir"] = (
-                f"{cfg.output_dir} already holds a run; set overwrite_output_dir: true "
-                "or resume_from_checkpoint"
-            )
+    holds_a_run = (Path(cfg.output_dir) / "selections.jsonl").exists()
+    if holds_a_run and not (cfg.overwrite_output_dir or cfg.resume_from_checkpoint):
+        problems["overwrite_output_dir"] = (
+            f"{cfg.output_dir} already holds a run; set overwrite_output_dir: true "
+            "or resume_from_checkpoint"
+        )
     return problems
 
 

@@ -181,7 +181,7 @@ def adapter_shapes(adapter: Path) -> dict[str, tuple[int, ...]]:
     from safetensors import safe_open
 
     with safe_open(str(safetensors_file), framework="pt") as f:
-        return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+        return {key: tuple(f.get_slice(key).get_shape()) for key in f}
 
 
 def _misfits(
