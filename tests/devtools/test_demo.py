@@ -2,6 +2,7 @@
 the package in another directory: its YAML ships as package data, nothing reads the checkout."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,14 +12,19 @@ from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
+LOCAL_STATE = (".git", ".venv", "build", "*.egg-info", "demo_out", "__pycache__", "*_cache")
+
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     """`pip install .` (no dependencies: the test's environment has them) into a folder."""
+    source = tmp_path_factory.mktemp("source") / "checkout"
+    # a copy, so that the build's own folders (build/, *.egg-info) land outside the checkout
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*LOCAL_STATE))
     target = tmp_path_factory.mktemp("site")
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(ROOT)],
+         "--target", str(target), str(source)],
         check=True, capture_output=True, timeout=600,
     )  # fmt: skip
     assert (target / "devtools" / "demo.yaml").is_file()
