@@ -24,6 +24,7 @@ import torch
 from bench.util import ALPACA, ROOT, TRAINER_CORE, Scorer, median, pin_self
 from common.selection import delta_weights, uniform_weights
 from trainer_svc.config import load_config
+from trainer_svc.publisher import CheckpointUpload
 from trainer_svc.recipe import DeltaLossRecipe
 from trainer_svc.weights_client import ScorerWeights
 
@@ -78,9 +79,9 @@ class NoScorer:
     def register(self, hello) -> dict:  # noqa: ANN001
         return {"status": "registered"}
 
-    def send_checkpoint(self, *, step: int, update_index: int, **_: object) -> dict:
+    def send_checkpoint(self, checkpoint: CheckpointUpload) -> dict:
         weights = torch.full((self.n,), 1.0 / self.n, dtype=torch.float64)
-        self.latest_weights = ScorerWeights(step, update_index, weights, None)
+        self.latest_weights = ScorerWeights(checkpoint.step, checkpoint.update_index, weights, None)
         return {"status": "queued"}
 
     def wait_for(self, step: int) -> ScorerWeights:
@@ -105,7 +106,8 @@ class InProcess(NoScorer):
         self.window_size = window_size
         self.initial: np.ndarray | None = None
 
-    def send_checkpoint(self, *, step: int, update_index: int, **_: object) -> dict:
+    def send_checkpoint(self, checkpoint: CheckpointUpload) -> dict:
+        step, update_index = checkpoint.step, checkpoint.update_index
         model = self.recipe.model
         was_training = model.training
         model.eval()

@@ -24,7 +24,7 @@ from common.model_spec import LoraSettings, ModelSpec, checkpoint_digest, checkp
 from common.tokenization import TokenizationSettings, encode_dataset
 from scorer_svc.batching import make_batches
 from scorer_svc.scoring import ScoringModel
-from trainer_svc.publisher import CheckpointPublisher
+from trainer_svc.publisher import CheckpointPublisher, CheckpointUpload
 
 LORA = LoraSettings(r=8, alpha=16, dropout=0.0, target_modules="all-linear")
 
@@ -127,9 +127,7 @@ def measure(
                 # the last checkpoint repeats the tensors of the one before it
                 tensors = perturbed(base, seed=min(k, checkpoints - 1))
                 start = time.perf_counter()
-                publisher.send_checkpoint(
-                    run_id=run_id, step=k, update_index=k, kind="lora", tensors=tensors
-                )
+                publisher.send_checkpoint(CheckpointUpload(run_id, k, k, "lora", tensors))
                 acks.append(time.perf_counter() - start)
                 serve.append(wait_scored(client, run_id, k))
                 rss.append(scorer.rss())

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from common.protocol import Hello
+from trainer_svc.publisher import CheckpointUpload
 from trainer_svc.weights_client import ScorerWeights
 
 
@@ -25,30 +26,20 @@ class FakeScorer:
     def __init__(self, n_samples: int) -> None:
         self.n_samples = n_samples
         self.hellos: list[Hello] = []
-        self.checkpoints: list[dict[str, Any]] = []  # send_checkpoint's arguments, in order
+        self.checkpoints: list[CheckpointUpload] = []  # in the order sent
         self.closed = False
 
     def register(self, hello: Hello) -> dict[str, Any]:
         self.hellos.append(hello)
         return {"ok": True, "status": "registered"}
 
-    def send_checkpoint(
-        self,
-        *,
-        run_id: str,
-        step: int,
-        update_index: int,
-        kind: str,
-        tensors: dict[str, torch.Tensor],
-    ) -> dict[str, Any]:
-        self.checkpoints.append(
-            dict(run_id=run_id, step=step, update_index=update_index, kind=kind, tensors=tensors)
-        )
+    def send_checkpoint(self, checkpoint: CheckpointUpload) -> dict[str, Any]:
+        self.checkpoints.append(checkpoint)
         return {"ok": True, "status": "queued"}
 
     def wait_for(self, step: int) -> ScorerWeights:
         """The weights of a checkpoint already sent (KeyError for any other step)."""
-        sent = {c["step"]: c["update_index"] for c in self.checkpoints}
+        sent = {c.step: c.update_index for c in self.checkpoints}
         return ScorerWeights(step, sent[step], fake_weights(step, self.n_samples), None)
 
     def latest(self) -> ScorerWeights | None:
@@ -56,9 +47,8 @@ class FakeScorer:
         if len(self.checkpoints) < 2:
             return None
         previous = self.checkpoints[-2]
-        step = previous["step"]
-        weights = fake_weights(step, self.n_samples)
-        return ScorerWeights(step, previous["update_index"], weights, None)
+        weights = fake_weights(previous.step, self.n_samples)
+        return ScorerWeights(previous.step, previous.update_index, weights, None)
 
     def close(self) -> None:
         self.closed = True

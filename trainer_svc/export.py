@@ -181,7 +181,7 @@ def adapter_shapes(adapter: Path) -> dict[str, tuple[int, ...]]:
     from safetensors import safe_open
 
     with safe_open(str(safetensors_file), framework="pt") as f:
-        return {key: tuple(f.get_slice(key).get_shape()) for key in f}
+        return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}  # noqa: SIM118 - safe_open is not iterable
 
 
 def _misfits(

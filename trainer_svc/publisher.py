@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -28,6 +28,17 @@ logger = logging.getLogger(__name__)
 BYTES_PER_SECOND = 50e6  # allowance per attempt for moving and writing a large checkpoint
 HELLO_FIRST_WAIT = 2.0  # seconds the first hello waits for its reply; doubled per attempt
 MIN_REPLY_WAIT = 0.1
+
+
+@dataclass(frozen=True)
+class CheckpointUpload:
+    """One checkpoint to send: its run, global step, update index, kind and tensors."""
+
+    run_id: str
+    step: int
+    update_index: int
+    kind: str
+    tensors: dict[str, torch.Tensor]
 
 
 class CheckpointPublisher:
@@ -64,26 +75,14 @@ class CheckpointPublisher:
         logger.info("scorer %s run %s (%s)", reply.get("status"), hello.run_id, self.url)
         return reply
 
-    def send_checkpoint(
-        self,
-        *,
-        run_id: str,
-        step: int,
-        update_index: int,
-        kind: str,
-        tensors: dict[str, torch.Tensor],
-    ) -> dict[str, Any]:
-        frames = encode_checkpoint(
-            run_id=run_id,
-            step=step,
-            update_index=update_index,
-            kind=kind,
-            tensors=tensors,
-            token=self.token,
-        )
+    def send_checkpoint(self, checkpoint: CheckpointUpload) -> dict[str, Any]:
+        frames = encode_checkpoint(**vars(checkpoint), token=self.token)
         size = sum(memoryview(f).nbytes for f in frames)
         timeout = self.reply_timeout + size / BYTES_PER_SECOND
-        what = f"checkpoint step {step} (update {update_index}, {size / 1e6:.1f} MB)"
+        what = (
+            f"checkpoint step {checkpoint.step} (update {checkpoint.update_index}, "
+            f"{size / 1e6:.1f} MB)"
+        )
         reply = self._request(frames, what, lambda _: timeout, self.retry)
         logger.info("scorer %s %s", reply.get("status"), what)
         return reply

@@ -16,13 +16,11 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal, Protocol, runtime_checkable
 
-import torch
-
 from common.curve import ClientKeys, load_client_keys
 from common.errors import ProtocolError
 from common.protocol import Hello
 from trainer_svc.config import TrainConfig
-from trainer_svc.publisher import CheckpointPublisher
+from trainer_svc.publisher import CheckpointPublisher, CheckpointUpload
 from trainer_svc.retry import ScorerFailure, never
 from trainer_svc.weights_client import ScorerWeights, WeightsClient
 
@@ -42,16 +40,8 @@ class ScorerClient(Protocol):
         """Registers the run (a repeated hello is answered `already_registered`)."""
         ...
 
-    def send_checkpoint(
-        self,
-        *,
-        run_id: str,
-        step: int,
-        update_index: int,
-        kind: str,
-        tensors: dict[str, torch.Tensor],
-    ) -> dict[str, Any]:
-        """Hands the checkpoint of `step` over for scoring; returns the scorer's ack."""
+    def send_checkpoint(self, checkpoint: CheckpointUpload) -> dict[str, Any]:
+        """Hands the checkpoint over for scoring; returns the scorer's ack."""
         ...
 
     def wait_for(self, step: int) -> ScorerWeights:
@@ -112,18 +102,8 @@ class RemoteScorer:
     def register(self, hello: Hello) -> dict[str, Any]:
         return self.publisher.hello(hello, stop_requested=self.stop_requested)
 
-    def send_checkpoint(
-        self,
-        *,
-        run_id: str,
-        step: int,
-        update_index: int,
-        kind: str,
-        tensors: dict[str, torch.Tensor],
-    ) -> dict[str, Any]:
-        return self.publisher.send_checkpoint(
-            run_id=run_id, step=step, update_index=update_index, kind=kind, tensors=tensors
-        )
+    def send_checkpoint(self, checkpoint: CheckpointUpload) -> dict[str, Any]:
+        return self.publisher.send_checkpoint(checkpoint)
 
     def wait_for(self, step: int) -> ScorerWeights:
         return self.weights.wait_for(step)

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import torch
 
 from common.errors import ProtocolError
+from trainer_svc.publisher import CheckpointUpload
 from trainer_svc.records import JsonlRecord
 from trainer_svc.sampler import SelectionPlan
 from trainer_svc.schedule import Segment, draw_permutation, draw_weighted, update_seed
@@ -108,11 +109,7 @@ class UpdateCoordinator:
         self, segment: Segment, tensors: Callable[[], dict[str, torch.Tensor]]
     ) -> ScorerWeights | None:
         self.scorer.send_checkpoint(
-            run_id=self.run_id,
-            step=segment.start,
-            update_index=segment.update_index,
-            kind=self.kind,
-            tensors=tensors(),
+            CheckpointUpload(self.run_id, segment.start, segment.update_index, self.kind, tensors())
         )
         if self.mode == "sync":
             return self.scorer.wait_for(segment.start)

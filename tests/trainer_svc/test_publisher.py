@@ -7,7 +7,7 @@ import torch
 
 from common.errors import RunMismatch, ScorerUnavailable
 from common.protocol import ack, decode_tensors, error_reply
-from trainer_svc.publisher import CheckpointPublisher
+from trainer_svc.publisher import CheckpointPublisher, CheckpointUpload
 from trainer_svc.retry import NotYet, ScorerFailure
 
 
@@ -15,7 +15,7 @@ def test_checkpoint_arrives_intact_and_is_acked(router):
     server = router(lambda req: ack(status="queued", step=req.header.step))
     pub = CheckpointPublisher(server.url, wait_seconds=10)
     tensors = {"a.weight": torch.randn(3, 4), "b.bias": torch.arange(5, dtype=torch.float32)}
-    reply = pub.send_checkpoint(run_id="r", step=7, update_index=2, kind="lora", tensors=tensors)
+    reply = pub.send_checkpoint(CheckpointUpload("r", 7, 2, "lora", tensors))
     pub.close()
     assert reply["status"] == "queued" and reply["step"] == 7
     got = decode_tensors(server.requests[0])
@@ -27,9 +27,7 @@ def test_error_reply_raises_its_class_without_retry(router):
     server = router(lambda req: error_reply(RunMismatch("fingerprint differs")))
     pub = CheckpointPublisher(server.url, wait_seconds=10)
     with pytest.raises(RunMismatch, match="fingerprint differs"):
-        pub.send_checkpoint(
-            run_id="r", step=1, update_index=1, kind="lora", tensors={"x": torch.zeros(2)}
-        )
+        pub.send_checkpoint(CheckpointUpload("r", 1, 1, "lora", {"x": torch.zeros(2)}))
     pub.close()
     assert len(server.requests) == 1
 
@@ -39,9 +37,7 @@ def test_silent_scorer_is_retried_then_reported(router):
     pauses = []
     pub = CheckpointPublisher(server.url, wait_seconds=0.6, reply_timeout=0.2, sleep=pauses.append)
     with pytest.raises(ScorerUnavailable, match="scorer_zmq_url"):
-        pub.send_checkpoint(
-            run_id="r", step=1, update_index=1, kind="lora", tensors={"x": torch.zeros(2)}
-        )
+        pub.send_checkpoint(CheckpointUpload("r", 1, 1, "lora", {"x": torch.zeros(2)}))
     pub.close()
     assert len(server.requests) >= 2 and pauses  # resent on a fresh socket after each pause
 
@@ -55,9 +51,7 @@ def test_a_late_scorer_is_reached_on_retry(router):
 
     server = router(reply)
     pub = CheckpointPublisher(server.url, wait_seconds=10, reply_timeout=0.3, sleep=lambda s: None)
-    reply_ = pub.send_checkpoint(
-        run_id="r", step=1, update_index=1, kind="lora", tensors={"x": torch.zeros(2)}
-    )
+    reply_ = pub.send_checkpoint(CheckpointUpload("r", 1, 1, "lora", {"x": torch.zeros(2)}))
     pub.close()
     assert reply_["status"] == "duplicate" and len(server.requests) == 2
 

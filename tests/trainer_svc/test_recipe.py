@@ -53,14 +53,14 @@ def test_lora_run_trains_exactly_the_scheduled_samples(tiny_model, demo_file, tm
     out = tmp_path / "out"
     recipe, scorer = train(tiny_model, demo_file, out)
     # E = 2 + 2 x 3 = 8, 1.5 epochs = 12 steps; updates at 2, 4, 6 and 10 (epoch 2)
-    assert [(c["step"], c["update_index"]) for c in scorer.checkpoints] == [
+    assert [(c.step, c.update_index) for c in scorer.checkpoints] == [
         (2, 1),
         (4, 2),
         (6, 3),
         (10, 1),
     ]
     names = {n for n, p in recipe.model.named_parameters() if p.requires_grad}
-    assert set(scorer.checkpoints[0]["tensors"]) == names and all("lora_" in n for n in names)
+    assert set(scorer.checkpoints[0].tensors) == names and all("lora_" in n for n in names)
     hello = scorer.hellos[0]
     assert isinstance(hello, Hello) and hello.n_samples == 32 and hello.update_times == 3
 
@@ -99,7 +99,7 @@ def test_a_refused_registration_stops_or_goes_on_as_configured(
     out = tmp_path / "uniform"
     run(config(tiny_model, demo_file, out, on_scorer_failure="uniform"), scorer=scorer)
     assert "!!! SCORER FAILURE: registering run" in caplog.text
-    assert [c["step"] for c in scorer.checkpoints] == [2, 4, 6, 10]  # training went on
+    assert [c.step for c in scorer.checkpoints] == [2, 4, 6, 10]  # training went on
     assert len(read_jsonl(out / "trained_samples.jsonl")) == 12
 
 
@@ -113,7 +113,7 @@ def test_full_finetuning_sends_the_state_dict(tiny_model, demo_file, tmp_path):
         plot_loss=False,
     )
     base = AutoModelForCausalLM.from_pretrained(tiny_model)
-    assert set(scorer.checkpoints[0]["tensors"]) == set(base.state_dict())
+    assert set(scorer.checkpoints[0].tensors) == set(base.state_dict())
     assert scorer.hellos[0].lora is None
 
 
@@ -124,7 +124,7 @@ def test_resume_trains_the_same_samples_as_an_uninterrupted_run(tiny_model, demo
     selections = [r["sampled_indices"] for r in read_jsonl(out / "selections.jsonl")]
     _, scorer = train(tiny_model, demo_file, out, resume_from_checkpoint=str(out / "checkpoint-6"))
     # updates from step 6 on are sent again (the scorer answers `duplicate`) and drawn again
-    assert [c["step"] for c in scorer.checkpoints] == [6, 10]
+    assert [c.step for c in scorer.checkpoints] == [6, 10]
     assert read_jsonl(out / "trained_samples.jsonl") == before
     assert [r["sampled_indices"] for r in read_jsonl(out / "selections.jsonl")] == selections
 

@@ -10,6 +10,7 @@ from common.errors import RunMismatch, ScorerUnavailable
 from common.protocol import ack
 from devtools.fake_scorer import FakeScorer
 from trainer_svc.config import TrainConfig
+from trainer_svc.publisher import CheckpointUpload
 from trainer_svc.retry import ScorerFailure
 from trainer_svc.scorer_client import RemoteScorer, ScorerClient, scorer_failed
 
@@ -31,9 +32,7 @@ def test_remote_scorer_registers_and_sends_over_one_socket(router, tiny_hello):
     scorer = remote(server.url)
     assert scorer.register(tiny_hello)["status"] == "registered"
     tensors = {"w": torch.ones(2)}
-    reply = scorer.send_checkpoint(
-        run_id="run-1", step=3, update_index=1, kind="full", tensors=tensors
-    )
+    reply = scorer.send_checkpoint(CheckpointUpload("run-1", 3, 1, "full", tensors))
     scorer.close()
     assert reply["status"] == "queued"
     assert [type(r).__name__ for r in server.requests] == ["Hello", "CheckpointMessage"]

@@ -24,7 +24,7 @@ class DownScorer(FakeScorer):
 
 
 class RefusingScorer(FakeScorer):
-    def send_checkpoint(self, **kwargs):
+    def send_checkpoint(self, checkpoint):
         raise CheckpointRejected("checkpoint does not fit the lora model of this run")
 
 
@@ -49,7 +49,7 @@ def run_all(coord, schedule):
 def test_sync_draws_follow_the_documented_seeds(tmp_path):
     coord, scorer, schedule = coordinator(tmp_path)
     rows = run_all(coord, schedule)
-    assert [(c["step"], c["update_index"]) for c in scorer.checkpoints] == [
+    assert [(c.step, c.update_index) for c in scorer.checkpoints] == [
         (1, 1),
         (3, 2),
         (5, 3),
