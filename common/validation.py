@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+from pydantic import AfterValidator
 
 ZMQ_SCHEMES = ("tcp://", "ipc://", "inproc://")
 
@@ -23,3 +25,15 @@ def check_zmq_url(value: str) -> str:
     if not value.startswith(ZMQ_SCHEMES):
         raise ValueError(f"{value!r} is not a ZeroMQ endpoint: use tcp://HOST:PORT (or ipc://PATH)")
     return value
+
+
+def one_of(choices: Sequence[str], *, upper: bool = False) -> AfterValidator:
+    """A pydantic validator refusing a value outside choices (compared upper-cased if upper),
+    naming them all."""
+
+    def check(value: str) -> str:
+        if (value.upper() if upper else value) not in choices:
+            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+        return value
+
+    return AfterValidator(check)

@@ -6,7 +6,7 @@ import ipaddress
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -19,7 +19,7 @@ from pydantic_settings import (
 )
 
 from common.dtypes import COMPUTE_DTYPES
-from common.validation import check_zmq_url, describe_errors
+from common.validation import check_zmq_url, describe_errors, one_of
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class Settings(BaseSettings):
         None, description="any SQLAlchemy URL; null: sqlite:///DATA_DIR/scorer.db"
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
-    dtype: str = Field(
+    dtype: Annotated[str, one_of(COMPUTE_DTYPES)] = Field(
         "auto",
         description="auto (float32 on CPU, bfloat16 with autocast on CUDA), float32, bfloat16 "
         "or float16",
@@ -82,7 +82,9 @@ class Settings(BaseSettings):
     keep_checkpoints: bool = Field(
         False, description="keep received tensors after scoring (they are needed only until then)"
     )
-    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    log_level: Annotated[str, one_of(LOG_LEVELS, upper=True)] = Field(
+        "INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL"
+    )
     # A secret: hidden from the flags, and refused there, since a command line shows in `ps`.
     token: CliSuppress[SecretStr | None] = Field(
         None,
@@ -136,20 +138,6 @@ class Settings(BaseSettings):
         ok = value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit())
         if not ok:
             raise ValueError("must be auto, cpu, cuda or cuda:N")
-        return value
-
-    @field_validator("dtype")
-    @classmethod
-    def _dtype(cls, value: str) -> str:
-        if value not in COMPUTE_DTYPES:
-            raise ValueError(f"must be one of {', '.join(COMPUTE_DTYPES)}")
-        return value
-
-    @field_validator("log_level")
-    @classmethod
-    def _log_level(cls, value: str) -> str:
-        if value.upper() not in LOG_LEVELS:
-            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
         return value
 
     @property

@@ -14,7 +14,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -24,7 +24,7 @@ from transformers.trainer_utils import SchedulerType
 from common.datasets import DatasetError, load_alpaca, resolve_dataset
 from common.selection import DEFAULT_WINDOW_SIZE
 from common.tokenization import TEMPLATE_NAMES
-from common.validation import check_zmq_url
+from common.validation import check_zmq_url, one_of
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class TrainConfig(BaseModel):
     eval_steps: int | None = Field(None, ge=1)  # None: only before and after training
     per_device_eval_batch_size: int = Field(8, ge=1)
     do_eval: bool = False  # accepted; eval_dataset alone turns evaluation on
-    template: str = "auto"
+    template: Annotated[str, one_of(TEMPLATE_NAMES)] = "auto"
     cutoff_len: int = Field(1024, ge=2)
     overwrite_cache: bool = False  # accepted; tokenization is not cached
     preprocessing_num_workers: int | None = Field(None, ge=1)  # accepted; unused
@@ -83,7 +83,7 @@ class TrainConfig(BaseModel):
     gradient_accumulation_steps: int = Field(1, ge=1)
     learning_rate: float = Field(1e-4, gt=0)
     num_train_epochs: float = Field(1.0, gt=0)
-    lr_scheduler_type: str = "cosine"
+    lr_scheduler_type: Annotated[str, one_of(SCHEDULERS)] = "cosine"
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
     bf16: bool = False
     fp16: bool = False
@@ -106,20 +106,6 @@ class TrainConfig(BaseModel):
     selection_mode: Literal["sync", "async"] = "sync"
     scorer_wait_seconds: float = Field(600.0, gt=0)
     on_scorer_failure: Literal["fail", "uniform"] = "fail"
-
-    @field_validator("template")
-    @classmethod
-    def _known_template(cls, value: str) -> str:
-        if value not in TEMPLATE_NAMES:
-            raise ValueError(f"unknown template {value!r}; use one of {TEMPLATE_NAMES}")
-        return value
-
-    @field_validator("lr_scheduler_type")
-    @classmethod
-    def _known_scheduler(cls, value: str) -> str:
-        if value not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler {value!r}; use one of {SCHEDULERS}")
-        return value
 
     @field_validator("scorer_zmq_url")
     @classmethod

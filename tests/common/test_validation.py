@@ -33,3 +33,16 @@ def test_zmq_endpoints_pass(url):
 def test_other_urls_are_refused_saying_what_to_use(url):
     with pytest.raises(ValueError, match="tcp://HOST:PORT"):
         check_zmq_url(url)
+
+
+def test_one_of_names_every_choice():
+    from typing import Annotated
+
+    from common.validation import one_of
+
+    class Level(BaseModel):
+        level: Annotated[str, one_of(("DEBUG", "INFO"), upper=True)]
+
+    assert Level(level="info").level == "info"
+    with pytest.raises(ValidationError, match="'loud' is not one of DEBUG, INFO"):
+        Level(level="loud")

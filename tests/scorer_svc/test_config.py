@@ -76,7 +76,7 @@ def test_bad_flags_file_keys_and_variables_are_named_together(tmp_path, monkeypa
     for line in (
         "http_port: Input should be a valid integer",
         "batch_size: Input should be greater than or equal to 1",
-        "log_level: Value error, must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL",
+        "log_level: Value error, 'loud' is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL",
         "http_prot: Extra inputs are not permitted",
     ):
         assert f"\n  {line}" in err
