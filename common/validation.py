@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import AfterValidator
 
@@ -37,3 +37,7 @@ def one_of(choices: Sequence[str], *, upper: bool = False) -> AfterValidator:
         return value
 
     return AfterValidator(check)
+
+
+# A settings field holding a ZeroMQ endpoint.
+ZmqUrl = Annotated[str, AfterValidator(check_zmq_url)]

@@ -19,7 +19,7 @@ from pydantic_settings import (
 )
 
 from common.dtypes import COMPUTE_DTYPES
-from common.validation import check_zmq_url, describe_errors, one_of
+from common.validation import ZmqUrl, describe_errors, one_of
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class Settings(BaseSettings):
         "127.0.0.1", description="REST bind address (anything but loopback is logged as a warning)"
     )
     http_port: int = Field(8000, ge=0, le=65535, description="REST port")
-    zmq_url: str = Field(
+    zmq_url: ZmqUrl = Field(
         "tcp://127.0.0.1:5555",
         description="ZeroMQ ROUTER bind address: tcp://HOST:PORT or ipc://PATH",
     )
@@ -126,11 +126,6 @@ class Settings(BaseSettings):
                 raise SettingsError(f"token_file {self.token_file} is empty")
             return value
         return self.token.get_secret_value() if self.token is not None else None
-
-    @field_validator("zmq_url")
-    @classmethod
-    def _zmq_url(cls, value: str) -> str:
-        return check_zmq_url(value)
 
     @field_validator("device")
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,21 +41,18 @@ log = logging.getLogger(__name__)
 POLL_MS = 200
 
 
+@dataclass(eq=False)
 class Intake:
-    """Handles decoded requests; the socket loop lives in IntakeServer."""
+    """Handles decoded requests; the socket loop lives in IntakeServer. on_queued is called
+    once a checkpoint is stored and acknowledged (it wakes the worker)."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        sessions: sessionmaker[Session],
-        registry: Registry,
-        on_queued: Callable[[], None],
-    ) -> None:
-        self.settings = settings
-        self.sessions = sessions
-        self.registry = registry
-        self.on_queued = on_queued
-        self.token = settings.shared_token()
+    settings: Settings
+    sessions: sessionmaker[Session]
+    registry: Registry
+    on_queued: Callable[[], None]
+
+    def __post_init__(self) -> None:
+        self.token = self.settings.shared_token()
 
     def handle(self, frames: list[Any]) -> list[bytes]:
         try:

@@ -18,7 +18,7 @@ class RunInfo(BaseModel):
     finetuning_type: str
     n_samples: int
     n_no_labels: int
-    n_invalid: int | None  # samples with no loss at the initial checkpoint
+    n_invalid: int | None = None  # samples with no loss at the initial checkpoint
     window_size: float
     update_times: int
     fingerprint: str

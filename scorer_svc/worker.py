@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,20 +24,18 @@ log = logging.getLogger(__name__)
 IDLE_WAIT_S = 0.5
 
 
+@dataclass(eq=False)
 class Worker:
-    def __init__(
-        self,
-        sessions: sessionmaker[Session],
-        registry: Registry,
-        *,
-        failures: UnrecordedFailures,
-        keep_checkpoints: bool,
-    ) -> None:
-        """failures: where a failure the database cannot take is kept (the API reads it)."""
-        self.sessions = sessions
-        self.registry = registry
-        self.failures = failures
-        self.keep_checkpoints = keep_checkpoints
+    """Scores acknowledged checkpoints in order, in its own thread. failures: where a failure
+    the database cannot take is kept (the API reads it)."""
+
+    sessions: sessionmaker[Session]
+    registry: Registry
+    _: KW_ONLY
+    failures: UnrecordedFailures
+    keep_checkpoints: bool
+
+    def __post_init__(self) -> None:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="scorer", daemon=True)

@@ -24,7 +24,7 @@ from transformers.trainer_utils import SchedulerType
 from common.datasets import DatasetError, load_alpaca, resolve_dataset
 from common.selection import DEFAULT_WINDOW_SIZE
 from common.tokenization import TEMPLATE_NAMES
-from common.validation import check_zmq_url, one_of
+from common.validation import ZmqUrl, one_of
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class TrainConfig(BaseModel):
     update_times: int = Field(2, ge=1)
     # the scorer (ours)
     run_id: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
-    scorer_zmq_url: str = "tcp://127.0.0.1:5555"
+    scorer_zmq_url: ZmqUrl = "tcp://127.0.0.1:5555"
     scorer_http_url: str = "http://127.0.0.1:8000"
     scorer_token: str | None = Field(None, validate_default=True)  # unset: $SCORER_TOKEN
     # CURVE (links across hosts): this trainer's secret key file and the scorer's public key.
@@ -106,11 +106,6 @@ class TrainConfig(BaseModel):
     selection_mode: Literal["sync", "async"] = "sync"
     scorer_wait_seconds: float = Field(600.0, gt=0)
     on_scorer_failure: Literal["fail", "uniform"] = "fail"
-
-    @field_validator("scorer_zmq_url")
-    @classmethod
-    def _zmq_endpoint(cls, value: str) -> str:
-        return check_zmq_url(value)
 
     @field_validator("scorer_http_url")
     @classmethod

@@ -14,20 +14,8 @@ def run_info(session: SessionDep, run: Run) -> RunInfo:
     n_invalid = None
     if run.initial_step is not None and crud.count_losses(session, run=run, step=run.initial_step):
         n_invalid = crud.count_null_at(session, run=run, step=run.initial_step)
-    return RunInfo(
-        run_id=run.run_id,
-        base_model=run.base_model,
-        finetuning_type=run.finetuning_type,
-        n_samples=run.n_samples,
-        n_no_labels=run.n_no_labels,
-        n_invalid=n_invalid,
-        window_size=run.window_size,
-        update_times=run.update_times,
-        fingerprint=run.fingerprint,
-        initial_step=run.initial_step,
-        created_at=run.created_at,
-        config=run.config,
-    )
+    info = RunInfo.model_validate(run, from_attributes=True)
+    return info.model_copy(update={"n_invalid": n_invalid})
 
 
 @router.get("")
