@@ -30,9 +30,10 @@ def wait_until(
     *watched: Watched,
     timeout: float = 120,
     every: float = 0.02,
-    most_every: float = 0.5,
+    most_every: float | None = None,
 ) -> T:
-    """check()'s first truthy value, polled every `every` seconds growing to `most_every`."""
+    """check()'s first truthy value, polled every `every` seconds (doubling up to most_every
+    when given: for checks that cost the watched process time)."""
 
     def attempt() -> T:
         for item in watched:
@@ -46,7 +47,7 @@ def wait_until(
 
     retrying = Retrying(
         stop=stop_after_delay(timeout),
-        wait=wait_exponential(multiplier=every, min=every, max=most_every),
+        wait=wait_exponential(multiplier=every, min=every, max=most_every or every),
         retry=retry_if_result(operator.not_),
     )
     try:

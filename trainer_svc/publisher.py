@@ -125,8 +125,18 @@ class CheckpointPublisher:
 
     def _send(self, frames: list[Any], reply_wait: float) -> dict[str, Any]:
         socket = self._connect()
-        socket.send_multipart(frames, copy=False)
-        if socket.poll(int(reply_wait * 1000), zmq.POLLIN):
+        wait_ms = int(reply_wait * 1000)
+        # A DEALER whose only peer dropped it (a refused CURVE handshake) has nowhere to queue
+        # a message, and a plain send would block for ever: wait until it can send, at most
+        # as long as for the reply.
+        try:
+            if not socket.poll(wait_ms, zmq.POLLOUT):
+                raise zmq.Again()
+            socket.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            self.close()
+            raise NotYet(f"could not send within {reply_wait:.1f}s (no connection)") from None
+        if socket.poll(wait_ms, zmq.POLLIN):
             return decode_reply(socket.recv_multipart())
         self.close()  # a fresh socket next: a late reply must not be read as the next one's
         raise NotYet(f"no reply within {reply_wait:.1f}s")
