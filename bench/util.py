@@ -9,10 +9,12 @@ import time
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from devtools.scorer_process import ScorerProcess, free_port  # noqa: F401 - re-exported
+from devtools.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,14 +95,15 @@ def wait_scored(client: httpx.Client, run_id: str, step: int) -> float:
     the scorer's CPU), then (finished_at - received_at) from the scorer's own clock, which
     it stamps just before the ack and just after the losses are committed, plus the time
     of the first /weights request (octet-stream), which builds the weights."""
-    while True:
+
+    def settled() -> dict[str, Any] | None:
         rows = client.get(f"/v1/runs/{run_id}/checkpoints").json()
         row = next(r for r in rows if r["step"] == step)
         if row["status"] == "failed":
             raise RuntimeError(f"step {step} failed: {row['error']}")
-        if row["status"] == "scored":
-            break
-        time.sleep(0.25)
+        return row if row["status"] == "scored" else None
+
+    row: dict[str, Any] = wait_until(settled, f"step {step} scored", timeout=3600, every=0.25)
     start = time.perf_counter()
     r = client.get(
         f"/v1/runs/{run_id}/weights",

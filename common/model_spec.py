@@ -6,17 +6,16 @@ checkpoint carries, their names and shapes, and the pad id their batches use.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from common.protocol import Hello, LoraSpec, shapes_digest
+from common.protocol import Hello, Kind, LoraSpec, shapes_digest
 
 if TYPE_CHECKING:
     from peft import LoraConfig
-
-Kind = Literal["lora", "full"]
 
 
 @dataclass(frozen=True)
@@ -24,17 +23,15 @@ class LoraSettings:
     r: int
     alpha: float
     dropout: float
-    target_modules: str | tuple[str, ...]  # "all-linear" or module names
+    target_modules: str | Sequence[str]  # "all-linear" or module names (kept as a tuple)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.target_modules, str):  # a list of names, kept hashable
+            object.__setattr__(self, "target_modules", tuple(self.target_modules))
 
     @classmethod
     def from_spec(cls, spec: LoraSpec) -> LoraSettings:
-        targets = spec.target_modules
-        return cls(
-            spec.r,
-            float(spec.alpha),
-            float(spec.dropout),
-            targets if isinstance(targets, str) else tuple(targets),
-        )
+        return cls(spec.r, float(spec.alpha), float(spec.dropout), spec.target_modules)
 
     def to_spec(self) -> LoraSpec:
         targets = self.target_modules

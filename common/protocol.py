@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from common import dtypes
 from common.errors import (
@@ -33,6 +33,9 @@ MAX_HEADER_BYTES = 1 << 20
 MAX_STEP = 2**62  # steps, indices and counts fit a signed 64-bit database integer
 
 Frame = bytes | memoryview | Any  # anything exposing the buffer protocol
+
+
+Kind = Literal["lora", "full"]  # what a run fine-tunes: a LoRA adapter, or every weight
 
 
 class _Header(BaseModel):
@@ -55,8 +58,8 @@ class Hello(_Header):
     type: Literal["hello"] = "hello"
     run_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
     base_model: str = Field(min_length=1)
-    finetuning_type: Literal["lora", "full"]
-    lora: LoraSpec | None = None
+    finetuning_type: Kind
+    lora: LoraSpec | None = None  # exactly when finetuning_type is lora
     trust_remote_code: bool = False
     dataset: str = Field(min_length=1)
     dataset_dir: str | None = None
@@ -67,6 +70,12 @@ class Hello(_Header):
     fingerprint: str = Field(pattern=r"^[0-9a-f]{64}$")
     vocab_size: int | None = None  # len(tokenizer)
     model_digest: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")  # see shapes_digest
+
+    @model_validator(mode="after")
+    def _lora_settings_for_lora_only(self) -> Hello:
+        if (self.finetuning_type == "lora") != (self.lora is not None):
+            raise ValueError("lora settings come with finetuning_type lora, and only with it")
+        return self
 
 
 def shapes_digest(shapes: Iterable[tuple[str, Sequence[int]]]) -> str:
@@ -95,7 +104,7 @@ class CheckpointHeader(_Header):
     run_id: str = Field(min_length=1, max_length=128)
     step: int = Field(ge=0, le=MAX_STEP)
     update_index: int = Field(ge=1, le=MAX_STEP)
-    kind: Literal["lora", "full"]
+    kind: Kind
     encoding: Literal["raw"] = "raw"  # one frame per tensor
     tensors: list[TensorEntry] = Field(default_factory=list)
     total_bytes: int = Field(ge=0)

@@ -71,7 +71,13 @@ class ScorerProcess:
             except httpx.HTTPError:
                 return False
 
-        wait_until(healthy, f"the scorer's /healthz (log: {self.log_path})", self, timeout=timeout)
+        try:
+            wait_until(
+                healthy, f"the scorer's /healthz (log: {self.log_path})", self, timeout=timeout
+            )
+        except BaseException:
+            self.stop()  # never leave a half-started scorer behind
+            raise
         return self
 
     def again(self, *extra: str) -> ScorerProcess:

@@ -25,7 +25,7 @@ class ProcessExited(AssertionError):
 
 
 def wait_until(
-    check: Callable[[], T],
+    check: Callable[[], T | None],
     what: str,
     *watched: Watched,
     timeout: float = 120,
@@ -35,7 +35,7 @@ def wait_until(
     """check()'s first truthy value, polled every `every` seconds (doubling up to most_every
     when given: for checks that cost the watched process time)."""
 
-    def attempt() -> T:
+    def attempt() -> T | None:
         for item in watched:
             code = item.proc.poll()
             if code is not None:
@@ -51,7 +51,9 @@ def wait_until(
         retry=retry_if_result(operator.not_),
     )
     try:
-        return retrying(attempt)
+        found = retrying(attempt)
     except RetryError:
         tails = "\n".join(item.log()[-2000:] for item in watched)
         raise TimeoutError(f"timed out after {timeout}s waiting for {what}\n{tails}") from None
+    assert found  # the retrying stops only on a truthy value
+    return found

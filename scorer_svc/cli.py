@@ -38,8 +38,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, CliSettingsSource[Settings]
     )
     flags: CliSettingsSource[Settings] = CliSettingsSource(Settings, root_parser=serve)
     keys = sub.add_parser("keys", help="write a CURVE key pair (NAME.key, NAME.key_secret)")
-    keys.add_argument("directory", type=Path)
-    keys.add_argument("name")
+    keys.add_argument("directory", type=Path, help="folder to write the two files into")
+    keys.add_argument("name", help="the key's name: scorer, or a trainer's name")
     return parser, flags
 
 

@@ -16,6 +16,6 @@ from scorer_svc.weights import WeightsCache
 class ApiState:
     settings: Settings
     sessions: sessionmaker[Session]
-    weights: WeightsCache = field(default_factory=WeightsCache)
     # the worker's, when one runs: the same object must be handed to both
-    failures: UnrecordedFailures = field(default_factory=UnrecordedFailures)
+    failures: UnrecordedFailures
+    weights: WeightsCache = field(default_factory=WeightsCache)

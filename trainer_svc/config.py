@@ -22,6 +22,7 @@ from pydantic_core import ErrorDetails
 from transformers.trainer_utils import SchedulerType
 
 from common.datasets import DatasetError, load_alpaca, resolve_dataset
+from common.protocol import Kind
 from common.selection import DEFAULT_WINDOW_SIZE
 from common.tokenization import TEMPLATE_NAMES
 from common.validation import ZmqUrl, one_of
@@ -30,6 +31,9 @@ logger = logging.getLogger(__name__)
 
 SCHEDULERS = tuple(s.value for s in SchedulerType)
 CURVE_KEYS = ("scorer_curve_secret_key_file", "scorer_curve_server_key_file")
+
+
+OnFailure = Literal["fail", "uniform"]  # the on_scorer_failure values
 
 
 class ConfigError(ValueError):
@@ -51,7 +55,7 @@ class TrainConfig(BaseModel):
     trust_remote_code: bool = False
     stage: Literal["sft"] = "sft"
     do_train: Literal[True] = True
-    finetuning_type: Literal["lora", "full"] = "lora"
+    finetuning_type: Kind = "lora"
     lora_target: str = "all"
     lora_rank: int = Field(8, ge=1)
     lora_alpha: float | None = Field(None, gt=0)  # None: 2 x lora_rank, as LLaMA-Factory
@@ -105,7 +109,7 @@ class TrainConfig(BaseModel):
     scorer_curve_server_key_file: str | None = None
     selection_mode: Literal["sync", "async"] = "sync"
     scorer_wait_seconds: float = Field(600.0, gt=0)
-    on_scorer_failure: Literal["fail", "uniform"] = "fail"
+    on_scorer_failure: OnFailure = "fail"
 
     @field_validator("scorer_http_url")
     @classmethod
@@ -217,10 +221,13 @@ def parse_config(raw: dict[str, Any], base_dir: Path | None = None) -> LoadedCon
     eval_path, eval_samples = (None, None)
     if valid.get("eval_dataset"):
         eval_path, eval_samples = _dataset(valid, "eval_dataset", base_dir, problems)
-    if cfg is not None:  # every key valid alone: now the keys together
-        problems.update(combination_problems(cfg))
-        if samples is not None:
-            problems.update(size_problems(cfg, len(samples), world_size))
+    # The keys together, also when some are bad alone: those take their defaults here, so
+    # every problem is named in one go.
+    typed = cfg if cfg is not None else TrainConfig.model_construct(**valid)
+    problems.update({k: v for k, v in combination_problems(typed).items() if k not in problems})
+    if samples is not None:
+        sizes = size_problems(typed, len(samples), world_size)
+        problems.update({k: v for k, v in sizes.items() if k not in problems})
     if problems or cfg is None or dataset_path is None or samples is None:
         raise ConfigError(problems)
     return LoadedConfig(
@@ -241,10 +248,11 @@ def combination_problems(cfg: TrainConfig) -> dict[str, str]:
         problems["eval_steps"] = "needs eval_dataset (the data the evaluation loss is taken on)"
     if cfg.finetuning_type == "lora" and not _target_list(cfg.lora_target):
         problems["lora_target"] = "name at least one module, or 'all'"
-    holds_a_run = (Path(cfg.output_dir) / "selections.jsonl").exists()
+    output_dir = getattr(cfg, "output_dir", None)  # unset in a config with it missing
+    holds_a_run = output_dir is not None and (Path(output_dir) / "selections.jsonl").exists()
     if holds_a_run and not (cfg.overwrite_output_dir or cfg.resume_from_checkpoint):
         problems["overwrite_output_dir"] = (
-            f"{cfg.output_dir} already holds a run; set overwrite_output_dir: true "
+            f"{output_dir} already holds a run; set overwrite_output_dir: true "
             "or resume_from_checkpoint"
         )
     return problems

@@ -321,13 +321,7 @@ def model_spec(cfg: TrainConfig) -> ModelSpec:
     base_model = str(path.resolve()) if path.is_dir() else cfg.model_name_or_path
     lora = None
     if cfg.finetuning_type == "lora":
-        targets = cfg.target_modules
-        lora = LoraSettings(
-            cfg.lora_rank,
-            cfg.alpha,
-            cfg.lora_dropout,
-            targets if isinstance(targets, str) else tuple(targets),
-        )
+        lora = LoraSettings(cfg.lora_rank, cfg.alpha, cfg.lora_dropout, cfg.target_modules)
     return ModelSpec(base_model, cfg.finetuning_type, lora, cfg.trust_remote_code)
 
 

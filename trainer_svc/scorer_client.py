@@ -14,12 +14,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from common.curve import ClientKeys, load_client_keys
 from common.errors import ProtocolError
 from common.protocol import Hello
-from trainer_svc.config import TrainConfig
+from trainer_svc.config import OnFailure, TrainConfig
 from trainer_svc.publisher import CheckpointPublisher, CheckpointUpload
 from trainer_svc.retry import ScorerFailure, never
 from trainer_svc.weights_client import ScorerWeights, WeightsClient
@@ -27,8 +27,6 @@ from trainer_svc.weights_client import ScorerWeights, WeightsClient
 logger = logging.getLogger(__name__)
 
 __all__ = ["OnFailure", "RemoteScorer", "ScorerClient", "ScorerFailure", "scorer_failed"]
-
-OnFailure = Literal["fail", "uniform"]  # the on_scorer_failure values
 
 
 @runtime_checkable

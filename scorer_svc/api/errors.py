@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
 from common.selection import SelectionError
+from common.validation import describe_errors
 from scorer_svc.config import Settings
 
 log = logging.getLogger(__name__)
@@ -39,9 +40,7 @@ def add_error_handlers(app: FastAPI, settings: Settings) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         # A parameter shared by two dependencies of a route is reported by each: once here.
-        problems = dict.fromkeys(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        problems = dict.fromkeys(describe_errors(exc.errors()))
         return JSONResponse(status_code=422, content={"detail": "; ".join(problems)})
 
     @app.exception_handler(SelectionError)

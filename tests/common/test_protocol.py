@@ -149,3 +149,13 @@ def test_replies_round_trip_and_errors_raise_their_class():
     assert decode_reply(ack(status="queued", step=3))["status"] == "queued"
     with pytest.raises(errors.UnknownRun, match="no run"):
         decode_reply(error_reply(errors.UnknownRun("no run x")))
+
+
+@pytest.mark.parametrize(
+    "over", [{"finetuning_type": "full"}, {"lora": None}], ids=["full with lora", "lora without"]
+)
+def test_lora_settings_come_with_a_lora_run_only(over):
+    fields = json.loads(encode_hello(_hello())[0])
+    fields.update(over)
+    with pytest.raises(errors.MalformedMessage, match="lora settings come with finetuning_type"):
+        decode_request([json.dumps({k: v for k, v in fields.items() if v is not None}).encode()])

@@ -13,10 +13,11 @@ from common.selection import delta_weights, delta_window, uniform_weights
 from scorer_svc import crud
 from scorer_svc.config import Settings
 from scorer_svc.db import make_engine, make_sessionmaker
+from scorer_svc.failures import UnrecordedFailures
 from scorer_svc.main import build_service, create_app
 from scorer_svc.models import CheckpointRow
 from scorer_svc.state import ApiState
-from tests.scorer_svc.test_store import fake_config
+from tests.support.scorer import stored_run_config
 
 N, UPDATE_TIMES, WINDOW_SIZE, RETRY_AFTER = 10, 6, 0.3, 7
 NAN = float("nan")
@@ -37,10 +38,10 @@ TOKEN = "api-test-token"
 def seed(state: ApiState) -> None:
     """run-a: three scored checkpoints, one failed, one scoring, one received; run-empty:
     registered, nothing received."""
-    config = fake_config("run-a", N, window_size=WINDOW_SIZE, update_times=UPDATE_TIMES)
+    config = stored_run_config("run-a", N, window_size=WINDOW_SIZE, update_times=UPDATE_TIMES)
     with state.sessions() as session:
         run = crud.create_run(session, config=config, n_no_labels=1)
-        crud.create_run(session, config=fake_config("run-empty", 4), n_no_labels=0)
+        crud.create_run(session, config=stored_run_config("run-empty", 4), n_no_labels=0)
 
         def add(step: int, k: int) -> CheckpointRow:
             return crud.add_checkpoint(
@@ -66,7 +67,7 @@ def seeded_state(tmp_path, **settings) -> Iterator[ApiState]:
     """The API state of a seeded SQLite file in tmp_path, as a test builds it: no threads."""
     config = Settings(data_dir=tmp_path / "data", retry_after_seconds=RETRY_AFTER, **settings)
     engine = make_engine(config.resolved_database_url)
-    state = ApiState(config, make_sessionmaker(engine))
+    state = ApiState(config, make_sessionmaker(engine), UnrecordedFailures())
     seed(state)
     try:
         yield state
@@ -115,7 +116,7 @@ def test_runs_are_listed_with_their_settings_and_samples_without_loss(client):
     assert (run["window_size"], run["update_times"], run["initial_step"]) == (
         WINDOW_SIZE, UPDATE_TIMES, 2,
     )  # fmt: skip
-    assert run["config"] == fake_config(
+    assert run["config"] == stored_run_config(
         "run-a", N, window_size=WINDOW_SIZE, update_times=UPDATE_TIMES
     )
     empty = client.get("/v1/runs/run-empty").json()

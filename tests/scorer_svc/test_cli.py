@@ -24,6 +24,7 @@ def test_every_setting_is_described():
     assert undescribed == []
 
 
+@pytest.mark.slow  # the real command line, in a process of its own
 def test_help_lists_every_flag_with_its_description_but_not_the_token():
     env = {**os.environ, "COLUMNS": "200"}
     done = subprocess.run(

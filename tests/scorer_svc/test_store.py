@@ -11,6 +11,7 @@ from scorer_svc import crud
 from scorer_svc.db import make_engine, make_sessionmaker
 from scorer_svc.models import Loss
 from scorer_svc.store import read_checkpoint, write_raw_checkpoint
+from tests.support.scorer import stored_run_config
 
 
 def test_raw_frames_become_a_safetensors_file_with_the_same_tensors(tmp_path):
@@ -45,15 +46,6 @@ LOSSES = {  # run "a"; run "b" holds these plus 10, so a query that ignores the 
 WRITERS = {"a": crud.insert_losses_sqlite, "b": crud.insert_losses_portable}
 
 
-def fake_config(run_id: str, n_samples: int, **over) -> dict:
-    """The fields of a hello that crud.create_run stores."""
-    config = {
-        "run_id": run_id, "base_model": "none", "finetuning_type": "lora",
-        "fingerprint": "0" * 64, "n_samples": n_samples, "window_size": 0.25, "update_times": 3,
-    }  # fmt: skip
-    return {**config, **over}
-
-
 def expected(run_id: str, step: int) -> list[float | None]:
     shift = 0 if run_id == "a" else 10
     return [None if v is None else v + shift for v in LOSSES[step]]
@@ -67,7 +59,7 @@ def loss_db(tmp_path):
     sessions = make_sessionmaker(engine)
     with sessions() as session:
         for run_id, write in WRITERS.items():
-            run = crud.create_run(session, config=fake_config(run_id, N), n_no_labels=0)
+            run = crud.create_run(session, config=stored_run_config(run_id, N), n_no_labels=0)
             for step, k in {**STEPS, 8: 1}.items():
                 crud.add_checkpoint(
                     session, run=run, step=step, update_index=k, kind="lora",

@@ -166,3 +166,12 @@ class WritesFile:
 
     def __reduce__(self):
         return (open, (self.path, "w"))
+
+
+def stored_run_config(run_id: str, n_samples: int, **over) -> dict:
+    """The fields of a hello that crud.create_run stores."""
+    config = {
+        "run_id": run_id, "base_model": "none", "finetuning_type": "lora",
+        "fingerprint": "0" * 64, "n_samples": n_samples, "window_size": 0.25, "update_times": 3,
+    }  # fmt: skip
+    return {**config, **over}

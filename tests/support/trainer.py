@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from devtools.demo_data import write_dataset
 from devtools.scorer_process import ScorerProcess
 from trainer_svc.records import read_jsonl
 
@@ -117,3 +118,19 @@ def assert_close(a: dict[int, list], b: dict[int, list], tol: float = 1e-5) -> f
                 worst = max(worst, abs(x - y))
     assert worst <= tol, f"losses differ by up to {worst}"
     return worst
+
+
+RUN_SAMPLES = 64  # the demo dataset run_trainer trains on
+
+
+def run_trainer(tiny_model: Path, scorer: ScorerProcess, tmp_path: Path, mode: str, **extra: Any):
+    """`trainer-svc train` on the support config, in `mode`, over RUN_SAMPLES demo samples, to
+    the end: (output dir, run id)."""
+    data = write_dataset(tmp_path / "data.json", n=RUN_SAMPLES, seed=2)
+    out = tmp_path / f"out-{mode}"
+    config = write_config(
+        tmp_path / f"{mode}.yaml", tiny_model, data, out, plot_loss=True, selection_mode=mode,
+        **extra,
+    )  # fmt: skip
+    train(config, *scorer_keys(scorer), log=tmp_path / f"{mode}.log", timeout=400)
+    return out, run_id_of(out)

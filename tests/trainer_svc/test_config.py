@@ -196,3 +196,18 @@ def test_combinations_and_segment_sizes_are_named_together(demo_file, tmp_path):
         "warmup_step",
     }
     assert "needs both" in info.value.problems["scorer_curve_server_key_file"]
+
+
+def test_keys_bad_alone_and_keys_bad_together_are_named_in_one_error(demo_file, tmp_path):
+    raw = base(demo_file, tmp_path, learning_rate="fast", bf16=True, fp16=True, warmup_step=40)
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    assert set(info.value.problems) == {"learning_rate", "fp16", "warmup_step"}
+
+
+def test_a_missing_required_key_does_not_hide_the_others(demo_file, tmp_path):
+    raw = base(demo_file, tmp_path, bf16=True, fp16=True)
+    del raw["output_dir"]
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    assert set(info.value.problems) == {"output_dir", "fp16"}

@@ -10,7 +10,7 @@ from common.errors import ScorerUnavailable
 from common.protocol import PROTOCOL_VERSION, Hello
 from devtools.scorer_process import ScorerProcess
 from tests.support.scorer import settled_checkpoints
-from tests.trainer_svc.test_end_to_end import run_trainer
+from tests.support.trainer import run_trainer
 from trainer_svc.publisher import CheckpointPublisher
 
 pytestmark = pytest.mark.slow

@@ -6,27 +6,14 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from devtools.demo_data import write_dataset
 from tests.support.scorer import settled_checkpoints
-from tests.support.trainer import run_id_of, scorer_keys, train, write_config
+from tests.support.trainer import RUN_SAMPLES, run_trainer
 from trainer_svc.records import read_jsonl
 from trainer_svc.schedule import draw_warmup
 
 pytestmark = pytest.mark.slow
 
-N, B = 64, 4
-
-
-def run_trainer(tiny_model, scorer, tmp_path, mode, **extra):
-    """`trainer-svc train` on the support config, in `mode`, to the end: (output dir, run id)."""
-    data = write_dataset(tmp_path / "data.json", n=N, seed=2)
-    out = tmp_path / f"out-{mode}"
-    config = write_config(
-        tmp_path / f"{mode}.yaml", tiny_model, data, out, plot_loss=True, selection_mode=mode,
-        **extra,
-    )  # fmt: skip
-    train(config, *scorer_keys(scorer), log=tmp_path / f"{mode}.log", timeout=400)
-    return out, run_id_of(out)
+N, B = RUN_SAMPLES, 4
 
 
 def expected_draw(scorer, run_id, row):
