@@ -16,6 +16,7 @@ from devtools.demo_data import write_dataset
 from devtools.fake_scorer import FakeScorer
 from devtools.tiny_model import build_tiny_model
 from tests.conftest import ROOT
+from tests.support.trainer import trainer_config
 from trainer_svc import cli
 from trainer_svc.config import ConfigError, parse_config
 from trainer_svc.export import AdapterMismatch, export, parse_export_config
@@ -80,22 +81,11 @@ def shard_files(export_dir, suffix):
 def test_trained_lora_run_exports_to_the_same_logits(tiny_model, tmp_path):
     data = write_dataset(tmp_path / "d.json", n=16, seed=2)
     out = tmp_path / "run"
-    loaded = parse_config(
-        dict(
-            model_name_or_path=str(tiny_model),
-            dataset=str(data),
-            output_dir=str(out),
-            template="plain",
-            cutoff_len=64,
-            warmup_step=2,
-            update_step=2,
-            update_times=2,
-            per_device_train_batch_size=2,
-            learning_rate=1e-2,
-            lora_rank=4,
-            save_steps=1000,
-        )
-    )
+    raw = trainer_config(
+        tiny_model, data, out, template="plain", cutoff_len=64, update_times=2,
+        gradient_accumulation_steps=1, learning_rate=1e-2,
+    )  # fmt: skip
+    loaded = parse_config(raw)
     run(loaded, scorer=FakeScorer(16))
     assert (out / "adapter_config.json").is_file()
 

@@ -11,6 +11,7 @@ from common.errors import RunMismatch
 from common.protocol import Hello
 from devtools.demo_data import write_dataset
 from devtools.fake_scorer import FakeScorer
+from tests.support.trainer import trainer_config
 from trainer_svc.config import parse_config
 from trainer_svc.recipe import run
 from trainer_svc.records import read_jsonl
@@ -21,24 +22,9 @@ pytestmark = pytest.mark.slow  # trains a model (in-process, fake scorer)
 
 
 def config(tiny_model, demo_file, out, **over):
-    raw = dict(
-        model_name_or_path=str(tiny_model),
-        dataset=str(demo_file),
-        output_dir=str(out),
-        template="plain",
-        cutoff_len=128,
-        warmup_step=2,
-        update_step=2,
-        update_times=3,
-        per_device_train_batch_size=2,
-        gradient_accumulation_steps=2,
-        num_train_epochs=1.5,
-        logging_steps=1,
-        save_steps=1000,
-        plot_loss=True,
-        lora_rank=4,
-    )
-    raw.update(over)
+    """The support config, plain template, 1.5 epochs (the second epoch's first update too)."""
+    keys = dict(template="plain", cutoff_len=128, num_train_epochs=1.5, plot_loss=True)
+    raw = trainer_config(tiny_model, demo_file, out, **{**keys, **over})
     return parse_config(raw)
 
 
