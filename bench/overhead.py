@@ -2,7 +2,7 @@
 
 All four variants run DeltaLossRecipe (trainer_svc, unmodified) in this process, pinned to
 the trainer's core with one thread, interleaved in each repeat:
-- uniform: no scorer; a stand-in publisher drops the checkpoint and the weights are uniform
+- uniform: no scorer; the fake scorer (devtools) keeps the checkpoint and gives uniform weights
   (update 1 draws randperm, later updates multinomial over equal weights, as without scoring);
 - async / sync: the real scorer in its own process on the other core (ZeroMQ + REST);
 - inprocess: the published method: at each update the trainer pauses and scores all N
@@ -23,6 +23,8 @@ import torch
 
 from bench.util import ALPACA, ROOT, TRAINER_CORE, Scorer, median, pin_self
 from common.selection import delta_weights, uniform_weights
+from devtools.fake_scorer import FakeScorer
+from devtools.fake_scorer import uniform_weights as fake_uniform
 from trainer_svc.config import load_config
 from trainer_svc.publisher import CheckpointUpload
 from trainer_svc.recipe import DeltaLossRecipe
@@ -68,34 +70,7 @@ on_scorer_failure: fail
 """
 
 
-class NoScorer:
-    """Scorer stand-in (a trainer_svc ScorerClient): nothing sent, uniform weights (plain
-    sampling)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self.latest_weights: ScorerWeights | None = None
-
-    def register(self, hello) -> dict:  # noqa: ANN001
-        return {"status": "registered"}
-
-    def send_checkpoint(self, checkpoint: CheckpointUpload) -> dict:
-        weights = torch.full((self.n,), 1.0 / self.n, dtype=torch.float64)
-        self.latest_weights = ScorerWeights(checkpoint.step, checkpoint.update_index, weights, None)
-        return {"status": "queued"}
-
-    def wait_for(self, step: int) -> ScorerWeights:
-        assert self.latest_weights is not None
-        return self.latest_weights
-
-    def latest(self) -> ScorerWeights | None:
-        return self.latest_weights
-
-    def close(self) -> None:
-        pass
-
-
-class InProcess(NoScorer):
+class InProcess(FakeScorer):
     """The published method: the trainer's own model scores every sample, batch of one."""
 
     recipe: DeltaLossRecipe
@@ -106,12 +81,12 @@ class InProcess(NoScorer):
         self.window_size = window_size
         self.initial: np.ndarray | None = None
 
-    def send_checkpoint(self, checkpoint: CheckpointUpload) -> dict:
+    def score(self, checkpoint: CheckpointUpload) -> ScorerWeights:
         step, update_index = checkpoint.step, checkpoint.update_index
         model = self.recipe.model
         was_training = model.training
         model.eval()
-        losses = np.full(self.n, np.nan)
+        losses = np.full(self.n_samples, np.nan)
         with torch.no_grad():
             for i, sample in enumerate(self.recipe.encoded):
                 if sample.n_label_tokens:
@@ -130,9 +105,7 @@ class InProcess(NoScorer):
                 self.initial, losses, update_index, self.update_times, self.window_size
             )
             window = {"t": found.t, "T": found.T, "u": found.u, "start": found.start}
-        weights = torch.tensor(values, dtype=torch.float64)
-        self.latest_weights = ScorerWeights(step, update_index, weights, window)
-        return {"status": "queued"}
+        return ScorerWeights(step, update_index, torch.tensor(values, dtype=torch.float64), window)
 
 
 def subset(n: int, out: Path) -> Path:
@@ -157,9 +130,9 @@ def one_run(mode: str, work: Path, model_dir: Path, dataset: Path, scorer: Score
         )
     )
     loaded = load_config(yaml)
-    stub: NoScorer | None = None
-    if mode == "uniform":
-        stub = NoScorer(p["n"])
+    stub: FakeScorer | None = None
+    if mode == "uniform":  # plain sampling: nothing sent anywhere
+        stub = FakeScorer(p["n"], weights=fake_uniform)
     elif mode == "inprocess":
         stub = InProcess(p["n"], p["update_times"], loaded.window_size)
     recipe = DeltaLossRecipe(loaded, scorer=stub)

@@ -163,8 +163,8 @@ def overhead(r: dict) -> list[str]:
         "memory bandwidth, and whatever else runs on the machine: see the load average "
         "above).",
         "",
-        "uniform: a stand-in publisher drops the checkpoint and serves equal weights "
-        "(`bench/overhead.py: NoScorer`); in-process: at each update the trainer's own model "
+        "uniform: the fake scorer keeps the checkpoint in memory and serves equal weights "
+        "(`devtools.fake_scorer.FakeScorer`); in-process: at each update the trainer's own model "
         "scores every sample alone, then `common.selection` gives the weights "
         "(`bench/overhead.py: InProcess`). async sends the checkpoint (acked once written) and "
         "takes the newest weights already served, so scoring leaves the critical path; sync "

@@ -4,6 +4,7 @@ has scored every checkpoint it was sent, with weights that depend on the step on
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -11,6 +12,9 @@ import torch
 from common.protocol import Hello
 from trainer_svc.publisher import CheckpointUpload
 from trainer_svc.weights_client import ScorerWeights
+
+# The weights a fake scorer gives a checkpoint: (its step, N) -> N weights summing to 1.
+WeightsRule = Callable[[int, int], torch.Tensor]
 
 
 def fake_weights(step: int, n: int) -> torch.Tensor:
@@ -20,13 +24,21 @@ def fake_weights(step: int, n: int) -> torch.Tensor:
     return w / w.sum()
 
 
-class FakeScorer:
-    """n_samples: how many weights each answer holds (the run's dataset size)."""
+def uniform_weights(step: int, n: int) -> torch.Tensor:
+    """Every sample alike: plain uniform sampling."""
+    return torch.full((n,), 1.0 / n, dtype=torch.float64)
 
-    def __init__(self, n_samples: int) -> None:
+
+class FakeScorer:
+    """n_samples: how many weights each answer holds (the run's dataset size); weights: the
+    rule that gives a checkpoint its weights (a subclass may override score instead)."""
+
+    def __init__(self, n_samples: int, weights: WeightsRule = fake_weights) -> None:
         self.n_samples = n_samples
+        self.weights = weights
         self.hellos: list[Hello] = []
         self.checkpoints: list[CheckpointUpload] = []  # in the order sent
+        self.scored: dict[int, ScorerWeights] = {}  # by step
         self.closed = False
 
     def register(self, hello: Hello) -> dict[str, Any]:
@@ -35,20 +47,22 @@ class FakeScorer:
 
     def send_checkpoint(self, checkpoint: CheckpointUpload) -> dict[str, Any]:
         self.checkpoints.append(checkpoint)
+        self.scored[checkpoint.step] = self.score(checkpoint)
         return {"ok": True, "status": "queued"}
+
+    def score(self, checkpoint: CheckpointUpload) -> ScorerWeights:
+        values = self.weights(checkpoint.step, self.n_samples)
+        return ScorerWeights(checkpoint.step, checkpoint.update_index, values, None)
 
     def wait_for(self, step: int) -> ScorerWeights:
         """The weights of a checkpoint already sent (KeyError for any other step)."""
-        sent = {c.step: c.update_index for c in self.checkpoints}
-        return ScorerWeights(step, sent[step], fake_weights(step, self.n_samples), None)
+        return self.scored[step]
 
     def latest(self) -> ScorerWeights | None:
         """The checkpoint before the last one sent: the one just sent is still scoring."""
         if len(self.checkpoints) < 2:
             return None
-        previous = self.checkpoints[-2]
-        weights = fake_weights(previous.step, self.n_samples)
-        return ScorerWeights(previous.step, previous.update_index, weights, None)
+        return self.scored[self.checkpoints[-2].step]
 
     def close(self) -> None:
         self.closed = True
