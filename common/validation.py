@@ -41,3 +41,20 @@ def one_of(choices: Sequence[str], *, upper: bool = False) -> AfterValidator:
 
 # A settings field holding a ZeroMQ endpoint.
 ZmqUrl = Annotated[str, AfterValidator(check_zmq_url)]
+
+
+def problems_by_key(
+    errors: Iterable[Mapping[str, Any]], values: Mapping[str, Any]
+) -> dict[str, str]:
+    """The first problem of each top-level key of a config (ValidationError.errors() against
+    the values given): our own checks' messages as written (they name what is wrong),
+    pydantic's own with the value it refused."""
+    problems: dict[str, str] = {}
+    for err in errors:
+        key = str(err["loc"][0]) if err["loc"] else "<config>"
+        if err["type"] == "value_error":
+            message = str(err.get("ctx", {}).get("error", err["msg"]))
+        else:
+            message = f"{err['msg']} (got {values.get(key)!r})"
+        problems.setdefault(key, message)
+    return problems

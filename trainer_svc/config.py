@@ -3,9 +3,10 @@
 `load_config` reads the YAML (and `key=value` overrides), warns once about unknown keys, and
 raises one `ConfigError` that names every bad key: wrong types and ranges, impossible
 combinations, a window_size outside [0, 1], warmup or update segments larger than the data.
-A value is checked by its field; once every field is valid, the combinations of keys and the
-segment sizes are checked on the typed config. scorer_token is filled from $SCORER_TOKEN here,
-when the config leaves it unset: the rest of the trainer reads `scorer_token` only.
+A value is checked by its field; the combinations of keys and the segment sizes are checked
+on the typed config (the bad keys at their defaults, so that all problems come at once).
+scorer_token is filled from $SCORER_TOKEN here, when the config leaves it unset: the rest of
+the trainer reads `scorer_token` only.
 """
 
 from __future__ import annotations
@@ -18,14 +19,13 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_core import ErrorDetails
 from transformers.trainer_utils import SchedulerType
 
 from common.datasets import DatasetError, load_alpaca, resolve_dataset
 from common.protocol import Kind
 from common.selection import DEFAULT_WINDOW_SIZE
 from common.tokenization import TEMPLATE_NAMES
-from common.validation import ZmqUrl, one_of
+from common.validation import ZmqUrl, one_of, problems_by_key
 
 logger = logging.getLogger(__name__)
 
@@ -182,53 +182,39 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 M = TypeVar("M", bound=BaseModel)
 
 
-def validate_keys(
-    model: type[M], raw: dict[str, Any]
-) -> tuple[M | None, dict[str, Any], dict[str, str]]:
-    """The keys model knows, validated: (the config or None, the known values, problems by
-    key). Unknown keys get one warning naming them all."""
+def validate_keys(model: type[M], raw: dict[str, Any]) -> tuple[M, dict[str, str]]:
+    """The keys model knows, validated: (the config, problems by key). Unknown keys get one
+    warning naming them all. With problems the config is partial, for the checks that follow
+    to name theirs too: the valid keys, defaults for the others, a required key that failed
+    left unset (read it with getattr)."""
     known = set(model.model_fields)
     unknown = sorted(set(raw) - known)
     if unknown:
         logger.warning("ignoring unknown config keys: %s", ", ".join(unknown))
     values = {k: v for k, v in raw.items() if k in known}
-    problems: dict[str, str] = {}
     try:
-        return model.model_validate(values), values, problems
+        return model.model_validate(values), {}
     except ValidationError as exc:
-        for err in exc.errors():
-            key = str(err["loc"][0]) if err["loc"] else "<config>"
-            problems.setdefault(key, _problem(err, values.get(key)))
-        return None, values, problems
-
-
-def _problem(err: ErrorDetails, value: Any) -> str:
-    """Our own checks' messages as written (they name what is wrong); pydantic's own with the
-    value it refused."""
-    if err["type"] == "value_error":
-        return str(err.get("ctx", {}).get("error", err["msg"]))
-    return f"{err['msg']} (got {value!r})"
+        problems = problems_by_key(exc.errors(), values)
+    valid = {key: value for key, value in values.items() if key not in problems}
+    return model.model_construct(**valid), problems
 
 
 def parse_config(raw: dict[str, Any], base_dir: Path | None = None) -> LoadedConfig:
-    """Validate everything that can be checked without a model; one error for all problems."""
-    cfg, values, problems = validate_keys(TrainConfig, raw)
-    # The files are read even when other keys are bad, so that their problems are named too.
-    valid = {key: value for key, value in values.items() if key not in problems}
-    window_size = _window_size(valid, base_dir, problems)
+    """Validate everything that can be checked without a model; one error for all problems:
+    files are read and keys checked together also when some keys are bad alone."""
+    cfg, problems = validate_keys(TrainConfig, raw)
+    window_size = _window_size(cfg, base_dir, problems)
     world_size = _world_size(problems)
-    dataset_path, samples = _dataset(valid, "dataset", base_dir, problems)
+    dataset_path, samples = _dataset(cfg, "dataset", base_dir, problems)
     eval_path, eval_samples = (None, None)
-    if valid.get("eval_dataset"):
-        eval_path, eval_samples = _dataset(valid, "eval_dataset", base_dir, problems)
-    # The keys together, also when some are bad alone: those take their defaults here, so
-    # every problem is named in one go.
-    typed = cfg if cfg is not None else TrainConfig.model_construct(**valid)
-    problems.update({k: v for k, v in combination_problems(typed).items() if k not in problems})
+    if getattr(cfg, "eval_dataset", None):
+        eval_path, eval_samples = _dataset(cfg, "eval_dataset", base_dir, problems)
+    later = combination_problems(cfg)
     if samples is not None:
-        sizes = size_problems(typed, len(samples), world_size)
-        problems.update({k: v for k, v in sizes.items() if k not in problems})
-    if problems or cfg is None or dataset_path is None or samples is None:
+        later.update(size_problems(cfg, len(samples), world_size))
+    problems.update({k: v for k, v in later.items() if k not in problems})
+    if problems or dataset_path is None or samples is None:
         raise ConfigError(problems)
     return LoadedConfig(
         cfg, window_size, dataset_path, samples, eval_path, eval_samples, world_size
@@ -272,8 +258,8 @@ def _find_file(name: str, base_dir: Path | None) -> Path | None:
     return None
 
 
-def _window_size(valid: dict[str, Any], base_dir: Path | None, problems: dict[str, str]) -> float:
-    name = valid.get("components_cfg_file")
+def _window_size(cfg: TrainConfig, base_dir: Path | None, problems: dict[str, str]) -> float:
+    name = cfg.components_cfg_file
     if not name:
         return DEFAULT_WINDOW_SIZE
     path = _find_file(name, base_dir)
@@ -285,7 +271,7 @@ def _window_size(valid: dict[str, Any], base_dir: Path | None, problems: dict[st
     except yaml.YAMLError as exc:
         problems["components_cfg_file"] = f"{path} is not valid YAML: {exc}"
         return DEFAULT_WINDOW_SIZE
-    component = valid.get("component_name", "delta_loss")
+    component = cfg.component_name
     entry = components.get(component) if isinstance(components, dict) else None
     if not isinstance(entry, dict):
         problems["component_name"] = f"{path} has no entry '{component}'"
@@ -313,12 +299,12 @@ def _world_size(problems: dict[str, str]) -> int:
 
 
 def _dataset(
-    valid: dict[str, Any], key: str, base_dir: Path | None, problems: dict[str, str]
+    cfg: TrainConfig, key: str, base_dir: Path | None, problems: dict[str, str]
 ) -> tuple[Path | None, list[dict[str, str]] | None]:
-    name = valid.get(key)
+    name = getattr(cfg, key, None)
     if not name:
         return None, None
-    dataset_dir = valid.get("dataset_dir")
+    dataset_dir = cfg.dataset_dir
     try:
         try:
             path = resolve_dataset(name, dataset_dir)

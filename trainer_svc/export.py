@@ -17,12 +17,13 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from common.model_spec import empty_model
 from common.tokenization import TEMPLATE_NAMES, TEMPLATES
+from common.validation import one_of
 from trainer_svc.config import ConfigError, read_yaml, validate_keys
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class ExportConfig(BaseModel):
 
     model_name_or_path: str = Field(min_length=1)
     adapter_name_or_path: str = Field(min_length=1)  # one directory, or a comma list merged in turn
-    template: str = "auto"
+    template: Annotated[str, one_of(TEMPLATE_NAMES)] = "auto"
     trust_remote_code: bool = False
     export_dir: str = Field(min_length=1)
     export_size: float = Field(5.0, gt=0)  # largest shard, GB
@@ -74,17 +75,16 @@ def load_export_config(
 
 def parse_export_config(raw: dict[str, Any]) -> ExportConfig:
     """Validate everything that needs no model; one error naming every bad key."""
-    cfg, values, problems = validate_keys(ExportConfig, raw)
-    good = {k: v for k, v in values.items() if k not in problems}
-    if good.get("template", "auto") not in TEMPLATE_NAMES:
-        problems["template"] = f"unknown template {good['template']!r}; use one of {TEMPLATE_NAMES}"
-    if "model_name_or_path" in good:
-        _check_base(str(good["model_name_or_path"]), problems)
-    if "adapter_name_or_path" in good:
-        _check_adapters(str(good["adapter_name_or_path"]), problems)
-    if "export_dir" in good:
-        _check_export_dir(good, problems)
-    if problems or cfg is None:
+    cfg, problems = validate_keys(ExportConfig, raw)
+    base = getattr(cfg, "model_name_or_path", None)
+    if base is not None and "model_name_or_path" not in problems:
+        _check_base(base, problems)
+    adapters = getattr(cfg, "adapter_name_or_path", None)
+    if adapters is not None and "adapter_name_or_path" not in problems:
+        _check_adapters(adapters, problems)
+    if getattr(cfg, "export_dir", None) is not None and "export_dir" not in problems:
+        _check_export_dir(cfg, problems)
+    if problems:
         raise ConfigError(problems)
     return cfg
 
@@ -124,16 +124,17 @@ def _check_adapters(value: str, problems: dict[str, str]) -> None:
         problems["adapter_name_or_path"] = "; ".join(bad)
 
 
-def _check_export_dir(good: dict[str, Any], problems: dict[str, str]) -> None:
-    out = Path(str(good["export_dir"])).expanduser()
-    inputs = [good.get("model_name_or_path"), *str(good.get("adapter_name_or_path", "")).split(",")]
+def _check_export_dir(cfg: ExportConfig, problems: dict[str, str]) -> None:
+    out = Path(cfg.export_dir).expanduser()
+    adapters = getattr(cfg, "adapter_name_or_path", "")
+    inputs = [getattr(cfg, "model_name_or_path", None), *adapters.split(",")]
     for name in filter(None, (str(n).strip() for n in inputs if n)):
         if Path(name).expanduser().exists() and _holds(out, Path(name).expanduser()):
             problems["export_dir"] = f"{out} is (or holds) the input {name}; choose another"
             return
     if out.exists() and not out.is_dir():
         problems["export_dir"] = f"{out} exists and is not a directory"
-    elif out.is_dir() and any(out.iterdir()) and good.get("overwrite_export_dir") is not True:
+    elif out.is_dir() and any(out.iterdir()) and not cfg.overwrite_export_dir:
         problems["export_dir"] = (
             f"{out} exists and is not empty; set overwrite_export_dir: true to replace it"
         )

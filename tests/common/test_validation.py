@@ -46,3 +46,28 @@ def test_one_of_names_every_choice():
     assert Level(level="info").level == "info"
     with pytest.raises(ValidationError, match="'loud' is not one of DEBUG, INFO"):
         Level(level="loud")
+
+
+def test_problems_by_key_keeps_the_first_per_key_and_shows_the_refused_value():
+    from pydantic import field_validator
+
+    from common.validation import problems_by_key
+
+    class Cfg(BaseModel):
+        a: int
+        b: list[int]
+        c: str
+
+        @field_validator("c")
+        @classmethod
+        def _c(cls, value: str) -> str:
+            raise ValueError("c must name a file that exists")
+
+    values = {"a": "x", "b": ["y", "z"], "c": "nope"}
+    with pytest.raises(ValidationError) as info:
+        Cfg.model_validate(values)
+    problems = problems_by_key(info.value.errors(), values)
+    assert set(problems) == {"a", "b", "c"}
+    assert problems["a"].endswith("(got 'x')")
+    assert problems["b"].count("(got") == 1  # the first of b's two errors
+    assert problems["c"] == "c must name a file that exists"  # our own message as written
