@@ -38,10 +38,8 @@ def measure(work: Path, n: int = 200_000, checkpoints: int = 50, requests: int =
         run = crud.create_run(session, config={**FAKE_HELLO, "n_samples": n}, n_no_labels=0)
         initial = rng.random(n) * 3
         for k in range(1, checkpoints + 1):
-            checkpoint = crud.add_checkpoint(
-                session, run=run, step=k, update_index=k, kind="lora",
-                sha256="0" * 64, path="-", n_bytes=0,
-            )  # fmt: skip
+            received = crud.Received(k, k, "lora", "0" * 64, "-", 0)
+            checkpoint = crud.add_checkpoint(session, run=run, received=received)
             losses = initial if k == 1 else initial - rng.random(n) * 0.1 * k
             window = None
             if k >= 2:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Sequence
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 import numpy as np
@@ -91,49 +92,33 @@ def latest_scored(session: Session, *, run: Run) -> CheckpointRow | None:
     )
 
 
-def add_checkpoint(
-    session: Session,
-    *,
-    run: Run,
-    step: int,
-    update_index: int,
-    kind: str,
-    sha256: str,
-    path: str,
-    n_bytes: int,
-) -> CheckpointRow:
+@dataclass(frozen=True)
+class Received:
+    """A checkpoint the intake has stored: what its row records of it."""
+
+    step: int
+    update_index: int
+    kind: str
+    sha256: str
+    path: str
+    n_bytes: int
+
+
+def add_checkpoint(session: Session, *, run: Run, received: Received) -> CheckpointRow:
     checkpoint = CheckpointRow(
-        run_pk=run.id,
-        step=step,
-        update_index=update_index,
-        kind=kind,
-        sha256=sha256,
-        path=path,
-        n_bytes=n_bytes,
-        status=RECEIVED,
-        received_at=now(),
+        run_pk=run.id, **asdict(received), status=RECEIVED, received_at=now()
     )
     session.add(checkpoint)
-    if update_index == 1 and run.initial_step is None:
-        run.initial_step = step
+    if received.update_index == 1 and run.initial_step is None:
+        run.initial_step = received.step
     session.commit()
     return checkpoint
 
 
-def requeue(
-    session: Session,
-    *,
-    checkpoint: CheckpointRow,
-    update_index: int,
-    sha256: str,
-    path: str,
-    n_bytes: int,
-) -> None:
+def requeue(session: Session, *, checkpoint: CheckpointRow, received: Received) -> None:
     """A failed checkpoint sent again: pending once more, with the new tensors."""
-    checkpoint.update_index = update_index
-    checkpoint.sha256 = sha256
-    checkpoint.path = path
-    checkpoint.n_bytes = n_bytes
+    for name, value in asdict(received).items():
+        setattr(checkpoint, name, value)
     checkpoint.status = RECEIVED
     checkpoint.received_at = now()
     checkpoint.started_at = checkpoint.finished_at = None

@@ -134,23 +134,14 @@ class Intake:
         manifest.check([(e.name, e.dtype, e.shape) for e in header.tensors])
         path = checkpoint_path(self.settings.data_dir, run.run_id, header.step)
         n_bytes = write_raw_checkpoint(path, raw_tensors(message))
+        received = crud.Received(
+            header.step, header.update_index, header.kind, header.sha256, str(path), n_bytes
+        )
         try:
             if existing is not None:  # a failed step sent again is scored again
-                crud.requeue(
-                    session, checkpoint=existing, update_index=header.update_index,
-                    sha256=header.sha256, path=str(path), n_bytes=n_bytes,
-                )  # fmt: skip
+                crud.requeue(session, checkpoint=existing, received=received)
             else:
-                crud.add_checkpoint(
-                    session,
-                    run=run,
-                    step=header.step,
-                    update_index=header.update_index,
-                    kind=header.kind,
-                    sha256=header.sha256,
-                    path=str(path),
-                    n_bytes=n_bytes,
-                )
+                crud.add_checkpoint(session, run=run, received=received)
         except Exception:
             session.rollback()
             path.unlink(missing_ok=True)

@@ -44,10 +44,8 @@ def seed(state: ApiState) -> None:
         crud.create_run(session, config=stored_run_config("run-empty", 4), n_no_labels=0)
 
         def add(step: int, k: int) -> CheckpointRow:
-            return crud.add_checkpoint(
-                session, run=run, step=step, update_index=k, kind="lora",
-                sha256=f"{step:064d}", path=f"step-{step}", n_bytes=100 * step,
-            )  # fmt: skip
+            received = crud.Received(step, k, "lora", f"{step:064d}", f"step-{step}", 100 * step)
+            return crud.add_checkpoint(session, run=run, received=received)
 
         for step, k in SCORED.items():
             window = None

@@ -61,10 +61,8 @@ def loss_db(tmp_path):
         for run_id, write in WRITERS.items():
             run = crud.create_run(session, config=stored_run_config(run_id, N), n_no_labels=0)
             for step, k in {**STEPS, 8: 1}.items():
-                crud.add_checkpoint(
-                    session, run=run, step=step, update_index=k, kind="lora",
-                    sha256="0" * 64, path="-", n_bytes=0,
-                )  # fmt: skip
+                received = crud.Received(step, k, "lora", "0" * 64, "-", 0)
+                crud.add_checkpoint(session, run=run, received=received)
             for step in STEPS:
                 write(session, run_pk=run.id, step=step, values=expected(run_id, step))
         session.commit()
