@@ -33,7 +33,9 @@ ENV SCORER_HTTP_HOST=0.0.0.0 \
     SCORER_HTTP_PORT=8000 \
     SCORER_ZMQ_URL=tcp://0.0.0.0:5555 \
     SCORER_DATA_DIR=/var/lib/scorer \
-    SCORER_DATABASE_URL=sqlite:////var/lib/scorer/scorer.db
+    SCORER_DATABASE_URL=sqlite:////var/lib/scorer/scorer.db \
+    SCORER_MODEL_ROOT='["/models"]' \
+    SCORER_DATA_ROOT='["/data"]'
 RUN mkdir -p /var/lib/scorer /data /models /outputs /config
 
 EXPOSE 8000 5555

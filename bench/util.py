@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import statistics
+import tempfile
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -70,10 +71,14 @@ class Scorer(ScorerProcess):
     """The scorer pinned to the scorer's core, one thread, quiet logs."""
 
     def __init__(self, data_dir: Path, *extra: str, core: int = SCORER_CORE) -> None:
+        # The benchmarks' models and data lie in a temporary folder, and in ALPACA's.
+        scratch = tempfile.gettempdir()
+        roots = ["--model-root", scratch, "--data-root", scratch, "--data-root", str(ALPACA.parent)]
         super().__init__(
             data_dir,
             "--log-level",
             "WARNING",
+            *roots,
             *extra,
             env=python_env(),
             log_path=data_dir.parent / f"{data_dir.name}.log",

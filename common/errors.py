@@ -62,6 +62,12 @@ class Unauthorized(ProtocolError):
     code = "unauthorized"
 
 
+class Forbidden(ProtocolError):
+    """A request for what the scorer does not allow: files outside its roots, model code."""
+
+    code = "forbidden"
+
+
 class ScorerUnavailable(ProtocolError):
     """The scorer did not answer in time (raised by clients, never sent)."""
 

@@ -109,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     groups = groups_of(data)
     print(f"tiny model: {model}\ndataset: {data} ({len(groups)} samples: {dict(Counter(groups))})")
     print(f"eval dataset: {held_out} (64 held-out samples, no noise)")
-    scorer = ScorerProcess(out / "scorer", log_path=out / "scorer.log")
+    # The scorer reads the model and the data from the demo's folder, and nothing else.
+    roots = ("--model-root", str(out), "--data-root", str(out))
+    scorer = ScorerProcess(out / "scorer", *roots, log_path=out / "scorer.log")
     scorer.start()
     print(f"scorer: REST {scorer.base_url} (docs {scorer.base_url}/docs), ZeroMQ {scorer.zmq_url}")
     try:

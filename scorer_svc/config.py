@@ -56,6 +56,21 @@ class Settings(BaseSettings):
         Path("scorer_data"),
         description="received checkpoints (until scored) and the default database",
     )
+    model_root: list[Path] = Field(
+        default_factory=list,
+        description="a folder base models may be loaded from (repeat the flag for more); "
+        "none given: the data_dir only",
+    )
+    data_root: list[Path] = Field(
+        default_factory=list,
+        description="a folder datasets may be read from (repeat the flag for more); none "
+        "given: the data_dir only",
+    )
+    trust_remote_code: bool = Field(
+        False,
+        description="let model folders run their own code (auto_map); only when you trust "
+        "every model under the model roots",
+    )
     database_url: str | None = Field(
         None, description="any SQLAlchemy URL; null: sqlite:///DATA_DIR/scorer.db"
     )

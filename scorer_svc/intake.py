@@ -75,6 +75,7 @@ class Intake:
             )
 
     def hello(self, session: Session, hello: Hello) -> list[bytes]:
+        self.registry.access.check_hello(hello)  # before any file is looked at
         run = crud.get_run(session, run_id=hello.run_id)
         if run is not None:
             diffs = differences(run.config, hello)

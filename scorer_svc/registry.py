@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from common.datasets import DatasetError, load_alpaca, resolve_dataset
@@ -19,6 +19,7 @@ from common.tokenization import (
     encode_dataset,
     fingerprint,
 )
+from scorer_svc.access import AccessPolicy
 from scorer_svc.batching import Batch, make_batches
 from scorer_svc.config import Settings
 from scorer_svc.scoring import Manifest, ScoringModel, resolve_device
@@ -73,6 +74,12 @@ class Registry:
         self.settings = settings
         self.device = resolve_device(settings.device)
         self.dtype = compute_dtype(settings.dtype, self.device)
+        self.access = AccessPolicy.of(
+            model_roots=settings.model_root,
+            data_roots=settings.data_root,
+            data_dir=settings.data_dir,
+            trust_remote_code=settings.trust_remote_code,
+        )
         self._data: dict[str, RunData] = {}
         self._hellos: dict[str, Hello] = {}
         self._model_spec: ModelSpec | None = None
@@ -80,6 +87,14 @@ class Registry:
         self._manifests: dict[ModelSpec, Manifest] = {}
         self._lock = threading.RLock()
         self._model_lock = threading.Lock()
+
+    def _spec(self, hello: Hello) -> ModelSpec:
+        """The run's model as this scorer builds it: the model's own code runs only when the
+        scorer allows it, whatever a run registered before asked for."""
+        spec = ModelSpec.from_hello(hello)
+        if spec.trust_remote_code and not self.access.trust_remote_code:
+            spec = replace(spec, trust_remote_code=False)
+        return spec
 
     def hello_of(self, run_id: str, config: dict[str, Any]) -> Hello:
         """The stored hello of a registered run, parsed once (a run's hello never changes)."""
@@ -101,7 +116,7 @@ class Registry:
 
         try:
             tokenizer = AutoTokenizer.from_pretrained(
-                hello.base_model, trust_remote_code=hello.trust_remote_code
+                hello.base_model, trust_remote_code=self._spec(hello).trust_remote_code
             )
         except (OSError, ValueError) as exc:
             raise RunMismatch(
@@ -110,7 +125,9 @@ class Registry:
                 "path the trainer names"
             ) from exc
         try:
-            samples = load_alpaca(resolve_dataset(hello.dataset, hello.dataset_dir))
+            path = resolve_dataset(hello.dataset, hello.dataset_dir)
+            self.access.check_dataset_file(hello, path)
+            samples = load_alpaca(path)
         except (DatasetError, OSError) as exc:
             raise RunMismatch(
                 f"run {hello.run_id} refused: the scorer cannot read the dataset: {exc}; "
@@ -147,7 +164,7 @@ class Registry:
     def manifest(self, hello: Hello) -> Manifest:
         """What a checkpoint of this run must hold, from a weightless (meta) model: the
         intake checks checkpoints without loading weights or waiting for the worker."""
-        spec = ModelSpec.from_hello(hello)
+        spec = self._spec(hello)
         with self._lock:
             if spec not in self._manifests:
                 self._manifests[spec] = self._build_manifest(spec, hello.run_id)
@@ -174,7 +191,7 @@ class Registry:
 
     def model(self, hello: Hello) -> ScoringModel:
         """The scoring model for this run's configuration, loaded once (used by the worker)."""
-        spec = ModelSpec.from_hello(hello)
+        spec = self._spec(hello)
         with self._model_lock:
             if self._model_spec != spec:
                 self._model = None  # free the previous model before loading the next

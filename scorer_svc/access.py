@@ -1,0 +1,91 @@
+"""What a hello may make the scorer read and run: the scorer decides, not the client.
+
+A run's base model must be a folder under one of the scorer's model roots, its dataset (and
+dataset_dir) under one of its data roots; with no root given, the scorer's data directory is
+the only one. Model code shipped with a model folder (`auto_map`) runs only when the scorer's
+own trust_remote_code setting allows it. A refusal says which setting to change and nothing
+about the file named: the check looks at the path's text (symlinks resolved), never at
+whether or what it is.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.errors import Forbidden
+from common.protocol import Hello
+
+
+def _real(path: str | Path) -> Path:
+    return Path(os.path.realpath(os.path.expanduser(str(path))))
+
+
+@dataclass(frozen=True)
+class Roots:
+    """Folders the scorer may read from; a path is inside when its real path lies below one."""
+
+    folders: tuple[Path, ...]
+    flag: str  # the flag that adds one, named in refusals
+
+    @classmethod
+    def of(cls, folders: Sequence[Path], default: Path, flag: str) -> Roots:
+        return cls(tuple(_real(f) for f in (folders or [default])), flag)
+
+    def holds(self, path: str | Path) -> bool:
+        real = _real(path)
+        return any(real == root or root in real.parents for root in self.folders)
+
+    def refuse(self, run_id: str, what: str, name: str) -> Forbidden:
+        shown = ", ".join(str(f) for f in self.folders)
+        return Forbidden(
+            f"run {run_id} refused: its {what} {name} is not under this scorer's roots "
+            f"({shown}); start the scorer with {self.flag} FOLDER for a folder that holds it"
+        )
+
+
+@dataclass(frozen=True)
+class AccessPolicy:
+    models: Roots
+    data: Roots
+    trust_remote_code: bool
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        model_roots: Sequence[Path],
+        data_roots: Sequence[Path],
+        data_dir: Path,
+        trust_remote_code: bool,
+    ) -> AccessPolicy:
+        return cls(
+            Roots.of(model_roots, data_dir, "--model-root"),
+            Roots.of(data_roots, data_dir, "--data-root"),
+            trust_remote_code,
+        )
+
+    def check_hello(self, hello: Hello) -> None:
+        """Refuse, before anything is read, a hello that would make the scorer read outside
+        its roots or run model code it does not trust."""
+        if hello.trust_remote_code and not self.trust_remote_code:
+            raise Forbidden(
+                f"run {hello.run_id} refused: it asks to run the model's own code "
+                "(trust_remote_code), which this scorer does not allow; start the scorer with "
+                "--trust-remote-code only if you trust the code of every model under its roots"
+            )
+        if not self.models.holds(hello.base_model):
+            raise self.models.refuse(hello.run_id, "base model", hello.base_model)
+        if hello.dataset_dir is not None and not self.data.holds(hello.dataset_dir):
+            raise self.data.refuse(hello.run_id, "dataset_dir", hello.dataset_dir)
+        # A file path is checked now; a name in dataset_dir's dataset_info.json, once resolved.
+        a_path = Path(hello.dataset).suffix in (".json", ".jsonl") or hello.dataset_dir is None
+        if a_path and not self.data.holds(hello.dataset):
+            raise self.data.refuse(hello.run_id, "dataset", hello.dataset)
+
+    def check_dataset_file(self, hello: Hello, path: Path) -> None:
+        """The file a dataset name resolved to (dataset_info.json may point anywhere)."""
+        if not self.data.holds(path):
+            raise self.data.refuse(hello.run_id, "dataset", hello.dataset)

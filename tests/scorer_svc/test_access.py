@@ -1,0 +1,150 @@
+"""What a hello may make the scorer read and run: only files under the scorer's roots, and a
+model's own code only when the scorer's setting allows it. A refusal reveals nothing about the
+file it names."""
+
+import json
+import shutil
+
+import pytest
+
+from common.protocol import encode_hello
+from scorer_svc import crud
+from scorer_svc.config import Settings
+from scorer_svc.db import make_engine, make_sessionmaker
+from scorer_svc.intake import Intake
+from scorer_svc.registry import Registry
+from tests.support.data import write_samples
+from tests.support.scorer import make_hello
+
+# A model module that leaves a file behind when it is imported.
+EVIL = """\
+import pathlib
+pathlib.Path({marker!r}).write_text("model code ran")
+from transformers import LlamaConfig, LlamaForCausalLM
+
+
+class EvilConfig(LlamaConfig):
+    pass
+
+
+class EvilModel(LlamaForCausalLM):
+    config_class = EvilConfig
+"""
+
+
+@pytest.fixture
+def place(tiny_model, tmp_path):
+    """A model root holding the tiny model and a copy of it shipping its own code, a data root
+    holding a dataset, and a folder outside both."""
+    models, data, outside = tmp_path / "models", tmp_path / "data", tmp_path / "outside"
+    for folder in (models, data, outside):
+        folder.mkdir()
+    shutil.copytree(tiny_model, models / "tiny")
+    custom = shutil.copytree(tiny_model, models / "custom")
+    marker = tmp_path / "marker"
+    (custom / "evil.py").write_text(EVIL.format(marker=str(marker)))
+    config = json.loads((custom / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"}
+    (custom / "config.json").write_text(json.dumps(config))
+    dataset = write_samples(data / "train.json", 8)
+    shutil.copytree(tiny_model, outside / "tiny")
+    write_samples(outside / "train.json", 8)
+    return {"models": models, "data": data, "outside": outside, "marker": marker,
+            "dataset": dataset, "tmp": tmp_path}  # fmt: skip
+
+
+def intake_for(place, **settings) -> Intake:
+    values = dict(
+        data_dir=place["tmp"] / "scorer", device="cpu",
+        model_root=[place["models"]], data_root=[place["data"]],
+    )  # fmt: skip
+    config = Settings(**{**values, **settings})
+    sessions = make_sessionmaker(make_engine(config.resolved_database_url))
+    return Intake(config, sessions, Registry(config), on_queued=lambda: None)
+
+
+def ask(intake: Intake, hello) -> dict:
+    return json.loads(intake.handle(encode_hello(hello))[0])
+
+
+def stored_runs(intake: Intake) -> list[str]:
+    with intake.sessions() as session:
+        return [run.run_id for run in crud.list_runs(session)]
+
+
+def test_a_hello_inside_the_roots_is_registered(place):
+    intake = intake_for(place)
+    hello = make_hello(place["models"] / "tiny", place["dataset"], run_id="fine")
+    assert ask(intake, hello)["status"] == "registered"
+
+
+def test_a_hello_asking_to_run_model_code_is_refused_and_nothing_runs(place):
+    intake = intake_for(place)
+    hello = make_hello(place["models"] / "custom", place["dataset"], trust_remote_code=True)
+    reply = ask(intake, hello)
+    assert reply["code"] == "forbidden" and "--trust-remote-code" in reply["reason"]
+    assert not place["marker"].exists()
+    assert stored_runs(intake) == []
+
+
+def test_model_code_runs_only_when_the_scorer_trusts_it(place):
+    intake = intake_for(place, trust_remote_code=True)
+    hello = make_hello(place["models"] / "custom", place["dataset"], trust_remote_code=True)
+    assert ask(intake, hello).get("code") != "forbidden"
+    assert place["marker"].read_text() == "model code ran"
+
+
+def test_a_run_stored_with_trust_is_built_without_it_by_a_scorer_that_does_not_trust(place):
+    registry = intake_for(place).registry
+    hello = make_hello(place["models"] / "custom", place["dataset"], trust_remote_code=True)
+    registry.manifest(hello)  # what the intake and the worker build for a stored run
+    assert not place["marker"].exists()
+
+
+@pytest.mark.parametrize("name", ["tiny", "absent"], ids=["existing", "missing"])
+def test_a_model_outside_the_roots_is_refused_saying_nothing_of_it(place, name):
+    intake = intake_for(place)
+    base = place["outside"] / name
+    reply = ask(
+        intake, make_hello(place["models"] / "tiny", place["dataset"], base_model=str(base))
+    )
+    assert reply["code"] == "forbidden"
+    assert reply["reason"] == (
+        f"run run-a refused: its base model {base} is not under this scorer's roots "
+        f"({place['models']}); start the scorer with --model-root FOLDER for a folder that "
+        "holds it"
+    )  # the same words whether the folder exists or not: nothing about it is told
+    assert stored_runs(intake) == []
+
+
+def test_a_symlink_out_of_a_root_is_outside(place):
+    (place["models"] / "link").symlink_to(place["outside"] / "tiny")
+    reply = ask(intake_for(place), make_hello(place["models"] / "link", place["dataset"]))
+    assert reply["code"] == "forbidden" and "--model-root" in reply["reason"]
+
+
+@pytest.mark.parametrize("name", ["train.json", "absent.json"])
+def test_a_dataset_outside_the_roots_is_refused(place, name):
+    dataset = place["outside"] / name
+    hello = make_hello(place["models"] / "tiny", place["dataset"], dataset=str(dataset))
+    reply = ask(intake_for(place), hello)
+    assert reply["code"] == "forbidden" and f"its dataset {dataset}" in reply["reason"]
+    assert "--data-root" in reply["reason"]
+
+
+def test_a_dataset_name_resolving_outside_the_roots_is_refused(place):
+    info = {"escape": {"file_name": str(place["outside"] / "train.json")}}
+    (place["data"] / "dataset_info.json").write_text(json.dumps(info))
+    hello = make_hello(
+        place["models"] / "tiny", place["dataset"], dataset="escape",
+        dataset_dir=str(place["data"]),
+    )  # fmt: skip
+    reply = ask(intake_for(place), hello)
+    assert reply["code"] == "forbidden" and "its dataset escape" in reply["reason"]
+
+
+def test_without_roots_only_the_data_dir_is_open(place):
+    intake = intake_for(place, model_root=[], data_root=[])
+    reply = ask(intake, make_hello(place["models"] / "tiny", place["dataset"]))
+    assert reply["code"] == "forbidden"
+    assert f"({(place['tmp'] / 'scorer').resolve()})" in reply["reason"]
