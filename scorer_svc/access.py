@@ -3,9 +3,9 @@
 A run's base model must be a folder under one of the scorer's model roots, its dataset (and
 dataset_dir) under one of its data roots; with no root given, the scorer's data directory is
 the only one. Model code shipped with a model folder (`auto_map`) runs only when the scorer's
-own trust_remote_code setting allows it. A refusal says which setting to change and nothing
-about the file named: the check looks at the path's text (symlinks resolved), never at
-whether or what it is.
+own trust_remote_code setting allows it: a hello asking for it is loaded without it otherwise.
+A refusal says which setting to change and nothing about the file named: the check looks at
+the path's text (symlinks resolved), never at whether or what it is.
 """
 
 from __future__ import annotations
@@ -69,13 +69,7 @@ class AccessPolicy:
 
     def check_hello(self, hello: Hello) -> None:
         """Refuse, before anything is read, a hello that would make the scorer read outside
-        its roots or run model code it does not trust."""
-        if hello.trust_remote_code and not self.trust_remote_code:
-            raise Forbidden(
-                f"run {hello.run_id} refused: it asks to run the model's own code "
-                "(trust_remote_code), which this scorer does not allow; start the scorer with "
-                "--trust-remote-code only if you trust the code of every model under its roots"
-            )
+        its roots."""
         if not self.models.holds(hello.base_model):
             raise self.models.refuse(hello.run_id, "base model", hello.base_model)
         if hello.dataset_dir is not None and not self.data.holds(hello.dataset_dir):
@@ -84,6 +78,19 @@ class AccessPolicy:
         a_path = Path(hello.dataset).suffix in (".json", ".jsonl") or hello.dataset_dir is None
         if a_path and not self.data.holds(hello.dataset):
             raise self.data.refuse(hello.run_id, "dataset", hello.dataset)
+
+    def trusts(self, hello: Hello) -> bool:
+        """Whether this run's model code may run: asked for, and allowed by the scorer."""
+        return hello.trust_remote_code and self.trust_remote_code
+
+    def untrusted_hint(self, hello: Hello) -> str:
+        """What to add to a loading error of a run whose model code was not run."""
+        if hello.trust_remote_code and not self.trust_remote_code:
+            return (
+                " (the run asks to run the model's own code, which this scorer does not: "
+                "start it with --trust-remote-code if you trust every model under its roots)"
+            )
+        return ""
 
     def check_dataset_file(self, hello: Hello, path: Path) -> None:
         """The file a dataset name resolved to (dataset_info.json may point anywhere)."""

@@ -91,10 +91,7 @@ class Registry:
     def _spec(self, hello: Hello) -> ModelSpec:
         """The run's model as this scorer builds it: the model's own code runs only when the
         scorer allows it, whatever a run registered before asked for."""
-        spec = ModelSpec.from_hello(hello)
-        if spec.trust_remote_code and not self.access.trust_remote_code:
-            spec = replace(spec, trust_remote_code=False)
-        return spec
+        return replace(ModelSpec.from_hello(hello), trust_remote_code=self.access.trusts(hello))
 
     def hello_of(self, run_id: str, config: dict[str, Any]) -> Hello:
         """The stored hello of a registered run, parsed once (a run's hello never changes)."""
@@ -121,8 +118,8 @@ class Registry:
         except (OSError, ValueError) as exc:
             raise RunMismatch(
                 f"run {hello.run_id} refused: the scorer cannot load the tokenizer of "
-                f"{hello.base_model} ({exc}); the scorer must see the base model at the "
-                "path the trainer names"
+                f"{hello.base_model} ({exc}){self.access.untrusted_hint(hello)}; the scorer "
+                "must see the base model at the path the trainer names"
             ) from exc
         try:
             path = resolve_dataset(hello.dataset, hello.dataset_dir)
@@ -167,7 +164,7 @@ class Registry:
         spec = self._spec(hello)
         with self._lock:
             if spec not in self._manifests:
-                self._manifests[spec] = self._build_manifest(spec, hello.run_id)
+                self._manifests[spec] = self._build_manifest(spec, hello)
             manifest = self._manifests[spec]
         if hello.model_digest is not None and hello.model_digest != manifest.digest:
             raise RunMismatch(
@@ -178,14 +175,13 @@ class Registry:
             )
         return manifest
 
-    @staticmethod
-    def _build_manifest(spec: ModelSpec, run_id: str) -> Manifest:
+    def _build_manifest(self, spec: ModelSpec, hello: Hello) -> Manifest:
         try:
             skeleton = spec.skeleton()
         except (OSError, ValueError) as exc:
             raise RunMismatch(
-                f"run {run_id} refused: the scorer cannot build {spec.base_model} "
-                f"({spec.kind}): {exc}"
+                f"run {hello.run_id} refused: the scorer cannot build {spec.base_model} "
+                f"({spec.kind}): {exc}{self.access.untrusted_hint(hello)}"
             ) from exc
         return Manifest.of(skeleton, spec.kind)
 

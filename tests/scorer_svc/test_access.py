@@ -78,19 +78,28 @@ def test_a_hello_inside_the_roots_is_registered(place):
     assert ask(intake, hello)["status"] == "registered"
 
 
-def test_a_hello_asking_to_run_model_code_is_refused_and_nothing_runs(place):
+def test_a_hello_asking_to_run_model_code_is_loaded_without_it(place):
     intake = intake_for(place)
     hello = make_hello(place["models"] / "custom", place["dataset"], trust_remote_code=True)
-    reply = ask(intake, hello)
-    assert reply["code"] == "forbidden" and "--trust-remote-code" in reply["reason"]
+    assert ask(intake, hello)["status"] == "registered"  # a Llama: it needs no code of its own
     assert not place["marker"].exists()
-    assert stored_runs(intake) == []
+
+
+def test_a_model_that_needs_its_own_code_is_refused_saying_how_to_allow_it(place):
+    config_file = place["models"] / "custom" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["model_type"] = "evil-llama"  # a type transformers knows only from the model's code
+    config_file.write_text(json.dumps(config))
+    hello = make_hello(place["models"] / "custom", place["dataset"], trust_remote_code=True)
+    reply = ask(intake_for(place), hello)
+    assert reply["code"] == "mismatch" and "--trust-remote-code" in reply["reason"]
+    assert not place["marker"].exists()
 
 
 def test_model_code_runs_only_when_the_scorer_trusts_it(place):
     intake = intake_for(place, trust_remote_code=True)
     hello = make_hello(place["models"] / "custom", place["dataset"], trust_remote_code=True)
-    assert ask(intake, hello).get("code") != "forbidden"
+    ask(intake, hello)
     assert place["marker"].read_text() == "model code ran"
 
 

@@ -169,14 +169,17 @@ def test_checkpoint_without_any_finite_loss_fails_with_409_and_can_be_sent_again
         ({"n_samples": 13}, "N: trainer has 13 samples, scorer 12"),
         ({"vocab_size": 999}, "tokenizer vocabulary: trainer 999, scorer 384"),
         ({"model_digest": "1" * 64}, "other tensor names or shapes"),
-        ({"base_model": "/nonexistent/model"}, "cannot load the tokenizer of /nonexistent"),
-        ({"dataset": "/nonexistent/train.json"}, "cannot read the dataset"),
+        # paths under the scorer's roots that it cannot read
+        ({"base_model": "{root}/nonexistent/model"}, "cannot load the tokenizer of {root}"),
+        ({"dataset": "{root}/nonexistent/train.json"}, "cannot read the dataset"),
     ],
 )
 def test_trainer_and_scorer_that_disagree_are_refused_before_scoring(
     live, tiny_model, change, words
 ):
     scorer, _, _, root = live
+    change = {k: v.format(root=root) if isinstance(v, str) else v for k, v in change.items()}
+    words = words.format(root=root)
     hello = make_hello(tiny_model, root / "train.json", run_id="run-d", **change)
     reply = zmq_request(scorer.zmq_url, encode_hello(hello))
     assert reply["code"] == "mismatch" and words in reply["reason"], reply
