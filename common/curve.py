@@ -6,6 +6,7 @@ a secret key. `python -m scorer_svc keys DIR NAME` writes a pair.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,4 +62,5 @@ def create_keys(directory: str | Path, name: str) -> tuple[Path, Path]:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     public, secret = zmq.auth.create_certificates(str(directory), name)
+    os.chmod(secret, 0o600)  # the secret key is for its owner's eyes only
     return Path(public), Path(secret)

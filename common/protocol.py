@@ -26,7 +26,7 @@ from common.errors import (
     TooLarge,
     VersionMismatch,
 )
-from common.validation import describe_errors
+from common.validation import RunId, describe_errors
 
 PROTOCOL_VERSION = 1
 MAX_HEADER_BYTES = 1 << 20
@@ -56,7 +56,7 @@ class Hello(_Header):
     """Registers a run: what the scorer needs to score the same samples the trainer trains on."""
 
     type: Literal["hello"] = "hello"
-    run_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
+    run_id: RunId
     base_model: str = Field(min_length=1)
     finetuning_type: Kind
     lora: LoraSpec | None = None  # exactly when finetuning_type is lora
@@ -101,7 +101,7 @@ class CheckpointHeader(_Header):
     """One checkpoint: where each tensor lies in the frames after the header."""
 
     type: Literal["checkpoint"] = "checkpoint"
-    run_id: str = Field(min_length=1, max_length=128)
+    run_id: RunId
     step: int = Field(ge=0, le=MAX_STEP)
     update_index: int = Field(ge=1, le=MAX_STEP)
     kind: Kind

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any
 
@@ -58,3 +59,20 @@ def problems_by_key(
             message = f"{err['msg']} (got {values.get(key)!r})"
         problems.setdefault(key, message)
     return problems
+
+
+RUN_ID_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_run_id(value: str) -> str:
+    """A run id names folders and files of the scorer: letters, digits, `.`, `_` and `-`, at
+    most 128, starting with a letter or digit, no `..`."""
+    if not RUN_ID_CHARS.fullmatch(value) or ".." in value:
+        raise ValueError(
+            f"run id {value[:140]!r} is not allowed: use 1 to 128 letters, digits, '.', '_' "
+            "or '-', starting with a letter or digit, without '..'"
+        )
+    return value
+
+
+RunId = Annotated[str, AfterValidator(check_run_id)]

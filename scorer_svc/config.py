@@ -17,6 +17,7 @@ from pydantic_settings import (
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+from sqlalchemy import make_url
 
 from common.dtypes import COMPUTE_DTYPES
 from common.validation import ZmqUrl, describe_errors, one_of
@@ -149,6 +150,11 @@ class Settings(BaseSettings):
         if not ok:
             raise ValueError("must be auto, cpu, cuda or cuda:N")
         return value
+
+    @property
+    def database_for_logs(self) -> str:
+        """The database URL with any password masked."""
+        return make_url(self.resolved_database_url).render_as_string(hide_password=True)
 
     @property
     def resolved_database_url(self) -> str:

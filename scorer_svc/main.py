@@ -21,6 +21,7 @@ from scorer_svc.failures import UnrecordedFailures
 from scorer_svc.intake import Intake, IntakeServer
 from scorer_svc.registry import Registry
 from scorer_svc.state import ApiState
+from scorer_svc.store import remove_partial_files
 from scorer_svc.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ class Background:
 def build_service(settings: Settings) -> tuple[ApiState, Background]:
     """Every part of a scorer, nothing started; the API and the worker share the failures."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    for path in remove_partial_files(settings.data_dir):
+        log.warning("removed %s, a checkpoint file whose writing was cut off", path)
     engine = make_engine(
         settings.resolved_database_url,
         busy_timeout_seconds=settings.database_busy_timeout_seconds,
@@ -111,7 +114,7 @@ def _owned_service(settings: Settings) -> Lifespan:
             settings.zmq_url,
             settings.http_host,
             settings.http_port,
-            settings.resolved_database_url,
+            settings.database_for_logs,
             background.worker.registry.device,
         )
         try:

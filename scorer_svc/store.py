@@ -13,6 +13,8 @@ from safetensors.torch import load_file
 
 from common import dtypes
 
+PARTIAL = ".partial"  # a checkpoint file being written
+
 
 def checkpoint_path(data_dir: Path, run_id: str, step: int) -> Path:
     return data_dir / "checkpoints" / run_id / f"step-{step:09d}.safetensors"
@@ -36,7 +38,7 @@ def write_raw_checkpoint(
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".partial")
+    tmp = path.with_suffix(PARTIAL)
     with open(tmp, "wb") as handle:
         handle.write(struct.pack("<Q", len(encoded)))
         handle.write(encoded)
@@ -46,6 +48,14 @@ def write_raw_checkpoint(
         os.fsync(handle.fileno())
     _publish(tmp, path)
     return path.stat().st_size
+
+
+def remove_partial_files(data_dir: Path) -> list[Path]:
+    """Checkpoint files whose writing a crash cut off (never acknowledged): removed at start."""
+    found = sorted((data_dir / "checkpoints").glob(f"*/*{PARTIAL}"))
+    for path in found:
+        path.unlink(missing_ok=True)
+    return found
 
 
 def _publish(tmp: Path, path: Path) -> None:

@@ -73,9 +73,12 @@ class Worker:
             self._score(session, checkpoint)
             return True
 
-    def _fail(self, session: Session, checkpoint_id: int, error: str) -> None:
+    def _fail(self, session: Session, checkpoint_id: int, error: str, path: str) -> None:
+        """Record the failure; its tensors go once it is recorded (a step sent again brings
+        them anew), and stay while the failure is only in memory: a restart scores it again."""
         try:
             crud.mark_failed(session, checkpoint_id=checkpoint_id, error=error)
+            self._discard(path)
         except SQLAlchemyError as db_error:
             session.rollback()
             log.error(
@@ -90,21 +93,24 @@ class Worker:
             try:
                 with self.sessions() as session:
                     crud.mark_failed(session, checkpoint_id=checkpoint_id, error=error)
+                    row = session.get(CheckpointRow, checkpoint_id)
             except SQLAlchemyError:
                 return  # still unavailable; try again on the next round
             self.failures.forget(checkpoint_id)
+            if row is not None:
+                self._discard(row.path)
 
     def _score(self, session: Session, checkpoint: CheckpointRow) -> None:
         run = session.get(Run, checkpoint.run_pk)
         assert run is not None
         label = f"run {run.run_id} step {checkpoint.step}"
-        checkpoint_id = checkpoint.id
+        checkpoint_id, path = checkpoint.id, checkpoint.path  # read before any rollback
         try:
             crud.mark_scoring(session, checkpoint=checkpoint)
             hello = self.registry.hello_of(run.run_id, run.config)
             data = self.registry.prepare(hello)
             model = self.registry.model(hello)
-            model.apply(read_checkpoint(checkpoint.path))
+            model.apply(read_checkpoint(path))
             losses, seconds = timed_score(
                 model, data.batches, run.n_samples, stop=self._stop, desc=label
             )
@@ -126,7 +132,7 @@ class Worker:
         except Exception as error:
             session.rollback()
             log.exception("scoring %s failed", label)
-            self._fail(session, checkpoint_id, f"{type(error).__name__}: {error}")
+            self._fail(session, checkpoint_id, f"{type(error).__name__}: {error}", path)
             return
         log.info(
             "scored %s (update %d): %d samples in %.2fs, %.1f samples/s",
@@ -136,8 +142,12 @@ class Worker:
             seconds,
             run.n_samples / seconds if seconds else float("inf"),
         )
+        self._discard(path)
+
+    def _discard(self, path: str) -> None:
+        """A checkpoint's tensors once scored or failed: gone, unless kept on purpose."""
         if not self.keep_checkpoints:
-            Path(checkpoint.path).unlink(missing_ok=True)
+            Path(path).unlink(missing_ok=True)
 
     @staticmethod
     def _window(session: Session, run: Run, checkpoint: CheckpointRow, losses):  # type: ignore[no-untyped-def]

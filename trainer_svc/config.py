@@ -25,7 +25,7 @@ from common.datasets import DatasetError, load_alpaca, resolve_dataset
 from common.protocol import Kind
 from common.selection import DEFAULT_WINDOW_SIZE
 from common.tokenization import TEMPLATE_NAMES
-from common.validation import ZmqUrl, one_of, problems_by_key
+from common.validation import RunId, ZmqUrl, one_of, problems_by_key
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class TrainConfig(BaseModel):
     update_step: int = Field(10, ge=1)
     update_times: int = Field(2, ge=1)
     # the scorer (ours)
-    run_id: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
+    run_id: RunId | None = None
     scorer_zmq_url: ZmqUrl = "tcp://127.0.0.1:5555"
     scorer_http_url: str = "http://127.0.0.1:8000"
     scorer_token: str | None = Field(None, validate_default=True)  # unset: $SCORER_TOKEN

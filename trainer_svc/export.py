@@ -240,6 +240,12 @@ def _compare_recorded_base(cfg: ExportConfig, adapter: Path, base_config: Any) -
     )
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 # ---- merge and save ----
 def export(cfg: ExportConfig) -> Path:
     """Check, merge, save into a temporary sibling, then rename it to export_dir."""
@@ -247,6 +253,7 @@ def export(cfg: ExportConfig) -> Path:
     out = Path(cfg.export_dir).expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    tmp.chmod(0o777 & ~_umask())  # a folder as mkdir makes it, not mkdtemp's private 0700
     try:
         model = merge(cfg)
         save_model(model, tmp, cfg)

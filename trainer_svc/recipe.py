@@ -101,8 +101,9 @@ class DeltaLossRecipe:
         elif self.cfg.resume_from_checkpoint and run_file.is_file():
             run_id = json.loads(run_file.read_text())["run_id"]
         else:
-            stem = "".join(c if c.isalnum() or c in "._-" else "-" for c in self.output_dir.name)
-            run_id = f"{stem[:80] or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+            run_id = f"{run_stem(self.output_dir.name)}-{time.strftime('%Y%m%d-%H%M%S')}-" + (
+                secrets.token_hex(2)
+            )
         run_file.write_text(json.dumps({"run_id": run_id}) + "\n")
         logger.info("run id %s", run_id)
         return run_id
@@ -312,6 +313,13 @@ class DeltaLossRecipe:
     def cleanup(self) -> None:
         if self.scorer is not None:
             self.scorer.close()
+
+
+def run_stem(name: str) -> str:
+    """The part of a run id taken from the output folder's name: ASCII letters, digits, `_`
+    and `-` only (others become `-`), starting with a letter or digit; `run` if none is left."""
+    kept = "".join(c if (c.isascii() and c.isalnum()) or c in "_-" else "-" for c in name)
+    return kept.lstrip("_-")[:80] or "run"
 
 
 def model_spec(cfg: TrainConfig) -> ModelSpec:

@@ -159,3 +159,13 @@ def test_lora_settings_come_with_a_lora_run_only(over):
     fields.update(over)
     with pytest.raises(errors.MalformedMessage, match="lora settings come with finetuning_type"):
         decode_request([json.dumps({k: v for k, v in fields.items() if v is not None}).encode()])
+
+
+@pytest.mark.parametrize("run_id", ["..", "../x", ".hidden"])
+def test_a_run_id_that_could_leave_its_folder_is_refused_in_every_message(run_id):
+    with pytest.raises(errors.MalformedMessage, match="run_id"):
+        decode_request(
+            [json.dumps({**json.loads(encode_hello(_hello())[0]), "run_id": run_id}).encode()]
+        )
+    with pytest.raises(errors.MalformedMessage, match="run_id"):
+        decode_request(_mutate_header(_frames(), run_id=run_id))

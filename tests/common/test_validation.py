@@ -71,3 +71,20 @@ def test_problems_by_key_keeps_the_first_per_key_and_shows_the_refused_value():
     assert problems["a"].endswith("(got 'x')")
     assert problems["b"].count("(got") == 1  # the first of b's two errors
     assert problems["c"] == "c must name a file that exists"  # our own message as written
+
+
+@pytest.mark.parametrize("run_id", ["run-1", "a", "Run_2.b", "x" * 128])
+def test_run_ids_that_name_a_folder_safely(run_id):
+    from common.validation import check_run_id
+
+    assert check_run_id(run_id) == run_id
+
+
+@pytest.mark.parametrize(
+    "run_id", ["", "..", "a/b", "a\\b", ".hidden", "a..b", "x" * 129, "é", "a b", "-x"]
+)
+def test_run_ids_that_could_escape_or_hide_are_refused(run_id):
+    from common.validation import check_run_id
+
+    with pytest.raises(ValueError, match="not allowed"):
+        check_run_id(run_id)

@@ -137,3 +137,9 @@ def test_keys_command_writes_a_pair(tmp_path, capsys):
     assert main(["keys", str(tmp_path), "trainer"]) == 0
     assert (tmp_path / "trainer.key").is_file() and (tmp_path / "trainer.key_secret").is_file()
     assert "trainer.key_secret" in capsys.readouterr().out
+
+
+def test_a_database_password_never_reaches_the_log():
+    settings = Settings(database_url="postgresql+psycopg://scorer:s3cret@db:5432/history")
+    assert settings.database_for_logs == "postgresql+psycopg://scorer:***@db:5432/history"
+    assert "s3cret" not in settings.database_for_logs

@@ -109,3 +109,16 @@ def test_both_history_queries_give_each_scored_step_of_a_sample(loss_db, run_id)
             assert fast == portable == want
             assert crud.sample_history(session, run=run, sample_index=index) == want
         assert crud.sample_history_portable(session, run=run, sample_index=N) == []
+
+
+def test_partial_checkpoint_files_are_removed_at_start(tmp_path):
+    from scorer_svc.store import checkpoint_path, remove_partial_files
+
+    done = checkpoint_path(tmp_path, "run-1", 2)
+    done.parent.mkdir(parents=True)
+    done.write_bytes(b"acknowledged")
+    cut = done.with_suffix(".partial")
+    cut.write_bytes(b"cut off")
+    assert remove_partial_files(tmp_path) == [cut]
+    assert done.exists() and not cut.exists()
+    assert remove_partial_files(tmp_path / "empty") == []

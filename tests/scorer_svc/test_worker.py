@@ -95,3 +95,34 @@ def test_read_only_database_fails_the_checkpoint_in_memory_then_on_disk(queued):
     status, n_rows, _ = _status_and_rows(sessions)
     assert (status, n_rows) == ("failed", 0)
     assert failures.get(checkpoint.id) is None and failures.pending() == {}
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_a_failed_checkpoints_tensors_go_unless_kept(queued, keep):
+    settings, sessions = queued
+    path = Path(_status_and_rows(sessions)[2])
+    path.write_bytes(b"not a safetensors file")  # scoring it fails
+    worker = Worker(
+        sessions, Registry(settings), failures=UnrecordedFailures(), keep_checkpoints=keep
+    )
+    assert worker.run_once() is True
+    assert _status_and_rows(sessions)[:2] == ("failed", 0)
+    assert path.exists() is keep
+
+
+def test_tensors_of_a_failure_held_in_memory_stay_until_it_is_recorded(queued):
+    settings, sessions = queued
+    path = Path(_status_and_rows(sessions)[2])
+    path.write_bytes(b"not a safetensors file")
+    db_path = settings.data_dir / "scorer.db"
+    read_only = make_sessionmaker(
+        make_engine(f"sqlite:///file:{db_path}?mode=ro&uri=true", busy_timeout_seconds=1)
+    )
+    worker = Worker(
+        read_only, Registry(settings), failures=UnrecordedFailures(), keep_checkpoints=False
+    )
+    worker.run_once()
+    assert path.exists()  # a restart would score it again
+    worker.sessions = sessions
+    worker.run_once()  # the failure is written now
+    assert _status_and_rows(sessions)[0] == "failed" and not path.exists()

@@ -211,3 +211,21 @@ def test_a_missing_required_key_does_not_hide_the_others(demo_file, tmp_path):
     with pytest.raises(ConfigError) as info:
         parse_config(raw)
     assert set(info.value.problems) == {"output_dir", "fp16"}
+
+
+def test_a_run_id_that_could_leave_its_folder_is_named(demo_file, tmp_path):
+    with pytest.raises(ConfigError) as info:
+        parse_config(base(demo_file, tmp_path, run_id="../other"))
+    assert set(info.value.problems) == {"run_id"} and "'..'" in info.value.problems["run_id"]
+
+
+@pytest.mark.parametrize(
+    ("name", "stem"),
+    [("out", "out"), (".hidden", "hidden"), ("résumé..v2", "r-sum---v2"), ("__", "run")],
+)
+def test_a_run_id_derived_from_any_folder_name_is_allowed(name, stem):
+    from common.validation import check_run_id
+    from trainer_svc.recipe import run_stem
+
+    assert run_stem(name) == stem
+    check_run_id(f"{run_stem(name)}-20260101-000000-abcd")

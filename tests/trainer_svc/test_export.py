@@ -2,6 +2,8 @@
 
 import json
 import logging
+import os
+import stat
 import subprocess
 import sys
 
@@ -89,7 +91,12 @@ def test_trained_lora_run_exports_to_the_same_logits(tiny_model, tmp_path):
     run(loaded, scorer=FakeScorer(16))
     assert (out / "adapter_config.json").is_file()
 
-    export_dir = export(merge_cfg(tiny_model, out, tmp_path / "merged"))
+    previous = os.umask(0o022)
+    try:
+        export_dir = export(merge_cfg(tiny_model, out, tmp_path / "merged"))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(export_dir.stat().st_mode) == 0o755  # as mkdir makes it: others read
     assert shard_files(export_dir, ".safetensors") == ["model.safetensors"]
     tokenizer = assert_export_matches(export_dir, tiny_model, out)
     # the training prompt format travels with the tokenizer as its chat template
