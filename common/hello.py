@@ -22,6 +22,7 @@ def build_hello(
     update_times: int,
     vocab_size: int | None = None,
     model_digest: str | None = None,
+    run_token: str | None = None,
     token: str | None = None,
 ) -> Hello:
     """vocab_size is len(tokenizer); model_digest the checkpoint_digest of the trainer's model."""
@@ -42,4 +43,5 @@ def build_hello(
         fingerprint=fingerprint(encoded),
         vocab_size=vocab_size,
         model_digest=model_digest,
+        run_token=run_token,
     )

@@ -70,6 +70,9 @@ class Hello(_Header):
     fingerprint: str = Field(pattern=r"^[0-9a-f]{64}$")
     vocab_size: int | None = None  # len(tokenizer)
     model_digest: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")  # see shapes_digest
+    # The training run's own identity, kept in its output_dir: a resume of it carries the same,
+    # another run reusing the run id does not.
+    run_token: str | None = Field(None, pattern=r"^[0-9a-f]{32}$")
 
     @model_validator(mode="after")
     def _lora_settings_for_lora_only(self) -> Hello:

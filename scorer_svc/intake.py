@@ -78,6 +78,7 @@ class Intake:
         self.registry.access.check_hello(hello)  # before any file is looked at
         run = crud.get_run(session, run_id=hello.run_id)
         if run is not None:
+            self._check_same_training_run(run, hello)
             diffs = differences(run.config, hello)
             if diffs:
                 raise RunMismatch(
@@ -104,6 +105,19 @@ class Intake:
             n_samples=run.n_samples,
             scored_steps=crud.scored_steps(session, run=run),
         )
+
+    @staticmethod
+    def _check_same_training_run(run: Run, hello: Hello) -> None:
+        """A run id registered by one training run is not taken over by another: its windows
+        would come from that run's losses. A resume carries the run's own token."""
+        stored = run.config.get("run_token")
+        if stored is not None and stored != hello.run_token:
+            raise RunMismatch(
+                f"run {run.run_id} is already registered by another training run (another "
+                "output_dir, or one started afresh), and its selections come from that run's "
+                "losses: give this run a new run_id, or resume that run from its output_dir "
+                "(resume_from_checkpoint)"
+            )
 
     def checkpoint(self, session: Session, message: CheckpointMessage) -> list[bytes]:
         header = message.header

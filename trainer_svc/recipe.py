@@ -94,17 +94,24 @@ class DeltaLossRecipe:
         self._build_trainer()
 
     def _run_id(self) -> str:
-        """Configured, or kept from run.json when resuming, or new: dir name + time + random."""
+        """Configured, or kept from run.json when resuming, or new: dir name + time + random.
+        The run's token (its identity at the scorer) is kept from run.json on a resume of the
+        same run id, and new otherwise."""
         run_file = self.output_dir / RUN_FILE
+        kept = {}
+        if self.cfg.resume_from_checkpoint and run_file.is_file():
+            kept = json.loads(run_file.read_text())
         if self.cfg.run_id:
             run_id = self.cfg.run_id
-        elif self.cfg.resume_from_checkpoint and run_file.is_file():
-            run_id = json.loads(run_file.read_text())["run_id"]
+        elif "run_id" in kept:
+            run_id = kept["run_id"]
         else:
             run_id = f"{run_stem(self.output_dir.name)}-{time.strftime('%Y%m%d-%H%M%S')}-" + (
                 secrets.token_hex(2)
             )
-        run_file.write_text(json.dumps({"run_id": run_id}) + "\n")
+        same_run = kept.get("run_id") == run_id and kept.get("run_token")
+        self.run_token = kept["run_token"] if same_run else secrets.token_hex(16)
+        run_file.write_text(json.dumps({"run_id": run_id, "run_token": self.run_token}) + "\n")
         logger.info("run id %s", run_id)
         return run_id
 
@@ -142,6 +149,7 @@ class DeltaLossRecipe:
             update_times=self.cfg.update_times,
             vocab_size=len(self.tokenizer),  # the scorer compares its own tokenizer's length
             model_digest=checkpoint_digest(self.model, self.spec.kind),
+            run_token=self.run_token,
             token=self.cfg.scorer_token,
         )
 

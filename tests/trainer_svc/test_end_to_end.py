@@ -6,8 +6,14 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from tests.support.scorer import settled_checkpoints
-from tests.support.trainer import RUN_SAMPLES, run_trainer
+from tests.support.scorer import checkpoints, settled_checkpoints
+from tests.support.trainer import (
+    RUN_SAMPLES,
+    TrainerProcess,
+    run_trainer,
+    scorer_keys,
+    write_config,
+)
 from trainer_svc.records import read_jsonl
 from trainer_svc.schedule import draw_warmup
 
@@ -71,3 +77,17 @@ def test_async_run_uses_older_weights_and_records_them(tiny_model, scorer, tmp_p
     rows = check_run(tiny_model, scorer, out, run_id)
     for row in rows:
         assert row["weights_step"] is None or row["weights_step"] < row["global_step"]
+
+
+def test_a_second_run_under_a_finished_runs_id_is_refused(tiny_model, scorer, tmp_path):
+    first, run_id = run_trainer(tiny_model, scorer, tmp_path / "first", "sync", run_id="shared")
+    assert run_id == "shared" and (first / "selections.jsonl").is_file()
+    data = tmp_path / "first" / "data.json"
+    config = write_config(
+        tmp_path / "second.yaml", tiny_model, data, tmp_path / "second", run_id="shared", seed=43
+    )
+    trainer = TrainerProcess(config, *scorer_keys(scorer), log=tmp_path / "second.log")
+    assert trainer.wait() == 1
+    assert "run shared is already registered by another training run" in trainer.log()
+    assert not (tmp_path / "second" / "selections.jsonl").exists()  # nothing trained
+    assert [c["step"] for c in checkpoints(scorer, "shared")] == [2, 4, 6]  # the first's only

@@ -105,12 +105,18 @@ def test_full_finetuning_sends_the_state_dict(tiny_model, demo_file, tmp_path):
 
 def test_resume_trains_the_same_samples_as_an_uninterrupted_run(tiny_model, demo_file, tmp_path):
     out = tmp_path / "out"
-    train(tiny_model, demo_file, out, save_steps=3)
+    _, first = train(tiny_model, demo_file, out, save_steps=3)
     before = read_jsonl(out / "trained_samples.jsonl")
     selections = [r["sampled_indices"] for r in read_jsonl(out / "selections.jsonl")]
     _, scorer = train(tiny_model, demo_file, out, resume_from_checkpoint=str(out / "checkpoint-6"))
     # updates from step 6 on are sent again (the scorer answers `duplicate`) and drawn again
     assert [c.step for c in scorer.checkpoints] == [6, 10]
+    # the resumed run is the same run at the scorer: same run id, same token
+    (hello,), (again,) = first.hellos, scorer.hellos
+    assert (again.run_id, again.run_token) == (hello.run_id, hello.run_token)
+    assert hello.run_token is not None
+    _, fresh = train(tiny_model, demo_file, out, overwrite_output_dir=True)
+    assert fresh.hellos[0].run_token != hello.run_token  # started afresh: another run
     assert read_jsonl(out / "trained_samples.jsonl") == before
     assert [r["sampled_indices"] for r in read_jsonl(out / "selections.jsonl")] == selections
 
