@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -26,10 +26,12 @@ from common.errors import (
     TooLarge,
     VersionMismatch,
 )
-from common.validation import RunId, describe_errors
+from common.tokenization import TEMPLATE_NAMES
+from common.validation import RunId, describe_errors, one_of
 
 PROTOCOL_VERSION = 1
 MAX_HEADER_BYTES = 1 << 20
+MAX_CUTOFF_LEN = 1 << 20  # tokens per sample: far beyond any model's context
 MAX_STEP = 2**62  # steps, indices and counts fit a signed 64-bit database integer
 
 Frame = bytes | memoryview | Any  # anything exposing the buffer protocol
@@ -52,6 +54,14 @@ class LoraSpec(BaseModel):
     target_modules: list[str] | str
 
 
+class TokenizationSpec(BaseModel):
+    """How samples become tokens: the settings trainer and scorer must share."""
+
+    model_config = ConfigDict(extra="forbid")
+    template: Annotated[str, one_of(TEMPLATE_NAMES)]
+    cutoff_len: int = Field(ge=2, le=MAX_CUTOFF_LEN)
+
+
 class Hello(_Header):
     """Registers a run: what the scorer needs to score the same samples the trainer trains on."""
 
@@ -63,7 +73,7 @@ class Hello(_Header):
     trust_remote_code: bool = False
     dataset: str = Field(min_length=1)
     dataset_dir: str | None = None
-    tokenization: dict[str, Any]
+    tokenization: TokenizationSpec
     window_size: float = Field(ge=0.0, le=1.0)
     update_times: int = Field(ge=1, le=MAX_STEP)
     n_samples: int = Field(ge=1, le=MAX_STEP)
@@ -195,7 +205,9 @@ def _parse_header(frame: Frame) -> dict[str, Any]:
         raise TooLarge(f"header is {len(raw)} bytes; the limit is {MAX_HEADER_BYTES}")
     try:
         obj = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError:
+        raise MalformedMessage("frame 0 nests JSON too deeply to be a header") from None
+    except ValueError as exc:  # not UTF-8, not JSON, or an integer of thousands of digits
         raise MalformedMessage(f"frame 0 must be a UTF-8 JSON header: {exc}") from exc
     if not isinstance(obj, dict):
         raise MalformedMessage("frame 0 must be a JSON object")

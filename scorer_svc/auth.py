@@ -24,7 +24,7 @@ def check_request_token(frame0: Any, expected: str | None) -> None:
     try:
         header = json.loads(bytes(frame0)[: 1 << 20])
         given = header.get("token") if isinstance(header, dict) else None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # not JSON: refused below, as without a token
         given = None
     if not same_token(given if isinstance(given, str) else None, expected):
         raise Unauthorized(

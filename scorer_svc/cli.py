@@ -17,6 +17,7 @@ from scorer_svc.config import (
     load_settings,
     warn_unknown_environment,
 )
+from scorer_svc.db import DatabaseDamaged, check_integrity
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, CliSettingsSource[Settings]]:
@@ -79,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         settings = serve_settings(args, flags)
-    except SettingsError as exc:
+        check_integrity(settings.resolved_database_url)
+    except (SettingsError, DatabaseDamaged) as exc:
         print(f"scorer-svc: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(

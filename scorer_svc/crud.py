@@ -36,8 +36,8 @@ def get_run(session: Session, *, run_id: str) -> Run | None:
     return session.scalar(select(Run).where(Run.run_id == run_id))
 
 
-def list_runs(session: Session) -> Sequence[Run]:
-    return session.scalars(select(Run).order_by(Run.id)).all()
+def list_runs(session: Session, *, limit: int | None = None) -> Sequence[Run]:
+    return session.scalars(select(Run).order_by(Run.id).limit(limit)).all()
 
 
 def create_run(session: Session, *, config: dict, n_no_labels: int) -> Run:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, make_url
@@ -36,3 +38,27 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+class DatabaseDamaged(RuntimeError):
+    """The database file fails SQLite's integrity check (the message says what to do)."""
+
+
+def check_integrity(url: str) -> None:
+    """An existing SQLite database must pass `PRAGMA quick_check` before the scorer serves it."""
+    if not url.startswith("sqlite:///"):
+        return
+    database = make_url(url).database or ""
+    path = Path(database).expanduser()
+    if not database or database == ":memory:" or database.startswith("file:") or not path.exists():
+        return
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            rows = [row[0] for row in conn.execute("PRAGMA quick_check")]
+    except sqlite3.DatabaseError as exc:
+        rows = [str(exc)]
+    if rows != ["ok"]:
+        raise DatabaseDamaged(
+            f"the database {path} is damaged ({'; '.join(rows[:3])}): restore it from a "
+            "backup, or move it away to start a new history"
+        )

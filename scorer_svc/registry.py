@@ -130,7 +130,9 @@ class Registry:
                 f"run {hello.run_id} refused: the scorer cannot read the dataset: {exc}; "
                 "the scorer must see the dataset at the path the trainer names"
             ) from exc
-        encoded = encode_dataset(tokenizer, samples, TokenizationSettings(**hello.tokenization))
+        encoded = encode_dataset(
+            tokenizer, samples, TokenizationSettings(**hello.tokenization.model_dump())
+        )
         self._check_agreement(hello, encoded, len(tokenizer))
         batches = make_batches(
             encoded,

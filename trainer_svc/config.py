@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -164,14 +165,20 @@ class LoadedConfig:
 
 def read_yaml(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """The YAML mapping with `key=value` overrides applied (values parsed as YAML scalars)."""
-    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError({"<file>": f"{path} is not valid YAML: {exc}"}) from None
     if not isinstance(raw, dict):
         raise ConfigError({"<file>": f"{path} must hold a mapping of keys to values"})
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError({item: "an override must look like key=value"})
-        raw[key.strip()] = yaml.safe_load(value)
+        try:
+            raw[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError({item: f"the value is not valid YAML: {exc}"}) from None
     return raw
 
 
@@ -221,9 +228,33 @@ def parse_config(raw: dict[str, Any], base_dir: Path | None = None) -> LoadedCon
     )
 
 
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _looks_local(name: str) -> bool:
+    """A path that does not exist is local (an error) unless it reads as a hub id org/name."""
+    if not HUB_ID.match(name):
+        return True
+    return Path(name.split("/")[0]).exists()
+
+
+def base_model_problem(name: str) -> str | None:
+    """What is wrong with a base model named by a local path (a hub id is left to the hub)."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            return f"{name} has no config.json (not a model directory)"
+    elif path.exists() or _looks_local(name):
+        return f"{name} does not exist (or is not a directory)"
+    return None
+
+
 def combination_problems(cfg: TrainConfig) -> dict[str, str]:
     """Keys whose values are valid alone but not together, with what to change."""
     problems: dict[str, str] = {}
+    base = getattr(cfg, "model_name_or_path", None)  # unset in a config with it missing
+    if base is not None and (problem := base_model_problem(base)):
+        problems["model_name_or_path"] = problem
     given = [key for key in CURVE_KEYS if getattr(cfg, key)]
     if len(given) == 1:
         (missing,) = set(CURVE_KEYS) - set(given)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -24,14 +23,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from common.model_spec import empty_model
 from common.tokenization import TEMPLATE_NAMES, TEMPLATES
 from common.validation import one_of
-from trainer_svc.config import ConfigError, read_yaml, validate_keys
+from trainer_svc.config import ConfigError, base_model_problem, read_yaml, validate_keys
 
 logger = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 GB = 10**9  # export_size is in GB, as LLaMA-Factory's f"{export_size}GB"
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 LORA_PARTS = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B")
 
 
@@ -78,7 +76,9 @@ def parse_export_config(raw: dict[str, Any]) -> ExportConfig:
     cfg, problems = validate_keys(ExportConfig, raw)
     base = getattr(cfg, "model_name_or_path", None)
     if base is not None and "model_name_or_path" not in problems:
-        _check_base(base, problems)
+        problem = base_model_problem(base)
+        if problem:
+            problems["model_name_or_path"] = problem
     adapters = getattr(cfg, "adapter_name_or_path", None)
     if adapters is not None and "adapter_name_or_path" not in problems:
         _check_adapters(adapters, problems)
@@ -87,22 +87,6 @@ def parse_export_config(raw: dict[str, Any]) -> ExportConfig:
     if problems:
         raise ConfigError(problems)
     return cfg
-
-
-def _looks_local(name: str) -> bool:
-    """A path that does not exist is local (an error) unless it reads as a hub id org/name."""
-    if not HUB_ID.match(name):
-        return True
-    return Path(name.split("/")[0]).exists()
-
-
-def _check_base(name: str, problems: dict[str, str]) -> None:
-    path = Path(name).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            problems["model_name_or_path"] = f"{name} has no config.json (not a model directory)"
-    elif path.exists() or _looks_local(name):
-        problems["model_name_or_path"] = f"{name} does not exist (or is not a directory)"
 
 
 def _check_adapters(value: str, problems: dict[str, str]) -> None:

@@ -31,6 +31,6 @@ def test_hello_carries_the_model_data_and_digests(tiny_model):
     assert decode_request(encode_hello(hello)) == hello
     assert (hello.n_samples, hello.fingerprint) == (5, fingerprint(encoded))
     assert hello.lora is not None and hello.lora.r == 4 and hello.finetuning_type == "lora"
-    assert hello.tokenization == {"template": "plain", "cutoff_len": 64}
+    assert hello.tokenization.model_dump() == {"template": "plain", "cutoff_len": 64}
     assert ModelSpec.from_hello(hello) == spec
     assert (hello.model_digest, hello.token) == (digest, "secret")

@@ -169,3 +169,28 @@ def test_a_run_id_that_could_leave_its_folder_is_refused_in_every_message(run_id
         )
     with pytest.raises(errors.MalformedMessage, match="run_id"):
         decode_request(_mutate_header(_frames(), run_id=run_id))
+
+
+@pytest.mark.parametrize(
+    ("frame", "words"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "too deeply"),
+        (b'{"protocol": 1, "type": "hello", "n_samples": 1' + b"0" * 5000 + b"}", "digits"),
+    ],
+    ids=["nested", "huge integer"],
+)
+def test_hostile_json_is_malformed_not_a_crash(frame, words):
+    with pytest.raises(errors.MalformedMessage, match=words):
+        decode_request([frame])
+
+
+@pytest.mark.parametrize(
+    "tokenization",
+    [{"template": "auto", "cutoff_len": 64, "extra": 1}, {"template": "auto", "cutoff_len": "x"},
+     {"template": "nope", "cutoff_len": 64}, {"template": "auto", "cutoff_len": 2**40}],
+    ids=["unknown key", "ill-typed", "unknown template", "huge cutoff"],
+)  # fmt: skip
+def test_tokenization_settings_are_checked_with_the_hello(tokenization):
+    fields = {**json.loads(encode_hello(_hello())[0]), "tokenization": tokenization}
+    with pytest.raises(errors.MalformedMessage, match="tokenization"):
+        decode_request([json.dumps(fields).encode()])

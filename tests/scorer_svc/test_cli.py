@@ -44,3 +44,15 @@ def test_the_token_is_refused_as_a_flag():
     args = parser.parse_args(["serve", "--token", "s3cret"])
     with pytest.raises(SettingsError, match="token is not a flag.*SCORER_TOKEN"):
         serve_settings(args, flags)
+
+
+def test_a_damaged_database_stops_the_scorer_at_start_in_one_line(tmp_path, capsys):
+    from scorer_svc.cli import main
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "scorer.db").write_bytes(b"this is not a SQLite database " * 200)
+    assert main(["serve", "--data-dir", str(data_dir), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"scorer-svc: the database {data_dir / 'scorer.db'} is damaged")
+    assert "restore it from a backup" in err and len(err.strip().splitlines()) == 1

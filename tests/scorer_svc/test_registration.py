@@ -48,3 +48,12 @@ def test_a_run_registered_without_a_token_accepts_its_trainer_back(intake, tiny_
     assert ask(intake, make_hello(tiny_model, data, run_token=TOKEN))["status"] == (
         "already_registered"
     )  # registered by a trainer that sent no token: nothing to tell runs apart by
+
+
+@pytest.mark.parametrize("token", [None, "secret"], ids=["open", "with a token"])
+def test_hostile_json_gets_an_error_reply_not_an_internal_failure(tmp_path, token):
+    config = Settings(data_dir=tmp_path / "scorer", device="cpu", token=token)
+    sessions = make_sessionmaker(make_engine(config.resolved_database_url))
+    intake = Intake(config, sessions, Registry(config), on_queued=lambda: None)
+    reply = json.loads(intake.handle([b"[" * 100_000 + b"]" * 100_000])[0])
+    assert reply["code"] == ("malformed" if token is None else "unauthorized"), reply

@@ -97,7 +97,7 @@ def tiny_hello():
         base_model="m",
         finetuning_type="full",
         dataset="d.json",
-        tokenization={},
+        tokenization={"template": "auto", "cutoff_len": 64},
         window_size=0.2,
         update_times=2,
         n_samples=4,

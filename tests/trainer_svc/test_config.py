@@ -229,3 +229,32 @@ def test_a_run_id_derived_from_any_folder_name_is_allowed(name, stem):
 
     assert run_stem(name) == stem
     check_run_id(f"{run_stem(name)}-20260101-000000-abcd")
+
+
+def test_malformed_yaml_is_one_clear_error(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model_name_or_path: [unclosed\n")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load_config(path)
+    path.write_text("dataset: x.json\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path, ["lora_rank=[1"])
+
+
+def test_a_missing_local_base_model_is_named_with_the_others(demo_file, tmp_path):
+    raw = base(
+        demo_file, tmp_path, model_name_or_path=str(tmp_path / "no-model"), bf16=True, fp16=True
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    assert set(info.value.problems) == {"model_name_or_path", "fp16"}
+    assert "does not exist" in info.value.problems["model_name_or_path"]
+
+
+def test_the_cli_says_what_is_wrong_in_one_line_and_exits_2(tmp_path, caplog):
+    from trainer_svc.cli import main
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("a: [\n")
+    assert main(["train", str(path)]) == 2
+    assert "is not valid YAML" in caplog.text and "Traceback" not in caplog.text

@@ -41,7 +41,8 @@ def test_run_over_curve_and_unknown_key_refused(tiny_model, tmp_path):
 
         hello = Hello(
             protocol=PROTOCOL_VERSION, run_id="intruder", base_model=str(tiny_model),
-            finetuning_type="full", dataset="x.json", tokenization={}, window_size=0.2,
+            finetuning_type="full", dataset="x.json", window_size=0.2,
+            tokenization={"template": "auto", "cutoff_len": 64},
             update_times=2, n_samples=1, fingerprint="0" * 64,
         )  # fmt: skip
         strangers = {
