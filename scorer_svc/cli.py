@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 
+import zmq
 from pydantic_settings import CliSettingsSource
 
 from scorer_svc.config import (
@@ -69,6 +71,36 @@ def _server_class():  # type: ignore[no-untyped-def]
     return Server
 
 
+class AddressInUse(RuntimeError):
+    """An address the scorer must bind is taken (the message names it and the flag)."""
+
+
+def check_addresses_free(settings: Settings) -> None:
+    """Both addresses must be free before anything starts: otherwise one line, not a
+    traceback from deep inside the server's start-up."""
+    probe: zmq.Socket = zmq.Context.instance().socket(zmq.ROUTER)
+    probe.setsockopt(zmq.LINGER, 0)
+    try:
+        probe.bind(settings.zmq_url)
+    except zmq.ZMQError as exc:
+        raise AddressInUse(
+            f"cannot bind the ZeroMQ address {settings.zmq_url} ({exc}): is another scorer "
+            "running there? Stop it, or choose another with --zmq-url"
+        ) from None
+    finally:
+        probe.close(0)
+    with socket.socket(socket.AF_INET6 if ":" in settings.http_host else socket.AF_INET) as http:
+        http.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            http.bind((settings.http_host, settings.http_port))
+        except OSError as exc:
+            raise AddressInUse(
+                f"cannot bind the REST address {settings.http_host}:{settings.http_port} "
+                f"({exc.strerror}): is another scorer running there? Stop it, or choose "
+                "another with --http-port"
+            ) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser, flags = build_parser()
     args = parser.parse_args(argv)
@@ -81,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = serve_settings(args, flags)
         check_integrity(settings.resolved_database_url)
-    except (SettingsError, DatabaseDamaged) as exc:
+        check_addresses_free(settings)
+    except (SettingsError, DatabaseDamaged, AddressInUse) as exc:
         print(f"scorer-svc: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(

@@ -56,3 +56,34 @@ def test_a_damaged_database_stops_the_scorer_at_start_in_one_line(tmp_path, caps
     err = capsys.readouterr().err
     assert err.startswith(f"scorer-svc: the database {data_dir / 'scorer.db'} is damaged")
     assert "restore it from a backup" in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_address_in_use_stops_the_scorer_at_start_in_one_line(tmp_path, capsys):
+    import socket
+
+    import zmq
+
+    from devtools.scorer_process import free_port
+    from scorer_svc.cli import main
+
+    url = f"tcp://127.0.0.1:{free_port()}"
+    taken = zmq.Context.instance().socket(zmq.ROUTER)
+    taken.bind(url)
+    try:
+        argv = ["serve", "--data-dir", str(tmp_path), "--device", "cpu", "--zmq-url", url]
+        assert main(argv) == 2
+    finally:
+        taken.close(0)
+    err = capsys.readouterr().err
+    assert err.startswith(f"scorer-svc: cannot bind the ZeroMQ address {url}")
+    assert "--zmq-url" in err and len(err.strip().splitlines()) == 1
+    with socket.socket() as http:
+        http.bind(("127.0.0.1", 0))
+        http.listen()
+        port = http.getsockname()[1]
+        free_zmq = f"tcp://127.0.0.1:{free_port()}"
+        argv = ["serve", "--data-dir", str(tmp_path), "--zmq-url", free_zmq]
+        assert main([*argv, "--http-port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"scorer-svc: cannot bind the REST address 127.0.0.1:{port}")
+    assert "--http-port" in err
