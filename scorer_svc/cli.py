@@ -78,7 +78,10 @@ class AddressInUse(RuntimeError):
 def check_addresses_free(settings: Settings) -> None:
     """Both addresses must be free before anything starts: otherwise one line, not a
     traceback from deep inside the server's start-up."""
-    probe: zmq.Socket = zmq.Context.instance().socket(zmq.ROUTER)
+    # A context of its own, terminated at once: closing a socket is asynchronous, terminating
+    # its context waits until the address is released for the scorer's own socket.
+    context = zmq.Context()
+    probe = context.socket(zmq.ROUTER)
     probe.setsockopt(zmq.LINGER, 0)
     try:
         probe.bind(settings.zmq_url)
@@ -89,6 +92,7 @@ def check_addresses_free(settings: Settings) -> None:
         ) from None
     finally:
         probe.close(0)
+        context.term()
     with socket.socket(socket.AF_INET6 if ":" in settings.http_host else socket.AF_INET) as http:
         http.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:

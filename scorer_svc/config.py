@@ -186,9 +186,7 @@ def load_settings(
     """Settings from parsed flags, over values (a --config file's), over SCORER_* variables,
     over defaults; SettingsError naming every bad one."""
     try:
-        # _cli_settings_source is BaseSettings' own keyword; mypy without pydantic's plugin
-        # sees only the fields.
-        return Settings(_cli_settings_source=flags, **dict(values or {}))  # type: ignore[call-arg]
+        return Settings(_cli_settings_source=flags, **dict(values or {}))
     except ValidationError as exc:
         problems = "".join(
             f"\n  {line}" for line in describe_errors(exc.errors(), default="settings")

@@ -113,7 +113,7 @@ class Registry:
 
         try:
             tokenizer = AutoTokenizer.from_pretrained(
-                hello.base_model, trust_remote_code=self._spec(hello).trust_remote_code
+                hello.base_model, trust_remote_code=self.access.trusts(hello)
             )
         except (OSError, ValueError) as exc:
             raise RunMismatch(

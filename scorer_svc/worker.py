@@ -11,7 +11,7 @@ import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.selection import delta_window
+from common.selection import Window, delta_window
 from scorer_svc import crud
 from scorer_svc.failures import UnrecordedFailures
 from scorer_svc.models import FAILED, SCORED, CheckpointRow, Run
@@ -150,7 +150,9 @@ class Worker:
             Path(path).unlink(missing_ok=True)
 
     @staticmethod
-    def _window(session: Session, run: Run, checkpoint: CheckpointRow, losses):  # type: ignore[no-untyped-def]
+    def _window(
+        session: Session, run: Run, checkpoint: CheckpointRow, losses: np.ndarray
+    ) -> Window:
         assert run.initial_step is not None
         initial = crud.get_checkpoint(session, run=run, step=run.initial_step)
         if initial is None or initial.status != SCORED:

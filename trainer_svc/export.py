@@ -74,15 +74,14 @@ def load_export_config(
 def parse_export_config(raw: dict[str, Any]) -> ExportConfig:
     """Validate everything that needs no model; one error naming every bad key."""
     cfg, problems = validate_keys(ExportConfig, raw)
+    # A key that failed alone is unset in the partial config: getattr gives None.
     base = getattr(cfg, "model_name_or_path", None)
-    if base is not None and "model_name_or_path" not in problems:
-        problem = base_model_problem(base)
-        if problem:
-            problems["model_name_or_path"] = problem
+    if base is not None and (problem := base_model_problem(base)):
+        problems["model_name_or_path"] = problem
     adapters = getattr(cfg, "adapter_name_or_path", None)
-    if adapters is not None and "adapter_name_or_path" not in problems:
+    if adapters is not None:
         _check_adapters(adapters, problems)
-    if getattr(cfg, "export_dir", None) is not None and "export_dir" not in problems:
+    if getattr(cfg, "export_dir", None) is not None:
         _check_export_dir(cfg, problems)
     if problems:
         raise ConfigError(problems)
