@@ -232,8 +232,8 @@ def transfer(r: dict) -> list[str]:
     out += [
         "In one process, with the scorer's own functions: `encode_checkpoint` (sha256 of the "
         "payload) -> ZeroMQ DEALER -> ROUTER over TCP loopback (zero-copy send) -> "
-        "`decode_request` (sha256 verify) -> `raw_tensors` (views into the frames) -> "
-        "`write_raw_checkpoint` (the frames written as a safetensors file, fsync) -> ack, "
+        "`decode_request` (sha256 verify) -> "
+        "`write_raw_checkpoint` (the payload frames written as a safetensors file, fsync) -> ack, "
         "both ends in the bench process (one core each). What "
         "this leaves out of a real scorer process is the manifest check (names and shapes "
         "against a weightless model) and one SQLite commit; it was measured this way because "

@@ -2,8 +2,8 @@
 DEALER -> ROUTER over TCP loopback, the scorer's decode + verify (sha256), persist
 (safetensors + fsync) and the ack back; each stage timed, for 1 GiB of float32 tensors and
 for an 8B-shaped LoRA adapter (r=16, all linear layers). The scorer's intake functions are
-the real ones (`decode_request`, `raw_tensors`, `write_raw_checkpoint`: the received frames
-go to the file without being rebuilt as tensors); the 8B base model's
+the real ones (`decode_request`, `write_raw_checkpoint`: the received frames go to the
+file without being rebuilt as tensors); the 8B base model's
 tensors cannot be built here, so no scorer process checks them against a model manifest."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 import zmq
 
 from bench.util import free_port, median, rss_bytes
-from common.protocol import decode_request, encode_checkpoint, raw_tensors
+from common.protocol import Hello, decode_request, encode_checkpoint
 from scorer_svc.store import write_raw_checkpoint
 
 GIB = 1 << 30
@@ -67,9 +67,10 @@ def one_transfer(tensors: dict[str, torch.Tensor], data_dir: Path, step: int) ->
         t0 = time.perf_counter()
         message = decode_request([f.buffer for f in frames[1:]], max_bytes=64 * GIB)
         t1 = time.perf_counter()
-        views = raw_tensors(message)  # type: ignore[arg-type]
+        assert not isinstance(message, Hello)
+        table = [(e.name, e.dtype, e.shape, e.length) for e in message.header.tensors]
         t2 = time.perf_counter()
-        write_raw_checkpoint(data_dir / f"step-{step}.safetensors", views)
+        write_raw_checkpoint(data_dir / f"step-{step}.safetensors", table, message.frames)
         t3 = time.perf_counter()
         times.update(received=t0, verify=t1 - t0, decode=t2 - t1, persist=t3 - t2)
         router.send_multipart([frames[0].bytes, b'{"ok": true}'])

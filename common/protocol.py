@@ -1,10 +1,12 @@
 """The trainer-to-scorer wire format over ZeroMQ: pure encode/decode functions.
 
 A request is a multipart message: frame 0 is a UTF-8 JSON header with a protocol version,
-the frames after it carry raw tensor bytes. Every request gets exactly one reply, a single
-JSON frame: an ack or an error with a code and a reason a person can act on.
-Nothing received is ever unpickled: tensors are rebuilt from raw bytes with a declared
-dtype and shape.
+the frames after it carry the checkpoint's payload: its tensors' raw bytes end to end, in the
+order of the header's table, cut into frames of at most FRAME_BYTES. The scorer drops a
+peer that declares a larger frame, so one that has not authenticated costs it at most one
+such frame. Every request gets exactly one reply, a single JSON frame: an ack or an error
+with a code and a reason a person can act on. Nothing received is ever unpickled: tensors are
+rebuilt from raw bytes with a declared dtype and shape.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from common.errors import (
 from common.tokenization import TEMPLATE_NAMES
 from common.validation import RunId, describe_errors, one_of
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+FRAME_BYTES = 16 << 20  # the largest payload frame
 MAX_HEADER_BYTES = 1 << 20
 MAX_CUTOFF_LEN = 1 << 20  # tokens per sample: far beyond any model's context
 MAX_STEP = 2**62  # steps, indices and counts fit a signed 64-bit database integer
@@ -105,20 +108,19 @@ class TensorEntry(BaseModel):
     name: str = Field(min_length=1)
     dtype: str
     shape: list[int]
-    frame: int = Field(ge=1)
-    offset: int = Field(ge=0)
+    offset: int = Field(ge=0)  # into the payload: the frames after the header, end to end
     length: int = Field(ge=0)
 
 
 class CheckpointHeader(_Header):
-    """One checkpoint: where each tensor lies in the frames after the header."""
+    """One checkpoint: where each tensor lies in the payload after the header."""
 
     type: Literal["checkpoint"] = "checkpoint"
     run_id: RunId
     step: int = Field(ge=0, le=MAX_STEP)
     update_index: int = Field(ge=1, le=MAX_STEP)
     kind: Kind
-    encoding: Literal["raw"] = "raw"  # one frame per tensor
+    encoding: Literal["raw"] = "raw"  # the tensors' bytes end to end, in table order
     tensors: list[TensorEntry] = Field(default_factory=list)
     total_bytes: int = Field(ge=0)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
@@ -156,6 +158,11 @@ def payload_sha256(frames: Sequence[Frame]) -> str:
     return digest.hexdigest()
 
 
+def payload_frames(data: memoryview, frame_bytes: int = FRAME_BYTES) -> list[memoryview]:
+    """The bytes cut into frames of at most frame_bytes, as views (no copy)."""
+    return [data[i : i + frame_bytes] for i in range(0, data.nbytes, frame_bytes)]
+
+
 def encode_checkpoint(
     *,
     run_id: str,
@@ -165,26 +172,23 @@ def encode_checkpoint(
     tensors: dict[str, torch.Tensor],
     token: str | None = None,
 ) -> list[Frame]:
-    """Header frame, then one raw frame per tensor (zero-copy when sent with copy=False)."""
+    """Header frame, then the payload frames (zero-copy when sent with copy=False)."""
     frames: list[Frame] = []
     table = []
-    for i, (name, tensor) in enumerate(tensors.items(), start=1):
+    offset = 0
+    for name, tensor in tensors.items():
         try:
             dtype = dtypes.name_of(tensor.dtype)
         except ValueError as exc:
             raise ValueError(f"tensor {name}: {exc}") from None
         data = tensor_bytes(tensor)
-        frames.append(data)
+        frames.extend(payload_frames(data))
         table.append(
             TensorEntry(
-                name=name,
-                dtype=dtype,
-                shape=list(tensor.shape),
-                frame=i,
-                offset=0,
-                length=data.nbytes,
+                name=name, dtype=dtype, shape=list(tensor.shape), offset=offset, length=data.nbytes
             )
         )
+        offset += data.nbytes
     header = CheckpointHeader(
         protocol=PROTOCOL_VERSION,
         token=token,
@@ -193,7 +197,7 @@ def encode_checkpoint(
         update_index=update_index,
         kind=kind,  # type: ignore[arg-type]
         tensors=table,
-        total_bytes=sum(memoryview(f).nbytes for f in frames),
+        total_bytes=offset,
         sha256=payload_sha256(frames),
     )
     return [_json_frame(header.model_dump(exclude_none=True)), *frames]
@@ -235,6 +239,8 @@ def _check_table(header: CheckpointHeader, frames: Sequence[Frame], max_bytes: i
             f"{max_bytes} (raise max_checkpoint_bytes to allow it)"
         )
     sizes = [memoryview(f).nbytes for f in frames]
+    if any(size > FRAME_BYTES for size in sizes):
+        raise MalformedMessage(f"a payload frame holds more than {FRAME_BYTES} bytes")
     if sum(sizes) != header.total_bytes:
         raise IntegrityError(
             f"payload frames hold {sum(sizes)} bytes but the header declares "
@@ -243,6 +249,7 @@ def _check_table(header: CheckpointHeader, frames: Sequence[Frame], max_bytes: i
     if not header.tensors:
         raise MalformedMessage("a checkpoint must carry at least one tensor")
     names = set()
+    offset = 0
     for entry in header.tensors:
         if entry.name in names:
             raise MalformedMessage(f"tensor {entry.name} appears twice in the table")
@@ -253,11 +260,6 @@ def _check_table(header: CheckpointHeader, frames: Sequence[Frame], max_bytes: i
             )
         if any(d < 0 for d in entry.shape):
             raise MalformedMessage(f"tensor {entry.name}: negative dimension in {entry.shape}")
-        if entry.frame > len(frames):
-            raise MalformedMessage(
-                f"tensor {entry.name} points at frame {entry.frame}, but only "
-                f"{len(frames)} payload frames came"
-            )
         itemsize = torch.empty((), dtype=dtypes.BY_NAME[entry.dtype].torch).element_size()
         expected = math.prod(entry.shape) * itemsize
         if entry.length != expected:
@@ -265,11 +267,16 @@ def _check_table(header: CheckpointHeader, frames: Sequence[Frame], max_bytes: i
                 f"tensor {entry.name}: {entry.dtype}{entry.shape} needs {expected} bytes, "
                 f"the table declares {entry.length}"
             )
-        if entry.offset + entry.length > sizes[entry.frame - 1]:
-            raise IntegrityError(
-                f"tensor {entry.name}: bytes {entry.offset}..{entry.offset + entry.length} "
-                f"lie beyond frame {entry.frame} ({sizes[entry.frame - 1]} bytes)"
+        if entry.offset != offset:
+            raise MalformedMessage(
+                f"tensor {entry.name} starts at byte {entry.offset} of the payload; the "
+                f"tensors lie end to end in table order, so it must start at {offset}"
             )
+        offset += entry.length
+    if offset != header.total_bytes:
+        raise IntegrityError(
+            f"the table's tensors hold {offset} bytes, the header declares {header.total_bytes}"
+        )
 
 
 def decode_request(frames: Sequence[Frame], *, max_bytes: int = 1 << 34) -> Request:
@@ -296,31 +303,17 @@ def decode_request(frames: Sequence[Frame], *, max_bytes: int = 1 << 34) -> Requ
     raise MalformedMessage(f"unknown message type {kind!r}; expected 'hello' or 'checkpoint'")
 
 
-def raw_tensors(checkpoint: CheckpointMessage) -> list[tuple[str, str, list[int], memoryview]]:
-    """(name, dtype, shape, bytes) of a raw-encoded checkpoint, as views into its frames."""
-    return [
-        (
-            entry.name,
-            entry.dtype,
-            entry.shape,
-            memoryview(checkpoint.frames[entry.frame - 1])[
-                entry.offset : entry.offset + entry.length
-            ],
-        )
-        for entry in checkpoint.header.tensors
-    ]
-
-
 def decode_tensors(checkpoint: CheckpointMessage) -> dict[str, torch.Tensor]:
-    """Rebuild tensors from their raw bytes (one copy each)."""
+    """Rebuild tensors from the payload (one copy of it)."""
+    payload = bytearray().join(checkpoint.frames)
     tensors = {}
-    for name, dtype, shape, view in raw_tensors(checkpoint):
-        data = bytearray(view)
-        torch_dtype = dtypes.BY_NAME[dtype].torch
+    for entry in checkpoint.header.tensors:
+        torch_dtype = dtypes.BY_NAME[entry.dtype].torch
+        data = payload[entry.offset : entry.offset + entry.length]
         tensor = (
             torch.frombuffer(data, dtype=torch_dtype) if data else torch.empty(0, dtype=torch_dtype)
         )
-        tensors[name] = tensor.reshape(shape)
+        tensors[entry.name] = tensor.reshape(entry.shape)
     return tensors
 
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
@@ -23,6 +25,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class Tls:
+    """The scorer's certificate and key, and the CA file that verifies the certificate."""
+
+    certfile: Path
+    keyfile: Path
+    ca_file: Path
+
+    def flags(self) -> list[str]:
+        return ["--tls-certfile", str(self.certfile), "--tls-keyfile", str(self.keyfile)]
+
+    def verify(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+
 class ScorerProcess:
     """`python -m scorer_svc serve` with its own data directory, output in log_path."""
 
@@ -33,14 +50,17 @@ class ScorerProcess:
         env: dict[str, str] | None = None,
         log_path: Path | None = None,
         prefix: Sequence[str] = (),
+        tls: Tls | None = None,
     ) -> None:
         """extra: more flags; env: variables over os.environ; prefix: what runs the command
-        (e.g. taskset -c 1)."""
+        (e.g. taskset -c 1); tls: serve REST over HTTPS."""
         self.data_dir = data_dir
         self.http_port = free_port()
         self.zmq_url = f"tcp://127.0.0.1:{free_port()}"
-        self.base_url = f"http://127.0.0.1:{self.http_port}"
-        self.extra = list(extra)
+        self.tls = tls
+        scheme = "https" if tls is not None else "http"
+        self.base_url = f"{scheme}://127.0.0.1:{self.http_port}"
+        self.extra = list(extra) + (tls.flags() if tls is not None else [])
         self.env = env or {}
         self.prefix = list(prefix)
         self.log_path = log_path or data_dir / "scorer.log"
@@ -67,7 +87,9 @@ class ScorerProcess:
 
         def healthy() -> bool:
             try:
-                return httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200
+                verify = self.tls.verify() if self.tls is not None else True
+                response = httpx.get(f"{self.base_url}/healthz", timeout=1, verify=verify)
+                return response.status_code == 200
             except httpx.HTTPError:
                 return False
 
@@ -84,10 +106,24 @@ class ScorerProcess:
         """A new, unstarted scorer on this one's data directory, ports and log, with the flags
         in extra (none by default): a restart."""
         twin = ScorerProcess(
-            self.data_dir, *extra, env=self.env, log_path=self.log_path, prefix=self.prefix
+            self.data_dir,
+            *extra,
+            env=self.env,
+            log_path=self.log_path,
+            prefix=self.prefix,
+            tls=self.tls,
         )
         twin.http_port, twin.zmq_url, twin.base_url = self.http_port, self.zmq_url, self.base_url
         return twin
+
+    def http(self) -> httpx.Client:
+        """A client of its REST API, trusting its certificate and carrying its token."""
+        token = self.env.get("SCORER_TOKEN")
+        return httpx.Client(
+            base_url=self.base_url,
+            verify=self.tls.verify() if self.tls is not None else True,
+            headers={"Authorization": f"Bearer {token}"} if token else {},
+        )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -138,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         port=settings.http_port,
         log_config=None,
         timeout_graceful_shutdown=30,
+        ssl_certfile=settings.tls_certfile,
+        ssl_keyfile=settings.tls_keyfile,
     )
     server = _Server(config)
     server.run()

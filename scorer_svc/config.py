@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,11 +19,10 @@ from pydantic_settings import (
 from sqlalchemy import make_url
 
 from common.dtypes import COMPUTE_DTYPES
-from common.validation import ZmqUrl, describe_errors, one_of
+from common.validation import ZmqUrl, describe_errors, is_loopback, one_of
 
 log = logging.getLogger(__name__)
 
-LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -88,8 +86,7 @@ class Settings(BaseSettings):
     max_checkpoint_bytes: int = Field(
         16 << 30,
         ge=1,
-        description="a checkpoint declaring more is refused (too_large), a larger ZeroMQ frame is "
-        "dropped unread; 17179869184 is 16 GiB",
+        description="a checkpoint declaring more is refused (too_large); 17179869184 is 16 GiB",
     )
     retry_after_seconds: int = Field(1, ge=1, description="the Retry-After of a 202 response")
     database_busy_timeout_seconds: float = Field(
@@ -104,8 +101,8 @@ class Settings(BaseSettings):
     # A secret: hidden from the flags, and refused there, since a command line shows in `ps`.
     token: CliSuppress[SecretStr | None] = Field(
         None,
-        description="a shared secret every request must carry (Bearer on REST, `token` in ZeroMQ "
-        "headers); SCORER_TOKEN or the YAML file only; null: no token",
+        description="a shared secret every request must carry (Bearer on REST, the password of "
+        "the ZeroMQ handshake); SCORER_TOKEN or the YAML file only; null: no token",
     )
     token_file: Path | None = Field(
         None, description="a file holding the token (instead of token itself)"
@@ -121,6 +118,13 @@ class Settings(BaseSettings):
         "allowed in",
     )
 
+    tls_certfile: Path | None = Field(
+        None,
+        description="serve REST over HTTPS with this PEM certificate (chain), with tls_keyfile; "
+        "null: plain HTTP",
+    )
+    tls_keyfile: Path | None = Field(None, description="the PEM private key of tls_certfile")
+
     @model_validator(mode="after")
     def _one_token_source(self) -> Settings:
         if self.token is not None and self.token_file is not None:
@@ -132,6 +136,12 @@ class Settings(BaseSettings):
             raise ValueError("CURVE needs both curve_secret_key_file and curve_authorized_keys_dir")
         if curve[1] is not None and not curve[1].is_dir():
             raise ValueError(f"curve_authorized_keys_dir {curve[1]} is not a folder")
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("HTTPS needs both tls_certfile and tls_keyfile")
+        for name in ("tls_certfile", "tls_keyfile"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name} {path} does not exist")
         return self
 
     def shared_token(self) -> str | None:
@@ -160,24 +170,19 @@ class Settings(BaseSettings):
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'scorer.db'}"
 
+    @property
+    def http_scheme(self) -> str:
+        return "https" if self.tls_certfile is not None else "http"
+
     def exposed_addresses(self) -> list[str]:
         """Addresses bound beyond loopback, to be logged at start."""
         exposed = []
-        if not _is_loopback(self.http_host):
-            exposed.append(f"http://{self.http_host}:{self.http_port}")
+        if not is_loopback(self.http_host):
+            exposed.append(f"{self.http_scheme}://{self.http_host}:{self.http_port}")
         zmq_host = self.zmq_url.split("://", 1)[1].rsplit(":", 1)[0]
-        if self.zmq_url.startswith("tcp://") and not _is_loopback(zmq_host):
+        if self.zmq_url.startswith("tcp://") and not is_loopback(zmq_host):
             exposed.append(self.zmq_url)
         return exposed
-
-
-def _is_loopback(host: str) -> bool:
-    if host in LOOPBACK_HOSTS:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def load_settings(

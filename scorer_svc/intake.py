@@ -11,9 +11,7 @@ from typing import Any
 
 import zmq
 from sqlalchemy.orm import Session, sessionmaker
-from zmq.auth.thread import ThreadAuthenticator
 
-from common.curve import load_server_keys
 from common.errors import (
     CheckpointRejected,
     ProtocolError,
@@ -27,7 +25,6 @@ from common.protocol import (
     ack,
     decode_request,
     error_reply,
-    raw_tensors,
 )
 from scorer_svc import crud
 from scorer_svc.auth import check_request_token
@@ -35,6 +32,7 @@ from scorer_svc.config import Settings
 from scorer_svc.models import FAILED, Run
 from scorer_svc.registry import Registry, differences, identity
 from scorer_svc.store import checkpoint_path, write_raw_checkpoint
+from scorer_svc.zap import secure_server
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +51,13 @@ class Intake:
 
     def __post_init__(self) -> None:
         self.token = self.settings.shared_token()
+        # Without CURVE the token is the handshake's password, checked before anything is
+        # read; with CURVE the handshake checks keys, and each request's header the token.
+        self.header_token = self.token if self.settings.curve_secret_key_file else None
 
     def handle(self, frames: list[Any]) -> list[bytes]:
         try:
-            check_request_token(frames[0] if frames else b"", self.token)
+            check_request_token(frames[0] if frames else b"", self.header_token)
             message = decode_request(frames, max_bytes=self.settings.max_checkpoint_bytes)
             with self.sessions() as session:
                 if isinstance(message, Hello):
@@ -148,7 +149,8 @@ class Intake:
         manifest = self.registry.manifest(self.registry.hello_of(run.run_id, run.config))
         manifest.check([(e.name, e.dtype, e.shape) for e in header.tensors])
         path = checkpoint_path(self.settings.data_dir, run.run_id, header.step)
-        n_bytes = write_raw_checkpoint(path, raw_tensors(message))
+        table = [(e.name, e.dtype, e.shape, e.length) for e in header.tensors]
+        n_bytes = write_raw_checkpoint(path, table, message.frames)
         received = crud.Received(
             header.step, header.update_index, header.kind, header.sha256, str(path), n_bytes
         )
@@ -193,19 +195,25 @@ class IntakeServer:
         self,
         url: str,
         intake: Intake,
-        max_message_bytes: int,
+        max_frame_bytes: int,
         *,
         curve_secret_key_file: Path | None = None,
         curve_authorized_keys_dir: Path | None = None,
     ) -> None:
         self.intake = intake
         self._context = zmq.Context()
-        self._auth: ThreadAuthenticator | None = None
         self._socket = self._context.socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
-        if curve_secret_key_file is not None and curve_authorized_keys_dir is not None:
-            self._enable_curve(curve_secret_key_file, curve_authorized_keys_dir)
+        # libzmq checks each frame's declared size (handshake commands included) before it
+        # allocates it, and drops a peer that declares more.
+        self._socket.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
+        self._auth = secure_server(
+            self._context,
+            self._socket,
+            token=intake.token,
+            curve_secret_key_file=curve_secret_key_file,
+            curve_authorized_keys_dir=curve_authorized_keys_dir,
+        )
         try:
             self._socket.bind(url)
         except zmq.ZMQError as exc:
@@ -217,18 +225,6 @@ class IntakeServer:
         self.url = url
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="intake", daemon=True)
-
-    def _enable_curve(self, secret_file: Path, authorized: Path) -> None:
-        """Encrypt every exchange and let in only clients whose public key is in authorized."""
-        public, secret = load_server_keys(secret_file)
-        self._auth = ThreadAuthenticator(self._context, log=logging.getLogger("scorer_svc.zap"))
-        self._auth.start()
-        self._auth.configure_curve(domain="*", location=str(authorized))
-        self._socket.curve_secretkey = secret
-        self._socket.curve_publickey = public
-        self._socket.curve_server = True
-        n_keys = len(list(authorized.glob("*.key")))
-        log.info("CURVE on: %d authorized client key(s) in %s", n_keys, authorized)
 
     def start(self) -> None:
         self._thread.start()

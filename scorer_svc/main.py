@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
+from common.protocol import FRAME_BYTES, MAX_HEADER_BYTES
 from scorer_svc.api.errors import add_error_handlers
 from scorer_svc.api.routes import health, losses, runs, weights
 from scorer_svc.auth import OPEN_PATHS, bearer, same_token
@@ -26,7 +27,8 @@ from scorer_svc.worker import Worker
 
 log = logging.getLogger(__name__)
 
-HEADER_MARGIN = 1 << 20
+# No frame a peer sends, before or after it authenticates, may be larger than this.
+MAX_FRAME_BYTES = max(FRAME_BYTES, MAX_HEADER_BYTES)
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
@@ -69,7 +71,7 @@ def build_service(settings: Settings) -> tuple[ApiState, Background]:
     intake = IntakeServer(
         settings.zmq_url,
         Intake(settings, sessions, registry, on_queued=worker.wake),
-        max_message_bytes=settings.max_checkpoint_bytes + HEADER_MARGIN,
+        max_frame_bytes=MAX_FRAME_BYTES,
         curve_secret_key_file=settings.curve_secret_key_file,
         curve_authorized_keys_dir=settings.curve_authorized_keys_dir,
     )
@@ -110,8 +112,9 @@ def _owned_service(settings: Settings) -> Lifespan:
         _log_exposure(settings)
         background.start()
         log.info(
-            "scorer ready: ZeroMQ %s, REST http://%s:%d, database %s, device %s",
+            "scorer ready: ZeroMQ %s, REST %s://%s:%d, database %s, device %s",
             settings.zmq_url,
+            settings.http_scheme,
             settings.http_host,
             settings.http_port,
             settings.database_for_logs,
@@ -126,10 +129,16 @@ def _owned_service(settings: Settings) -> Lifespan:
 
 
 def _log_exposure(settings: Settings) -> None:
-    for address in settings.exposed_addresses():
+    exposed = settings.exposed_addresses()
+    for address in exposed:
         log.warning("listening beyond loopback at %s", address)
     if settings.token is None and settings.token_file is None:
         log.info("no token set: any local process can use this scorer")
+    elif any(a.startswith("http://") for a in exposed):
+        log.warning(
+            "the token crosses the network in clear over plain HTTP: serve HTTPS "
+            "(tls_certfile, tls_keyfile), or keep REST on loopback behind a TLS proxy"
+        )
 
 
 def _require_token(app: FastAPI, token: str | None) -> None:

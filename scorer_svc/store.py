@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from common import dtypes
+from common.protocol import Frame
 
 PARTIAL = ".partial"  # a checkpoint file being written
 
@@ -21,20 +22,24 @@ def checkpoint_path(data_dir: Path, run_id: str, step: int) -> Path:
 
 
 def write_raw_checkpoint(
-    path: Path, tensors: Sequence[tuple[str, str, list[int], memoryview]]
+    path: Path,
+    tensors: Sequence[tuple[str, str, list[int], int]],
+    payload: Sequence[Frame],
 ) -> int:
-    """Write (name, dtype, shape, bytes) as a safetensors file straight from the received
-    frames: no tensor is rebuilt or copied on the way. Written beside, fsynced, renamed into
-    place and its folder fsynced, so an acknowledged checkpoint survives a crash."""
+    """Write a safetensors file straight from the received frames: `tensors` lists (name,
+    dtype, shape, byte length) in the order their bytes lie end to end in `payload`, which is
+    what a safetensors file's data section is. Nothing is rebuilt or copied on the way.
+    Written beside, fsynced, renamed into place and its folder fsynced, so an acknowledged
+    checkpoint survives a crash."""
     header: dict[str, dict] = {}
     offset = 0
-    for name, dtype, shape, data in tensors:
+    for name, dtype, shape, length in tensors:
         header[name] = {
             "dtype": dtypes.BY_NAME[dtype].safetensors,
             "shape": list(shape),
-            "data_offsets": [offset, offset + data.nbytes],
+            "data_offsets": [offset, offset + length],
         }
-        offset += data.nbytes
+        offset += length
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -42,8 +47,10 @@ def write_raw_checkpoint(
     with open(tmp, "wb") as handle:
         handle.write(struct.pack("<Q", len(encoded)))
         handle.write(encoded)
-        for _, _, _, data in tensors:
-            handle.write(data)
+        for frame in payload:
+            handle.write(frame)
+        if handle.tell() != 8 + len(encoded) + offset:
+            raise ValueError("the payload does not hold the bytes its tensors declare")
         handle.flush()
         os.fsync(handle.fileno())
     _publish(tmp, path)

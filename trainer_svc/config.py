@@ -105,6 +105,7 @@ class TrainConfig(BaseModel):
     scorer_zmq_url: ZmqUrl = "tcp://127.0.0.1:5555"
     scorer_http_url: str = "http://127.0.0.1:8000"
     scorer_token: str | None = Field(None, validate_default=True)  # unset: $SCORER_TOKEN
+    scorer_ca_file: str | None = None  # the CA an https scorer_http_url's certificate verifies by
     # CURVE (links across hosts): this trainer's secret key file and the scorer's public key.
     scorer_curve_secret_key_file: str | None = None
     scorer_curve_server_key_file: str | None = None
@@ -121,11 +122,11 @@ class TrainConfig(BaseModel):
             )
         return value
 
-    @field_validator(*CURVE_KEYS)
+    @field_validator(*CURVE_KEYS, "scorer_ca_file")
     @classmethod
     def _key_file_exists(cls, value: str | None) -> str | None:
         if value and not Path(value).expanduser().is_file():
-            raise ValueError(f"key file {value} does not exist")
+            raise ValueError(f"file {value} does not exist")
         return value
 
     @field_validator("scorer_token")

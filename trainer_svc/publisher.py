@@ -18,8 +18,11 @@ from typing import Any
 
 import torch
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
-from common.curve import ClientKeys, apply_client_keys
+from common.curve import ClientKeys
+from common.errors import Unauthorized
+from common.handshake import REFUSED_EVENTS, refusal_advice, secure_client
 from common.protocol import Hello, decode_reply, encode_checkpoint, encode_hello
 from trainer_svc.retry import NotYet, RetryPolicy, never
 
@@ -62,6 +65,7 @@ class CheckpointPublisher:
         self.retry = RetryPolicy(wait_seconds, sleep=sleep)
         self._context = context or zmq.Context.instance()
         self._socket: zmq.Socket | None = None
+        self._monitor: zmq.Socket | None = None  # the socket's handshake refusals
 
     def hello(self, hello: Hello, *, stop_requested: Callable[[], bool] = never) -> dict[str, Any]:
         """Registers the run; stop_requested ends the wait with ScorerFailure."""
@@ -89,17 +93,38 @@ class CheckpointPublisher:
 
     def close(self) -> None:
         if self._socket is not None:
+            self._socket.disable_monitor()
             self._socket.close(linger=0)
             self._socket = None
+        if self._monitor is not None:
+            self._monitor.close(linger=0)
+            self._monitor = None
 
     def _connect(self) -> zmq.Socket:
         if self._socket is None:
             self._socket = self._context.socket(zmq.DEALER)
             self._socket.setsockopt(zmq.LINGER, 0)
-            if self.curve is not None:
-                apply_client_keys(self._socket, self.curve)
+            secure_client(self._socket, token=self.token, curve=self.curve)
+            self._monitor = self._socket.get_monitor_socket(REFUSED_EVENTS)
             self._socket.connect(self.url)
         return self._socket
+
+    def _wait(self, socket: zmq.Socket, event: int, wait_ms: int) -> bool:
+        """Whether socket is ready for event within wait_ms; a refused handshake raises
+        Unauthorized at once, saying what to set."""
+        poller = zmq.Poller()
+        poller.register(socket, event)
+        assert self._monitor is not None
+        poller.register(self._monitor, zmq.POLLIN)
+        ready = dict(poller.poll(wait_ms))
+        if self._monitor in ready:
+            refused = recv_monitor_message(self._monitor)["event"]
+            self.close()
+            raise Unauthorized(
+                f"the scorer at {self.url} refused the connection in its handshake: "
+                + refusal_advice(refused, token=self.token, curve=self.curve)
+            )
+        return socket in ready
 
     def _request(
         self,
@@ -130,13 +155,13 @@ class CheckpointPublisher:
         # a message, and a plain send would block for ever: wait until it can send, at most
         # as long as for the reply.
         try:
-            if not socket.poll(wait_ms, zmq.POLLOUT):
+            if not self._wait(socket, zmq.POLLOUT, wait_ms):
                 raise zmq.Again()
             socket.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
         except zmq.Again:
             self.close()
             raise NotYet(f"could not send within {reply_wait:.1f}s (no connection)") from None
-        if socket.poll(wait_ms, zmq.POLLIN):
+        if self._wait(socket, zmq.POLLIN, wait_ms):
             return decode_reply(socket.recv_multipart())
         self.close()  # a fresh socket next: a late reply must not be read as the next one's
         raise NotYet(f"no reply within {reply_wait:.1f}s")

@@ -15,10 +15,12 @@ import logging
 import time
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
+from urllib.parse import urlsplit
 
 from common.curve import ClientKeys, load_client_keys
 from common.errors import ProtocolError
 from common.protocol import Hello
+from common.validation import is_loopback
 from trainer_svc.config import OnFailure, TrainConfig
 from trainer_svc.publisher import CheckpointPublisher, CheckpointUpload
 from trainer_svc.retry import ScorerFailure, never
@@ -66,6 +68,7 @@ class RemoteScorer:
         wait_seconds: float,
         token: str | None = None,
         curve: ClientKeys | None = None,
+        ca_file: str | None = None,
         stop_requested: Callable[[], bool] = never,
         sleep: Callable[[float], None] = time.sleep,
     ):
@@ -74,9 +77,16 @@ class RemoteScorer:
             zmq_url, wait_seconds=wait_seconds, token=token, curve=curve, sleep=sleep
         )
         self.weights = WeightsClient(
-            http_url, run_id, wait_seconds=wait_seconds, token=token, sleep=sleep
+            http_url, run_id, wait_seconds=wait_seconds, token=token, ca_file=ca_file, sleep=sleep
         )
         self.stop_requested = stop_requested
+        host = urlsplit(http_url).hostname or ""
+        if token is not None and http_url.startswith("http://") and not is_loopback(host):
+            logger.warning(
+                "the scorer token goes to %s in clear over plain HTTP: serve the scorer's REST "
+                "over HTTPS (its tls_certfile) and use an https:// scorer_http_url",
+                http_url,
+            )
 
     @classmethod
     def from_config(
@@ -94,6 +104,7 @@ class RemoteScorer:
             wait_seconds=cfg.scorer_wait_seconds,
             token=cfg.scorer_token,
             curve=curve,
+            ca_file=cfg.scorer_ca_file,
             stop_requested=stop_requested,
         )
 

@@ -4,13 +4,15 @@
 soon at first (0.05 s, doubled) and then as often as Retry-After says. `latest()` takes the
 newest weights already available, or None. Network errors and other answers are retried under
 the trainer's retry policy (trainer_svc.retry) up to the configured wait; then
-`ScorerUnavailable` says what to check. 409 (scoring failed) and 401 are not retried.
+`ScorerUnavailable` says what to check. 409 (scoring failed), 401 and an HTTPS certificate
+that does not verify are not retried.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -50,6 +52,12 @@ class ScorerWeights:
         return cls(int(body["step"]), int(body["update_index"]), weights, window)
 
 
+class UntrustedCertificate(ProtocolError):
+    """The scorer's HTTPS certificate does not verify against the trusted CAs."""
+
+    code = "untrusted_certificate"
+
+
 class WeightsClient:
     def __init__(
         self,
@@ -58,14 +66,23 @@ class WeightsClient:
         *,
         wait_seconds: float,
         token: str | None = None,
+        ca_file: str | None = None,
         client: httpx.Client | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ):
+        """ca_file: the CA bundle (PEM) an https scorer's certificate must verify against;
+        None: the system's trusted CAs."""
         self.base_url = base_url.rstrip("/")
         self.run_id = run_id
+        self.ca_file = ca_file
         self.retry = RetryPolicy(wait_seconds, sleep=sleep)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._client = client or httpx.Client(base_url=self.base_url, timeout=30.0, headers=headers)
+        verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=ca_file) if ca_file else True
+        )
+        self._client = client or httpx.Client(
+            base_url=self.base_url, timeout=30.0, headers=headers, verify=verify
+        )
 
     @property
     def path(self) -> str:
@@ -93,6 +110,13 @@ class WeightsClient:
             try:
                 response = self._client.get(self.path, params=params)
             except httpx.TransportError as exc:
+                if _certificate_refused(exc):
+                    raise UntrustedCertificate(
+                        f"the certificate of {self.base_url} does not verify against "
+                        + (f"the CA file {self.ca_file}" if self.ca_file else "the system's CAs")
+                        + f" ({exc}): set scorer_ca_file to the CA that signed the scorer's "
+                        "certificate (its tls_certfile, when self-signed)"
+                    ) from exc
                 raise NotYet(f"cannot reach {self.base_url} ({exc})") from exc
             return self._answer(response, what, accept_missing, pending)
 
@@ -130,6 +154,15 @@ class WeightsClient:
             level = logging.INFO if pause >= 1 else logging.DEBUG
             raise NotYet(_detail(response), pause=pause, level=level)
         raise NotYet(f"HTTP {status}: {_detail(response)}")
+
+
+def _certificate_refused(error: BaseException) -> bool:
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _detail(response: httpx.Response) -> str:

@@ -8,6 +8,7 @@ import torch
 
 from common import errors
 from common.protocol import (
+    FRAME_BYTES,
     PROTOCOL_VERSION,
     CheckpointMessage,
     Hello,
@@ -95,8 +96,8 @@ def _mutate_header(frames, **changes):
         ([pickle.dumps({"type": "hello"})], errors.MalformedMessage, "JSON header"),
         ([b'{"protocol": 99, "type": "hello"}'], errors.VersionMismatch, "99"),
         ([b'{"type": "hello"}'], errors.VersionMismatch, "None"),
-        ([b'{"protocol": 1, "type": "nope"}'], errors.MalformedMessage, "unknown message"),
-        ([b'{"protocol": 1, "type": "hello"}'], errors.MalformedMessage, "run_id"),
+        ([b'{"protocol": 2, "type": "nope"}'], errors.MalformedMessage, "unknown message"),
+        ([b'{"protocol": 2, "type": "hello"}'], errors.MalformedMessage, "run_id"),
     ],
 )
 def test_bad_headers_are_refused(frames, error, words):
@@ -135,9 +136,29 @@ def test_table_that_disagrees_with_shape_is_refused():
     with pytest.raises(errors.MalformedMessage, match="dtype 'object'"):
         decode_request([json.dumps(header).encode(), *_frames()[1:]])
     header = json.loads(_frames()[0])
-    header["tensors"][0]["frame"] = 9
-    with pytest.raises(errors.MalformedMessage, match="frame 9"):
+    header = json.loads(_frames()[0])
+    header["tensors"][1]["offset"] += 4
+    with pytest.raises(errors.MalformedMessage, match="must start at 48"):
         decode_request([json.dumps(header).encode(), *_frames()[1:]])
+
+
+def test_a_large_tensor_travels_in_bounded_frames_and_comes_back_whole():
+    big = torch.arange(FRAME_BYTES // 4 * 2 + 3, dtype=torch.float32)  # two frames and a bit
+    tensors = {"small": torch.ones(3), "big": big, "after": torch.full((5,), 7.0)}
+    frames = encode_checkpoint(run_id="r", step=1, update_index=1, kind="full", tensors=tensors)
+    sizes = [memoryview(f).nbytes for f in frames[1:]]
+    assert max(sizes) == FRAME_BYTES and len(sizes) == 5 and sum(sizes) == 4 * (3 + big.numel() + 5)
+    decoded = decode_tensors(decode_request(frames))
+    assert all(torch.equal(decoded[name], tensor) for name, tensor in tensors.items())
+
+
+def test_a_frame_over_the_bound_is_refused():
+    frames = _frames()
+    payload = b"".join(frames[1:])
+    header = json.loads(frames[0])
+    header["total_bytes"] = len(payload) + FRAME_BYTES
+    with pytest.raises(errors.MalformedMessage, match="more than"):
+        decode_request([json.dumps(header).encode(), payload + bytes(FRAME_BYTES)])
 
 
 def test_declared_size_over_limit_is_refused_before_decoding():
@@ -175,7 +196,7 @@ def test_a_run_id_that_could_leave_its_folder_is_refused_in_every_message(run_id
     ("frame", "words"),
     [
         (b"[" * 100_000 + b"]" * 100_000, "too deeply"),
-        (b'{"protocol": 1, "type": "hello", "n_samples": 1' + b"0" * 5000 + b"}", "digits"),
+        (b'{"protocol": 2, "type": "hello", "n_samples": 1' + b"0" * 5000 + b"}", "digits"),
     ],
     ids=["nested", "huge integer"],
 )

@@ -78,7 +78,7 @@ def mutations(good: list[bytes], rng: random.Random, marker: Path):
         ],
         "random_json": lambda: [
             json.dumps(
-                {"protocol": 1, "type": rng.choice(["hello", "checkpoint", "x", None])}
+                {"protocol": 2, "type": rng.choice(["hello", "checkpoint", "x", None])}
             ).encode()
         ],
         "version": lambda: header_with(protocol=rng.choice([0, 2, 99, -1, "1", None])),
@@ -91,7 +91,7 @@ def mutations(good: list[bytes], rng: random.Random, marker: Path):
             "shape", [rng.randrange(0, 9) for _ in range(rng.randrange(4))]
         ),
         "length": lambda: table_with("length", rng.randrange(0, 1 << 20)),
-        "frame": lambda: table_with("frame", rng.choice([0, -1, 99, 2**40])),
+        "offset": lambda: table_with("offset", rng.choice([1, -1, 99, 2**40])),
         "unknown_run": lambda: header_with(run_id=f"nobody-{rng.randrange(1000)}"),
         "bad_update": lambda: header_with(update_index=rng.choice([0, 4, 99])),
         "before_initial": lambda: header_with(step=rng.randrange(100, 10**6), update_index=2),
@@ -185,14 +185,14 @@ def test_frame_over_the_limit_is_dropped_before_it_is_allocated(tmp_path):
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(scorer.zmq_url)
         big = bytes(256 << 20)
-        header = json.dumps({"protocol": 1, "type": "checkpoint"}).encode()
+        header = json.dumps({"protocol": 2, "type": "checkpoint"}).encode()
         sock.send_multipart([header, big], copy=False)
         assert not sock.poll(3000)  # dropped, not answered
         sock.close(0)
         del big
         assert _rss_kb(scorer.proc.pid) - rss_before < 64_000
         # the scorer still answers others
-        reply = zmq_request(scorer.zmq_url, [b'{"protocol": 1, "type": "hello"}'])
+        reply = zmq_request(scorer.zmq_url, [b'{"protocol": 2, "type": "hello"}'])
         assert reply["code"] == "malformed"
     finally:
         scorer.stop()

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from common.curve import create_keys
 from common.protocol import encode_hello
 from scorer_svc import crud
 from scorer_svc.config import Settings
@@ -50,10 +51,21 @@ def test_a_run_registered_without_a_token_accepts_its_trainer_back(intake, tiny_
     )  # registered by a trainer that sent no token: nothing to tell runs apart by
 
 
-@pytest.mark.parametrize("token", [None, "secret"], ids=["open", "with a token"])
-def test_hostile_json_gets_an_error_reply_not_an_internal_failure(tmp_path, token):
-    config = Settings(data_dir=tmp_path / "scorer", device="cpu", token=token)
+@pytest.mark.parametrize(
+    "security, code",
+    [
+        ({}, "malformed"),
+        ({"token": "secret"}, "malformed"),  # the handshake checked the token
+        ({"token": "secret", "curve": True}, "unauthorized"),  # each header carries it
+    ],
+    ids=["open", "token", "token and CURVE"],
+)
+def test_hostile_json_gets_an_error_reply_not_an_internal_failure(tmp_path, security, code):
+    if security.pop("curve", False):
+        _, secret = create_keys(tmp_path / "keys", "scorer")
+        security.update(curve_secret_key_file=secret, curve_authorized_keys_dir=tmp_path / "keys")
+    config = Settings(data_dir=tmp_path / "scorer", device="cpu", **security)
     sessions = make_sessionmaker(make_engine(config.resolved_database_url))
     intake = Intake(config, sessions, Registry(config), on_queued=lambda: None)
     reply = json.loads(intake.handle([b"[" * 100_000 + b"]" * 100_000])[0])
-    assert reply["code"] == ("malformed" if token is None else "unauthorized"), reply
+    assert reply["code"] == code, reply

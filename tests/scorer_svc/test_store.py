@@ -6,7 +6,7 @@ import pytest
 import torch
 from sqlalchemy import select
 
-from common.protocol import decode_request, encode_checkpoint, raw_tensors
+from common.protocol import CheckpointMessage, decode_request, encode_checkpoint
 from scorer_svc import crud
 from scorer_svc.db import make_engine, make_sessionmaker
 from scorer_svc.models import Loss
@@ -26,7 +26,10 @@ def test_raw_frames_become_a_safetensors_file_with_the_same_tensors(tmp_path):
     frames = [bytes(f) for f in encode_checkpoint(
         run_id="r", step=1, update_index=1, kind="full", tensors=tensors)]  # fmt: skip
     path = tmp_path / "step.safetensors"
-    size = write_raw_checkpoint(path, raw_tensors(decode_request(frames)))
+    message = decode_request(frames)
+    assert isinstance(message, CheckpointMessage)
+    table = [(e.name, e.dtype, e.shape, e.length) for e in message.header.tensors]
+    size = write_raw_checkpoint(path, table, message.frames)
     assert size == path.stat().st_size and not path.with_suffix(".partial").exists()
     back = read_checkpoint(path)
     assert back.keys() == tensors.keys()

@@ -104,7 +104,8 @@ def all_losses(base_url: str, run_id: str, step: int) -> list[float]:
 
 
 def checkpoints(scorer: ScorerProcess, run_id: str) -> list[dict]:
-    r = httpx.get(f"{scorer.base_url}/v1/runs/{run_id}/checkpoints")
+    with scorer.http() as client:
+        r = client.get(f"/v1/runs/{run_id}/checkpoints")
     assert r.status_code == 200, r.text
     return r.json()
 
