@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from transformers import AutoTokenizer, TrainingArguments, set_seed
+from transformers.trainer_utils import TrainOutput
 
 from common.errors import ProtocolError
 from common.hello import build_hello
@@ -43,6 +44,7 @@ from trainer_svc.records import (
     read_jsonl,
 )
 from trainer_svc.records import plot_loss as write_loss_plot
+from trainer_svc.retry import ScorerFailure
 from trainer_svc.sampler import ScheduleBatchSampler, SelectionPlan
 from trainer_svc.schedule import Schedule
 from trainer_svc.scorer_client import RemoteScorer, ScorerClient, scorer_failed
@@ -269,7 +271,7 @@ class DeltaLossRecipe:
             self.schedule.batch,
             self.cfg.selection_mode,
         )
-        result = self.trainer.train(resume_from_checkpoint=self.cfg.resume_from_checkpoint)
+        result = self._run_trainer()
         if self.stopped:
             return
         self.trainer.log_metrics("train", result.metrics)
@@ -286,6 +288,26 @@ class DeltaLossRecipe:
                 evals[-1]["eval_loss"],
                 evals[-1]["step"],
             )
+
+    def _run_trainer(self) -> TrainOutput:
+        """Trainer.train. A failed update (on_scorer_failure: fail) ends it with a
+        ScorerFailure that names the checkpoint to resume from: the one saved at the failed
+        update's step, or the one resumed from when no step was trained yet."""
+        resumed = self.cfg.resume_from_checkpoint
+        try:
+            result = self.trainer.train(resume_from_checkpoint=resumed)
+        except ScorerFailure as exc:  # an update before this run's first step: nothing to save
+            if resumed is None:
+                raise
+            hint = _resume_hint(resumed)
+            raise ScorerFailure(f"{exc}; nothing was trained after {hint}") from exc
+        failure = self.stop.failure
+        if failure is not None:  # the stop saved a checkpoint at the failed update's step
+            raise ScorerFailure(
+                f"{failure}; the state at step {self.trainer.state.global_step} is saved in "
+                f"{_resume_hint(self.stop_checkpoint)}"
+            ) from failure
+        return result
 
     @property
     def stopped(self) -> bool:
@@ -339,6 +361,13 @@ def model_spec(cfg: TrainConfig) -> ModelSpec:
     if cfg.finetuning_type == "lora":
         lora = LoraSettings(cfg.lora_rank, cfg.alpha, cfg.lora_dropout, cfg.target_modules)
     return ModelSpec(base_model, cfg.finetuning_type, lora, cfg.trust_remote_code)
+
+
+def _resume_hint(checkpoint: str | Path) -> str:
+    return (
+        f"{checkpoint}: rerun with resume_from_checkpoint={checkpoint} to go on from there "
+        "(the update that failed is sent again)"
+    )
 
 
 def _rewrite(path: Path, rows: list[dict]) -> None:
