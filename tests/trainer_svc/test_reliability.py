@@ -181,7 +181,8 @@ def test_trainer_killed_after_an_update_resumes_to_the_same_selections(files, re
 
 def test_sigterm_saves_a_checkpoint_and_the_run_resumes_from_it(files, reference, tmp_path):
     """SIGTERM while the trainer waits for update 2's weights: it finishes that step, saves
-    checkpoint-4 (no other checkpoint: save_steps is large) and exits 0 with a message."""
+    checkpoint-4 (no other checkpoint: save_steps is large) and exits 143 (128 + SIGTERM, for
+    a scheduler to requeue it) with a message."""
     tiny_model, data, _ = files
     scorer = ScorerProcess(tmp_path / "scorer", *SLOW).start()
     out = tmp_path / "out"
@@ -194,7 +195,7 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes_from_it(files, reference
             trainer,
             scorer,
         )
-        assert trainer.kill(signal.SIGTERM) == 0, trainer.log()[-4000:]
+        assert trainer.kill(signal.SIGTERM) == 128 + signal.SIGTERM, trainer.log()[-4000:]
         saved = [p.name for p in out.glob("checkpoint-*")]
         assert len(saved) == 1, saved
         step = int(saved[0].split("-")[1])
