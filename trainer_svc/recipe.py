@@ -34,6 +34,7 @@ from common.protocol import Hello
 from common.tokenization import TokenizationSettings, encode_dataset
 from trainer_svc.config import LoadedConfig, TrainConfig
 from trainer_svc.data import EncodedDataset, PadCollator
+from trainer_svc.outage import Outage
 from trainer_svc.records import (
     LOSS_PLOT,
     SELECTIONS,
@@ -162,6 +163,7 @@ class DeltaLossRecipe:
             self.scorer = RemoteScorer.from_config(
                 self.cfg, self.run_id, stop_requested=lambda: self.stop.requested
             )
+        self.outage = Outage(self.scorer.ping)
         try:
             self.scorer.register(self.hello())
         except ProtocolError as exc:
@@ -171,6 +173,7 @@ class DeltaLossRecipe:
                 exc,
                 fallback="training goes on; updates the scorer cannot serve use UNIFORM weights",
             )
+            self.outage.note(exc, "registering the run")
 
     def _training_args(self) -> TrainingArguments:
         cfg = self.cfg
@@ -219,6 +222,7 @@ class DeltaLossRecipe:
             mode=self.cfg.selection_mode,
             on_failure=self.cfg.on_scorer_failure,
             on_update=self.on_update,
+            outage=self.outage,
         )
         start = self._resume_records() if not fresh else 0
         sampler = ScheduleBatchSampler(self.plan, self.cfg.per_device_train_batch_size, start)

@@ -50,6 +50,11 @@ class ScorerClient(Protocol):
         """The newest weights already scored, or None."""
         ...
 
+    def ping(self, seconds: float) -> None:
+        """Returns once the scorer answers; ScorerUnavailable when it does not within
+        `seconds` (one try: the probe of a scorer known down, trainer_svc.outage)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -108,6 +113,9 @@ class RemoteScorer:
 
     def latest(self) -> ScorerWeights | None:
         return self.weights.latest()
+
+    def ping(self, seconds: float) -> None:
+        self.weights.ping(seconds)
 
     def close(self) -> None:
         self.publisher.close()

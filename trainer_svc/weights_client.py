@@ -4,7 +4,8 @@
 soon at first (0.05 s, doubled) and then as often as Retry-After says. `latest()` takes the
 newest weights already available, or None. Network errors and other answers are retried under
 the trainer's retry policy (trainer_svc.retry) up to the configured wait; then
-`ScorerUnavailable` says what to check. 409 (scoring failed) and 401 are not retried.
+`ScorerUnavailable` says what to check. 409 (scoring failed) and 401 are not retried. `ping`
+asks /healthz once.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 import httpx
 import torch
 
-from common.errors import ProtocolError, Unauthorized
+from common.errors import ProtocolError, ScorerUnavailable, Unauthorized
 from trainer_svc.retry import NotYet, RetryPolicy
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,17 @@ class WeightsClient:
     def latest(self) -> ScorerWeights | None:
         """The newest scored checkpoint's weights, or None when nothing is scored yet."""
         return self._poll({}, "the latest weights", accept_missing=True)
+
+    def ping(self, seconds: float) -> None:
+        """One GET /healthz, waiting `seconds` at most: ScorerUnavailable unless it is 200."""
+        try:
+            response = self._client.get("/healthz", timeout=seconds)
+        except httpx.TransportError as exc:
+            raise ScorerUnavailable(f"no answer from {self.base_url}/healthz ({exc})") from exc
+        if response.status_code != 200:
+            raise ScorerUnavailable(
+                f"{self.base_url}/healthz answered HTTP {response.status_code}: {_detail(response)}"
+            )
 
     def close(self) -> None:
         self._client.close()

@@ -13,6 +13,7 @@ from devtools.demo_data import write_dataset
 from devtools.fake_scorer import FakeScorer
 from tests.support.trainer import trainer_config
 from trainer_svc.config import parse_config
+from trainer_svc.outage import PROBE_SECONDS
 from trainer_svc.recipe import run
 from trainer_svc.records import read_jsonl
 from trainer_svc.retry import ScorerFailure
@@ -88,6 +89,31 @@ def test_a_refused_registration_stops_or_goes_on_as_configured(
     assert "!!! SCORER FAILURE: registering run" in caplog.text
     assert [c.step for c in scorer.checkpoints] == [2, 4, 6, 10]  # training went on
     assert len(read_jsonl(out / "trained_samples.jsonl")) == 12
+
+
+class DownFromTheStart(FakeScorer):
+    """Never answers: neither the hello nor a probe."""
+
+    def register(self, hello):
+        raise ScorerUnavailable("gave up waiting for a reply to the hello")
+
+    def ping(self, seconds):
+        super().ping(seconds)
+        raise ScorerUnavailable("no answer from http://scorer/healthz")
+
+
+def test_a_scorer_down_at_registration_is_only_probed_by_the_updates(
+    tiny_model, demo_file, tmp_path
+):
+    scorer, out = DownFromTheStart(32), tmp_path / "out"
+    run(config(tiny_model, demo_file, out, on_scorer_failure="uniform"), scorer=scorer)
+    assert scorer.checkpoints == [] and scorer.pings == [PROBE_SECONDS] * 4  # nothing waited
+    rows = read_jsonl(out / "selections.jsonl")
+    assert [(r["global_step"], r["failure_code"]) for r in rows] == [
+        (step, "scorer_down") for step in (2, 4, 6, 10)
+    ]
+    assert "registering the run found it down" in rows[0]["failure"]
+    assert len(read_jsonl(out / "trained_samples.jsonl")) == 12  # training went on
 
 
 class FailingAtStep(FakeScorer):

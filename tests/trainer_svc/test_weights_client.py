@@ -75,6 +75,20 @@ def test_an_unknown_step_is_asked_again_with_a_growing_pause(caplog):
     assert "waiting for the weights of checkpoint step 4 from http://scorer" in caplog.text
 
 
+def test_ping_asks_healthz_once_within_its_seconds():
+    wc, seen, sleeps = client([(200, {"status": "ok"}, {})])
+    wc.ping(5)
+    assert [r.url.path for r in seen] == ["/healthz"]
+    assert seen[0].extensions["timeout"] == dict.fromkeys(("connect", "read", "write", "pool"), 5)
+    wc, _, _ = client([(503, {"detail": "the scorer's database is unavailable"}, {})])
+    with pytest.raises(ScorerUnavailable, match="healthz answered HTTP 503: the scorer's data"):
+        wc.ping(5)
+    wc, seen, sleeps = client([httpx.ConnectError("refused")])
+    with pytest.raises(ScorerUnavailable, match="no answer from http://scorer/healthz"):
+        wc.ping(5)
+    assert len(seen) == 1 and sleeps == []  # one try, no pause
+
+
 def test_failed_checkpoint_raises_scoring_failed():
     wc, _, _ = client([(409, {"detail": "out of memory"}, {})])
     with pytest.raises(ScoringFailed, match="out of memory"):
