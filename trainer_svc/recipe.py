@@ -164,8 +164,10 @@ class DeltaLossRecipe:
                 self.cfg, self.run_id, stop_requested=lambda: self.stop.requested
             )
         self.outage = Outage(self.scorer.ping)
+        self.registered = False
         try:
             self.scorer.register(self.hello())
+            self.registered = True
         except ProtocolError as exc:
             scorer_failed(
                 self.cfg.on_scorer_failure,
@@ -222,6 +224,7 @@ class DeltaLossRecipe:
             mode=self.cfg.selection_mode,
             on_failure=self.cfg.on_scorer_failure,
             on_update=self.on_update,
+            registered=self.registered,
             outage=self.outage,
         )
         start = self._resume_records() if not fresh else 0

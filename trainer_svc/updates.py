@@ -5,7 +5,8 @@ async: send, then use the newest weights already available (uniform until any ex
 When the scorer cannot be reached in time, refuses or fails, `on_scorer_failure` decides
 (trainer_svc.scorer_client.scorer_failed): stop with a message that says what to check, or
 carry on with uniform weights, logged loudly and recorded with the failure and its code.
-Once the scorer is known down, an update first probes it (trainer_svc.outage).
+Once the scorer is known down, an update first probes it (trainer_svc.outage); an unknown run
+that had registered means the scorer lost its database (trainer_svc.scorer_client.run_lost).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any, Literal
 
 import torch
 
-from common.errors import ProtocolError
+from common.errors import ProtocolError, UnknownRun
 from trainer_svc.outage import Outage
 from trainer_svc.publisher import CheckpointUpload
 from trainer_svc.records import JsonlRecord
@@ -27,6 +28,7 @@ from trainer_svc.scorer_client import (
     OnFailure,
     ScorerClient,
     ScorerFailure,
+    run_lost,
     scorer_failed,
 )
 from trainer_svc.weights_client import ScorerWeights
@@ -48,9 +50,11 @@ class UpdateCoordinator:
         mode: Literal["sync", "async"] = "sync",
         on_failure: OnFailure = "fail",
         on_update: Callable[[dict[str, Any]], None] | None = None,
+        registered: bool = True,
         outage: Outage | None = None,
     ):
-        """outage: the scorer's known-down state (a fresh one by default)."""
+        """registered: the scorer registered the run at its start (an unknown run is then a
+        lost database); outage: the scorer's known-down state (a fresh one by default)."""
         self.run_id = run_id
         self.kind = kind
         self.plan = plan
@@ -59,6 +63,7 @@ class UpdateCoordinator:
         self.mode = mode
         self.on_failure = on_failure
         self.on_update = on_update  # e.g. the demo's printout
+        self.registered = registered
         self.outage = outage or Outage(scorer.ping)
 
     def run_update(self, segment: Segment, tensors: Callable[[], dict[str, torch.Tensor]]) -> dict:
@@ -110,14 +115,21 @@ class UpdateCoordinator:
             self.outage.check()  # a scorer known down: a short probe first
             return self._ask_scorer(segment, tensors), None
         except ProtocolError as exc:  # unreachable, refused, or failed scoring
+            failure = self._meaning(exc)
             scorer_failed(
                 self.on_failure,
                 what,
-                exc,
+                failure,
                 fallback="this update draws from UNIFORM weights: it is not Delta Loss selection",
             )
-            self.outage.note(exc, what)  # uniform: the next update may probe first
-            return None, exc
+            self.outage.note(failure, what)  # uniform: the next update may probe first
+            return None, failure
+
+    def _meaning(self, error: ProtocolError) -> ProtocolError:
+        """An unknown run that had registered is a lost database; other errors say themselves."""
+        if isinstance(error, UnknownRun) and self.registered:
+            return run_lost(self.run_id, error)
+        return error
 
     def _ask_scorer(
         self, segment: Segment, tensors: Callable[[], dict[str, torch.Tensor]]

@@ -4,8 +4,8 @@
 soon at first (0.05 s, doubled) and then as often as Retry-After says. `latest()` takes the
 newest weights already available, or None. Network errors and other answers are retried under
 the trainer's retry policy (trainer_svc.retry) up to the configured wait; then
-`ScorerUnavailable` says what to check. 409 (scoring failed) and 401 are not retried. `ping`
-asks /healthz once.
+`ScorerUnavailable` says what to check. 409 (scoring failed), 401 and a 404 for an unknown run
+(`UnknownRun`) are not retried. `ping` asks /healthz once.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import torch
 
-from common.errors import ProtocolError, ScorerUnavailable, Unauthorized
+from common.errors import ProtocolError, ScorerUnavailable, Unauthorized, UnknownRun
 from trainer_svc.retry import NotYet, RetryPolicy
 
 logger = logging.getLogger(__name__)
@@ -124,6 +124,8 @@ class WeightsClient:
         status = response.status_code
         if status == 200:
             return ScorerWeights.from_json(response.json())
+        if status == 404 and _code(response) == UnknownRun.code:
+            raise UnknownRun(f"the scorer at {self.base_url} has no run {self.run_id}")
         if status in (202, 404) and accept_missing:
             return None
         if status == 409:
@@ -152,6 +154,15 @@ def _detail(response: httpx.Response) -> str:
     if isinstance(body, dict):
         return str(body.get("detail") or body.get("status") or body)
     return str(body)
+
+
+def _code(response: httpx.Response) -> str | None:
+    """The error code an error body carries (`unknown_run`), if any."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body.get("code") if isinstance(body, dict) else None
 
 
 def _retry_after(response: httpx.Response) -> float:

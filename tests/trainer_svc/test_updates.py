@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from common.errors import CheckpointRejected, ScorerUnavailable
+from common.errors import CheckpointRejected, ScorerUnavailable, UnknownRun
 from devtools.fake_scorer import FakeScorer, fake_weights
 from trainer_svc.outage import PROBE_SECONDS
 from trainer_svc.records import JsonlRecord, read_jsonl
@@ -53,6 +53,16 @@ class UnreachableScorer(FakeScorer):
         super().ping(seconds)
         if not self.up:
             raise ScorerUnavailable("no answer from http://scorer/healthz")
+
+
+class ForgetfulScorer(FakeScorer):
+    """Loses every run after its first checkpoint, as a scorer restarted on an empty
+    database."""
+
+    def send_checkpoint(self, checkpoint):
+        if self.checkpoints:
+            raise UnknownRun(f"no run '{checkpoint.run_id}' is registered with this scorer")
+        return super().send_checkpoint(checkpoint)
 
 
 def coordinator(tmp_path, scorer=None, **kw):
@@ -166,3 +176,26 @@ def test_a_scorer_known_down_is_probed_briefly_until_it_answers(tmp_path, clock)
     assert [c.step for c in scorer.checkpoints] == [u.start for u in updates[3:]]
     assert [(r["source"], r["failure_code"]) for r in back] == [("scorer", None)] * 3
     assert read_jsonl(tmp_path / "s.jsonl") == [first, *down, *back]
+
+
+def test_a_scorer_that_forgot_a_registered_run_lost_its_database(tmp_path):
+    coord, _, schedule = coordinator(tmp_path, ForgetfulScorer(N))
+    with pytest.raises(ScorerFailure) as info:
+        run_all(coord, schedule)
+    message = str(info.value)
+    assert message.startswith("update 2 at step 3 failed: the scorer no longer knows run r, ")
+    assert "its database was lost or replaced" in message
+    assert "To restart selection, resume from the last checkpoint" in message
+    assert isinstance(info.value.__cause__, UnknownRun)
+
+    coord, _, schedule = coordinator(tmp_path / "u", ForgetfulScorer(N), on_failure="uniform")
+    rows = run_all(coord, schedule)[1:]
+    assert {(r["source"], r["failure_code"]) for r in rows} == {("uniform_fallback", "unknown_run")}
+    assert all("database was lost" in r["failure"] for r in rows)
+
+
+def test_an_unknown_run_that_never_registered_is_not_a_lost_database(tmp_path):
+    coord, _, schedule = coordinator(tmp_path, ForgetfulScorer(N), registered=False)
+    with pytest.raises(ScorerFailure, match="no run 'r' is registered") as info:
+        run_all(coord, schedule)
+    assert "database" not in str(info.value)

@@ -3,7 +3,7 @@
 import httpx
 import pytest
 
-from common.errors import ScorerUnavailable, Unauthorized
+from common.errors import ScorerUnavailable, Unauthorized, UnknownRun
 from trainer_svc.weights_client import ScoringFailed, WeightsClient
 
 BODY = {
@@ -73,6 +73,17 @@ def test_an_unknown_step_is_asked_again_with_a_growing_pause(caplog):
     assert sleeps == [0.5, 1.0] and len(seen) == 3
     assert "HTTP 404: no checkpoint at step 4 (attempt 2," in caplog.text
     assert "waiting for the weights of checkpoint step 4 from http://scorer" in caplog.text
+
+
+def test_an_unknown_run_is_not_waited_for():
+    body = {"detail": "no run 'r'; GET /v1/runs lists the runs", "code": "unknown_run"}
+    unknown = (404, body, {})
+    wc, seen, sleeps = client([unknown, unknown])
+    with pytest.raises(UnknownRun, match="the scorer at http://scorer has no run r"):
+        wc.wait_for(4)
+    with pytest.raises(UnknownRun):
+        wc.latest()  # not "nothing scored yet"
+    assert len(seen) == 2 and sleeps == []
 
 
 def test_ping_asks_healthz_once_within_its_seconds():
