@@ -39,6 +39,7 @@ class FakeScorer:
         self.hellos: list[Hello] = []
         self.checkpoints: list[CheckpointUpload] = []  # in the order sent
         self.scored: dict[int, ScorerWeights] = {}  # by step
+        self.pings: list[float] = []  # the seconds each probe was given
         self.closed = False
 
     def register(self, hello: Hello) -> dict[str, Any]:
@@ -63,6 +64,10 @@ class FakeScorer:
         if len(self.checkpoints) < 2:
             return None
         return self.scored[self.checkpoints[-2].step]
+
+    def ping(self, seconds: float) -> None:
+        """Always answers (a subclass may fail instead)."""
+        self.pings.append(seconds)
 
     def close(self) -> None:
         self.closed = True

@@ -19,6 +19,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
+# Seconds between SIGTERM and SIGKILL the trainer needs at least: to end its step and save.
+MIN_TRAINER_GRACE = 60
 
 # Variables the compose file interpolates; removed from the environment so the
 # ${VAR:-default} fallbacks are what gets tested.
@@ -126,6 +128,14 @@ def _mounts(service: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def _seconds(duration: str | int | float) -> float:
+    """A compose duration ("120s", "2m0s", "1h", "500ms") in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 1e-3, "us": 1e-6}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", str(duration))
+    assert parts, f"not a duration: {duration!r}"
+    return sum(float(value) * units[unit] for value, unit in parts)
+
+
 def _problems(cfg: dict[str, Any]) -> list[str]:
     """Everything wrong with a parsed `compose config` (default profile)."""
     problems = []
@@ -165,6 +175,13 @@ def _problems(cfg: dict[str, Any]) -> list[str]:
         problems.append("trainer must be pointed at tcp://scorer:5555")
     if "scorer_http_url=http://scorer:8000" not in command:
         problems.append("trainer must be pointed at http://scorer:8000")
+
+    grace = _seconds(trainer.get("stop_grace_period", "10s"))
+    if grace < MIN_TRAINER_GRACE:
+        problems.append(
+            f"trainer stop_grace_period is {grace:g}s: give it at least {MIN_TRAINER_GRACE}s "
+            "to save a checkpoint on SIGTERM"
+        )
 
     sm, tm = _mounts(scorer), _mounts(trainer)
     for path in ("/data", "/models"):
@@ -208,11 +225,18 @@ def test_checks_can_fail(compose: list[str], empty_env: Path) -> None:
     scorer["ports"] = ["0.0.0.0:8000:8000/tcp", "5555:5555"]
     scorer["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] = ["0"]
     trainer["depends_on"] = {"scorer": {"condition": "service_started"}}
+    trainer.pop("stop_grace_period", None)  # the default 10s: too short to save a checkpoint
     problems = "\n".join(_problems(cfg))
     assert "bound to 0.0.0.0" in problems
     assert "bound to all" in problems
     assert "scorer GPU reservation" in problems
     assert "healthy" in problems
+    assert "trainer stop_grace_period is 10s" in problems
+
+
+def test_durations_in_seconds() -> None:
+    durations = ("120s", "2m0s", "1m30s", "1h", "500ms")
+    assert [_seconds(d) for d in durations] == [120, 120, 90, 3600, 0.5]
 
 
 def test_demo_only_in_cpu_profile(compose: list[str], empty_env: Path) -> None:

@@ -1,11 +1,16 @@
 """`trainer-svc train CONFIG.yaml [key=value ...]`: validate the config, then train.
 `trainer-svc export MERGE.yaml [key=value ...]`: merge a LoRA adapter into its base and export.
+
+train exits 0 when the run finished, 2 on a bad config, 1 when the scorer failed
+(on_scorer_failure: fail), and 143 (128 + SIGTERM) when SIGTERM stopped it before its end,
+once its checkpoint is saved, so that a scheduler requeues it.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 from trainer_svc.config import ConfigError, load_config
@@ -48,12 +53,15 @@ def main(argv: list[str] | None = None) -> int:
     except ScorerFailure as exc:
         logger.error("stopped: %s", exc)
         return 1
-    if recipe.stopped:  # SIGTERM: the state is saved, the run is not finished
+    signum = recipe.stop.signal
+    if recipe.stopped and signum is not None:  # the state is saved, the run is not finished
         logger.warning(
-            "stopped by SIGTERM at step %d; resume with resume_from_checkpoint=%s",
+            "stopped by %s at step %d; resume with resume_from_checkpoint=%s",
+            signal.Signals(signum).name,
             recipe.trainer.state.global_step,
             recipe.stop_checkpoint,
         )
+        return 128 + signum  # as a process the signal ended: a scheduler requeues the run
     return 0
 
 

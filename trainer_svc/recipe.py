@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from transformers import AutoTokenizer, TrainingArguments, set_seed
+from transformers.trainer_utils import TrainOutput
 
 from common.errors import ProtocolError
 from common.hello import build_hello
@@ -33,6 +34,7 @@ from common.protocol import Hello
 from common.tokenization import TokenizationSettings, encode_dataset
 from trainer_svc.config import LoadedConfig, TrainConfig
 from trainer_svc.data import EncodedDataset, PadCollator
+from trainer_svc.outage import Outage
 from trainer_svc.records import (
     LOSS_PLOT,
     SELECTIONS,
@@ -43,6 +45,7 @@ from trainer_svc.records import (
     read_jsonl,
 )
 from trainer_svc.records import plot_loss as write_loss_plot
+from trainer_svc.retry import ScorerFailure
 from trainer_svc.sampler import ScheduleBatchSampler, SelectionPlan
 from trainer_svc.schedule import Schedule
 from trainer_svc.scorer_client import RemoteScorer, ScorerClient, scorer_failed
@@ -160,8 +163,11 @@ class DeltaLossRecipe:
             self.scorer = RemoteScorer.from_config(
                 self.cfg, self.run_id, stop_requested=lambda: self.stop.requested
             )
+        self.outage = Outage(self.scorer.ping)
+        self.registered = False
         try:
             self.scorer.register(self.hello())
+            self.registered = True
         except ProtocolError as exc:
             scorer_failed(
                 self.cfg.on_scorer_failure,
@@ -169,6 +175,7 @@ class DeltaLossRecipe:
                 exc,
                 fallback="training goes on; updates the scorer cannot serve use UNIFORM weights",
             )
+            self.outage.note(exc, "registering the run")
 
     def _training_args(self) -> TrainingArguments:
         cfg = self.cfg
@@ -217,6 +224,8 @@ class DeltaLossRecipe:
             mode=self.cfg.selection_mode,
             on_failure=self.cfg.on_scorer_failure,
             on_update=self.on_update,
+            registered=self.registered,
+            outage=self.outage,
         )
         start = self._resume_records() if not fresh else 0
         sampler = ScheduleBatchSampler(self.plan, self.cfg.per_device_train_batch_size, start)
@@ -269,7 +278,7 @@ class DeltaLossRecipe:
             self.schedule.batch,
             self.cfg.selection_mode,
         )
-        result = self.trainer.train(resume_from_checkpoint=self.cfg.resume_from_checkpoint)
+        result = self._run_trainer()
         if self.stopped:
             return
         self.trainer.log_metrics("train", result.metrics)
@@ -286,6 +295,26 @@ class DeltaLossRecipe:
                 evals[-1]["eval_loss"],
                 evals[-1]["step"],
             )
+
+    def _run_trainer(self) -> TrainOutput:
+        """Trainer.train. A failed update (on_scorer_failure: fail) ends it with a
+        ScorerFailure that names the checkpoint to resume from: the one saved at the failed
+        update's step, or the one resumed from when no step was trained yet."""
+        resumed = self.cfg.resume_from_checkpoint
+        try:
+            result = self.trainer.train(resume_from_checkpoint=resumed)
+        except ScorerFailure as exc:  # an update before this run's first step: nothing to save
+            if resumed is None:
+                raise
+            hint = _resume_hint(resumed)
+            raise ScorerFailure(f"{exc}; nothing was trained after {hint}") from exc
+        failure = self.stop.failure
+        if failure is not None:  # the stop saved a checkpoint at the failed update's step
+            raise ScorerFailure(
+                f"{failure}; the state at step {self.trainer.state.global_step} is saved in "
+                f"{_resume_hint(self.stop_checkpoint)}"
+            ) from failure
+        return result
 
     @property
     def stopped(self) -> bool:
@@ -339,6 +368,13 @@ def model_spec(cfg: TrainConfig) -> ModelSpec:
     if cfg.finetuning_type == "lora":
         lora = LoraSettings(cfg.lora_rank, cfg.alpha, cfg.lora_dropout, cfg.target_modules)
     return ModelSpec(base_model, cfg.finetuning_type, lora, cfg.trust_remote_code)
+
+
+def _resume_hint(checkpoint: str | Path) -> str:
+    return (
+        f"{checkpoint}: rerun with resume_from_checkpoint={checkpoint} to go on from there "
+        "(the update that failed is sent again)"
+    )
 
 
 def _rewrite(path: Path, rows: list[dict]) -> None:

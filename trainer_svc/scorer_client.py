@@ -6,7 +6,8 @@ is the real one: the hello and the checkpoints go over ZeroMQ (trainer_svc.publi
 weights come over REST (trainer_svc.weights_client), both under one retry policy
 (trainer_svc.retry). Tests use devtools.fake_scorer.FakeScorer.
 
-`scorer_failed` applies on_scorer_failure, at registration and at every update alike.
+`scorer_failed` applies on_scorer_failure, at registration and at every update alike;
+`run_lost` says what an unknown run means once the scorer had registered it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from common.curve import ClientKeys, load_client_keys
-from common.errors import ProtocolError
+from common.errors import ProtocolError, UnknownRun
 from common.protocol import Hello
 from common.validation import is_loopback
 from trainer_svc.config import OnFailure, TrainConfig
@@ -28,7 +29,15 @@ from trainer_svc.weights_client import ScorerWeights, WeightsClient
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OnFailure", "RemoteScorer", "ScorerClient", "ScorerFailure", "scorer_failed"]
+__all__ = [
+    "OnFailure",
+    "RemoteScorer",
+    "RunLost",
+    "ScorerClient",
+    "ScorerFailure",
+    "run_lost",
+    "scorer_failed",
+]
 
 
 @runtime_checkable
@@ -50,6 +59,11 @@ class ScorerClient(Protocol):
 
     def latest(self) -> ScorerWeights | None:
         """The newest weights already scored, or None."""
+        ...
+
+    def ping(self, seconds: float) -> None:
+        """Returns once the scorer answers; ScorerUnavailable when it does not within
+        `seconds` (one try: the probe of a scorer known down, trainer_svc.outage)."""
         ...
 
     def close(self) -> None: ...
@@ -120,6 +134,9 @@ class RemoteScorer:
     def latest(self) -> ScorerWeights | None:
         return self.weights.latest()
 
+    def ping(self, seconds: float) -> None:
+        self.weights.ping(seconds)
+
     def close(self) -> None:
         self.publisher.close()
         self.weights.close()
@@ -140,3 +157,23 @@ def scorer_failed(on_failure: OnFailure, what: str, error: ProtocolError, fallba
         error,
         fallback,
     )
+
+
+class RunLost(UnknownRun):
+    """The scorer no longer knows a run it registered earlier in this training run."""
+
+
+def run_lost(run_id: str, error: UnknownRun) -> RunLost:
+    """The scorer answered `unknown_run` for a run it had registered: its database is gone."""
+    lost = RunLost(
+        f"the scorer no longer knows run {run_id}, which it registered at the start of this "
+        f"run ({error}): its database was lost or replaced (another database_url or data_dir, "
+        "or its file deleted), and this run's losses with it. To restart selection, resume "
+        "from the last checkpoint: the run registers again, and selection starts again from "
+        "the losses of the next update 1 (an epoch's first) it sends, the updates before that "
+        "drawing uniformly with on_scorer_failure: uniform (the scorer refuses them "
+        "otherwise); or train again from the start (a new output_dir, or "
+        "overwrite_output_dir: true)"
+    )
+    lost.__cause__ = error
+    return lost

@@ -17,6 +17,7 @@ from transformers import Trainer, TrainerCallback
 
 from trainer_svc.data import INDEX_KEY
 from trainer_svc.records import TrainedSamples
+from trainer_svc.retry import ScorerFailure
 from trainer_svc.sampler import ScheduleBatchSampler
 from trainer_svc.schedule import Schedule
 from trainer_svc.updates import UpdateCoordinator
@@ -61,7 +62,12 @@ class ScheduledTrainer(Trainer):
 
 
 class SelectionCallback(TrainerCallback):
-    """Runs update k when global_step reaches warmup_step + (k-1) x update_step."""
+    """Runs update k when global_step reaches warmup_step + (k-1) x update_step.
+
+    An update that stops the run (ScorerFailure) after some steps were trained is handed to
+    the stop, which saves a checkpoint at that step before training ends; one before any step
+    (warmup_step 0) stops at once: there is nothing to save.
+    """
 
     def __init__(
         self,
@@ -97,34 +103,50 @@ class SelectionCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.trained.flush()
-        self._maybe_update(state.global_step)
+        try:
+            self._maybe_update(state.global_step)
+        except ScorerFailure as failure:
+            if self.stop is None:
+                raise
+            self.stop.fail(failure)  # saved and stopped by the stop's on_step_end, next
 
     def on_train_end(self, args, state, control, **kwargs):
         self.trained.flush()
 
 
 class GracefulStop(TrainerCallback):
-    """SIGTERM: finish the current step, save a checkpoint, stop (resume_from_checkpoint
-    continues from it). A second SIGTERM stops at once, without saving.
+    """Stops training at the end of the current step with a checkpoint (resume_from_checkpoint
+    continues from it, sending that step's update again): on SIGTERM, or when an update's
+    scorer failure stops the run. A second SIGTERM stops at once, without saving.
 
     Put it after SelectionCallback: a signal that arrives while an update waits for the scorer
-    then stops at that step, once the update is drawn.
+    then stops at that step, once the update is drawn; a failed update stops at its step.
     """
 
     def __init__(self) -> None:
-        self.requested = False
+        self.signal: int | None = None  # the signal that asked for the stop
+        self.failure: ScorerFailure | None = None  # the update failure that stopped the run
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None or self.failure is not None
 
     def request(self, signum: int, frame: Any = None) -> None:
         name = signal.Signals(signum).name
-        if self.requested:
+        if self.signal is not None:
             logger.error("second %s: stopping now, without saving", name)
             raise SystemExit(128 + signum)
-        self.requested = True
+        self.signal = signum
         logger.warning(
             "%s: stopping after the current step with a checkpoint (send it again to stop at "
             "once, without saving)",
             name,
         )
+
+    def fail(self, failure: ScorerFailure) -> None:
+        """An update failed and on_scorer_failure is `fail`: save at this step, then stop."""
+        self.failure = failure
+        logger.error("an update failed: saving a checkpoint at this step, then stopping")
 
     @contextmanager
     def handling(self, signals: tuple[int, ...] = (signal.SIGTERM,)) -> Iterator[None]:

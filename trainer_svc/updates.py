@@ -4,7 +4,9 @@ sync: wait for the weights of the checkpoint just sent (the published method).
 async: send, then use the newest weights already available (uniform until any exist).
 When the scorer cannot be reached in time, refuses or fails, `on_scorer_failure` decides
 (trainer_svc.scorer_client.scorer_failed): stop with a message that says what to check, or
-carry on with uniform weights, logged loudly and recorded.
+carry on with uniform weights, logged loudly and recorded with the failure and its code.
+Once the scorer is known down, an update first probes it (trainer_svc.outage); an unknown run
+that had registered means the scorer lost its database (trainer_svc.scorer_client.run_lost).
 """
 
 from __future__ import annotations
@@ -16,12 +18,19 @@ from typing import Any, Literal
 
 import torch
 
-from common.errors import ProtocolError
+from common.errors import ProtocolError, UnknownRun
+from trainer_svc.outage import Outage
 from trainer_svc.publisher import CheckpointUpload
 from trainer_svc.records import JsonlRecord
 from trainer_svc.sampler import SelectionPlan
 from trainer_svc.schedule import Segment, draw_permutation, draw_weighted, update_seed
-from trainer_svc.scorer_client import OnFailure, ScorerClient, ScorerFailure, scorer_failed
+from trainer_svc.scorer_client import (
+    OnFailure,
+    ScorerClient,
+    ScorerFailure,
+    run_lost,
+    scorer_failed,
+)
 from trainer_svc.weights_client import ScorerWeights
 
 logger = logging.getLogger(__name__)
@@ -41,7 +50,11 @@ class UpdateCoordinator:
         mode: Literal["sync", "async"] = "sync",
         on_failure: OnFailure = "fail",
         on_update: Callable[[dict[str, Any]], None] | None = None,
+        registered: bool = True,
+        outage: Outage | None = None,
     ):
+        """registered: the scorer registered the run at its start (an unknown run is then a
+        lost database); outage: the scorer's known-down state (a fresh one by default)."""
         self.run_id = run_id
         self.kind = kind
         self.plan = plan
@@ -50,6 +63,8 @@ class UpdateCoordinator:
         self.mode = mode
         self.on_failure = on_failure
         self.on_update = on_update  # e.g. the demo's printout
+        self.registered = registered
+        self.outage = outage or Outage(scorer.ping)
 
     def run_update(self, segment: Segment, tensors: Callable[[], dict[str, torch.Tensor]]) -> dict:
         """Everything for the update starting at segment.start; returns its record row."""
@@ -73,6 +88,7 @@ class UpdateCoordinator:
             "seed": seed,
             "seconds_waited": round(waited, 3),
             "failure": str(failure) if failure else None,
+            "failure_code": failure.code if failure else None,
             "sampled_indices": indices.tolist(),
         }
         self.record.append(row)
@@ -92,18 +108,28 @@ class UpdateCoordinator:
 
     def _obtain(
         self, segment: Segment, tensors: Callable[[], dict[str, torch.Tensor]]
-    ) -> tuple[ScorerWeights | None, Exception | None]:
+    ) -> tuple[ScorerWeights | None, ProtocolError | None]:
         """The weights to draw from, or (on_scorer_failure: uniform) None and the failure."""
+        what = f"update {segment.update_index} at step {segment.start}"
         try:
+            self.outage.check()  # a scorer known down: a short probe first
             return self._ask_scorer(segment, tensors), None
         except ProtocolError as exc:  # unreachable, refused, or failed scoring
+            failure = self._meaning(exc)
             scorer_failed(
                 self.on_failure,
-                f"update {segment.update_index} at step {segment.start}",
-                exc,
+                what,
+                failure,
                 fallback="this update draws from UNIFORM weights: it is not Delta Loss selection",
             )
-            return None, exc
+            self.outage.note(failure, what)  # uniform: the next update may probe first
+            return None, failure
+
+    def _meaning(self, error: ProtocolError) -> ProtocolError:
+        """An unknown run that had registered is a lost database; other errors say themselves."""
+        if isinstance(error, UnknownRun) and self.registered:
+            return run_lost(self.run_id, error)
+        return error
 
     def _ask_scorer(
         self, segment: Segment, tensors: Callable[[], dict[str, torch.Tensor]]

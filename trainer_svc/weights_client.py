@@ -4,8 +4,9 @@
 soon at first (0.05 s, doubled) and then as often as Retry-After says. `latest()` takes the
 newest weights already available, or None. Network errors and other answers are retried under
 the trainer's retry policy (trainer_svc.retry) up to the configured wait; then
-`ScorerUnavailable` says what to check. 409 (scoring failed), 401 and an HTTPS certificate
-that does not verify are not retried.
+`ScorerUnavailable` says what to check. 409 (scoring failed), 401, a 404 for an unknown run
+(`UnknownRun`) and an HTTPS certificate that does not verify are not retried. `ping` asks
+/healthz once.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import httpx
 import torch
 
-from common.errors import ProtocolError, Unauthorized
+from common.errors import ProtocolError, ScorerUnavailable, Unauthorized, UnknownRun
 from trainer_svc.retry import NotYet, RetryPolicy
 
 logger = logging.getLogger(__name__)
@@ -98,6 +99,17 @@ class WeightsClient:
         """The newest scored checkpoint's weights, or None when nothing is scored yet."""
         return self._poll({}, "the latest weights", accept_missing=True)
 
+    def ping(self, seconds: float) -> None:
+        """One GET /healthz, waiting `seconds` at most: ScorerUnavailable unless it is 200."""
+        try:
+            response = self._client.get("/healthz", timeout=seconds)
+        except httpx.TransportError as exc:
+            raise ScorerUnavailable(f"no answer from {self.base_url}/healthz ({exc})") from exc
+        if response.status_code != 200:
+            raise ScorerUnavailable(
+                f"{self.base_url}/healthz answered HTTP {response.status_code}: {_detail(response)}"
+            )
+
     def close(self) -> None:
         self._client.close()
 
@@ -136,6 +148,8 @@ class WeightsClient:
         status = response.status_code
         if status == 200:
             return ScorerWeights.from_json(response.json())
+        if status == 404 and _code(response) == UnknownRun.code:
+            raise UnknownRun(f"the scorer at {self.base_url} has no run {self.run_id}")
         if status in (202, 404) and accept_missing:
             return None
         if status == 409:
@@ -173,6 +187,15 @@ def _detail(response: httpx.Response) -> str:
     if isinstance(body, dict):
         return str(body.get("detail") or body.get("status") or body)
     return str(body)
+
+
+def _code(response: httpx.Response) -> str | None:
+    """The error code an error body carries (`unknown_run`), if any."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body.get("code") if isinstance(body, dict) else None
 
 
 def _retry_after(response: httpx.Response) -> float:

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import Depends, HTTPException, Path, Query, Request
 from sqlalchemy.orm import Session
 
+from common.errors import UnknownRun
 from common.protocol import MAX_STEP
 from scorer_svc import crud
 from scorer_svc.api.errors import NotScoredYet
@@ -53,7 +54,7 @@ def get_run(
 ) -> Run:
     run = crud.get_run(session, run_id=run_id)
     if run is None:
-        raise HTTPException(404, detail=f"no run '{run_id}'; GET /v1/runs lists the runs")
+        raise UnknownRun(f"no run '{run_id}'; GET /v1/runs lists the runs")  # 404, its code
     return run
 
 

@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
+from common.errors import UnknownRun
 from common.selection import SelectionError
 from common.validation import describe_errors
 from scorer_svc.config import Settings
@@ -36,6 +37,12 @@ def add_error_handlers(app: FastAPI, settings: Settings) -> None:
             content={"detail": detail, "status": exc.status},
             headers=retry_after,
         )
+
+    @app.exception_handler(UnknownRun)
+    async def unknown_run(_: Request, exc: UnknownRun) -> JSONResponse:
+        # The code, as a ZeroMQ error reply carries it, tells an unknown run from a 404 for a
+        # step: a trainer whose run the scorer no longer knows stops waiting for it.
+        return JSONResponse(status_code=404, content={"detail": str(exc), "code": exc.code})
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -125,7 +125,11 @@ def test_unknown_run_is_404_on_every_run_route(client):
     for path in ("", "/checkpoints", "/losses", "/samples/0/losses", "/weights"):
         response = client.get(f"/v1/runs/run-x{path}")
         assert response.status_code == 404, path
-        assert response.json()["detail"] == "no run 'run-x'; GET /v1/runs lists the runs"
+        assert response.json() == {
+            "detail": "no run 'run-x'; GET /v1/runs lists the runs",
+            "code": "unknown_run",  # what tells it from a step never received
+        }
+    assert "code" not in client.get("/v1/runs/run-a/weights", params={"step": 3}).json()
 
 
 def test_checkpoints_in_step_order_with_status_timings_and_error(client):

@@ -1,8 +1,16 @@
-"""The command line: a bad config stops before any model is loaded, naming every bad key."""
+"""The command line: a bad config stops before any model is loaded, naming every bad key; the
+exit status says how a run ended."""
 
+import signal
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
 import yaml
 
+from tests.support.trainer import trainer_config
 from trainer_svc import cli
+from trainer_svc.retry import ScorerFailure
 
 
 def test_bad_config_exits_2_naming_every_key(tmp_path, caplog, monkeypatch):
@@ -34,3 +42,50 @@ def test_bad_config_exits_2_naming_every_key(tmp_path, caplog, monkeypatch):
 def test_parser_takes_overrides():
     args = cli.build_parser().parse_args(["train", "c.yaml", "selection_mode=async"])
     assert args.config == "c.yaml" and args.overrides == ["selection_mode=async"]
+
+
+def ended(monkeypatch, *, stopped_by=None, raises=None):
+    """Makes the recipe's run return a run stopped by the signal stopped_by (None: finished)
+    at step 4, or raise `raises`."""
+
+    def run(loaded, **kwargs):
+        if raises is not None:
+            raise raises
+        stop = SimpleNamespace(signal=stopped_by)
+        state = SimpleNamespace(global_step=4)
+        return SimpleNamespace(
+            stopped=stopped_by is not None,
+            stop=stop,
+            trainer=SimpleNamespace(state=state),
+            stop_checkpoint=Path("out/checkpoint-4"),
+        )
+
+    monkeypatch.setattr("trainer_svc.recipe.run", run)
+
+
+@pytest.fixture
+def good_config(tiny_model, demo_file, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(trainer_config(tiny_model, demo_file, tmp_path / "out")))
+    return str(path)
+
+
+def test_a_finished_run_exits_0(good_config, monkeypatch):
+    ended(monkeypatch)
+    assert cli.main(["train", good_config]) == 0
+
+
+def test_a_run_sigterm_stopped_exits_143_for_a_scheduler_to_requeue_it(
+    good_config, monkeypatch, caplog
+):
+    ended(monkeypatch, stopped_by=signal.SIGTERM)
+    assert cli.main(["train", good_config]) == 143
+    assert "stopped by SIGTERM at step 4; resume with resume_from_checkpoint=out/checkpoint-4" in (
+        caplog.text
+    )
+
+
+def test_a_scorer_failure_exits_1_with_its_message(good_config, monkeypatch, caplog):
+    ended(monkeypatch, raises=ScorerFailure("update 2 at step 4 failed: ...; resume_from_..."))
+    assert cli.main(["train", good_config]) == 1
+    assert "stopped: update 2 at step 4 failed: ...; resume_from_..." in caplog.text

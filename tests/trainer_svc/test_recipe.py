@@ -7,12 +7,13 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from common.errors import RunMismatch
+from common.errors import RunMismatch, ScorerUnavailable
 from common.protocol import Hello
 from devtools.demo_data import write_dataset
 from devtools.fake_scorer import FakeScorer
 from tests.support.trainer import trainer_config
 from trainer_svc.config import parse_config
+from trainer_svc.outage import PROBE_SECONDS
 from trainer_svc.recipe import run
 from trainer_svc.records import read_jsonl
 from trainer_svc.retry import ScorerFailure
@@ -80,6 +81,7 @@ def test_a_refused_registration_stops_or_goes_on_as_configured(
     assert "with the scorer at tcp://127.0.0.1:5555 failed: the scorer holds" in str(info.value)
     assert "set on_scorer_failure: uniform" in str(info.value)
     assert scorer.closed and scorer.checkpoints == []  # nothing trained, the client closed
+    assert not list((tmp_path / "fail").glob("checkpoint-*"))  # nothing to save
 
     scorer = RefusingRegistration(32)
     out = tmp_path / "uniform"
@@ -87,6 +89,76 @@ def test_a_refused_registration_stops_or_goes_on_as_configured(
     assert "!!! SCORER FAILURE: registering run" in caplog.text
     assert [c.step for c in scorer.checkpoints] == [2, 4, 6, 10]  # training went on
     assert len(read_jsonl(out / "trained_samples.jsonl")) == 12
+
+
+class DownFromTheStart(FakeScorer):
+    """Never answers: neither the hello nor a probe."""
+
+    def register(self, hello):
+        raise ScorerUnavailable("gave up waiting for a reply to the hello")
+
+    def ping(self, seconds):
+        super().ping(seconds)
+        raise ScorerUnavailable("no answer from http://scorer/healthz")
+
+
+def test_a_scorer_down_at_registration_is_only_probed_by_the_updates(
+    tiny_model, demo_file, tmp_path
+):
+    scorer, out = DownFromTheStart(32), tmp_path / "out"
+    run(config(tiny_model, demo_file, out, on_scorer_failure="uniform"), scorer=scorer)
+    assert scorer.checkpoints == [] and scorer.pings == [PROBE_SECONDS] * 4  # nothing waited
+    rows = read_jsonl(out / "selections.jsonl")
+    assert [(r["global_step"], r["failure_code"]) for r in rows] == [
+        (step, "scorer_down") for step in (2, 4, 6, 10)
+    ]
+    assert "registering the run found it down" in rows[0]["failure"]
+    assert len(read_jsonl(out / "trained_samples.jsonl")) == 12  # training went on
+
+
+class FailingAtStep(FakeScorer):
+    """Never answers the checkpoint of one step."""
+
+    def __init__(self, n, step):
+        super().__init__(n)
+        self.step = step
+
+    def send_checkpoint(self, checkpoint):
+        if checkpoint.step == self.step:
+            raise ScorerUnavailable("gave up waiting for a reply from the scorer")
+        return super().send_checkpoint(checkpoint)
+
+
+def test_a_failed_update_saves_its_step_and_the_resumed_run_sends_it_again(
+    tiny_model, demo_file, tmp_path
+):
+    out = tmp_path / "out"
+    with pytest.raises(ScorerFailure) as info:
+        run(config(tiny_model, demo_file, out), scorer=FailingAtStep(32, 4))
+    saved = out / "checkpoint-4"
+    assert str(info.value) == (
+        "update 2 at step 4 failed: gave up waiting for a reply from the scorer (set "
+        "on_scorer_failure: uniform to continue without the scorer); the state at step 4 is "
+        f"saved in {saved}: rerun with resume_from_checkpoint={saved} to go on from there "
+        "(the update that failed is sent again)"
+    )
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-4"]
+    assert json.loads((saved / "trainer_state.json").read_text())["global_step"] == 4
+    assert not (out / "adapter_model.safetensors").exists()  # not a finished model
+    assert [r["global_step"] for r in read_jsonl(out / "selections.jsonl")] == [2]
+
+    _, scorer = train(tiny_model, demo_file, out, resume_from_checkpoint=str(saved))
+    assert [c.step for c in scorer.checkpoints] == [4, 6, 10]  # the failed update first
+    assert [r["global_step"] for r in read_jsonl(out / "selections.jsonl")] == [2, 4, 6, 10]
+    assert [r["step"] for r in read_jsonl(out / "trained_samples.jsonl")] == list(range(12))
+
+    with pytest.raises(ScorerFailure) as info:  # failing again before any step: nothing new
+        run(config(tiny_model, demo_file, out, resume_from_checkpoint=str(saved)),
+            scorer=FailingAtStep(32, 4))  # fmt: skip
+    assert str(info.value).endswith(
+        f"nothing was trained after {saved}: rerun with resume_from_checkpoint={saved} to go "
+        "on from there (the update that failed is sent again)"
+    )
 
 
 def test_full_finetuning_sends_the_state_dict(tiny_model, demo_file, tmp_path):

@@ -1,6 +1,7 @@
 """Faults during a real run (`python -m trainer_svc train` against `python -m scorer_svc serve`):
 the scorer killed while it scores, the trainer killed or stopped by SIGTERM and resumed. Each
 run ends with the same selections (and stored losses) as an uninterrupted run with the seed.
+And the scorer restarted on an empty database: the trainer says so, saves and stops.
 
 One config throughout (tests/support/trainer.py with RUN_KEYS): 128 samples, B = 4, 8 steps,
 updates at steps 2, 4 and 6, LoRA with dropout (so the trainer's RNG matters), checkpoints
@@ -181,7 +182,8 @@ def test_trainer_killed_after_an_update_resumes_to_the_same_selections(files, re
 
 def test_sigterm_saves_a_checkpoint_and_the_run_resumes_from_it(files, reference, tmp_path):
     """SIGTERM while the trainer waits for update 2's weights: it finishes that step, saves
-    checkpoint-4 (no other checkpoint: save_steps is large) and exits 0 with a message."""
+    checkpoint-4 (no other checkpoint: save_steps is large) and exits 143 (128 + SIGTERM, for
+    a scheduler to requeue it) with a message."""
     tiny_model, data, _ = files
     scorer = ScorerProcess(tmp_path / "scorer", *SLOW).start()
     out = tmp_path / "out"
@@ -194,7 +196,7 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes_from_it(files, reference
             trainer,
             scorer,
         )
-        assert trainer.kill(signal.SIGTERM) == 0, trainer.log()[-4000:]
+        assert trainer.kill(signal.SIGTERM) == 128 + signal.SIGTERM, trainer.log()[-4000:]
         saved = [p.name for p in out.glob("checkpoint-*")]
         assert len(saved) == 1, saved
         step = int(saved[0].split("-")[1])
@@ -217,3 +219,38 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes_from_it(files, reference
         same_adapter(out, reference)
     finally:
         scorer.stop()
+
+
+def test_a_scorer_restarted_on_an_empty_database_stops_the_trainer_with_a_checkpoint(
+    files, tmp_path
+):
+    """The scorer SIGKILLed while it scores update 1 (step 2), restarted at the same addresses
+    on a new database: the trainer's run is unknown there. It says the database was lost and
+    how to restart selection, saves checkpoint-2 and exits 1 naming it."""
+    tiny_model, data, _ = files
+    scorer = ScorerProcess(tmp_path / "scorer", *SLOW).start()
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "c.yaml", tiny_model, data, out, save_steps=1000)
+    trainer = TrainerProcess(config, *scorer_keys(scorer), log=tmp_path / "trainer.log")
+    restarted = scorer.again("--database-url", f"sqlite:///{tmp_path / 'new.db'}")
+    try:
+        wait_until(lambda: db_status(scorer, 2)[0] == "scoring", "step 2 scoring", trainer, scorer)
+        assert scorer.stop(signal.SIGKILL) == -signal.SIGKILL
+        restarted.start()
+        assert trainer.wait() == 1, trainer.log()[-4000:]
+        log = trainer.log()
+        (stop,) = [line for line in log.splitlines() if "stopped:" in line]
+        assert "the scorer no longer knows run rel-run" in stop
+        assert "its database was lost or replaced" in stop
+        assert "To restart selection, resume from the last checkpoint" in stop
+        saved = out / "checkpoint-2"
+        assert f"the state at step 2 is saved in {saved}" in stop
+        assert f"resume_from_checkpoint={saved}" in stop and "Traceback" not in log
+        assert [p.name for p in out.glob("checkpoint-*")] == [saved.name]
+        assert json.loads((saved / "trainer_state.json").read_text())["global_step"] == 2
+        assert sampled(out) == []  # update 1 was not drawn: the resumed run sends it again
+    finally:
+        if trainer.proc.poll() is None:
+            trainer.kill()
+        scorer.stop()
+        restarted.stop()

@@ -9,10 +9,16 @@ from common.curve import create_keys
 from common.errors import RunMismatch, ScorerUnavailable
 from common.protocol import ack
 from devtools.fake_scorer import FakeScorer
+from devtools.scorer_process import free_port
 from trainer_svc.config import TrainConfig
+from trainer_svc.outage import PROBE_SECONDS
 from trainer_svc.publisher import CheckpointUpload
+from trainer_svc.records import JsonlRecord, read_jsonl
 from trainer_svc.retry import ScorerFailure
+from trainer_svc.sampler import SelectionPlan
+from trainer_svc.schedule import Schedule
 from trainer_svc.scorer_client import RemoteScorer, ScorerClient, scorer_failed
+from trainer_svc.updates import UpdateCoordinator
 
 
 def remote(zmq_url, **kw):
@@ -93,3 +99,40 @@ def test_on_scorer_failure_uniform_logs_loudly_and_goes_on(caplog):
         "!!! SCORER FAILURE: update 2 at step 4 failed: fingerprint differs -- UNIFORM weights "
         "(on_scorer_failure: uniform)"
     ]
+
+
+def test_a_scorer_down_at_free_ports_is_waited_for_once_then_only_probed(tmp_path, monkeypatch):
+    """on_scorer_failure: uniform against nothing listening: the first update waits out
+    scorer_wait_seconds; the later ones only ask /healthz, once each, and send nothing."""
+    pauses = []
+    scorer = RemoteScorer(
+        zmq_url=f"tcp://127.0.0.1:{free_port()}",
+        http_url=f"http://127.0.0.1:{free_port()}",
+        run_id="run-1",
+        wait_seconds=0.2,
+        sleep=pauses.append,
+    )
+    sends, probes = [], []
+    send, ping = scorer.publisher._send, scorer.weights.ping
+    monkeypatch.setattr(scorer.publisher, "_send", lambda *a: sends.append(a) or send(*a))
+    monkeypatch.setattr(scorer.weights, "ping", lambda s: probes.append(s) or ping(s))
+    schedule = Schedule.build(warmup_step=1, update_step=1, update_times=3, batch=1, epochs=1)
+    coord = UpdateCoordinator(
+        run_id="run-1",
+        kind="lora",
+        plan=SelectionPlan(schedule, 4),
+        scorer=scorer,
+        record=JsonlRecord(tmp_path / "s.jsonl"),
+        on_failure="uniform",
+    )
+    first, *later = schedule.updates()
+    coord.run_update(first, lambda: {"x": torch.zeros(1)})
+    attempts, waited = len(sends), list(pauses)
+    assert attempts >= 1 and probes == []
+    for update in later:
+        coord.run_update(update, lambda: {"x": torch.zeros(1)})
+    scorer.close()
+    assert (len(sends), pauses, probes) == (attempts, waited, [PROBE_SECONDS] * 2)
+    rows = read_jsonl(tmp_path / "s.jsonl")
+    assert [r["failure_code"] for r in rows] == ["timeout", "scorer_down", "scorer_down"]
+    assert all(r["source"] == "uniform_fallback" for r in rows)

@@ -3,9 +3,11 @@
 import pytest
 import torch
 
-from common.errors import CheckpointRejected, ScorerUnavailable
+from common.errors import CheckpointRejected, ScorerUnavailable, UnknownRun
 from devtools.fake_scorer import FakeScorer, fake_weights
+from trainer_svc.outage import PROBE_SECONDS
 from trainer_svc.records import JsonlRecord, read_jsonl
+from trainer_svc.retry import NotYet
 from trainer_svc.sampler import SelectionPlan
 from trainer_svc.schedule import Schedule
 from trainer_svc.updates import ScorerFailure, UpdateCoordinator
@@ -26,6 +28,41 @@ class DownScorer(FakeScorer):
 class RefusingScorer(FakeScorer):
     def send_checkpoint(self, checkpoint):
         raise CheckpointRejected("checkpoint does not fit the lora model of this run")
+
+
+class UnreachableScorer(FakeScorer):
+    """Down until `up` is set: a checkpoint sent waits the whole scorer wait on the clock (a
+    real retry policy, none of its attempts answered), and a probe fails."""
+
+    def __init__(self, n, clock, wait_seconds):
+        super().__init__(n)
+        self.retry = clock.policy(wait_seconds)
+        self.up = False
+        self.attempts = 0  # requests sent
+
+    def send_checkpoint(self, checkpoint):
+        if not self.up:
+            self.retry.run(self._unanswered, waiting_for="a reply", advice="the scorer")
+        return super().send_checkpoint(checkpoint)
+
+    def _unanswered(self, number, seconds_left):
+        self.attempts += 1
+        raise NotYet("no reply within 2.0s")
+
+    def ping(self, seconds):
+        super().ping(seconds)
+        if not self.up:
+            raise ScorerUnavailable("no answer from http://scorer/healthz")
+
+
+class ForgetfulScorer(FakeScorer):
+    """Loses every run after its first checkpoint, as a scorer restarted on an empty
+    database."""
+
+    def send_checkpoint(self, checkpoint):
+        if self.checkpoints:
+            raise UnknownRun(f"no run '{checkpoint.run_id}' is registered with this scorer")
+        return super().send_checkpoint(checkpoint)
 
 
 def coordinator(tmp_path, scorer=None, **kw):
@@ -105,7 +142,60 @@ def test_an_error_reply_stops_the_run_with_its_reason_or_falls_back(tmp_path):
     coord, _, schedule = coordinator(tmp_path, RefusingScorer(N))
     with pytest.raises(ScorerFailure, match="does not fit the lora model"):
         run_all(coord, schedule)
-    coord, _, schedule = coordinator(tmp_path / "u", RefusingScorer(N), on_failure="uniform")
+    coord, scorer, schedule = coordinator(tmp_path / "u", RefusingScorer(N), on_failure="uniform")
     rows = run_all(coord, schedule)
     assert {r["source"] for r in rows} == {"uniform_fallback"}
     assert "does not fit" in rows[0]["failure"]
+    assert {r["failure_code"] for r in rows} == {"rejected"}
+    assert scorer.pings == []  # a scorer that answers is not down: never probed
+
+
+def test_a_scorer_known_down_is_probed_briefly_until_it_answers(tmp_path, clock):
+    wait = 30
+    scorer = UnreachableScorer(N, clock, wait)
+    coord, _, schedule = coordinator(tmp_path, scorer, on_failure="uniform")
+    updates = schedule.updates()
+    tensors = lambda: {"x": torch.zeros(1)}  # noqa: E731
+
+    first = coord.run_update(updates[0], tensors)  # waits out scorer_wait_seconds
+    assert (scorer.attempts, sum(clock.pauses), scorer.pings) == (8, wait, [])
+    assert first["failure_code"] == "timeout" and "gave up waiting" in first["failure"]
+    attempts, pauses = scorer.attempts, list(clock.pauses)
+
+    down = [coord.run_update(u, tensors) for u in updates[1:3]]  # one probe each, no wait
+    assert (scorer.attempts, clock.pauses) == (attempts, pauses)
+    assert scorer.pings == [PROBE_SECONDS] * 2 and scorer.checkpoints == []
+    for row in down:
+        assert (row["source"], row["failure_code"]) == ("uniform_fallback", "scorer_down")
+        assert row["failure"].startswith("the scorer is still down (no answer from http://")
+        assert "update 1 at step 1 found it down" in row["failure"]
+
+    scorer.up = True  # back: probed once, then asked as usual
+    back = [coord.run_update(u, tensors) for u in updates[3:]]
+    assert scorer.pings == [PROBE_SECONDS] * 3
+    assert [c.step for c in scorer.checkpoints] == [u.start for u in updates[3:]]
+    assert [(r["source"], r["failure_code"]) for r in back] == [("scorer", None)] * 3
+    assert read_jsonl(tmp_path / "s.jsonl") == [first, *down, *back]
+
+
+def test_a_scorer_that_forgot_a_registered_run_lost_its_database(tmp_path):
+    coord, _, schedule = coordinator(tmp_path, ForgetfulScorer(N))
+    with pytest.raises(ScorerFailure) as info:
+        run_all(coord, schedule)
+    message = str(info.value)
+    assert message.startswith("update 2 at step 3 failed: the scorer no longer knows run r, ")
+    assert "its database was lost or replaced" in message
+    assert "To restart selection, resume from the last checkpoint" in message
+    assert isinstance(info.value.__cause__, UnknownRun)
+
+    coord, _, schedule = coordinator(tmp_path / "u", ForgetfulScorer(N), on_failure="uniform")
+    rows = run_all(coord, schedule)[1:]
+    assert {(r["source"], r["failure_code"]) for r in rows} == {("uniform_fallback", "unknown_run")}
+    assert all("database was lost" in r["failure"] for r in rows)
+
+
+def test_an_unknown_run_that_never_registered_is_not_a_lost_database(tmp_path):
+    coord, _, schedule = coordinator(tmp_path, ForgetfulScorer(N), registered=False)
+    with pytest.raises(ScorerFailure, match="no run 'r' is registered") as info:
+        run_all(coord, schedule)
+    assert "database" not in str(info.value)

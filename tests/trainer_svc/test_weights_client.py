@@ -3,7 +3,7 @@
 import httpx
 import pytest
 
-from common.errors import ScorerUnavailable, Unauthorized
+from common.errors import ScorerUnavailable, Unauthorized, UnknownRun
 from trainer_svc.weights_client import ScoringFailed, WeightsClient
 
 BODY = {
@@ -73,6 +73,31 @@ def test_an_unknown_step_is_asked_again_with_a_growing_pause(caplog):
     assert sleeps == [0.5, 1.0] and len(seen) == 3
     assert "HTTP 404: no checkpoint at step 4 (attempt 2," in caplog.text
     assert "waiting for the weights of checkpoint step 4 from http://scorer" in caplog.text
+
+
+def test_an_unknown_run_is_not_waited_for():
+    body = {"detail": "no run 'r'; GET /v1/runs lists the runs", "code": "unknown_run"}
+    unknown = (404, body, {})
+    wc, seen, sleeps = client([unknown, unknown])
+    with pytest.raises(UnknownRun, match="the scorer at http://scorer has no run r"):
+        wc.wait_for(4)
+    with pytest.raises(UnknownRun):
+        wc.latest()  # not "nothing scored yet"
+    assert len(seen) == 2 and sleeps == []
+
+
+def test_ping_asks_healthz_once_within_its_seconds():
+    wc, seen, sleeps = client([(200, {"status": "ok"}, {})])
+    wc.ping(5)
+    assert [r.url.path for r in seen] == ["/healthz"]
+    assert seen[0].extensions["timeout"] == dict.fromkeys(("connect", "read", "write", "pool"), 5)
+    wc, _, _ = client([(503, {"detail": "the scorer's database is unavailable"}, {})])
+    with pytest.raises(ScorerUnavailable, match="healthz answered HTTP 503: the scorer's data"):
+        wc.ping(5)
+    wc, seen, sleeps = client([httpx.ConnectError("refused")])
+    with pytest.raises(ScorerUnavailable, match="no answer from http://scorer/healthz"):
+        wc.ping(5)
+    assert len(seen) == 1 and sleeps == []  # one try, no pause
 
 
 def test_failed_checkpoint_raises_scoring_failed():
