@@ -76,3 +76,9 @@ class ScorerUnavailable(ProtocolError):
 
 class ScorerInternalError(ProtocolError):
     code = "internal"
+
+
+class Busy(ProtocolError):
+    """The scorer cannot take this request now (too many runs being registered): ask again."""
+
+    code = "busy"

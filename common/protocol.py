@@ -36,6 +36,18 @@ FRAME_BYTES = 16 << 20  # the largest payload frame
 MAX_HEADER_BYTES = 1 << 20
 MAX_CUTOFF_LEN = 1 << 20  # tokens per sample: far beyond any model's context
 MAX_STEP = 2**62  # steps, indices and counts fit a signed 64-bit database integer
+# Bounds on what a hello may ask the scorer to build: far beyond real runs, far below what
+# would let one hello make the scorer allocate gigabytes.
+MAX_LORA_RANK = 4096
+MAX_SAMPLES = 100_000_000
+MAX_UPDATES = 1_000_000
+MAX_VOCAB = 10_000_000
+MAX_PATH_CHARS = 4096
+MAX_NAME_CHARS = 256
+MAX_TARGET_MODULES = 256
+
+PathText = Annotated[str, Field(min_length=1, max_length=MAX_PATH_CHARS)]
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
 
 Frame = bytes | memoryview | Any  # anything exposing the buffer protocol
 
@@ -50,11 +62,11 @@ class _Header(BaseModel):
 
 
 class LoraSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    r: int = Field(gt=0)
-    alpha: float
-    dropout: float = 0.0
-    target_modules: list[str] | str
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    r: int = Field(gt=0, le=MAX_LORA_RANK)
+    alpha: float = Field(gt=0, le=1e6)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: Annotated[list[Name], Field(min_length=1, max_length=MAX_TARGET_MODULES)] | Name
 
 
 class TokenizationSpec(BaseModel):
@@ -70,18 +82,18 @@ class Hello(_Header):
 
     type: Literal["hello"] = "hello"
     run_id: RunId
-    base_model: str = Field(min_length=1)
+    base_model: PathText
     finetuning_type: Kind
     lora: LoraSpec | None = None  # exactly when finetuning_type is lora
     trust_remote_code: bool = False
-    dataset: str = Field(min_length=1)
-    dataset_dir: str | None = None
+    dataset: PathText
+    dataset_dir: PathText | None = None
     tokenization: TokenizationSpec
     window_size: float = Field(ge=0.0, le=1.0)
-    update_times: int = Field(ge=1, le=MAX_STEP)
-    n_samples: int = Field(ge=1, le=MAX_STEP)
+    update_times: int = Field(ge=1, le=MAX_UPDATES)
+    n_samples: int = Field(ge=1, le=MAX_SAMPLES)
     fingerprint: str = Field(pattern=r"^[0-9a-f]{64}$")
-    vocab_size: int | None = None  # len(tokenizer)
+    vocab_size: int | None = Field(None, ge=1, le=MAX_VOCAB)  # len(tokenizer)
     model_digest: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")  # see shapes_digest
     # The training run's own identity, kept in its output_dir: a resume of it carries the same,
     # another run reusing the run id does not.

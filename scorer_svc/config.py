@@ -88,6 +88,12 @@ class Settings(BaseSettings):
         ge=1,
         description="a checkpoint declaring more is refused (too_large); 17179869184 is 16 GiB",
     )
+    max_run_data_bytes: int = Field(
+        4 << 30,
+        ge=1,
+        description="memory for runs' tokenized samples; beyond it the least recently used "
+        "runs' are dropped and tokenized again when needed (4294967296 is 4 GiB)",
+    )
     retry_after_seconds: int = Field(1, ge=1, description="the Retry-After of a 202 response")
     database_busy_timeout_seconds: float = Field(
         30.0, gt=0, description="how long SQLite waits for a lock before a write fails"

@@ -30,6 +30,7 @@ from scorer_svc import crud
 from scorer_svc.auth import check_request_token
 from scorer_svc.config import Settings
 from scorer_svc.models import FAILED, Run
+from scorer_svc.registration import Registrations
 from scorer_svc.registry import Registry, differences, identity
 from scorer_svc.store import checkpoint_path, write_raw_checkpoint
 from scorer_svc.zap import secure_server
@@ -54,6 +55,10 @@ class Intake:
         # Without CURVE the token is the handshake's password, checked before anything is
         # read; with CURVE the handshake checks keys, and each request's header the token.
         self.header_token = self.token if self.settings.curve_secret_key_file else None
+        self.registrations = Registrations(self.registry)
+
+    def close(self) -> None:
+        self.registrations.close()
 
     def handle(self, frames: list[Any]) -> list[bytes]:
         try:
@@ -89,16 +94,17 @@ class Intake:
                 )
             status = "already_registered"
         else:
-            data = self.registry.prepare(hello)
-            self.registry.manifest(hello)  # the base model must load as the trainer says
+            n_no_labels = self.registrations.poll(hello)
+            if n_no_labels is None:
+                return ack(status="registering", run_id=hello.run_id)
             config = {**hello.model_dump(exclude={"token"}), **identity(hello)}
-            run = crud.create_run(session, config=config, n_no_labels=data.n_no_labels)
+            run = crud.create_run(session, config=config, n_no_labels=n_no_labels)
             status = "registered"
             log.info(
                 "registered run %s: %d samples, %d without label tokens",
                 hello.run_id,
                 run.n_samples,
-                data.n_no_labels,
+                n_no_labels,
             )
         return ack(
             status=status,
@@ -239,6 +245,7 @@ class IntakeServer:
         if self._auth is not None:
             self._auth.stop()
         self._context.term()
+        self.intake.close()
 
     def _serve(self) -> None:
         poller = zmq.Poller()

@@ -8,6 +8,8 @@ import threading
 from dataclasses import dataclass, replace
 from typing import Any
 
+from cachetools import LRUCache
+
 from common.datasets import DatasetError, load_alpaca, resolve_dataset
 from common.dtypes import compute_dtype
 from common.errors import RunMismatch
@@ -40,14 +42,18 @@ IDENTITY_FIELDS = (
 )
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunData:
-    encoded: list[EncodedSample]
+    """A run's samples as the worker scores them: padded batches, and what registration tells."""
+
     batches: list[Batch]
+    n_no_labels: int  # samples without a label token (no loss, not ranked)
 
     @property
-    def n_no_labels(self) -> int:
-        return sum(1 for s in self.encoded if s.n_label_tokens == 0)
+    def nbytes(self) -> int:
+        return sum(
+            t.nbytes for b in self.batches for t in (b.input_ids, b.attention_mask, b.labels)
+        )
 
 
 def identity(hello: Hello) -> dict:
@@ -64,10 +70,16 @@ def differences(stored: dict, hello: Hello) -> list[str]:
     ]
 
 
+MAX_MANIFESTS = 64  # model specs whose tensor names and shapes are kept
+MAX_HELLOS = 4096  # parsed hellos of registered runs
+
+
 class Registry:
     """Run data by run, and one scoring model at a time, shared by runs built alike.
 
-    Sharing is safe because every checkpoint carries all the tensors it changes.
+    Sharing is safe because every checkpoint carries all the tensors it changes. Run data
+    stays within settings.max_run_data_bytes: the least recently used runs' are dropped and
+    tokenized again (and checked again against the trainer's fingerprint) when next needed.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -80,11 +92,13 @@ class Registry:
             data_dir=settings.data_dir,
             trust_remote_code=settings.trust_remote_code,
         )
-        self._data: dict[str, RunData] = {}
-        self._hellos: dict[str, Hello] = {}
+        self._data: LRUCache[str, RunData] = LRUCache(
+            settings.max_run_data_bytes, getsizeof=lambda data: data.nbytes
+        )
+        self._hellos: LRUCache[str, Hello] = LRUCache(MAX_HELLOS)
         self._model_spec: ModelSpec | None = None
         self._model: ScoringModel | None = None
-        self._manifests: dict[ModelSpec, Manifest] = {}
+        self._manifests: LRUCache[ModelSpec, Manifest] = LRUCache(MAX_MANIFESTS)
         self._lock = threading.RLock()
         self._model_lock = threading.Lock()
 
@@ -104,9 +118,25 @@ class Registry:
         """Tokenize the dataset as the trainer did and refuse the run if anything differs."""
         key = json.dumps([hello.run_id, identity(hello)], sort_keys=True)
         with self._lock:
-            if key not in self._data:
-                self._data[key] = self._tokenize(hello)
-            return self._data[key]
+            data = self._data.get(key)
+            if data is None:
+                data = self._tokenize(hello)
+                if data.nbytes > self._data.maxsize:
+                    log.warning(
+                        "run %s: its batches (%d MB) exceed max_run_data_bytes on their own; "
+                        "they are tokenized again whenever needed: raise max_run_data_bytes",
+                        hello.run_id,
+                        data.nbytes >> 20,
+                    )
+                else:
+                    self._data[key] = data  # the least recently used runs' go
+            return data
+
+    @property
+    def run_data_bytes(self) -> int:
+        """The memory the cached run data holds."""
+        with self._lock:
+            return int(self._data.currsize)
 
     def _tokenize(self, hello: Hello) -> RunData:
         from transformers import AutoTokenizer
@@ -140,7 +170,7 @@ class Registry:
             max_batch_tokens=self.settings.max_batch_tokens,
             pad_id=pad_id(tokenizer),
         )
-        return RunData(encoded, batches)
+        return RunData(batches, sum(1 for e in encoded if e.n_label_tokens == 0))
 
     @staticmethod
     def _check_agreement(hello: Hello, encoded: list[EncodedSample], vocab: int) -> None:

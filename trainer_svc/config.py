@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from transformers.trainer_utils import SchedulerType
 
 from common.datasets import DatasetError, load_alpaca, resolve_dataset
-from common.protocol import Kind
+from common.protocol import MAX_LORA_RANK, Kind
 from common.selection import DEFAULT_WINDOW_SIZE
 from common.tokenization import TEMPLATE_NAMES
 from common.validation import RunId, ZmqUrl, one_of, problems_by_key
@@ -58,7 +58,7 @@ class TrainConfig(BaseModel):
     do_train: Literal[True] = True
     finetuning_type: Kind = "lora"
     lora_target: str = "all"
-    lora_rank: int = Field(8, ge=1)
+    lora_rank: int = Field(8, ge=1, le=MAX_LORA_RANK)
     lora_alpha: float | None = Field(None, gt=0)  # None: 2 x lora_rank, as LLaMA-Factory
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     # data

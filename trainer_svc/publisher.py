@@ -3,13 +3,16 @@
 Every request waits for its one reply. A request without a reply is sent again on a fresh
 socket ("lazy pirate") under the trainer's retry policy (trainer_svc.retry) until the
 configured wait is spent; the scorer answers a repeated hello with `already_registered` and a
-repeated checkpoint with `duplicate`. The hello's reply wait grows per attempt (2 s, doubled,
-up to reply_timeout), so a slow registration is still heard. An error reply is never
-retried: it raises the `common.errors` class its code names.
+repeated checkpoint with `duplicate`. A new run is prepared by the scorer off its intake: it
+answers `registering` at once, and the hello is sent again (0.05 s apart, doubled, at most
+2 s) until it is `registered`. The hello's reply wait grows per attempt (2 s, doubled, up to
+reply_timeout). An error reply is never retried (but `busy`): it raises the `common.errors`
+class its code names.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -21,7 +24,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from common.curve import ClientKeys
-from common.errors import Unauthorized
+from common.errors import Busy, Unauthorized
 from common.handshake import REFUSED_EVENTS, refusal_advice, secure_client
 from common.protocol import Hello, decode_reply, encode_checkpoint, encode_hello
 from trainer_svc.retry import NotYet, RetryPolicy, never
@@ -31,6 +34,12 @@ logger = logging.getLogger(__name__)
 BYTES_PER_SECOND = 50e6  # allowance per attempt for moving and writing a large checkpoint
 HELLO_FIRST_WAIT = 2.0  # seconds the first hello waits for its reply; doubled per attempt
 MIN_REPLY_WAIT = 0.1
+PREPARING_FIRST_POLL = 0.05  # seconds between hellos while the scorer prepares the run; doubled
+PREPARING_MAX_POLL = 2.0
+ADVICE = (
+    "that scorer_svc is running, that scorer_zmq_url is its ZeroMQ address (its --zmq-url), "
+    "and its log"
+)
 
 
 @dataclass(frozen=True)
@@ -68,14 +77,35 @@ class CheckpointPublisher:
         self._monitor: zmq.Socket | None = None  # the socket's handshake refusals
 
     def hello(self, hello: Hello, *, stop_requested: Callable[[], bool] = never) -> dict[str, Any]:
-        """Registers the run; stop_requested ends the wait with ScorerFailure."""
+        """Registers the run, asking again while the scorer prepares it (`registering`);
+        stop_requested ends the wait with ScorerFailure."""
 
         def reply_wait(attempt: int) -> float:
             return min(HELLO_FIRST_WAIT * 2 ** (attempt - 1), self.reply_timeout)
 
         what = f"the hello of run {hello.run_id}"
         retry = replace(self.retry, stop_requested=stop_requested)
-        reply = self._request(encode_hello(hello), what, reply_wait, retry)
+        frames = encode_hello(hello)
+        preparing = itertools.count()
+
+        def attempt(number: int, seconds_left: float) -> dict[str, Any]:
+            wait = max(MIN_REPLY_WAIT, min(reply_wait(number), seconds_left))
+            try:
+                reply = self._send(frames, wait)
+            except Busy as exc:
+                raise NotYet(str(exc)) from exc
+            if reply.get("status") == "registering":
+                pause = min(PREPARING_FIRST_POLL * 2 ** next(preparing), PREPARING_MAX_POLL)
+                raise NotYet(
+                    "the scorer is preparing the run (tokenizing its dataset, building its model)",
+                    pause=pause,
+                    level=logging.INFO if pause >= PREPARING_MAX_POLL else logging.DEBUG,
+                )
+            return reply
+
+        reply = retry.run(
+            attempt, waiting_for=f"a reply from the scorer at {self.url} to {what}", advice=ADVICE
+        )
         logger.info("scorer %s run %s (%s)", reply.get("status"), hello.run_id, self.url)
         return reply
 
@@ -139,13 +169,7 @@ class CheckpointPublisher:
             return self._send(frames, max(MIN_REPLY_WAIT, min(reply_wait(number), seconds_left)))
 
         return retry.run(
-            attempt,
-            waiting_for=f"a reply from the scorer at {self.url} to {what}",
-            advice=(
-                "that scorer_svc is running, that scorer_zmq_url is its ZeroMQ address "
-                "(its --zmq-url), and its log (with CURVE: that this trainer's public key is "
-                "among its authorized keys)"
-            ),
+            attempt, waiting_for=f"a reply from the scorer at {self.url} to {what}", advice=ADVICE
         )
 
     def _send(self, frames: list[Any], reply_wait: float) -> dict[str, Any]:

@@ -215,3 +215,25 @@ def test_tokenization_settings_are_checked_with_the_hello(tokenization):
     fields = {**json.loads(encode_hello(_hello())[0]), "tokenization": tokenization}
     with pytest.raises(errors.MalformedMessage, match="tokenization"):
         decode_request([json.dumps(fields).encode()])
+
+
+@pytest.mark.parametrize(
+    "over, field",
+    [
+        ({"lora": {"r": 2_000_000, "alpha": 8, "target_modules": "all-linear"}}, "lora.r"),
+        ({"lora": {"r": 4, "alpha": float("inf"), "target_modules": "q"}}, "lora.alpha"),
+        ({"lora": {"r": 4, "alpha": 8, "target_modules": ["q"] * 10_000}}, "lora.target_modules"),
+        ({"n_samples": 10**12}, "n_samples"),
+        ({"update_times": 10**9}, "update_times"),
+        ({"vocab_size": 10**12}, "vocab_size"),
+        ({"base_model": "m" * 10_000}, "base_model"),
+        ({"dataset_dir": "d" * 10_000}, "dataset_dir"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_hello_values_beyond_their_bounds_are_refused_before_anything_is_built(over, field):
+    obj = json.loads(encode_hello(_hello())[0])
+    obj.update(over)
+    frame = json.dumps(obj).replace("Infinity", "1e999").encode()
+    with pytest.raises(errors.MalformedMessage, match=field.split(".")[-1]):
+        decode_request([frame])

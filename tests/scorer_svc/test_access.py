@@ -14,7 +14,7 @@ from scorer_svc.db import make_engine, make_sessionmaker
 from scorer_svc.intake import Intake
 from scorer_svc.registry import Registry
 from tests.support.data import write_samples
-from tests.support.scorer import make_hello
+from tests.support.scorer import make_hello, until_registered
 
 # A model module that leaves a file behind when it is imported.
 EVIL = """\
@@ -64,7 +64,7 @@ def intake_for(place, **settings) -> Intake:
 
 
 def ask(intake: Intake, hello) -> dict:
-    return json.loads(intake.handle(encode_hello(hello))[0])
+    return until_registered(lambda: json.loads(intake.handle(encode_hello(hello))[0]))
 
 
 def stored_runs(intake: Intake) -> list[str]:

@@ -5,10 +5,11 @@ import json
 import httpx
 import pytest
 
-from common.protocol import encode_hello
+from common.errors import Unauthorized
 from devtools.scorer_process import ScorerProcess
 from tests.support.data import make_samples
-from tests.support.scorer import make_hello, zmq_request
+from tests.support.scorer import make_hello
+from trainer_svc.publisher import CheckpointPublisher
 
 pytestmark = pytest.mark.slow
 
@@ -48,12 +49,14 @@ def test_rest_without_the_right_token_is_401(guarded, header):
 def test_zmq_without_the_right_token_is_refused_and_nothing_stored(guarded):
     scorer, hello = guarded
     for token in (None, "wrong", TOKEN + "x"):
-        reply = zmq_request(scorer.zmq_url, encode_hello(hello.model_copy(update={"token": token})))
-        assert reply["ok"] is False and reply["code"] == "unauthorized", reply
-        assert "token" in reply["reason"]
+        publisher = CheckpointPublisher(scorer.zmq_url, wait_seconds=600, token=token)
+        with pytest.raises(Unauthorized, match="token|handshake"):
+            publisher.hello(hello)  # refused in the handshake, at once
+        publisher.close()
     assert _runs(scorer) == []
-    reply = zmq_request(scorer.zmq_url, encode_hello(hello.model_copy(update={"token": TOKEN})))
-    assert reply["status"] == "registered"
+    publisher = CheckpointPublisher(scorer.zmq_url, wait_seconds=120, token=TOKEN)
+    assert publisher.hello(hello)["status"] == "registered"
+    publisher.close()
     assert _runs(scorer) == ["run-t"]
     stored = httpx.get(
         f"{scorer.base_url}/v1/runs/run-t", headers={"Authorization": f"Bearer {TOKEN}"}

@@ -7,7 +7,7 @@ import signal
 import httpx
 import pytest
 
-from common.protocol import encode_checkpoint, encode_hello
+from common.protocol import encode_checkpoint
 from devtools.scorer_process import ScorerProcess
 from tests.support.data import make_samples
 from tests.support.scorer import (
@@ -15,6 +15,7 @@ from tests.support.scorer import (
     db_status,
     lora_checkpoints,
     make_hello,
+    register,
     wait_status,
     wait_weights,
     zmq_request,
@@ -39,7 +40,7 @@ def run_files(tiny_model, tmp_path):
 def test_stopped_while_scoring_then_restarted(run_files, tmp_path, sig):
     hello, (first, second) = run_files
     scorer = ScorerProcess(tmp_path / "scorer", *SLOW).start()
-    zmq_request(scorer.zmq_url, encode_hello(hello))
+    register(scorer.zmq_url, hello)
     for step, k, tensors in ((2, 1, first), (4, 2, second)):
         frames = encode_checkpoint(
             run_id="run-c", step=step, update_index=k, kind="lora", tensors=tensors

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.protocol import encode_checkpoint, encode_hello
+from common.protocol import encode_checkpoint
 from devtools.scorer_process import ScorerProcess
 from tests.support.data import make_samples
-from tests.support.scorer import lora_checkpoints, make_hello, wait_weights, zmq_request
+from tests.support.scorer import lora_checkpoints, make_hello, register, wait_weights, zmq_request
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ def live(tiny_model, tmp_path_factory):
     dataset.write_text(json.dumps(make_samples(8)))
     scorer = ScorerProcess(root / "scorer").start()
     hello = make_hello(tiny_model, dataset, run_id="run-z")
-    zmq_request(scorer.zmq_url, encode_hello(hello))
+    register(scorer.zmq_url, hello)
     frames = encode_checkpoint(
         run_id="run-z", step=2, update_index=1, kind="lora",
         tensors=lora_checkpoints(tiny_model, 1)[0],

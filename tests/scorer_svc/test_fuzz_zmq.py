@@ -11,13 +11,14 @@ import httpx
 import pytest
 import zmq
 
-from common.protocol import encode_checkpoint, encode_hello
+from common.protocol import encode_checkpoint
 from devtools.scorer_process import ScorerProcess
 from tests.support.data import make_samples
 from tests.support.scorer import (
     WritesFile,
     lora_checkpoints,
     make_hello,
+    register,
     wait_weights,
     zmq_request,
 )
@@ -81,7 +82,7 @@ def mutations(good: list[bytes], rng: random.Random, marker: Path):
                 {"protocol": 2, "type": rng.choice(["hello", "checkpoint", "x", None])}
             ).encode()
         ],
-        "version": lambda: header_with(protocol=rng.choice([0, 2, 99, -1, "1", None])),
+        "version": lambda: header_with(protocol=rng.choice([0, 1, 3, 99, -1, "2", None])),
         "wrong_sha": lambda: header_with(sha256=rng.randbytes(32).hex()),
         "payload_flip": payload_flip,
         "truncated": truncated,
@@ -114,7 +115,7 @@ def test_fuzzed_requests_each_get_an_error_and_store_nothing(tiny_model, tmp_pat
     marker = tmp_path / "pwned"
     try:
         hello = make_hello(tiny_model, dataset, run_id="run-f")
-        assert zmq_request(scorer.zmq_url, encode_hello(hello))["status"] == "registered"
+        assert register(scorer.zmq_url, hello)["status"] == "registered"
         first, second = lora_checkpoints(tiny_model, 2)
         # Mutations start from a checkpoint the scorer would refuse only for its mutation:
         # update 1 of an unused step; the real update 1 is sent after the fuzzing.

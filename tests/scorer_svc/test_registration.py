@@ -1,19 +1,25 @@
-"""A run id belongs to the training run that registered it: a resume (same token) comes back,
-another run under the same id (another token) is refused before it reads that run's windows."""
+"""Registering runs: a run id belongs to the training run that registered it (a resume, same
+token, comes back; another run under the same id is refused before it reads that run's
+windows); runs are prepared off the intake, which goes on answering everyone else; what runs
+hold in memory stays within its budget."""
 
 import json
+import threading
+import time
 
 import pytest
 
 from common.curve import create_keys
 from common.protocol import encode_hello
+from devtools.scorer_process import free_port
 from scorer_svc import crud
 from scorer_svc.config import Settings
 from scorer_svc.db import make_engine, make_sessionmaker
-from scorer_svc.intake import Intake
+from scorer_svc.intake import Intake, IntakeServer
+from scorer_svc.main import MAX_FRAME_BYTES
 from scorer_svc.registry import Registry
 from tests.support.data import write_samples
-from tests.support.scorer import make_hello
+from tests.support.scorer import make_hello, register, until_registered, zmq_request
 
 TOKEN, OTHER = "a" * 32, "b" * 32
 
@@ -26,7 +32,7 @@ def intake(tmp_path):
 
 
 def ask(intake, hello) -> dict:
-    return json.loads(intake.handle(encode_hello(hello))[0])
+    return until_registered(lambda: json.loads(intake.handle(encode_hello(hello))[0]))
 
 
 def test_the_same_training_run_comes_back_and_another_is_refused(intake, tiny_model, tmp_path):
@@ -69,3 +75,98 @@ def test_hostile_json_gets_an_error_reply_not_an_internal_failure(tmp_path, secu
     intake = Intake(config, sessions, Registry(config), on_queued=lambda: None)
     reply = json.loads(intake.handle([b"[" * 100_000 + b"]" * 100_000])[0])
     assert reply["code"] == code, reply
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A real intake on a loopback port whose registry prepares run "slow" only once released;
+    yields (url, release, intake)."""
+    config = Settings(data_dir=tmp_path / "scorer", device="cpu")
+    registry = Registry(config)
+    release = threading.Event()
+    prepare = registry.prepare
+
+    def held(hello):
+        if hello.run_id.startswith("slow"):
+            assert release.wait(300), "never released"
+        return prepare(hello)
+
+    registry.prepare = held  # type: ignore[method-assign]
+    sessions = make_sessionmaker(make_engine(config.resolved_database_url))
+    intake = Intake(config, sessions, registry, on_queued=lambda: None)
+    server = IntakeServer(f"tcp://127.0.0.1:{free_port()}", intake, max_frame_bytes=MAX_FRAME_BYTES)
+    server.start()
+    yield server.url, release, intake
+    release.set()
+    server.stop()
+
+
+def test_a_slow_registration_holds_up_no_other_trainer(served, tiny_model, tmp_path):
+    url, release, _ = served
+    data = write_samples(tmp_path / "d.json", 6)
+    slow = make_hello(tiny_model, data, run_id="slow")
+    assert zmq_request(url, encode_hello(slow))["status"] == "registering"  # answered at once
+    assert register(url, make_hello(tiny_model, data, run_id="fast"))["status"] == "registered"
+    started = time.perf_counter()
+    again = zmq_request(url, encode_hello(make_hello(tiny_model, data, run_id="fast")))
+    latency_ms = (time.perf_counter() - started) * 1000
+    assert again["status"] == "already_registered" and not release.is_set()
+    print(f"\nanother trainer's hello answered in {latency_ms:.1f} ms during a held registration")
+    assert zmq_request(url, encode_hello(slow))["status"] == "registering"
+    release.set()
+    assert register(url, slow)["status"] == "registered"
+
+
+def test_a_run_being_registered_is_not_taken_over_by_other_settings(served, tiny_model, tmp_path):
+    url, _, _ = served
+    data = write_samples(tmp_path / "d.json", 6)
+    assert (
+        zmq_request(url, encode_hello(make_hello(tiny_model, data, run_id="slow")))["status"]
+        == "registering"
+    )
+    other = make_hello(tiny_model, data, run_id="slow", window_size=0.5)
+    reply = zmq_request(url, encode_hello(other))
+    assert reply["code"] == "mismatch" and "being registered" in reply["reason"]
+
+
+def test_too_many_registrations_at_once_are_told_to_come_back(served, tiny_model, tmp_path):
+    url, release, intake = served
+    intake.registrations.max_pending = 3
+    data = write_samples(tmp_path / "d.json", 6)
+    for i in range(3):
+        hello = make_hello(tiny_model, data, run_id=f"slow-{i}")
+        assert zmq_request(url, encode_hello(hello))["status"] == "registering"
+    reply = zmq_request(url, encode_hello(make_hello(tiny_model, data, run_id="slow-3")))
+    assert reply["code"] == "busy" and "again" in reply["reason"]
+    release.set()
+    for i in range(4):  # the prepared ones make room once claimed or done
+        assert register(url, make_hello(tiny_model, data, run_id=f"slow-{i}"))["status"] == (
+            "registered"
+        )
+
+
+def test_runs_data_stays_within_its_budget_and_comes_back_when_needed(tmp_path, tiny_model):
+    data = write_samples(tmp_path / "d.json", 12)
+    probe = Registry(Settings(data_dir=tmp_path / "probe", device="cpu"))
+    one_run = probe.prepare(make_hello(tiny_model, data, run_id="probe")).nbytes
+    config = Settings(
+        data_dir=tmp_path / "scorer", device="cpu", max_run_data_bytes=int(2.5 * one_run)
+    )
+    registry = Registry(config)
+    tokenized = []
+    tokenize = registry._tokenize
+
+    def counted(hello):
+        tokenized.append(hello.run_id)
+        return tokenize(hello)
+
+    registry._tokenize = counted  # type: ignore[method-assign]
+    hellos = [make_hello(tiny_model, data, run_id=f"run-{i}") for i in range(10)]
+    for hello in hellos:
+        registry.prepare(hello)
+    assert registry.run_data_bytes <= config.max_run_data_bytes
+    assert registry.run_data_bytes == 2 * one_run  # the two most recent
+    registry.prepare(hellos[-1])  # held: not tokenized again
+    assert tokenized == [h.run_id for h in hellos]
+    again = registry.prepare(hellos[0])  # dropped: tokenized again, checked again
+    assert tokenized[-1] == "run-0" and again.nbytes == one_run

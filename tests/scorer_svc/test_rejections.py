@@ -7,12 +7,13 @@ import httpx
 import pytest
 import torch
 
-from common.protocol import encode_checkpoint, encode_hello
+from common.protocol import encode_checkpoint
 from devtools.scorer_process import ScorerProcess
 from tests.support.scorer import (
     WritesFile,
     lora_checkpoints,
     make_hello,
+    register,
     settled_weights,
     wait_weights,
     zmq_request,
@@ -30,7 +31,7 @@ def live(tiny_model, tmp_path_factory):
     dataset.write_text(json.dumps(make_samples(12)))
     scorer = ScorerProcess(root / "scorer").start()
     hello = make_hello(tiny_model, dataset, run_id="run-r")
-    assert zmq_request(scorer.zmq_url, encode_hello(hello))["status"] == "registered"
+    assert register(scorer.zmq_url, hello)["status"] == "registered"
     tensors = lora_checkpoints(tiny_model, 1)[0]
     yield scorer, hello, tensors, root
     scorer.stop()
@@ -117,11 +118,11 @@ def test_checkpoint_before_initial_update_is_refused(live):
 def test_hello_that_disagrees_is_refused_naming_both_values(live, tiny_model):
     scorer, hello, _, root = live
     other = make_hello(tiny_model, root / "train.json", run_id="run-x", fingerprint="0" * 64)
-    reply = zmq_request(scorer.zmq_url, encode_hello(other))
+    reply = register(scorer.zmq_url, other)
     assert reply["code"] == "mismatch"
     assert "0" * 64 in reply["reason"] and hello.fingerprint in reply["reason"]
     changed = hello.model_copy(update={"window_size": 0.5})
-    reply = zmq_request(scorer.zmq_url, encode_hello(changed))
+    reply = register(scorer.zmq_url, changed)
     assert reply["code"] == "mismatch" and "window_size" in reply["reason"]
     assert [r["run_id"] for r in httpx.get(f"{scorer.base_url}/v1/runs").json()] == ["run-r"]
 
@@ -181,7 +182,7 @@ def test_trainer_and_scorer_that_disagree_are_refused_before_scoring(
     change = {k: v.format(root=root) if isinstance(v, str) else v for k, v in change.items()}
     words = words.format(root=root)
     hello = make_hello(tiny_model, root / "train.json", run_id="run-d", **change)
-    reply = zmq_request(scorer.zmq_url, encode_hello(hello))
+    reply = register(scorer.zmq_url, hello)
     assert reply["code"] == "mismatch" and words in reply["reason"], reply
     assert "run-d" not in [r["run_id"] for r in httpx.get(f"{scorer.base_url}/v1/runs").json()]
 
@@ -200,4 +201,4 @@ def test_the_trainers_model_digest_matches_the_scorers(live, tiny_model):
     )
     digest = shapes_digest((n, p.shape) for n, p in model.named_parameters() if p.requires_grad)
     hello = make_hello(tiny_model, root / "train.json", run_id="run-g", model_digest=digest)
-    assert zmq_request(scorer.zmq_url, encode_hello(hello))["status"] == "registered"
+    assert register(scorer.zmq_url, hello)["status"] == "registered"

@@ -5,16 +5,15 @@ import httpx
 import numpy as np
 import pytest
 
-from common.protocol import encode_hello
 from common.selection import delta_weights
 from devtools.scorer_process import ScorerProcess
 from tests.support.scorer import (
     all_losses,
     lora_checkpoints,
     make_hello,
+    register,
     send_checkpoint,
     wait_weights,
-    zmq_request,
 )
 
 pytestmark = pytest.mark.slow
@@ -24,7 +23,7 @@ def test_three_checkpoints_weights_and_restart(tiny_model, dataset_file, tmp_pat
     scorer = ScorerProcess(tmp_path / "scorer").start()
     try:
         hello = make_hello(tiny_model, dataset_file)
-        reply = zmq_request(scorer.zmq_url, encode_hello(hello))
+        reply = register(scorer.zmq_url, hello)
         assert reply["ok"] and reply["status"] == "registered", reply
         steps = [2, 4, 6]
         checkpoints = lora_checkpoints(tiny_model, 3)
@@ -81,7 +80,7 @@ def test_three_checkpoints_weights_and_restart(tiny_model, dataset_file, tmp_pat
         after = httpx.get(f"{restarted.base_url}/v1/runs/run-a/checkpoints").json()
         assert after == before  # same rows, same timings: nothing recomputed
         assert all_losses(restarted.base_url, "run-a", 2) == pytest.approx(init, nan_ok=True)
-        reply = zmq_request(restarted.zmq_url, encode_hello(hello))
+        reply = register(restarted.zmq_url, hello)
         assert reply["status"] == "already_registered" and reply["scored_steps"] == steps
         run = httpx.get(f"{restarted.base_url}/v1/runs/run-a").json()
         assert run["initial_step"] == 2 and run["n_samples"] == hello.n_samples

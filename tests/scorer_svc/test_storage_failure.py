@@ -8,13 +8,14 @@ import sqlite3
 import httpx
 import pytest
 
-from common.protocol import encode_checkpoint, encode_hello
+from common.protocol import encode_checkpoint
 from devtools.scorer_process import ScorerProcess
 from tests.support.data import make_samples
 from tests.support.scorer import (
     db_status,
     lora_checkpoints,
     make_hello,
+    register,
     settled_weights,
     wait_status,
     zmq_request,
@@ -31,7 +32,7 @@ def test_locked_database_fails_the_checkpoint_cleanly(tiny_model, tmp_path):
         env={"SCORER_DATABASE_BUSY_TIMEOUT_SECONDS": "1"},
     ).start()  # fmt: skip
     try:
-        zmq_request(scorer.zmq_url, encode_hello(make_hello(tiny_model, dataset, run_id="run-l")))
+        register(scorer.zmq_url, make_hello(tiny_model, dataset, run_id="run-l"))
         frames = encode_checkpoint(
             run_id="run-l", step=2, update_index=1, kind="lora",
             tensors=lora_checkpoints(tiny_model, 1)[0],

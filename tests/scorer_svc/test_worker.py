@@ -16,7 +16,7 @@ from scorer_svc.models import RECEIVED, SCORED, SCORING, CheckpointRow, Loss
 from scorer_svc.registry import Registry
 from scorer_svc.worker import Worker
 from tests.support.data import make_samples
-from tests.support.scorer import lora_checkpoints, make_hello
+from tests.support.scorer import lora_checkpoints, make_hello, until_registered
 
 
 @pytest.fixture
@@ -28,7 +28,8 @@ def queued(tiny_model, tmp_path):
     sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
     intake = Intake(settings, sessions, Registry(settings), on_queued=lambda: None)
     hello = make_hello(tiny_model, dataset, run_id="run-w")
-    assert json.loads(intake.handle(encode_hello(hello))[0])["status"] == "registered"
+    reply = until_registered(lambda: json.loads(intake.handle(encode_hello(hello))[0]))
+    assert reply["status"] == "registered"
     frames = encode_checkpoint(
         run_id="run-w",
         step=3,

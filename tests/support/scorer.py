@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from transformers import AutoTokenizer
 from common.datasets import load_alpaca
 from common.hello import build_hello
 from common.model_spec import LoraSettings, ModelSpec, checkpoint_tensors
-from common.protocol import Hello, encode_checkpoint
+from common.protocol import Hello, encode_checkpoint, encode_hello
 from common.tokenization import TokenizationSettings, encode_dataset
 from devtools.scorer_process import ScorerProcess
 from devtools.waiting import wait_until
@@ -69,6 +70,21 @@ def zmq_request(url: str, frames: list, timeout_ms: int = 60_000) -> dict:
         sock.close(0)
     assert len(reply) == 1, f"a reply is one frame, got {len(reply)}"
     return json.loads(reply[0])
+
+
+def until_registered(ask: Callable[[], dict], timeout: float = 120) -> dict:
+    """The reply to a hello, asked again while the scorer prepares the run (`registering`)."""
+
+    def settled() -> dict | None:
+        reply = ask()
+        return None if reply.get("status") == "registering" else reply
+
+    return wait_until(settled, "the scorer to finish registering the run", timeout=timeout)
+
+
+def register(url: str, hello: Hello) -> dict:
+    """Sends the hello over ZeroMQ until the run is registered (or refused)."""
+    return until_registered(lambda: zmq_request(url, encode_hello(hello)))
 
 
 def send_checkpoint(url: str, run_id: str, step: int, update_index: int, tensors) -> dict:

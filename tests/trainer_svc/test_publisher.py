@@ -1,10 +1,12 @@
 """The checkpoint publisher against a real ZeroMQ ROUTER in a thread (conftest's router)."""
 
 import json
+import logging
 
 import pytest
 import torch
 
+from common import errors
 from common.errors import RunMismatch, ScorerUnavailable
 from common.protocol import ack, decode_tensors, error_reply
 from trainer_svc.publisher import CheckpointPublisher, CheckpointUpload
@@ -91,3 +93,29 @@ def test_a_stop_request_ends_the_hello_wait_after_the_attempt(router, tiny_hello
         pub.hello(tiny_hello, stop_requested=lambda: True)
     pub.close()
     assert len(server.requests) <= 1  # one attempt (it may not have arrived when it gave up)
+
+
+def test_hello_is_asked_again_while_the_scorer_prepares_the_run(router, tiny_hello, caplog):
+    statuses = iter(["registering", "registering", "registering", "registered"])
+    server = router(lambda req: ack(status=next(statuses), run_id=req.run_id))
+    pub = CheckpointPublisher(server.url, wait_seconds=60)
+    with caplog.at_level(logging.INFO, logger="trainer_svc"):
+        assert pub.hello(tiny_hello)["status"] == "registered"
+    pub.close()
+    assert len(server.requests) == 4
+    # An answer "preparing" is not a missing scorer: nothing is logged as a retry warning.
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_busy_scorer_is_asked_again(router, tiny_hello):
+    replies = iter([error_reply(errors.Busy("32 runs are being registered")), None])
+
+    def answer(req):
+        reply = next(replies)
+        return reply if reply is not None else ack(status="registered", run_id=req.run_id)
+
+    server = router(answer)
+    pub = CheckpointPublisher(server.url, wait_seconds=60)
+    assert pub.hello(tiny_hello)["status"] == "registered"
+    pub.close()
+    assert len(server.requests) == 2
