@@ -45,6 +45,7 @@ MAX_VOCAB = 10_000_000
 MAX_PATH_CHARS = 4096
 MAX_NAME_CHARS = 256
 MAX_TARGET_MODULES = 256
+MAX_DIMS = 64  # dimensions of one tensor
 
 PathText = Annotated[str, Field(min_length=1, max_length=MAX_PATH_CHARS)]
 Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
@@ -117,9 +118,9 @@ def shapes_digest(shapes: Iterable[tuple[str, Sequence[int]]]) -> str:
 
 class TensorEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1)
-    dtype: str
-    shape: list[int]
+    name: str = Field(min_length=1, max_length=MAX_PATH_CHARS)
+    dtype: str = Field(max_length=MAX_NAME_CHARS)
+    shape: list[Annotated[int, Field(ge=0, le=MAX_STEP)]] = Field(max_length=MAX_DIMS)
     offset: int = Field(ge=0)  # into the payload: the frames after the header, end to end
     length: int = Field(ge=0)
 
@@ -270,8 +271,6 @@ def _check_table(header: CheckpointHeader, frames: Sequence[Frame], max_bytes: i
             raise MalformedMessage(
                 f"tensor {entry.name}: dtype '{entry.dtype}' is not one of {sorted(dtypes.BY_NAME)}"
             )
-        if any(d < 0 for d in entry.shape):
-            raise MalformedMessage(f"tensor {entry.name}: negative dimension in {entry.shape}")
         itemsize = torch.empty((), dtype=dtypes.BY_NAME[entry.dtype].torch).element_size()
         expected = math.prod(entry.shape) * itemsize
         if entry.length != expected:

@@ -237,6 +237,7 @@ class IntakeServer:
 
     def stop(self) -> None:
         self._stop.set()
+        self.intake.close()
         self._thread.join(timeout=30)
         if self._thread.is_alive():
             log.error("ZeroMQ intake did not stop in 30 s; leaving its socket to the process exit")
@@ -245,7 +246,6 @@ class IntakeServer:
         if self._auth is not None:
             self._auth.stop()
         self._context.term()
-        self.intake.close()
 
     def _serve(self) -> None:
         poller = zmq.Poller()

@@ -9,12 +9,14 @@ whose model or dataset is slow to read holds up no other run's registration eith
 from __future__ import annotations
 
 import logging
-from concurrent.futures import Future, ThreadPoolExecutor
+import queue
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from common.errors import Busy, RunMismatch
 from common.protocol import Hello
-from scorer_svc.registry import Registry, identity
+from scorer_svc.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +35,16 @@ class Registrations:
         self.registry = registry
         self.max_pending = max_pending
         self._pending: dict[str, _Pending] = {}
-        self._executor = ThreadPoolExecutor(PREPARERS, thread_name_prefix="registration")
+        self._jobs: queue.SimpleQueue[tuple[Hello, Future[int]] | None] = queue.SimpleQueue()
+        # Daemon threads: a scorer told to stop does not wait for a run being prepared.
+        for n in range(PREPARERS):
+            threading.Thread(target=self._serve, name=f"registration-{n}", daemon=True).start()
 
     def poll(self, hello: Hello) -> int | None:
         """The run's n_no_labels once it is prepared, None while it is being prepared; raises
         what preparing it raised (and forgets it, so a later hello tries again)."""
         entry = self._pending.get(hello.run_id)
-        wanted = identity(hello)
+        wanted = hello.model_dump(exclude={"token", "run_token"})
         if entry is not None and entry.identity != wanted:
             if not entry.prepared.done():
                 raise RunMismatch(
@@ -66,12 +71,26 @@ class Registrations:
                 "in a while"
             )
         log.info("registering run %s: tokenizing its dataset, building its model", hello.run_id)
-        return self._executor.submit(self._prepare, hello)
+        prepared: Future[int] = Future()
+        self._jobs.put((hello, prepared))
+        return prepared
 
-    def _prepare(self, hello: Hello) -> int:
-        data = self.registry.prepare(hello)
-        self.registry.manifest(hello)  # the base model must build as the trainer says
-        return data.n_no_labels
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            hello, prepared = job
+            if not prepared.set_running_or_notify_cancel():
+                continue
+            try:
+                data = self.registry.prepare(hello)
+                self.registry.manifest(hello)  # the base model must build as the trainer says
+            except BaseException as exc:
+                prepared.set_exception(exc)
+            else:
+                prepared.set_result(data.n_no_labels)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """Runs not yet started are dropped; those being prepared end with the process."""
+        for entry in list(self._pending.values()):
+            entry.prepared.cancel()
+        for _ in range(PREPARERS):
+            self._jobs.put(None)

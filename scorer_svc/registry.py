@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -99,7 +101,8 @@ class Registry:
         self._model_spec: ModelSpec | None = None
         self._model: ScoringModel | None = None
         self._manifests: LRUCache[ModelSpec, Manifest] = LRUCache(MAX_MANIFESTS)
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the caches only; never held while computing
+        self._builders: dict[object, tuple[threading.Lock, int]] = {}
         self._model_lock = threading.Lock()
 
     def _spec(self, hello: Hello) -> ModelSpec:
@@ -115,22 +118,43 @@ class Registry:
             return self._hellos[run_id]
 
     def prepare(self, hello: Hello) -> RunData:
-        """Tokenize the dataset as the trainer did and refuse the run if anything differs."""
+        """Tokenize the dataset as the trainer did and refuse the run if anything differs.
+        The work runs outside the registry's lock: one run being tokenized holds up no other."""
         key = json.dumps([hello.run_id, identity(hello)], sort_keys=True)
-        with self._lock:
-            data = self._data.get(key)
-            if data is None:
-                data = self._tokenize(hello)
-                if data.nbytes > self._data.maxsize:
-                    log.warning(
-                        "run %s: its batches (%d MB) exceed max_run_data_bytes on their own; "
-                        "they are tokenized again whenever needed: raise max_run_data_bytes",
-                        hello.run_id,
-                        data.nbytes >> 20,
-                    )
-                else:
+        with self._building(key):
+            with self._lock:
+                data = self._data.get(key)
+            if data is not None:
+                return data
+            data = self._tokenize(hello)
+            with self._lock:
+                if data.nbytes <= self._data.maxsize:
                     self._data[key] = data  # the least recently used runs' go
+                    return data
+            log.warning(
+                "run %s: its batches (%d MB) exceed max_run_data_bytes on their own; they are "
+                "tokenized again whenever needed: raise max_run_data_bytes",
+                hello.run_id,
+                data.nbytes >> 20,
+            )
             return data
+
+    @contextmanager
+    def _building(self, key: object) -> Iterator[None]:
+        """Held while `key` is computed: the same work is done once, other work goes on."""
+        with self._lock:
+            lock, users = self._builders.get(key, (threading.Lock(), 0))
+            self._builders[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._lock:
+                lock, users = self._builders[key]
+                if users == 1:
+                    del self._builders[key]
+                else:
+                    self._builders[key] = (lock, users - 1)
 
     @property
     def run_data_bytes(self) -> int:
@@ -194,10 +218,13 @@ class Registry:
         """What a checkpoint of this run must hold, from a weightless (meta) model: the
         intake checks checkpoints without loading weights or waiting for the worker."""
         spec = self._spec(hello)
-        with self._lock:
-            if spec not in self._manifests:
-                self._manifests[spec] = self._build_manifest(spec, hello)
-            manifest = self._manifests[spec]
+        with self._building(spec):
+            with self._lock:
+                manifest = self._manifests.get(spec)
+            if manifest is None:
+                manifest = self._build_manifest(spec, hello)
+                with self._lock:
+                    self._manifests[spec] = manifest
         if hello.model_digest is not None and hello.model_digest != manifest.digest:
             raise RunMismatch(
                 f"run {hello.run_id} refused: the trainer's model ({spec.kind}) has other "

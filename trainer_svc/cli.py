@@ -3,7 +3,7 @@
 
 train exits 0 when the run finished, 2 on a bad config, 1 when the scorer failed
 (on_scorer_failure: fail), and 143 (128 + SIGTERM) when SIGTERM stopped it before its end,
-once its checkpoint is saved, so that a scheduler requeues it.
+once its checkpoint is saved (or while it waited to register), so that a scheduler requeues it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import signal
 import sys
 
 from trainer_svc.config import ConfigError, load_config
-from trainer_svc.retry import ScorerFailure
+from trainer_svc.retry import ScorerFailure, StopRequested
 
 logger = logging.getLogger("trainer_svc")
 
@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         recipe = run(loaded, handle_sigterm=True)
+    except StopRequested as exc:  # before any step: nothing to save, the run to requeue
+        logger.warning("stopped: %s; nothing trained yet", exc)
+        return 128 + signal.SIGTERM
     except ScorerFailure as exc:
         logger.error("stopped: %s", exc)
         return 1

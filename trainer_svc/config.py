@@ -23,7 +23,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from transformers.trainer_utils import SchedulerType
 
 from common.datasets import DatasetError, load_alpaca, resolve_dataset
-from common.protocol import MAX_LORA_RANK, Kind
+from common.protocol import (
+    MAX_LORA_RANK,
+    MAX_NAME_CHARS,
+    MAX_TARGET_MODULES,
+    MAX_UPDATES,
+    Kind,
+)
 from common.selection import DEFAULT_WINDOW_SIZE
 from common.tokenization import TEMPLATE_NAMES
 from common.validation import RunId, ZmqUrl, one_of, problems_by_key
@@ -59,7 +65,7 @@ class TrainConfig(BaseModel):
     finetuning_type: Kind = "lora"
     lora_target: str = "all"
     lora_rank: int = Field(8, ge=1, le=MAX_LORA_RANK)
-    lora_alpha: float | None = Field(None, gt=0)  # None: 2 x lora_rank, as LLaMA-Factory
+    lora_alpha: float | None = Field(None, gt=0, le=1e6, allow_inf_nan=False)  # None: 2 x rank
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     # data
     dataset: str = Field(min_length=1)
@@ -99,7 +105,7 @@ class TrainConfig(BaseModel):
     component_name: Literal["delta_loss"] = "delta_loss"
     warmup_step: int = Field(10, ge=0)
     update_step: int = Field(10, ge=1)
-    update_times: int = Field(2, ge=1)
+    update_times: int = Field(2, ge=1, le=MAX_UPDATES)
     # the scorer (ours)
     run_id: RunId | None = None
     scorer_zmq_url: ZmqUrl = "tcp://127.0.0.1:5555"
@@ -264,8 +270,13 @@ def combination_problems(cfg: TrainConfig) -> dict[str, str]:
         problems["fp16"] = "bf16 and fp16 cannot both be true"
     if cfg.eval_steps is not None and not cfg.eval_dataset:
         problems["eval_steps"] = "needs eval_dataset (the data the evaluation loss is taken on)"
-    if cfg.finetuning_type == "lora" and not _target_list(cfg.lora_target):
+    targets = _target_list(cfg.lora_target)
+    if cfg.finetuning_type == "lora" and not targets:
         problems["lora_target"] = "name at least one module, or 'all'"
+    elif len(targets) > MAX_TARGET_MODULES or any(len(t) > MAX_NAME_CHARS for t in targets):
+        problems["lora_target"] = (
+            f"at most {MAX_TARGET_MODULES} module names of at most {MAX_NAME_CHARS} characters"
+        )
     output_dir = getattr(cfg, "output_dir", None)  # unset in a config with it missing
     holds_a_run = output_dir is not None and (Path(output_dir) / "selections.jsonl").exists()
     if holds_a_run and not (cfg.overwrite_output_dir or cfg.resume_from_checkpoint):

@@ -132,11 +132,19 @@ class CheckpointPublisher:
 
     def _connect(self) -> zmq.Socket:
         if self._socket is None:
-            self._socket = self._context.socket(zmq.DEALER)
-            self._socket.setsockopt(zmq.LINGER, 0)
-            secure_client(self._socket, token=self.token, curve=self.curve)
-            self._monitor = self._socket.get_monitor_socket(REFUSED_EVENTS)
-            self._socket.connect(self.url)
+            socket = self._context.socket(zmq.DEALER)
+            monitor = None
+            try:
+                socket.setsockopt(zmq.LINGER, 0)
+                secure_client(socket, token=self.token, curve=self.curve)
+                monitor = socket.get_monitor_socket(REFUSED_EVENTS)
+                socket.connect(self.url)
+            except BaseException:
+                if monitor is not None:
+                    monitor.close(linger=0)
+                socket.close(linger=0)
+                raise
+            self._socket, self._monitor = socket, monitor
         return self._socket
 
     def _wait(self, socket: zmq.Socket, event: int, wait_ms: int) -> bool:

@@ -39,6 +39,10 @@ class ScorerFailure(RuntimeError):
     `fail`, or a stop was requested while the trainer waited for it."""
 
 
+class StopRequested(ScorerFailure):
+    """A stop (SIGTERM) was asked for while the trainer waited for the scorer."""
+
+
 class NotYet(Exception):
     """An attempt that may succeed later: `reason` says why this one did not; `pause` is the
     pause it asks for (None: the growing pause); `level` is how loudly the retry is logged."""
@@ -124,7 +128,7 @@ class _Wait:
 
     def _give_up(self, state: RetryCallState) -> NoReturn:
         if self.policy.stop_requested():
-            raise ScorerFailure(f"SIGTERM while waiting for {self.waiting_for}")
+            raise StopRequested(f"SIGTERM while waiting for {self.waiting_for}")
         raise ScorerUnavailable(
             f"gave up waiting for {self.waiting_for} after {state.attempt_number} attempt(s) "
             f"over {self.elapsed():.0f}s (last: {_last_error(state).reason}): check "

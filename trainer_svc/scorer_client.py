@@ -94,13 +94,8 @@ class RemoteScorer:
             http_url, run_id, wait_seconds=wait_seconds, token=token, ca_file=ca_file, sleep=sleep
         )
         self.stop_requested = stop_requested
-        host = urlsplit(http_url).hostname or ""
-        if token is not None and http_url.startswith("http://") and not is_loopback(host):
-            logger.warning(
-                "the scorer token goes to %s in clear over plain HTTP: serve the scorer's REST "
-                "over HTTPS (its tls_certfile) and use an https:// scorer_http_url",
-                http_url,
-            )
+        if token is not None:
+            warn_cleartext_token(http_url, zmq_url, curve=curve is not None)
 
     @classmethod
     def from_config(
@@ -140,6 +135,23 @@ class RemoteScorer:
     def close(self) -> None:
         self.publisher.close()
         self.weights.close()
+
+
+def warn_cleartext_token(http_url: str, zmq_url: str, *, curve: bool) -> None:
+    """Warn where the token would cross a network in clear."""
+    if http_url.startswith("http://") and not is_loopback(urlsplit(http_url).hostname or ""):
+        logger.warning(
+            "the scorer token goes to %s in clear over plain HTTP: serve the scorer's REST "
+            "over HTTPS (its tls_certfile) and use an https:// scorer_http_url",
+            http_url,
+        )
+    zmq_host = zmq_url.split("://", 1)[-1].rsplit(":", 1)[0]
+    if not curve and zmq_url.startswith("tcp://") and not is_loopback(zmq_host):
+        logger.warning(
+            "the scorer token goes to %s in clear in the ZeroMQ handshake (PLAIN): use CURVE "
+            "(scorer_curve_secret_key_file, scorer_curve_server_key_file) across hosts",
+            zmq_url,
+        )
 
 
 def scorer_failed(on_failure: OnFailure, what: str, error: ProtocolError, fallback: str) -> None:

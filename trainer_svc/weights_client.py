@@ -72,7 +72,7 @@ class WeightsClient:
         sleep: Callable[[float], None] = time.sleep,
     ):
         """ca_file: the CA bundle (PEM) an https scorer's certificate must verify against;
-        None: the system's trusted CAs."""
+        None: httpx's default bundle (certifi)."""
         self.base_url = base_url.rstrip("/")
         self.run_id = run_id
         self.ca_file = ca_file
@@ -125,7 +125,7 @@ class WeightsClient:
                 if _certificate_refused(exc):
                     raise UntrustedCertificate(
                         f"the certificate of {self.base_url} does not verify against "
-                        + (f"the CA file {self.ca_file}" if self.ca_file else "the system's CAs")
+                        + (f"the CA file {self.ca_file}" if self.ca_file else "the default CAs")
                         + f" ({exc}): set scorer_ca_file to the CA that signed the scorer's "
                         "certificate (its tls_certfile, when self-signed)"
                     ) from exc

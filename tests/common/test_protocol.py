@@ -237,3 +237,13 @@ def test_hello_values_beyond_their_bounds_are_refused_before_anything_is_built(o
     frame = json.dumps(obj).replace("Infinity", "1e999").encode()
     with pytest.raises(errors.MalformedMessage, match=field.split(".")[-1]):
         decode_request([frame])
+
+
+@pytest.mark.parametrize(
+    "shape", [[10**3000, 10**3000], [-1, 4], [1] * 65], ids=["huge", "negative", "many"]
+)
+def test_a_table_shape_beyond_bounds_is_malformed_not_an_internal_failure(shape):
+    header = json.loads(_frames()[0])
+    header["tensors"][0]["shape"] = shape
+    with pytest.raises(errors.MalformedMessage, match="shape"):
+        decode_request([json.dumps(header).encode(), *_frames()[1:]])

@@ -143,3 +143,23 @@ def test_a_database_password_never_reaches_the_log():
     settings = Settings(database_url="postgresql+psycopg://scorer:s3cret@db:5432/history")
     assert settings.database_for_logs == "postgresql+psycopg://scorer:***@db:5432/history"
     assert "s3cret" not in settings.database_for_logs
+
+
+@pytest.mark.parametrize(
+    "over, warned",
+    [
+        ({}, []),
+        ({"http_host": "0.0.0.0"}, ["beyond loopback", "plain HTTP"]),
+        ({"zmq_url": "tcp://0.0.0.0:5555"}, ["beyond loopback", "PLAIN"]),
+    ],
+)
+def test_a_token_exposed_in_clear_is_warned_of_at_start(tmp_path, caplog, over, warned):
+    from scorer_svc.main import _log_exposure
+
+    settings = Settings(data_dir=tmp_path, token="t", **over)
+    with caplog.at_level(logging.WARNING, logger="scorer_svc.main"):
+        _log_exposure(settings)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == len(warned)
+    for message, words in zip(messages, warned, strict=True):
+        assert words in message

@@ -40,19 +40,22 @@ def run_files(tiny_model, tmp_path):
 def test_stopped_while_scoring_then_restarted(run_files, tmp_path, sig):
     hello, (first, second) = run_files
     scorer = ScorerProcess(tmp_path / "scorer", *SLOW).start()
-    register(scorer.zmq_url, hello)
-    for step, k, tensors in ((2, 1, first), (4, 2, second)):
-        frames = encode_checkpoint(
-            run_id="run-c", step=step, update_index=k, kind="lora", tensors=tensors
-        )
-        assert zmq_request(scorer.zmq_url, frames)["status"] == "queued"
-    wait_status(scorer, 2, "scoring")
-    code = scorer.stop(sig)
-    assert code == (0 if sig == signal.SIGTERM else -signal.SIGKILL)
-    status, n_losses = db_status(scorer, 2)
-    assert n_losses == 0  # nothing half-stored
-    assert status == ("received" if sig == signal.SIGTERM else "scoring")
-    assert db_status(scorer, 4) == ("received", 0)
+    try:
+        register(scorer.zmq_url, hello)
+        for step, k, tensors in ((2, 1, first), (4, 2, second)):
+            frames = encode_checkpoint(
+                run_id="run-c", step=step, update_index=k, kind="lora", tensors=tensors
+            )
+            assert zmq_request(scorer.zmq_url, frames)["status"] == "queued"
+        wait_status(scorer, 2, "scoring")
+        code = scorer.stop(sig)
+        assert code == (0 if sig == signal.SIGTERM else -signal.SIGKILL)
+        status, n_losses = db_status(scorer, 2)
+        assert n_losses == 0  # nothing half-stored
+        assert status == ("received" if sig == signal.SIGTERM else "scoring")
+        assert db_status(scorer, 4) == ("received", 0)
+    finally:
+        scorer.stop()  # left running only when the test failed before stopping it
 
     restarted = scorer.again().start()
     try:

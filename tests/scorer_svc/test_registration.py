@@ -19,7 +19,14 @@ from scorer_svc.intake import Intake, IntakeServer
 from scorer_svc.main import MAX_FRAME_BYTES
 from scorer_svc.registry import Registry
 from tests.support.data import write_samples
-from tests.support.scorer import make_hello, register, until_registered, zmq_request
+from tests.support.scorer import (
+    lora_checkpoints,
+    make_hello,
+    register,
+    send_checkpoint,
+    until_registered,
+    zmq_request,
+)
 
 TOKEN, OTHER = "a" * 32, "b" * 32
 
@@ -84,14 +91,14 @@ def served(tmp_path):
     config = Settings(data_dir=tmp_path / "scorer", device="cpu")
     registry = Registry(config)
     release = threading.Event()
-    prepare = registry.prepare
+    tokenize = registry._tokenize
 
-    def held(hello):
+    def held(hello):  # inside the registry's own work, as a slow dataset or hub would be
         if hello.run_id.startswith("slow"):
             assert release.wait(300), "never released"
-        return prepare(hello)
+        return tokenize(hello)
 
-    registry.prepare = held  # type: ignore[method-assign]
+    registry._tokenize = held  # type: ignore[method-assign]
     sessions = make_sessionmaker(make_engine(config.resolved_database_url))
     intake = Intake(config, sessions, registry, on_queued=lambda: None)
     server = IntakeServer(f"tcp://127.0.0.1:{free_port()}", intake, max_frame_bytes=MAX_FRAME_BYTES)
@@ -112,6 +119,8 @@ def test_a_slow_registration_holds_up_no_other_trainer(served, tiny_model, tmp_p
     latency_ms = (time.perf_counter() - started) * 1000
     assert again["status"] == "already_registered" and not release.is_set()
     print(f"\nanother trainer's hello answered in {latency_ms:.1f} ms during a held registration")
+    checkpoint = send_checkpoint(url, "fast", 2, 1, lora_checkpoints(tiny_model, 1)[0])
+    assert checkpoint["status"] == "queued" and not release.is_set()
     assert zmq_request(url, encode_hello(slow))["status"] == "registering"
     release.set()
     assert register(url, slow)["status"] == "registered"

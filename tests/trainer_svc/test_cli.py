@@ -10,7 +10,7 @@ import yaml
 
 from tests.support.trainer import trainer_config
 from trainer_svc import cli
-from trainer_svc.retry import ScorerFailure
+from trainer_svc.retry import ScorerFailure, StopRequested
 
 
 def test_bad_config_exits_2_naming_every_key(tmp_path, caplog, monkeypatch):
@@ -89,3 +89,9 @@ def test_a_scorer_failure_exits_1_with_its_message(good_config, monkeypatch, cap
     ended(monkeypatch, raises=ScorerFailure("update 2 at step 4 failed: ...; resume_from_..."))
     assert cli.main(["train", good_config]) == 1
     assert "stopped: update 2 at step 4 failed: ...; resume_from_..." in caplog.text
+
+
+def test_sigterm_while_waiting_to_register_exits_143(good_config, monkeypatch, caplog):
+    ended(monkeypatch, raises=StopRequested("SIGTERM while waiting for a reply from the scorer"))
+    assert cli.main(["train", good_config]) == 143
+    assert "nothing trained yet" in caplog.text

@@ -258,3 +258,18 @@ def test_the_cli_says_what_is_wrong_in_one_line_and_exits_2(tmp_path, caplog):
     path.write_text("a: [\n")
     assert main(["train", str(path)]) == 2
     assert "is not valid YAML" in caplog.text and "Traceback" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("lora_rank", 2_000_000),
+        ("lora_alpha", float("inf")),
+        ("update_times", 10**9),
+        ("lora_target", ",".join(["q_proj"] * 300)),
+    ],
+)
+def test_values_the_scorer_would_refuse_are_config_errors(demo_file, tmp_path, key, value):
+    with pytest.raises(ConfigError) as info:
+        parse_config(base(demo_file, tmp_path, **{key: value}))
+    assert key in info.value.problems

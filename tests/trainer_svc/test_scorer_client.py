@@ -17,7 +17,12 @@ from trainer_svc.records import JsonlRecord, read_jsonl
 from trainer_svc.retry import ScorerFailure
 from trainer_svc.sampler import SelectionPlan
 from trainer_svc.schedule import Schedule
-from trainer_svc.scorer_client import RemoteScorer, ScorerClient, scorer_failed
+from trainer_svc.scorer_client import (
+    RemoteScorer,
+    ScorerClient,
+    scorer_failed,
+    warn_cleartext_token,
+)
 from trainer_svc.updates import UpdateCoordinator
 
 
@@ -136,3 +141,23 @@ def test_a_scorer_down_at_free_ports_is_waited_for_once_then_only_probed(tmp_pat
     rows = read_jsonl(tmp_path / "s.jsonl")
     assert [r["failure_code"] for r in rows] == ["timeout", "scorer_down", "scorer_down"]
     assert all(r["source"] == "uniform_fallback" for r in rows)
+
+
+@pytest.mark.parametrize(
+    "http_url, zmq_url, curve, warned",
+    [
+        ("http://127.0.0.1:8000", "tcp://127.0.0.1:5555", False, []),
+        ("https://scorer:8000", "tcp://scorer:5555", True, []),
+        ("http://scorer:8000", "tcp://scorer:5555", True, ["plain HTTP"]),
+        ("https://scorer:8000", "tcp://10.0.0.2:5555", False, ["PLAIN"]),
+        ("http://10.0.0.2:8000", "tcp://10.0.0.2:5555", False, ["plain HTTP", "PLAIN"]),
+    ],
+)
+def test_a_token_that_would_cross_a_network_in_clear_is_warned_of(
+    caplog, http_url, zmq_url, curve, warned
+):
+    with caplog.at_level(logging.WARNING):
+        warn_cleartext_token(http_url, zmq_url, curve=curve)
+    assert len(caplog.records) == len(warned)
+    for record, words in zip(caplog.records, warned, strict=True):
+        assert words in record.getMessage()
