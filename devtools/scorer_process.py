@@ -51,13 +51,16 @@ class ScorerProcess:
         log_path: Path | None = None,
         prefix: Sequence[str] = (),
         tls: Tls | None = None,
+        ranks: int = 1,
     ) -> None:
         """extra: more flags; env: variables over os.environ; prefix: what runs the command
-        (e.g. taskset -c 1); tls: serve REST over HTTPS."""
+        (e.g. taskset -c 1); tls: serve REST over HTTPS; ranks: processes under torchrun
+        (one node, gloo on the CPU)."""
         self.data_dir = data_dir
         self.http_port = free_port()
         self.zmq_url = f"tcp://127.0.0.1:{free_port()}"
         self.tls = tls
+        self.ranks = ranks
         scheme = "https" if tls is not None else "http"
         self.base_url = f"{scheme}://127.0.0.1:{self.http_port}"
         self.extra = list(extra) + (tls.flags() if tls is not None else [])
@@ -76,8 +79,10 @@ class ScorerProcess:
         """Start and wait until /healthz answers."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                    str(self.ranks)] if self.ranks > 1 else []  # fmt: skip
         cmd = [
-            *self.prefix, sys.executable, "-m", "scorer_svc", "serve",
+            *self.prefix, sys.executable, *launcher, "-m", "scorer_svc", "serve",
             "--http-port", str(self.http_port), "--zmq-url", self.zmq_url,
             "--data-dir", str(self.data_dir), "--device", "cpu", *self.extra,
         ]  # fmt: skip
@@ -112,6 +117,7 @@ class ScorerProcess:
             log_path=self.log_path,
             prefix=self.prefix,
             tls=self.tls,
+            ranks=self.ranks,
         )
         twin.http_port, twin.zmq_url, twin.base_url = self.http_port, self.zmq_url, self.base_url
         return twin

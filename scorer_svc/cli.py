@@ -12,6 +12,7 @@ from pathlib import Path
 import zmq
 from pydantic_settings import CliSettingsSource
 
+from common.launch import Launch
 from scorer_svc.config import (
     Settings,
     SettingsError,
@@ -71,6 +72,20 @@ def _server_class():  # type: ignore[no-untyped-def]
     return Server
 
 
+def rank_device(settings: Settings, local_rank: int) -> str:
+    """The device of one rank under torchrun: its own GPU (cuda:LOCAL_RANK), or the CPU."""
+    import torch
+
+    if settings.device == "cpu" or (settings.device == "auto" and not torch.cuda.is_available()):
+        return "cpu"
+    if settings.device in ("auto", "cuda"):
+        return f"cuda:{local_rank}"
+    raise SettingsError(
+        f"device {settings.device} names one GPU, but under torchrun each rank takes its own: "
+        "give --device auto (or cuda), and choose the GPUs with CUDA_VISIBLE_DEVICES"
+    )
+
+
 class AddressInUse(RuntimeError):
     """An address the scorer must bind is taken (the message names it and the flag)."""
 
@@ -114,18 +129,35 @@ def main(argv: list[str] | None = None) -> int:
         public, secret = create_keys(args.directory, args.name)
         print(f"public key (give to peers): {public}\nsecret key (keep): {secret}")
         return 0
+    launch = Launch.from_environment()
+    rank, world = launch.rank, launch.world
     try:
         settings = serve_settings(args, flags)
-        check_integrity(settings.resolved_database_url)
-        check_addresses_free(settings)
+        if world > 1:
+            device = rank_device(settings, launch.local_rank)
+            settings = settings.model_copy(update={"device": device})
+        if rank == 0:  # the other ranks touch neither the database nor the addresses
+            check_integrity(settings.resolved_database_url)
+            check_addresses_free(settings)
     except (SettingsError, DatabaseDamaged, AddressInUse) as exc:
         print(f"scorer-svc: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s "
+        + (f"rank {rank} " if world > 1 else "")
+        + "%(name)s: %(message)s",
     )
     warn_unknown_environment(os.environ)
+    group = None
+    if world > 1:
+        from scorer_svc.ranks import RankGroup
+        from scorer_svc.registry import Registry
+        from scorer_svc.scoring import resolve_device
+
+        group = RankGroup.start(resolve_device(settings.device), settings.rank_timeout_seconds)
+        if rank != 0:
+            return group.follow(Registry(settings))
     import uvicorn
 
     from scorer_svc.main import create_app
@@ -133,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     _Server = _server_class()
 
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, group=group),
         host=settings.http_host,
         port=settings.http_port,
         log_config=None,

@@ -94,6 +94,13 @@ class Settings(BaseSettings):
         description="memory for runs' tokenized samples; beyond it the least recently used "
         "runs' are dropped and tokenized again when needed (4294967296 is 4 GiB)",
     )
+    rank_timeout_seconds: float = Field(
+        1800.0,
+        gt=0,
+        description="under torchrun: how long a collective between the scorer's ranks may "
+        "wait (a checkpoint's broadcast, a run's preparation, a share's scoring) before the "
+        "rank is given up",
+    )
     retry_after_seconds: int = Field(1, ge=1, description="the Retry-After of a 202 response")
     database_busy_timeout_seconds: float = Field(
         30.0, gt=0, description="how long SQLite waits for a lock before a write fails"

@@ -20,6 +20,7 @@ from scorer_svc.config import Settings
 from scorer_svc.db import make_engine, make_sessionmaker
 from scorer_svc.failures import UnrecordedFailures
 from scorer_svc.intake import Intake, IntakeServer
+from scorer_svc.ranks import RankGroup
 from scorer_svc.registry import Registry
 from scorer_svc.state import ApiState
 from scorer_svc.store import remove_partial_files
@@ -49,12 +50,17 @@ class Background:
         log.info("stopping: intake first, then the worker")
         self.intake.stop()
         self.worker.stop()
+        if self.worker.group is not None:
+            self.worker.group.stop_others()
         self.engine.dispose()
         log.info("stopped")
 
 
-def build_service(settings: Settings) -> tuple[ApiState, Background]:
-    """Every part of a scorer, nothing started; the API and the worker share the failures."""
+def build_service(
+    settings: Settings, group: RankGroup | None = None
+) -> tuple[ApiState, Background]:
+    """Every part of a scorer, nothing started; the API and the worker share the failures.
+    group: the other ranks (under torchrun), which score a share of every checkpoint."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     for path in remove_partial_files(settings.data_dir):
         log.warning("removed %s, a checkpoint file whose writing was cut off", path)
@@ -66,7 +72,11 @@ def build_service(settings: Settings) -> tuple[ApiState, Background]:
     registry = Registry(settings)
     failures = UnrecordedFailures()
     worker = Worker(
-        sessions, registry, failures=failures, keep_checkpoints=settings.keep_checkpoints
+        sessions,
+        registry,
+        failures=failures,
+        keep_checkpoints=settings.keep_checkpoints,
+        group=group,
     )
     intake = IntakeServer(
         settings.zmq_url,
@@ -75,18 +85,21 @@ def build_service(settings: Settings) -> tuple[ApiState, Background]:
         curve_secret_key_file=settings.curve_secret_key_file,
         curve_authorized_keys_dir=settings.curve_authorized_keys_dir,
     )
-    api = ApiState(settings, sessions, failures=failures)
+    api = ApiState(settings, sessions, failures=failures, group=group)
     return api, Background(engine, worker, intake)
 
 
-def create_app(settings: Settings, state: ApiState | None = None) -> FastAPI:
-    """state: serve it as given, starting nothing; it must carry these settings."""
+def create_app(
+    settings: Settings, state: ApiState | None = None, group: RankGroup | None = None
+) -> FastAPI:
+    """state: serve it as given, starting nothing; it must carry these settings. group: the
+    other ranks of a torchrun-launched scorer (with no state)."""
     if state is not None and state.settings is not settings:
         raise ValueError("the state given was built with other settings than the app's")
     app = FastAPI(
         title="delta-loss scorer",
         description="Per-sample losses of every checkpoint and Delta Loss sampling weights.",
-        lifespan=_owned_service(settings) if state is None else _given_state(state),
+        lifespan=_owned_service(settings, group) if state is None else _given_state(state),
     )
     for module in (health, runs, losses, weights):
         app.include_router(module.router)
@@ -104,10 +117,10 @@ def _given_state(state: ApiState) -> Lifespan:
     return lifespan
 
 
-def _owned_service(settings: Settings) -> Lifespan:
+def _owned_service(settings: Settings, group: RankGroup | None) -> Lifespan:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        api, background = build_service(settings)
+        api, background = build_service(settings, group)
         app.state.api = api
         _log_exposure(settings)
         background.start()
@@ -134,11 +147,17 @@ def _log_exposure(settings: Settings) -> None:
         log.warning("listening beyond loopback at %s", address)
     if settings.token is None and settings.token_file is None:
         log.info("no token set: any local process can use this scorer")
-    elif any(a.startswith("http://") for a in exposed):
-        log.warning(
-            "the token crosses the network in clear over plain HTTP: serve HTTPS "
-            "(tls_certfile, tls_keyfile), or keep REST on loopback behind a TLS proxy"
-        )
+    else:
+        if any(a.startswith("http://") for a in exposed):
+            log.warning(
+                "the token crosses the network in clear over plain HTTP: serve HTTPS "
+                "(tls_certfile, tls_keyfile), or keep REST on loopback behind a TLS proxy"
+            )
+        if settings.zmq_url in exposed and settings.curve_secret_key_file is None:
+            log.warning(
+                "the token crosses the network in clear in the ZeroMQ handshake (PLAIN): "
+                "use CURVE (curve_secret_key_file, curve_authorized_keys_dir) across hosts"
+            )
 
 
 def _require_token(app: FastAPI, token: str | None) -> None:

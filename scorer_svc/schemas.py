@@ -10,6 +10,8 @@ from pydantic import BaseModel
 
 class Health(BaseModel):
     status: str
+    ranks: int = 1  # processes scoring (torchrun), rank 0 included
+    ranks_alive: bool = True  # false once one stopped answering: restart the scorer
 
 
 class RunInfo(BaseModel):

@@ -8,7 +8,6 @@ import inspect
 import logging
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -208,11 +207,3 @@ class ScoringModel:
                 bar.update(len(batch.indices))
         release_freed_memory()
         return losses
-
-
-def timed_score(
-    model: ScoringModel, batches: Sequence[Batch], n: int, **kw
-) -> tuple[np.ndarray, float]:
-    start = time.perf_counter()
-    losses = model.score(batches, n, **kw)
-    return losses, time.perf_counter() - start

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from scorer_svc.config import Settings
 from scorer_svc.failures import UnrecordedFailures
+from scorer_svc.ranks import RankGroup
 from scorer_svc.weights import WeightsCache
 
 
@@ -19,3 +20,4 @@ class ApiState:
     # the worker's, when one runs: the same object must be handed to both
     failures: UnrecordedFailures
     weights: WeightsCache = field(default_factory=WeightsCache)
+    group: RankGroup | None = None  # the scorer's other ranks, under torchrun

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 
@@ -15,8 +16,9 @@ from common.selection import Window, delta_window
 from scorer_svc import crud
 from scorer_svc.failures import UnrecordedFailures
 from scorer_svc.models import FAILED, SCORED, CheckpointRow, Run
+from scorer_svc.ranks import RankGroup, RankLost
 from scorer_svc.registry import Registry
-from scorer_svc.scoring import ScoringAborted, timed_score
+from scorer_svc.scoring import ScoringAborted
 from scorer_svc.store import read_checkpoint
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,7 @@ class Worker:
     _: KW_ONLY
     failures: UnrecordedFailures
     keep_checkpoints: bool
+    group: RankGroup | None = None  # the other ranks that score a share, under torchrun
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -60,8 +63,17 @@ class Worker:
                 log.exception("scoring loop error")
                 worked = False
             if not worked:
+                if self.group is not None:
+                    self._heartbeat(self.group)
                 self._wake.wait(IDLE_WAIT_S)
                 self._wake.clear()
+
+    @staticmethod
+    def _heartbeat(group: RankGroup) -> None:
+        try:
+            group.heartbeat()
+        except RankLost as exc:
+            log.error("%s", exc)
 
     def run_once(self) -> bool:
         """Score the oldest pending checkpoint; False when there was none."""
@@ -110,10 +122,17 @@ class Worker:
             hello = self.registry.hello_of(run.run_id, run.config)
             data = self.registry.prepare(hello)
             model = self.registry.model(hello)
-            model.apply(read_checkpoint(path))
-            losses, seconds = timed_score(
-                model, data.batches, run.n_samples, stop=self._stop, desc=label
-            )
+            tensors = read_checkpoint(path)
+            started = time.perf_counter()
+            if self.group is None:
+                model.apply(tensors)
+                losses = model.score(data.batches, run.n_samples, stop=self._stop, desc=label)
+            else:
+                losses = self.group.score(
+                    run.config, tensors, data.batches, model, run.n_samples,
+                    stop=self._stop, desc=label,
+                )  # fmt: skip
+            seconds = time.perf_counter() - started
             if not np.isfinite(losses).any():
                 raise ValueError(
                     "no sample has a finite loss at this checkpoint (NaN or inf weights?)"

@@ -102,7 +102,10 @@ def expected_weights(step: int) -> tuple[object, np.ndarray]:
 
 def test_healthz(client):
     response = client.get("/healthz")
-    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+    assert (response.status_code, response.json()) == (
+        200,
+        {"status": "ok", "ranks": 1, "ranks_alive": True},
+    )
 
 
 def test_runs_are_listed_with_their_settings_and_samples_without_loss(client):

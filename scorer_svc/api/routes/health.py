@@ -1,17 +1,35 @@
-"""Liveness that includes the database: a scorer that cannot read its history is not healthy."""
+"""Liveness that includes the database and the scoring ranks: a scorer that cannot read its
+history, or has lost a rank, is not healthy."""
 
 from fastapi import APIRouter
+from fastapi.responses import JSONResponse
 
 from scorer_svc import crud
-from scorer_svc.api.deps import SessionDep
+from scorer_svc.api.deps import ApiDep, SessionDep
 from scorer_svc.schemas import Health
 
 router = APIRouter(tags=["health"])
 
 
 @router.get(
-    "/healthz", responses={503: {"description": "the database cannot be read (detail says why)"}}
+    "/healthz",
+    response_model=Health,
+    responses={503: {"description": "the database cannot be read, or a scoring rank was lost"}},
 )
-def healthz(session: SessionDep) -> Health:
+def healthz(session: SessionDep, api: ApiDep) -> Health | JSONResponse:
     crud.list_runs(session, limit=1)  # a damaged or missing database answers 503
-    return Health(status="ok")
+    group = api.group
+    if group is None:
+        return Health(status="ok")
+    if group.lost is not None:
+        return JSONResponse(
+            status_code=503,
+            content={
+                "status": "rank lost",
+                "ranks": group.world,
+                "ranks_alive": False,
+                "detail": f"a scoring rank stopped answering ({group.lost}): restart the "
+                "scorer (torchrun)",
+            },
+        )
+    return Health(status="ok", ranks=group.world)

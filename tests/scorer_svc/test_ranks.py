@@ -1,0 +1,86 @@
+"""One scorer over two processes (torchrun, gloo on the CPU): each rank scores a share of the
+samples balanced by tokens, and the stored losses equal a one-process scorer's."""
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from devtools.scorer_process import ScorerProcess
+from scorer_svc.batching import Batch
+from scorer_svc.ranks import share
+from tests.support.data import write_samples
+from tests.support.scorer import (
+    all_losses,
+    lora_checkpoints,
+    make_hello,
+    register,
+    send_checkpoint,
+    settled_checkpoints,
+    wait_weights,
+)
+from tests.support.trainer import run_trainer
+
+
+def _batch(first: int, rows: int, width: int) -> Batch:
+    ids = torch.ones(rows, width, dtype=torch.long)
+    return Batch(list(range(first, first + rows)), ids, torch.ones_like(ids), ids)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 5])
+def test_shares_are_disjoint_cover_every_batch_and_balance_tokens(world):
+    batches = [_batch(10 * i, 1 + i % 4, 8 + 7 * (i % 5)) for i in range(23)]
+    shares = share(batches, world)
+    assert len(shares) == world
+    flat = [p for s in shares for p in s]
+    assert sorted(flat) == list(range(len(batches)))  # each batch once
+    loads = [sum(batches[p].real_tokens for p in s) for s in shares]
+    assert max(loads) - min(loads) <= max(b.real_tokens for b in batches)
+    assert share(batches, world) == shares  # the same split on every rank
+
+
+def test_fewer_batches_than_ranks_leave_some_ranks_idle():
+    assert share([_batch(0, 2, 4)], 3) == [[0], [], []]
+
+
+slow = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    scorer = ScorerProcess(tmp_path_factory.mktemp("ranks") / "scorer", ranks=2).start()
+    yield scorer
+    scorer.stop()  # torchrun itself exits 1 on SIGTERM, once its ranks have stopped
+    log = scorer.log()
+    assert "rank 1: stopping, as rank 0 asks" in log and "scorer_svc.main: stopped" in log
+
+
+@slow
+def test_two_ranks_store_the_losses_of_one(two_ranks, tiny_model, tmp_path):
+    health = httpx.get(f"{two_ranks.base_url}/healthz").json()
+    assert health == {"status": "ok", "ranks": 2, "ranks_alive": True}
+    data = write_samples(tmp_path / "d.json", 40, seed=5)
+    hello = make_hello(tiny_model, data, run_id="ranks")
+    checkpoints = list(zip((2, 4, 6), (1, 2, 3), lora_checkpoints(tiny_model, 3), strict=True))
+    with ScorerProcess(tmp_path / "one") as one:
+        for scorer in (one, two_ranks):
+            assert register(scorer.zmq_url, hello)["status"] == "registered"
+            for step, k, tensors in checkpoints:
+                assert send_checkpoint(scorer.zmq_url, "ranks", step, k, tensors)["status"] == (
+                    "queued"
+                )
+            wait_weights(scorer, "ranks", 6)
+        for step, _, _ in checkpoints:
+            single = np.array(all_losses(one.base_url, "ranks", step))
+            split = np.array(all_losses(two_ranks.base_url, "ranks", step))
+            assert np.isfinite(single).sum() > 30
+            np.testing.assert_allclose(split, single, rtol=0, atol=1e-6, equal_nan=True)
+    assert "rank 1 " in two_ranks.log()  # the second rank logged its share
+
+
+@slow
+def test_a_training_run_against_two_ranks(two_ranks, tiny_model, tmp_path):
+    out, run_id = run_trainer(tiny_model, two_ranks, tmp_path, "sync")
+    rows = settled_checkpoints(two_ranks, run_id, 3)
+    assert [r["status"] for r in rows] == ["scored"] * 3
+    assert len((out / "selections.jsonl").read_text().splitlines()) == 3
