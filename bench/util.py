@@ -70,7 +70,10 @@ def python_env() -> dict[str, str]:
 class Scorer(ScorerProcess):
     """The scorer pinned to the scorer's core, one thread, quiet logs."""
 
-    def __init__(self, data_dir: Path, *extra: str, core: int = SCORER_CORE) -> None:
+    def __init__(
+        self, data_dir: Path, *extra: str, core: int | None = SCORER_CORE, ranks: int = 1
+    ) -> None:
+        """core: the one core it runs on (None: any); ranks: processes under torchrun."""
         # The benchmarks' models and data lie in a temporary folder, and in ALPACA's.
         scratch = tempfile.gettempdir()
         roots = ["--model-root", scratch, "--data-root", scratch, "--data-root", str(ALPACA.parent)]
@@ -82,7 +85,8 @@ class Scorer(ScorerProcess):
             *extra,
             env=python_env(),
             log_path=data_dir.parent / f"{data_dir.name}.log",
-            prefix=pin(core),
+            prefix=pin(core) if core is not None else [],
+            ranks=ranks,
         )
 
     @property
