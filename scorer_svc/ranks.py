@@ -13,7 +13,6 @@ sits in one collective for longer than the process group's timeout allows.
 from __future__ import annotations
 
 import heapq
-import json
 import logging
 import signal
 import threading
@@ -28,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from common import dtypes
+from common.collectives import broadcast_json
 from scorer_svc.batching import Batch
 from scorer_svc.registry import Registry
 from scorer_svc.scoring import ScoringAborted, ScoringModel
@@ -194,17 +194,7 @@ class RankGroup:
         return _Guard(self)
 
     def _broadcast_json(self, obj: Any) -> Any:
-        """obj from rank 0 to every rank (pass None elsewhere), as UTF-8 JSON bytes."""
-        data = json.dumps(obj).encode() if self.rank == 0 else b""
-        size = torch.tensor([len(data)], dtype=torch.int64, device=self.comm_device)
-        dist.broadcast(size, src=0)
-        buffer = (
-            torch.frombuffer(bytearray(data), dtype=torch.uint8).to(self.comm_device)
-            if self.rank == 0
-            else torch.empty(int(size.item()), dtype=torch.uint8, device=self.comm_device)
-        )
-        dist.broadcast(buffer, src=0)
-        return json.loads(bytes(buffer.cpu().numpy())) if self.rank != 0 else obj
+        return broadcast_json(obj, device=self.comm_device)
 
     def _broadcast_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
         on_device = tensor.to(self.comm_device)

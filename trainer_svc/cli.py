@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
+import subprocess
 import sys
+from collections.abc import Mapping
 
 from trainer_svc.config import ConfigError, load_config
 from trainer_svc.retry import ScorerFailure, StopRequested
@@ -41,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
     if args.command == "export":
         return export(args.config, args.overrides)
+    if forced_torchrun(os.environ):
+        return relaunch_under_torchrun(args.config, args.overrides, os.environ)
     try:
         loaded = load_config(args.config, args.overrides)
     except (ConfigError, OSError) as exc:
@@ -66,6 +71,57 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 128 + signum  # as a process the signal ended: a scheduler requeues the run
     return 0
+
+
+def forced_torchrun(environ: Mapping[str, str]) -> bool:
+    """FORCE_TORCHRUN=1 (as LLaMA-Factory reads it), and not already under torchrun."""
+    return environ.get("FORCE_TORCHRUN", "").lower() in ("1", "true", "yes") and (
+        "RANK" not in environ
+    )
+
+
+def torchrun_command(config: str, overrides: list[str], environ: Mapping[str, str]) -> list[str]:
+    """`torchrun ... -m trainer_svc train CONFIG`, from NPROC_PER_NODE (default: every GPU, or
+    one process on a CPU machine), NNODES, NODE_RANK, MASTER_ADDR and MASTER_PORT."""
+    import torch
+
+    nproc = environ.get("NPROC_PER_NODE") or str(max(1, torch.cuda.device_count()))
+    return [
+        sys.executable, "-m", "torch.distributed.run",
+        "--nnodes", environ.get("NNODES", "1"),
+        "--node-rank", environ.get("NODE_RANK", "0"),
+        "--nproc-per-node", nproc,
+        "--master-addr", environ.get("MASTER_ADDR", "127.0.0.1"),
+        "--master-port", environ.get("MASTER_PORT", "29500"),
+        "-m", "trainer_svc", "train", config, *overrides,
+    ]  # fmt: skip
+
+
+def relaunch_under_torchrun(config: str, overrides: list[str], environ: Mapping[str, str]) -> int:
+    """Run torchrun and pass it SIGTERM and SIGINT (it forwards them to every rank, which
+    save a checkpoint and stop at the same step); its exit status is this command's, but
+    128 + the signal once a signal stopped the run."""
+    command = torchrun_command(config, overrides, environ)
+    logger.info("FORCE_TORCHRUN: %s", " ".join(command))
+    launcher = subprocess.Popen(command, env={**environ})
+    received: list[int] = []
+
+    def forward(signum: int, frame: object) -> None:
+        received.append(signum)
+        launcher.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in FORWARDED}
+    try:
+        code = launcher.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if received and code != 0:  # torchrun exits 1 once its ranks stopped on the signal
+        return 128 + received[0]
+    return code
+
+
+FORWARDED = (signal.SIGTERM, signal.SIGINT)
 
 
 def export(path: str, overrides: list[str]) -> int:

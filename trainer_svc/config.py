@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from transformers.trainer_utils import SchedulerType
 
 from common.datasets import DatasetError, load_alpaca, resolve_dataset
+from common.launch import Launch
 from common.protocol import (
     MAX_LORA_RANK,
     MAX_NAME_CHARS,
@@ -219,7 +220,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path | None = None) -> LoadedCon
     files are read and keys checked together also when some keys are bad alone."""
     cfg, problems = validate_keys(TrainConfig, raw)
     window_size = _window_size(cfg, base_dir, problems)
-    world_size = _world_size(problems)
+    world_size = _world_size(raw, cfg, problems)
     dataset_path, samples = _dataset(cfg, "dataset", base_dir, problems)
     eval_path, eval_samples = (None, None)
     if getattr(cfg, "eval_dataset", None):
@@ -332,11 +333,26 @@ def _window_size(cfg: TrainConfig, base_dir: Path | None, problems: dict[str, st
     return float(window)
 
 
-def _world_size(problems: dict[str, str]) -> int:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world != 1:
-        problems["WORLD_SIZE"] = (
-            f"distributed training (WORLD_SIZE={world}) is not supported yet; run one process"
+# Sharded-training keys of LLaMA-Factory's and transformers' configs that this trainer does not
+# honour: refused rather than silently ignored (data-parallel DDP under torchrun is supported).
+UNSUPPORTED_PARALLELISM = ("deepspeed", "fsdp", "fsdp_config")
+
+
+def _world_size(raw: dict[str, Any], cfg: TrainConfig, problems: dict[str, str]) -> int:
+    """torchrun's WORLD_SIZE (1 without it); keys of parallelism this trainer lacks refused."""
+    world = Launch.from_environment().world
+    for key in UNSUPPORTED_PARALLELISM:
+        if raw.get(key):
+            problems[key] = (
+                "DeepSpeed and FSDP are not supported: remove it; several GPUs train with "
+                "data-parallel DDP under torchrun (FORCE_TORCHRUN=1, see the README)"
+            )
+    wait = getattr(cfg, "scorer_wait_seconds", 600.0)
+    if world > 1 and cfg.ddp_timeout <= wait + 60:
+        problems["ddp_timeout"] = (
+            f"{cfg.ddp_timeout}s is too short under torchrun: the other ranks wait in a "
+            f"collective while rank 0 waits for the scorer (scorer_wait_seconds {wait:g}); "
+            f"set it above {wait + 60:g}"
         )
     return world
 

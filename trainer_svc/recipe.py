@@ -23,6 +23,7 @@ from transformers.trainer_utils import TrainOutput
 
 from common.errors import ProtocolError
 from common.hello import build_hello
+from common.launch import Launch
 from common.model_spec import (
     LoraSettings,
     ModelSpec,
@@ -34,6 +35,7 @@ from common.protocol import Hello
 from common.tokenization import TokenizationSettings, encode_dataset
 from trainer_svc.config import LoadedConfig, TrainConfig
 from trainer_svc.data import EncodedDataset, PadCollator
+from trainer_svc.distributed import Ranks
 from trainer_svc.outage import Outage
 from trainer_svc.records import (
     LOSS_PLOT,
@@ -50,7 +52,7 @@ from trainer_svc.sampler import ScheduleBatchSampler, SelectionPlan
 from trainer_svc.schedule import Schedule
 from trainer_svc.scorer_client import RemoteScorer, ScorerClient, scorer_failed
 from trainer_svc.trainer import GracefulStop, ScheduledTrainer, SelectionCallback
-from trainer_svc.updates import UpdateCoordinator
+from trainer_svc.updates import SharedUpdates, UpdateCoordinator
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +72,9 @@ class DeltaLossRecipe:
         self.loaded = loaded
         self.scorer = scorer
         self.on_update = on_update
-        self.stop = GracefulStop()  # SIGTERM, once run() installs it
         self.cfg = loaded.config
+        self.ranks = Ranks.start(Launch.from_environment(), self.cfg.ddp_timeout)
+        self.stop = GracefulStop(self.ranks)  # SIGTERM, once run() installs it
         self.output_dir = Path(self.cfg.output_dir)
         self.spec = model_spec(self.cfg)
         self.schedule = Schedule.build(
@@ -85,7 +88,9 @@ class DeltaLossRecipe:
     # ---- setup ----
     def setup(self) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.run_id = self._run_id()
+        main = self.ranks.is_main
+        named = list(self._run_identity()) if main else None  # run.json: rank 0's
+        self.run_id, self.run_token = self.ranks.share(named)
         self.tokenizer = AutoTokenizer.from_pretrained(
             self.cfg.model_name_or_path, trust_remote_code=self.cfg.trust_remote_code
         )
@@ -93,10 +98,11 @@ class DeltaLossRecipe:
         self.encoded = encode_dataset(self.tokenizer, self.loaded.samples, self.settings)
         self._warn_empty_labels()
         self.model = self._load_model()
-        self._connect_scorer()
+        if main:  # the scorer hears from rank 0 alone
+            self._connect_scorer()
         self._build_trainer()
 
-    def _run_id(self) -> str:
+    def _run_identity(self) -> tuple[str, str]:
         """Configured, or kept from run.json when resuming, or new: dir name + time + random.
         The run's token (its identity at the scorer) is kept from run.json on a resume of the
         same run id, and new otherwise."""
@@ -113,10 +119,10 @@ class DeltaLossRecipe:
                 secrets.token_hex(2)
             )
         same_run = kept.get("run_id") == run_id and kept.get("run_token")
-        self.run_token = kept["run_token"] if same_run else secrets.token_hex(16)
-        run_file.write_text(json.dumps({"run_id": run_id, "run_token": self.run_token}) + "\n")
+        run_token = kept["run_token"] if same_run else secrets.token_hex(16)
+        run_file.write_text(json.dumps({"run_id": run_id, "run_token": run_token}) + "\n")
         logger.info("run id %s", run_id)
-        return run_id
+        return run_id, run_token
 
     def _warn_empty_labels(self) -> None:
         empty = [i for i, s in enumerate(self.encoded) if s.n_label_tokens == 0]
@@ -211,26 +217,41 @@ class DeltaLossRecipe:
 
     def _build_trainer(self) -> None:
         fresh = not self.cfg.resume_from_checkpoint
+        main = self.ranks.is_main
         self.plan = SelectionPlan(self.schedule, len(self.encoded))
-        selections = JsonlRecord(self.output_dir / SELECTIONS, truncate=fresh)
-        self.trained = TrainedSamples(JsonlRecord(self.output_dir / TRAINED, truncate=fresh))
-        assert self.scorer is not None, "setup connects the scorer before building the trainer"
-        coordinator = UpdateCoordinator(
-            run_id=self.run_id,
-            kind=self.cfg.finetuning_type,
-            plan=self.plan,
-            scorer=self.scorer,
-            record=selections,
-            mode=self.cfg.selection_mode,
-            on_failure=self.cfg.on_scorer_failure,
-            on_update=self.on_update,
-            registered=self.registered,
-            outage=self.outage,
-        )
+        coordinator = None
+        trained_record = None
+        if main:  # the records and the scorer are rank 0's
+            selections = JsonlRecord(self.output_dir / SELECTIONS, truncate=fresh)
+            trained_record = JsonlRecord(self.output_dir / TRAINED, truncate=fresh)
+            assert self.scorer is not None, "setup connects the scorer first"
+            coordinator = UpdateCoordinator(
+                run_id=self.run_id,
+                kind=self.cfg.finetuning_type,
+                plan=self.plan,
+                scorer=self.scorer,
+                record=selections,
+                mode=self.cfg.selection_mode,
+                on_failure=self.cfg.on_scorer_failure,
+                on_update=self.on_update,
+                registered=self.registered,
+                outage=self.outage,
+            )
+        self.trained = TrainedSamples(trained_record, self.ranks)
         start = self._resume_records() if not fresh else 0
-        sampler = ScheduleBatchSampler(self.plan, self.cfg.per_device_train_batch_size, start)
+        sampler = ScheduleBatchSampler(
+            self.plan,
+            self.cfg.per_device_train_batch_size,
+            start,
+            rank=self.ranks.rank,
+            world=self.ranks.world,
+        )
         callback = SelectionCallback(
-            self.schedule, coordinator, self.trainable_tensors, self.trained, self.stop
+            self.schedule,
+            SharedUpdates(self.ranks, self.plan, coordinator),
+            self.trainable_tensors,
+            self.trained,
+            self.stop,
         )
         self.trainer = ScheduledTrainer(
             model=self.model,
@@ -245,18 +266,23 @@ class DeltaLossRecipe:
         )
 
     def _resume_records(self) -> int:
-        """Restore the draws made before the resumed step; drop records from it on."""
+        """Restore the draws made before the resumed step (every rank); drop the records from
+        it on (rank 0)."""
         assert self.cfg.resume_from_checkpoint is not None
         state = Path(self.cfg.resume_from_checkpoint) / "trainer_state.json"
         start = int(json.loads(state.read_text())["global_step"])
-        kept = [r for r in read_jsonl(self.output_dir / SELECTIONS) if r["global_step"] < start]
-        for row in kept:
-            segment = self.schedule.segment_at(row["global_step"])
-            self.plan.set_segment(segment, torch.tensor(row["sampled_indices"]))
-        _rewrite(self.output_dir / SELECTIONS, kept)
-        trained = read_jsonl(self.output_dir / TRAINED)
-        _rewrite(self.output_dir / TRAINED, [r for r in trained if r["step"] < start])
-        logger.info("resuming at step %d with %d earlier update(s)", start, len(kept))
+        kept = None
+        if self.ranks.is_main:
+            kept = [r for r in read_jsonl(self.output_dir / SELECTIONS) if r["global_step"] < start]
+            _rewrite(self.output_dir / SELECTIONS, kept)
+            trained = read_jsonl(self.output_dir / TRAINED)
+            _rewrite(self.output_dir / TRAINED, [r for r in trained if r["step"] < start])
+        draws = self.ranks.share(
+            [[r["global_step"], r["sampled_indices"]] for r in kept] if kept is not None else None
+        )
+        for step, indices in draws:
+            self.plan.set_segment(self.schedule.segment_at(step), torch.tensor(indices))
+        logger.info("resuming at step %d with %d earlier update(s)", start, len(draws))
         return start
 
     def _eval_dataset(self) -> EncodedDataset | None:
@@ -340,7 +366,7 @@ class DeltaLossRecipe:
             return
         self.trainer.save_model(str(self.output_dir))
         self.trainer.save_state()
-        if self.cfg.plot_loss:
+        if self.cfg.plot_loss and self.ranks.is_main:
             path = write_loss_plot(self.trainer.state.log_history, self.output_dir / LOSS_PLOT)
             if path:
                 logger.info("loss plot: %s", path)

@@ -1,7 +1,8 @@
 """What the trainer leaves in output_dir besides the model: JSON-lines records and the loss plot.
 
 - selections.jsonl: one line per update (the draw and where its weights came from);
-- trained_samples.jsonl: one line per optimizer step, the sample indices actually trained;
+- trained_samples.jsonl: one line per optimizer step, the sample indices actually trained
+  (under torchrun, every rank's, and each rank's share);
 - training_loss.png (plot_loss): the training loss from the Trainer's log history.
 """
 
@@ -12,6 +13,8 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from trainer_svc.distributed import Ranks
 
 logger = logging.getLogger(__name__)
 
@@ -40,23 +43,35 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 
 class TrainedSamples:
-    """Collects the indices of each micro-batch; writes one line when the step changes."""
+    """Collects the indices of each micro-batch, and writes one line per step when flushed:
+    {"step", "indices"}; under torchrun rank 0 writes every rank's, in rank order, with
+    "by_rank" (each rank's share). Every rank flushes at the same points (a collective)."""
 
-    def __init__(self, record: JsonlRecord):
-        self.record = record
-        self._step: int | None = None
-        self._indices: list[int] = []
+    def __init__(self, record: JsonlRecord | None, ranks: Ranks | None = None):
+        self.record = record  # rank 0's; None on the others
+        self.ranks = ranks or Ranks()
+        self._rows: dict[int, list[int]] = {}
 
     def add(self, step: int, indices: Iterable[int]) -> None:
-        if self._step is not None and step != self._step:
-            self.flush()
-        self._step = step
-        self._indices.extend(int(i) for i in indices)
+        self._rows.setdefault(step, []).extend(int(i) for i in indices)
 
     def flush(self) -> None:
-        if self._step is not None:
-            self.record.append({"step": self._step, "indices": self._indices})
-        self._step, self._indices = None, []
+        rows, self._rows = self._rows, {}
+        if self.ranks.world == 1:
+            for step in sorted(rows):
+                self._append({"step": step, "indices": rows[step]})
+            return
+        parts = self.ranks.gather({str(step): indices for step, indices in rows.items()})
+        if parts is None:
+            return  # not rank 0
+        for step in sorted({int(key) for part in parts for key in part}):
+            by_rank = [part.get(str(step), []) for part in parts]
+            indices = [i for share in by_rank for i in share]
+            self._append({"step": step, "indices": indices, "by_rank": by_rank})
+
+    def _append(self, row: dict[str, Any]) -> None:
+        if self.record is not None:
+            self.record.append(row)
 
 
 def eval_history(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -53,18 +53,36 @@ class SelectionPlan:
 
 
 class ScheduleBatchSampler:
-    """Micro-batches of per-device size; gradient_accumulation_steps of them per step."""
+    """This rank's micro-batches of per-device size, gradient_accumulation_steps of them per
+    step. Each step's B samples are cut in `world` consecutive slices, one per rank: the ranks'
+    samples never overlap and together are the step's samples (one rank: all of them)."""
 
-    def __init__(self, plan: SelectionPlan, micro_batch: int, start_step: int = 0):
-        if plan.schedule.batch % micro_batch:
-            raise ValueError(f"B={plan.schedule.batch} is not a multiple of {micro_batch}")
+    def __init__(
+        self,
+        plan: SelectionPlan,
+        micro_batch: int,
+        start_step: int = 0,
+        *,
+        rank: int = 0,
+        world: int = 1,
+    ):
+        if plan.schedule.batch % (micro_batch * world):
+            raise ValueError(
+                f"B={plan.schedule.batch} is not a multiple of {micro_batch} x {world} ranks"
+            )
         self.plan = plan
         self.micro_batch = micro_batch
         self.start_step = start_step
+        self.rank = rank
+        self.world = world
+
+    @property
+    def per_rank(self) -> int:
+        return self.plan.schedule.batch // self.world
 
     @property
     def accumulation(self) -> int:
-        return self.plan.schedule.batch // self.micro_batch
+        return self.per_rank // self.micro_batch
 
     def __len__(self) -> int:
         # The whole run, also when resuming: the Trainer counts its epoch from this length.
@@ -73,5 +91,7 @@ class ScheduleBatchSampler:
     def __iter__(self) -> Iterator[list[int]]:
         for step in range(self.start_step, self.plan.schedule.max_steps):
             for m in range(self.accumulation):
-                indices = self.plan.step_indices(step)
-                yield indices[m * self.micro_batch : (m + 1) * self.micro_batch].tolist()
+                mine = self.plan.step_indices(step)[
+                    self.rank * self.per_rank : (self.rank + 1) * self.per_rank
+                ]
+                yield mine[m * self.micro_batch : (m + 1) * self.micro_batch].tolist()

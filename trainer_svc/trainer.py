@@ -16,11 +16,12 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import Trainer, TrainerCallback
 
 from trainer_svc.data import INDEX_KEY
+from trainer_svc.distributed import Ranks
 from trainer_svc.records import TrainedSamples
 from trainer_svc.retry import ScorerFailure
 from trainer_svc.sampler import ScheduleBatchSampler
 from trainer_svc.schedule import Schedule
-from trainer_svc.updates import UpdateCoordinator
+from trainer_svc.updates import Updates
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class SelectionCallback(TrainerCallback):
     def __init__(
         self,
         schedule: Schedule,
-        coordinator: UpdateCoordinator,
+        coordinator: Updates,
         tensors: Callable[[], dict[str, torch.Tensor]],
         trained: TrainedSamples,
         stop: GracefulStop | None = None,
@@ -87,7 +88,7 @@ class SelectionCallback(TrainerCallback):
         segment = self.schedule.update_at(step)
         if segment is None:
             return
-        if self.stop is not None and self.stop.requested:
+        if self.stop is not None and self.stop.agreed():
             # Stopping at this step: the checkpoint saved now resumes here, and the resumed
             # run sends this update (the scorer answers a repeat with `duplicate`).
             logger.info(
@@ -123,9 +124,10 @@ class GracefulStop(TrainerCallback):
     then stops at that step, once the update is drawn; a failed update stops at its step.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, ranks: Ranks | None = None) -> None:
         self.signal: int | None = None  # the signal that asked for the stop
         self.failure: ScorerFailure | None = None  # the update failure that stopped the run
+        self.ranks = ranks or Ranks()
 
     @property
     def requested(self) -> bool:
@@ -142,6 +144,14 @@ class GracefulStop(TrainerCallback):
             "once, without saving)",
             name,
         )
+
+    def agreed(self) -> bool:
+        """Whether any rank asked for the stop; every rank gets the same answer (torchrun
+        signals every rank, not all within the same step), and takes the signal as its own."""
+        if self.ranks.any(self.requested) and not self.requested:
+            self.signal = signal.SIGTERM
+            logger.warning("another rank is stopping: stopping after this step with it")
+        return self.requested
 
     def fail(self, failure: ScorerFailure) -> None:
         """An update failed and on_scorer_failure is `fail`: save at this step, then stop."""
@@ -162,6 +172,6 @@ class GracefulStop(TrainerCallback):
                 signal.signal(s, handler)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.requested:
+        if self.agreed():
             control.should_save = True
             control.should_training_stop = True

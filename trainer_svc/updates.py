@@ -14,11 +14,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 
 from common.errors import ProtocolError, UnknownRun
+from trainer_svc.distributed import Ranks
 from trainer_svc.outage import Outage
 from trainer_svc.publisher import CheckpointUpload
 from trainer_svc.records import JsonlRecord
@@ -35,7 +36,13 @@ from trainer_svc.weights_client import ScorerWeights
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ScorerFailure", "UpdateCoordinator"]
+__all__ = ["ScorerFailure", "SharedUpdates", "UpdateCoordinator", "Updates"]
+
+
+class Updates(Protocol):
+    def run_update(
+        self, segment: Segment, tensors: Callable[[], dict[str, torch.Tensor]]
+    ) -> dict | None: ...
 
 
 class UpdateCoordinator:
@@ -157,3 +164,34 @@ class UpdateCoordinator:
             return draw_permutation(n, count, seed), "randperm", seed, source
         weights = got.weights if got is not None else torch.full((n,), 1.0 / n, dtype=torch.float64)
         return draw_weighted(weights, count, seed), "multinomial", seed, source
+
+
+class SharedUpdates:
+    """Each update made once, on rank 0, and its draw given to every rank (torchrun): rank 0
+    runs the coordinator; a failure that stops the run stops every rank at the same step."""
+
+    def __init__(self, ranks: Ranks, plan: SelectionPlan, coordinator: UpdateCoordinator | None):
+        if ranks.is_main != (coordinator is not None):
+            raise ValueError("rank 0, and only rank 0, runs the coordinator")
+        self.ranks = ranks
+        self.plan = plan
+        self.coordinator = coordinator
+
+    def run_update(
+        self, segment: Segment, tensors: Callable[[], dict[str, torch.Tensor]]
+    ) -> dict | None:
+        """Rank 0's record row, None elsewhere; ScorerFailure on every rank if rank 0's
+        update stopped the run."""
+        if self.coordinator is not None:
+            try:
+                row = self.coordinator.run_update(segment, tensors)
+            except ScorerFailure as failure:
+                self.ranks.share({"failure": str(failure)})
+                raise
+            self.ranks.share({"indices": row["sampled_indices"]})
+            return row
+        told = self.ranks.share(None)
+        if "failure" in told:
+            raise ScorerFailure(told["failure"])
+        self.plan.set_segment(segment, torch.tensor(told["indices"], dtype=torch.long))
+        return None

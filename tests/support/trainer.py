@@ -63,9 +63,10 @@ def scorer_keys(scorer: ScorerProcess) -> list[str]:
 class TrainerProcess:
     """`python -m trainer_svc train CONFIG key=value...`, output to a log file."""
 
-    def __init__(self, config: Path, *overrides: str, log: Path):
+    def __init__(self, config: Path, *overrides: str, log: Path, env: dict[str, str] | None = None):
+        """env: variables over os.environ (FORCE_TORCHRUN=1, NPROC_PER_NODE=2: under torchrun)."""
         self.log_path = log
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         cmd = [sys.executable, "-m", "trainer_svc", "train", str(config), *overrides]
         with open(log, "ab") as handle:
             self.proc = subprocess.Popen(

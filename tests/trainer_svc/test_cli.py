@@ -95,3 +95,16 @@ def test_sigterm_while_waiting_to_register_exits_143(good_config, monkeypatch, c
     ended(monkeypatch, raises=StopRequested("SIGTERM while waiting for a reply from the scorer"))
     assert cli.main(["train", good_config]) == 143
     assert "nothing trained yet" in caplog.text
+
+
+def test_force_torchrun_relaunches_with_the_launch_variables():
+    environ = {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "4", "NNODES": "2", "NODE_RANK": "1",
+               "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29501"}  # fmt: skip
+    assert cli.forced_torchrun(environ)
+    assert not cli.forced_torchrun({**environ, "RANK": "0"})  # already under torchrun
+    assert not cli.forced_torchrun({})
+    command = cli.torchrun_command("c.yaml", ["seed=3"], environ)
+    flags = dict(zip(command[3:13:2], command[4:14:2], strict=True))
+    assert flags == {"--nnodes": "2", "--node-rank": "1", "--nproc-per-node": "4",
+                     "--master-addr": "10.0.0.1", "--master-port": "29501"}  # fmt: skip
+    assert command[-5:] == ["-m", "trainer_svc", "train", "c.yaml", "seed=3"]

@@ -38,3 +38,29 @@ def test_segment_size_is_checked():
 def test_micro_batch_must_divide_b():
     with pytest.raises(ValueError, match="multiple"):
         ScheduleBatchSampler(plan(), micro_batch=3)
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_ranks_train_disjoint_slices_whose_union_is_each_step(world):
+    schedule = Schedule.build(warmup_step=2, update_step=2, update_times=1, batch=8, epochs=1)
+    plan = SelectionPlan(schedule, 50)
+    plan.set_segment(schedule.segment_at(2), torch.arange(16) + 30)
+    per_rank = [
+        list(ScheduleBatchSampler(plan, 2 if world == 2 else 1, rank=r, world=world))
+        for r in range(world)
+    ]
+    steps = [[] for _ in range(schedule.max_steps)]
+    for batches in per_rank:
+        accumulation = len(batches) // schedule.max_steps
+        for i, batch in enumerate(batches):
+            steps[i // accumulation].append(batch)
+    for step, parts in enumerate(steps):
+        # Rank by rank, the slices laid end to end are the step's draw: each of its B
+        # positions (a warmup draw may repeat a sample) is trained by exactly one rank.
+        assert [i for part in parts for i in part] == plan.step_indices(step).tolist()
+
+
+def test_a_batch_that_does_not_split_across_ranks_is_refused():
+    schedule = Schedule.build(warmup_step=1, update_step=1, update_times=1, batch=6, epochs=1)
+    with pytest.raises(ValueError, match="multiple of 2 x 2 ranks"):
+        ScheduleBatchSampler(SelectionPlan(schedule, 10), 2, world=2)

@@ -1,0 +1,69 @@
+"""The trainer under torchrun: data-parallel DDP, one run.
+
+Rank 0 alone talks to the scorer (registers, sends each update's checkpoint once, obtains the
+weights) and writes the records; it broadcasts each update's draw, so every rank trains the
+same selection, each its own slice of every step's B samples (trainer_svc.sampler). Decisions
+that end training (a signal, a failed update) are taken by all ranks at the same step. Objects
+cross as JSON (common.collectives), never pickled. Without torchrun it is one rank of one and
+none of this costs anything.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from common.collectives import any_rank, broadcast_json, gather_json
+from common.launch import Launch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Ranks:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")  # where collectives move tensors
+
+    @classmethod
+    def start(cls, launch: Launch, timeout_seconds: float) -> Ranks:
+        """The process group torchrun's variables describe (NCCL on GPUs, gloo on CPUs); the
+        Trainer's accelerate uses the same group. One rank of one without torchrun."""
+        if launch.world == 1:
+            return cls()
+        if torch.cuda.is_available():
+            device = torch.device("cuda", launch.local_rank)
+            torch.cuda.set_device(device)
+        else:
+            device = torch.device("cpu")
+        if not dist.is_initialized():
+            dist.init_process_group(
+                "nccl" if device.type == "cuda" else "gloo",
+                timeout=timedelta(seconds=timeout_seconds),
+            )
+        ranks = cls(dist.get_rank(), dist.get_world_size(), device)
+        logger.info("rank %d of %d on %s", ranks.rank, ranks.world, device)
+        return ranks
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def share(self, obj: Any) -> Any:
+        """Rank 0's obj on every rank (others pass None)."""
+        return obj if self.world == 1 else broadcast_json(obj, device=self.device)
+
+    def any(self, flag: bool) -> bool:
+        """Whether any rank has flag set: the same answer on every rank."""
+        return flag if self.world == 1 else any_rank(flag, device=self.device)
+
+    def gather(self, obj: Any) -> list[Any] | None:
+        """Every rank's obj, in rank order, on rank 0; None on the others."""
+        if self.world == 1:
+            return [obj]
+        return gather_json(obj, device=self.device)
