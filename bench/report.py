@@ -136,6 +136,7 @@ def render(r: dict) -> list[str]:
     out += growth(r)
     out += gpu()
     out += ranks(r)
+    out += paper_scale(r)
     return out
 
 
@@ -397,6 +398,57 @@ def ranks(r: dict) -> list[str]:
         f"2 ranks take **{k['ratio']:.2f}** of the 1-rank time (goal: at most 0.60). What is "
         "not split: the broadcast of the checkpoint's tensors and the gather of the losses, "
         "and rank 0's storing of them.",
+        "",
+    ]
+    return out
+
+
+# The published setup (Delta Loss on DataFlex): what a scoring pass costs there.
+PAPER_SAMPLES = 100_000
+PAPER_TOKENS_PER_PASS = 35e6  # about 350 tokens per sample
+PAPER_UPDATES_PER_EPOCH = 30
+PAPER_TRAIN_SECONDS_PER_UPDATE = 10.0  # the trainer's compute between updates, global batch 8
+MODEL_PARAMS = 7e9
+GPU_PEAK_FLOPS = 989e12  # H100 SXM, bf16 dense
+ASSUMED_MFU = 0.5
+
+
+def paper_scale(r: dict) -> list[str]:
+    out = ["## 9. Projection to the published scale", ""]
+    try:
+        efficiency = 1 / (2 * r["ranks"]["ratio"])  # 2 ranks' speed-up over 1, per rank
+    except (KeyError, TypeError, ZeroDivisionError):
+        return out + ["Not computed: section 8 did not run.", ""]
+    pass_seconds = PAPER_TOKENS_PER_PASS * 2 * MODEL_PARAMS / (GPU_PEAK_FLOPS * ASSUMED_MFU)
+    out += [
+        f"Arithmetic, not a measurement: {PAPER_SAMPLES:,} samples "
+        f"({PAPER_TOKENS_PER_PASS / 1e6:.0f}M tokens) re-scored at each of "
+        f"{PAPER_UPDATES_PER_EPOCH} updates per epoch through a "
+        f"7B model (2 x 7e9 FLOP per token) on H100-class GPUs at {ASSUMED_MFU:.0%} model-FLOP "
+        f"utilisation: {pass_seconds / 60:.1f} min per pass on one GPU. Several GPUs are "
+        f"assumed to keep the per-rank efficiency measured in section 8 ({efficiency:.0%}); "
+        f"the trainer computes {PAPER_TRAIN_SECONDS_PER_UPDATE:.0f} s between updates. Sync "
+        "waits for every pass; async never waits, and its weights are as many updates old as "
+        "a pass lasts in trainer time. The GPU figures of section 7 replace the assumptions "
+        "once measured.",
+        "",
+        "| scorer GPUs | one pass | sync: hours per epoch | async: hours per epoch | "
+        "async: weights' age (updates) |",
+        "|---|---|---|---|---|",
+    ]
+    for gpus in (1, 8, 64):
+        seconds = pass_seconds / (gpus * (efficiency if gpus > 1 else 1.0))
+        sync = PAPER_UPDATES_PER_EPOCH * (seconds + PAPER_TRAIN_SECONDS_PER_UPDATE) / 3600
+        asynchronous = PAPER_UPDATES_PER_EPOCH * PAPER_TRAIN_SECONDS_PER_UPDATE / 3600
+        age = seconds / PAPER_TRAIN_SECONDS_PER_UPDATE
+        out.append(
+            f"| {gpus} | {seconds / 60:.1f} min | {sync:.2f} | {asynchronous:.2f} | {age:.1f} |"
+        )
+    out += [
+        "",
+        "With one scorer GPU an async epoch ends long before its first pass does (every "
+        "update then draws from update-1 or uniform weights); only from a few dozen scorer "
+        "GPUs do async weights stay within a couple of updates of the model they select for.",
         "",
     ]
     return out
