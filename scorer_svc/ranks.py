@@ -65,6 +65,8 @@ class RankGroup:
     @classmethod
     def start(cls, device: torch.device, timeout_seconds: float) -> RankGroup:
         backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # NCCL's context and default allocations there
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_seconds))
         group = cls(dist.get_rank(), dist.get_world_size(), device)
         log.info("rank %d of %d on %s (%s)", group.rank, group.world, device, backend)
@@ -72,6 +74,7 @@ class RankGroup:
 
     def __post_init__(self) -> None:
         self.lost: str | None = None  # why the group broke, once it has
+        self.stopped = False  # rank 0 told the others to stop
         self._lock = threading.Lock()  # one sequence of collectives at a time (rank 0)
         self._last = time.monotonic()
 
@@ -94,6 +97,8 @@ class RankGroup:
     ) -> np.ndarray:
         """Every sample's loss, scored by all ranks; RankLost if a collective fails,
         RuntimeError naming the ranks that could not score their share."""
+        if self.stopped or (stop is not None and stop.is_set()):
+            raise ScoringAborted(desc)  # left pending: scored after the restart
         table = [[name, dtypes.name_of(t.dtype), list(t.shape)] for name, t in tensors.items()]
         with self._collectives():
             self._broadcast_json({"op": "score", "config": config, "tensors": table})
@@ -123,11 +128,14 @@ class RankGroup:
 
     def heartbeat(self) -> None:
         """Tell the other ranks rank 0 is alive, at most every HEARTBEAT_SECONDS."""
-        if self.lost is None and time.monotonic() - self._last >= HEARTBEAT_SECONDS:
+        if self.stopped or self.lost is not None:
+            return
+        if time.monotonic() - self._last >= HEARTBEAT_SECONDS:
             with self._collectives():
                 self._broadcast_json({"op": "idle"})
 
     def stop_others(self) -> None:
+        self.stopped = True
         if self.lost is None:
             try:
                 with self._collectives():
@@ -157,17 +165,24 @@ class RankGroup:
                     return 0
                 if command["op"] == "score":
                     self._score_share(command, registry, stopping)
-        except RankLost as exc:
-            log.error("rank %d: lost rank 0 (%s); stopping", self.rank, exc)
+        except Exception as exc:  # a collective failed: rank 0 (or another rank) is gone
+            log.error(
+                "rank %d: lost the other ranks (%s: %s); stopping: restart the whole scorer",
+                self.rank,
+                type(exc).__name__,
+                exc,
+            )
             return 1
 
     def _score_share(
         self, command: dict[str, Any], registry: Registry, stopping: threading.Event
     ) -> None:
+        # Each tensor arrives on the collective's device and is kept on the CPU, as rank 0
+        # keeps its own: no second copy of the weights beside the model's on the GPU.
         tensors = {
             name: self._broadcast_tensor(
                 torch.empty(shape, dtype=dtypes.BY_NAME[dtype].torch, device=self.comm_device)
-            )
+            ).cpu()
             for name, dtype, shape in command["tensors"]
         }
         config = command["config"]

@@ -76,7 +76,10 @@ class Worker:
             log.error("%s", exc)
 
     def run_once(self) -> bool:
-        """Score the oldest pending checkpoint; False when there was none."""
+        """Score the oldest pending checkpoint; False when there was none (or when a scoring
+        rank is lost: nothing is scored until the scorer is restarted)."""
+        if self.group is not None and self.group.lost is not None:
+            return False
         self._record_failures()
         with self.sessions() as session:
             checkpoint = crud.next_pending(session, skip=self.failures.pending().keys())
@@ -147,6 +150,11 @@ class Worker:
             session.rollback()
             crud.mark_received(session, checkpoint_id=checkpoint_id)
             log.warning("stopped while scoring %s; it will be scored on restart", label)
+            return
+        except RankLost as exc:  # not the checkpoint's fault: it waits for the restart
+            session.rollback()
+            crud.mark_received(session, checkpoint_id=checkpoint_id)
+            log.error("%s; %s stays pending and is scored after the restart", exc, label)
             return
         except Exception as error:
             session.rollback()

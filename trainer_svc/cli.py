@@ -80,6 +80,11 @@ def forced_torchrun(environ: Mapping[str, str]) -> bool:
     )
 
 
+# How long torchrun lets its ranks save after SIGTERM (its own default is 30 s); compose gives
+# the trainer the same.
+SHUTDOWN_SECONDS = "120"
+
+
 def torchrun_command(config: str, overrides: list[str], environ: Mapping[str, str]) -> list[str]:
     """`torchrun ... -m trainer_svc train CONFIG`, from NPROC_PER_NODE (default: every GPU, or
     one process on a CPU machine), NNODES, NODE_RANK, MASTER_ADDR and MASTER_PORT."""
@@ -93,22 +98,25 @@ def torchrun_command(config: str, overrides: list[str], environ: Mapping[str, st
         "--nproc-per-node", nproc,
         "--master-addr", environ.get("MASTER_ADDR", "127.0.0.1"),
         "--master-port", environ.get("MASTER_PORT", "29500"),
+        "--shutdown-timeout", environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", SHUTDOWN_SECONDS),
         "-m", "trainer_svc", "train", config, *overrides,
     ]  # fmt: skip
 
 
 def relaunch_under_torchrun(config: str, overrides: list[str], environ: Mapping[str, str]) -> int:
-    """Run torchrun and pass it SIGTERM and SIGINT (it forwards them to every rank, which
-    save a checkpoint and stop at the same step); its exit status is this command's, but
-    128 + the signal once a signal stopped the run."""
+    """Run torchrun and pass it SIGTERM, and SIGINT as SIGTERM (it forwards it to every rank,
+    which save a checkpoint and stop at the same step); its exit status is this command's,
+    but 143 (128 + SIGTERM) once a signal stopped the run."""
     command = torchrun_command(config, overrides, environ)
     logger.info("FORCE_TORCHRUN: %s", " ".join(command))
-    launcher = subprocess.Popen(command, env={**environ})
+    # Its own session: a Ctrl-C in the terminal reaches this process only, which passes it
+    # on as SIGTERM (the signal the ranks stop on with a checkpoint).
+    launcher = subprocess.Popen(command, env={**environ}, start_new_session=True)
     received: list[int] = []
 
     def forward(signum: int, frame: object) -> None:
         received.append(signum)
-        launcher.send_signal(signum)
+        launcher.send_signal(signal.SIGTERM)
 
     previous = {s: signal.signal(s, forward) for s in FORWARDED}
     try:
@@ -117,7 +125,7 @@ def relaunch_under_torchrun(config: str, overrides: list[str], environ: Mapping[
         for s, handler in previous.items():
             signal.signal(s, handler)
     if received and code != 0:  # torchrun exits 1 once its ranks stopped on the signal
-        return 128 + received[0]
+        return 128 + signal.SIGTERM
     return code
 
 

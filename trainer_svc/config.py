@@ -348,11 +348,12 @@ def _world_size(raw: dict[str, Any], cfg: TrainConfig, problems: dict[str, str])
                 "data-parallel DDP under torchrun (FORCE_TORCHRUN=1, see the README)"
             )
     wait = getattr(cfg, "scorer_wait_seconds", 600.0)
-    if world > 1 and cfg.ddp_timeout <= wait + 60:
+    needed = 2 * wait + 120  # an update sends (up to the wait), then waits for weights (again)
+    if world > 1 and cfg.ddp_timeout <= needed:
         problems["ddp_timeout"] = (
             f"{cfg.ddp_timeout}s is too short under torchrun: the other ranks wait in a "
-            f"collective while rank 0 waits for the scorer (scorer_wait_seconds {wait:g}); "
-            f"set it above {wait + 60:g}"
+            "collective while rank 0 sends a checkpoint and waits for its weights, each up to "
+            f"scorer_wait_seconds ({wait:g}); set it above {needed:g}"
         )
     return world
 

@@ -47,7 +47,7 @@ from trainer_svc.records import (
     read_jsonl,
 )
 from trainer_svc.records import plot_loss as write_loss_plot
-from trainer_svc.retry import ScorerFailure
+from trainer_svc.retry import ScorerFailure, StopRequested
 from trainer_svc.sampler import ScheduleBatchSampler, SelectionPlan
 from trainer_svc.schedule import Schedule
 from trainer_svc.scorer_client import RemoteScorer, ScorerClient, scorer_failed
@@ -98,8 +98,7 @@ class DeltaLossRecipe:
         self.encoded = encode_dataset(self.tokenizer, self.loaded.samples, self.settings)
         self._warn_empty_labels()
         self.model = self._load_model()
-        if main:  # the scorer hears from rank 0 alone
-            self._connect_scorer()
+        self._connect_scorer_once()
         self._build_trainer()
 
     def _run_identity(self) -> tuple[str, str]:
@@ -161,6 +160,27 @@ class DeltaLossRecipe:
             run_token=self.run_token,
             token=self.cfg.scorer_token,
         )
+
+    def _connect_scorer_once(self) -> None:
+        """The scorer hears from rank 0 alone; what stops rank 0 there stops every rank."""
+        outcome: dict[str, str] | None = None
+        if self.ranks.is_main:
+            try:
+                self._connect_scorer()
+                outcome = {}
+            except StopRequested as exc:
+                outcome = {"stop": str(exc)}
+                self.ranks.share(outcome)
+                raise
+            except Exception as exc:
+                outcome = {"failure": f"rank 0: {type(exc).__name__}: {exc}"}
+                self.ranks.share(outcome)
+                raise
+        outcome = self.ranks.share(outcome)
+        if "stop" in outcome:
+            raise StopRequested(outcome["stop"])
+        if "failure" in outcome:
+            raise ScorerFailure(outcome["failure"])
 
     def _connect_scorer(self) -> None:
         """Registers the run, waiting for a scorer that is not up yet (SIGTERM stops the

@@ -185,8 +185,8 @@ class SharedUpdates:
         if self.coordinator is not None:
             try:
                 row = self.coordinator.run_update(segment, tensors)
-            except ScorerFailure as failure:
-                self.ranks.share({"failure": str(failure)})
+            except Exception as failure:  # whatever stops rank 0 stops every rank, at once
+                self.ranks.share({"failure": f"rank 0: {type(failure).__name__}: {failure}"})
                 raise
             self.ranks.share({"indices": row["sampled_indices"]})
             return row

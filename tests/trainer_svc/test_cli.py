@@ -108,3 +108,4 @@ def test_force_torchrun_relaunches_with_the_launch_variables():
     assert flags == {"--nnodes": "2", "--node-rank": "1", "--nproc-per-node": "4",
                      "--master-addr": "10.0.0.1", "--master-port": "29501"}  # fmt: skip
     assert command[-5:] == ["-m", "trainer_svc", "train", "c.yaml", "seed=3"]
+    assert command[command.index("--shutdown-timeout") + 1] == "120"  # time to save

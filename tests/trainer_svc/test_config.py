@@ -285,7 +285,7 @@ def test_sharded_training_keys_are_refused_not_ignored(demo_file, tmp_path, key)
 def test_under_torchrun_ddp_timeout_must_outlast_the_scorer_wait(demo_file, tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError) as info:
-        parse_config(base(demo_file, tmp_path, ddp_timeout=300, scorer_wait_seconds=600))
-    assert "above 660" in info.value.problems["ddp_timeout"]
+        parse_config(base(demo_file, tmp_path, ddp_timeout=1000, scorer_wait_seconds=600))
+    assert "above 1320" in info.value.problems["ddp_timeout"]
     loaded = parse_config(base(demo_file, tmp_path, ddp_timeout=1800, scorer_wait_seconds=600))
     assert loaded.world_size == 2

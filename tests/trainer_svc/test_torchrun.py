@@ -19,26 +19,30 @@ pytestmark = pytest.mark.slow
 WORLD = 2
 
 
+def torchrun_env() -> dict[str, str]:
+    return {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": str(WORLD), "MASTER_PORT": str(free_port())}
+
+
 def test_two_ranks_train_one_run_on_one_draw(tiny_model, tmp_path):
     data = write_dataset(tmp_path / "data.json", n=64, seed=2)
     out = tmp_path / "out"
     config = write_config(tmp_path / "c.yaml", tiny_model, data, out, per_device_train_batch_size=1)
-    env = {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": str(WORLD), "MASTER_PORT": str(free_port())}
     with ScorerProcess(tmp_path / "scorer") as scorer:
+        env = torchrun_env()  # once the scorer holds its ports: the rendezvous gets another
         trainer = TrainerProcess(config, *scorer_keys(scorer), log=tmp_path / "t.log", env=env)
         assert trainer.wait(600) == 0, trainer.log()[-4000:]
         run_id = run_id_of(out)
         sent = checkpoints(scorer, run_id)
     log = trainer.log()
-    assert "FORCE_TORCHRUN" in log and "rank 1 of 2" in log
+    assert "FORCE_TORCHRUN" in log and "rank 1 of 2" in log, log[-4000:]
     # B = 1 x 2 x 2 ranks; one checkpoint and one selections row per update, from rank 0 only
-    assert [c["step"] for c in sent] == STEPS and {c["status"] for c in sent} == {"scored"}
+    assert [c["step"] for c in sent] == STEPS and {c["status"] for c in sent} == {"scored"}, sent
     selections = read_jsonl(out / SELECTIONS)
-    assert [r["global_step"] for r in selections] == STEPS
+    assert [r["global_step"] for r in selections] == STEPS, selections
     schedule = Schedule.build(warmup_step=2, update_step=2, update_times=3, batch=4, epochs=1)
     draws = {r["global_step"]: r["sampled_indices"] for r in selections}
     trained = read_jsonl(out / TRAINED)
-    assert [r["step"] for r in trained] == list(range(schedule.max_steps))
+    assert [r["step"] for r in trained] == list(range(schedule.max_steps)), trained
     for row in trained:
         shares = row["by_rank"]
         assert len(shares) == WORLD and all(len(s) == 2 for s in shares), row
@@ -58,8 +62,8 @@ def test_sigterm_stops_every_rank_at_one_step_with_one_checkpoint_and_the_run_re
     config = write_config(
         tmp_path / "c.yaml", tiny_model, data, out, per_device_train_batch_size=1, save_steps=1000
     )
-    env = {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": str(WORLD), "MASTER_PORT": str(free_port())}
     with ScorerProcess(tmp_path / "scorer", "--batch-size", "1") as scorer:  # slow scoring
+        env = torchrun_env()
         trainer = TrainerProcess(config, *scorer_keys(scorer), log=tmp_path / "t.log", env=env)
         wait_until(lambda: db_status(scorer, 4)[0] is not None, "update 2 sent", trainer, scorer)
         assert trainer.kill(signal.SIGTERM) == 128 + signal.SIGTERM, trainer.log()[-4000:]
@@ -68,7 +72,7 @@ def test_sigterm_stops_every_rank_at_one_step_with_one_checkpoint_and_the_run_re
         step = int(saved[0].split("-")[1])
         assert 4 <= step < 8 and trainer.log().count(f"stopped by SIGTERM at step {step}") == 2
         before = read_jsonl(out / SELECTIONS)
-        env["MASTER_PORT"] = str(free_port())
+        env = torchrun_env()
         resumed = TrainerProcess(
             config, *scorer_keys(scorer), f"resume_from_checkpoint={out / saved[0]}",
             log=tmp_path / "resumed.log", env=env,
