@@ -122,7 +122,17 @@ def summary(r: dict) -> list[str]:
     )
     out = ["## Summary", "", "| figure | target | measured | |", "|---|---|---|---|"]
     out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
-    out += ["| 7. GPU | when available | no GPU here | not run |", ""]
+    g = r.get("gpu", {})
+    if g.get("mfu") is not None:
+        met = ok(g["mfu"], 0.5, at_most=False)
+        out.append(f"| 7. GPU scoring MFU (bf16) | >= 50% | {g['mfu']:.1%} | {met} |")
+        out.append(
+            f"| 7. GPU batched / batch of one | >= 10x | {g['speedup_over_one_by_one']:.1f}x | "
+            f"{ok(g['speedup_over_one_by_one'], 10, at_most=False)} |"
+        )
+    else:
+        out.append("| 7. GPU | when available | no GPU here | not run |")
+    out.append("")
     return out
 
 
@@ -134,7 +144,7 @@ def render(r: dict) -> list[str]:
     out += storage(r)
     out += memory(r)
     out += growth(r)
-    out += gpu()
+    out += gpu(r)
     out += ranks(r)
     out += paper_scale(r)
     return out
@@ -366,12 +376,35 @@ def growth(r: dict) -> list[str]:
     return out
 
 
-def gpu() -> list[str]:
-    return [
-        "## 7. GPU",
+def gpu(r: dict) -> list[str]:
+    out = ["## 7. GPU", ""]
+    g = r.get("gpu", {"skipped": "not run"})
+    if "error" in g:
+        return out + (failed(r, "gpu") or [])
+    if "skipped" in g:
+        return out + [
+            f"Not measured: no GPU has been available to this benchmark (as of "
+            f"{datetime.date.today()}; {g['skipped']}). On a machine with CUDA, `make bench` "
+            "measures it (bench/gpu.py): a random Llama of Llama 3.2 1B's shape in bf16, "
+            "batched scoring against a batch of one and a bare forward pass, and the MFU.",
+            "",
+        ]
+    mfu = f"{g['mfu']:.1%}" if g.get("mfu") is not None else "unknown peak"
+    bare = f"{g['bare_mfu']:.1%}" if g.get("bare_mfu") is not None else "unknown peak"
+    return out + [
+        f"{g['device']}: a random Llama of Llama 3.2 1B's shape "
+        f"({g['params_non_embedding'] / 1e9:.2f}B parameters besides the embedding) in bf16, "
+        f"{g['samples']:,} random samples of 128 to 512 tokens ({g['tokens']:,} tokens).",
         "",
-        f"Not measured: no GPU has been available to this benchmark (as of "
-        f"{datetime.date.today()}; this machine has CPUs only).",
+        "| path | tokens/s | MFU |",
+        "|---|---|---|",
+        f"| scorer, batched | {g['batched_tokens_per_s']:,.0f} | {mfu} |",
+        f"| bare forward, same batches | {g['bare_forward_tokens_per_s']:,.0f} | {bare} |",
+        f"| scorer, a batch of one | {g['one_by_one_tokens_per_s']:,.0f} | |",
+        "",
+        f"Batched scoring is **{g['speedup_over_one_by_one']:.1f}x** the batch of one (goal: "
+        f"at least 10x), at {g['scoring_vs_bare_forward']:.0%} of the bare forward's speed; "
+        "MFU goal: at least 50% on H100/H200-class GPUs.",
         "",
     ]
 

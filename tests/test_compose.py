@@ -18,6 +18,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+MULTI_GPU_FILE = ROOT / "docker-compose.multi-gpu.yml"  # laid over COMPOSE_FILE
 ENV_EXAMPLE = ROOT / ".env.example"
 # Seconds between SIGTERM and SIGKILL the trainer needs at least: to end its step and save.
 MIN_TRAINER_GRACE = 60
@@ -56,13 +57,21 @@ def compose() -> list[str]:
 
 
 def _compose_vars() -> set[str]:
-    lines = COMPOSE_FILE.read_text().splitlines()
+    lines = COMPOSE_FILE.read_text().splitlines() + MULTI_GPU_FILE.read_text().splitlines()
     return {v for line in lines if not line.lstrip().startswith("#") for v in _VAR_RE.findall(line)}
 
 
-def _run(compose: list[str], *args: str, env_file: Path, profile: str | None = None) -> str:
+def _run(
+    compose: list[str],
+    *args: str,
+    env_file: Path,
+    profile: str | None = None,
+    files: tuple[Path, ...] = (COMPOSE_FILE,),
+) -> str:
     env = {k: v for k, v in os.environ.items() if k not in _compose_vars()}
-    cmd = [*compose, "--env-file", str(env_file), "-f", str(COMPOSE_FILE)]
+    cmd = [*compose, "--env-file", str(env_file)]
+    for file in files:
+        cmd += ["-f", str(file)]
     cmd += ["--project-directory", str(ROOT)]
     if profile:
         cmd += ["--profile", profile]
@@ -263,3 +272,21 @@ def test_env_example_matches_defaults(compose: list[str], empty_env: Path) -> No
     )
     # .env.example holds the same defaults as the compose file.
     assert _config(compose, ENV_EXAMPLE) == _config(compose, empty_env)
+
+
+def test_the_multi_gpu_variant_runs_one_scorer_rank_per_listed_gpu(
+    compose: list[str], tmp_path: Path
+) -> None:
+    env_file = tmp_path / "multi.env"
+    env_file.write_text("SCORER_GPUS=1,2,3\nSCORER_GPU_COUNT=3\n")
+    files = (COMPOSE_FILE, MULTI_GPU_FILE)
+    _run(compose, "config", "-q", env_file=env_file, files=files)
+    cfg = yaml.safe_load(_run(compose, "config", env_file=env_file, files=files))
+    scorer = cfg["services"]["scorer"]
+    assert scorer["command"][:4] == ["torchrun", "--standalone", "--nproc-per-node", "3"]
+    assert scorer["command"][-3:] == ["-m", "scorer_svc", "serve"]
+    assert scorer["environment"]["CUDA_VISIBLE_DEVICES"] == "1,2,3"
+    devices = scorer["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d.get("count") == "all" for d in devices)  # CUDA_VISIBLE_DEVICES picks
+    # Otherwise as the two-GPU setup: loopback only, the trainer starts once it is healthy.
+    assert [p for p in _problems(cfg) if "GPU reservation" not in p] == []

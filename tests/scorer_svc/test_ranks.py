@@ -1,6 +1,10 @@
 """One scorer over two processes (torchrun, gloo on the CPU): each rank scores a share of the
 samples balanced by tokens, and the stored losses equal a one-process scorer's."""
 
+import os
+import signal
+from pathlib import Path
+
 import httpx
 import numpy as np
 import pytest
@@ -12,11 +16,13 @@ from scorer_svc.ranks import share
 from tests.support.data import write_samples
 from tests.support.scorer import (
     all_losses,
+    db_status,
     lora_checkpoints,
     make_hello,
     register,
     send_checkpoint,
     settled_checkpoints,
+    wait_status,
     wait_weights,
 )
 from tests.support.trainer import run_trainer
@@ -84,3 +90,39 @@ def test_a_training_run_against_two_ranks(two_ranks, tiny_model, tmp_path):
     rows = settled_checkpoints(two_ranks, run_id, 3)
     assert [r["status"] for r in rows] == ["scored"] * 3
     assert len((out / "selections.jsonl").read_text().splitlines()) == 3
+
+
+def _rank_pid(launcher_pid: int, rank: int) -> int:
+    """The pid of the torchrun worker whose RANK is rank."""
+    for child in Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children").read_text().split():
+        environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        if f"RANK={rank}".encode() in environ:
+            return int(child)
+    raise AssertionError(f"no worker of rank {rank} under {launcher_pid}")
+
+
+@slow
+def test_a_rank_killed_while_scoring_leaves_nothing_stored_and_the_restart_scores_it(
+    tiny_model, tmp_path
+):
+    data = write_samples(tmp_path / "d.json", 1500, seed=7)  # a share lasts a few seconds
+    hello = make_hello(tiny_model, data, run_id="lost")
+    first, second = lora_checkpoints(tiny_model, 2)
+    scorer = ScorerProcess(tmp_path / "scorer", "--batch-size", "1", ranks=2).start()
+    try:
+        assert register(scorer.zmq_url, hello)["status"] == "registered"
+        assert send_checkpoint(scorer.zmq_url, "lost", 2, 1, first)["status"] == "queued"
+        wait_status(scorer, 2, "scoring")
+        os.kill(_rank_pid(scorer.proc.pid, 1), signal.SIGKILL)
+        assert scorer.proc.wait(120) != 0  # torchrun stops the whole scorer
+    finally:
+        scorer.stop()
+    status, stored = db_status(scorer, 2)
+    assert stored == 0 and status in ("received", "scoring"), (status, scorer.log()[-3000:])
+    restarted = scorer.again().start()
+    try:
+        assert wait_weights(restarted, "lost", 2)["update_index"] == 1  # scored after all
+        assert send_checkpoint(restarted.zmq_url, "lost", 4, 2, second)["status"] == "queued"
+        assert wait_weights(restarted, "lost", 4)["update_index"] == 2
+    finally:
+        restarted.stop()
