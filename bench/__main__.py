@@ -18,7 +18,16 @@ from pathlib import Path
 
 import torch
 
-from bench import gpu, growth, overhead, ranks, scorer_eff, storage, transfer
+from bench import (
+    gpu,
+    growth,
+    overhead,
+    ranks,
+    scorer_eff,
+    storage,
+    torchrun_trainer,
+    transfer,
+)
 from bench.util import ALPACA
 from devtools.tiny_model import build_tiny_model
 
@@ -60,6 +69,7 @@ def main() -> None:
         section("transfer", lambda: transfer.measure(work), results)
         section("growth", lambda: growth.measure(model_dir), results)
         section("ranks", lambda: ranks.measure(work, model_dir), results)
+        section("trainer_ranks", lambda: torchrun_trainer.measure(work, model_dir), results)
         section("gpu", gpu.measure, results)
     os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
     total = time.perf_counter() - started

@@ -23,10 +23,14 @@ def torchrun_env() -> dict[str, str]:
     return {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": str(WORLD), "MASTER_PORT": str(free_port())}
 
 
-def test_two_ranks_train_one_run_on_one_draw(tiny_model, tmp_path):
+@pytest.mark.parametrize("kind", ["lora", "full"])
+def test_two_ranks_train_one_run_on_one_draw(tiny_model, tmp_path, kind):
     data = write_dataset(tmp_path / "data.json", n=64, seed=2)
     out = tmp_path / "out"
-    config = write_config(tmp_path / "c.yaml", tiny_model, data, out, per_device_train_batch_size=1)
+    config = write_config(
+        tmp_path / "c.yaml", tiny_model, data, out, per_device_train_batch_size=1,
+        finetuning_type=kind,
+    )  # fmt: skip
     with ScorerProcess(tmp_path / "scorer") as scorer:
         env = torchrun_env()  # once the scorer holds its ports: the rendezvous gets another
         trainer = TrainerProcess(config, *scorer_keys(scorer), log=tmp_path / "t.log", env=env)
@@ -51,7 +55,8 @@ def test_two_ranks_train_one_run_on_one_draw(tiny_model, tmp_path):
         if not segment.is_warmup:  # the draw itself, step by step
             offset = (row["step"] - segment.start) * schedule.batch
             assert row["indices"] == draws[segment.start][offset : offset + schedule.batch]
-    assert (out / "adapter_model.safetensors").is_file()
+    saved = "adapter_model.safetensors" if kind == "lora" else "model.safetensors"
+    assert (out / saved).is_file()  # the unwrapped model's, as one process saves it
 
 
 def test_sigterm_stops_every_rank_at_one_step_with_one_checkpoint_and_the_run_resumes(
