@@ -44,13 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
     if args.command == "export":
         return export(args.config, args.overrides)
-    if forced_torchrun(os.environ):
-        return relaunch_under_torchrun(args.config, args.overrides, os.environ)
-    try:
+    try:  # checked here first under FORCE_TORCHRUN too: one error, not one per rank
         loaded = load_config(args.config, args.overrides)
     except (ConfigError, OSError) as exc:
         logger.error("%s", exc)
         return 2
+    if forced_torchrun(os.environ):
+        return relaunch_under_torchrun(args.config, args.overrides, os.environ)
     from trainer_svc.recipe import run  # heavy imports only once the config is valid
 
     try:

@@ -109,3 +109,23 @@ def test_force_torchrun_relaunches_with_the_launch_variables():
                      "--master-addr": "10.0.0.1", "--master-port": "29501"}  # fmt: skip
     assert command[-5:] == ["-m", "trainer_svc", "train", "c.yaml", "seed=3"]
     assert command[command.index("--shutdown-timeout") + 1] == "120"  # time to save
+
+
+def test_a_bad_config_under_force_torchrun_is_one_error_before_any_launch(tmp_path, monkeypatch):
+    monkeypatch.setenv("FORCE_TORCHRUN", "1")
+    monkeypatch.delenv("RANK", raising=False)
+    launched = []
+    monkeypatch.setattr(cli, "relaunch_under_torchrun", lambda *a: launched.append(a) or 0)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"dataset": str(tmp_path / "missing.json")}))
+    assert cli.main(["train", str(path)]) == 2
+    assert launched == []
+
+
+def test_a_good_config_under_force_torchrun_is_relaunched(good_config, monkeypatch):
+    monkeypatch.setenv("FORCE_TORCHRUN", "1")
+    monkeypatch.delenv("RANK", raising=False)
+    launched = []
+    monkeypatch.setattr(cli, "relaunch_under_torchrun", lambda *a: launched.append(a) or 143)
+    assert cli.main(["train", good_config]) == 143  # the launcher's status is the command's
+    assert launched and launched[0][0] == good_config
