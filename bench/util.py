@@ -14,7 +14,11 @@ from typing import Any
 
 import httpx
 
-from devtools.scorer_process import ScorerProcess, free_port  # noqa: F401 - re-exported
+from devtools.scorer_process import (  # noqa: F401 - re-exported
+    ScorerProcess,
+    free_port,
+)
+from devtools.scorer_process import memory_bytes as rss_bytes
 from devtools.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,13 +52,6 @@ def pin(core: int) -> list[str]:
 def pin_self(core: int) -> None:
     if hasattr(os, "sched_setaffinity") and core < (os.cpu_count() or 1):
         os.sched_setaffinity(0, {core})
-
-
-def rss_bytes(pid: int, field: str = "VmRSS") -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise KeyError(field)
 
 
 def python_env() -> dict[str, str]:

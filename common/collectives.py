@@ -5,10 +5,22 @@ travel as UTF-8 JSON bytes in a uint8 tensor. `device` is where the backend move
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+
+def start_group(device: torch.device, timeout_seconds: float) -> None:
+    """Join torchrun's default group, unless joined already: NCCL for a GPU rank (made its
+    current device), gloo on the CPU; collectives wait at most timeout_seconds."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout_seconds)
+        )
 
 
 def broadcast_json(obj: Any, *, device: torch.device, src: int = 0) -> Any:

@@ -19,6 +19,14 @@ import httpx
 from devtools.waiting import wait_until
 
 
+def memory_bytes(pid: int, field: str = "VmRSS") -> int:
+    """A process's memory from /proc/PID/status: VmRSS now, VmHWM its peak."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

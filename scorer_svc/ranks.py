@@ -19,7 +19,6 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -27,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from common import dtypes
-from common.collectives import broadcast_json
+from common.collectives import broadcast_json, start_group
 from scorer_svc.batching import Batch
 from scorer_svc.registry import Registry
 from scorer_svc.scoring import ScoringAborted, ScoringModel
@@ -64,12 +63,9 @@ class RankGroup:
 
     @classmethod
     def start(cls, device: torch.device, timeout_seconds: float) -> RankGroup:
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        if device.type == "cuda":
-            torch.cuda.set_device(device)  # NCCL's context and default allocations there
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_seconds))
+        start_group(device, timeout_seconds)
         group = cls(dist.get_rank(), dist.get_world_size(), device)
-        log.info("rank %d of %d on %s (%s)", group.rank, group.world, device, backend)
+        log.info("rank %d of %d on %s (%s)", group.rank, group.world, device, dist.get_backend())
         return group
 
     def __post_init__(self) -> None:

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from common.collectives import any_rank, broadcast_json, gather_json
+from common.collectives import any_rank, broadcast_json, gather_json, start_group
 from common.launch import Launch
 
 logger = logging.getLogger(__name__)
@@ -36,16 +35,9 @@ class Ranks:
         Trainer's accelerate uses the same group. One rank of one without torchrun."""
         if launch.world == 1:
             return cls()
-        if torch.cuda.is_available():
-            device = torch.device("cuda", launch.local_rank)
-            torch.cuda.set_device(device)
-        else:
-            device = torch.device("cpu")
-        if not dist.is_initialized():
-            dist.init_process_group(
-                "nccl" if device.type == "cuda" else "gloo",
-                timeout=timedelta(seconds=timeout_seconds),
-            )
+        cuda = torch.cuda.is_available()
+        device = torch.device("cuda", launch.local_rank) if cuda else torch.device("cpu")
+        start_group(device, timeout_seconds)
         ranks = cls(dist.get_rank(), dist.get_world_size(), device)
         logger.info("rank %d of %d on %s", ranks.rank, ranks.world, device)
         return ranks

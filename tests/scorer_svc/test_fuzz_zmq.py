@@ -12,7 +12,7 @@ import pytest
 import zmq
 
 from common.protocol import encode_checkpoint
-from devtools.scorer_process import ScorerProcess
+from devtools.scorer_process import ScorerProcess, memory_bytes
 from tests.support.data import make_samples
 from tests.support.scorer import (
     WritesFile,
@@ -30,10 +30,7 @@ DTYPES = ["int32", "bfloat16", "int64", "complex64", "object", "", "float8"]  # 
 
 
 def _rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
+    return memory_bytes(pid) // 1024
 
 
 def _header(frames):

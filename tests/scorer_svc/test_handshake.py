@@ -4,7 +4,6 @@ run over both, and peers without the token that cost the scorer no memory."""
 
 import socket
 import struct
-from pathlib import Path
 
 import pytest
 import trustme
@@ -14,7 +13,7 @@ from zmq.utils.monitor import recv_monitor_message
 from common.errors import Unauthorized
 from common.protocol import FRAME_BYTES, PROTOCOL_VERSION
 from devtools.demo_data import write_dataset
-from devtools.scorer_process import ScorerProcess, Tls
+from devtools.scorer_process import ScorerProcess, Tls, memory_bytes
 from tests.support.scorer import make_hello, settled_checkpoints
 from tests.support.trainer import run_trainer
 from trainer_svc.publisher import CheckpointPublisher
@@ -24,14 +23,6 @@ pytestmark = pytest.mark.slow
 
 TOKEN = "the-shared-token"
 FLOOD = 4  # messages of 512 MiB each, as FRAME_BYTES frames of one shared buffer
-
-
-def _peak_kb(pid: int) -> int:
-    """The process's peak resident memory (VmHWM): what a buffer freed since still shows."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmHWM")
 
 
 @pytest.fixture(scope="module")
@@ -96,11 +87,11 @@ def test_the_token_is_checked_in_the_handshake_and_rest_is_served_over_https(
 ):
     scorer = ScorerProcess(tmp_path / "scorer", env={"SCORER_TOKEN": TOKEN}, tls=tls).start()
     try:
-        before = _peak_kb(scorer.proc.pid)
+        before = memory_bytes(scorer.proc.pid, "VmHWM")  # the peak: a freed buffer shows
         for password in (b"not-the-token", None):
             _flood_without_the_token(scorer.zmq_url, password)
         _declare_a_huge_handshake_command(scorer.zmq_url)
-        growth_mb = (_peak_kb(scorer.proc.pid) - before) / 1024
+        growth_mb = (memory_bytes(scorer.proc.pid, "VmHWM") - before) / 2**20
         print(f"\npeak RSS growth, {2 * FLOOD} x 512 MiB without the token: {growth_mb:.0f} MB")
         assert growth_mb < 64  # read nothing: a frame is at most 16 MiB, and none was taken
         assert "refused a ZeroMQ peer in the handshake: wrong token" in scorer.log()
