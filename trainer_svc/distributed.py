@@ -54,6 +54,12 @@ class Ranks:
         """Whether any rank has flag set: the same answer on every rank."""
         return flag if self.world == 1 else any_rank(flag, device=self.device)
 
+    def close(self) -> None:
+        """Leave the process group. A gloo rank that exits with the group still up can abort
+        at interpreter shutdown ("terminate called without an active exception")."""
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
     def gather(self, obj: Any) -> list[Any] | None:
         """Every rank's obj, in rank order, on rank 0; None on the others."""
         if self.world == 1:

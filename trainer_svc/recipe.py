@@ -394,8 +394,11 @@ class DeltaLossRecipe:
 
     # ---- cleanup ----
     def cleanup(self) -> None:
-        if self.scorer is not None:
-            self.scorer.close()
+        try:
+            if self.scorer is not None:
+                self.scorer.close()
+        finally:
+            self.ranks.close()
 
 
 def run_stem(name: str) -> str:
