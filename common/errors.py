@@ -82,3 +82,10 @@ class Busy(ProtocolError):
     """The scorer cannot take this request now (too many runs being registered): ask again."""
 
     code = "busy"
+
+
+class UploadLost(ProtocolError):
+    """The scorer holds no open upload with this id (it restarted, or dropped the upload
+    after it went idle): send the checkpoint again from its start."""
+
+    code = "upload_lost"

@@ -1,12 +1,23 @@
 """The trainer-to-scorer wire format over ZeroMQ: pure encode/decode functions.
 
-A request is a multipart message: frame 0 is a UTF-8 JSON header with a protocol version,
-the frames after it carry the checkpoint's payload: its tensors' raw bytes end to end, in the
-order of the header's table, cut into frames of at most FRAME_BYTES. The scorer drops a
-peer that declares a larger frame, so one that has not authenticated costs it at most one
-such frame. Every request gets exactly one reply, a single JSON frame: an ack or an error
-with a code and a reason a person can act on. Nothing received is ever unpickled: tensors are
-rebuilt from raw bytes with a declared dtype and shape.
+Every message is a multipart ZeroMQ message whose frame 0 is a UTF-8 JSON header with a
+protocol version. A hello is that one frame, and gets one reply. A checkpoint is an upload
+that the trainer streams as several messages, with an upload id it picks itself:
+
+- `checkpoint`: the tensor table (name, dtype, shape, where its bytes lie in the payload, the
+  tensors' bytes end to end), the payload's size and the chunk size;
+- `chunk` i: bytes [i x chunk_bytes, (i+1) x chunk_bytes) of the payload in one frame of at
+  most FRAME_BYTES, with the chunk's xxh3-128 digest, in order;
+- `commit`: the payload's digest (xxh3-128 over the chunk digests in order).
+
+An upload gets exactly one reply: at the commit once the checkpoint is stored, or earlier when
+the scorer refuses it (a duplicate, a corrupted chunk, a run it does not know); the chunks of a
+refused upload are dropped without reply. Each chunk is checked as it arrives and written as
+it arrives, so neither side hashes or holds the whole payload at once. The scorer drops a
+peer that declares a frame larger than FRAME_BYTES, so one that has not authenticated costs it
+at most one such frame. A reply is a single JSON frame: an ack or an error with a code and a
+reason a person can act on. Nothing received is ever unpickled: tensors are rebuilt from raw
+bytes with a declared dtype and shape.
 """
 
 from __future__ import annotations
@@ -14,10 +25,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Sequence
+import re
+import secrets
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 import torch
+import xxhash
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from common import dtypes
@@ -31,8 +45,10 @@ from common.errors import (
 from common.tokenization import TEMPLATE_NAMES
 from common.validation import RunId, describe_errors, one_of
 
-PROTOCOL_VERSION = 2
-FRAME_BYTES = 16 << 20  # the largest payload frame
+PROTOCOL_VERSION = 3
+FRAME_BYTES = 16 << 20  # the largest payload frame, and the chunk size trainers use
+DIGEST = "xxh3-128"  # of each chunk; the payload's is the same hash over the chunk digests
+UPLOAD_ID = r"^[0-9a-f]{32}$"
 MAX_HEADER_BYTES = 1 << 20
 MAX_CUTOFF_LEN = 1 << 20  # tokens per sample: far beyond any model's context
 MAX_STEP = 2**62  # steps, indices and counts fit a signed 64-bit database integer
@@ -126,9 +142,10 @@ class TensorEntry(BaseModel):
 
 
 class CheckpointHeader(_Header):
-    """One checkpoint: where each tensor lies in the payload after the header."""
+    """Opens an upload: where each tensor lies in the payload that its chunks carry."""
 
     type: Literal["checkpoint"] = "checkpoint"
+    upload: str = Field(pattern=UPLOAD_ID)
     run_id: RunId
     step: int = Field(ge=0, le=MAX_STEP)
     update_index: int = Field(ge=1, le=MAX_STEP)
@@ -136,18 +153,52 @@ class CheckpointHeader(_Header):
     encoding: Literal["raw"] = "raw"  # the tensors' bytes end to end, in table order
     tensors: list[TensorEntry] = Field(default_factory=list)
     total_bytes: int = Field(ge=0)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    chunk_bytes: int = Field(gt=0, le=FRAME_BYTES)
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.total_bytes // self.chunk_bytes)
+
+    def chunk_size(self, index: int) -> int:
+        """The bytes chunk `index` carries (the last one may be short)."""
+        return min(self.chunk_bytes, self.total_bytes - index * self.chunk_bytes)
 
 
-class CheckpointMessage(BaseModel):
-    """A decoded checkpoint request: the header and its payload frames."""
+class ChunkHeader(_Header):
+    type: Literal["chunk"] = "chunk"
+    upload: str = Field(pattern=UPLOAD_ID)
+    index: int = Field(ge=0, le=MAX_STEP)
+    digest: str = Field(pattern=r"^[0-9a-f]{32}$")  # xxh3-128 of the chunk's bytes
+
+
+class Chunk(BaseModel):
+    """A decoded chunk: its header and its one payload frame."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
-    header: CheckpointHeader
-    frames: list[Any]
+    header: ChunkHeader
+    data: Any
 
 
-Request = Hello | CheckpointMessage
+class CommitHeader(_Header):
+    type: Literal["commit"] = "commit"
+    upload: str = Field(pattern=UPLOAD_ID)
+    digest: str = Field(pattern=rf"^{DIGEST}:[0-9a-f]{{32}}$")  # payload_digest of the chunks
+
+
+Request = Hello | CheckpointHeader | Chunk | CommitHeader
+
+
+def chunk_digest(data: Frame) -> str:
+    return xxhash.xxh3_128_hexdigest(data)
+
+
+def payload_digest(chunk_digests: Iterable[str]) -> str:
+    """The checkpoint's digest: xxh3-128 over its chunks' digests, in order, as
+    "xxh3-128:<hex>" (the scorer stores it, and a repeated upload can be compared with it)."""
+    digest = xxhash.xxh3_128()
+    for hexdigest in chunk_digests:
+        digest.update(bytes.fromhex(hexdigest))
+    return f"{DIGEST}:{digest.hexdigest()}"
 
 
 def _json_frame(obj: dict[str, Any]) -> bytes:
@@ -164,16 +215,79 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     return memoryview(flat.view(torch.uint8).numpy())  # type: ignore[arg-type]
 
 
-def payload_sha256(frames: Sequence[Frame]) -> str:
-    digest = hashlib.sha256()
-    for frame in frames:
-        digest.update(frame)
-    return digest.hexdigest()
+def payload_table(tensors: Mapping[str, torch.Tensor]) -> list[TensorEntry]:
+    """Where each tensor's bytes lie in the payload: end to end, in the mapping's order."""
+    table = []
+    offset = 0
+    for name, tensor in tensors.items():
+        try:
+            dtype = dtypes.name_of(tensor.dtype)
+        except ValueError as exc:
+            raise ValueError(f"tensor {name}: {exc}") from None
+        length = tensor.numel() * tensor.element_size()
+        table.append(
+            TensorEntry(
+                name=name, dtype=dtype, shape=list(tensor.shape), offset=offset, length=length
+            )
+        )
+        offset += length
+    return table
 
 
-def payload_frames(data: memoryview, frame_bytes: int = FRAME_BYTES) -> list[memoryview]:
-    """The bytes cut into frames of at most frame_bytes, as views (no copy)."""
-    return [data[i : i + frame_bytes] for i in range(0, data.nbytes, frame_bytes)]
+def new_upload_id() -> str:
+    return secrets.token_hex(16)
+
+
+def upload_messages(
+    begin: CheckpointHeader, payload: memoryview, *, token: str | None = None
+) -> Iterator[list[Frame]]:
+    """The messages of one upload, each made when asked for: the header, each chunk (hashed
+    then, so hashing overlaps with sending the chunk before it) and the commit. payload holds
+    begin.total_bytes bytes; the chunks are views of it (sent without a copy)."""
+    if payload.nbytes != begin.total_bytes:
+        raise ValueError(f"the payload holds {payload.nbytes} bytes, the header declares "
+                         f"{begin.total_bytes}")  # fmt: skip
+    data = payload.cast("B") if payload.format != "B" or payload.ndim != 1 else payload
+    yield [_json_frame(begin.model_dump(exclude_none=True))]
+    digests = []
+    for index in range(begin.n_chunks):
+        start = index * begin.chunk_bytes
+        chunk = data[start : start + begin.chunk_size(index)]
+        digest = chunk_digest(chunk)
+        digests.append(digest)
+        header = ChunkHeader(
+            protocol=PROTOCOL_VERSION, token=token, upload=begin.upload, index=index, digest=digest
+        )
+        yield [_json_frame(header.model_dump(exclude_none=True)), chunk]
+    commit = CommitHeader(
+        protocol=PROTOCOL_VERSION, token=token, upload=begin.upload, digest=payload_digest(digests)
+    )
+    yield [_json_frame(commit.model_dump(exclude_none=True))]
+
+
+def checkpoint_header(
+    *,
+    run_id: str,
+    step: int,
+    update_index: int,
+    kind: str,
+    table: list[TensorEntry],
+    token: str | None = None,
+    chunk_bytes: int = FRAME_BYTES,
+    upload: str | None = None,
+) -> CheckpointHeader:
+    return CheckpointHeader(
+        protocol=PROTOCOL_VERSION,
+        token=token,
+        upload=upload or new_upload_id(),
+        run_id=run_id,
+        step=step,
+        update_index=update_index,
+        kind=kind,  # type: ignore[arg-type]
+        tensors=table,
+        total_bytes=sum(e.length for e in table),
+        chunk_bytes=chunk_bytes,
+    )
 
 
 def encode_checkpoint(
@@ -182,38 +296,19 @@ def encode_checkpoint(
     step: int,
     update_index: int,
     kind: str,
-    tensors: dict[str, torch.Tensor],
+    tensors: Mapping[str, torch.Tensor],
     token: str | None = None,
-) -> list[Frame]:
-    """Header frame, then the payload frames (zero-copy when sent with copy=False)."""
-    frames: list[Frame] = []
-    table = []
-    offset = 0
-    for name, tensor in tensors.items():
-        try:
-            dtype = dtypes.name_of(tensor.dtype)
-        except ValueError as exc:
-            raise ValueError(f"tensor {name}: {exc}") from None
-        data = tensor_bytes(tensor)
-        frames.extend(payload_frames(data))
-        table.append(
-            TensorEntry(
-                name=name, dtype=dtype, shape=list(tensor.shape), offset=offset, length=data.nbytes
-            )
-        )
-        offset += data.nbytes
-    header = CheckpointHeader(
-        protocol=PROTOCOL_VERSION,
-        token=token,
-        run_id=run_id,
-        step=step,
-        update_index=update_index,
-        kind=kind,  # type: ignore[arg-type]
-        tensors=table,
-        total_bytes=offset,
-        sha256=payload_sha256(frames),
-    )
-    return [_json_frame(header.model_dump(exclude_none=True)), *frames]
+    chunk_bytes: int = FRAME_BYTES,
+) -> list[list[Frame]]:
+    """Every message of one upload of these tensors, in order (the tensors are copied into
+    one payload; the trainer streams from its snapshot instead, trainer_svc.snapshot)."""
+    table = payload_table(tensors)
+    payload = bytearray().join(tensor_bytes(t) for t in tensors.values())
+    begin = checkpoint_header(
+        run_id=run_id, step=step, update_index=update_index, kind=kind, table=table,
+        token=token, chunk_bytes=chunk_bytes,
+    )  # fmt: skip
+    return list(upload_messages(begin, memoryview(payload), token=token))
 
 
 def _parse_header(frame: Frame) -> dict[str, Any]:
@@ -237,6 +332,20 @@ def _parse_header(frame: Frame) -> dict[str, Any]:
     return obj
 
 
+def upload_id_of(frame: Frame) -> str | None:
+    """The upload id a header names, read leniently (for a header refused as a whole: the
+    rest of its upload is then dropped, not answered again)."""
+    try:
+        raw = bytes(frame)
+        obj = json.loads(raw.decode("utf-8")) if len(raw) <= MAX_HEADER_BYTES else None
+    except (ValueError, RecursionError):
+        return None
+    upload = obj.get("upload") if isinstance(obj, dict) else None
+    if isinstance(upload, str) and re.fullmatch(UPLOAD_ID, upload):
+        return upload
+    return None
+
+
 def _validate(model: type[BaseModel], obj: dict[str, Any]) -> Any:
     try:
         return model.model_validate(obj)
@@ -245,19 +354,11 @@ def _validate(model: type[BaseModel], obj: dict[str, Any]) -> Any:
         raise MalformedMessage(f"invalid {obj.get('type')} header: {problems}") from exc
 
 
-def _check_table(header: CheckpointHeader, frames: Sequence[Frame], max_bytes: int) -> None:
+def _check_table(header: CheckpointHeader, max_bytes: int) -> None:
     if header.total_bytes > max_bytes:
         raise TooLarge(
             f"checkpoint declares {header.total_bytes} bytes; this scorer accepts at most "
             f"{max_bytes} (raise max_checkpoint_bytes to allow it)"
-        )
-    sizes = [memoryview(f).nbytes for f in frames]
-    if any(size > FRAME_BYTES for size in sizes):
-        raise MalformedMessage(f"a payload frame holds more than {FRAME_BYTES} bytes")
-    if sum(sizes) != header.total_bytes:
-        raise IntegrityError(
-            f"payload frames hold {sum(sizes)} bytes but the header declares "
-            f"{header.total_bytes}: the message was truncated or padded"
         )
     if not header.tensors:
         raise MalformedMessage("a checkpoint must carry at least one tensor")
@@ -291,38 +392,71 @@ def _check_table(header: CheckpointHeader, frames: Sequence[Frame], max_bytes: i
 
 
 def decode_request(frames: Sequence[Frame], *, max_bytes: int = 1 << 34) -> Request:
-    """Validate a request's framing, header, table and sha256; tensors stay raw bytes."""
+    """Validate a message's framing, header and (for a checkpoint) table. A chunk's digest is
+    checked by `check_chunk`, against the upload it belongs to."""
     if not frames:
         raise MalformedMessage("empty message")
     obj = _parse_header(frames[0])
     kind = obj.get("type")
-    if kind == "hello":
+    single: dict[str, type[BaseModel]] = {
+        "hello": Hello,
+        "checkpoint": CheckpointHeader,
+        "commit": CommitHeader,
+    }
+    if kind in single:
         if len(frames) != 1:
-            raise MalformedMessage("hello takes a single header frame")
-        return _validate(Hello, obj)
-    if kind == "checkpoint":
-        header = _validate(CheckpointHeader, obj)
-        payload = list(frames[1:])
-        _check_table(header, payload, max_bytes)
-        actual = payload_sha256(payload)
-        if actual != header.sha256:
-            raise IntegrityError(
-                f"payload sha256 is {actual}, the header declares {header.sha256}: "
-                "the checkpoint was corrupted in transit; send it again"
-            )
-        return CheckpointMessage(header=header, frames=payload)
-    raise MalformedMessage(f"unknown message type {kind!r}; expected 'hello' or 'checkpoint'")
+            raise MalformedMessage(f"a {kind} message is a single header frame")
+        message = _validate(single[kind], obj)
+        if isinstance(message, CheckpointHeader):
+            _check_table(message, max_bytes)
+        return message
+    if kind == "chunk":
+        if len(frames) != 2:
+            raise MalformedMessage("a chunk message is a header frame and one payload frame")
+        if memoryview(frames[1]).nbytes > FRAME_BYTES:
+            raise MalformedMessage(f"a payload frame holds more than {FRAME_BYTES} bytes")
+        return Chunk(header=_validate(ChunkHeader, obj), data=frames[1])
+    raise MalformedMessage(
+        f"unknown message type {kind!r}; expected 'hello', 'checkpoint', 'chunk' or 'commit'"
+    )
 
 
-def decode_tensors(checkpoint: CheckpointMessage) -> dict[str, torch.Tensor]:
-    """Rebuild tensors from the payload (one copy of it)."""
-    payload = bytearray().join(checkpoint.frames)
+def check_chunk(begin: CheckpointHeader, chunk: Chunk, expected_index: int) -> None:
+    """The chunk is the next one of the upload begin opened, whole and intact."""
+    index = chunk.header.index
+    if index != expected_index:
+        raise MalformedMessage(
+            f"chunk {index} of upload {begin.upload} arrived where chunk {expected_index} was "
+            "due: chunks are sent in order"
+        )
+    if index >= begin.n_chunks:
+        raise MalformedMessage(
+            f"upload {begin.upload} has {begin.n_chunks} chunks; got chunk {index}"
+        )
+    size = memoryview(chunk.data).nbytes
+    if size != begin.chunk_size(index):
+        raise IntegrityError(
+            f"chunk {index} holds {size} bytes, the header's table makes it "
+            f"{begin.chunk_size(index)}: the message was truncated or padded"
+        )
+    actual = chunk_digest(chunk.data)
+    if actual != chunk.header.digest:
+        raise IntegrityError(
+            f"chunk {index} of checkpoint step {begin.step} has {DIGEST} {actual}, its header "
+            f"declares {chunk.header.digest}: the checkpoint was corrupted in transit; send it "
+            "again"
+        )
+
+
+def decode_tensors(header: CheckpointHeader, payload: Frame) -> dict[str, torch.Tensor]:
+    """Rebuild tensors from a payload (copied once)."""
+    data = bytearray(payload)
     tensors = {}
-    for entry in checkpoint.header.tensors:
+    for entry in header.tensors:
         torch_dtype = dtypes.BY_NAME[entry.dtype].torch
-        data = payload[entry.offset : entry.offset + entry.length]
+        part = data[entry.offset : entry.offset + entry.length]
         tensor = (
-            torch.frombuffer(data, dtype=torch_dtype) if data else torch.empty(0, dtype=torch_dtype)
+            torch.frombuffer(part, dtype=torch_dtype) if part else torch.empty(0, dtype=torch_dtype)
         )
         tensors[entry.name] = tensor.reshape(entry.shape)
     return tensors
@@ -332,7 +466,7 @@ def ack(**fields: Any) -> list[bytes]:
     return [_json_frame({"protocol": PROTOCOL_VERSION, "ok": True, "type": "ack", **fields})]
 
 
-def error_reply(error: ProtocolError) -> list[bytes]:
+def error_reply(error: ProtocolError, **fields: Any) -> list[bytes]:
     return [
         _json_frame(
             {
@@ -341,6 +475,7 @@ def error_reply(error: ProtocolError) -> list[bytes]:
                 "type": "error",
                 "code": error.code,
                 "reason": str(error),
+                **fields,
             }
         )
     ]

@@ -51,6 +51,9 @@ class FakeScorer:
         self.scored[checkpoint.step] = self.score(checkpoint)
         return {"ok": True, "status": "queued"}
 
+    def cancel_send(self) -> None:
+        """Sends here never wait, so there is nothing to end."""
+
     def score(self, checkpoint: CheckpointUpload) -> ScorerWeights:
         values = self.weights(checkpoint.step, self.n_samples)
         return ScorerWeights(checkpoint.step, checkpoint.update_index, values, None)
@@ -60,10 +63,11 @@ class FakeScorer:
         return self.scored[step]
 
     def latest(self) -> ScorerWeights | None:
-        """The checkpoint before the last one sent: the one just sent is still scoring."""
-        if len(self.checkpoints) < 2:
+        """The last checkpoint sent (the fake scores at once; an async update asks before it
+        sends its own)."""
+        if not self.checkpoints:
             return None
-        return self.scored[self.checkpoints[-2].step]
+        return self.scored[self.checkpoints[-1].step]
 
     def ping(self, seconds: float) -> None:
         """Always answers (a subclass may fail instead)."""

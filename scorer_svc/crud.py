@@ -99,7 +99,7 @@ class Received:
     step: int
     update_index: int
     kind: str
-    sha256: str
+    digest: str
     path: str
     n_bytes: int
 

@@ -1,9 +1,11 @@
-"""The ZeroMQ ROUTER: registers runs and takes in checkpoints, one reply per request."""
+"""The ZeroMQ ROUTER: registers runs and takes in checkpoints, one reply per hello and one per
+upload (common.protocol); each upload's chunks are written as they arrive (scorer_svc.uploads)."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +20,17 @@ from common.errors import (
     RunMismatch,
     ScorerInternalError,
     UnknownRun,
+    UploadLost,
 )
 from common.protocol import (
-    CheckpointMessage,
+    CheckpointHeader,
+    Chunk,
+    CommitHeader,
     Hello,
     ack,
     decode_request,
     error_reply,
+    upload_id_of,
 )
 from scorer_svc import crud
 from scorer_svc.auth import check_request_token
@@ -32,12 +38,17 @@ from scorer_svc.config import Settings
 from scorer_svc.models import FAILED, Run
 from scorer_svc.registration import Registrations
 from scorer_svc.registry import Registry, differences, identity
-from scorer_svc.store import checkpoint_path, write_raw_checkpoint
+from scorer_svc.store import CheckpointWriter, checkpoint_path
+from scorer_svc.uploads import Upload, Uploads
 from scorer_svc.zap import secure_server
 
 log = logging.getLogger(__name__)
 
 POLL_MS = 200
+SWEEP_SECONDS = 10.0  # how often uploads left idle are looked for
+# Messages libzmq queues per peer before it stops reading that peer's socket (so the trainer's
+# sends wait): at most this many chunks of one upload are held in memory at once.
+RECEIVE_QUEUE = 4
 
 
 @dataclass(eq=False)
@@ -56,29 +67,66 @@ class Intake:
         # read; with CURVE the handshake checks keys, and each request's header the token.
         self.header_token = self.token if self.settings.curve_secret_key_file else None
         self.registrations = Registrations(self.registry)
+        self.uploads = Uploads()
 
     def close(self) -> None:
         self.registrations.close()
+        self.uploads.close()
 
-    def handle(self, frames: list[Any]) -> list[bytes]:
+    def handle(self, frames: list[Any]) -> list[bytes] | None:
+        """The reply to a message, or None when it gets none (a chunk, or anything for an
+        upload already answered)."""
+        upload_id = None
         try:
             check_request_token(frames[0] if frames else b"", self.header_token)
             message = decode_request(frames, max_bytes=self.settings.max_checkpoint_bytes)
-            with self.sessions() as session:
-                if isinstance(message, Hello):
+            if isinstance(message, Hello):
+                with self.sessions() as session:
                     return self.hello(session, message)
-                return self.checkpoint(session, message)
+            upload_id = message.header.upload if isinstance(message, Chunk) else message.upload
+            if self.uploads.is_closed(upload_id):
+                return None
+            if isinstance(message, CheckpointHeader):
+                with self.sessions() as session:
+                    return self.begin(session, message)
+            upload = self.uploads.get(upload_id)
+            if upload is None:
+                raise UploadLost(
+                    f"this scorer holds no upload {upload_id} (it restarted, or dropped the "
+                    "upload after it went idle): send the checkpoint again"
+                )
+            if isinstance(message, Chunk):
+                self.uploads.add(upload, message)
+                return None
+            assert isinstance(message, CommitHeader)
+            with self.sessions() as session:
+                return self.commit(session, upload, message)
         except ProtocolError as error:
             log.warning("refused request: %s: %s", error.code, error)
-            return error_reply(error)
+            return self._refuse(upload_id, error, frames)
         except Exception as error:  # a reply is owed even when the scorer itself fails
             log.exception("request failed inside the scorer")
-            return error_reply(
+            return self._refuse(
+                upload_id,
                 ScorerInternalError(
                     f"the scorer failed on this request: {type(error).__name__}: "
                     f"{error}; see the scorer's log"
-                )
+                ),
+                frames,
             )
+
+    def _refuse(
+        self, upload_id: str | None, error: ProtocolError, frames: list[Any]
+    ) -> list[bytes]:
+        if upload_id is None and frames:  # refused before its header was read
+            upload_id = upload_id_of(frames[0])
+        if upload_id is None:
+            return error_reply(error)
+        self.uploads.refuse(upload_id)  # its one reply: the rest of it is dropped
+        return error_reply(error, upload=upload_id)
+
+    def sweep(self) -> None:
+        self.uploads.sweep()
 
     def hello(self, session: Session, hello: Hello) -> list[bytes]:
         self.registry.access.check_hello(hello)  # before any file is looked at
@@ -126,28 +174,13 @@ class Intake:
                 "(resume_from_checkpoint)"
             )
 
-    def checkpoint(self, session: Session, message: CheckpointMessage) -> list[bytes]:
-        header = message.header
-        run = crud.get_run(session, run_id=header.run_id)
-        if run is None:
-            raise UnknownRun(
-                f"no run '{header.run_id}' is registered with this scorer: send hello first"
-            )
-        self._check_fits_run(run, header.kind, header.update_index)
+    def begin(self, session: Session, header: CheckpointHeader) -> list[bytes] | None:
+        """Opens the upload (no reply yet), or answers it at once: a duplicate, a refusal."""
+        run = self._run_of(session, header)
         existing = crud.get_checkpoint(session, run=run, step=header.step)
         if existing is not None and existing.status != FAILED:
-            if existing.sha256 != header.sha256:
-                log.warning(
-                    "run %s step %d sent again with other content; the first one is kept",
-                    run.run_id, header.step,
-                )  # fmt: skip
-            return ack(
-                status="duplicate",
-                run_id=run.run_id,
-                step=header.step,
-                update_index=existing.update_index,
-                same_content=existing.sha256 == header.sha256,
-            )
+            self.uploads.refuse(header.upload)
+            return self._duplicate(run, header, existing.update_index)
         if header.update_index >= 2 and run.initial_step is None:
             raise CheckpointRejected(
                 f"run {run.run_id} has no initial checkpoint yet: update 1 must come first"
@@ -156,9 +189,23 @@ class Intake:
         manifest.check([(e.name, e.dtype, e.shape) for e in header.tensors])
         path = checkpoint_path(self.settings.data_dir, run.run_id, header.step)
         table = [(e.name, e.dtype, e.shape, e.length) for e in header.tensors]
-        n_bytes = write_raw_checkpoint(path, table, message.frames)
+        self.uploads.open(header, lambda: CheckpointWriter(path, table))
+        return None
+
+    def commit(self, session: Session, upload: Upload, commit: CommitHeader) -> list[bytes]:
+        """Checks every chunk arrived and the digest, then stores: fsync, row, ack."""
+        header = upload.begin
+        self.uploads.check_commit(upload, commit)
+        run = self._run_of(session, header)
+        existing = crud.get_checkpoint(session, run=run, step=header.step)
+        if existing is not None and existing.status != FAILED:  # stored since the upload began
+            self.uploads.refuse(header.upload)
+            return self._duplicate(run, header, existing.update_index)
+        n_bytes = upload.writer.commit()
+        self.uploads.finish(upload)
+        path = upload.writer.path
         received = crud.Received(
-            header.step, header.update_index, header.kind, header.sha256, str(path), n_bytes
+            header.step, header.update_index, header.kind, commit.digest, str(path), n_bytes
         )
         try:
             if existing is not None:  # a failed step sent again is scored again
@@ -178,7 +225,30 @@ class Intake:
         )
         self.on_queued()
         return ack(
-            status="queued", run_id=run.run_id, step=header.step, update_index=header.update_index
+            status="queued",
+            run_id=run.run_id,
+            step=header.step,
+            update_index=header.update_index,
+            upload=header.upload,
+        )
+
+    def _run_of(self, session: Session, header: CheckpointHeader) -> Run:
+        run = crud.get_run(session, run_id=header.run_id)
+        if run is None:
+            raise UnknownRun(
+                f"no run '{header.run_id}' is registered with this scorer: send hello first"
+            )
+        self._check_fits_run(run, header.kind, header.update_index)
+        return run
+
+    @staticmethod
+    def _duplicate(run: Run, header: CheckpointHeader, update_index: int) -> list[bytes]:
+        return ack(
+            status="duplicate",
+            run_id=run.run_id,
+            step=header.step,
+            update_index=update_index,
+            upload=header.upload,
         )
 
     @staticmethod
@@ -213,6 +283,7 @@ class IntakeServer:
         # libzmq checks each frame's declared size (handshake commands included) before it
         # allocates it, and drops a peer that declares more.
         self._socket.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
+        self._socket.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE)
         self._auth = secure_server(
             self._context,
             self._socket,
@@ -250,13 +321,18 @@ class IntakeServer:
     def _serve(self) -> None:
         poller = zmq.Poller()
         poller.register(self._socket, zmq.POLLIN)
+        swept = time.monotonic()
         while not self._stop.is_set():
+            if time.monotonic() - swept > SWEEP_SECONDS:
+                self.intake.sweep()
+                swept = time.monotonic()
             if not poller.poll(POLL_MS):
                 continue
             try:
                 frames = self._socket.recv_multipart(copy=False)
                 identity, body = frames[0], [f.buffer for f in frames[1:]]
                 reply = self.intake.handle(body)
-                self._socket.send_multipart([identity.bytes, *reply])
+                if reply is not None:
+                    self._socket.send_multipart([identity.bytes, *reply])
             except Exception:  # keep serving: one bad exchange must not stop the intake
                 log.exception("ZeroMQ intake error")

@@ -54,7 +54,9 @@ class CheckpointRow(Base):
     step: Mapped[int] = mapped_column(Integer)
     update_index: Mapped[int] = mapped_column(Integer)
     kind: Mapped[str] = mapped_column(String(16))
-    sha256: Mapped[str] = mapped_column(String(64))
+    # the payload's digest as common.protocol.payload_digest gives it ("xxh3-128:<hex>");
+    # the column keeps its first name, so databases made before stay readable
+    digest: Mapped[str] = mapped_column("sha256", String(64))
     path: Mapped[str] = mapped_column(Text)
     n_bytes: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16))

@@ -34,7 +34,7 @@ class CheckpointInfo(BaseModel):
     update_index: int
     kind: str
     status: str
-    sha256: str
+    digest: str
     n_bytes: int
     received_at: datetime
     started_at: datetime | None

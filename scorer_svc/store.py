@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from safetensors.torch import load_file
 
-from common import dtypes
 from common.protocol import Frame
+from common.safetensors_file import TensorLayout, safetensors_prefix
 
 PARTIAL = ".partial"  # a checkpoint file being written
 
@@ -21,40 +20,72 @@ def checkpoint_path(data_dir: Path, run_id: str, step: int) -> Path:
     return data_dir / "checkpoints" / run_id / f"step-{step:09d}.safetensors"
 
 
+class CheckpointWriter:
+    """A safetensors file written as its payload arrives: the header first (from the tensor
+    table: name, dtype, shape, byte length, in the order their bytes lie end to end, which is
+    what a safetensors data section is), then each chunk as it comes, nothing rebuilt or held.
+    Written beside the final path; `commit` fsyncs once, renames into place and fsyncs the
+    folder, so an acknowledged checkpoint survives a crash; `abort` removes it."""
+
+    def __init__(self, path: Path, tensors: Sequence[TensorLayout]):
+        prefix = safetensors_prefix(tensors)
+        self.path = path
+        self.payload_bytes = sum(length for *_, length in tensors)
+        self.written = 0
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = path.with_suffix(PARTIAL)
+        self._handle: BinaryIO | None = open(self._tmp, "wb")  # noqa: SIM115 (closed by commit/abort)
+        try:
+            self._handle.write(prefix)
+        except BaseException:
+            self.abort()
+            raise
+
+    def write(self, data: Frame) -> None:
+        assert self._handle is not None, "the checkpoint file is already closed"
+        size = memoryview(data).nbytes
+        if self.written + size > self.payload_bytes:
+            raise ValueError("more bytes than the checkpoint's tensors declare")
+        self._handle.write(data)
+        self.written += size
+
+    def commit(self) -> int:
+        """fsync, rename into place; the file's size."""
+        assert self._handle is not None, "the checkpoint file is already closed"
+        if self.written != self.payload_bytes:
+            raise ValueError(
+                f"{self.written} payload bytes written; the tensors declare {self.payload_bytes}"
+            )
+        handle, self._handle = self._handle, None
+        try:
+            handle.flush()
+            os.fsync(handle.fileno())
+        finally:
+            handle.close()
+        _publish(self._tmp, self.path)
+        return self.path.stat().st_size
+
+    def abort(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+        self._tmp.unlink(missing_ok=True)
+
+
 def write_raw_checkpoint(
     path: Path,
-    tensors: Sequence[tuple[str, str, list[int], int]],
+    tensors: Sequence[TensorLayout],
     payload: Sequence[Frame],
 ) -> int:
-    """Write a safetensors file straight from the received frames: `tensors` lists (name,
-    dtype, shape, byte length) in the order their bytes lie end to end in `payload`, which is
-    what a safetensors file's data section is. Nothing is rebuilt or copied on the way.
-    Written beside, fsynced, renamed into place and its folder fsynced, so an acknowledged
-    checkpoint survives a crash."""
-    header: dict[str, dict] = {}
-    offset = 0
-    for name, dtype, shape, length in tensors:
-        header[name] = {
-            "dtype": dtypes.BY_NAME[dtype].safetensors,
-            "shape": list(shape),
-            "data_offsets": [offset, offset + length],
-        }
-        offset += length
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(PARTIAL)
-    with open(tmp, "wb") as handle:
-        handle.write(struct.pack("<Q", len(encoded)))
-        handle.write(encoded)
+    """The whole checkpoint at once (see CheckpointWriter); the file's size."""
+    writer = CheckpointWriter(path, tensors)
+    try:
         for frame in payload:
-            handle.write(frame)
-        if handle.tell() != 8 + len(encoded) + offset:
-            raise ValueError("the payload does not hold the bytes its tensors declare")
-        handle.flush()
-        os.fsync(handle.fileno())
-    _publish(tmp, path)
-    return path.stat().st_size
+            writer.write(frame)
+        return writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
 
 
 def remove_partial_files(data_dir: Path) -> list[Path]:

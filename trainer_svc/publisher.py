@@ -1,33 +1,48 @@
 """Sends the run's hello and its checkpoints to the scorer over a ZeroMQ DEALER socket.
 
-Every request waits for its one reply. A request without a reply is sent again on a fresh
-socket ("lazy pirate") under the trainer's retry policy (trainer_svc.retry) until the
+A hello waits for its one reply; a checkpoint is streamed as an upload (common.protocol: its
+header, its chunks, each hashed just before it is sent, and its commit) and waits for the
+upload's one reply, which may come early (a duplicate, a refusal): the rest is then not sent.
+A request without a reply is sent again on a fresh socket ("lazy pirate"), a checkpoint as a
+new upload from its start, under the trainer's retry policy (trainer_svc.retry) until the
 configured wait is spent; the scorer answers a repeated hello with `already_registered` and a
-repeated checkpoint with `duplicate`. A new run is prepared by the scorer off its intake: it
+repeated checkpoint with `duplicate`. `cancel` (from any thread) ends a checkpoint's sending
+at the next chunk. A new run is prepared by the scorer off its intake: it
 answers `registering` at once, and the hello is sent again (0.05 s apart, doubled, at most
 2 s) until it is `registered`. The hello's reply wait grows per attempt (2 s, doubled, up to
-reply_timeout). An error reply is never retried (but `busy`): it raises the `common.errors`
-class its code names.
+reply_timeout). An error reply is never retried (but `busy`, and `upload_lost` for a scorer
+that restarted mid-upload): it raises the `common.errors` class its code names.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
-import torch
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from common.curve import ClientKeys
-from common.errors import Busy, Unauthorized
+from common.errors import Busy, Unauthorized, UploadLost
 from common.handshake import REFUSED_EVENTS, refusal_advice, secure_client
-from common.protocol import Hello, decode_reply, encode_checkpoint, encode_hello
-from trainer_svc.retry import NotYet, RetryPolicy, never
+from common.protocol import (
+    Hello,
+    checkpoint_header,
+    decode_reply,
+    encode_hello,
+    payload_table,
+    tensor_bytes,
+    upload_messages,
+)
+from trainer_svc.retry import NotYet, RetryPolicy, StopRequested, never
+from trainer_svc.snapshot import CheckpointUpload
+
+__all__ = ["CheckpointPublisher", "CheckpointUpload"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,21 +51,11 @@ HELLO_FIRST_WAIT = 2.0  # seconds the first hello waits for its reply; doubled p
 MIN_REPLY_WAIT = 0.1
 PREPARING_FIRST_POLL = 0.05  # seconds between hellos while the scorer prepares the run; doubled
 PREPARING_MAX_POLL = 2.0
+SEND_QUEUE = 4  # chunks queued in the socket before a send waits (an early reply is then seen)
 ADVICE = (
     "that scorer_svc is running, that scorer_zmq_url is its ZeroMQ address (its --zmq-url), "
     "and its log"
 )
-
-
-@dataclass(frozen=True)
-class CheckpointUpload:
-    """One checkpoint to send: its run, global step, update index, kind and tensors."""
-
-    run_id: str
-    step: int
-    update_index: int
-    kind: str
-    tensors: dict[str, torch.Tensor]
 
 
 class CheckpointPublisher:
@@ -75,6 +80,7 @@ class CheckpointPublisher:
         self._context = context or zmq.Context.instance()
         self._socket: zmq.Socket | None = None
         self._monitor: zmq.Socket | None = None  # the socket's handshake refusals
+        self._cancelled = threading.Event()
 
     def hello(self, hello: Hello, *, stop_requested: Callable[[], bool] = never) -> dict[str, Any]:
         """Registers the run, asking again while the scorer prepares it (`registering`);
@@ -110,16 +116,52 @@ class CheckpointPublisher:
         return reply
 
     def send_checkpoint(self, checkpoint: CheckpointUpload) -> dict[str, Any]:
-        frames = encode_checkpoint(**vars(checkpoint), token=self.token)
-        size = sum(memoryview(f).nbytes for f in frames)
+        """Streams the checkpoint (from checkpoint.payload when given, else from a copy of its
+        tensors end to end) and returns the upload's reply."""
+        self._cancelled.clear()
+        payload = checkpoint.payload
+        if payload is None:
+            payload = memoryview(
+                bytearray().join(tensor_bytes(t) for t in checkpoint.tensors.values())
+            )
+        table = payload_table(checkpoint.tensors)
+        size = payload.nbytes
         timeout = self.reply_timeout + size / BYTES_PER_SECOND
-        what = (
-            f"checkpoint step {checkpoint.step} (update {checkpoint.update_index}, "
-            f"{size / 1e6:.1f} MB)"
+        what = f"{checkpoint.describe()}, {size / 1e6:.1f} MB"
+        # cancel ends the pause between attempts too
+        sleep = self.retry.sleep
+        if sleep is time.sleep:
+            sleep = self._pause
+        retry = replace(self.retry, stop_requested=self._cancelled.is_set, sleep=sleep)
+
+        def attempt(number: int, seconds_left: float) -> dict[str, Any]:
+            begin = checkpoint_header(
+                run_id=checkpoint.run_id,
+                step=checkpoint.step,
+                update_index=checkpoint.update_index,
+                kind=checkpoint.kind,
+                table=table,
+                token=self.token,
+            )  # a new upload id each attempt: the scorer drops what it got of the last one
+            wait = max(MIN_REPLY_WAIT, min(timeout, seconds_left))
+            try:
+                return self._upload(upload_messages(begin, payload, token=self.token), wait)
+            except (Busy, UploadLost) as exc:
+                raise NotYet(str(exc)) from exc
+
+        reply = retry.run(
+            attempt, waiting_for=f"a reply from the scorer at {self.url} to {what}", advice=ADVICE
         )
-        reply = self._request(frames, what, lambda _: timeout, self.retry)
         logger.info("scorer %s %s", reply.get("status"), what)
         return reply
+
+    def _pause(self, seconds: float) -> None:
+        self._cancelled.wait(seconds)
+
+    def cancel(self) -> None:
+        """Ends a send_checkpoint in progress (in another thread) at its next chunk, with
+        StopRequested."""
+        self._cancelled.set()
 
     def close(self) -> None:
         if self._socket is not None:
@@ -136,6 +178,7 @@ class CheckpointPublisher:
             monitor = None
             try:
                 socket.setsockopt(zmq.LINGER, 0)
+                socket.setsockopt(zmq.SNDHWM, SEND_QUEUE)
                 secure_client(socket, token=self.token, curve=self.curve)
                 monitor = socket.get_monitor_socket(REFUSED_EVENTS)
                 socket.connect(self.url)
@@ -164,21 +207,32 @@ class CheckpointPublisher:
             )
         return socket in ready
 
-    def _request(
-        self,
-        frames: list[Any],
-        what: str,
-        reply_wait: Callable[[int], float],
-        retry: RetryPolicy,
-    ) -> dict[str, Any]:
-        """Sends frames until one reply comes; reply_wait(attempt) is how long each waits."""
+    def _upload(self, messages: Iterable[list[Any]], wait: float) -> dict[str, Any]:
+        """Sends the upload's messages, stopping at an early reply; then waits for the reply.
+        The whole of it takes at most `wait` seconds."""
+        socket = self._connect()
+        deadline = time.monotonic() + wait
 
-        def attempt(number: int, seconds_left: float) -> dict[str, Any]:
-            return self._send(frames, max(MIN_REPLY_WAIT, min(reply_wait(number), seconds_left)))
+        def ms_left() -> int:
+            return max(0, int((deadline - time.monotonic()) * 1000))
 
-        return retry.run(
-            attempt, waiting_for=f"a reply from the scorer at {self.url} to {what}", advice=ADVICE
-        )
+        try:
+            for message in messages:
+                if self._cancelled.is_set():
+                    self.close()  # what is queued is dropped; the scorer drops the upload
+                    raise StopRequested("the checkpoint's sending was cancelled")
+                if self._wait(socket, zmq.POLLIN, 0):  # answered before the end: refused
+                    return decode_reply(socket.recv_multipart())
+                if not self._wait(socket, zmq.POLLOUT, ms_left()):
+                    raise zmq.Again()
+                socket.send_multipart(message, copy=False, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            self.close()
+            raise NotYet(f"could not send within {wait:.1f}s (no connection)") from None
+        if self._wait(socket, zmq.POLLIN, ms_left()):
+            return decode_reply(socket.recv_multipart())
+        self.close()  # a fresh socket next: a late reply must not be read as the next one's
+        raise NotYet(f"no reply within {wait:.1f}s")
 
     def _send(self, frames: list[Any], reply_wait: float) -> dict[str, Any]:
         socket = self._connect()

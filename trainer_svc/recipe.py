@@ -51,6 +51,7 @@ from trainer_svc.retry import ScorerFailure, StopRequested
 from trainer_svc.sampler import ScheduleBatchSampler, SelectionPlan
 from trainer_svc.schedule import Schedule
 from trainer_svc.scorer_client import RemoteScorer, ScorerClient, scorer_failed
+from trainer_svc.snapshot import load_unsent
 from trainer_svc.trainer import GracefulStop, ScheduledTrainer, SelectionCallback
 from trainer_svc.updates import SharedUpdates, UpdateCoordinator
 
@@ -75,6 +76,7 @@ class DeltaLossRecipe:
         self.cfg = loaded.config
         self.ranks = Ranks.start(Launch.from_environment(), self.cfg.ddp_timeout)
         self.stop = GracefulStop(self.ranks)  # SIGTERM, once run() installs it
+        self.coordinator: UpdateCoordinator | None = None  # rank 0's, once set up
         self.output_dir = Path(self.cfg.output_dir)
         self.spec = model_spec(self.cfg)
         self.schedule = Schedule.build(
@@ -256,9 +258,13 @@ class DeltaLossRecipe:
                 on_update=self.on_update,
                 registered=self.registered,
                 outage=self.outage,
+                stop_requested=lambda: self.stop.requested,
             )
+        self.coordinator = coordinator
         self.trained = TrainedSamples(trained_record, self.ranks)
         start = self._resume_records() if not fresh else 0
+        if coordinator is not None and not fresh:
+            self._resend_unsent(coordinator)
         sampler = ScheduleBatchSampler(
             self.plan,
             self.cfg.per_device_train_batch_size,
@@ -266,7 +272,7 @@ class DeltaLossRecipe:
             rank=self.ranks.rank,
             world=self.ranks.world,
         )
-        callback = SelectionCallback(
+        self.selection = callback = SelectionCallback(
             self.schedule,
             SharedUpdates(self.ranks, self.plan, coordinator),
             self.trainable_tensors,
@@ -304,6 +310,23 @@ class DeltaLossRecipe:
             self.plan.set_segment(self.schedule.segment_at(step), torch.tensor(indices))
         logger.info("resuming at step %d with %d earlier update(s)", start, len(draws))
         return start
+
+    def _resend_unsent(self, coordinator: UpdateCoordinator) -> None:
+        """A checkpoint the stopped run sent but the scorer did not acknowledge is sent again
+        (the scorer answers one it has with `duplicate`)."""
+        assert self.cfg.resume_from_checkpoint is not None
+        upload = load_unsent(Path(self.cfg.resume_from_checkpoint))
+        if upload is None:
+            return
+        if upload.run_id != self.run_id:
+            logger.warning(
+                "%s of run %s left unsent is not sent: this run is %s",
+                upload.describe(),
+                upload.run_id,
+                self.run_id,
+            )
+            return
+        coordinator.resend(upload)
 
     def _eval_dataset(self) -> EncodedDataset | None:
         if self.loaded.eval_samples is None:
@@ -386,15 +409,20 @@ class DeltaLossRecipe:
             return
         self.trainer.save_model(str(self.output_dir))
         self.trainer.save_state()
+        unsent = self.selection.unsent_at_end
         if self.cfg.plot_loss and self.ranks.is_main:
             path = write_loss_plot(self.trainer.state.log_history, self.output_dir / LOSS_PLOT)
             if path:
                 logger.info("loss plot: %s", path)
         logger.info("saved to %s", self.output_dir)
+        if unsent is not None:  # on_scorer_failure: fail, for the last checkpoint sent
+            raise ScorerFailure(f"{unsent}; the trained model is saved in {self.output_dir}")
 
     # ---- cleanup ----
     def cleanup(self) -> None:
         try:
+            if self.coordinator is not None:
+                self.coordinator.close()  # a send in flight is cancelled first
             if self.scorer is not None:
                 self.scorer.close()
         finally:

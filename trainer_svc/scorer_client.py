@@ -50,7 +50,12 @@ class ScorerClient(Protocol):
         ...
 
     def send_checkpoint(self, checkpoint: CheckpointUpload) -> dict[str, Any]:
-        """Hands the checkpoint over for scoring; returns the scorer's ack."""
+        """Hands the checkpoint over for scoring; returns the scorer's ack. Called from the
+        trainer's sending thread (trainer_svc.sender), never while another call is made."""
+        ...
+
+    def cancel_send(self) -> None:
+        """Ends a send_checkpoint in progress in another thread (raising StopRequested)."""
         ...
 
     def wait_for(self, step: int) -> ScorerWeights:
@@ -122,6 +127,9 @@ class RemoteScorer:
 
     def send_checkpoint(self, checkpoint: CheckpointUpload) -> dict[str, Any]:
         return self.publisher.send_checkpoint(checkpoint)
+
+    def cancel_send(self) -> None:
+        self.publisher.cancel()
 
     def wait_for(self, step: int) -> ScorerWeights:
         return self.weights.wait_for(step)

@@ -9,18 +9,21 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from trainer_svc.data import INDEX_KEY
 from trainer_svc.distributed import Ranks
 from trainer_svc.records import TrainedSamples
-from trainer_svc.retry import ScorerFailure
+from trainer_svc.retry import ScorerFailure, StopRequested
 from trainer_svc.sampler import ScheduleBatchSampler
 from trainer_svc.schedule import Schedule
+from trainer_svc.snapshot import save_unsent
 from trainer_svc.updates import Updates
 
 logger = logging.getLogger(__name__)
@@ -83,6 +86,7 @@ class SelectionCallback(TrainerCallback):
         self.tensors = tensors
         self.trained = trained
         self.stop = stop
+        self.unsent_at_end: ScorerFailure | None = None
 
     def _maybe_update(self, step: int) -> None:
         segment = self.schedule.update_at(step)
@@ -105,14 +109,40 @@ class SelectionCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         self.trained.flush()
         try:
+            self.coordinator.check_sent()  # a background send that failed during this step
             self._maybe_update(state.global_step)
+        except StopRequested:  # a stop while the update waited for the last send to end
+            logger.info(
+                "stop requested: update at step %d left to the resumed run", state.global_step
+            )
         except ScorerFailure as failure:
             if self.stop is None:
                 raise
             self.stop.fail(failure)  # saved and stopped by the stop's on_step_end, next
 
+    def on_save(self, args, state, control, **kwargs):
+        """A stop's checkpoint keeps a checkpoint sent but not acknowledged, for the resumed
+        run to send again (the update at the stop's own step is made again by it anyway)."""
+        unsent = self.coordinator.unsent()
+        stopping = self.stop is not None and self.stop.requested
+        if unsent is not None and stopping and unsent.step != state.global_step:
+            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            path = save_unsent(unsent, folder)
+            logger.warning(
+                "the %s was not acknowledged by the scorer: kept in %s, the resumed run sends "
+                "it again",
+                unsent.describe(),
+                path,
+            )
+
     def on_train_end(self, args, state, control, **kwargs):
         self.trained.flush()
+        if self.stop is not None and self.stop.requested:
+            return  # a send in flight is cancelled, and kept in the stop's checkpoint
+        try:
+            self.coordinator.finish()  # the last checkpoint reaches the scorer
+        except ScorerFailure as failure:
+            self.unsent_at_end = failure  # raised once the model is saved
 
 
 class GracefulStop(TrainerCallback):
@@ -147,11 +177,18 @@ class GracefulStop(TrainerCallback):
 
     def agreed(self) -> bool:
         """Whether any rank asked for the stop; every rank gets the same answer (torchrun
-        signals every rank, not all within the same step), and takes the signal as its own."""
-        if self.ranks.any(self.requested) and not self.requested:
-            self.signal = signal.SIGTERM
+        signals every rank, not all within the same step), and takes rank 0's failure, or
+        else the signal, as its own."""
+        if self.ranks.world == 1 or not self.ranks.any(self.requested):
+            return self.requested
+        failure = self.ranks.share(str(self.failure) if self.failure is not None else None)
+        if not self.requested:
+            if failure is not None:
+                self.failure = ScorerFailure(f"rank 0: {failure}")
+            else:
+                self.signal = signal.SIGTERM
             logger.warning("another rank is stopping: stopping after this step with it")
-        return self.requested
+        return True
 
     def fail(self, failure: ScorerFailure) -> None:
         """An update failed and on_scorer_failure is `fail`: save at this step, then stop."""

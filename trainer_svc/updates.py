@@ -1,7 +1,12 @@
 """One update of the schedule: send the checkpoint, obtain weights, draw, record.
 
-sync: wait for the weights of the checkpoint just sent (the published method).
-async: send, then use the newest weights already available (uniform until any exist).
+The checkpoint is copied into a host buffer and sent by a background thread
+(trainer_svc.sender). sync: wait for the weights of the checkpoint just sent (the published
+method). async: training goes on while it is sent, drawing from the newest weights already
+available (uniform until any exist); the next update waits for the send only if it is still
+in flight, and records that wait (`send_wait_seconds`). A background send that fails is
+noticed at the end of the step it failed in (`check_sent`) and follows on_scorer_failure as a
+send in the update does.
 When the scorer cannot be reached in time, refuses or fails, `on_scorer_failure` decides
 (trainer_svc.scorer_client.scorer_failed): stop with a message that says what to check, or
 carry on with uniform weights, logged loudly and recorded with the failure and its code.
@@ -21,8 +26,8 @@ import torch
 from common.errors import ProtocolError, UnknownRun
 from trainer_svc.distributed import Ranks
 from trainer_svc.outage import Outage
-from trainer_svc.publisher import CheckpointUpload
 from trainer_svc.records import JsonlRecord
+from trainer_svc.retry import StopRequested, never
 from trainer_svc.sampler import SelectionPlan
 from trainer_svc.schedule import Segment, draw_permutation, draw_weighted, update_seed
 from trainer_svc.scorer_client import (
@@ -32,6 +37,8 @@ from trainer_svc.scorer_client import (
     run_lost,
     scorer_failed,
 )
+from trainer_svc.sender import BackgroundSender, Handoff
+from trainer_svc.snapshot import CheckpointUpload
 from trainer_svc.weights_client import ScorerWeights
 
 logger = logging.getLogger(__name__)
@@ -43,6 +50,18 @@ class Updates(Protocol):
     def run_update(
         self, segment: Segment, tensors: Callable[[], dict[str, torch.Tensor]]
     ) -> dict | None: ...
+
+    def check_sent(self) -> None:
+        """on_scorer_failure for a background send that failed (ScorerFailure under fail)."""
+
+    def finish(self) -> None:
+        """Wait for the send in flight, then check_sent."""
+
+    def unsent(self) -> CheckpointUpload | None:
+        """A checkpoint sent but not acknowledged (in flight, or failed)."""
+
+    def resend(self, upload: CheckpointUpload) -> None:
+        """Send again what a stopped run left unsent."""
 
 
 class UpdateCoordinator:
@@ -59,6 +78,7 @@ class UpdateCoordinator:
         on_update: Callable[[dict[str, Any]], None] | None = None,
         registered: bool = True,
         outage: Outage | None = None,
+        stop_requested: Callable[[], bool] = never,
     ):
         """registered: the scorer registered the run at its start (an unknown run is then a
         lost database); outage: the scorer's known-down state (a fresh one by default)."""
@@ -72,10 +92,17 @@ class UpdateCoordinator:
         self.on_update = on_update  # e.g. the demo's printout
         self.registered = registered
         self.outage = outage or Outage(scorer.ping)
+        self.stop_requested = stop_requested  # ends a wait for the upload in flight
+        self.sender = BackgroundSender(scorer.send_checkpoint, cancel=scorer.cancel_send)
+        self._handoff = Handoff(0.0, 0.0)
+        self._unsent_failure: dict[str, Any] | None = None  # for the next row
 
     def run_update(self, segment: Segment, tensors: Callable[[], dict[str, torch.Tensor]]) -> dict:
         """Everything for the update starting at segment.start; returns its record row."""
         started = time.monotonic()
+        send_wait = self.sender.wait(self.stop_requested)  # StopRequested: left to a resume
+        self.check_sent()
+        self._handoff = Handoff(send_wait, 0.0)
         got, failure = self._obtain(segment, tensors)
         waited = time.monotonic() - started
         indices, draw, seed, source = self._draw(segment, got)
@@ -93,11 +120,15 @@ class UpdateCoordinator:
             "source": source,
             "draw": draw,
             "seed": seed,
-            "seconds_waited": round(waited, 3),
+            "seconds_waited": round(waited, 3),  # all the update held training up
+            "send_wait_seconds": round(self._handoff.waited, 3),  # for the last send to end
+            "snapshot_seconds": round(self._handoff.copied, 3),
             "failure": str(failure) if failure else None,
             "failure_code": failure.code if failure else None,
+            "unsent": self._unsent_failure,  # an earlier checkpoint whose sending failed
             "sampled_indices": indices.tolist(),
         }
+        self._unsent_failure = None
         self.record.append(row)
         if self.on_update is not None:
             self.on_update(row)
@@ -141,12 +172,66 @@ class UpdateCoordinator:
     def _ask_scorer(
         self, segment: Segment, tensors: Callable[[], dict[str, torch.Tensor]]
     ) -> ScorerWeights | None:
-        self.scorer.send_checkpoint(
-            CheckpointUpload(self.run_id, segment.start, segment.update_index, self.kind, tensors())
+        upload = CheckpointUpload(
+            self.run_id, segment.start, segment.update_index, self.kind, tensors()
         )
         if self.mode == "sync":
+            self._hand_over(upload)
+            self.sender.result()
             return self.scorer.wait_for(segment.start)
-        return self.scorer.latest()
+        newest = self.scorer.latest()  # what is scored already; this checkpoint cannot be
+        self._hand_over(upload)
+        return newest
+
+    def _hand_over(self, upload: CheckpointUpload) -> None:
+        handoff = self.sender.send(upload)
+        self._handoff = Handoff(self._handoff.waited + handoff.waited, handoff.copied)
+
+    def check_sent(self) -> None:
+        """on_scorer_failure for a checkpoint whose background sending failed: fail raises
+        ScorerFailure; uniform logs it, and the next update's row records it."""
+        taken = self.sender.take_failure()
+        if taken is None:
+            return
+        upload, error = taken
+        if isinstance(error, StopRequested):  # cancelled by a stop: saved as unsent
+            return
+        if not isinstance(error, ProtocolError):
+            raise error
+        failure = self._meaning(error)
+        what = f"sending the {upload.describe()}"
+        self._unsent_failure = {
+            "step": upload.step,
+            "update_index": upload.update_index,
+            "failure": str(failure),
+            "failure_code": failure.code,
+        }
+        scorer_failed(
+            self.on_failure,
+            what,
+            failure,
+            fallback="the scorer does not score it; selection goes on from its other checkpoints",
+        )
+        self.outage.note(failure, what)
+
+    def finish(self) -> None:
+        waited = self.sender.wait()
+        if waited > 0:
+            logger.info("waited %.1fs for the last checkpoint to reach the scorer", waited)
+        self.check_sent()
+
+    def unsent(self) -> CheckpointUpload | None:
+        return self.sender.unsent
+
+    def resend(self, upload: CheckpointUpload) -> None:
+        logger.info(
+            "sending the %s again: the run stopped before the scorer acknowledged it",
+            upload.describe(),
+        )
+        self.sender.resend(upload)
+
+    def close(self) -> None:
+        self.sender.close()
 
     def _draw(
         self, segment: Segment, got: ScorerWeights | None
@@ -185,13 +270,33 @@ class SharedUpdates:
         if self.coordinator is not None:
             try:
                 row = self.coordinator.run_update(segment, tensors)
+            except StopRequested:  # the update is left to the resumed run, on every rank
+                self.ranks.share({"stopped": True})
+                raise
             except Exception as failure:  # whatever stops rank 0 stops every rank, at once
                 self.ranks.share({"failure": f"rank 0: {type(failure).__name__}: {failure}"})
                 raise
             self.ranks.share({"indices": row["sampled_indices"]})
             return row
         told = self.ranks.share(None)
+        if "stopped" in told:
+            raise StopRequested("rank 0 stopped before this update")
         if "failure" in told:
             raise ScorerFailure(told["failure"])
         self.plan.set_segment(segment, torch.tensor(told["indices"], dtype=torch.long))
         return None
+
+    def check_sent(self) -> None:  # rank 0's; a stop it causes reaches the others (GracefulStop)
+        if self.coordinator is not None:
+            self.coordinator.check_sent()
+
+    def finish(self) -> None:
+        if self.coordinator is not None:
+            self.coordinator.finish()
+
+    def unsent(self) -> CheckpointUpload | None:
+        return self.coordinator.unsent() if self.coordinator is not None else None
+
+    def resend(self, upload: CheckpointUpload) -> None:
+        if self.coordinator is not None:
+            self.coordinator.resend(upload)

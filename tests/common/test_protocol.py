@@ -10,7 +10,7 @@ from common import errors
 from common.protocol import (
     FRAME_BYTES,
     PROTOCOL_VERSION,
-    CheckpointMessage,
+    CheckpointHeader,
     Hello,
     ack,
     decode_reply,
@@ -20,6 +20,7 @@ from common.protocol import (
     encode_hello,
     error_reply,
 )
+from tests.support.wire import as_bytes, assemble
 
 
 def _hello(**over):
@@ -50,13 +51,18 @@ def _tensors():
     }
 
 
-def _frames():
-    return [
-        bytes(f)
-        for f in encode_checkpoint(
-            run_id="run-1", step=4, update_index=2, kind="lora", tensors=_tensors()
+def _messages(chunk_bytes=FRAME_BYTES, tensors=None):
+    return as_bytes(
+        encode_checkpoint(
+            run_id="run-1", step=4, update_index=2, kind="lora", tensors=tensors or _tensors(),
+            chunk_bytes=chunk_bytes,
         )
-    ]
+    )  # fmt: skip
+
+
+def _frames():
+    """The upload's first message: its header."""
+    return _messages()[0]
 
 
 def test_hello_round_trip():
@@ -65,20 +71,28 @@ def test_hello_round_trip():
 
 
 def test_checkpoint_round_trip_keeps_dtype_shape_and_bits():
-    msg = decode_request(_frames())
-    assert isinstance(msg, CheckpointMessage)
-    assert (msg.header.step, msg.header.update_index, msg.header.kind) == (4, 2, "lora")
-    decoded = decode_tensors(msg)
+    header, payload = assemble(_messages())
+    assert (header.step, header.update_index, header.kind) == (4, 2, "lora")
+    decoded = decode_tensors(header, payload)
     for name, tensor in _tensors().items():
         assert decoded[name].dtype == tensor.dtype and decoded[name].shape == tensor.shape
         assert torch.equal(decoded[name], tensor)
+
+
+def test_an_upload_is_a_header_its_chunks_in_order_and_a_commit():
+    messages = _messages(chunk_bytes=16)  # 68 payload bytes: chunks of 16, 16, 16, 16, 4
+    types = [json.loads(m[0])["type"] for m in messages]
+    assert types == ["checkpoint", *["chunk"] * 5, "commit"]
+    assert [len(m[1]) for m in messages[1:-1]] == [16, 16, 16, 16, 4]
+    assert [json.loads(m[0])["index"] for m in messages[1:-1]] == [0, 1, 2, 3, 4]
+    assert len({json.loads(m[0])["upload"] for m in messages}) == 1
 
 
 def test_an_encoding_other_than_raw_is_refused():
     header = json.loads(_frames()[0])
     header["encoding"] = "safetensors"
     with pytest.raises(errors.MalformedMessage, match="encoding"):
-        decode_request([json.dumps(header).encode(), *_frames()[1:]])
+        decode_request([json.dumps(header).encode()])
 
 
 def _mutate_header(frames, **changes):
@@ -96,8 +110,10 @@ def _mutate_header(frames, **changes):
         ([pickle.dumps({"type": "hello"})], errors.MalformedMessage, "JSON header"),
         ([b'{"protocol": 99, "type": "hello"}'], errors.VersionMismatch, "99"),
         ([b'{"type": "hello"}'], errors.VersionMismatch, "None"),
-        ([b'{"protocol": 2, "type": "nope"}'], errors.MalformedMessage, "unknown message"),
-        ([b'{"protocol": 2, "type": "hello"}'], errors.MalformedMessage, "run_id"),
+        ([b'{"protocol": 3, "type": "nope"}'], errors.MalformedMessage, "unknown message"),
+        ([b'{"protocol": 3, "type": "hello"}'], errors.MalformedMessage, "run_id"),
+        ([b'{"protocol": 3, "type": "chunk"}'], errors.MalformedMessage, "header frame and one"),
+        ([b'{"protocol": 3, "type": "commit"}', b"x"], errors.MalformedMessage, "single header"),
     ],
 )
 def test_bad_headers_are_refused(frames, error, words):
@@ -105,71 +121,97 @@ def test_bad_headers_are_refused(frames, error, words):
         decode_request(frames)
 
 
-def test_wrong_sha256_is_an_integrity_error():
-    frames = _mutate_header(_frames(), sha256="0" * 64)
-    with pytest.raises(errors.IntegrityError, match="sha256"):
-        decode_request(frames)
+def test_a_checkpoint_of_the_previous_protocol_gets_a_version_refusal():
+    old = {"protocol": 2, "type": "checkpoint", "run_id": "r", "step": 1, "sha256": "0" * 64}
+    with pytest.raises(errors.VersionMismatch, match="version 2 is not supported.*version 3"):
+        decode_request([json.dumps(old).encode(), b"payload"])
 
 
-def test_flipped_payload_byte_is_caught():
-    frames = _frames()
-    frames[1] = bytes([frames[1][0] ^ 1]) + frames[1][1:]
-    with pytest.raises(errors.IntegrityError, match="corrupted"):
-        decode_request(frames)
+def _chunk_with(message, **changes):
+    return _mutate_header(message, **changes)
 
 
-def test_tensor_bytes_shorter_or_longer_than_declared():
-    frames = _frames()
+def test_a_wrong_chunk_digest_is_an_integrity_error():
+    messages = _messages()
+    messages[1] = _chunk_with(messages[1], digest="0" * 32)
+    with pytest.raises(errors.IntegrityError, match="corrupted in transit"):
+        assemble(messages)
+
+
+def test_a_flipped_payload_byte_is_caught_in_its_chunk():
+    messages = _messages(chunk_bytes=16)
+    data = messages[3][1]
+    messages[3][1] = bytes([data[0] ^ 1]) + data[1:]
+    with pytest.raises(errors.IntegrityError, match="chunk 2 .*corrupted"):
+        assemble(messages)
+
+
+def test_a_commit_that_does_not_match_its_chunks_is_caught():
+    messages = _messages(chunk_bytes=16)
+    messages[-1] = _mutate_header(messages[-1], digest="xxh3-128:" + "0" * 32)
+    with pytest.raises(errors.IntegrityError, match="commit"):
+        assemble(messages)
+
+
+def test_chunks_shorter_longer_or_out_of_order_are_refused():
+    messages = _messages(chunk_bytes=16)
+    short = [*messages[:2], [messages[2][0], messages[2][1][:-4]], *messages[3:]]
     with pytest.raises(errors.IntegrityError, match="truncated or padded"):
-        decode_request([frames[0], frames[1][:-4], *frames[2:]])
+        assemble(short)
+    long = [*messages[:2], [messages[2][0], messages[2][1] + b"\0" * 4], *messages[3:]]
     with pytest.raises(errors.IntegrityError, match="truncated or padded"):
-        decode_request([frames[0], frames[1] + b"\0" * 4, *frames[2:]])
+        assemble(long)
+    swapped = [messages[0], messages[2], messages[1], *messages[3:]]
+    with pytest.raises(errors.MalformedMessage, match="chunk 1 .*chunk 0 was due"):
+        assemble(swapped)
 
 
 def test_table_that_disagrees_with_shape_is_refused():
     header = json.loads(_frames()[0])
     header["tensors"][0]["shape"] = [4, 4]
     with pytest.raises(errors.IntegrityError, match="needs 64 bytes"):
-        decode_request([json.dumps(header).encode(), *_frames()[1:]])
+        decode_request([json.dumps(header).encode()])
     header = json.loads(_frames()[0])
     header["tensors"][0]["dtype"] = "object"
     with pytest.raises(errors.MalformedMessage, match="dtype 'object'"):
-        decode_request([json.dumps(header).encode(), *_frames()[1:]])
-    header = json.loads(_frames()[0])
+        decode_request([json.dumps(header).encode()])
     header = json.loads(_frames()[0])
     header["tensors"][1]["offset"] += 4
     with pytest.raises(errors.MalformedMessage, match="must start at 48"):
-        decode_request([json.dumps(header).encode(), *_frames()[1:]])
+        decode_request([json.dumps(header).encode()])
 
 
-def test_a_large_tensor_travels_in_bounded_frames_and_comes_back_whole():
+def test_a_large_tensor_travels_in_bounded_chunks_and_comes_back_whole():
     big = torch.arange(FRAME_BYTES // 4 * 2 + 3, dtype=torch.float32)  # two frames and a bit
     tensors = {"small": torch.ones(3), "big": big, "after": torch.full((5,), 7.0)}
-    frames = encode_checkpoint(run_id="r", step=1, update_index=1, kind="full", tensors=tensors)
-    sizes = [memoryview(f).nbytes for f in frames[1:]]
-    assert max(sizes) == FRAME_BYTES and len(sizes) == 5 and sum(sizes) == 4 * (3 + big.numel() + 5)
-    decoded = decode_tensors(decode_request(frames))
+    messages = encode_checkpoint(run_id="r", step=1, update_index=1, kind="full", tensors=tensors)
+    sizes = [memoryview(m[1]).nbytes for m in messages[1:-1]]
+    assert max(sizes) == FRAME_BYTES and len(sizes) == 3 and sum(sizes) == 4 * (3 + big.numel() + 5)
+    header, payload = assemble(messages)
+    decoded = decode_tensors(header, payload)
     assert all(torch.equal(decoded[name], tensor) for name, tensor in tensors.items())
 
 
-def test_a_frame_over_the_bound_is_refused():
-    frames = _frames()
-    payload = b"".join(frames[1:])
-    header = json.loads(frames[0])
-    header["total_bytes"] = len(payload) + FRAME_BYTES
+def test_a_frame_or_chunk_size_over_the_bound_is_refused():
+    chunk = _messages()[1]
     with pytest.raises(errors.MalformedMessage, match="more than"):
-        decode_request([json.dumps(header).encode(), payload + bytes(FRAME_BYTES)])
+        decode_request([chunk[0], bytes(FRAME_BYTES + 1)])
+    with pytest.raises(errors.MalformedMessage, match="chunk_bytes"):
+        decode_request(_mutate_header(_frames(), chunk_bytes=FRAME_BYTES + 1))
 
 
-def test_declared_size_over_limit_is_refused_before_decoding():
+def test_declared_size_over_limit_is_refused_before_any_chunk():
     with pytest.raises(errors.TooLarge, match="at most 10"):
         decode_request(_frames(), max_bytes=10)
+    assert isinstance(decode_request(_frames(), max_bytes=68), CheckpointHeader)
 
 
 def test_replies_round_trip_and_errors_raise_their_class():
     assert decode_reply(ack(status="queued", step=3))["status"] == "queued"
     with pytest.raises(errors.UnknownRun, match="no run"):
         decode_reply(error_reply(errors.UnknownRun("no run x")))
+    with pytest.raises(errors.UploadLost, match="again"):
+        decode_reply(error_reply(errors.UploadLost("send it again"), upload="0" * 32))
 
 
 @pytest.mark.parametrize(
@@ -196,7 +238,7 @@ def test_a_run_id_that_could_leave_its_folder_is_refused_in_every_message(run_id
     ("frame", "words"),
     [
         (b"[" * 100_000 + b"]" * 100_000, "too deeply"),
-        (b'{"protocol": 2, "type": "hello", "n_samples": 1' + b"0" * 5000 + b"}", "digits"),
+        (b'{"protocol": 3, "type": "hello", "n_samples": 1' + b"0" * 5000 + b"}", "digits"),
     ],
     ids=["nested", "huge integer"],
 )
@@ -246,4 +288,4 @@ def test_a_table_shape_beyond_bounds_is_malformed_not_an_internal_failure(shape)
     header = json.loads(_frames()[0])
     header["tensors"][0]["shape"] = shape
     with pytest.raises(errors.MalformedMessage, match="shape"):
-        decode_request([json.dumps(header).encode(), *_frames()[1:]])
+        decode_request([json.dumps(header).encode()])

@@ -18,7 +18,7 @@ from tests.support.scorer import (
     register,
     wait_status,
     wait_weights,
-    zmq_request,
+    zmq_upload,
 )
 
 pytestmark = pytest.mark.slow
@@ -46,7 +46,7 @@ def test_stopped_while_scoring_then_restarted(run_files, tmp_path, sig):
             frames = encode_checkpoint(
                 run_id="run-c", step=step, update_index=k, kind="lora", tensors=tensors
             )
-            assert zmq_request(scorer.zmq_url, frames)["status"] == "queued"
+            assert zmq_upload(scorer.zmq_url, frames)["status"] == "queued"
         wait_status(scorer, 2, "scoring")
         code = scorer.stop(sig)
         assert code == (0 if sig == signal.SIGTERM else -signal.SIGKILL)

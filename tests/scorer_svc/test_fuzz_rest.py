@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from common.protocol import encode_checkpoint
 from devtools.scorer_process import ScorerProcess
 from tests.support.data import make_samples
-from tests.support.scorer import lora_checkpoints, make_hello, register, wait_weights, zmq_request
+from tests.support.scorer import lora_checkpoints, make_hello, register, wait_weights, zmq_upload
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ def live(tiny_model, tmp_path_factory):
         run_id="run-z", step=2, update_index=1, kind="lora",
         tensors=lora_checkpoints(tiny_model, 1)[0],
     )  # fmt: skip
-    zmq_request(scorer.zmq_url, frames)
+    zmq_upload(scorer.zmq_url, frames)
     wait_weights(scorer, "run-z", 2)
     schema = httpx.get(f"{scorer.base_url}/openapi.json").json()
     routes = []

@@ -7,7 +7,7 @@ import httpx
 import pytest
 import torch
 
-from common.protocol import encode_checkpoint
+from common.protocol import chunk_digest, encode_checkpoint
 from devtools.scorer_process import ScorerProcess
 from tests.support.scorer import (
     WritesFile,
@@ -16,8 +16,9 @@ from tests.support.scorer import (
     register,
     settled_weights,
     wait_weights,
-    zmq_request,
+    zmq_upload,
 )
+from tests.support.wire import as_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -37,31 +38,28 @@ def live(tiny_model, tmp_path_factory):
     scorer.stop()
 
 
-def _frames(tensors, **over):
+def _upload(tensors, **over):
     fields = dict(run_id="run-r", step=2, update_index=1, kind="lora", tensors=tensors)
     fields.update(over)
-    return [bytes(f) for f in encode_checkpoint(**fields)]
+    return as_bytes(encode_checkpoint(**fields, chunk_bytes=4096))
 
 
-def _with_header(frames, **changes):
-    header = json.loads(frames[0])
+def _with_header(message, **changes):
+    header = json.loads(message[0])
     header.update(changes)
-    return [json.dumps(header).encode(), *frames[1:]]
+    return [json.dumps(header).encode(), *message[1:]]
 
 
-def _pickle_as_blob(header_frame, marker):
-    """A well-formed request whose one blob is a pickle that writes a file if unpickled."""
-    import hashlib
+def _replace(messages, index, message):
+    return [*messages[:index], message, *messages[index + 1 :]]
 
+
+def _pickle_as_blob(upload, marker):
+    """A well-formed upload whose one chunk is a pickle that writes a file if unpickled."""
     blob = pickle.dumps(WritesFile(str(marker)))
-    header = json.loads(header_frame)
-    header.update(
-        encoding="safetensors",
-        tensors=[],
-        total_bytes=len(blob),
-        sha256=hashlib.sha256(blob).hexdigest(),
-    )
-    return [json.dumps(header).encode(), blob]
+    begin = _with_header(upload[0], encoding="safetensors", tensors=[], total_bytes=len(blob))
+    chunk = _with_header(upload[1], digest=chunk_digest(blob))
+    return [begin, [chunk[0], blob], upload[-1]]
 
 
 def _checkpoints(scorer):
@@ -70,26 +68,43 @@ def _checkpoints(scorer):
 
 def test_each_bad_request_gets_one_error_reply_and_stores_nothing(live):
     scorer, _, tensors, root = live
-    good = _frames(tensors)
     marker = root / "pwned"
+
+    def good():  # a new upload id each time: a refused upload's id is closed for good
+        return _upload(tensors)
+
+    def flipped(message):
+        return [message[0], bytes([message[1][0] ^ 0x10]) + message[1][1:]]
+
+    assert len(good()) > 4  # a header, several chunks, a commit
     cases = {
-        "version": _with_header(good, protocol=7),
-        "malformed": [b"{not json"],
-        "integrity": _with_header(good, sha256="f" * 64),
-        "short": [good[0], good[1][:-4], *good[2:]],
-        "long": [good[0], good[1] + b"\0\0\0\0", *good[2:]],
-        "unknown_run": _frames(tensors, run_id="nobody"),
-        "pickle": [pickle.dumps(WritesFile(str(marker)))],
-        "pickle_payload": _pickle_as_blob(good[0], marker),
-        "bad_update": _frames(tensors, update_index=9),
-        "huge_step": _with_header(good, step=2**63),
-        "wrong_kind": _frames(tensors, kind="full"),
-        "wrong_shape": _frames({**tensors, next(iter(tensors)): tensors[next(iter(tensors))][:1]}),
+        "version": lambda g: _replace(g, 0, _with_header(g[0], protocol=7)),
+        "malformed": lambda g: [[b"{not json"]],
+        "integrity": lambda g: _replace(g, 1, _with_header(g[1], digest="f" * 32)),
+        "flipped": lambda g: _replace(g, 2, flipped(g[2])),
+        "commit": lambda g: _replace(g, -1, _with_header(g[-1], digest="xxh3-128:" + "0" * 32)),
+        "short": lambda g: _replace(g, 1, [g[1][0], g[1][1][:-4]]),
+        "long": lambda g: _replace(g, 1, [g[1][0], g[1][1] + b"\0\0\0\0"]),
+        "missing": lambda g: [*g[:2], *g[3:]],
+        "lost": lambda g: g[1:],
+        "unknown_run": lambda g: _upload(tensors, run_id="nobody"),
+        "pickle": lambda g: [[pickle.dumps(WritesFile(str(marker)))]],
+        "pickle_payload": lambda g: _pickle_as_blob(g, marker),
+        "bad_update": lambda g: _upload(tensors, update_index=9),
+        "huge_step": lambda g: _replace(g, 0, _with_header(g[0], step=2**63)),
+        "wrong_kind": lambda g: _upload(tensors, kind="full"),
+        "wrong_shape": lambda g: _upload(
+            {**tensors, next(iter(tensors)): tensors[next(iter(tensors))][:1]}
+        ),
     }
     expected = {
         "version": ("version", "protocol version 7"),
         "malformed": ("malformed", "JSON header"),
-        "integrity": ("integrity", "sha256"),
+        "integrity": ("integrity", "chunk 0"),
+        "flipped": ("integrity", "chunk 1 of checkpoint step 2"),
+        "commit": ("integrity", "its commit declares"),
+        "missing": ("malformed", "chunk 2 of upload"),
+        "lost": ("upload_lost", "send the checkpoint again"),
         "short": ("integrity", "truncated"),
         "long": ("integrity", "truncated"),
         "unknown_run": ("unknown_run", "send hello first"),
@@ -100,18 +115,19 @@ def test_each_bad_request_gets_one_error_reply_and_stores_nothing(live):
         "wrong_kind": ("rejected", "does not match"),
         "wrong_shape": ("rejected", "has shape"),
     }
-    for name, frames in cases.items():
-        reply = zmq_request(scorer.zmq_url, frames)
+    for name, make in cases.items():
+        reply = zmq_upload(scorer.zmq_url, make(good()))
         code, words = expected[name]
         assert reply["ok"] is False and reply["code"] == code, (name, reply)
         assert words in reply["reason"], (name, reply)
     assert not marker.exists()
     assert _checkpoints(scorer) == []
+    assert not list((root / "scorer" / "checkpoints").rglob("*.*"))  # no file kept, none half
 
 
 def test_checkpoint_before_initial_update_is_refused(live):
     scorer, _, tensors, _ = live
-    reply = zmq_request(scorer.zmq_url, _frames(tensors, step=4, update_index=2))
+    reply = zmq_upload(scorer.zmq_url, _upload(tensors, step=4, update_index=2))
     assert reply["code"] == "rejected" and "update 1 must come first" in reply["reason"]
 
 
@@ -154,12 +170,11 @@ def test_rest_errors_are_4xx_with_a_readable_detail(live, path, status, words):
 def test_checkpoint_without_any_finite_loss_fails_with_409_and_can_be_sent_again(live):
     scorer, _, tensors, _ = live
     poisoned = {name: torch.full_like(t, float("nan")) for name, t in tensors.items()}
-    frames = _frames(poisoned, step=8, update_index=1)
-    assert zmq_request(scorer.zmq_url, frames)["status"] == "queued"
+    assert zmq_upload(scorer.zmq_url, _upload(poisoned, step=8))["status"] == "queued"
     r = settled_weights(scorer, "run-r", 8, timeout=60)
     assert r.status_code == 409 and "no sample has a finite loss" in r.json()["detail"]
     # The same step sent again (fixed) is scored again, and then served.
-    assert zmq_request(scorer.zmq_url, _frames(tensors, step=8))["status"] == "queued"
+    assert zmq_upload(scorer.zmq_url, _upload(tensors, step=8))["status"] == "queued"
     body = wait_weights(scorer, "run-r", 8)
     assert body["step"] == 8 and abs(sum(body["weights"]) - 1) < 1e-9
 

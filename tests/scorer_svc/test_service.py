@@ -1,10 +1,13 @@
 """The real scorer process: hello and LoRA checkpoints over ZeroMQ, weights over REST,
 history kept across a restart."""
 
+import json
+
 import httpx
 import numpy as np
 import pytest
 
+from common.protocol import encode_checkpoint
 from common.selection import delta_weights
 from devtools.scorer_process import ScorerProcess
 from tests.support.scorer import (
@@ -17,6 +20,13 @@ from tests.support.scorer import (
 )
 
 pytestmark = pytest.mark.slow
+
+
+def assemble_digest(tensors) -> str:
+    messages = encode_checkpoint(
+        run_id="run-a", step=6, update_index=3, kind="lora", tensors=tensors
+    )
+    return json.loads(messages[-1][0])["digest"]
 
 
 def test_three_checkpoints_weights_and_restart(tiny_model, dataset_file, tmp_path):
@@ -33,9 +43,13 @@ def test_three_checkpoints_weights_and_restart(tiny_model, dataset_file, tmp_pat
         # the same step again: acknowledged as a duplicate, scored once
         again = send_checkpoint(scorer.zmq_url, "run-a", 6, 3, checkpoints[2])
         assert again.get("status") == "duplicate", again
-        # the same step with other content (a resumed trainer): still scored once
+        # the same step with other content (a resumed trainer): answered before any chunk,
+        # still scored once, and the stored digest is the first upload's
         other = send_checkpoint(scorer.zmq_url, "run-a", 6, 3, checkpoints[1])
-        assert (other["status"], other["same_content"]) == ("duplicate", False)
+        assert other["status"] == "duplicate", other
+        listed = httpx.get(f"{scorer.base_url}/v1/runs/run-a/checkpoints").json()
+        first_digest = assemble_digest(checkpoints[2])
+        assert [c["digest"] for c in listed if c["step"] == 6] == [first_digest]
 
         bodies = {step: wait_weights(scorer, "run-a", step) for step in steps}
         init = all_losses(scorer.base_url, "run-a", 2)

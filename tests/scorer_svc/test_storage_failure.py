@@ -18,7 +18,7 @@ from tests.support.scorer import (
     register,
     settled_weights,
     wait_status,
-    zmq_request,
+    zmq_upload,
 )
 
 pytestmark = pytest.mark.slow
@@ -37,7 +37,7 @@ def test_locked_database_fails_the_checkpoint_cleanly(tiny_model, tmp_path):
             run_id="run-l", step=2, update_index=1, kind="lora",
             tensors=lora_checkpoints(tiny_model, 1)[0],
         )  # fmt: skip
-        assert zmq_request(scorer.zmq_url, frames)["status"] == "queued"
+        assert zmq_upload(scorer.zmq_url, frames)["status"] == "queued"
         wait_status(scorer, 2, "scoring")
         blocker = sqlite3.connect(scorer.data_dir / "scorer.db", timeout=10, isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")  # holds the write lock; readers go on (WAL)

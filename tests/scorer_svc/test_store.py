@@ -6,15 +6,16 @@ import pytest
 import torch
 from sqlalchemy import select
 
-from common.protocol import CheckpointMessage, decode_request, encode_checkpoint
+from common.protocol import encode_checkpoint
 from scorer_svc import crud
 from scorer_svc.db import make_engine, make_sessionmaker
 from scorer_svc.models import Loss
-from scorer_svc.store import read_checkpoint, write_raw_checkpoint
+from scorer_svc.store import CheckpointWriter, read_checkpoint
 from tests.support.scorer import stored_run_config
+from tests.support.wire import assemble
 
 
-def test_raw_frames_become_a_safetensors_file_with_the_same_tensors(tmp_path):
+def test_chunks_become_a_safetensors_file_with_the_same_tensors(tmp_path):
     g = torch.Generator().manual_seed(0)
     tensors = {
         "a.weight": torch.randn(3, 5, generator=g),
@@ -23,13 +24,16 @@ def test_raw_frames_become_a_safetensors_file_with_the_same_tensors(tmp_path):
         "d.count": torch.arange(5),
         "e.empty": torch.zeros(0, 4),
     }
-    frames = [bytes(f) for f in encode_checkpoint(
-        run_id="r", step=1, update_index=1, kind="full", tensors=tensors)]  # fmt: skip
+    messages = encode_checkpoint(
+        run_id="r", step=1, update_index=1, kind="full", tensors=tensors, chunk_bytes=16
+    )
+    header, _ = assemble(messages)
     path = tmp_path / "step.safetensors"
-    message = decode_request(frames)
-    assert isinstance(message, CheckpointMessage)
-    table = [(e.name, e.dtype, e.shape, e.length) for e in message.header.tensors]
-    size = write_raw_checkpoint(path, table, message.frames)
+    writer = CheckpointWriter(path, [(e.name, e.dtype, e.shape, e.length) for e in header.tensors])
+    for message in messages[1:-1]:  # chunk by chunk, as they arrive
+        assert writer.path.with_suffix(".partial").exists() and not path.exists()
+        writer.write(message[1])
+    size = writer.commit()
     assert size == path.stat().st_size and not path.with_suffix(".partial").exists()
     back = read_checkpoint(path)
     assert back.keys() == tensors.keys()
@@ -125,3 +129,18 @@ def test_partial_checkpoint_files_are_removed_at_start(tmp_path):
     assert remove_partial_files(tmp_path) == [cut]
     assert done.exists() and not cut.exists()
     assert remove_partial_files(tmp_path / "empty") == []
+
+
+def test_an_aborted_or_short_checkpoint_leaves_no_file(tmp_path):
+    path = tmp_path / "step.safetensors"
+    writer = CheckpointWriter(path, [("w", "float32", [4], 16)])
+    writer.write(b"\0" * 8)
+    with pytest.raises(ValueError, match="8 payload bytes written; the tensors declare 16"):
+        writer.commit()
+    writer.abort()
+    assert list(tmp_path.iterdir()) == []
+    writer = CheckpointWriter(path, [("w", "float32", [4], 16)])
+    with pytest.raises(ValueError, match="more bytes"):
+        writer.write(b"\0" * 20)
+    writer.abort()
+    assert list(tmp_path.iterdir()) == []

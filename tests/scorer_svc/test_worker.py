@@ -16,7 +16,7 @@ from scorer_svc.models import RECEIVED, SCORED, SCORING, CheckpointRow, Loss
 from scorer_svc.registry import Registry
 from scorer_svc.worker import Worker
 from tests.support.data import make_samples
-from tests.support.scorer import lora_checkpoints, make_hello, until_registered
+from tests.support.scorer import intake_upload, lora_checkpoints, make_hello, until_registered
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def queued(tiny_model, tmp_path):
         kind="lora",
         tensors=lora_checkpoints(tiny_model, 1)[0],
     )
-    assert json.loads(intake.handle(frames)[0])["status"] == "queued"
+    assert intake_upload(intake, frames)["status"] == "queued"
     return settings, sessions
 
 

@@ -57,12 +57,22 @@ def lora_checkpoints(tiny_model: Path, n: int) -> list[dict[str, torch.Tensor]]:
 
 
 def zmq_request(url: str, frames: list, timeout_ms: int = 60_000) -> dict:
-    """Send one request over a fresh DEALER; return the decoded reply's JSON."""
+    """Send one request (a hello, or any one message) over a fresh DEALER; return the
+    decoded reply's JSON."""
+    return zmq_upload(url, [frames], timeout_ms)
+
+
+def zmq_upload(url: str, messages: list[list], timeout_ms: int = 60_000) -> dict:
+    """Send an upload's messages over a fresh DEALER, as the trainer does (stopping at an
+    early reply); return the one reply's JSON."""
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(url)
     try:
-        sock.send_multipart(frames, copy=False)
+        for frames in messages:
+            if sock.poll(0):
+                break
+            sock.send_multipart(frames, copy=False)
         if not sock.poll(timeout_ms):
             raise TimeoutError(f"no reply from {url} in {timeout_ms} ms")
         reply = sock.recv_multipart()
@@ -70,6 +80,15 @@ def zmq_request(url: str, frames: list, timeout_ms: int = 60_000) -> dict:
         sock.close(0)
     assert len(reply) == 1, f"a reply is one frame, got {len(reply)}"
     return json.loads(reply[0])
+
+
+def intake_upload(intake, messages) -> dict:
+    """An upload handed to an Intake message by message, as its socket loop does; the one
+    reply's JSON (a chunk gets none)."""
+    replies = [intake.handle([bytes(f) for f in m]) for m in messages]
+    sent = [json.loads(r[0]) for r in replies if r is not None]
+    assert len(sent) == 1, f"one reply per upload, got {sent}"
+    return sent[0]
 
 
 def until_registered(ask: Callable[[], dict], timeout: float = 120) -> dict:
@@ -88,10 +107,10 @@ def register(url: str, hello: Hello) -> dict:
 
 
 def send_checkpoint(url: str, run_id: str, step: int, update_index: int, tensors) -> dict:
-    frames = encode_checkpoint(
+    messages = encode_checkpoint(
         run_id=run_id, step=step, update_index=update_index, kind="lora", tensors=tensors
     )
-    return zmq_request(url, frames)
+    return zmq_upload(url, messages)
 
 
 def settled_weights(scorer: ScorerProcess, run_id: str, step: int, timeout=120) -> httpx.Response:

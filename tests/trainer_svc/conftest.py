@@ -5,12 +5,22 @@ devtools.fake_scorer.FakeScorer)."""
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
 import pytest
 import zmq
 
-from common.protocol import PROTOCOL_VERSION, Hello, decode_request
+from common.protocol import (
+    PROTOCOL_VERSION,
+    CheckpointHeader,
+    Chunk,
+    CommitHeader,
+    Hello,
+    decode_request,
+    decode_tensors,
+)
 from devtools.demo_data import write_dataset
+from tests.support.wire import assemble
 from trainer_svc.retry import RetryPolicy
 
 
@@ -43,8 +53,20 @@ def clock():
     return FakeClock()
 
 
+@dataclass
+class ReceivedCheckpoint:
+    """A whole upload, as the router took it in: its header and payload."""
+
+    header: CheckpointHeader
+    payload: bytes
+
+    def tensors(self):
+        return decode_tensors(self.header, self.payload)
+
+
 class FakeRouter:
-    """Binds a random port; answers each request with reply(request) or not at all (None)."""
+    """Binds a random port; answers each hello, and each upload once committed, with
+    reply(request) (a Hello or a ReceivedCheckpoint) or not at all (None)."""
 
     def __init__(self, reply):
         self.context = zmq.Context()
@@ -54,6 +76,7 @@ class FakeRouter:
         self.url = f"tcp://127.0.0.1:{port}"
         self.reply = reply
         self.requests = []
+        self.uploads = {}  # id: the messages received so far
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
@@ -64,6 +87,12 @@ class FakeRouter:
                 continue
             identity, *frames = self.socket.recv_multipart()
             request = decode_request(frames)
+            if not isinstance(request, Hello):
+                upload = request.header.upload if isinstance(request, Chunk) else request.upload
+                self.uploads.setdefault(upload, []).append(frames)
+                if not isinstance(request, CommitHeader):
+                    continue
+                request = ReceivedCheckpoint(*assemble(self.uploads.pop(upload)))
             self.requests.append(request)
             answer = self.reply(request)
             if answer is not None:

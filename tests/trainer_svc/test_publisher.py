@@ -8,7 +8,7 @@ import torch
 
 from common import errors
 from common.errors import RunMismatch, ScorerUnavailable
-from common.protocol import ack, decode_tensors, error_reply
+from common.protocol import ack, error_reply
 from trainer_svc.publisher import CheckpointPublisher, CheckpointUpload
 from trainer_svc.retry import NotYet, ScorerFailure
 
@@ -20,7 +20,7 @@ def test_checkpoint_arrives_intact_and_is_acked(router):
     reply = pub.send_checkpoint(CheckpointUpload("r", 7, 2, "lora", tensors))
     pub.close()
     assert reply["status"] == "queued" and reply["step"] == 7
-    got = decode_tensors(server.requests[0])
+    got = server.requests[0].tensors()
     assert set(got) == set(tensors)
     assert all(torch.equal(got[k], tensors[k]) for k in tensors)
 

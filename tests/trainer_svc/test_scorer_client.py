@@ -46,7 +46,7 @@ def test_remote_scorer_registers_and_sends_over_one_socket(router, tiny_hello):
     reply = scorer.send_checkpoint(CheckpointUpload("run-1", 3, 1, "full", tensors))
     scorer.close()
     assert reply["status"] == "queued"
-    assert [type(r).__name__ for r in server.requests] == ["Hello", "CheckpointMessage"]
+    assert [type(r).__name__ for r in server.requests] == ["Hello", "ReceivedCheckpoint"]
 
 
 def test_registration_stops_waiting_when_a_stop_is_requested(router, tiny_hello):
@@ -118,8 +118,8 @@ def test_a_scorer_down_at_free_ports_is_waited_for_once_then_only_probed(tmp_pat
         sleep=pauses.append,
     )
     sends, probes = [], []
-    send, ping = scorer.publisher._send, scorer.weights.ping
-    monkeypatch.setattr(scorer.publisher, "_send", lambda *a: sends.append(a) or send(*a))
+    send, ping = scorer.publisher._upload, scorer.weights.ping
+    monkeypatch.setattr(scorer.publisher, "_upload", lambda *a: sends.append(a) or send(*a))
     monkeypatch.setattr(scorer.weights, "ping", lambda s: probes.append(s) or ping(s))
     schedule = Schedule.build(warmup_step=1, update_step=1, update_times=3, batch=1, epochs=1)
     coord = UpdateCoordinator(

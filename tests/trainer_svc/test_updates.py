@@ -199,3 +199,42 @@ def test_an_unknown_run_that_never_registered_is_not_a_lost_database(tmp_path):
     with pytest.raises(ScorerFailure, match="no run 'r' is registered") as info:
         run_all(coord, schedule)
     assert "database" not in str(info.value)
+
+
+class RefusesStep(FakeScorer):
+    def __init__(self, n, step):
+        super().__init__(n)
+        self.step = step
+
+    def send_checkpoint(self, checkpoint):
+        if checkpoint.step == self.step:
+            raise CheckpointRejected(f"step {self.step} does not fit")
+        return super().send_checkpoint(checkpoint)
+
+
+@pytest.mark.parametrize("on_failure", ["fail", "uniform"])
+def test_the_last_checkpoint_sent_in_the_background_is_waited_for_at_the_end(
+    tmp_path, on_failure, caplog
+):
+    coord, _, schedule = coordinator(
+        tmp_path, RefusesStep(N, 12), mode="async", on_failure=on_failure
+    )
+    run_all(coord, schedule)  # the last update's send fails in the background
+    if on_failure == "fail":
+        with pytest.raises(ScorerFailure, match=r"sending the checkpoint step 12 \(update 3\)"):
+            coord.finish()
+    else:
+        coord.finish()
+        assert "!!! SCORER FAILURE: sending the checkpoint step 12 (update 3)" in caplog.text
+    assert coord.unsent() is not None and coord.unsent().step == 12
+    coord.close()
+
+
+def test_an_async_update_records_its_wait_for_the_previous_send(tmp_path):
+    coord, scorer, schedule = coordinator(tmp_path, mode="async")
+    rows = run_all(coord, schedule)
+    assert all(r["send_wait_seconds"] >= 0 and r["snapshot_seconds"] >= 0 for r in rows)
+    assert all(r["unsent"] is None for r in rows)
+    assert coord.unsent() is None  # every send acknowledged once finished
+    coord.finish()
+    coord.close()
