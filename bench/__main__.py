@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from bench import (
+    full_handoff,
     gpu,
     growth,
     overhead,
@@ -70,6 +71,7 @@ def main() -> None:
         section("growth", lambda: growth.measure(model_dir), results)
         section("ranks", lambda: ranks.measure(work, model_dir), results)
         section("trainer_ranks", lambda: torchrun_trainer.measure(work, model_dir), results)
+        section("full_handoff", lambda: full_handoff.measure(work), results)
         section("gpu", gpu.measure, results)
     os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
     total = time.perf_counter() - started

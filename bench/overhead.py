@@ -36,11 +36,8 @@ CONFIG = """
 model_name_or_path: {model}
 stage: sft
 do_train: true
-finetuning_type: lora
-lora_target: all
-lora_rank: 8
-lora_alpha: 16
-dataset: {dataset}
+finetuning_type: {kind}
+{lora}dataset: {dataset}
 template: plain
 cutoff_len: {cutoff}
 dataloader_num_workers: 0
@@ -126,6 +123,7 @@ def one_run(mode: str, work: Path, model_dir: Path, dataset: Path, scorer: Score
             zmq=scorer.zmq_url,
             http=scorer.base_url,
             components=ROOT / "examples" / "components.yaml",
+            lora="lora_target: all\nlora_rank: 8\nlora_alpha: 16\n" if p["kind"] == "lora" else "",
             **p,
         )
     )
@@ -146,7 +144,9 @@ def one_run(mode: str, work: Path, model_dir: Path, dataset: Path, scorer: Score
     finally:
         recipe.cleanup()
     rows = [json.loads(line) for line in (out / "selections.jsonl").read_text().splitlines()]
-    return seconds, sum(row["seconds_waited"] for row in rows)
+    final = recipe.coordinator.finish_wait_seconds if recipe.coordinator is not None else 0.0
+    blocked = sum(row["seconds_waited"] for row in rows) + final
+    return seconds, blocked, rows
 
 
 def measure(
@@ -165,6 +165,7 @@ def measure(
     logging.getLogger("trainer_svc").setLevel(logging.WARNING)
     logging.getLogger("transformers").setLevel(logging.ERROR)
     p = {
+        "kind": "lora",
         "n": n,
         "update_step": update_step,
         "update_times": update_times,
@@ -189,6 +190,7 @@ def measure(
         "seconds": {m: median(v) for m, v in times.items()},
         "ratio": {m: median(v) for m, v in ratios.items()},
         "updates_s": {m: median(v) for m, v in waited.items()},
+        "blocked_share": {m: median(v) / median(times["uniform"]) for m, v in waited.items()},
     }
 
 

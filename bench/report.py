@@ -72,17 +72,44 @@ def summary(r: dict) -> list[str]:
         lambda v: "met" if v else "**missed**",
     )
     add(
-        "3. 1 GiB over loopback, send -> ack",
+        "1. async: trainer blocked / uniform wall time",
+        "overhead",
+        lambda o: (f"{o['blocked_share']['async']:.2%}", o["blocked_share"]["async"]),
+        "<= 2%",
+        lambda v: ok(v, 0.02),
+    )
+    add(
+        "3. 1 GiB send -> ack / min(disk write + fsync, loopback)",
         "transfer",
-        lambda t: (f"{t['full_1gib']['gb_per_s']:.2f} GB/s", t["full_1gib"]["gb_per_s"]),
-        ">= 1 GB/s",
-        lambda v: ok(v, 1.0, at_most=False),
+        lambda t: (
+            f"{t['ratio']:.2f} ({t['full_1gib']['gb_per_s']:.2f} of {t['bound']:.2f} GB/s)",
+            t["ratio"],
+        ),
+        ">= 0.8",
+        lambda v: ok(v, 0.8, at_most=False),
     )
     add(
         "3. 8B LoRA r=16 send -> ack",
         "transfer",
-        lambda t: (f"{t['lora_8b_r16']['total']:.2f} s", 0),
+        lambda t: (f"{t['lora_8b_r16']['send_ack']:.2f} s", 0),
         "(reported)",
+        lambda v: "-",
+    )
+    add(
+        "11. full FT 1 GiB, async: blocked per update / one host copy",
+        "full_handoff",
+        lambda f: (
+            f"{f['update_blocked_max']:.2f} s / {f['copy_s']:.2f} s (worst update)",
+            f["update_blocked_max"] / f["copy_s"],
+        ),
+        "<= 1",
+        lambda v: ok(v, 1.0),
+    )
+    add(
+        "11. full FT 1 GiB, async / uniform wall time (reported)",
+        "full_handoff",
+        lambda f: (f"{f['ratio']:.3f} (blocked {f['blocked_share']:.1%})", 0),
+        "-",
         lambda v: "-",
     )
     add(
@@ -155,6 +182,7 @@ def render(r: dict) -> list[str]:
     out += ranks(r)
     out += paper_scale(r)
     out += trainer_ranks(r)
+    out += full_handoff(r)
     return out
 
 
@@ -163,7 +191,7 @@ def overhead(r: dict) -> list[str]:
     if (err := failed(r, "overhead")) is not None:
         return out + err
     o = r["overhead"]
-    s, q, w = o["seconds"], o["ratio"], o["updates_s"]
+    s, q, w, b = o["seconds"], o["ratio"], o["updates_s"], o["blocked_share"]
     out += [
         f"One LoRA run of `DeltaLossRecipe` (unmodified trainer_svc) on the first {o['n']} "
         f"alpaca samples, cutoff_len {o['cutoff']}, batch {o['batch']}, warmup_step = "
@@ -173,30 +201,36 @@ def overhead(r: dict) -> list[str]:
         f"per 400 trained). Wall time of `recipe.train()`, median of {o['repeats']} repeats, "
         "the four variants interleaved in each repeat.",
         "",
-        "| variant | seconds | / uniform | in the updates (s) | target |",
-        "|---|---|---|---|---|",
-        f"| uniform sampling, no scorer | {s['uniform']:.2f} | 1.00 | {w['uniform']:.2f} | |",
+        "| variant | seconds | / uniform | trainer blocked (s) | blocked / uniform wall | target |",
+        "|---|---|---|---|---|---|",
+        f"| uniform sampling, no scorer | {s['uniform']:.2f} | 1.00 | {w['uniform']:.2f} "
+        f"| {b['uniform']:.1%} | |",
         f"| async, scorer in its own process | {s['async']:.2f} | {q['async']:.3f} "
-        f"| {w['async']:.2f} | <= 1.10: {ok(q['async'], 1.10)} |",
+        f"| {w['async']:.2f} | {b['async']:.1%} | wall <= 1.10: {ok(q['async'], 1.10)}; "
+        f"blocked <= 2%: {ok(b['async'], 0.02)} |",
         f"| sync, scorer in its own process | {s['sync']:.2f} | {q['sync']:.3f} "
-        f"| {w['sync']:.2f} | (reported) |",
+        f"| {w['sync']:.2f} | {b['sync']:.1%} | (reported) |",
         f"| in-process, batch of one (published method) | {s['inprocess']:.2f} | "
-        f"{q['inprocess']:.3f} | {w['inprocess']:.2f} | (reported) |",
+        f"{q['inprocess']:.3f} | {w['inprocess']:.2f} | {b['inprocess']:.1%} | (reported) |",
         "",
-        '"in the updates": the time the trainer spent obtaining weights over the run\'s '
-        "updates (send + ack + weights, or the in-process scoring), summed from "
-        "`selections.jsonl` (`seconds_waited`). For async, the rest of its excess over uniform "
-        "is the scorer's work on the other core slowing the trainer's (shared L3 cache and "
-        "memory bandwidth, and whatever else runs on the machine: see the load average "
-        "above).",
+        '"trainer blocked": the time training stood still for the updates, summed from '
+        "`selections.jsonl` (each update's `seconds_waited`: the snapshot of the checkpoint, "
+        "a wait for the previous send if it was still in flight, the weights, or the "
+        "in-process scoring) plus the wait for the last send at the end of training. For "
+        "async, the rest of its excess over uniform is not the software waiting: it is the "
+        "scorer's work on the other core slowing the trainer's (shared L3 cache and memory "
+        "bandwidth, and whatever else runs on the machine: see the load average above).",
         "",
+    ]
+    out += [
         "uniform: the fake scorer keeps the checkpoint in memory and serves equal weights "
         "(`devtools.fake_scorer.FakeScorer`); in-process: at each update the trainer's own model "
         "scores every sample alone, then `common.selection` gives the weights "
-        "(`bench/overhead.py: InProcess`). async sends the checkpoint (acked once written) and "
-        "takes the newest weights already served, so scoring leaves the critical path; sync "
-        "waits for its checkpoint's weights, which is the scoring time of N samples on the "
-        "other core.",
+        "(`bench/overhead.py: InProcess`). async copies the checkpoint into the trainer's "
+        "snapshot buffer, hands it to the background sender and takes the newest weights "
+        "already served, so neither the transfer nor the scoring is on the critical path; "
+        "sync waits for its checkpoint's weights, which is the scoring time of N samples on "
+        "the other core.",
         "",
     ]
     return out
@@ -256,58 +290,50 @@ def transfer(r: dict) -> list[str]:
     if (err := failed(r, "transfer")) is not None:
         return out + err
     t = r["transfer"]
+    lim = t["limits"]
     out += [
-        "In one process, with the scorer's own functions: `encode_checkpoint` (sha256 of the "
-        "payload) -> ZeroMQ DEALER -> ROUTER over TCP loopback (zero-copy send) -> "
-        "`decode_request` (sha256 verify) -> "
-        "`write_raw_checkpoint` (the payload frames written as a safetensors file, fsync) -> ack, "
-        "both ends in the bench process (one core each). What "
-        "this leaves out of a real scorer process is the manifest check (names and shapes "
-        "against a weightless model) and one SQLite commit; it was measured this way because "
-        "a scorer only accepts checkpoints of a base model it can build, and an 8B model "
-        "(32 GB in float32) does not fit this machine. Median of 3.",
+        "In one process, through the product's own pieces: the trainer's `Snapshot.take` (one "
+        "copy into the reused host buffer) and `CheckpointPublisher.send_checkpoint` (the "
+        "upload streamed in 16 MiB chunks, each hashed with xxh3-128 just before it is sent), "
+        "ZeroMQ DEALER -> ROUTER over TCP loopback, and the scorer's per-message work: "
+        "`decode_request`, `check_chunk` (the chunk's digest), `CheckpointWriter.write` as "
+        "each chunk arrives, then at the commit the digest check, one fsync and the ack. The "
+        "stages overlap (the scorer writes one chunk while the next is on the wire and the "
+        "trainer hashes the one after), so each column is that stage's busy time, not a "
+        "slice of the total. What this leaves out of a real scorer process is the manifest "
+        "check and one SQLite commit (an 8B base model does not fit this machine). Median "
+        "of 3; the snapshot buffer is reused between repeats as between updates.",
         "",
-        "| payload | tensors | MB | encode | wire | verify | decode | persist | total | GB/s "
-        "| GB/s without persist | peak extra RSS / payload |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| payload | tensors | MB | snapshot (host copy) | send -> ack | trainer hash "
+        "| scorer hash | scorer write | fsync | GB/s send -> ack | peak extra RSS / payload |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, label in (("full_1gib", "1 GiB float32 (full FT)"), ("lora_8b_r16", "8B LoRA r=16")):
         x = t[name]
         out.append(
-            f"| {label} | {x['tensors']} | {x['bytes'] / MB:.0f} | {x['encode']:.2f} "
-            f"| {x['wire']:.2f} | {x['verify']:.2f} | {x['decode']:.2f} | {x['persist']:.2f} "
-            f"| {x['total']:.2f} | {x['gb_per_s']:.2f} | {x['gb_per_s_without_persist']:.2f} "
-            f"| {x['copies']:.2f} |"
+            f"| {label} | {x['tensors']} | {x['bytes'] / MB:.0f} | {x['snapshot']:.2f} "
+            f"| {x['send_ack']:.2f} | {x['sender_hash']:.2f} | {x['scorer_hash']:.2f} "
+            f"| {x['write']:.2f} | {x['fsync']:.2f} | {x['gb_per_s']:.2f} | {x['copies']:.2f} |"
         )
     full = t["full_1gib"]
-    lim = t.get("limits", {})
     out += [
         "",
-        f"Target >= 1 GB/s for 1 GiB: {ok(full['gb_per_s'], 1.0, at_most=False)}; at most two "
-        f"copies of the payload held by the receiving side: "
-        f"{ok(full['copies'], 2.0)} ({full['copies']:.2f} payloads of extra peak RSS; this "
-        "includes ZeroMQ's receive buffers).",
+        f"What this machine allows, measured in the same run on 1 GiB: write + fsync to the "
+        f"data disk {lim['disk_fsync']:.2f} GB/s, raw TCP over loopback {lim['loopback']:.2f} "
+        f"GB/s, xxh3-128 {lim['xxh3']:.1f} GB/s on one core, one copy into a reused buffer "
+        f"{lim['copy_reused']:.2f} GB/s (into fresh memory {lim['copy_fresh']:.2f} GB/s).",
+        "",
+        f"1 GiB send -> ack: {full['gb_per_s']:.2f} GB/s = **{t['ratio']:.2f}** x "
+        f"min(disk write + fsync, loopback) = {t['bound']:.2f} GB/s (target >= 0.8: "
+        f"{ok(t['ratio'], 0.8, at_most=False)}). The ack waits for the fsync (an acknowledged "
+        "checkpoint survives a crash), so the disk bounds it; hashing, now per chunk and "
+        "overlapped with the wire, costs "
+        f"{full['sender_hash']:.2f} s on each side for 1 GiB. Peak extra RSS counts both "
+        "ends, as they share this process: the trainer's snapshot buffer (one payload, "
+        "reused) and the scorer's at most "
+        "`RECEIVE_QUEUE` chunks in flight.",
+        "",
     ]
-    if lim:
-        gb = full["bytes"] / 1e9
-        hashing = 2 * gb / lim["sha256"]
-        out += [
-            "",
-            f"What this machine allows, measured in the same run: sha256 "
-            f"{lim['sha256']:.2f} GB/s on one core, one copy into fresh memory "
-            f"{lim['copy']:.2f} GB/s, write + fsync of 256 MiB to the data disk "
-            f"{lim['disk_fsync']:.2f} GB/s. The protocol hashes the payload on both sides "
-            f"(the trainer to declare it, the scorer to verify it before the ack): "
-            f"{hashing:.2f} s for 1 GiB on its own, so even with a free wire, no copy and "
-            f"no disk the 1 GiB ack cannot come faster than {gb / hashing:.2f} GB/s here; "
-            "the rest is the loopback transfer (wire) and the fsynced write (persist), which "
-            f"the disk bounds at {lim['disk_fsync']:.2f} GB/s. The ack must wait for that "
-            "write (an acknowledged checkpoint survives a crash), so 1 GB/s cannot be "
-            "reached on this machine whatever the protocol does; the received frames are "
-            "written to the file as they are (no tensor rebuilt, no serialisation buffer), "
-            "so the scorer holds about one copy of the payload, ZeroMQ's.",
-        ]
-    out.append("")
     return out
 
 
@@ -518,6 +544,43 @@ def trainer_ranks(r: dict) -> list[str]:
         "steps are so short that the per-step all-reduce and the draw's broadcast weigh more "
         "than they would with a real model; start-up under torchrun (a second interpreter, "
         "the rendezvous) costs a few seconds once.",
+        "",
+    ]
+    return out
+
+
+def full_handoff(r: dict) -> list[str]:
+    out = ["## 11. Full fine-tuning: handing over a 1 GiB checkpoint", ""]
+    if (err := failed(r, "full_handoff")) is not None:
+        return out + err
+    f = r["full_handoff"]
+    s, b = f["seconds"], f["blocked"]
+    out += [
+        f"`DeltaLossRecipe` fine-tuning every weight of a random Llama of "
+        f"{f['checkpoint_bytes'] / 1e9:.2f} GB in float32 (hidden 1024, 20 layers), "
+        f"{f['n']} alpaca samples, cutoff_len {f['cutoff']}, batch {f['batch']}, warmup_step "
+        f"= update_step = {f['update_step']}, update_times {f['update_times']} "
+        f"({f['steps']} steps): each update hands a 1 GiB checkpoint to the real scorer "
+        "process (on the other core), which writes, loads and scores it. async against "
+        f"uniform, interleaved, median of {f['repeats']}.",
+        "",
+        "| variant | seconds | / uniform | trainer blocked (s) | blocked / uniform wall |",
+        "|---|---|---|---|---|",
+        f"| uniform sampling, no scorer | {s['uniform']:.1f} | 1.00 | {b['uniform']:.2f} "
+        f"| {b['uniform'] / s['uniform']:.1%} |",
+        f"| async, 1 GiB to the scorer per update | {s['async']:.1f} | {f['ratio']:.3f} "
+        f"| {b['async']:.2f} | {f['blocked_share']:.1%} |",
+        "",
+        f"Per update (async, {len(f['per_update'])} updates): blocked median "
+        f"{f['update_blocked_median']:.2f} s, worst {f['update_blocked_max']:.2f} s, of "
+        f"which the snapshot (one host copy of the 1 GiB) median {f['snapshot_median']:.2f} "
+        f"s. One host copy of the payload measured alone (into a reused buffer): "
+        f"{f['copy_s']:.2f} s; target: blocked per update <= that copy: "
+        f"{ok(f['update_blocked_max'], f['copy_s'])}. The first update of each run also "
+        "allocates the buffer (its pages fault in), later ones reuse it. The excess of "
+        "async over uniform beyond the blocked time is the scorer's work (writing, loading "
+        "and scoring 1 GiB per update) competing with the trainer for the machine's memory "
+        "bandwidth.",
         "",
     ]
     return out

@@ -96,6 +96,7 @@ class UpdateCoordinator:
         self.sender = BackgroundSender(scorer.send_checkpoint, cancel=scorer.cancel_send)
         self._handoff = Handoff(0.0, 0.0)
         self._unsent_failure: dict[str, Any] | None = None  # for the next row
+        self.finish_wait_seconds = 0.0  # training's end waited for the last send
 
     def run_update(self, segment: Segment, tensors: Callable[[], dict[str, torch.Tensor]]) -> dict:
         """Everything for the update starting at segment.start; returns its record row."""
@@ -215,7 +216,7 @@ class UpdateCoordinator:
         self.outage.note(failure, what)
 
     def finish(self) -> None:
-        waited = self.sender.wait()
+        waited = self.finish_wait_seconds = self.sender.wait()
         if waited > 0:
             logger.info("waited %.1fs for the last checkpoint to reach the scorer", waited)
         self.check_sent()
