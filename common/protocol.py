@@ -335,9 +335,9 @@ def _parse_header(frame: Frame) -> dict[str, Any]:
 def upload_id_of(frame: Frame) -> str | None:
     """The upload id a header names, read leniently (for a header refused as a whole: the
     rest of its upload is then dropped, not answered again)."""
-    try:
+    try:  # a header refused for its size is still read here (frames are at most FRAME_BYTES)
         raw = bytes(frame)
-        obj = json.loads(raw.decode("utf-8")) if len(raw) <= MAX_HEADER_BYTES else None
+        obj = json.loads(raw.decode("utf-8")) if len(raw) <= FRAME_BYTES else None
     except (ValueError, RecursionError):
         return None
     upload = obj.get("upload") if isinstance(obj, dict) else None
@@ -424,10 +424,10 @@ def decode_request(frames: Sequence[Frame], *, max_bytes: int = 1 << 34) -> Requ
 def check_chunk(begin: CheckpointHeader, chunk: Chunk, expected_index: int) -> None:
     """The chunk is the next one of the upload begin opened, whole and intact."""
     index = chunk.header.index
-    if index != expected_index:
-        raise MalformedMessage(
+    if index != expected_index:  # a chunk lost (or repeated) on the way
+        raise IntegrityError(
             f"chunk {index} of upload {begin.upload} arrived where chunk {expected_index} was "
-            "due: chunks are sent in order"
+            "due: chunks were lost in transit; send it again"
         )
     if index >= begin.n_chunks:
         raise MalformedMessage(

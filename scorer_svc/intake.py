@@ -308,11 +308,11 @@ class IntakeServer:
 
     def stop(self) -> None:
         self._stop.set()
-        self.intake.close()
         self._thread.join(timeout=30)
         if self._thread.is_alive():
             log.error("ZeroMQ intake did not stop in 30 s; leaving its socket to the process exit")
             return
+        self.intake.close()  # once its thread is done with the uploads
         self._socket.close(0)
         if self._auth is not None:
             self._auth.stop()

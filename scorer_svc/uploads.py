@@ -64,11 +64,16 @@ class Uploads:
         upload = self._open.pop(upload_id, None)
         if upload is not None:
             upload.writer.abort()
+        self._close(upload_id)
+
+    def _close(self, upload_id: str) -> None:
         self._closed[upload_id] = None
         while len(self._closed) > CLOSED_REMEMBERED:
             self._closed.popitem(last=False)
 
     def open(self, begin: CheckpointHeader, writer: Callable[[], CheckpointWriter]) -> Upload:
+        if begin.upload in self._open:  # each attempt of a trainer's has a new id
+            raise MalformedMessage(f"upload {begin.upload} is open already: use a new id")
         for other in list(self._open.values()):
             same = (other.begin.run_id, other.begin.step) == (begin.run_id, begin.step)
             if same:
@@ -96,9 +101,9 @@ class Uploads:
     def check_commit(self, upload: Upload, commit: CommitHeader) -> None:
         begin = upload.begin
         if not upload.complete:
-            raise MalformedMessage(
+            raise IntegrityError(
                 f"upload {begin.upload} is committed after {len(upload.digests)} of its "
-                f"{begin.n_chunks} chunks"
+                f"{begin.n_chunks} chunks: chunks were lost in transit; send it again"
             )
         actual = payload_digest(upload.digests)
         if actual != commit.digest:
@@ -110,7 +115,7 @@ class Uploads:
     def finish(self, upload: Upload) -> None:
         """Committed: closed, its file kept."""
         self._open.pop(upload.begin.upload, None)
-        self._closed[upload.begin.upload] = None
+        self._close(upload.begin.upload)
 
     def sweep(self) -> list[Upload]:
         """Drop the uploads idle for longer than idle_seconds; the dropped ones."""

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         recipe = run(loaded, handle_sigterm=True)
     except StopRequested as exc:  # before any step: nothing to save, the run to requeue
-        logger.warning("stopped: %s; nothing trained yet", exc)
+        logger.warning("stopped: %s; nothing trained in this run", exc)
         return 128 + signal.SIGTERM
     except ScorerFailure as exc:
         logger.error("stopped: %s", exc)

@@ -7,16 +7,18 @@ A request without a reply is sent again on a fresh socket ("lazy pirate"), a che
 new upload from its start, under the trainer's retry policy (trainer_svc.retry) until the
 configured wait is spent; the scorer answers a repeated hello with `already_registered` and a
 repeated checkpoint with `duplicate`. `cancel` (from any thread) ends a checkpoint's sending
-at the next chunk. A new run is prepared by the scorer off its intake: it
+within CANCEL_POLL. A new run is prepared by the scorer off its intake: it
 answers `registering` at once, and the hello is sent again (0.05 s apart, doubled, at most
 2 s) until it is `registered`. The hello's reply wait grows per attempt (2 s, doubled, up to
-reply_timeout). An error reply is never retried (but `busy`, and `upload_lost` for a scorer
-that restarted mid-upload): it raises the `common.errors` class its code names.
+reply_timeout). An error reply is never retried (but `busy`; and for an upload `upload_lost`,
+from a scorer that restarted mid-upload, and `integrity`, chunks lost or damaged in transit,
+which a new upload may get through): it raises the `common.errors` class its code names.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import threading
 import time
@@ -28,7 +30,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from common.curve import ClientKeys
-from common.errors import Busy, Unauthorized, UploadLost
+from common.errors import Busy, IntegrityError, Unauthorized, UploadLost
 from common.handshake import REFUSED_EVENTS, refusal_advice, secure_client
 from common.protocol import (
     Hello,
@@ -51,6 +53,7 @@ HELLO_FIRST_WAIT = 2.0  # seconds the first hello waits for its reply; doubled p
 MIN_REPLY_WAIT = 0.1
 PREPARING_FIRST_POLL = 0.05  # seconds between hellos while the scorer prepares the run; doubled
 PREPARING_MAX_POLL = 2.0
+CANCEL_POLL = 0.1  # seconds between looks for a cancel while an upload waits
 SEND_QUEUE = 4  # chunks queued in the socket before a send waits (an early reply is then seen)
 ADVICE = (
     "that scorer_svc is running, that scorer_zmq_url is its ZeroMQ address (its --zmq-url), "
@@ -118,7 +121,6 @@ class CheckpointPublisher:
     def send_checkpoint(self, checkpoint: CheckpointUpload) -> dict[str, Any]:
         """Streams the checkpoint (from checkpoint.payload when given, else from a copy of its
         tensors end to end) and returns the upload's reply."""
-        self._cancelled.clear()
         payload = checkpoint.payload
         if payload is None:
             payload = memoryview(
@@ -144,14 +146,20 @@ class CheckpointPublisher:
                 token=self.token,
             )  # a new upload id each attempt: the scorer drops what it got of the last one
             wait = max(MIN_REPLY_WAIT, min(timeout, seconds_left))
+            messages = upload_messages(begin, payload, token=self.token)
             try:
-                return self._upload(upload_messages(begin, payload, token=self.token), wait)
-            except (Busy, UploadLost) as exc:
+                return self._upload(begin.upload, messages, wait)
+            except (Busy, UploadLost, IntegrityError) as exc:  # a new upload may go through
                 raise NotYet(str(exc)) from exc
 
-        reply = retry.run(
-            attempt, waiting_for=f"a reply from the scorer at {self.url} to {what}", advice=ADVICE
-        )
+        try:
+            reply = retry.run(
+                attempt,
+                waiting_for=f"a reply from the scorer at {self.url} to {what}",
+                advice=ADVICE,
+            )
+        finally:
+            self._cancelled.clear()  # a cancel ends this send only
         logger.info("scorer %s %s", reply.get("status"), what)
         return reply
 
@@ -207,32 +215,61 @@ class CheckpointPublisher:
             )
         return socket in ready
 
-    def _upload(self, messages: Iterable[list[Any]], wait: float) -> dict[str, Any]:
+    def _upload(self, upload_id: str, messages: Iterable[list[Any]], wait: float) -> dict[str, Any]:
         """Sends the upload's messages, stopping at an early reply; then waits for the reply.
-        The whole of it takes at most `wait` seconds."""
+        The whole of it takes at most `wait` seconds; a cancel ends it within CANCEL_POLL."""
         socket = self._connect()
         deadline = time.monotonic() + wait
-
-        def ms_left() -> int:
-            return max(0, int((deadline - time.monotonic()) * 1000))
-
         try:
             for message in messages:
-                if self._cancelled.is_set():
-                    self.close()  # what is queued is dropped; the scorer drops the upload
-                    raise StopRequested("the checkpoint's sending was cancelled")
                 if self._wait(socket, zmq.POLLIN, 0):  # answered before the end: refused
-                    return decode_reply(socket.recv_multipart())
-                if not self._wait(socket, zmq.POLLOUT, ms_left()):
+                    return self._early_reply(socket, upload_id, deadline)
+                if not self._wait_cancellable(socket, zmq.POLLOUT, deadline):
                     raise zmq.Again()
                 socket.send_multipart(message, copy=False, flags=zmq.NOBLOCK)
         except zmq.Again:
             self.close()
             raise NotYet(f"could not send within {wait:.1f}s (no connection)") from None
-        if self._wait(socket, zmq.POLLIN, ms_left()):
-            return decode_reply(socket.recv_multipart())
-        self.close()  # a fresh socket next: a late reply must not be read as the next one's
-        raise NotYet(f"no reply within {wait:.1f}s")
+        reply = self._reply_to(socket, upload_id, deadline)
+        if reply is None:
+            self.close()  # a fresh socket next: a late reply must not be read as the next one's
+            raise NotYet(f"no reply within {wait:.1f}s")
+        return decode_reply(reply)
+
+    def _early_reply(self, socket: zmq.Socket, upload_id: str, deadline: float) -> dict[str, Any]:
+        """The reply that ended an upload before its end (a duplicate, a refusal); the
+        socket is dropped with the chunks it still queues."""
+        reply = self._reply_to(socket, upload_id, deadline)
+        self.close()
+        if reply is None:
+            raise NotYet("the reply to the upload was not for it")
+        return decode_reply(reply)
+
+    def _reply_to(self, socket: zmq.Socket, upload_id: str, deadline: float) -> list | None:
+        """The next reply that belongs to this upload (a reply naming another upload, left
+        from an earlier one, is dropped), or None by the deadline."""
+        while self._wait_cancellable(socket, zmq.POLLIN, deadline):
+            frames = socket.recv_multipart()
+            try:
+                named = json.loads(frames[0]).get("upload") if len(frames) == 1 else None
+            except (ValueError, AttributeError):
+                named = None
+            if named in (None, upload_id):
+                return frames
+            logger.debug("dropped a reply to another upload (%s)", named)
+        return None
+
+    def _wait_cancellable(self, socket: zmq.Socket, event: int, deadline: float) -> bool:
+        """_wait until the deadline, in slices that look for a cancel (StopRequested)."""
+        while True:
+            if self._cancelled.is_set():
+                self.close()  # what is queued is dropped; the scorer drops the upload
+                raise StopRequested("the checkpoint's sending was cancelled")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if self._wait(socket, event, int(min(left, CANCEL_POLL) * 1000)):
+                return True
 
     def _send(self, frames: list[Any], reply_wait: float) -> dict[str, Any]:
         socket = self._connect()

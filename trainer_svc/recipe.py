@@ -372,6 +372,8 @@ class DeltaLossRecipe:
         resumed = self.cfg.resume_from_checkpoint
         try:
             result = self.trainer.train(resume_from_checkpoint=resumed)
+        except StopRequested:  # before the first step: the same checkpoint resumes
+            raise
         except ScorerFailure as exc:  # an update before this run's first step: nothing to save
             if resumed is None:
                 raise

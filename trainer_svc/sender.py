@@ -120,9 +120,8 @@ class BackgroundSender:
 
     def close(self) -> None:
         """Cancel a send in progress and stop the thread."""
-        if self._last is not None and not self._last.future.done():
-            logger.info(
-                "%s: its sending is cancelled (the run stops)", self._last.upload.describe()
-            )
+        last = self._last
+        if last is not None and not last.future.done() and not last.future.cancel():
+            logger.info("%s: its sending is cancelled (the run stops)", last.upload.describe())
             self._cancel()
         self._executor.shutdown(wait=True)

@@ -20,7 +20,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trainer_svc.data import INDEX_KEY
 from trainer_svc.distributed import Ranks
 from trainer_svc.records import TrainedSamples
-from trainer_svc.retry import ScorerFailure, StopRequested
+from trainer_svc.retry import ScorerFailure, StopRequested, never
 from trainer_svc.sampler import ScheduleBatchSampler
 from trainer_svc.schedule import Schedule
 from trainer_svc.snapshot import save_unsent
@@ -110,22 +110,29 @@ class SelectionCallback(TrainerCallback):
         self.trained.flush()
         try:
             self.coordinator.check_sent()  # a background send that failed during this step
+        except ScorerFailure as failure:
+            self._fail(failure)
+        try:  # every rank goes on to the same collectives, a failure of rank 0's or not
             self._maybe_update(state.global_step)
         except StopRequested:  # a stop while the update waited for the last send to end
             logger.info(
                 "stop requested: update at step %d left to the resumed run", state.global_step
             )
         except ScorerFailure as failure:
-            if self.stop is None:
-                raise
-            self.stop.fail(failure)  # saved and stopped by the stop's on_step_end, next
+            self._fail(failure)
+
+    def _fail(self, failure: ScorerFailure) -> None:
+        if self.stop is None:
+            raise failure
+        self.stop.fail(failure)  # saved and stopped by the stop's on_step_end, next
 
     def on_save(self, args, state, control, **kwargs):
         """A stop's checkpoint keeps a checkpoint sent but not acknowledged, for the resumed
         run to send again (the update at the stop's own step is made again by it anyway)."""
         unsent = self.coordinator.unsent()
         stopping = self.stop is not None and self.stop.requested
-        if unsent is not None and stopping and unsent.step != state.global_step:
+        resumable = state.global_step < state.max_steps  # at the last step: finish() waits
+        if unsent is not None and stopping and resumable and unsent.step != state.global_step:
             folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
             path = save_unsent(unsent, folder)
             logger.warning(
@@ -137,10 +144,19 @@ class SelectionCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self.trained.flush()
-        if self.stop is not None and self.stop.requested:
+        stopping = self.stop is not None and self.stop.requested
+        if stopping and state.global_step < state.max_steps:
             return  # a send in flight is cancelled, and kept in the stop's checkpoint
-        try:
-            self.coordinator.finish()  # the last checkpoint reaches the scorer
+        stop_requested = (lambda: self.stop.requested) if self.stop is not None else never
+        try:  # the last checkpoint reaches the scorer
+            self.coordinator.finish(stop_requested)
+        except StopRequested as stopped:  # training is done: nothing to resume
+            unsent = self.coordinator.unsent()
+            logger.warning(
+                "%s; the %s is not in the scorer's history (the trained model is saved)",
+                stopped,
+                unsent.describe() if unsent is not None else "last checkpoint",
+            )
         except ScorerFailure as failure:
             self.unsent_at_end = failure  # raised once the model is saved
 

@@ -54,8 +54,8 @@ class Updates(Protocol):
     def check_sent(self) -> None:
         """on_scorer_failure for a background send that failed (ScorerFailure under fail)."""
 
-    def finish(self) -> None:
-        """Wait for the send in flight, then check_sent."""
+    def finish(self, stop_requested: Callable[[], bool] = never) -> None:
+        """Wait for the send in flight (StopRequested on a stop request), then check_sent."""
 
     def unsent(self) -> CheckpointUpload | None:
         """A checkpoint sent but not acknowledged (in flight, or failed)."""
@@ -178,6 +178,7 @@ class UpdateCoordinator:
         )
         if self.mode == "sync":
             self._hand_over(upload)
+            self.sender.wait(self.stop_requested)  # StopRequested: left to the resumed run
             self.sender.result()
             return self.scorer.wait_for(segment.start)
         newest = self.scorer.latest()  # what is scored already; this checkpoint cannot be
@@ -197,8 +198,10 @@ class UpdateCoordinator:
         upload, error = taken
         if isinstance(error, StopRequested):  # cancelled by a stop: saved as unsent
             return
-        if not isinstance(error, ProtocolError):
-            raise error
+        if not isinstance(error, ProtocolError):  # a failure inside the trainer: stop
+            raise ScorerFailure(
+                f"sending the {upload.describe()} failed: {type(error).__name__}: {error}"
+            ) from error
         failure = self._meaning(error)
         what = f"sending the {upload.describe()}"
         self._unsent_failure = {
@@ -215,8 +218,8 @@ class UpdateCoordinator:
         )
         self.outage.note(failure, what)
 
-    def finish(self) -> None:
-        waited = self.finish_wait_seconds = self.sender.wait()
+    def finish(self, stop_requested: Callable[[], bool] = never) -> None:
+        waited = self.finish_wait_seconds = self.sender.wait(stop_requested)
         if waited > 0:
             logger.info("waited %.1fs for the last checkpoint to reach the scorer", waited)
         self.check_sent()
@@ -291,9 +294,9 @@ class SharedUpdates:
         if self.coordinator is not None:
             self.coordinator.check_sent()
 
-    def finish(self) -> None:
+    def finish(self, stop_requested: Callable[[], bool] = never) -> None:
         if self.coordinator is not None:
-            self.coordinator.finish()
+            self.coordinator.finish(stop_requested)
 
     def unsent(self) -> CheckpointUpload | None:
         return self.coordinator.unsent() if self.coordinator is not None else None

@@ -19,6 +19,7 @@ from common.protocol import (
     encode_checkpoint,
     encode_hello,
     error_reply,
+    upload_id_of,
 )
 from tests.support.wire import as_bytes, assemble
 
@@ -162,7 +163,7 @@ def test_chunks_shorter_longer_or_out_of_order_are_refused():
     with pytest.raises(errors.IntegrityError, match="truncated or padded"):
         assemble(long)
     swapped = [messages[0], messages[2], messages[1], *messages[3:]]
-    with pytest.raises(errors.MalformedMessage, match="chunk 1 .*chunk 0 was due"):
+    with pytest.raises(errors.IntegrityError, match="chunk 1 .*chunk 0 was due.*lost in transit"):
         assemble(swapped)
 
 
@@ -289,3 +290,13 @@ def test_a_table_shape_beyond_bounds_is_malformed_not_an_internal_failure(shape)
     header["tensors"][0]["shape"] = shape
     with pytest.raises(errors.MalformedMessage, match="shape"):
         decode_request([json.dumps(header).encode()])
+
+
+def test_the_upload_id_of_a_header_refused_as_a_whole_is_still_read():
+    begin = json.loads(_frames()[0])
+    huge = json.dumps({**begin, "padding": "x" * (2 << 20)}).encode()  # over MAX_HEADER_BYTES
+    with pytest.raises(errors.TooLarge):
+        decode_request([huge])
+    assert upload_id_of(huge) == begin["upload"]
+    assert upload_id_of(b"not json") is None
+    assert upload_id_of(json.dumps({"upload": "../x"}).encode()) is None

@@ -103,7 +103,7 @@ def test_each_bad_request_gets_one_error_reply_and_stores_nothing(live):
         "integrity": ("integrity", "chunk 0"),
         "flipped": ("integrity", "chunk 1 of checkpoint step 2"),
         "commit": ("integrity", "its commit declares"),
-        "missing": ("malformed", "chunk 2 of upload"),
+        "missing": ("integrity", "chunk 2 of upload"),
         "lost": ("upload_lost", "send the checkpoint again"),
         "short": ("integrity", "truncated"),
         "long": ("integrity", "truncated"),

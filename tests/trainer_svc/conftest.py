@@ -95,8 +95,9 @@ class FakeRouter:
                 request = ReceivedCheckpoint(*assemble(self.uploads.pop(upload)))
             self.requests.append(request)
             answer = self.reply(request)
-            if answer is not None:
-                self.socket.send_multipart([identity, *answer])
+            for reply in answer if isinstance(answer, tuple) else [answer]:  # several: a tuple
+                if reply is not None:
+                    self.socket.send_multipart([identity, *reply])
 
     def close(self):
         self.stop.set()

@@ -94,7 +94,7 @@ def test_a_scorer_failure_exits_1_with_its_message(good_config, monkeypatch, cap
 def test_sigterm_while_waiting_to_register_exits_143(good_config, monkeypatch, caplog):
     ended(monkeypatch, raises=StopRequested("SIGTERM while waiting for a reply from the scorer"))
     assert cli.main(["train", good_config]) == 143
-    assert "nothing trained yet" in caplog.text
+    assert "nothing trained in this run" in caplog.text
 
 
 def test_force_torchrun_relaunches_with_the_launch_variables():

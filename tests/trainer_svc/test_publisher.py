@@ -2,6 +2,7 @@
 
 import json
 import logging
+import threading
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ import torch
 from common import errors
 from common.errors import RunMismatch, ScorerUnavailable
 from common.protocol import ack, error_reply
+from devtools.waiting import wait_until
 from trainer_svc.publisher import CheckpointPublisher, CheckpointUpload
 from trainer_svc.retry import NotYet, ScorerFailure
 
@@ -119,3 +121,53 @@ def test_a_busy_scorer_is_asked_again(router, tiny_hello):
     assert pub.hello(tiny_hello)["status"] == "registered"
     pub.close()
     assert len(server.requests) == 2
+
+
+def test_a_reply_left_from_another_upload_is_not_taken_for_this_ones(router):
+    def answer(req):
+        stale = ack(status="queued", step=99, upload="f" * 32)
+        return stale, ack(status="queued", step=req.header.step, upload=req.header.upload)
+
+    server = router(answer)
+    pub = CheckpointPublisher(server.url, wait_seconds=10)
+    reply = pub.send_checkpoint(CheckpointUpload("r", 7, 2, "lora", {"x": torch.zeros(2)}))
+    pub.close()
+    assert reply["step"] == 7
+
+
+def test_corruption_in_transit_is_sent_again_as_a_new_upload(router):
+    answers = iter([error_reply(errors.IntegrityError("chunk 0 corrupted in transit")), None])
+
+    def answer(req):
+        reply = next(answers)
+        return reply or ack(status="queued", step=req.header.step, upload=req.header.upload)
+
+    server = router(answer)
+    pub = CheckpointPublisher(server.url, wait_seconds=60, sleep=lambda s: None)
+    assert (
+        pub.send_checkpoint(CheckpointUpload("r", 3, 1, "lora", {"x": torch.ones(4)}))["status"]
+        == "queued"
+    )
+    pub.close()
+    uploads = [r.header.upload for r in server.requests]
+    assert len(uploads) == 2 and uploads[0] != uploads[1]
+
+
+def test_cancel_ends_a_send_that_waits_for_its_reply(router):
+    server = router(lambda req: None)  # never answers
+    pub = CheckpointPublisher(server.url, wait_seconds=3600, reply_timeout=3600)
+    errors_seen = []
+
+    def send():
+        try:
+            pub.send_checkpoint(CheckpointUpload("r", 1, 1, "lora", {"x": torch.zeros(2)}))
+        except ScorerFailure as exc:  # StopRequested
+            errors_seen.append(exc)
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    wait_until(lambda: server.requests, "the upload at the router")
+    pub.cancel()
+    thread.join(60)
+    assert not thread.is_alive() and "cancelled" in str(errors_seen[0])
+    pub.close()

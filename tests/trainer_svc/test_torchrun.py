@@ -90,3 +90,28 @@ def test_sigterm_stops_every_rank_at_one_step_with_one_checkpoint_and_the_run_re
     ]
     assert [r["step"] for r in read_jsonl(out / TRAINED)] == list(range(8))
     assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_a_background_send_refused_under_fail_stops_every_rank_at_one_step(tiny_model, tmp_path):
+    """async: the scorer refuses update 1's checkpoint (too large for it) in rank 0's sending
+    thread; rank 0 notices at a step end and every rank stops there, with one checkpoint that
+    keeps the unsent upload, and exits 1 (no rank hangs in a collective)."""
+    data = write_dataset(tmp_path / "data.json", n=64, seed=2)
+    out = tmp_path / "out"
+    config = write_config(
+        tmp_path / "c.yaml", tiny_model, data, out, per_device_train_batch_size=1,
+        selection_mode="async", save_steps=1000,
+    )  # fmt: skip
+    small = {"SCORER_MAX_CHECKPOINT_BYTES": "1024"}
+    with ScorerProcess(tmp_path / "scorer", env=small) as scorer:
+        trainer = TrainerProcess(
+            config, *scorer_keys(scorer), log=tmp_path / "t.log", env=torchrun_env()
+        )
+        assert trainer.wait(600) != 0, trainer.log()[-4000:]
+    log = trainer.log()
+    [saved] = out.glob("checkpoint-*")
+    step = int(saved.name.split("-")[1])
+    assert 2 < step <= 4, log[-4000:]  # stopped at a step end after update 1 (step 2)
+    assert log.count("sending the checkpoint step 2 (update 1) failed") >= 1, log[-4000:]
+    assert "max_checkpoint_bytes" in log and (saved / "unsent_checkpoint.safetensors").is_file()
+    assert "rank 0: " in log  # rank 1 stopped on rank 0's failure, not as if signalled
