@@ -17,6 +17,7 @@ import torch
 
 from bench import overhead
 from bench.util import TRAINER_CORE, Scorer, median, pin_self
+from devtools.demo_data import write_dataset
 from devtools.tiny_model import build_tiny_model
 
 MODES = ("uniform", "async")
@@ -37,14 +38,15 @@ def measure(work: Path, *, repeats: int = 2, n: int = 16) -> dict:
     logging.getLogger("trainer_svc").setLevel(logging.WARNING)
     logging.getLogger("transformers").setLevel(logging.ERROR)
     model_dir, size = build_gib_model(work)
-    dataset = overhead.subset(n, work)
+    # short samples (the demo's), so that a step stays cheap for a model of this size
+    dataset = write_dataset(work / "full-handoff.json", n=n, seed=0)
     p: dict = {
         "kind": "full",
         "n": n,
-        "update_step": 2,
+        "update_step": 4,
         "update_times": 3,
         "batch": 1,
-        "cutoff": 32,
+        "cutoff": 64,
     }
     seconds: dict[str, list[float]] = {m: [] for m in MODES}
     blocked: dict[str, list[float]] = {m: [] for m in MODES}

@@ -2,8 +2,9 @@
 
 All four variants run DeltaLossRecipe (trainer_svc, unmodified) in this process, pinned to
 the trainer's core with one thread, interleaved in each repeat:
-- uniform: no scorer; the fake scorer (devtools) keeps the checkpoint and gives uniform weights
-  (update 1 draws randperm, later updates multinomial over equal weights, as without scoring);
+- uniform: no scorer and no hand-off (nothing copied, nothing sent); the fake scorer (devtools)
+  gives uniform weights (update 1 draws randperm, later updates multinomial over equal
+  weights, as without scoring);
 - async / sync: the real scorer in its own process on the other core (ZeroMQ + REST);
 - inprocess: the published method: at each update the trainer pauses and scores all N
   samples itself with its own model, one sample at a time, then applies the same rule.
@@ -28,6 +29,7 @@ from devtools.fake_scorer import uniform_weights as fake_uniform
 from trainer_svc.config import load_config
 from trainer_svc.publisher import CheckpointUpload
 from trainer_svc.recipe import DeltaLossRecipe
+from trainer_svc.sender import BackgroundSender, Handoff
 from trainer_svc.weights_client import ScorerWeights
 
 MODES = ("uniform", "async", "sync", "inprocess")
@@ -105,6 +107,18 @@ class InProcess(FakeScorer):
         return ScorerWeights(step, update_index, torch.tensor(values, dtype=torch.float64), window)
 
 
+class NoHandOff(BackgroundSender):
+    """Uniform sampling's stand-in for the background sender: the fake scorer is handed the
+    live tensors in the training thread (it only keeps a reference), nothing is copied."""
+
+    def send(self, upload: CheckpointUpload) -> Handoff:
+        self._send(upload)
+        return Handoff(0.0, 0.0)
+
+    def result(self) -> dict:
+        return {}
+
+
 def subset(n: int, out: Path) -> Path:
     path = out / f"alpaca_{n}.json"
     path.write_text(json.dumps(json.loads(ALPACA.read_text())[:n]))
@@ -138,6 +152,9 @@ def one_run(mode: str, work: Path, model_dir: Path, dataset: Path, scorer: Score
         stub.recipe = recipe
     try:
         recipe.setup()
+        if mode == "uniform":  # plain sampling: nothing copied nor handed over either
+            assert recipe.coordinator is not None and stub is not None
+            recipe.coordinator.sender = NoHandOff(stub.send_checkpoint)
         start = time.perf_counter()
         recipe.train()
         seconds = time.perf_counter() - start

@@ -261,6 +261,8 @@ class DeltaLossRecipe:
                 stop_requested=lambda: self.stop.requested,
             )
         self.coordinator = coordinator
+        if coordinator is not None:  # the snapshot buffer made once, before training
+            coordinator.sender.snapshot.reserve(self.trainable_tensors())
         self.trained = TrainedSamples(trained_record, self.ranks)
         start = self._resume_records() if not fresh else 0
         if coordinator is not None and not fresh:

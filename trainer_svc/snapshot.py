@@ -52,6 +52,15 @@ class Snapshot:
     def nbytes(self) -> int:
         return 0 if self._buffer is None else self._buffer.numel()
 
+    def reserve(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Make the buffer for these tensors now, its pages touched, so that the first update
+        pays only the copy."""
+        total = sum(t.numel() * t.element_size() for t in tensors.values())
+        on_gpu = any(t.device.type == "cuda" for t in tensors.values())
+        if self._buffer is None or self._buffer.numel() != total:
+            self._buffer = None
+            self._buffer = torch.zeros(total, dtype=torch.uint8, pin_memory=on_gpu)
+
     def take(self, upload: CheckpointUpload) -> CheckpointUpload:
         table = payload_table(upload.tensors)
         total = sum(entry.length for entry in table)
