@@ -14,11 +14,14 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM
 
 from bench import overhead
 from bench.util import TRAINER_CORE, Scorer, median, pin_self
+from common.model_spec import checkpoint_tensors
 from devtools.demo_data import write_dataset
 from devtools.tiny_model import build_tiny_model
+from trainer_svc.snapshot import CheckpointUpload, Snapshot
 
 MODES = ("uniform", "async")
 
@@ -30,6 +33,20 @@ def build_gib_model(work: Path) -> tuple[Path, int]:
     )
     size = sum(f.stat().st_size for f in path.glob("*.safetensors"))  # the weights, + headers
     return path, size
+
+
+def snapshot_alone(model_dir: Path) -> tuple[float, int]:
+    """Seconds of `Snapshot.take` of the model's full checkpoint into its reused buffer, with
+    nothing else running (the scorer idle): the same copy as an update's, uncontended."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    tensors = checkpoint_tensors(model, "full")
+    snapshot = Snapshot()
+    snapshot.reserve(tensors)
+    upload = CheckpointUpload("bench", 0, 1, "full", tensors)
+    snapshot.take(upload)
+    start = time.perf_counter()
+    snapshot.take(upload)
+    return time.perf_counter() - start, len(tensors)
 
 
 def measure(work: Path, *, repeats: int = 2, n: int = 16) -> dict:
@@ -71,8 +88,11 @@ def measure(work: Path, *, repeats: int = 2, n: int = 16) -> dict:
     target.copy_(source)
     copy_s = time.perf_counter() - start
     del source, target
+    alone, n_tensors = snapshot_alone(model_dir)
     return {
         "copy_s": copy_s,
+        "snapshot_alone_s": alone,
+        "n_tensors": n_tensors,
         **p,
         "checkpoint_bytes": size,
         "steps": p["update_step"] * (p["update_times"] + 1),

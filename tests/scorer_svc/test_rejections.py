@@ -38,6 +38,13 @@ def live(tiny_model, tmp_path_factory):
     scorer.stop()
 
 
+# A checkpoint as the previous protocol sent it: one message, a sha256 of the payload.
+_V2_HEADER = json.dumps(
+    {"protocol": 2, "type": "checkpoint", "run_id": "run-r", "step": 2, "update_index": 1,
+     "kind": "lora", "encoding": "raw", "tensors": [], "total_bytes": 16, "sha256": "0" * 64}
+).encode()  # fmt: skip
+
+
 def _upload(tensors, **over):
     fields = dict(run_id="run-r", step=2, update_index=1, kind="lora", tensors=tensors)
     fields.update(over)
@@ -80,6 +87,7 @@ def test_each_bad_request_gets_one_error_reply_and_stores_nothing(live):
     cases = {
         "version": lambda g: _replace(g, 0, _with_header(g[0], protocol=7)),
         "malformed": lambda g: [[b"{not json"]],
+        "old_trainer": lambda g: [[_V2_HEADER, b"\0" * 16]],
         "integrity": lambda g: _replace(g, 1, _with_header(g[1], digest="f" * 32)),
         "flipped": lambda g: _replace(g, 2, flipped(g[2])),
         "commit": lambda g: _replace(g, -1, _with_header(g[-1], digest="xxh3-128:" + "0" * 32)),
@@ -100,6 +108,7 @@ def test_each_bad_request_gets_one_error_reply_and_stores_nothing(live):
     expected = {
         "version": ("version", "protocol version 7"),
         "malformed": ("malformed", "JSON header"),
+        "old_trainer": ("version", "protocol version 2 is not supported; this scorer speaks"),
         "integrity": ("integrity", "chunk 0"),
         "flipped": ("integrity", "chunk 1 of checkpoint step 2"),
         "commit": ("integrity", "its commit declares"),
