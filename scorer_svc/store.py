@@ -72,22 +72,6 @@ class CheckpointWriter:
         self._tmp.unlink(missing_ok=True)
 
 
-def write_raw_checkpoint(
-    path: Path,
-    tensors: Sequence[TensorLayout],
-    payload: Sequence[Frame],
-) -> int:
-    """The whole checkpoint at once (see CheckpointWriter); the file's size."""
-    writer = CheckpointWriter(path, tensors)
-    try:
-        for frame in payload:
-            writer.write(frame)
-        return writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
-
-
 def remove_partial_files(data_dir: Path) -> list[Path]:
     """Checkpoint files whose writing a crash cut off (never acknowledged): removed at start."""
     found = sorted((data_dir / "checkpoints").glob(f"*/*{PARTIAL}"))
