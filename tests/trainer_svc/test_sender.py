@@ -71,19 +71,28 @@ class GatedSend:
         self.gate.set()
 
 
+def _bytes(tensors):
+    return b"".join(bytes(tensor_bytes(t)) for t in tensors.values())
+
+
 def test_the_send_runs_while_the_caller_goes_on_and_the_next_one_waits_for_it():
     send = GatedSend()
     sender = BackgroundSender(send, cancel=send.cancel)
-    tensors = _tensors()
-    sender.send(_upload(tensors, step=2))
+    first = _tensors()
+    second = {name: t + 1 for name, t in first.items()}
+    sender.send(_upload(first, step=2))
     assert send.started.wait(60)
     assert sender.in_flight is not None and sender.in_flight.step == 2  # send() returned
     assert sender.unsent is not None and sender.unsent.step == 2
-    threading.Timer(0.2, send.gate.set).start()
-    handoff = sender.send(_upload(tensors, step=4))  # waits for step 2's to end first
-    assert handoff.waited > 0
+    handing = threading.Thread(target=sender.send, args=(_upload(second, step=4),))
+    handing.start()  # must not copy into the buffer while step 2's send still reads it
+    handing.join(0.5)
+    assert handing.is_alive()  # it waits for step 2's send (which waits for the gate)
+    send.gate.set()
+    handing.join(60)
     assert sender.result()["status"] == "queued"
-    assert [step for step, _ in send.sent] == [2, 4] and sender.unsent is None
+    assert send.sent == [(2, _bytes(first)), (4, _bytes(second))]
+    assert sender.unsent is None
     sender.close()
 
 
