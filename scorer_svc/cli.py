@@ -20,7 +20,7 @@ from scorer_svc.config import (
     load_settings,
     warn_unknown_environment,
 )
-from scorer_svc.db import DatabaseDamaged, check_integrity
+from scorer_svc.db import DatabaseDamaged, DatabaseDriverMissing, check_driver, check_integrity
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, CliSettingsSource[Settings]]:
@@ -137,9 +137,10 @@ def main(argv: list[str] | None = None) -> int:
             device = rank_device(settings, launch.local_rank)
             settings = settings.model_copy(update={"device": device})
         if rank == 0:  # the other ranks touch neither the database nor the addresses
+            check_driver(settings.resolved_database_url)
             check_integrity(settings.resolved_database_url)
             check_addresses_free(settings)
-    except (SettingsError, DatabaseDamaged, AddressInUse) as exc:
+    except (SettingsError, DatabaseDamaged, DatabaseDriverMissing, AddressInUse) as exc:
         print(f"scorer-svc: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(

@@ -181,7 +181,13 @@ class Settings(BaseSettings):
 
     @property
     def resolved_database_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.data_dir / 'scorer.db'}"
+        """database_url, else SQLite in the data_dir. A PostgreSQL URL without a driver gets
+        psycopg 3's (the `postgres` extra), not SQLAlchemy's default psycopg2."""
+        url = self.database_url or f"sqlite:///{self.data_dir / 'scorer.db'}"
+        for bare in ("postgresql://", "postgres://"):
+            if url.startswith(bare):
+                return "postgresql+psycopg://" + url[len(bare) :]
+        return url
 
     @property
     def http_scheme(self) -> str:

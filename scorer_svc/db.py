@@ -7,6 +7,7 @@ from contextlib import closing
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
 from scorer_svc.models import Base
@@ -42,6 +43,35 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 
 class DatabaseDamaged(RuntimeError):
     """The database file fails SQLite's integrity check (the message says what to do)."""
+
+
+class DatabaseDriverMissing(RuntimeError):
+    """The database URL names a driver that is not installed (the message names the extra)."""
+
+
+def check_driver(url: str) -> None:
+    """The URL's database driver imports; else one message naming what to install (the URL's
+    password masked)."""
+    try:
+        parsed = make_url(url)
+        dialect = parsed.get_dialect()
+        dialect.import_dbapi()
+    except (ArgumentError, NoSuchModuleError) as exc:
+        raise DatabaseDriverMissing(
+            f"database_url is not a URL SQLAlchemy can use ({exc}): use sqlite:///PATH or "
+            "postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE"
+        ) from None
+    except ImportError as exc:
+        shown = parsed.render_as_string(hide_password=True)
+        hint = (
+            "install the postgres extra: pip install 'delta-loss-selector[postgres]' "
+            "(psycopg 3; a postgresql:// URL uses it)"
+            if parsed.get_backend_name() == "postgresql"
+            else f"install the Python driver of {parsed.drivername}"
+        )
+        raise DatabaseDriverMissing(
+            f"the database driver for {shown} is not installed ({exc}): {hint}"
+        ) from None
 
 
 def check_integrity(url: str) -> None:

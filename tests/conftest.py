@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from devtools.scorer_process import ScorerProcess
 from devtools.tiny_model import build_tiny_model
 from tests.support.data import write_samples
+from tests.support.postgres import PostgresCluster, postgres_bindir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,3 +45,34 @@ def scorer(tmp_path):
     process = ScorerProcess(tmp_path / "scorer").start()
     yield process
     process.stop()
+
+
+def _unavailable(why: str) -> None:
+    """Skip, or fail in CI (where `.ci/run` installs PostgreSQL and the driver)."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{why}; CI needs it (.ci/run installs it)")
+    pytest.skip(why)
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """One throwaway PostgreSQL server for the session (tests.support.postgres)."""
+    bindir = postgres_bindir()
+    if bindir is None:
+        _unavailable("PostgreSQL is not installed (Debian: apt-get install postgresql)")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        _unavailable("psycopg is not installed (pip install 'delta-loss-selector[postgres]')")
+    assert bindir is not None
+    cluster = PostgresCluster(bindir).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    """The scorer's database, on each backend: a SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'db' / 'scorer.db'}"
+    return request.getfixturevalue("postgres_cluster").url()

@@ -4,10 +4,12 @@ process. Weights are compared with common.selection applied to the seeded losses
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import make_url
 
 from common.selection import delta_weights, delta_window, uniform_weights
 from scorer_svc import crud
@@ -62,7 +64,8 @@ def seed(state: ApiState) -> None:
 
 @contextmanager
 def seeded_state(tmp_path, **settings) -> Iterator[ApiState]:
-    """The API state of a seeded SQLite file in tmp_path, as a test builds it: no threads."""
+    """The API state of a seeded database (a SQLite file in tmp_path unless settings name
+    another), as a test builds it: no threads."""
     config = Settings(data_dir=tmp_path / "data", retry_after_seconds=RETRY_AFTER, **settings)
     engine = make_engine(config.resolved_database_url)
     state = ApiState(config, make_sessionmaker(engine), UnrecordedFailures())
@@ -74,8 +77,9 @@ def seeded_state(tmp_path, **settings) -> Iterator[ApiState]:
 
 
 @pytest.fixture
-def state(tmp_path) -> Iterator[ApiState]:
-    with seeded_state(tmp_path) as state:
+def state(tmp_path, database_url) -> Iterator[ApiState]:
+    """The seeded state on each database backend."""
+    with seeded_state(tmp_path, database_url=database_url) as state:
         yield state
 
 
@@ -366,10 +370,11 @@ def test_run_id_too_long_is_422(client):
     assert response.json()["detail"] == "path.run_id: String should have at most 128 characters"
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # a file to damage
 def test_database_failure_is_503_with_retry_after(client, state):
     with state.sessions() as session:
         session.get_bind().dispose()  # new connections open the file written below
-    database = state.settings.data_dir / "scorer.db"
+    database = Path(make_url(state.settings.resolved_database_url).database or "")
     database.write_bytes(b"this is not a SQLite database " * 200)
     paths = ("/v1/runs", "/v1/runs/run-a/weights", "/v1/runs/run-a/samples/0/losses", "/healthz")
     for path in paths:

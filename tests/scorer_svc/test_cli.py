@@ -87,3 +87,28 @@ def test_an_address_in_use_stops_the_scorer_at_start_in_one_line(tmp_path, capsy
     err = capsys.readouterr().err
     assert err.startswith(f"scorer-svc: cannot bind the REST address 127.0.0.1:{port}")
     assert "--http-port" in err
+
+
+@pytest.mark.parametrize(
+    "url, words",
+    [
+        ("postgresql+pg8000://scorer:s3cret@127.0.0.1/runs", "delta-loss-selector[postgres]"),
+        ("nosuchdb://scorer:s3cret@127.0.0.1/runs", "not a URL SQLAlchemy can use"),
+    ],
+    ids=["driver missing", "unknown backend"],
+)  # fmt: skip
+def test_a_database_url_the_scorer_cannot_use_stops_it_in_one_line(tmp_path, capsys, url, words):
+    from scorer_svc.cli import main
+
+    argv = ["serve", "--data-dir", str(tmp_path), "--device", "cpu", "--database-url", url]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("scorer-svc: ") and words in err, err
+    assert "s3cret" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_bare_postgresql_url_uses_psycopg_3():
+    from scorer_svc.config import Settings
+
+    url = Settings(database_url="postgresql://u@h/db").resolved_database_url
+    assert url == "postgresql+psycopg://u@h/db"

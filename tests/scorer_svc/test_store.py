@@ -144,3 +144,28 @@ def test_an_aborted_or_short_checkpoint_leaves_no_file(tmp_path):
         writer.write(b"\0" * 20)
     writer.abort()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_losses_round_trip_through_the_backends_own_paths(database_url):
+    """store_scores, losses_at and sample_history as the worker and the API use them, on each
+    backend (SQLite: its fast paths; PostgreSQL: the portable ones)."""
+    engine = make_engine(database_url)
+    sessions = make_sessionmaker(engine)
+    with sessions() as session:
+        run = crud.create_run(session, config=stored_run_config("r", N), n_no_labels=0)
+        for step, k in STEPS.items():
+            received = crud.Received(step, k, "lora", "xxh3-128:" + "0" * 32, "-", 0)
+            checkpoint = crud.add_checkpoint(session, run=run, received=received)
+            losses = np.array([np.nan if v is None else v for v in expected("a", step)])
+            crud.store_scores(session, checkpoint=checkpoint, losses=losses, window=None,
+                              seconds=0.5)  # fmt: skip
+    with sessions() as session:
+        run = crud.get_run(session, run_id="r")
+        for step in STEPS:
+            want = np.array([np.nan if v is None else v for v in expected("a", step)])
+            np.testing.assert_array_equal(crud.losses_at(session, run=run, step=step), want)
+        for index in range(N):
+            want_history = [(step, k, expected("a", step)[index]) for step, k in STEPS.items()]
+            assert crud.sample_history(session, run=run, sample_index=index) == want_history
+        assert crud.scored_steps(session, run=run) == sorted(STEPS)
+    engine.dispose()

@@ -18,13 +18,16 @@ from scorer_svc.worker import Worker
 from tests.support.data import make_samples
 from tests.support.scorer import intake_upload, lora_checkpoints, make_hello, until_registered
 
+SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
 
 @pytest.fixture
-def queued(tiny_model, tmp_path):
-    """A run registered and its first checkpoint acknowledged, as the intake leaves them."""
+def queued(tiny_model, tmp_path, database_url):
+    """A run registered and its first checkpoint acknowledged, as the intake leaves them, on
+    each database backend."""
     dataset = tmp_path / "train.json"
     dataset.write_text(json.dumps(make_samples(10)))
-    settings = Settings(data_dir=tmp_path / "data", device="cpu")
+    settings = Settings(data_dir=tmp_path / "data", device="cpu", database_url=database_url)
     sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
     intake = Intake(settings, sessions, Registry(settings), on_queued=lambda: None)
     hello = make_hello(tiny_model, dataset, run_id="run-w")
@@ -75,9 +78,10 @@ def test_stop_during_scoring_leaves_the_checkpoint_pending_and_stores_nothing(qu
     assert Path(path).exists()  # kept for the restart
 
 
-def test_read_only_database_fails_the_checkpoint_in_memory_then_on_disk(queued):
+@SQLITE_ONLY  # a read-only SQLite file stands for a database that takes no write
+def test_read_only_database_fails_the_checkpoint_in_memory_then_on_disk(queued, tmp_path):
     settings, sessions = queued
-    db_path = settings.data_dir / "scorer.db"
+    db_path = tmp_path / "db" / "scorer.db"
     read_only = make_sessionmaker(
         make_engine(f"sqlite:///file:{db_path}?mode=ro&uri=true", busy_timeout_seconds=1)
     )
@@ -111,11 +115,12 @@ def test_a_failed_checkpoints_tensors_go_unless_kept(queued, keep):
     assert path.exists() is keep
 
 
-def test_tensors_of_a_failure_held_in_memory_stay_until_it_is_recorded(queued):
+@SQLITE_ONLY
+def test_tensors_of_a_failure_held_in_memory_stay_until_it_is_recorded(queued, tmp_path):
     settings, sessions = queued
     path = Path(_status_and_rows(sessions)[2])
     path.write_bytes(b"not a safetensors file")
-    db_path = settings.data_dir / "scorer.db"
+    db_path = tmp_path / "db" / "scorer.db"
     read_only = make_sessionmaker(
         make_engine(f"sqlite:///file:{db_path}?mode=ro&uri=true", busy_timeout_seconds=1)
     )
