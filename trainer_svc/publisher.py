@@ -12,7 +12,8 @@ answers `registering` at once, and the hello is sent again (0.05 s apart, double
 2 s) until it is `registered`. The hello's reply wait grows per attempt (2 s, doubled, up to
 reply_timeout). An error reply is never retried (but `busy`; and for an upload `upload_lost`,
 from a scorer that restarted mid-upload, and `integrity`, chunks lost or damaged in transit,
-which a new upload may get through): it raises the `common.errors` class its code names.
+which a new upload may get through, up to MAX_DAMAGED_UPLOADS times): it raises the
+`common.errors` class its code names.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ HELLO_FIRST_WAIT = 2.0  # seconds the first hello waits for its reply; doubled p
 MIN_REPLY_WAIT = 0.1
 PREPARING_FIRST_POLL = 0.05  # seconds between hellos while the scorer prepares the run; doubled
 PREPARING_MAX_POLL = 2.0
+MAX_DAMAGED_UPLOADS = 3  # a checkpoint refused as damaged more often is not sent again
 CANCEL_POLL = 0.1  # seconds between looks for a cancel while an upload waits
 SEND_QUEUE = 4  # chunks queued in the socket before a send waits (an early reply is then seen)
 ADVICE = (
@@ -136,6 +138,8 @@ class CheckpointPublisher:
             sleep = self._pause
         retry = replace(self.retry, stop_requested=self._cancelled.is_set, sleep=sleep)
 
+        damaged: list[IntegrityError] = []
+
         def attempt(number: int, seconds_left: float) -> dict[str, Any]:
             begin = checkpoint_header(
                 run_id=checkpoint.run_id,
@@ -149,7 +153,12 @@ class CheckpointPublisher:
             messages = upload_messages(begin, payload, token=self.token)
             try:
                 return self._upload(begin.upload, messages, wait)
-            except (Busy, UploadLost, IntegrityError) as exc:  # a new upload may go through
+            except IntegrityError as exc:  # damaged on the way: a new upload may go through
+                damaged.append(exc)
+                if len(damaged) > MAX_DAMAGED_UPLOADS:
+                    raise
+                raise NotYet(str(exc)) from exc
+            except (Busy, UploadLost) as exc:
                 raise NotYet(str(exc)) from exc
 
         try:
@@ -222,8 +231,10 @@ class CheckpointPublisher:
         deadline = time.monotonic() + wait
         try:
             for message in messages:
-                if self._wait(socket, zmq.POLLIN, 0):  # answered before the end: refused
-                    return self._early_reply(socket, upload_id, deadline)
+                early = self._take_reply(socket, upload_id)  # answered before the end
+                if early is not None:
+                    self.close()  # with the chunks it still queues
+                    return decode_reply(early)
                 if not self._wait_cancellable(socket, zmq.POLLOUT, deadline):
                     raise zmq.Again()
                 socket.send_multipart(message, copy=False, flags=zmq.NOBLOCK)
@@ -236,27 +247,22 @@ class CheckpointPublisher:
             raise NotYet(f"no reply within {wait:.1f}s")
         return decode_reply(reply)
 
-    def _early_reply(self, socket: zmq.Socket, upload_id: str, deadline: float) -> dict[str, Any]:
-        """The reply that ended an upload before its end (a duplicate, a refusal); the
-        socket is dropped with the chunks it still queues."""
-        reply = self._reply_to(socket, upload_id, deadline)
-        self.close()
-        if reply is None:
-            raise NotYet("the reply to the upload was not for it")
-        return decode_reply(reply)
+    def _take_reply(self, socket: zmq.Socket, upload_id: str) -> list | None:
+        """A reply to this upload already received, if any (replies to others dropped)."""
+        while self._wait(socket, zmq.POLLIN, 0):
+            frames = socket.recv_multipart()
+            if _names(frames) in (None, upload_id):
+                return frames
+        return None
 
     def _reply_to(self, socket: zmq.Socket, upload_id: str, deadline: float) -> list | None:
         """The next reply that belongs to this upload (a reply naming another upload, left
         from an earlier one, is dropped), or None by the deadline."""
         while self._wait_cancellable(socket, zmq.POLLIN, deadline):
             frames = socket.recv_multipart()
-            try:
-                named = json.loads(frames[0]).get("upload") if len(frames) == 1 else None
-            except (ValueError, AttributeError):
-                named = None
-            if named in (None, upload_id):
+            if _names(frames) in (None, upload_id):
                 return frames
-            logger.debug("dropped a reply to another upload (%s)", named)
+            logger.debug("dropped a reply to another upload (%s)", _names(frames))
         return None
 
     def _wait_cancellable(self, socket: zmq.Socket, event: int, deadline: float) -> bool:
@@ -288,3 +294,12 @@ class CheckpointPublisher:
             return decode_reply(socket.recv_multipart())
         self.close()  # a fresh socket next: a late reply must not be read as the next one's
         raise NotYet(f"no reply within {reply_wait:.1f}s")
+
+
+def _names(frames: list) -> str | None:
+    """The upload a reply names, if any."""
+    try:
+        named = json.loads(frames[0]).get("upload") if len(frames) == 1 else None
+    except (ValueError, AttributeError):
+        return None
+    return named if isinstance(named, str) else None

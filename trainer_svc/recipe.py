@@ -261,8 +261,6 @@ class DeltaLossRecipe:
                 stop_requested=lambda: self.stop.requested,
             )
         self.coordinator = coordinator
-        if coordinator is not None:  # the snapshot buffer made once, before training
-            coordinator.sender.snapshot.reserve(self.trainable_tensors())
         self.trained = TrainedSamples(trained_record, self.ranks)
         start = self._resume_records() if not fresh else 0
         if coordinator is not None and not fresh:
@@ -292,6 +290,9 @@ class DeltaLossRecipe:
             batch_sampler=sampler,
             trained=self.trained,
         )
+        if coordinator is not None:  # the snapshot buffer made once, before training, once
+            # Trainer has put the model on its device (pinned memory for a GPU's tensors)
+            coordinator.sender.snapshot.reserve(self.trainable_tensors())
 
     def _resume_records(self) -> int:
         """Restore the draws made before the resumed step (every rank); drop the records from

@@ -57,18 +57,22 @@ class Snapshot:
         pays only the copy."""
         total = sum(t.numel() * t.element_size() for t in tensors.values())
         on_gpu = any(t.device.type == "cuda" for t in tensors.values())
-        if self._buffer is None or self._buffer.numel() != total:
+        if not self._fits(total, on_gpu):
             self._buffer = None
             self._buffer = torch.zeros(total, dtype=torch.uint8, pin_memory=on_gpu)
+
+    def _fits(self, total: int, on_gpu: bool) -> bool:
+        buffer = self._buffer
+        return buffer is not None and buffer.numel() == total and (not on_gpu or buffer.is_pinned())
 
     def take(self, upload: CheckpointUpload) -> CheckpointUpload:
         table = payload_table(upload.tensors)
         total = sum(entry.length for entry in table)
         on_gpu = any(t.device.type == "cuda" for t in upload.tensors.values())
-        if self._buffer is None or self._buffer.numel() != total:
-            self._buffer = None  # the old one is freed before the new one is made
-            self._buffer = torch.empty(total, dtype=torch.uint8, pin_memory=on_gpu)
         buffer = self._buffer
+        if buffer is None or not self._fits(total, on_gpu):
+            self._buffer = buffer = None  # the old one is freed before the new one is made
+            self._buffer = buffer = torch.empty(total, dtype=torch.uint8, pin_memory=on_gpu)
         views = {}
         with torch.no_grad():
             for entry, (name, tensor) in zip(table, upload.tensors.items(), strict=True):

@@ -20,7 +20,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trainer_svc.data import INDEX_KEY
 from trainer_svc.distributed import Ranks
 from trainer_svc.records import TrainedSamples
-from trainer_svc.retry import ScorerFailure, StopRequested, never
+from trainer_svc.retry import ScorerFailure, StopRequested
 from trainer_svc.sampler import ScheduleBatchSampler
 from trainer_svc.schedule import Schedule
 from trainer_svc.snapshot import save_unsent
@@ -111,7 +111,10 @@ class SelectionCallback(TrainerCallback):
         try:
             self.coordinator.check_sent()  # a background send that failed during this step
         except ScorerFailure as failure:
-            self._fail(failure)
+            if state.global_step >= state.max_steps:  # nothing left to stop: save the model,
+                self.unsent_at_end = failure  # then report it
+            else:
+                self._fail(failure)
         try:  # every rank goes on to the same collectives, a failure of rank 0's or not
             self._maybe_update(state.global_step)
         except StopRequested:  # a stop while the update waited for the last send to end
@@ -147,7 +150,14 @@ class SelectionCallback(TrainerCallback):
         stopping = self.stop is not None and self.stop.requested
         if stopping and state.global_step < state.max_steps:
             return  # a send in flight is cancelled, and kept in the stop's checkpoint
-        stop_requested = (lambda: self.stop.requested) if self.stop is not None else never
+        # A stop asked for during the last step leaves the last send its own timeout; one
+        # asked for while waiting ends the wait (a second SIGTERM exits at once, as ever).
+        already = stopping
+        stop = self.stop
+
+        def stop_requested() -> bool:
+            return stop is not None and stop.requested and not already
+
         try:  # the last checkpoint reaches the scorer
             self.coordinator.finish(stop_requested)
         except StopRequested as stopped:  # training is done: nothing to resume
@@ -193,8 +203,8 @@ class GracefulStop(TrainerCallback):
 
     def agreed(self) -> bool:
         """Whether any rank asked for the stop; every rank gets the same answer (torchrun
-        signals every rank, not all within the same step), and takes rank 0's failure, or
-        else the signal, as its own."""
+        signals every rank, not all within the same step). A rank that did not ask takes rank
+        0's failure, or else the signal, as its own; one that did keeps its own reason."""
         if self.ranks.world == 1 or not self.ranks.any(self.requested):
             return self.requested
         failure = self.ranks.share(str(self.failure) if self.failure is not None else None)

@@ -171,3 +171,12 @@ def test_cancel_ends_a_send_that_waits_for_its_reply(router):
     thread.join(60)
     assert not thread.is_alive() and "cancelled" in str(errors_seen[0])
     pub.close()
+
+
+def test_a_checkpoint_refused_as_damaged_again_and_again_is_given_up(router):
+    server = router(lambda req: error_reply(errors.IntegrityError("chunk 0 corrupted")))
+    pub = CheckpointPublisher(server.url, wait_seconds=3600, sleep=lambda s: None)
+    with pytest.raises(errors.IntegrityError, match="corrupted"):
+        pub.send_checkpoint(CheckpointUpload("r", 3, 1, "lora", {"x": torch.ones(4)}))
+    pub.close()
+    assert len(server.requests) == 4  # the first upload and three more
