@@ -1,4 +1,5 @@
-"""Database engine and sessions: SQLite in WAL mode by default, any SQLAlchemy URL otherwise."""
+"""Database engine and sessions: SQLite in WAL mode by default, or PostgreSQL; the schema kept
+current by its migrations."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, make_url
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, inspect, make_url, text
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
-
-from scorer_svc.models import Base
 
 
 def make_engine(url: str, *, busy_timeout_seconds: float = 30.0) -> Engine:
@@ -25,8 +26,29 @@ def make_engine(url: str, *, busy_timeout_seconds: float = 30.0) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    Base.metadata.create_all(engine)
+    upgrade(engine)
     return engine
+
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+FIRST_REVISION = "0001"  # the schema the releases before migrations made
+MIGRATION_LOCK = 0x5C0_4E55  # PostgreSQL advisory lock key: one scorer migrates at a time
+
+
+def upgrade(engine: Engine) -> None:
+    """Bring the database to the current schema with its migrations (scorer_svc/migrations).
+    A database made by a release before migrations (its tables, no alembic_version) is taken
+    as the first revision, then upgraded in place; a new one is made from nothing."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":  # two scorers starting on one database
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+        config.attributes["connection"] = connection
+        tables = set(inspect(connection).get_table_names())
+        if "runs" in tables and "alembic_version" not in tables:
+            command.stamp(config, FIRST_REVISION)
+        command.upgrade(config, "head")
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]

@@ -6,6 +6,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Float,
     ForeignKey,
@@ -18,6 +19,10 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 RECEIVED, SCORING, SCORED, FAILED = "received", "scoring", "scored", "failed"
+
+# Steps and byte counts reach past 2^31: 64-bit (SQLite's INTEGER is already). Schema changes
+# come with a migration in scorer_svc/migrations.
+Wide = BigInteger().with_variant(Integer(), "sqlite")
 PENDING = (RECEIVED, SCORING)
 
 
@@ -38,7 +43,7 @@ class Run(Base):
     n_no_labels: Mapped[int] = mapped_column(Integer)
     window_size: Mapped[float] = mapped_column(Float)
     update_times: Mapped[int] = mapped_column(Integer)
-    initial_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    initial_step: Mapped[int | None] = mapped_column(Wide, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime)
 
 
@@ -51,14 +56,14 @@ class CheckpointRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_pk: Mapped[int] = mapped_column(ForeignKey("runs.id"))
-    step: Mapped[int] = mapped_column(Integer)
+    step: Mapped[int] = mapped_column(Wide)
     update_index: Mapped[int] = mapped_column(Integer)
     kind: Mapped[str] = mapped_column(String(16))
     # the payload's digest as common.protocol.payload_digest gives it ("xxh3-128:<hex>");
     # the column keeps its first name, so databases made before stay readable
     digest: Mapped[str] = mapped_column("sha256", String(64))
     path: Mapped[str] = mapped_column(Text)
-    n_bytes: Mapped[int] = mapped_column(Integer)
+    n_bytes: Mapped[int] = mapped_column(Wide)
     status: Mapped[str] = mapped_column(String(16))
     received_at: Mapped[datetime] = mapped_column(DateTime)
     started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
@@ -82,7 +87,7 @@ class Loss(Base):
     )
 
     run_pk: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)
-    step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    step: Mapped[int] = mapped_column(Wide, primary_key=True)
     sample_index: Mapped[int] = mapped_column(Integer, primary_key=True)
     loss: Mapped[float | None] = mapped_column(Float, nullable=True)
 
@@ -93,7 +98,7 @@ class WindowRow(Base):
     __tablename__ = "windows"
 
     run_pk: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)
-    step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    step: Mapped[int] = mapped_column(Wide, primary_key=True)
     update_index: Mapped[int] = mapped_column(Integer)
     t: Mapped[int] = mapped_column(Integer)
     T: Mapped[int] = mapped_column("t_max", Integer)  # SQLite names ignore case
