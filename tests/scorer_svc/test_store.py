@@ -169,3 +169,29 @@ def test_losses_round_trip_through_the_backends_own_paths(database_url):
             assert crud.sample_history(session, run=run, sample_index=index) == want_history
         assert crud.scored_steps(session, run=run) == sorted(STEPS)
     engine.dispose()
+
+
+def test_copy_stores_the_same_bits_as_the_portable_insert_on_postgresql(postgres_cluster):
+    engine = make_engine(postgres_cluster.url())
+    sessions = make_sessionmaker(engine)
+    values = [0.1, None, 1e-308, 5e-324, 123456.789, 2.0 / 3.0, None, 1e300]
+    with sessions() as session:
+        for run_id, write in (
+            ("copy", crud.insert_losses_copy),
+            ("rows", crud.insert_losses_portable),
+        ):
+            run = crud.create_run(session, config=stored_run_config(run_id, len(values)),
+                                  n_no_labels=0)  # fmt: skip
+            write(session, run_pk=run.id, step=2**40, values=values)
+        session.commit()
+    with sessions() as session:
+        for run_id in ("copy", "rows"):
+            run = crud.get_run(session, run_id=run_id)
+            rows = session.execute(
+                select(Loss.sample_index, Loss.loss)
+                .where(Loss.run_pk == run.id, Loss.step == 2**40)
+                .order_by(Loss.sample_index)
+            ).all()
+            assert [tuple(r) for r in rows] == list(enumerate(values)), run_id
+        assert crud._is_psycopg(session)  # the writer the worker uses there
+    engine.dispose()
