@@ -231,7 +231,7 @@ class CheckpointPublisher:
         deadline = time.monotonic() + wait
         try:
             for message in messages:
-                early = self._take_reply(socket, upload_id)  # answered before the end
+                early = self._reply_to(socket, upload_id, None)  # answered before the end
                 if early is not None:
                     self.close()  # with the chunks it still queues
                     return decode_reply(early)
@@ -247,18 +247,15 @@ class CheckpointPublisher:
             raise NotYet(f"no reply within {wait:.1f}s")
         return decode_reply(reply)
 
-    def _take_reply(self, socket: zmq.Socket, upload_id: str) -> list | None:
-        """A reply to this upload already received, if any (replies to others dropped)."""
-        while self._wait(socket, zmq.POLLIN, 0):
-            frames = socket.recv_multipart()
-            if _names(frames) in (None, upload_id):
-                return frames
-        return None
-
-    def _reply_to(self, socket: zmq.Socket, upload_id: str, deadline: float) -> list | None:
+    def _reply_to(self, socket: zmq.Socket, upload_id: str, deadline: float | None) -> list | None:
         """The next reply that belongs to this upload (a reply naming another upload, left
-        from an earlier one, is dropped), or None by the deadline."""
-        while self._wait_cancellable(socket, zmq.POLLIN, deadline):
+        from an earlier one, is dropped), or None by the deadline; deadline None: only a reply
+        received already."""
+        while (
+            self._wait(socket, zmq.POLLIN, 0)
+            if deadline is None
+            else self._wait_cancellable(socket, zmq.POLLIN, deadline)
+        ):
             frames = socket.recv_multipart()
             if _names(frames) in (None, upload_id):
                 return frames

@@ -56,23 +56,21 @@ class Snapshot:
         """Make the buffer for these tensors now, its pages touched, so that the first update
         pays only the copy."""
         total = sum(t.numel() * t.element_size() for t in tensors.values())
-        on_gpu = any(t.device.type == "cuda" for t in tensors.values())
-        if not self._fits(total, on_gpu):
-            self._buffer = None
-            self._buffer = torch.zeros(total, dtype=torch.uint8, pin_memory=on_gpu)
+        self._buffer_for(total, _on_gpu(tensors), zeroed=True)
 
-    def _fits(self, total: int, on_gpu: bool) -> bool:
+    def _buffer_for(self, total: int, on_gpu: bool, *, zeroed: bool = False) -> torch.Tensor:
+        """The buffer, made again only when the size changes (or a GPU run needs it pinned)."""
         buffer = self._buffer
-        return buffer is not None and buffer.numel() == total and (not on_gpu or buffer.is_pinned())
+        if buffer is None or buffer.numel() != total or (on_gpu and not buffer.is_pinned()):
+            self._buffer = buffer = None  # the old one is freed before the new one is made
+            make = torch.zeros if zeroed else torch.empty
+            self._buffer = buffer = make(total, dtype=torch.uint8, pin_memory=on_gpu)
+        return buffer
 
     def take(self, upload: CheckpointUpload) -> CheckpointUpload:
         table = payload_table(upload.tensors)
-        total = sum(entry.length for entry in table)
-        on_gpu = any(t.device.type == "cuda" for t in upload.tensors.values())
-        buffer = self._buffer
-        if buffer is None or not self._fits(total, on_gpu):
-            self._buffer = buffer = None  # the old one is freed before the new one is made
-            self._buffer = buffer = torch.empty(total, dtype=torch.uint8, pin_memory=on_gpu)
+        on_gpu = _on_gpu(upload.tensors)
+        buffer = self._buffer_for(sum(entry.length for entry in table), on_gpu)
         views = {}
         with torch.no_grad():
             for entry, (name, tensor) in zip(table, upload.tensors.items(), strict=True):
@@ -82,10 +80,14 @@ class Snapshot:
                 views[name] = _view(buffer, entry.offset, tensor)
         if on_gpu:
             torch.cuda.synchronize()
-        payload = memoryview(buffer.numpy()) if total else memoryview(b"")  # type: ignore[arg-type]
+        payload = memoryview(buffer.numpy()) if buffer.numel() else memoryview(b"")  # type: ignore[arg-type]
         return CheckpointUpload(
             upload.run_id, upload.step, upload.update_index, upload.kind, views, payload
         )
+
+
+def _on_gpu(tensors: Mapping[str, torch.Tensor]) -> bool:
+    return any(t.device.type == "cuda" for t in tensors.values())
 
 
 def _view(buffer: torch.Tensor, offset: int, like: torch.Tensor) -> torch.Tensor:
