@@ -20,7 +20,15 @@ from scorer_svc.config import (
     load_settings,
     warn_unknown_environment,
 )
-from scorer_svc.db import DatabaseDamaged, DatabaseDriverMissing, check_driver, check_integrity
+from scorer_svc.db import (
+    DatabaseDamaged,
+    DatabaseDriverMissing,
+    DatabaseUnavailable,
+    check_driver,
+    check_integrity,
+    check_reachable,
+)
+from scorer_svc.instance import InstanceInUse, check_instance_free
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, CliSettingsSource[Settings]]:
@@ -41,6 +49,26 @@ def build_parser() -> tuple[argparse.ArgumentParser, CliSettingsSource[Settings]
         help="a YAML file of settings by name (http_port: 8000)",
     )
     flags: CliSettingsSource[Settings] = CliSettingsSource(Settings, root_parser=serve)
+    runs = sub.add_parser(
+        "runs",
+        help="list or delete runs in the scorer's database, with the scorer stopped",
+        description="Offline upkeep of the database and data_dir a scorer uses (the same "
+        "settings as serve: --config, SCORER_* variables); with the scorer running, use "
+        "the REST API (DELETE /v1/runs/RUN).",
+    )
+    runs.add_argument("--config", type=Path, metavar="FILE", help="the scorer's YAML settings")
+    runs_sub = runs.add_subparsers(dest="action", required=True)
+    runs_sub.add_parser("list", help="one line per run: id, owner instance, checkpoints")
+    delete = runs_sub.add_parser(
+        "delete", help="remove a run's losses, windows, checkpoints and checkpoint files"
+    )
+    delete.add_argument("run_id", metavar="RUN")
+    delete.add_argument(
+        "--force",
+        action="store_true",
+        help="delete even with checkpoints still queued, or a run of another instance (its "
+        "files on that scorer's disk stay)",
+    )
     keys = sub.add_parser("keys", help="write a CURVE key pair (NAME.key, NAME.key_secret)")
     keys.add_argument("directory", type=Path, help="folder to write the two files into")
     keys.add_argument("name", help="the key's name: scorer, or a trainer's name")
@@ -120,9 +148,90 @@ def check_addresses_free(settings: Settings) -> None:
             ) from None
 
 
+def upkeep(args: argparse.Namespace) -> int:
+    """`scorer-svc runs list|delete`: on the database and data_dir of a stopped scorer."""
+    from scorer_svc import crud
+    from scorer_svc.db import make_engine, make_sessionmaker
+    from scorer_svc.instance import InstanceLock, serving
+    from scorer_svc.retention import NotOwner, RunBusy, delete_run
+
+    file_values = config_file_values(args.config) if args.config is not None else {}
+    settings = load_settings(file_values)
+    url = settings.resolved_database_url
+    check_driver(url)
+    check_integrity(url)
+    check_reachable(url)
+    if not settings.data_dir.is_dir():
+        raise UpkeepError(
+            f"data_dir {settings.data_dir} does not exist: give the scorer's settings "
+            "(--config FILE, or SCORER_DATA_DIR and SCORER_DATABASE_URL)"
+        )
+    try:
+        lock = InstanceLock(settings)
+    except InstanceInUse:
+        raise UpkeepError(
+            f"the scorer on {settings.data_dir} is running: use its REST API (GET /v1/runs, "
+            "DELETE /v1/runs/RUN), or stop it first"
+        ) from None
+    engine = None
+    try:
+        engine = make_engine(url, busy_timeout_seconds=settings.database_busy_timeout_seconds)
+        try:
+            lock.hold_name(engine)
+        except InstanceInUse:
+            raise UpkeepError(
+                f"a scorer is serving as instance {lock.name!r} on this database: use its "
+                "REST API, or stop it first"
+            ) from None
+        name = lock.name
+        with make_sessionmaker(engine)() as session:
+            if args.action == "list":
+                for run in crud.list_runs(session):
+                    n = len(crud.list_checkpoints(session, run=run))
+                    print(f"{run.run_id}\tinstance {run.instance}\t{n} checkpoints")
+                return 0
+            found = crud.get_run(session, run_id=args.run_id)
+            if found is None:
+                raise UpkeepError(f"no run {args.run_id!r} in {settings.database_for_logs}")
+            owner = found.instance
+            if owner not in (None, name) and args.force and serving(engine, owner):
+                raise UpkeepError(
+                    f"run {args.run_id} belongs to the scorer instance {owner!r}, which is "
+                    "running: delete it through that scorer's REST API"
+                )
+            try:
+                done = delete_run(
+                    session, found, instance=name, data_dir=settings.data_dir, force=args.force
+                )
+            except (NotOwner, RunBusy) as exc:
+                raise UpkeepError(f"{exc} (or give --force)") from None
+            print(
+                f"deleted run {done.run_id}: {done.checkpoints} checkpoints, {done.losses} "
+                f"losses, {done.files} checkpoint files"
+            )
+            return 0
+    finally:
+        lock.release()
+        if engine is not None:
+            engine.dispose()
+
+
+class UpkeepError(RuntimeError):
+    """An offline upkeep command cannot do what was asked (the message says why)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser, flags = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "runs":
+        try:
+            return upkeep(args)
+        except (
+            SettingsError, DatabaseDamaged, DatabaseDriverMissing, DatabaseUnavailable,
+            InstanceInUse, UpkeepError,
+        ) as exc:  # fmt: skip
+            print(f"scorer-svc: {exc}", file=sys.stderr)
+            return 2
     if args.command == "keys":
         from common.curve import create_keys
 
@@ -139,8 +248,13 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0:  # the other ranks touch neither the database nor the addresses
             check_driver(settings.resolved_database_url)
             check_integrity(settings.resolved_database_url)
+            check_reachable(settings.resolved_database_url)
             check_addresses_free(settings)
-    except (SettingsError, DatabaseDamaged, DatabaseDriverMissing, AddressInUse) as exc:
+            check_instance_free(settings)
+    except (
+        SettingsError, DatabaseDamaged, DatabaseDriverMissing, DatabaseUnavailable,
+        AddressInUse, InstanceInUse,
+    ) as exc:  # fmt: skip
         print(f"scorer-svc: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(

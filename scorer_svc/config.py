@@ -16,10 +16,10 @@ from pydantic_settings import (
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
-from sqlalchemy import make_url
 
 from common.dtypes import COMPUTE_DTYPES
 from common.validation import ZmqUrl, describe_errors, is_loopback, one_of
+from scorer_svc.db import masked
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,16 @@ class Settings(BaseSettings):
         "every model under the model roots",
     )
     database_url: str | None = Field(
-        None, description="any SQLAlchemy URL; null: sqlite:///DATA_DIR/scorer.db"
+        None,
+        description="a SQLAlchemy URL: sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DB "
+        "(the postgres extra); null: sqlite:///DATA_DIR/scorer.db",
+    )
+    instance_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="this scorer's name in a shared database: the runs it registers are its "
+        "own (their checkpoints live on its disk), and a scorer started again under the same "
+        "name takes them back; null: a name kept in DATA_DIR/instance_id, made at first start",
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     dtype: Annotated[str, one_of(COMPUTE_DTYPES)] = Field(
@@ -93,6 +102,13 @@ class Settings(BaseSettings):
         ge=1,
         description="memory for runs' tokenized samples; beyond it the least recently used "
         "runs' are dropped and tokenized again when needed (4294967296 is 4 GiB)",
+    )
+    model_cache_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="memory for scoring models kept loaded, so that runs on different base "
+        "models do not reload at every checkpoint; the least recently used go first; null: "
+        "half the GPU's memory, or a quarter of the host's on the CPU",
     )
     rank_timeout_seconds: float = Field(
         1800.0,
@@ -177,7 +193,7 @@ class Settings(BaseSettings):
     @property
     def database_for_logs(self) -> str:
         """The database URL with any password masked."""
-        return make_url(self.resolved_database_url).render_as_string(hide_password=True)
+        return masked(self.resolved_database_url)
 
     @property
     def resolved_database_url(self) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, inspect, make_url, text
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -94,6 +94,48 @@ def check_driver(url: str) -> None:
         raise DatabaseDriverMissing(
             f"the database driver for {shown} is not installed ({exc}): {hint}"
         ) from None
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database server cannot be reached or refuses the scorer (password masked)."""
+
+
+def masked(url: str) -> str:
+    """The URL as logs and errors show it: any password as ***."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<a database URL SQLAlchemy cannot read>"
+
+
+def without_secret(url: str, text_: str) -> str:
+    """text_ with the URL's password, if any, replaced by ***."""
+    try:
+        password = make_url(url).password
+    except ArgumentError:
+        return text_
+    # a short password would mask ordinary words; no driver message quotes one anyway
+    return text_.replace(str(password), "***") if password and len(str(password)) >= 4 else text_
+
+
+def check_reachable(url: str) -> None:
+    """A server database answers a connection before the scorer starts: else one message
+    naming the (masked) URL and the server's reason."""
+    if url.startswith("sqlite"):
+        return
+    timeout = {"connect_timeout": 10} if make_url(url).get_backend_name() == "postgresql" else {}
+    engine = create_engine(url, connect_args=timeout)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+        raise DatabaseUnavailable(
+            f"cannot use the database {masked(url)}: {without_secret(url, reason)}; "
+            "check that the server runs, and the host, port, user, password and database name"
+        ) from None
+    finally:
+        engine.dispose()
 
 
 def check_integrity(url: str) -> None:

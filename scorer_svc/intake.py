@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,8 @@ class Intake:
     sessions: sessionmaker[Session]
     registry: Registry
     on_queued: Callable[[], None]
+    _: KW_ONLY
+    instance: str  # this scorer's name: the runs it registers are its own
 
     def __post_init__(self) -> None:
         self.token = self.settings.shared_token()
@@ -132,6 +134,7 @@ class Intake:
         self.registry.access.check_hello(hello)  # before any file is looked at
         run = crud.get_run(session, run_id=hello.run_id)
         if run is not None:
+            self._check_owned(run)
             self._check_same_training_run(run, hello)
             diffs = differences(run.config, hello)
             if diffs:
@@ -146,7 +149,9 @@ class Intake:
             if n_no_labels is None:
                 return ack(status="registering", run_id=hello.run_id)
             config = {**hello.model_dump(exclude={"token"}), **identity(hello)}
-            run = crud.create_run(session, config=config, n_no_labels=n_no_labels)
+            run = crud.create_run(
+                session, config=config, n_no_labels=n_no_labels, instance=self.instance
+            )
             status = "registered"
             log.info(
                 "registered run %s: %d samples, %d without label tokens",
@@ -160,6 +165,19 @@ class Intake:
             n_samples=run.n_samples,
             scored_steps=crud.scored_steps(session, run=run),
         )
+
+    def _check_owned(self, run: Run) -> None:
+        """Another scorer's run stays its own: its checkpoints are on that scorer's disk."""
+        if run.instance != self.instance:
+            owner = (
+                f"the scorer instance {run.instance!r}, which shares this database"
+                if run.instance is not None
+                else "no scorer yet (a scorer takes such runs when it starts)"
+            )
+            raise RunMismatch(
+                f"run {run.run_id} belongs to {owner} (this one is {self.instance!r}): send "
+                "this run's checkpoints to that scorer, or give this run a new run_id"
+            )
 
     @staticmethod
     def _check_same_training_run(run: Run, hello: Hello) -> None:
@@ -238,6 +256,7 @@ class Intake:
             raise UnknownRun(
                 f"no run '{header.run_id}' is registered with this scorer: send hello first"
             )
+        self._check_owned(run)
         self._check_fits_run(run, header.kind, header.update_index)
         return run
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, ExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
@@ -13,12 +13,14 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
 from common.protocol import FRAME_BYTES, MAX_HEADER_BYTES
+from scorer_svc import crud
 from scorer_svc.api.errors import add_error_handlers
 from scorer_svc.api.routes import health, losses, runs, weights
 from scorer_svc.auth import OPEN_PATHS, bearer, same_token
 from scorer_svc.config import Settings
 from scorer_svc.db import make_engine, make_sessionmaker
 from scorer_svc.failures import UnrecordedFailures
+from scorer_svc.instance import InstanceLock
 from scorer_svc.intake import Intake, IntakeServer
 from scorer_svc.ranks import RankGroup
 from scorer_svc.registry import Registry
@@ -41,6 +43,7 @@ class Background:
     engine: Engine
     worker: Worker
     intake: IntakeServer
+    lock: InstanceLock
 
     def start(self) -> None:
         self.worker.start()
@@ -52,6 +55,7 @@ class Background:
         self.worker.stop()
         if self.worker.group is not None:
             self.worker.group.stop_others()
+        self.lock.release()
         self.engine.dispose()
         log.info("stopped")
 
@@ -61,32 +65,42 @@ def build_service(
 ) -> tuple[ApiState, Background]:
     """Every part of a scorer, nothing started; the API and the worker share the failures.
     group: the other ranks (under torchrun), which score a share of every checkpoint."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    for path in remove_partial_files(settings.data_dir):
-        log.warning("removed %s, a checkpoint file whose writing was cut off", path)
-    engine = make_engine(
-        settings.resolved_database_url,
-        busy_timeout_seconds=settings.database_busy_timeout_seconds,
-    )
-    sessions = make_sessionmaker(engine)
-    registry = Registry(settings)
-    failures = UnrecordedFailures()
-    worker = Worker(
-        sessions,
-        registry,
-        failures=failures,
-        keep_checkpoints=settings.keep_checkpoints,
-        group=group,
-    )
-    intake = IntakeServer(
-        settings.zmq_url,
-        Intake(settings, sessions, registry, on_queued=worker.wake),
-        max_frame_bytes=MAX_FRAME_BYTES,
-        curve_secret_key_file=settings.curve_secret_key_file,
-        curve_authorized_keys_dir=settings.curve_authorized_keys_dir,
-    )
-    api = ApiState(settings, sessions, failures=failures, group=group)
-    return api, Background(engine, worker, intake)
+    with ExitStack() as undo:  # what is taken is given back if a later part fails
+        lock = InstanceLock(settings)
+        undo.callback(lock.release)
+        for path in remove_partial_files(settings.data_dir):
+            log.warning("removed %s, a checkpoint file whose writing was cut off", path)
+        engine = make_engine(
+            settings.resolved_database_url,
+            busy_timeout_seconds=settings.database_busy_timeout_seconds,
+        )
+        undo.callback(engine.dispose)
+        lock.hold_name(engine)
+        sessions = make_sessionmaker(engine)
+        with sessions() as session:
+            adopted = crud.adopt_unowned_runs(session, instance=lock.name)
+        if adopted:
+            log.info("runs made before runs named their scorer: %d taken as %s", adopted, lock.name)
+        registry = Registry(settings)
+        failures = UnrecordedFailures()
+        worker = Worker(
+            sessions,
+            registry,
+            failures=failures,
+            keep_checkpoints=settings.keep_checkpoints,
+            instance=lock.name,
+            group=group,
+        )
+        intake = IntakeServer(
+            settings.zmq_url,
+            Intake(settings, sessions, registry, on_queued=worker.wake, instance=lock.name),
+            max_frame_bytes=MAX_FRAME_BYTES,
+            curve_secret_key_file=settings.curve_secret_key_file,
+            curve_authorized_keys_dir=settings.curve_authorized_keys_dir,
+        )
+        api = ApiState(settings, sessions, failures=failures, group=group, instance=lock.name)
+        undo.pop_all()  # built: the Background gives them back when it stops
+        return api, Background(engine, worker, intake, lock)
 
 
 def create_app(
@@ -122,10 +136,16 @@ def _owned_service(settings: Settings, group: RankGroup | None) -> Lifespan:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         api, background = build_service(settings, group)
         app.state.api = api
-        _log_exposure(settings)
-        background.start()
+        try:
+            _log_exposure(settings)
+            background.start()
+        except BaseException:  # the threads started are daemons; the locks go now
+            background.lock.release()
+            background.engine.dispose()
+            raise
         log.info(
-            "scorer ready: ZeroMQ %s, REST %s://%s:%d, database %s, device %s",
+            "scorer %s ready: ZeroMQ %s, REST %s://%s:%d, database %s, device %s",
+            background.lock.name,
             settings.zmq_url,
             settings.http_scheme,
             settings.http_host,

@@ -35,6 +35,9 @@ class Run(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_id: Mapped[str] = mapped_column(String(128), unique=True)
+    # the scorer that registered the run: its checkpoints live on that scorer's disk, and only
+    # that scorer scores, fails or deletes them (several scorers may share one database)
+    instance: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     base_model: Mapped[str] = mapped_column(Text)
     finetuning_type: Mapped[str] = mapped_column(String(16))
     config: Mapped[dict] = mapped_column(JSON)  # the hello that registered the run
@@ -78,6 +81,8 @@ class Loss(Base):
     """One sample's loss at one checkpoint; NULL when the loss does not exist or is not finite.
 
     The primary key serves "all losses at a step"; the index serves "one sample across steps".
+    On PostgreSQL run_pk's foreign key is not enforced (migration 0004: its check per row was
+    most of a checkpoint's write); SQLite enforces it.
     """
 
     __tablename__ = "losses"

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
+import torch
 from cachetools import LRUCache
 
 from common.datasets import DatasetError, load_alpaca, resolve_dataset
@@ -26,6 +27,7 @@ from common.tokenization import (
 from scorer_svc.access import AccessPolicy
 from scorer_svc.batching import Batch, make_batches
 from scorer_svc.config import Settings
+from scorer_svc.model_cache import ModelCache, default_budget, model_bytes
 from scorer_svc.scoring import Manifest, ScoringModel, resolve_device
 
 log = logging.getLogger(__name__)
@@ -77,7 +79,7 @@ MAX_HELLOS = 4096  # parsed hellos of registered runs
 
 
 class Registry:
-    """Run data by run, and one scoring model at a time, shared by runs built alike.
+    """Run data by run, and scoring models by spec (ModelCache), shared by runs built alike.
 
     Sharing is safe because every checkpoint carries all the tensors it changes. Run data
     stays within settings.max_run_data_bytes: the least recently used runs' are dropped and
@@ -97,9 +99,9 @@ class Registry:
         self._data: LRUCache[str, RunData] = LRUCache(
             settings.max_run_data_bytes, getsizeof=lambda data: data.nbytes
         )
-        self._hellos: LRUCache[str, Hello] = LRUCache(MAX_HELLOS)
-        self._model_spec: ModelSpec | None = None
-        self._model: ScoringModel | None = None
+        self._hellos: LRUCache[str, tuple[dict[str, Any], Hello]] = LRUCache(MAX_HELLOS)
+        budget = settings.model_cache_bytes or default_budget(self.device)
+        self.models = ModelCache(budget, self._load_model, self._estimate_bytes)
         self._manifests: LRUCache[ModelSpec, Manifest] = LRUCache(MAX_MANIFESTS)
         self._lock = threading.RLock()  # the caches only; never held while computing
         self._builders: dict[object, tuple[threading.Lock, int]] = {}
@@ -111,11 +113,13 @@ class Registry:
         return replace(ModelSpec.from_hello(hello), trust_remote_code=self.access.trusts(hello))
 
     def hello_of(self, run_id: str, config: dict[str, Any]) -> Hello:
-        """The stored hello of a registered run, parsed once (a run's hello never changes)."""
+        """The stored hello of a registered run, parsed once (a run's hello never changes, but
+        a run deleted and registered again under its id may have another)."""
         with self._lock:
-            if run_id not in self._hellos:
-                self._hellos[run_id] = Hello.model_validate(config)
-            return self._hellos[run_id]
+            cached = self._hellos.get(run_id)
+            if cached is None or cached[0] != config:
+                cached = self._hellos[run_id] = (config, Hello.model_validate(config))
+            return cached[1]
 
     def prepare(self, hello: Hello) -> RunData:
         """Tokenize the dataset as the trainer did and refuse the run if anything differs.
@@ -245,13 +249,16 @@ class Registry:
         return Manifest.of(skeleton, spec.kind)
 
     def model(self, hello: Hello) -> ScoringModel:
-        """The scoring model for this run's configuration, loaded once (used by the worker)."""
+        """The scoring model for this run's configuration, kept loaded with others within
+        settings.model_cache_bytes (used by the worker)."""
         spec = self._spec(hello)
         with self._model_lock:
-            if self._model_spec != spec:
-                self._model = None  # free the previous model before loading the next
-                log.info("loading %s (%s) on %s", spec.base_model, spec.kind, self.device)
-                self._model = ScoringModel.load(spec, device=self.device, dtype=self.dtype)
-                self._model_spec = spec
-            assert self._model is not None
-            return self._model
+            return self.models.get(spec)
+
+    def _load_model(self, spec: ModelSpec) -> ScoringModel:
+        log.info("loading %s (%s) on %s", spec.base_model, spec.kind, self.device)
+        return ScoringModel.load(spec, device=self.device, dtype=self.dtype)
+
+    def _estimate_bytes(self, spec: ModelSpec) -> int:
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        return model_bytes(spec.skeleton(), itemsize)

@@ -12,10 +12,19 @@ class Health(BaseModel):
     status: str
     ranks: int = 1  # processes scoring (torchrun), rank 0 included
     ranks_alive: bool = True  # false once one stopped answering: restart the scorer
+    instance: str | None = None  # this scorer's name in its database
+
+
+class DeletedRun(BaseModel):
+    run_id: str
+    checkpoints: int
+    losses: int
+    files: int  # checkpoint files removed from the scorer's disk
 
 
 class RunInfo(BaseModel):
     run_id: str
+    instance: str | None  # the scorer that registered it, the only one that scores it
     base_model: str
     finetuning_type: str
     n_samples: int

@@ -21,3 +21,6 @@ class ApiState:
     failures: UnrecordedFailures
     weights: WeightsCache = field(default_factory=WeightsCache)
     group: RankGroup | None = None  # the scorer's other ranks, under torchrun
+    # this scorer's name: it deletes only its own runs; None (a state built from a database
+    # alone) deletes none
+    instance: str | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TypeVar
 
 import numpy as np
@@ -27,32 +28,52 @@ class ServedWeights:
     values: np.ndarray  # float64, sums to 1
 
 
+# A run as the caches know it: its row number, which SQLite may give again to a run made after
+# it was deleted, with when it was made.
+RunKey = tuple[int, datetime]
+
+
+def run_key(run: Run) -> RunKey:
+    return (run.id, run.created_at)
+
+
 class WeightsCache:
     """Recently served weights, and each run's initial losses (N float64, read once rather than
     at every update); a scored checkpoint's weights never change. Safe across threads: two
     requests for the same missing entry may both build it, and the results are equal."""
 
     def __init__(self, size: int = 8) -> None:
-        self._weights: LRUCache[tuple[int, int], ServedWeights] = LRUCache(maxsize=size)
-        self._initial: LRUCache[tuple[int, int], np.ndarray] = LRUCache(maxsize=size)
+        self._weights: LRUCache[tuple[RunKey, int], ServedWeights] = LRUCache(maxsize=size)
+        self._initial: LRUCache[tuple[RunKey, int], np.ndarray] = LRUCache(maxsize=size)
         self._lock = threading.Lock()
 
     def get(self, session: Session, run: Run, checkpoint: CheckpointRow) -> ServedWeights:
         return self._cached(
             self._weights,
-            (run.id, checkpoint.step),
+            (run_key(run), checkpoint.step),
             lambda: build_weights(session, run, checkpoint, initial=self._initial_losses),
         )
+
+    def forget(self, run: Run) -> None:
+        """Drop a deleted run's entries, to free their memory (a later run under the same row
+        number has another key)."""
+        with self._lock:
+            for cache in (self._weights, self._initial):
+                for key in [k for k in cache if k[0] == run_key(run)]:
+                    del cache[key]
 
     def _initial_losses(self, session: Session, run: Run, step: int) -> np.ndarray:
         return self._cached(
             self._initial,
-            (run.id, step),
+            (run_key(run), step),
             lambda: _read_only(crud.losses_at(session, run=run, step=step)),
         )
 
     def _cached(
-        self, cache: LRUCache[tuple[int, int], T], key: tuple[int, int], build: Callable[[], T]
+        self,
+        cache: LRUCache[tuple[RunKey, int], T],
+        key: tuple[RunKey, int],
+        build: Callable[[], T],
     ) -> T:
         with self._lock:
             found = cache.get(key)

@@ -18,6 +18,7 @@ from scorer_svc.failures import UnrecordedFailures
 from scorer_svc.models import FAILED, SCORED, CheckpointRow, Run
 from scorer_svc.ranks import RankGroup, RankLost
 from scorer_svc.registry import Registry
+from scorer_svc.scheduling import next_turn
 from scorer_svc.scoring import ScoringAborted
 from scorer_svc.store import read_checkpoint
 
@@ -36,9 +37,13 @@ class Worker:
     _: KW_ONLY
     failures: UnrecordedFailures
     keep_checkpoints: bool
+    instance: str  # this scorer's name: it scores only the runs it registered
     group: RankGroup | None = None  # the other ranks that score a share, under torchrun
 
     def __post_init__(self) -> None:
+        self._released = False  # checkpoints a previous process left `scoring` made to wait
+        self._turns = 0
+        self._last_served: dict[int, int] = {}  # run pk -> the turn it was last served
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="scorer", daemon=True)
@@ -76,15 +81,37 @@ class Worker:
             log.error("%s", exc)
 
     def run_once(self) -> bool:
-        """Score the oldest pending checkpoint; False when there was none (or when a scoring
-        rank is lost: nothing is scored until the scorer is restarted)."""
+        """Score one of this instance's pending checkpoints, runs taking turns
+        (scheduling.next_turn); False when there was none (or when a scoring rank is lost:
+        nothing is scored until the scorer is restarted)."""
         if self.group is not None and self.group.lost is not None:
             return False
         self._record_failures()
         with self.sessions() as session:
-            checkpoint = crud.next_pending(session, skip=self.failures.pending().keys())
-            if checkpoint is None:
+            if not self._released:
+                released = crud.release_cut_off(session, instance=self.instance)
+                if released:
+                    log.info("%d checkpoint(s) cut off while scoring are scored again", released)
+                self._released = True
+            queued = crud.pending(
+                session, instance=self.instance, skip=self.failures.pending().keys()
+            )
+            checkpoint_id = next_turn(queued, self._last_served)
+            if checkpoint_id is None:
                 return False
+            try:
+                checkpoint = crud.claim(
+                    session, checkpoint_id=checkpoint_id, instance=self.instance
+                )
+            except SQLAlchemyError as error:  # the database takes no write: fail it in memory
+                session.rollback()
+                log.error("cannot claim checkpoint %d (%s)", checkpoint_id, type(error).__name__)
+                self.failures.record(checkpoint_id, f"{type(error).__name__}: {error}")
+                return True
+            if checkpoint is None:  # deleted since it was listed
+                return True
+            self._turns += 1
+            self._last_served[checkpoint.run_pk] = self._turns
             self._score(session, checkpoint)
             return True
 
@@ -121,7 +148,6 @@ class Worker:
         label = f"run {run.run_id} step {checkpoint.step}"
         checkpoint_id, path = checkpoint.id, checkpoint.path  # read before any rollback
         try:
-            crud.mark_scoring(session, checkpoint=checkpoint)
             hello = self.registry.hello_of(run.run_id, run.config)
             data = self.registry.prepare(hello)
             model = self.registry.model(hello)
@@ -146,6 +172,11 @@ class Worker:
             crud.store_scores(
                 session, checkpoint=checkpoint, losses=losses, window=window, seconds=seconds
             )
+        except crud.CheckpointGone:
+            session.rollback()
+            log.warning("%s was deleted while it was scored: its losses are not stored", label)
+            self._discard(path)
+            return
         except ScoringAborted:
             session.rollback()
             crud.mark_received(session, checkpoint_id=checkpoint_id)

@@ -60,7 +60,7 @@ def intake_for(place, **settings) -> Intake:
     )  # fmt: skip
     config = Settings(**{**values, **settings})
     sessions = make_sessionmaker(make_engine(config.resolved_database_url))
-    return Intake(config, sessions, Registry(config), on_queued=lambda: None)
+    return Intake(config, sessions, Registry(config), on_queued=lambda: None, instance="here")
 
 
 def ask(intake: Intake, hello) -> dict:

@@ -108,7 +108,7 @@ def test_healthz(client):
     response = client.get("/healthz")
     assert (response.status_code, response.json()) == (
         200,
-        {"status": "ok", "ranks": 1, "ranks_alive": True},
+        {"status": "ok", "ranks": 1, "ranks_alive": True, "instance": None},
     )
 
 

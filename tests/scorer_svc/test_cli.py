@@ -112,3 +112,36 @@ def test_a_bare_postgresql_url_uses_psycopg_3():
 
     url = Settings(database_url="postgresql://u@h/db").resolved_database_url
     assert url == "postgresql+psycopg://u@h/db"
+
+
+def test_a_database_server_that_cannot_be_used_stops_the_scorer_in_one_line(
+    tmp_path, capsys, postgres_cluster
+):
+    from devtools.scorer_process import free_port
+    from scorer_svc.cli import main
+
+    closed = f"postgresql://scorer:s3cret-pw@127.0.0.1:{free_port()}/runs"
+    missing = f"postgresql://postgres:s3cret-pw@127.0.0.1:{postgres_cluster.port}/no_such_db"
+    for url, words in ((closed, "Connection refused"), (missing, "no_such_db")):
+        argv = ["serve", "--data-dir", str(tmp_path), "--device", "cpu", "--database-url", url]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("scorer-svc: cannot use the database postgresql+psycopg://"), err
+        assert words in err and "***" in err and "s3cret-pw" not in err, err
+        assert len(err.strip().splitlines()) == 1
+
+
+def test_a_second_scorer_on_a_data_dir_stops_at_start_in_one_line(tmp_path, capsys):
+    from devtools.scorer_process import free_port
+    from scorer_svc.cli import main
+    from scorer_svc.instance import InstanceLock
+
+    running = InstanceLock(Settings(data_dir=tmp_path, instance_id="first"))
+    ports = ["--http-port", str(free_port()), "--zmq-url", f"tcp://127.0.0.1:{free_port()}"]
+    try:
+        assert main(["serve", "--data-dir", str(tmp_path), "--device", "cpu", *ports]) == 2
+    finally:
+        running.release()
+    err = capsys.readouterr().err
+    assert err.startswith(f"scorer-svc: another scorer is running on the data_dir {tmp_path}")
+    assert len(err.strip().splitlines()) == 1

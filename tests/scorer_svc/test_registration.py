@@ -35,7 +35,7 @@ TOKEN, OTHER = "a" * 32, "b" * 32
 def intake(tmp_path):
     config = Settings(data_dir=tmp_path / "scorer", device="cpu")
     sessions = make_sessionmaker(make_engine(config.resolved_database_url))
-    return Intake(config, sessions, Registry(config), on_queued=lambda: None)
+    return Intake(config, sessions, Registry(config), on_queued=lambda: None, instance="here")
 
 
 def ask(intake, hello) -> dict:
@@ -79,7 +79,7 @@ def test_hostile_json_gets_an_error_reply_not_an_internal_failure(tmp_path, secu
         security.update(curve_secret_key_file=secret, curve_authorized_keys_dir=tmp_path / "keys")
     config = Settings(data_dir=tmp_path / "scorer", device="cpu", **security)
     sessions = make_sessionmaker(make_engine(config.resolved_database_url))
-    intake = Intake(config, sessions, Registry(config), on_queued=lambda: None)
+    intake = Intake(config, sessions, Registry(config), on_queued=lambda: None, instance="here")
     reply = json.loads(intake.handle([b"[" * 100_000 + b"]" * 100_000])[0])
     assert reply["code"] == code, reply
 
@@ -100,7 +100,7 @@ def served(tmp_path):
 
     registry._tokenize = held  # type: ignore[method-assign]
     sessions = make_sessionmaker(make_engine(config.resolved_database_url))
-    intake = Intake(config, sessions, registry, on_queued=lambda: None)
+    intake = Intake(config, sessions, registry, on_queued=lambda: None, instance="here")
     server = IntakeServer(f"tcp://127.0.0.1:{free_port()}", intake, max_frame_bytes=MAX_FRAME_BYTES)
     server.start()
     yield server.url, release, intake

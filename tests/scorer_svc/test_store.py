@@ -148,7 +148,8 @@ def test_an_aborted_or_short_checkpoint_leaves_no_file(tmp_path):
 
 def test_losses_round_trip_through_the_backends_own_paths(database_url):
     """store_scores, losses_at and sample_history as the worker and the API use them, on each
-    backend (SQLite: its fast paths; PostgreSQL: the portable ones)."""
+    backend (SQLite: its fast paths; PostgreSQL: binary COPY and the packed read for the
+    losses, tests/scorer_svc/test_crud_postgres.py, the portable query for the history)."""
     engine = make_engine(database_url)
     sessions = make_sessionmaker(engine)
     with sessions() as session:

@@ -29,7 +29,7 @@ def queued(tiny_model, tmp_path, database_url):
     dataset.write_text(json.dumps(make_samples(10)))
     settings = Settings(data_dir=tmp_path / "data", device="cpu", database_url=database_url)
     sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
-    intake = Intake(settings, sessions, Registry(settings), on_queued=lambda: None)
+    intake = Intake(settings, sessions, Registry(settings), on_queued=lambda: None, instance="here")
     hello = make_hello(tiny_model, dataset, run_id="run-w")
     reply = until_registered(lambda: json.loads(intake.handle(encode_hello(hello))[0]))
     assert reply["status"] == "registered"
@@ -57,7 +57,11 @@ def test_checkpoint_cut_off_while_scoring_is_scored_by_a_new_worker(queued):
         crud.mark_scoring(session, checkpoint=session.scalar(select(CheckpointRow)))
     assert _status_and_rows(sessions)[:2] == (SCORING, 0)
     worker = Worker(
-        sessions, Registry(settings), failures=UnrecordedFailures(), keep_checkpoints=False
+        sessions,
+        Registry(settings),
+        failures=UnrecordedFailures(),
+        keep_checkpoints=False,
+        instance="here",
     )
     assert worker.run_once() is True
     status, n_rows, path = _status_and_rows(sessions)
@@ -69,7 +73,11 @@ def test_checkpoint_cut_off_while_scoring_is_scored_by_a_new_worker(queued):
 def test_stop_during_scoring_leaves_the_checkpoint_pending_and_stores_nothing(queued):
     settings, sessions = queued
     worker = Worker(
-        sessions, Registry(settings), failures=UnrecordedFailures(), keep_checkpoints=False
+        sessions,
+        Registry(settings),
+        failures=UnrecordedFailures(),
+        keep_checkpoints=False,
+        instance="here",
     )
     worker._stop.set()  # the stop arrives before the first batch
     assert worker.run_once() is True
@@ -86,7 +94,9 @@ def test_read_only_database_fails_the_checkpoint_in_memory_then_on_disk(queued, 
         make_engine(f"sqlite:///file:{db_path}?mode=ro&uri=true", busy_timeout_seconds=1)
     )
     failures = UnrecordedFailures()
-    worker = Worker(read_only, Registry(settings), failures=failures, keep_checkpoints=False)
+    worker = Worker(
+        read_only, Registry(settings), failures=failures, keep_checkpoints=False, instance="here"
+    )
     assert worker.run_once() is True
     with sessions() as session:
         checkpoint = session.scalar(select(CheckpointRow))
@@ -108,7 +118,11 @@ def test_a_failed_checkpoints_tensors_go_unless_kept(queued, keep):
     path = Path(_status_and_rows(sessions)[2])
     path.write_bytes(b"not a safetensors file")  # scoring it fails
     worker = Worker(
-        sessions, Registry(settings), failures=UnrecordedFailures(), keep_checkpoints=keep
+        sessions,
+        Registry(settings),
+        failures=UnrecordedFailures(),
+        keep_checkpoints=keep,
+        instance="here",
     )
     assert worker.run_once() is True
     assert _status_and_rows(sessions)[:2] == ("failed", 0)
@@ -125,7 +139,11 @@ def test_tensors_of_a_failure_held_in_memory_stay_until_it_is_recorded(queued, t
         make_engine(f"sqlite:///file:{db_path}?mode=ro&uri=true", busy_timeout_seconds=1)
     )
     worker = Worker(
-        read_only, Registry(settings), failures=UnrecordedFailures(), keep_checkpoints=False
+        read_only,
+        Registry(settings),
+        failures=UnrecordedFailures(),
+        keep_checkpoints=False,
+        instance="here",
     )
     worker.run_once()
     assert path.exists()  # a restart would score it again

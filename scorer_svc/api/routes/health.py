@@ -19,8 +19,9 @@ router = APIRouter(tags=["health"])
 def healthz(session: SessionDep, api: ApiDep) -> Health | JSONResponse:
     crud.list_runs(session, limit=1)  # a damaged or missing database answers 503
     group = api.group
+    named = {"instance": api.instance}
     if group is None:
-        return Health(status="ok")
+        return Health(status="ok", **named)
     if group.lost is not None:
         return JSONResponse(
             status_code=503,
@@ -28,8 +29,9 @@ def healthz(session: SessionDep, api: ApiDep) -> Health | JSONResponse:
                 "status": "rank lost",
                 "ranks": group.world,
                 "ranks_alive": False,
+                **named,
                 "detail": f"a scoring rank stopped answering ({group.lost}): restart the "
                 "scorer (torchrun)",
             },
         )
-    return Health(status="ok", ranks=group.world)
+    return Health(status="ok", ranks=group.world, **named)
