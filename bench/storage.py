@@ -1,9 +1,11 @@
 """One checkpoint's N losses written to SQLite, then a real scorer process serving
-/losses, /samples/{i}/losses and /weights (octet-stream) from that database."""
+/losses, /samples/{i}/losses and /weights (octet-stream) from that database; the same on
+PostgreSQL when a server can be started here (devtools.postgres: a throwaway cluster)."""
 
 from __future__ import annotations
 
 import time
+import traceback
 from pathlib import Path
 
 import httpx
@@ -11,6 +13,7 @@ import numpy as np
 
 from bench.util import Scorer, median
 from common.selection import delta_window
+from devtools.postgres import PostgresCluster, postgres_bindir
 from scorer_svc import crud
 from scorer_svc.db import make_engine, make_sessionmaker
 
@@ -29,8 +32,41 @@ def pct(values: list[float], q: float) -> float:
 
 
 def measure(work: Path, n: int = 200_000, checkpoints: int = 50, requests: int = 100) -> dict:
+    """SQLite's figures, and under "postgresql" PostgreSQL's (or why it was not measured)."""
     data_dir = work / "scorer-storage"
-    engine = make_engine(f"sqlite:///{data_dir / 'scorer.db'}")
+    out = measure_backend(data_dir, None, n=n, checkpoints=checkpoints, requests=requests)
+    try:  # a failure there must not lose SQLite's figures
+        out["postgresql"] = measure_postgresql(
+            work / "scorer-storage-pg", n=n, checkpoints=checkpoints, requests=requests
+        )
+    except Exception:
+        out["postgresql"] = {"error": traceback.format_exc()}
+    return out
+
+
+def measure_postgresql(data_dir: Path, **sizes: int) -> dict:
+    """The same on a throwaway PostgreSQL server (fsync on, as SQLite's synchronous=FULL),
+    or {"skipped": why} when none can be started here."""
+    bindir = postgres_bindir()
+    if bindir is None:
+        return {"skipped": "PostgreSQL is not installed"}
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return {"skipped": "psycopg is not installed (the postgres extra)"}
+    cluster = PostgresCluster(bindir, durable=True).start()
+    try:
+        return measure_backend(data_dir, cluster.url("bench"), **sizes)
+    finally:
+        cluster.stop()
+
+
+def measure_backend(
+    data_dir: Path, database_url: str | None, *, n: int, checkpoints: int, requests: int
+) -> dict:
+    """database_url: None for the scorer's own SQLite file in data_dir."""
+    url = database_url or f"sqlite:///{data_dir / 'scorer.db'}"
+    engine = make_engine(url)
     sessions = make_sessionmaker(engine)
     writes, reads = [], []
     rng = np.random.default_rng(0)
@@ -53,10 +89,22 @@ def measure(work: Path, n: int = 200_000, checkpoints: int = 50, requests: int =
             got = crud.losses_at(session, run=run, step=k)
             reads.append(time.perf_counter() - start)
             assert np.array_equal(got, losses)
+    if engine.dialect.name == "postgresql":
+        # What autovacuum does within a minute or so of such a load, done now: measured while
+        # it ran, the REST latencies were its work on the same cores, and the planner's
+        # without statistics (a /losses page sorted its whole step: 20-45 ms, not 3 ms).
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.exec_driver_sql("VACUUM ANALYZE")
     engine.dispose()
+    version = ".".join(map(str, engine.dialect.server_version_info or ()))
     out: dict = {"n": n, "checkpoints": checkpoints, "write_s": median(writes),
-                 "write_max_s": max(writes), "read_s": median(reads)}  # fmt: skip
-    with Scorer(data_dir) as scorer, httpx.Client(base_url=scorer.base_url, timeout=60) as client:
+                 "write_max_s": max(writes), "read_s": median(reads),
+                 "server_version": version}  # fmt: skip
+    flags = ("--database-url", database_url) if database_url else ()
+    with (
+        Scorer(data_dir, *flags) as scorer,
+        httpx.Client(base_url=scorer.base_url, timeout=60) as client,
+    ):
         base = "/v1/runs/bench"
         lat: dict[str, list[float]] = {"losses": [], "history": [], "weights_cold": [],
                                        "weights_warm": []}  # fmt: skip
@@ -92,5 +140,7 @@ if __name__ == "__main__":
     import sys
     import tempfile
 
+    # python -m bench.storage N [CHECKPOINTS]: this section alone
+    checkpoints = int(sys.argv[2]) if len(sys.argv) > 2 else 5
     with tempfile.TemporaryDirectory() as tmp:
-        print(json.dumps(measure(Path(tmp), n=int(sys.argv[1]), checkpoints=5), indent=1))
+        print(json.dumps(measure(Path(tmp), n=int(sys.argv[1]), checkpoints=checkpoints), indent=1))
