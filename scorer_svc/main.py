@@ -144,7 +144,7 @@ def _owned_service(settings: Settings, group: RankGroup | None) -> Lifespan:
             background.engine.dispose()
             raise
         log.info(
-            "scorer %s ready: ZeroMQ %s, REST %s://%s:%d, database %s, device %s",
+            "scorer ready: instance %s, ZeroMQ %s, REST %s://%s:%d, database %s, device %s",
             background.lock.name,
             settings.zmq_url,
             settings.http_scheme,

@@ -64,7 +64,9 @@ def two_ranks(tmp_path_factory):
 @slow
 def test_two_ranks_store_the_losses_of_one(two_ranks, tiny_model, tmp_path):
     health = httpx.get(f"{two_ranks.base_url}/healthz").json()
-    assert health == {"status": "ok", "ranks": 2, "ranks_alive": True}
+    assert health == {"status": "ok", "ranks": 2, "ranks_alive": True,
+                      "instance": health["instance"]}  # fmt: skip
+    assert (two_ranks.data_dir / "instance_id").read_text().strip() == health["instance"]
     data = write_samples(tmp_path / "d.json", 40, seed=5)
     hello = make_hello(tiny_model, data, run_id="ranks")
     checkpoints = list(zip((2, 4, 6), (1, 2, 3), lora_checkpoints(tiny_model, 3), strict=True))
