@@ -112,20 +112,24 @@ def summary(r: dict) -> list[str]:
         "-",
         lambda v: "-",
     )
-    add(
-        "4. write 200k losses (median)",
-        "storage",
-        lambda s: (f"{s['write_s']:.2f} s", s["write_s"]),
-        "<= 1.0 s",
-        lambda v: ok(v, 1.0),
-    )
-    add(
-        "4. /weights 200k octet-stream, first request (p50)",
-        "storage",
-        lambda s: (f"{s['weights_cold']['p50']:.3f} s", s["weights_cold"]["p50"]),
-        "<= 0.2 s",
-        lambda v: ok(v, 0.2),
-    )
+    for backend, of in (("SQLite", lambda s: s), ("PostgreSQL", lambda s: s["postgresql"])):
+        add(
+            f"4. write 200k losses (median), {backend}",
+            "storage",
+            lambda s, of=of: (f"{of(s)['write_s']:.2f} s", of(s)["write_s"]),
+            "<= 1.0 s",
+            lambda v: ok(v, 1.0),
+        )
+        add(
+            f"4. /weights 200k octet-stream, first request (p50), {backend}",
+            "storage",
+            lambda s, of=of: (
+                f"{of(s)['weights_cold']['p50']:.3f} s",
+                of(s)["weights_cold"]["p50"],
+            ),
+            "<= 0.2 s",
+            lambda v: ok(v, 0.2),
+        )
     add(
         "5. RSS after 20 checkpoints vs after 1",
         "scorer",
