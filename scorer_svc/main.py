@@ -26,6 +26,7 @@ from scorer_svc.ranks import RankGroup
 from scorer_svc.registry import Registry
 from scorer_svc.state import ApiState
 from scorer_svc.store import remove_partial_files
+from scorer_svc.weights import WeightsCache
 from scorer_svc.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ def build_service(
             log.info("runs made before runs named their scorer: %d taken as %s", adopted, lock.name)
         registry = Registry(settings)
         failures = UnrecordedFailures()
+        weights = WeightsCache()
         worker = Worker(
             sessions,
             registry,
@@ -90,6 +92,7 @@ def build_service(
             keep_checkpoints=settings.keep_checkpoints,
             instance=lock.name,
             group=group,
+            weights=weights,
         )
         intake = IntakeServer(
             settings.zmq_url,
@@ -98,7 +101,10 @@ def build_service(
             curve_secret_key_file=settings.curve_secret_key_file,
             curve_authorized_keys_dir=settings.curve_authorized_keys_dir,
         )
-        api = ApiState(settings, sessions, failures=failures, group=group, instance=lock.name)
+        api = ApiState(
+            settings, sessions, failures=failures, weights=weights, group=group,
+            instance=lock.name,
+        )  # fmt: skip
         undo.pop_all()  # built: the Background gives them back when it stops
         return api, Background(engine, worker, intake, lock)
 

@@ -54,6 +54,12 @@ class WeightsCache:
             lambda: build_weights(session, run, checkpoint, initial=self._initial_losses),
         )
 
+    def put(self, run: Run, weights: ServedWeights) -> None:
+        """Weights made elsewhere from the same losses (the worker, as it stores them)."""
+        weights.values.setflags(write=False)
+        with self._lock:
+            self._weights[(run_key(run), weights.step)] = weights
+
     def forget(self, run: Run) -> None:
         """Drop a deleted run's entries, to free their memory (a later run under the same row
         number has another key)."""

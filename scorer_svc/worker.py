@@ -12,7 +12,7 @@ import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.selection import Window, delta_window
+from common.selection import Window, delta_window, uniform_weights, weights_from_window
 from scorer_svc import crud
 from scorer_svc.failures import UnrecordedFailures
 from scorer_svc.models import FAILED, SCORED, CheckpointRow, Run
@@ -21,6 +21,7 @@ from scorer_svc.registry import Registry
 from scorer_svc.scheduling import next_turn
 from scorer_svc.scoring import ScoringAborted
 from scorer_svc.store import read_checkpoint
+from scorer_svc.weights import ServedWeights, WeightsCache
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,9 @@ class Worker:
     keep_checkpoints: bool
     instance: str  # this scorer's name: it scores only the runs it registered
     group: RankGroup | None = None  # the other ranks that score a share, under torchrun
+    # the API's cache: a checkpoint's weights are put there as it is stored, so that its
+    # trainer's first request does not read the losses back
+    weights: WeightsCache | None = None
 
     def __post_init__(self) -> None:
         self._released = False  # checkpoints a previous process left `scoring` made to wait
@@ -166,9 +170,9 @@ class Worker:
                 raise ValueError(
                     "no sample has a finite loss at this checkpoint (NaN or inf weights?)"
                 )
-            window = None
+            window, ranking = None, None
             if checkpoint.update_index >= 2:
-                window = self._window(session, run, checkpoint, losses)
+                window, ranking = self._window(session, run, checkpoint, losses)
             crud.store_scores(
                 session, checkpoint=checkpoint, losses=losses, window=window, seconds=seconds
             )
@@ -192,6 +196,8 @@ class Worker:
             log.exception("scoring %s failed", label)
             self._fail(session, checkpoint_id, f"{type(error).__name__}: {error}", path)
             return
+        if self.weights is not None:
+            self._put_weights(self.weights, run, checkpoint, losses, window, ranking)
         log.info(
             "scored %s (update %d): %d samples in %.2fs, %.1f samples/s",
             label,
@@ -208,9 +214,35 @@ class Worker:
             Path(path).unlink(missing_ok=True)
 
     @staticmethod
+    def _put_weights(
+        cache: WeightsCache,
+        run: Run,
+        checkpoint: CheckpointRow,
+        losses: np.ndarray,
+        window: Window | None,
+        ranking: np.ndarray | None,
+    ) -> None:
+        """The weights build_weights makes from the stored losses, made from the same values
+        in memory (a non-finite loss is stored as NULL, and either way has no weight)."""
+        try:
+            if window is None or ranking is None:
+                served = ServedWeights(
+                    checkpoint.step, checkpoint.update_index, None,
+                    int(np.isfinite(losses).sum()), uniform_weights(losses),
+                )  # fmt: skip
+            else:
+                served = ServedWeights(
+                    checkpoint.step, checkpoint.update_index, window, window.n_ranked,
+                    weights_from_window(window, ranking, run.n_samples),
+                )  # fmt: skip
+            cache.put(run, served)
+        except Exception:  # the weights are stored: the API builds them when asked
+            log.exception("weights of run %s step %d not cached", run.run_id, checkpoint.step)
+
+    @staticmethod
     def _window(
         session: Session, run: Run, checkpoint: CheckpointRow, losses: np.ndarray
-    ) -> Window:
+    ) -> tuple[Window, np.ndarray]:
         assert run.initial_step is not None
         initial = crud.get_checkpoint(session, run=run, step=run.initial_step)
         if initial is None or initial.status != SCORED:
@@ -220,7 +252,6 @@ class Worker:
                 + (f": it failed with {reason}" if reason else "")
             )
         init = crud.losses_at(session, run=run, step=run.initial_step)
-        window, _ = delta_window(
+        return delta_window(
             init, losses, checkpoint.update_index, run.update_times, run.window_size
         )
-        return window

@@ -14,6 +14,7 @@ from scorer_svc.failures import UnrecordedFailures
 from scorer_svc.intake import Intake
 from scorer_svc.models import RECEIVED, SCORED, SCORING, CheckpointRow, Loss
 from scorer_svc.registry import Registry
+from scorer_svc.weights import WeightsCache, build_weights
 from scorer_svc.worker import Worker
 from tests.support.data import make_samples
 from tests.support.scorer import intake_upload, lora_checkpoints, make_hello, until_registered
@@ -150,3 +151,30 @@ def test_tensors_of_a_failure_held_in_memory_stay_until_it_is_recorded(queued, t
     worker.sessions = sessions
     worker.run_once()  # the failure is written now
     assert _status_and_rows(sessions)[0] == "failed" and not path.exists()
+
+
+def test_the_worker_hands_the_api_the_weights_the_stored_losses_give(queued, tiny_model):
+    """The weights cached as a checkpoint is stored equal, bit for bit, those rebuilt from the
+    database, for an update without a window and one with."""
+    settings, sessions = queued
+    intake = Intake(settings, sessions, Registry(settings), on_queued=lambda: None, instance="here")
+    frames = encode_checkpoint(
+        run_id="run-w", step=5, update_index=2, kind="lora",
+        tensors=lora_checkpoints(tiny_model, 2)[1],
+    )  # fmt: skip
+    assert intake_upload(intake, frames)["status"] == "queued"
+    cache = WeightsCache()
+    worker = Worker(
+        sessions, Registry(settings), failures=UnrecordedFailures(), keep_checkpoints=False,
+        instance="here", weights=cache,
+    )  # fmt: skip
+    assert worker.run_once() and worker.run_once()
+    with sessions() as session:
+        run = crud.get_run(session, run_id="run-w")
+        for step, update in ((3, 1), (5, 2)):
+            checkpoint = crud.get_checkpoint(session, run=run, step=step)
+            rebuilt = build_weights(session, run, checkpoint)
+            cached = cache.get(None, run, checkpoint)  # no session: it cannot read anything
+            assert cached.update_index == update
+            assert (cached.window, cached.n_ranked) == (rebuilt.window, rebuilt.n_ranked)
+            assert cached.values.tobytes() == rebuilt.values.tobytes()
