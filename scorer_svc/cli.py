@@ -24,11 +24,9 @@ from scorer_svc.db import (
     DatabaseDamaged,
     DatabaseDriverMissing,
     DatabaseUnavailable,
-    check_driver,
-    check_integrity,
-    check_reachable,
+    check_database,
 )
-from scorer_svc.instance import InstanceInUse, check_instance_free
+from scorer_svc.instance import InstanceError, InstanceInUse, check_instance_free
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, CliSettingsSource[Settings]]:
@@ -158,9 +156,7 @@ def upkeep(args: argparse.Namespace) -> int:
     file_values = config_file_values(args.config) if args.config is not None else {}
     settings = load_settings(file_values)
     url = settings.resolved_database_url
-    check_driver(url)
-    check_integrity(url)
-    check_reachable(url)
+    check_database(url)
     if not settings.data_dir.is_dir():
         raise UpkeepError(
             f"data_dir {settings.data_dir} does not exist: give the scorer's settings "
@@ -220,16 +216,20 @@ class UpkeepError(RuntimeError):
     """An offline upkeep command cannot do what was asked (the message says why)."""
 
 
+# What stops a command at start with one line on stderr (exit 2), not a traceback.
+START_ERRORS = (
+    SettingsError, DatabaseDamaged, DatabaseDriverMissing, DatabaseUnavailable, AddressInUse,
+    InstanceError,
+)  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser, flags = build_parser()
     args = parser.parse_args(argv)
     if args.command == "runs":
         try:
             return upkeep(args)
-        except (
-            SettingsError, DatabaseDamaged, DatabaseDriverMissing, DatabaseUnavailable,
-            InstanceInUse, UpkeepError,
-        ) as exc:  # fmt: skip
+        except (*START_ERRORS, UpkeepError) as exc:
             print(f"scorer-svc: {exc}", file=sys.stderr)
             return 2
     if args.command == "keys":
@@ -246,15 +246,10 @@ def main(argv: list[str] | None = None) -> int:
             device = rank_device(settings, launch.local_rank)
             settings = settings.model_copy(update={"device": device})
         if rank == 0:  # the other ranks touch neither the database nor the addresses
-            check_driver(settings.resolved_database_url)
-            check_integrity(settings.resolved_database_url)
-            check_reachable(settings.resolved_database_url)
+            check_database(settings.resolved_database_url)
             check_addresses_free(settings)
             check_instance_free(settings)
-    except (
-        SettingsError, DatabaseDamaged, DatabaseDriverMissing, DatabaseUnavailable,
-        AddressInUse, InstanceInUse,
-    ) as exc:  # fmt: skip
+    except START_ERRORS as exc:
         print(f"scorer-svc: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(

@@ -138,6 +138,14 @@ def check_reachable(url: str) -> None:
         engine.dispose()
 
 
+def check_database(url: str) -> None:
+    """Everything about the database that can stop the scorer at start, in one line each: the
+    driver, an existing SQLite file's integrity, a server's answer."""
+    check_driver(url)
+    check_integrity(url)
+    check_reachable(url)
+
+
 def check_integrity(url: str) -> None:
     """An existing SQLite database must pass `PRAGMA quick_check` before the scorer serves it."""
     if not url.startswith("sqlite:///"):

@@ -106,8 +106,7 @@ def build_weights(
     """initial(session, run, step) reads the initial losses (a cache may answer)."""
     current = crud.losses_at(session, run=run, step=checkpoint.step)
     if checkpoint.update_index == 1:
-        values = uniform_weights(current)
-        return ServedWeights(checkpoint.step, 1, None, int(np.isfinite(current).sum()), values)
+        return served_weights(checkpoint, run.n_samples, current)
     row = crud.get_window(session, run=run, step=checkpoint.step)
     if row is None or run.initial_step is None:
         raise LookupError(f"step {checkpoint.step} of run {run.run_id} has no stored window")
@@ -125,11 +124,22 @@ def build_weights(
         init = crud.losses_at(session, run=run, step=run.initial_step)
     else:
         init = initial(session, run, run.initial_step)
-    ranking = rank_by_delta(init - current)
-    return ServedWeights(
-        checkpoint.step,
-        checkpoint.update_index,
-        window,
-        window.n_ranked,
-        weights_from_window(window, ranking, run.n_samples),
-    )
+    return served_weights(checkpoint, run.n_samples, current, window, rank_by_delta(init - current))
+
+
+def served_weights(
+    checkpoint: CheckpointRow,
+    n_samples: int,
+    current: np.ndarray,
+    window: Window | None = None,
+    ranking: np.ndarray | None = None,
+) -> ServedWeights:
+    """A checkpoint's weights from its losses: uniform over the finite ones without a window,
+    else the window over the ranking of loss reductions (the worker's, or one rebuilt)."""
+    if window is None or ranking is None:
+        count = int(np.isfinite(current).sum())
+        return ServedWeights(
+            checkpoint.step, checkpoint.update_index, None, count, uniform_weights(current)
+        )
+    values = weights_from_window(window, ranking, n_samples)
+    return ServedWeights(checkpoint.step, checkpoint.update_index, window, window.n_ranked, values)

@@ -12,7 +12,7 @@ import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.selection import Window, delta_window, uniform_weights, weights_from_window
+from common.selection import Window, delta_window
 from scorer_svc import crud
 from scorer_svc.failures import UnrecordedFailures
 from scorer_svc.models import FAILED, SCORED, CheckpointRow, Run
@@ -21,7 +21,7 @@ from scorer_svc.registry import Registry
 from scorer_svc.scheduling import next_turn
 from scorer_svc.scoring import ScoringAborted
 from scorer_svc.store import read_checkpoint
-from scorer_svc.weights import ServedWeights, WeightsCache
+from scorer_svc.weights import WeightsCache, served_weights
 
 log = logging.getLogger(__name__)
 
@@ -225,16 +225,7 @@ class Worker:
         """The weights build_weights makes from the stored losses, made from the same values
         in memory (a non-finite loss is stored as NULL, and either way has no weight)."""
         try:
-            if window is None or ranking is None:
-                served = ServedWeights(
-                    checkpoint.step, checkpoint.update_index, None,
-                    int(np.isfinite(losses).sum()), uniform_weights(losses),
-                )  # fmt: skip
-            else:
-                served = ServedWeights(
-                    checkpoint.step, checkpoint.update_index, window, window.n_ranked,
-                    weights_from_window(window, ranking, run.n_samples),
-                )  # fmt: skip
+            served = served_weights(checkpoint, run.n_samples, losses, window, ranking)
             cache.put(run, served)
         except Exception:  # the weights are stored: the API builds them when asked
             log.exception("weights of run %s step %d not cached", run.run_id, checkpoint.step)
