@@ -1,10 +1,12 @@
 """The Delta Loss selection rule: pure functions, no I/O.
 
-For a run with N samples, window ratio s and U updates per epoch, update k >= 2 ranks
-samples by delta_i = l_init_i - l_cur_i (descending, ties by index), places a window of
-s*N ranks whose start slides along the ranking with a sigmoid of training progress, and
-cuts the window where deltas turn negative (samples that got worse are not prioritised).
-Samples inside the window weigh 1.0, the others 0.025; weights are normalised to sum 1.
+For a run with N samples, window ratio s and U updates per epoch, every update but the run's
+very first (which records the initial losses l_init) ranks samples by
+delta_i = l_init_i - l_cur_i (descending, ties by index), places a window of s*N ranks whose
+start slides along the ranking with a sigmoid of training progress within the epoch, and cuts
+the window where deltas turn negative (samples that got worse are not prioritised). Samples
+inside the window weigh 1.0, the others 0.025; weights are normalised to sum 1. Update 1 of
+every later epoch has a window too, at the schedule's start (t = 0), over the same l_init.
 
 A sample whose loss (initial or current) is missing or not finite takes no part: it has
 weight 0 and is not ranked. N in the window formula is the run's N all the same, so the
@@ -46,29 +48,27 @@ class Window:
 def window_position(
     update_index: int, update_times: int, n: int, window_size: float
 ) -> tuple[int, int, float, int, int]:
-    """Return (t, T, u, start, end) for update k >= 2 before truncation.
+    """Return (t, T, u, start, end) for update k of an epoch, before truncation.
 
-    t = k - 1, T = U - 1, u = 1 / (1 + exp(-10 (t/T - 0.5))),
-    start = int(u (N - sN)), end = int(start + sN), int() truncating toward zero.
+    t = k - 1, T = U - 1, u = 1 / (1 + exp(-10 (t/T - 0.5))) (t/T taken as 0 when U = 1),
+    start = int(u (N - sN)), end = int(u (N - sN) + sN): both from the unrounded start,
+    int() truncating toward zero.
     """
     if not 0.0 <= window_size <= 1.0:
         raise SelectionError(f"window_size must be within [0, 1], got {window_size}")
-    if update_times < 2:
+    if update_times < 1:
+        raise SelectionError(f"update_times is {update_times}: it must be at least 1")
+    if not 1 <= update_index <= update_times:
         raise SelectionError(
-            f"update_times is {update_times}: with fewer than 2 updates per epoch there is "
-            "no update k >= 2 to place a window for"
-        )
-    if not 2 <= update_index <= update_times:
-        raise SelectionError(
-            f"update index {update_index} is outside 2..{update_times} (update_times)"
+            f"update index {update_index} is outside 1..{update_times} (update_times)"
         )
     t = update_index - 1
     big_t = update_times - 1
-    u = 1.0 / (1.0 + math.exp(-SIGMOID_STEEPNESS * (t / big_t - 0.5)))
+    progress = t / big_t if big_t else 0.0
+    u = 1.0 / (1.0 + math.exp(-SIGMOID_STEEPNESS * (progress - 0.5)))
     span = window_size * n
-    start = int(u * (n - span))
-    end = int(start + span)
-    return t, big_t, u, start, end
+    offset = u * (n - span)
+    return t, big_t, u, int(offset), int(offset + span)
 
 
 def _as_array(losses: Sequence[float | None] | np.ndarray) -> np.ndarray:
@@ -89,7 +89,7 @@ def delta_window(
     update_times: int,
     window_size: float = DEFAULT_WINDOW_SIZE,
 ) -> tuple[Window, np.ndarray]:
-    """Place the window for update k >= 2; return it and the ranking it applies to."""
+    """Place the window for update k of an epoch; return it and the ranking it applies to."""
     init = _as_array(init_losses)
     cur = _as_array(cur_losses)
     if init.shape != cur.shape:
@@ -120,7 +120,8 @@ def weights_from_window(window: Window, ranking: np.ndarray, n_samples: int) -> 
 
 
 def uniform_weights(losses: Sequence[float | None] | np.ndarray) -> np.ndarray:
-    """Weights of an update without a window: equal for every sample with a finite loss."""
+    """Weights of the run's first update (no window): equal for every sample with a finite
+    loss."""
     finite = np.isfinite(_as_array(losses))
     if not finite.any():
         raise SelectionError("no sample has a finite loss: there is nothing to weight")
@@ -134,6 +135,6 @@ def delta_weights(
     update_times: int,
     window_size: float = DEFAULT_WINDOW_SIZE,
 ) -> tuple[Window, np.ndarray]:
-    """The whole rule for update k >= 2: the window and the N normalised weights."""
+    """The whole rule for an update with a window: the window and the N normalised weights."""
     window, ranking = delta_window(init_losses, cur_losses, update_index, update_times, window_size)
     return window, weights_from_window(window, ranking, len(init_losses))

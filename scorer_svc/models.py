@@ -49,6 +49,11 @@ class Run(Base):
     initial_step: Mapped[int | None] = mapped_column(Wide, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime)
 
+    def has_window(self, step: int) -> bool:
+        """Whether the checkpoint at `step` is weighted through a window: every one but the
+        run's first, whose losses are the initial ones (update 1 of a later epoch too)."""
+        return self.initial_step is not None and step != self.initial_step
+
 
 class CheckpointRow(Base):
     __tablename__ = "checkpoints"
@@ -98,7 +103,7 @@ class Loss(Base):
 
 
 class WindowRow(Base):
-    """Where the window sat at an update k >= 2: with the losses, rebuilds the weights."""
+    """Where the window sat at an update: with the losses, rebuilds the weights."""
 
     __tablename__ = "windows"
 

@@ -105,7 +105,7 @@ def build_weights(
 ) -> ServedWeights:
     """initial(session, run, step) reads the initial losses (a cache may answer)."""
     current = crud.losses_at(session, run=run, step=checkpoint.step)
-    if checkpoint.update_index == 1:
+    if not run.has_window(checkpoint.step):
         return served_weights(checkpoint, run.n_samples, current)
     row = crud.get_window(session, run=run, step=checkpoint.step)
     if row is None or run.initial_step is None:

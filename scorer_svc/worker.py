@@ -171,7 +171,7 @@ class Worker:
                     "no sample has a finite loss at this checkpoint (NaN or inf weights?)"
                 )
             window, ranking = None, None
-            if checkpoint.update_index >= 2:
+            if run.has_window(checkpoint.step):
                 window, ranking = self._window(session, run, checkpoint, losses)
             crud.store_scores(
                 session, checkpoint=checkpoint, losses=losses, window=window, seconds=seconds

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import torch
 
-from trainer_svc.schedule import Schedule, Segment, draw_warmup
+from trainer_svc.schedule import Schedule, Segment, draw_warmup, training_order
 
 logger = logging.getLogger(__name__)
 
@@ -24,18 +24,19 @@ class SelectionNotReady(RuntimeError):
 
 
 class SelectionPlan:
-    """The sample indices of each segment, filled in as updates happen."""
+    """The sample indices of each segment in the order they are trained (each draw shuffled),
+    filled in as updates happen."""
 
     def __init__(self, schedule: Schedule, n_samples: int):
         self.schedule = schedule
         self.n_samples = n_samples
         self._segments: dict[int, torch.Tensor] = {}
 
-    def set_segment(self, segment: Segment, indices: torch.Tensor) -> None:
+    def set_segment(self, segment: Segment, draw: torch.Tensor) -> None:
         expected = self.schedule.batch * segment.steps
-        if indices.numel() != expected:
+        if draw.numel() != expected:
             raise ValueError(f"segment at step {segment.start} needs {expected} indices")
-        self._segments[segment.start] = indices.to(torch.long)
+        self._segments[segment.start] = training_order(draw.to(torch.long), segment.start)
 
     def step_indices(self, step: int) -> torch.Tensor:
         """The B sample indices trained at global step `step`."""
@@ -47,7 +48,7 @@ class SelectionPlan:
                     f"{segment.update_index}, whose selection has not been made yet"
                 )
             count = self.schedule.batch * segment.steps
-            self._segments[segment.start] = draw_warmup(self.n_samples, count)
+            self.set_segment(segment, draw_warmup(self.n_samples, count))
         offset = (step - segment.start) * self.schedule.batch
         return self._segments[segment.start][offset : offset + self.schedule.batch]
 

@@ -40,10 +40,19 @@ class Schedule:
 
     @classmethod
     def build(
-        cls, *, warmup_step: int, update_step: int, update_times: int, batch: int, epochs: float
+        cls,
+        *,
+        warmup_step: int,
+        update_step: int,
+        update_times: int,
+        batch: int,
+        epochs: float,
+        train_step: int = 0,
     ) -> Schedule:
+        """max_steps is train_step when it is set (> 0), else ceil(epochs x E)."""
         epoch_len = warmup_step + update_step * update_times
-        return cls(warmup_step, update_step, update_times, batch, math.ceil(epochs * epoch_len))
+        steps = train_step if train_step > 0 else math.ceil(epochs * epoch_len)
+        return cls(warmup_step, update_step, update_times, batch, steps)
 
     @property
     def epoch_len(self) -> int:
@@ -83,16 +92,23 @@ def draw_warmup(n_samples: int, count: int) -> torch.Tensor:
 
 
 def draw_permutation(n_samples: int, count: int, seed: int) -> torch.Tensor:
-    """Update 1: torch.randperm(N, generator seeded `seed`)[:count]."""
+    """The run's first update: torch.randperm(N, generator seeded `seed`)[:count]."""
     return torch.randperm(n_samples, generator=_generator(seed))[:count]
 
 
 def draw_weighted(weights: torch.Tensor, count: int, seed: int) -> torch.Tensor:
-    """Update k >= 2: torch.multinomial, with replacement only when count > nonzero weights."""
+    """Every update but the run's first: torch.multinomial, with replacement only when count >
+    nonzero weights."""
     nonzero = int((weights > 0).sum())
     return torch.multinomial(
         weights, count, replacement=count > nonzero, generator=_generator(seed)
     )
+
+
+def training_order(draw: torch.Tensor, segment_start: int) -> torch.Tensor:
+    """The order a segment trains its draw in: shuffled by a generator seeded 42 + the
+    segment's first step (the draw itself is what selections.jsonl records)."""
+    return draw[torch.randperm(draw.numel(), generator=_generator(SEED + segment_start))]
 
 
 def update_seed(global_step: int, first_of_run: bool) -> int:

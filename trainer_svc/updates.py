@@ -249,7 +249,7 @@ class UpdateCoordinator:
                 f"the scorer returned {got.weights.numel()} weights for a run of {n} samples"
             )
         source = "scorer" if got is not None else "uniform"
-        if segment.update_index == 1:
+        if first:  # its losses become the initial ones: no ranking to draw from yet
             return draw_permutation(n, count, seed), "randperm", seed, source
         weights = got.weights if got is not None else torch.full((n,), 1.0 / n, dtype=torch.float64)
         return draw_weighted(weights, count, seed), "multinomial", seed, source

@@ -120,9 +120,9 @@ def test_non_finite_losses_get_zero_weight_and_are_not_ranked():
 @pytest.mark.parametrize(
     ("k", "u_times", "size", "message"),
     [
-        (2, 1, 0.2, "update_times is 1"),
-        (1, 3, 0.2, "outside 2..3"),
-        (4, 3, 0.2, "outside 2..3"),
+        (1, 0, 0.2, "update_times is 0"),
+        (0, 3, 0.2, "outside 1..3"),
+        (4, 3, 0.2, "outside 1..3"),
         (2, 3, 1.5, r"within \[0, 1\]"),
     ],
 )
@@ -136,3 +136,48 @@ def test_mismatched_lengths_and_no_finite_loss_are_refused():
         delta_weights(INIT, [1.0], 2, 3)
     with pytest.raises(SelectionError, match="no sample"):
         delta_weights([None, None], [1.0, 1.0], 2, 3)
+
+
+def test_window_end_comes_from_the_unrounded_start():
+    # N=999, s=0.2, U=4, k=2: u = 1/(1+e^(5/3)) = 0.158869, u (N - sN) = 126.968,
+    # start = int(126.968) = 126, end = int(126.968 + 199.8) = int(326.768) = 326
+    # (rounding the start first would give int(126 + 199.8) = 325, one sample short).
+    t, big_t, u, start, end = window_position(2, 4, 999, 0.2)
+    assert (t, big_t) == (1, 3)
+    assert u == pytest.approx(1 / (1 + math.exp(5 / 3)))
+    assert (start, end) == (126, 326)
+
+
+def test_update_one_of_a_later_epoch_sits_at_the_schedule_start():
+    # k=1 of U=3: t = 0, u = 1/(1+e^5) = 0.0066929, start = int(0.0535) = 0, end = int(2.05) = 2.
+    deltas = [1.0, 0.5, 0.3, 2.0, 0.1, 0.7, 0.0, 0.2, 0.4, 0.6]
+    window, w = delta_weights(INIT, _cur(deltas), update_index=1, update_times=3)
+    assert (window.t, window.T) == (0, 2)
+    assert window.u == pytest.approx(1 / (1 + math.exp(5)))
+    assert (window.start, window.end) == (0, 2)
+    assert _in_window(w) == [0, 3]  # the two largest loss reductions
+
+
+def test_one_update_per_epoch_places_the_window_at_the_start():
+    # U=1: T = 0, t/T is taken as 0 (the schedule's start) rather than dividing by zero.
+    t, big_t, u, start, end = window_position(1, 1, 10, 0.2)
+    assert (t, big_t) == (0, 0)
+    assert u == pytest.approx(1 / (1 + math.exp(5)))
+    assert (start, end) == (0, 2)
+
+
+def _published_window(k, update_times, n, window_size):
+    """The published selector's own arithmetic, written out independently: the sigmoid of
+    (k-1)/(U-1) scales N - sN, and both ends are truncated from that unrounded offset."""
+    x = (k - 1) / (update_times - 1)
+    offset = 1 / (1 + np.exp(-10 * (x - 0.5))) * (n - window_size * n)
+    return int(offset), int(offset + window_size * n)
+
+
+@pytest.mark.parametrize("n", [3, 10, 97, 999, 1000, 100_000, 123_457])
+@pytest.mark.parametrize("window_size", [0.0, 0.05, 0.2, 0.3, 1 / 3, 1.0])
+@pytest.mark.parametrize("update_times", [2, 3, 4, 7, 30])
+def test_window_matches_the_published_arithmetic(n, window_size, update_times):
+    for k in range(1, update_times + 1):
+        *_, start, end = window_position(k, update_times, n, window_size)
+        assert (start, end) == _published_window(k, update_times, n, window_size), k

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from trainer_svc.sampler import ScheduleBatchSampler, SelectionNotReady, SelectionPlan
-from trainer_svc.schedule import Schedule, draw_warmup
+from trainer_svc.schedule import Schedule, draw_warmup, training_order
 
 
 def plan(n=20):
@@ -16,9 +16,22 @@ def test_micro_batches_split_each_step_in_order():
     p = plan()
     p.set_segment(p.schedule.segment_at(1), torch.arange(8))
     batches = list(ScheduleBatchSampler(p, micro_batch=2))
-    warm = draw_warmup(20, 4).tolist()
-    assert batches == [warm[:2], warm[2:], [0, 1], [2, 3], [4, 5], [6, 7]]
+    warm = training_order(draw_warmup(20, 4), 0).tolist()
+    order = training_order(torch.arange(8), 1).tolist()
+    assert batches == [warm[:2], warm[2:], order[0:2], order[2:4], order[4:6], order[6:8]]
     assert len(ScheduleBatchSampler(p, micro_batch=2)) == 6
+
+
+def test_each_segment_trains_its_draw_shuffled_by_a_seeded_generator():
+    p = plan(n=50)
+    draw = torch.arange(8) + 10
+    p.set_segment(p.schedule.segment_at(1), draw)
+    trained = torch.cat([p.step_indices(1), p.step_indices(2)])
+    # the same samples, each as often as drawn, in another order: 42 + the segment's first step
+    assert sorted(trained.tolist()) == draw.tolist()
+    assert trained.tolist() != draw.tolist()
+    expected = draw[torch.randperm(8, generator=torch.Generator().manual_seed(42 + 1))]
+    assert trained.tolist() == expected.tolist()
 
 
 def test_iterating_is_lazy_and_fails_before_the_update_is_selected():

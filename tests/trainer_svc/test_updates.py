@@ -99,8 +99,11 @@ def test_sync_draws_follow_the_documented_seeds(tmp_path):
     g = torch.Generator().manual_seed(42 + 3)
     expected = torch.multinomial(fake_weights(3, N), 4, False, generator=g).tolist()
     assert rows[1]["sampled_indices"] == expected
-    g = torch.Generator().manual_seed(42 + 8)  # update 1 of a later epoch
-    assert rows[3]["sampled_indices"] == torch.randperm(N, generator=g)[:4].tolist()
+    # update 1 of a later epoch draws from its weights too: only the run's first is a randperm
+    g = torch.Generator().manual_seed(42 + 8)
+    expected = torch.multinomial(fake_weights(8, N), 4, False, generator=g).tolist()
+    assert rows[3]["sampled_indices"] == expected
+    assert [r["draw"] for r in rows] == ["randperm"] + ["multinomial"] * 5
     assert [r["weights_step"] for r in rows] == [1, 3, 5, 8, 10, 12]
     assert read_jsonl(tmp_path / "s.jsonl") == rows
 
