@@ -95,7 +95,7 @@ class InProcess(FakeScorer):
                     )
                     losses[i] = float(out.loss)
         model.train(was_training)
-        if update_index == 1:
+        if self.initial is None:  # the run's first update: its losses are the initial ones
             self.initial = losses
             values, window = uniform_weights(losses), None
         else:

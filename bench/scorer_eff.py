@@ -18,7 +18,7 @@ import torch
 from transformers import AutoTokenizer
 
 from bench.util import ALPACA, SCORER_CORE, Scorer, median, pin_self, wait_scored
-from common.datasets import load_alpaca
+from common.datasets import DatasetSpec, load_samples
 from common.hello import build_hello
 from common.model_spec import LoraSettings, ModelSpec, checkpoint_digest, checkpoint_tensors, pad_id
 from common.tokenization import TokenizationSettings, encode_dataset
@@ -39,15 +39,14 @@ MAX_BATCH_TOKENS = 16384
 def lora_hello(model_dir: Path, dataset: Path, run_id: str, update_times: int, cutoff: int):
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     settings = TokenizationSettings(cutoff_len=cutoff)
-    encoded = encode_dataset(tokenizer, load_alpaca(dataset), settings)
+    encoded = encode_dataset(tokenizer, load_samples(DatasetSpec(str(dataset))), settings)
     spec = lora_spec(model_dir)
     model = spec.build(dtype=torch.float32)
     tensors = {n: t.clone() for n, t in checkpoint_tensors(model, "lora").items()}
     hello = build_hello(
         run_id=run_id,
         spec=spec,
-        dataset=str(dataset),
-        dataset_dir=None,
+        dataset=DatasetSpec(str(dataset)),
         tokenization=settings,
         encoded=encoded,
         window_size=0.2,

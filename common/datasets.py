@@ -1,64 +1,596 @@
-"""Alpaca-format instruction data: a JSON or JSONL file, or a name in dataset_info.json."""
+"""The training data as a LLaMA-Factory user sets it up, read into Samples by both services.
+
+`dataset` is a comma list of items, concatenated in order (LLaMA-Factory's "concat" mix). An
+item ending in .json or .jsonl is a file path (from the working directory, else from
+dataset_dir); any other item is a name in dataset_dir/dataset_info.json, whose entry gives a
+`file_name` (a file, or a folder whose .json/.jsonl files are read in name order), a
+`formatting` (alpaca or sharegpt), `columns` and, for sharegpt, `tags`. The defaults are
+LLaMA-Factory's, with one addition: an entry without `columns` (and a bare path) also reads
+a row's `history` and `system` keys when present. Each dataset is cut to its first
+max_samples rows before the datasets are joined, as LLaMA-Factory does.
+
+LLaMA-Factory skips a malformed row with a warning; here it is an error, because the trainer
+and the scorer must read the same samples: the message counts the bad rows and shows the
+first. Hub datasets, tool use, images and preference data are refused by name.
+"""
 
 from __future__ import annotations
 
+import difflib
 import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
-ALPACA_KEYS = ("instruction", "input", "output")
+import numpy as np
+
+from common.samples import Sample
+
+DEFAULT_DATASET_DIR = "data"  # LLaMA-Factory's default, relative to the working directory
+DATASET_INFO = "dataset_info.json"
+FILE_SUFFIXES = (".json", ".jsonl")
+FORMATTINGS = ("alpaca", "sharegpt")
+HUB_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
+# Columns LLaMA-Factory reads for data this tool does not train on (it reads text turns only).
+UNSUPPORTED_COLUMNS = {
+    "tools": "tool descriptions",
+    "images": "images",
+    "videos": "videos",
+    "audios": "audio",
+    "chosen": "preference pairs",
+    "rejected": "preference pairs",
+    "kto_tag": "KTO feedback",
+}
+T = TypeVar("T")
 
 
 class DatasetError(ValueError):
     """The dataset cannot be found or read (the message says which file and why)."""
 
 
-def resolve_dataset(dataset: str, dataset_dir: str | Path | None = None) -> Path:
-    """A path to a .json/.jsonl file, or a name looked up in dataset_dir/dataset_info.json."""
-    as_path = Path(dataset).expanduser()
-    if as_path.suffix in (".json", ".jsonl") and as_path.is_file():
-        return as_path.resolve()
-    if dataset_dir is not None:
-        base = Path(dataset_dir).expanduser()
-        candidate = base / dataset
-        if candidate.suffix in (".json", ".jsonl") and candidate.is_file():
+class _RowProblem(Exception):
+    """Why one row is not a sample (collected, then reported with the file and row)."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What both services need to read the same samples: LLaMA-Factory's `dataset`,
+    `dataset_dir` (None: DEFAULT_DATASET_DIR) and `max_samples` (None: every row)."""
+
+    names: str
+    dataset_dir: str | None = None
+    max_samples: int | None = None
+
+    def __post_init__(self) -> None:
+        n = self.max_samples
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise DatasetError(
+                f"max_samples must be a whole number of at least 1, got {n!r}; "
+                "leave it out to read every row"
+            )
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.dataset_dir or DEFAULT_DATASET_DIR).expanduser()
+
+
+@dataclass(frozen=True)
+class AlpacaColumns:
+    """Row keys of an alpaca dataset; None: the dataset has no such column."""
+
+    prompt: str = "instruction"
+    query: str | None = "input"
+    response: str = "output"
+    history: str | None = "history"
+    system: str | None = "system"
+
+
+@dataclass(frozen=True)
+class SharegptColumns:
+    messages: str = "conversations"
+    system: str | None = "system"
+
+
+@dataclass(frozen=True)
+class Tags:
+    """Message keys (role, content) and role values of a sharegpt dataset; None: no such role."""
+
+    role: str = "from"
+    content: str = "value"
+    user: str = "human"
+    assistant: str = "gpt"
+    observation: str | None = "observation"
+    function: str | None = "function_call"
+    system: str | None = "system"
+
+
+@dataclass(frozen=True)
+class Source:
+    """One item of the dataset list: its files and how their rows become samples."""
+
+    label: str  # "dataset 'name'" or "file PATH", for messages
+    files: tuple[Path, ...]
+    columns: AlpacaColumns | SharegptColumns
+    tags: Tags | None = None  # sharegpt only
+    entry: bool = False  # named in dataset_info.json (else a bare path)
+
+    @property
+    def formatting(self) -> str:
+        return "alpaca" if isinstance(self.columns, AlpacaColumns) else "sharegpt"
+
+
+# ---- the entry points ----
+
+
+def files(spec: DatasetSpec) -> list[Path]:
+    """Every data file load_samples(spec) reads, resolved, in reading order, each once
+    (dataset_info.json, read from spec.dataset_dir, is not listed)."""
+    found = [path for source in sources(spec) for path in source.files]
+    return list(dict.fromkeys(found))
+
+
+def load_samples(spec: DatasetSpec) -> list[Sample]:
+    """Every sample of every dataset in spec.names, datasets in order, each cut to its first
+    spec.max_samples rows."""
+    samples: list[Sample] = []
+    for source in sources(spec):
+        samples.extend(source_samples(source, spec.max_samples))
+    return samples
+
+
+def absolute_spec(spec: DatasetSpec) -> DatasetSpec:
+    """The same datasets named so that any working directory reads them: each path item
+    replaced by its resolved file, and dataset_dir made absolute (the default filled in) when
+    a name is looked up in it (None when every item is a path)."""
+    items = [
+        item if not _is_path(item) else str(_path_item(item, spec.directory))
+        for item in dataset_items(spec.names)
+    ]
+    names_one = any(not _is_path(item) for item in items)
+    directory = str(spec.directory.resolve()) if names_one else None  # only names need it
+    return DatasetSpec(",".join(items), directory, spec.max_samples)
+
+
+def split_validation(samples: Sequence[T], val_size: float, seed: int) -> tuple[list[T], list[T]]:
+    """(train, validation) as LLaMA-Factory's val_size asks: below 1 a fraction of the samples
+    (rounded up, as datasets' train_test_split counts), from 1 up a number of samples (a
+    fraction dropped, as LLaMA-Factory does); 1e-6 or less means no validation split.
+
+    The validation rows are the first of a permutation drawn by numpy's RandomState(seed),
+    whose stream numpy keeps fixed across versions and machines (LLaMA-Factory draws with
+    another generator, so its rows differ). Both parts keep the samples' order.
+    """
+    n = len(samples)
+    n_val = validation_count(n, val_size)
+    if n_val == 0:
+        return list(samples), []
+    if not 0 <= seed < 2**32:
+        raise DatasetError(f"seed must be within [0, 2**32 - 1] to split by val_size, got {seed}")
+    chosen = set(np.random.RandomState(seed).permutation(n)[:n_val].tolist())
+    train = [s for i, s in enumerate(samples) if i not in chosen]
+    validation = [s for i, s in enumerate(samples) if i in chosen]
+    return train, validation
+
+
+def validation_count(n: int, val_size: float) -> int:
+    """How many of n samples val_size takes for validation (0: no split); refuses a
+    val_size that leaves no sample on either side."""
+    if isinstance(val_size, bool) or not isinstance(val_size, int | float) or val_size < 0:
+        raise DatasetError(
+            f"val_size must be a fraction below 1 or a number of samples, got {val_size!r}"
+        )
+    if val_size <= 1e-6:
+        return 0
+    if n == 0:
+        raise DatasetError(f"val_size {val_size} asks to split a dataset of no samples")
+    # round() first: 0.1 of 30 is 3, not the 4 that ceil(3.0000000000000004) gives
+    n_val = math.ceil(round(val_size * n, 6)) if val_size < 1 else int(val_size)
+    if n_val >= n:
+        raise DatasetError(
+            f"val_size {val_size} takes {n_val} of the {n} samples for validation, leaving "
+            "none to train on; give a smaller fraction or count"
+        )
+    return n_val
+
+
+# ---- names, paths and entries ----
+
+
+def dataset_items(names: str) -> list[str]:
+    """The items of a comma list, stripped; an empty or repeated item is refused."""
+    items = [item.strip() for item in names.split(",")]
+    if not all(items):
+        raise DatasetError(
+            f"dataset '{names}' has an empty item; give names or paths separated by commas"
+        )
+    repeated = sorted({item for item in items if items.count(item) > 1})
+    if repeated:
+        raise DatasetError(
+            f"dataset '{names}' lists {', '.join(repeated)} more than once (LLaMA-Factory "
+            "would read it once); list each dataset once"
+        )
+    return items
+
+
+def sources(spec: DatasetSpec) -> list[Source]:
+    """Each item of spec.names as a Source, in order; dataset_info.json is read only when an
+    item is a name."""
+    info: dict[str, Any] | None = None
+    found = []
+    for item in dataset_items(spec.names):
+        if _is_path(item):
+            path = _path_item(item, spec.directory)
+            found.append(Source(f"file {path}", (path,), AlpacaColumns()))
+            continue
+        if info is None:
+            info = read_dataset_info(spec.directory, item)
+        found.append(entry_source(item, info, spec.directory))
+    return found
+
+
+def _is_path(item: str) -> bool:
+    return Path(item).suffix.lower() in FILE_SUFFIXES
+
+
+def _path_item(item: str, directory: Path) -> Path:
+    """A .json/.jsonl item: from the working directory, else from dataset_dir."""
+    path = Path(item).expanduser()
+    for candidate in (path, directory / path):
+        if candidate.is_file():
             return candidate.resolve()
-        info_path = base / "dataset_info.json"
-        if info_path.is_file():
-            info = json.loads(info_path.read_text(encoding="utf-8"))
-            entry = info.get(dataset)
-            if isinstance(entry, dict) and "file_name" in entry:
-                found = base / entry["file_name"]
-                if found.is_file():
-                    return found.resolve()
-                raise DatasetError(
-                    f"dataset '{dataset}' is listed in {info_path} as {entry['file_name']}, "
-                    f"but {found} does not exist"
-                )
-    where = f" or a name in {Path(dataset_dir) / 'dataset_info.json'}" if dataset_dir else ""
+    also = "" if path.is_absolute() else f" nor at {directory / path}"
     raise DatasetError(
-        f"dataset '{dataset}' is neither an existing .json/.jsonl file{where}; "
-        "give a path to an alpaca-format file, or set dataset_dir"
+        f"dataset file {item} does not exist (not at {path.resolve()}{also}); give the path "
+        "of an existing .json or .jsonl file"
     )
 
 
-def load_alpaca(path: str | Path) -> list[dict[str, str]]:
-    """Read samples with instruction, input (optional) and output, in file order."""
-    path = Path(path)
-    text = path.read_text(encoding="utf-8")
+def read_dataset_info(directory: Path, wanted: str) -> dict[str, Any]:
+    """dataset_dir/dataset_info.json, which must exist since the item `wanted` is a name."""
+    raw = str(directory)
+    if raw == "ONLINE" or raw.startswith("REMOTE:"):
+        raise DatasetError(
+            f"dataset_dir '{raw}' means datasets from a hub, and this tool reads local files "
+            "only; download the data, then set dataset_dir to a folder with a "
+            f"{DATASET_INFO} that names it, or give the path of a .json/.jsonl file"
+        )
+    path = directory / DATASET_INFO
+    if not path.is_file():
+        raise DatasetError(
+            f"dataset '{wanted}' is not a .json/.jsonl path, so it must be a name in "
+            f"{path}, which does not exist; set dataset_dir to the folder holding "
+            f"{DATASET_INFO} (default: '{DEFAULT_DATASET_DIR}' in the working directory), "
+            "or give the path of a .json/.jsonl file"
+        )
     try:
-        if path.suffix == ".jsonl":
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
-            rows = json.loads(text)
+        info = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(rows, list) or not rows:
-        raise DatasetError(f"{path} must hold a non-empty list of samples")
-    samples = []
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict) or "instruction" not in row or "output" not in row:
-            raise DatasetError(
-                f"{path}: sample {i} needs the keys 'instruction' and 'output' (alpaca format)"
-            )
-        samples.append({key: str(row.get(key) or "") for key in ALPACA_KEYS})
+    if not isinstance(info, dict):
+        raise DatasetError(f"{path} must hold a JSON object of dataset entries by name")
+    return info
+
+
+def entry_source(name: str, info: dict[str, Any], directory: Path) -> Source:
+    """The entry `name` of dataset_info.json as a Source (LLaMA-Factory's DatasetAttr)."""
+    where = f"dataset '{name}' in {directory / DATASET_INFO}"
+    if name not in info:
+        close = difflib.get_close_matches(name, [str(k) for k in info], n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise DatasetError(
+            f"dataset '{name}' is not in {directory / DATASET_INFO} ({len(info)} entries); "
+            f"{hint}add an entry with its file_name, or give the path of a .json/.jsonl file"
+        )
+    entry = info[name]
+    if not isinstance(entry, dict):
+        raise DatasetError(f"{where} must be a JSON object with a file_name")
+    _refuse_unsupported(entry, where)
+    formatting = entry.get("formatting", "alpaca")
+    if formatting not in FORMATTINGS:
+        raise DatasetError(
+            f"{where} has formatting '{formatting}'; this tool reads "
+            f"{' and '.join(FORMATTINGS)} (OpenAI-style messages are sharegpt with tags "
+            "role_tag 'role', content_tag 'content', user_tag 'user', assistant_tag "
+            "'assistant', system_tag 'system')"
+        )
+    columns_given = _mapping(entry, "columns", where)
+    tags_given = _mapping(entry, "tags", where)
+    paths = entry_files(entry.get("file_name"), directory, where)
+    label = f"dataset '{name}'"
+    if formatting == "alpaca":
+        return Source(label, paths, alpaca_columns(columns_given), entry=True)
+    columns, tags = sharegpt_columns(columns_given), sharegpt_tags(tags_given)
+    return Source(label, paths, columns, tags, entry=True)
+
+
+def _refuse_unsupported(entry: dict[str, Any], where: str) -> None:
+    hub = [key for key in HUB_KEYS if key in entry]
+    if hub:
+        local = (
+            f"remove {', '.join(hub)} from the entry so that its file_name is read"
+            if "file_name" in entry
+            else "download the data, then give the entry a file_name (relative to "
+            "dataset_dir), or give the path of the .json/.jsonl file instead of the name"
+        )
+        raise DatasetError(
+            f"{where} is a hub dataset ({hub[0]}: {entry[hub[0]]}), and this tool reads "
+            f"local files only; {local}"
+        )
+    if entry.get("ranking"):
+        raise DatasetError(
+            f"{where} is preference data (ranking: true); this tool selects supervised "
+            "fine-tuning data (one response per prompt)"
+        )
+    if entry.get("num_samples") is not None:
+        raise DatasetError(
+            f"{where} has num_samples (random sampling), which this tool does not do; remove "
+            "it, and set max_samples to read the first rows of each dataset"
+        )
+    columns = entry.get("columns") or {}
+    unsupported = [
+        key for key in UNSUPPORTED_COLUMNS if isinstance(columns, dict) and key in columns
+    ]
+    if unsupported:
+        what = ", ".join(f"{key} ({UNSUPPORTED_COLUMNS[key]})" for key in unsupported)
+        raise DatasetError(
+            f"{where} names the columns {what}; this tool trains on text conversations only. "
+            "Leave those columns out of the entry to train on the text alone"
+        )
+
+
+def _mapping(entry: dict[str, Any], key: str, where: str) -> dict[str, Any] | None:
+    value = entry.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise DatasetError(f"{where}: '{key}' must be a JSON object of names (text)")
+    return value
+
+
+def alpaca_columns(given: dict[str, str] | None) -> AlpacaColumns:
+    """An entry's alpaca `columns`. Without them, the defaults (history and system read when a
+    row has them); with them, as LLaMA-Factory: query, history and system only when named
+    (prompt and response keep their defaults when not named)."""
+    if given is None:
+        return AlpacaColumns()
+    return AlpacaColumns(
+        prompt=given.get("prompt", "instruction"),
+        query=given.get("query"),
+        response=given.get("response", "output"),
+        history=given.get("history"),
+        system=given.get("system"),
+    )
+
+
+def sharegpt_columns(given: dict[str, str] | None) -> SharegptColumns:
+    """An entry's sharegpt `columns`: messages (default conversations) and system (read when
+    a row has it if no columns are given; with columns, only when named, as LLaMA-Factory)."""
+    if given is None:
+        return SharegptColumns()
+    return SharegptColumns(given.get("messages", "conversations"), given.get("system"))
+
+
+def sharegpt_tags(given: dict[str, str] | None) -> Tags:
+    """An entry's `tags`. With tags, as LLaMA-Factory, the observation, function and system
+    roles exist only when named; role, content, user and assistant keep their defaults."""
+    if given is None:
+        return Tags()
+    return Tags(
+        role=given.get("role_tag", "from"),
+        content=given.get("content_tag", "value"),
+        user=given.get("user_tag", "human"),
+        assistant=given.get("assistant_tag", "gpt"),
+        observation=given.get("observation_tag"),
+        function=given.get("function_tag"),
+        system=given.get("system_tag"),
+    )
+
+
+def entry_files(file_name: Any, directory: Path, where: str) -> tuple[Path, ...]:
+    """The files of an entry's file_name (relative to dataset_dir): the file, or a folder's
+    .json/.jsonl files in name order."""
+    if not isinstance(file_name, str) or not file_name:
+        raise DatasetError(
+            f"{where} has no file_name; give the .json/.jsonl file (or folder of them), "
+            "relative to dataset_dir"
+        )
+    path = (directory / Path(file_name).expanduser()).resolve()
+    if path.is_dir():
+        found = sorted(
+            (p for p in path.iterdir() if p.is_file() and p.suffix.lower() in FILE_SUFFIXES),
+            key=lambda p: p.name,
+        )
+        if not found:
+            raise DatasetError(f"{where}: the folder {path} holds no .json or .jsonl file")
+        return tuple(found)
+    if not path.is_file():
+        raise DatasetError(f"{where} names file_name {file_name}, but {path} does not exist")
+    if path.suffix.lower() not in FILE_SUFFIXES:
+        raise DatasetError(
+            f"{where}: {path} is not a .json or .jsonl file, the only kinds this tool reads; "
+            "convert it to JSON (a list of rows, or one row per line)"
+        )
+    return (path,)
+
+
+# ---- rows into samples ----
+
+
+def source_samples(source: Source, max_samples: int | None = None) -> list[Sample]:
+    """The source's rows (its files in order, cut to max_samples) as samples; any bad row
+    refuses the whole dataset, the message counting them and showing the first."""
+    rows = [row for path in source.files for row in read_rows(path)]
+    if not rows:
+        raise DatasetError(f"{source.label} holds no rows ({_file_list(source.files)})")
+    convert = _converter(source)
+    samples, bad = [], []
+    for where, row in rows[:max_samples]:
+        try:
+            samples.append(convert(row))
+        except _RowProblem as problem:
+            bad.append((where, str(problem)))
+    if bad:
+        where, reason = bad[0]
+        count = "1 row" if len(bad) == 1 else f"{len(bad)} rows"
+        raise DatasetError(
+            f"{source.label}: {count} cannot be read as {source.formatting} samples, the "
+            f"first at {where}: {reason}. Reading with {_mapping_text(source)}. Both "
+            "services must read the same samples, so no row is skipped: fix or remove these "
+            "rows" + (", or correct the entry's columns and tags" if source.entry else "")
+        )
     return samples
+
+
+def _converter(source: Source) -> Callable[[Any], Sample]:
+    columns, tags = source.columns, source.tags
+    if isinstance(columns, AlpacaColumns):
+        return lambda row: alpaca_sample(row, columns)
+    assert tags is not None
+    return lambda row: sharegpt_sample(row, columns, tags)
+
+
+def _mapping_text(source: Source) -> str:
+    """The columns and tags in use, under the names dataset_info.json gives them."""
+
+    def named(obj: object, suffix: str = "") -> str:
+        pairs = [(k, v) for k, v in vars(obj).items() if v is not None]
+        return ", ".join(f"{k}{suffix}={v!r}" for k, v in pairs)
+
+    text = f"columns {named(source.columns)}"
+    return text if source.tags is None else f"{text} and tags {named(source.tags, '_tag')}"
+
+
+def _file_list(paths: Sequence[Path]) -> str:
+    return str(paths[0]) if len(paths) == 1 else f"{len(paths)} files in {paths[0].parent}"
+
+
+def read_rows(path: Path) -> list[tuple[str, Any]]:
+    """(where, row) for each row of a JSON list or of JSON lines (either suffix, as
+    LLaMA-Factory's reader takes both); where is "PATH row i" (from 0) or "PATH line n"."""
+    text = path.read_text(encoding="utf-8-sig")
+    if text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{path} is not valid JSON: {exc}") from exc
+        return [(f"{path} row {i}", row) for i, row in enumerate(rows)]
+    found = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            found.append((f"{path} line {n}", json.loads(line)))
+        except json.JSONDecodeError as exc:
+            raise DatasetError(
+                f"{path} line {n} is not valid JSON ({exc.msg}); a file that is not one JSON "
+                "list must hold one JSON object per line"
+            ) from exc
+    return found
+
+
+def _row_dict(row: Any) -> dict[str, Any]:
+    if not isinstance(row, dict):
+        raise _RowProblem(f"a row must be a JSON object, this one is {_kind(row)}")
+    return row
+
+
+def _kind(value: Any) -> str:
+    names = {dict: "a JSON object", list: "a list", str: "text", bool: "true/false"}
+    if value is None:
+        return "null"
+    return names.get(type(value), "a number" if isinstance(value, int | float) else "a value")
+
+
+def _text(row: dict[str, Any], column: str | None, required: bool = False) -> str:
+    """The text in row[column]; a missing or null optional column is empty."""
+    value = None if column is None else row.get(column)
+    if value is None:
+        if required:
+            raise _RowProblem(f"it has no '{column}' column")
+        return ""
+    if not isinstance(value, str):
+        raise _RowProblem(f"column '{column}' holds {_kind(value)}, not text")
+    return value
+
+
+def alpaca_sample(row: Any, columns: AlpacaColumns) -> Sample:
+    """An alpaca row: user text is prompt and query joined by a newline (query when
+    non-empty), history pairs come first, the system column is the system prompt."""
+    row = _row_dict(row)
+    prompt = _text(row, columns.prompt, required=True)
+    response = _text(row, columns.response, required=True)
+    query = _text(row, columns.query)
+    user = "\n".join(part for part in (prompt, query) if part)
+    earlier = _history(row.get(columns.history) if columns.history else None, columns.history)
+    return Sample((*earlier, (user, response)), _text(row, columns.system))
+
+
+def _history(value: Any, column: str | None) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    pairs = value if isinstance(value, list) else None
+    if pairs is None or not all(
+        isinstance(p, list | tuple) and len(p) == 2 and all(isinstance(t, str) for t in p)
+        for p in pairs
+    ):
+        raise _RowProblem(
+            f"column '{column}' must be a list of [user, assistant] text pairs, "
+            f"it is {_kind(value) if pairs is None else 'a list of something else'}"
+        )
+    return tuple((user, assistant) for user, assistant in pairs)
+
+
+def sharegpt_sample(row: Any, columns: SharegptColumns, tags: Tags) -> Sample:
+    """A sharegpt conversation: an optional leading system message, then user and assistant
+    messages alternating, starting with the user and ending with the assistant."""
+    row = _row_dict(row)
+    messages = row.get(columns.messages)
+    if messages is None:
+        raise _RowProblem(f"it has no '{columns.messages}' column")
+    if not isinstance(messages, list):
+        raise _RowProblem(f"column '{columns.messages}' holds {_kind(messages)}, not a list")
+    pairs = [_message(m, k, tags) for k, m in enumerate(messages)]
+    first = 0
+    system = _text(row, columns.system)
+    if pairs and tags.system is not None and pairs[0][0] == tags.system:
+        system, first = pairs[0][1], 1
+    roles = (tags.user, tags.assistant)
+    for k in range(first, len(pairs)):
+        role, wanted = pairs[k][0], roles[(k - first) % 2]
+        if role in (tags.observation, tags.function):
+            raise _RowProblem(
+                f"message {k} has role '{role}': tool-use data (function calls and "
+                "observations) is not supported; remove these conversations"
+            )
+        if role != wanted:
+            who = "user" if wanted == tags.user else "assistant"
+            raise _RowProblem(
+                f"message {k} has role '{role}' where the {who} ('{wanted}') belongs; turns "
+                f"must alternate '{tags.user}' and '{tags.assistant}', starting with "
+                f"'{tags.user}'"
+                + (f" after an optional first '{tags.system}' message" if tags.system else "")
+            )
+    texts = [text for _, text in pairs[first:]]
+    if not texts:
+        raise _RowProblem("the conversation has no user or assistant message")
+    if len(texts) % 2:
+        raise _RowProblem(
+            f"the conversation ends on a user turn ({len(texts)} user and assistant "
+            "messages); it must end with the assistant's reply"
+        )
+    return Sample(tuple(zip(texts[::2], texts[1::2], strict=True)), system)
+
+
+def _message(message: Any, k: int, tags: Tags) -> tuple[str, str]:
+    """(role, content) of message k."""
+    if not isinstance(message, dict):
+        raise _RowProblem(f"message {k} is {_kind(message)}, not a JSON object")
+    for key in (tags.role, tags.content):
+        if key not in message:
+            raise _RowProblem(f"message {k} has no '{key}' key (its keys: {sorted(message)})")
+    role, content = message[tags.role], message[tags.content]
+    if not isinstance(role, str) or not isinstance(content, str):
+        raise _RowProblem(f"message {k}: '{tags.role}' and '{tags.content}' must be text")
+    return role, content

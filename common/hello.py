@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from common.datasets import DatasetSpec
 from common.model_spec import ModelSpec
 from common.protocol import PROTOCOL_VERSION, Hello
 from common.tokenization import EncodedSample, TokenizationSettings, fingerprint
@@ -14,8 +15,9 @@ def build_hello(
     *,
     run_id: str,
     spec: ModelSpec,
-    dataset: str,
-    dataset_dir: str | None,
+    dataset: DatasetSpec,
+    val_size: float | None = None,
+    split_seed: int | None = None,
     tokenization: TokenizationSettings,
     encoded: Sequence[EncodedSample],
     window_size: float,
@@ -25,7 +27,9 @@ def build_hello(
     run_token: str | None = None,
     token: str | None = None,
 ) -> Hello:
-    """vocab_size is len(tokenizer); model_digest the checkpoint_digest of the trainer's model."""
+    """dataset names the files as the scorer reads them (common.datasets.absolute_spec);
+    val_size and split_seed the validation split held out of them, if any; vocab_size is
+    len(tokenizer); model_digest the checkpoint_digest of the trainer's model."""
     return Hello(
         protocol=PROTOCOL_VERSION,
         token=token,
@@ -34,8 +38,13 @@ def build_hello(
         finetuning_type=spec.kind,
         lora=spec.lora.to_spec() if spec.lora is not None else None,
         trust_remote_code=spec.trust_remote_code,
-        dataset=dataset,
-        dataset_dir=dataset_dir,
+        attn_implementation=spec.attn_implementation,
+        quantization_bit=spec.quantization_bit,
+        dataset=dataset.names,
+        dataset_dir=dataset.dataset_dir,
+        max_samples=dataset.max_samples,
+        val_size=val_size or None,
+        split_seed=split_seed if val_size else None,
         tokenization=tokenization.to_dict(),
         window_size=window_size,
         update_times=update_times,

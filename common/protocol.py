@@ -45,7 +45,7 @@ from common.errors import (
 from common.tokenization import TEMPLATE_NAMES
 from common.validation import RunId, describe_errors, one_of
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 FRAME_BYTES = 16 << 20  # the largest payload frame, and the chunk size trainers use
 DIGEST = "xxh3-128"  # of each chunk; the payload's is the same hash over the chunk digests
 UPLOAD_ID = r"^[0-9a-f]{32}$"
@@ -103,8 +103,17 @@ class Hello(_Header):
     finetuning_type: Kind
     lora: LoraSpec | None = None  # exactly when finetuning_type is lora
     trust_remote_code: bool = False
-    dataset: PathText
+    # the base model's attention and quantization, as the trainer loads it (None: defaults)
+    attn_implementation: (
+        Literal["eager", "sdpa", "flash_attention_2", "flash_attention_3"] | None
+    ) = None
+    quantization_bit: Literal[4, 8] | None = None
+    dataset: PathText  # a comma list of dataset names and file paths
     dataset_dir: PathText | None = None
+    max_samples: int | None = Field(None, ge=1)  # the first rows of each dataset
+    # a validation split held out of the training samples (common.datasets.split_validation)
+    val_size: float | None = Field(None, gt=0.0)
+    split_seed: int | None = Field(None, ge=0, lt=2**32)
     tokenization: TokenizationSpec
     window_size: float = Field(ge=0.0, le=1.0)
     update_times: int = Field(ge=1, le=MAX_UPDATES)

@@ -1,8 +1,11 @@
-"""Turning alpaca samples into (input_ids, labels): the one function trainer and scorer share.
+"""Turning samples into (input_ids, labels): the one function trainer and scorer share.
 
-The prompt (instruction and input, wrapped in the template) is labelled -100, so the loss
-covers the response only; EOS ends the response. Sequences longer than cutoff_len are cut
-at the end; a sample left with no label token has no loss (the scorer stores NULL).
+A sample is laid out turn by turn, by a built-in template (common/templates.py) or by the
+tokenizer's own chat template. Every assistant turn is trained on: its tokens, including
+what ends the turn, are the labels; the system prompt and the user turns are -100. A sample
+longer than cutoff_len is cut turn by turn, each turn's prompt and response sharing what is
+left of the budget (`infer_seqlen`), so a long prompt no longer leaves its response without
+tokens; a sample left with no label token has no loss (the scorer stores NULL).
 """
 
 from __future__ import annotations
@@ -13,21 +16,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from common.samples import Sample
+from common.templates import BOS, TEMPLATES, Piece, Special, render_turns, text_of
+
 IGNORE_INDEX = -100
 
-# Built-in prompt formats for tokenizers without a chat template (and for `template: name`).
-TEMPLATES: dict[str, str] = {
-    "plain": "### Instruction:\n{query}\n\n### Response:\n",
-    "alpaca": "Below is an instruction that describes a task. Write a response that "
-    "appropriately completes the request.\n\n### Instruction:\n{query}\n\n### Response:\n",
-    "llama3": "<|start_header_id|>user<|end_header_id|>\n\n{query}<|eot_id|>"
-    "<|start_header_id|>assistant<|end_header_id|>\n\n",
-    "chatml": "<|im_start|>user\n{query}<|im_end|>\n<|im_start|>assistant\n",
-    "qwen": "<|im_start|>user\n{query}<|im_end|>\n<|im_start|>assistant\n",
-}
 AUTO = "auto"  # the tokenizer's chat template when it has one, "plain" otherwise
 CHAT = "chat"  # the tokenizer's chat template, required
 TEMPLATE_NAMES = (AUTO, CHAT, *TEMPLATES)
+
+
+class ChatTemplateError(ValueError):
+    """The tokenizer's chat template cannot be split into turns for this sample."""
 
 
 @dataclass(frozen=True)
@@ -49,48 +49,147 @@ class EncodedSample:
         return sum(1 for v in self.labels[1:] if v != IGNORE_INDEX)
 
 
-def query_text(sample: dict[str, str]) -> str:
-    return "\n\n".join(part for part in (sample["instruction"], sample.get("input", "")) if part)
+# ---- truncation ----
+def infer_seqlen(source_len: int, target_len: int, cutoff_len: int) -> tuple[int, int]:
+    """How many prompt (source) and response (target) tokens of a turn fit in cutoff_len.
+
+    A response shorter than half the budget is kept whole and the prompt gets the rest; else
+    a prompt shorter than half is kept whole and the response gets the rest; else both are
+    cut, the response keeping its share of the budget (rounded down) and the prompt the rest.
+    """
+    if target_len * 2 < cutoff_len:
+        max_target = cutoff_len
+    elif source_len * 2 < cutoff_len:
+        max_target = cutoff_len - source_len
+    else:
+        max_target = int(cutoff_len * (target_len / (source_len + target_len)))
+    new_target = min(max_target, target_len)
+    new_source = min(max(cutoff_len - new_target, 0), source_len)
+    return new_source, new_target
 
 
-def render_prompt(tokenizer: Any, template: str, query: str) -> str:
-    """The prompt text up to where the response starts."""
+def join_turns(turns: Iterable[tuple[list[int], list[int]]], cutoff_len: int) -> EncodedSample:
+    """The turns' (prompt ids, response ids) one after another, responses labelled, each turn
+    cut to what is left of cutoff_len; turns after the budget is used up are left out."""
+    input_ids: list[int] = []
+    labels: list[int] = []
+    for source, target in turns:
+        budget = cutoff_len - len(input_ids)
+        if budget <= 0:
+            break
+        n_source, n_target = infer_seqlen(len(source), len(target), budget)
+        input_ids += source[:n_source] + target[:n_target]
+        labels += [IGNORE_INDEX] * n_source + target[:n_target]
+    return EncodedSample(input_ids, labels)
+
+
+# ---- the turns of a sample, as pieces ----
+def turn_pieces(tokenizer: Any, sample: Sample, template: str) -> list[tuple[Piece, Piece]]:
+    """Each turn's prompt and response as `template` lays them out for this tokenizer."""
     has_chat = bool(getattr(tokenizer, "chat_template", None))
     if template == CHAT or (template == AUTO and has_chat):
         if not has_chat:
             raise ValueError("template 'chat' needs a tokenizer with a chat template")
-        messages = [{"role": "user", "content": query}]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return chat_template_turns(tokenizer, sample)
     name = "plain" if template == AUTO else template
     if name not in TEMPLATES:
         raise ValueError(f"unknown template '{template}'; choose one of {list(TEMPLATE_NAMES)}")
-    return TEMPLATES[name].format(query=query)
+    return render_turns(TEMPLATES[name], sample)
 
 
-def _ids(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+def chat_messages(sample: Sample, n_turns: int, with_answer: bool) -> list[dict[str, str]]:
+    """The messages of the first n_turns turns, the last one's answer only if with_answer."""
+    messages = [{"role": "system", "content": sample.system}] if sample.system else []
+    for i, (user, assistant) in enumerate(sample.turns[:n_turns]):
+        messages.append({"role": "user", "content": user})
+        if i < n_turns - 1 or with_answer:
+            messages.append({"role": "assistant", "content": assistant})
+    return messages
 
 
-def encode_sample(
-    tokenizer: Any, sample: dict[str, str], settings: TokenizationSettings
-) -> EncodedSample:
-    prompt = render_prompt(tokenizer, settings.template, query_text(sample))
-    prompt_ids = _ids(tokenizer, prompt)
-    bos = tokenizer.bos_token_id
-    if bos is not None and (not prompt_ids or prompt_ids[0] != bos):
-        prompt_ids = [bos, *prompt_ids]
-    response_ids = _ids(tokenizer, sample["output"])
-    if tokenizer.eos_token_id is not None:
-        response_ids.append(tokenizer.eos_token_id)
-    input_ids = (prompt_ids + response_ids)[: settings.cutoff_len]
-    labels = ([IGNORE_INDEX] * len(prompt_ids) + response_ids)[: settings.cutoff_len]
-    return EncodedSample(input_ids, labels)
+def chat_template_turns(tokenizer: Any, sample: Sample) -> list[tuple[Piece, Piece]]:
+    """Each turn's prompt and response as the tokenizer's chat template writes them.
+
+    The conversation is rendered up to each user turn (with the generation prompt) and up to
+    each assistant turn; each piece is what one rendering adds to the one before. The first
+    prompt opens with BOS when the tokenizer puts BOS before any text it encodes and the
+    template does not write it itself.
+    """
+
+    def render(n_turns: int, with_answer: bool) -> str:
+        messages = chat_messages(sample, n_turns, with_answer)
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=not with_answer
+        )
+
+    turns: list[tuple[Piece, Piece]] = []
+    done = ""
+    for n in range(1, len(sample.turns) + 1):
+        asked, answered = render(n, False), render(n, True)
+        if not asked.startswith(done) or not answered.startswith(asked):
+            raise ChatTemplateError(
+                f"the tokenizer's chat template cannot be split into turns for the sample "
+                f"whose turn {n} asks {sample.turns[n - 1][0][:60]!r}: its text up to that turn "
+                "is not the start of its text with the turn's next message added; pick a "
+                f"built-in template instead, one of {list(TEMPLATES)}"
+            )
+        turns.append(((asked[len(done) :],), (answered[len(asked) :],)))
+        done = answered
+    if _puts_bos_first(tokenizer) and not done.startswith(tokenizer.bos_token):
+        first_prompt, first_response = turns[0]
+        turns[0] = ((BOS, *first_prompt), first_response)
+    return turns
+
+
+def _puts_bos_first(tokenizer: Any) -> bool:
+    """The tokenizer opens the text it encodes with BOS (as a model expects its input)."""
+    if tokenizer.bos_token_id is None:
+        return False
+    return list(tokenizer("a")["input_ids"][:1]) == [tokenizer.bos_token_id]
+
+
+def render_turn_texts(tokenizer: Any, sample: Sample, template: str) -> list[tuple[str, str]]:
+    """Each turn's prompt and response as text, BOS and EOS written as the tokenizer's own."""
+    return [
+        (_text(tokenizer, prompt), _text(tokenizer, response))
+        for prompt, response in turn_pieces(tokenizer, sample, template)
+    ]
+
+
+def _text(tokenizer: Any, piece: Piece) -> str:
+    return text_of(piece, tokenizer.bos_token, tokenizer.eos_token)
+
+
+# ---- ids ----
+def piece_ids(tokenizer: Any, piece: Piece) -> list[int]:
+    """Each text slot tokenized on its own (special tokens written in it become those tokens
+    when the tokenizer has them); BOS and EOS as the tokenizer's ids, nothing if it has none."""
+    ids: list[int] = []
+    for slot in piece:
+        if isinstance(slot, Special):
+            token_id = tokenizer.bos_token_id if slot is BOS else tokenizer.eos_token_id
+            ids += [] if token_id is None else [token_id]
+        elif slot:
+            ids += tokenizer(slot, add_special_tokens=False)["input_ids"]
+    return ids
+
+
+def encode_sample(tokenizer: Any, sample: Sample, settings: TokenizationSettings) -> EncodedSample:
+    turns = turn_pieces(tokenizer, sample, settings.template)
+    ids = [(piece_ids(tokenizer, prompt), piece_ids(tokenizer, reply)) for prompt, reply in turns]
+    return join_turns(ids, settings.cutoff_len)
 
 
 def encode_dataset(
-    tokenizer: Any, samples: Iterable[dict[str, str]], settings: TokenizationSettings
+    tokenizer: Any, samples: Iterable[Sample], settings: TokenizationSettings
 ) -> list[EncodedSample]:
-    return [encode_sample(tokenizer, sample, settings) for sample in samples]
+    encoded = []
+    for i, sample in enumerate(samples):
+        try:
+            encoded.append(encode_sample(tokenizer, sample, settings))
+        except ChatTemplateError as exc:
+            raise ChatTemplateError(f"sample {i}: {exc}") from exc
+    return encoded
 
 
 def fingerprint(encoded: Iterable[EncodedSample]) -> str:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.datasets import FILE_SUFFIXES
 from common.errors import Forbidden
 from common.protocol import Hello
 
@@ -75,9 +76,10 @@ class AccessPolicy:
         if hello.dataset_dir is not None and not self.data.holds(hello.dataset_dir):
             raise self.data.refuse(hello.run_id, "dataset_dir", hello.dataset_dir)
         # A file path is checked now; a name in dataset_dir's dataset_info.json, once resolved.
-        a_path = Path(hello.dataset).suffix in (".json", ".jsonl") or hello.dataset_dir is None
-        if a_path and not self.data.holds(hello.dataset):
-            raise self.data.refuse(hello.run_id, "dataset", hello.dataset)
+        for item in hello.dataset.split(","):
+            a_path = Path(item.strip()).suffix in FILE_SUFFIXES or hello.dataset_dir is None
+            if a_path and not self.data.holds(item.strip()):
+                raise self.data.refuse(hello.run_id, "dataset", item.strip())
 
     def trusts(self, hello: Hello) -> bool:
         """Whether this run's model code may run: asked for, and allowed by the scorer."""
@@ -93,6 +95,6 @@ class AccessPolicy:
         return ""
 
     def check_dataset_file(self, hello: Hello, path: Path) -> None:
-        """The file a dataset name resolved to (dataset_info.json may point anywhere)."""
+        """A file the datasets resolved to (dataset_info.json may point anywhere)."""
         if not self.data.holds(path):
             raise self.data.refuse(hello.run_id, "dataset", hello.dataset)

@@ -81,6 +81,7 @@ class Registrations:
             if not prepared.set_running_or_notify_cancel():
                 continue
             try:
+                self.registry.check_loadable(hello)
                 data = self.registry.prepare(hello)
                 self.registry.manifest(hello)  # the base model must build as the trainer says
             except BaseException as exc:

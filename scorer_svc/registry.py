@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from cachetools import LRUCache
 
-from common.datasets import DatasetError, load_alpaca, resolve_dataset
+from common.datasets import DatasetError, DatasetSpec, files, load_samples, split_validation
 from common.dtypes import compute_dtype
 from common.errors import RunMismatch
 from common.model_spec import ModelSpec, pad_id
@@ -37,7 +37,12 @@ IDENTITY_FIELDS = (
     "base_model",
     "finetuning_type",
     "lora",
+    "attn_implementation",
+    "quantization_bit",
     "dataset",
+    "max_samples",
+    "val_size",
+    "split_seed",
     "tokenization",
     "window_size",
     "update_times",
@@ -112,6 +117,16 @@ class Registry:
         scorer allows it, whatever a run registered before asked for."""
         return replace(ModelSpec.from_hello(hello), trust_remote_code=self.access.trusts(hello))
 
+    def check_loadable(self, hello: Hello) -> None:
+        """Refuse a run whose model this scorer cannot build as the trainer does (its
+        quantization or attention needs a GPU or a package this scorer lacks)."""
+        problem = self._spec(hello).load_problem(cuda=self.device.type == "cuda")
+        if problem is not None:
+            raise RunMismatch(
+                f"run {hello.run_id} refused: {problem}; the scorer builds the base model as "
+                "the trainer does, so that both compute the same losses"
+            )
+
     def hello_of(self, run_id: str, config: dict[str, Any]) -> Hello:
         """The stored hello of a registered run, parsed once (a run's hello never changes, but
         a run deleted and registered again under its id may have another)."""
@@ -180,9 +195,12 @@ class Registry:
                 "must see the base model at the path the trainer names"
             ) from exc
         try:
-            path = resolve_dataset(hello.dataset, hello.dataset_dir)
-            self.access.check_dataset_file(hello, path)
-            samples = load_alpaca(path)
+            spec = DatasetSpec(hello.dataset, hello.dataset_dir, hello.max_samples)
+            for path in files(spec):
+                self.access.check_dataset_file(hello, path)
+            samples = load_samples(spec)
+            if hello.val_size:  # the trainer's training part only
+                samples = split_validation(samples, hello.val_size, hello.split_seed or 0)[0]
         except (DatasetError, OSError) as exc:
             raise RunMismatch(
                 f"run {hello.run_id} refused: the scorer cannot read the dataset: {exc}; "

@@ -153,8 +153,11 @@ class Manifest:
 class ScoringModel:
     """One model on one device; a checkpoint is copied into its tensors in place."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, kind: str) -> None:
-        self.model = model.to(device).eval()
+    def __init__(
+        self, model: torch.nn.Module, device: torch.device, kind: str, *, placed: bool = False
+    ) -> None:
+        """placed: the model is on its device already (a quantized base loads there)."""
+        self.model = (model if placed else model.to(device)).eval()
         self.device = device
         self.kind = kind
         self.manifest = Manifest.of(self.model, kind)
@@ -163,6 +166,9 @@ class ScoringModel:
 
     @classmethod
     def load(cls, spec: ModelSpec, *, device: torch.device, dtype: torch.dtype) -> ScoringModel:
+        if spec.quantized:
+            with torch.cuda.device(device):
+                return cls(spec.build(dtype=dtype), device, spec.kind, placed=True)
         return cls(spec.build(dtype=dtype), device, spec.kind)
 
     @torch.no_grad()

@@ -11,6 +11,9 @@ the trainer reads `scorer_token` only.
 
 from __future__ import annotations
 
+import difflib
+import importlib.util
+import json
 import logging
 import os
 import re
@@ -21,9 +24,19 @@ from typing import Annotated, Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from transformers.trainer_utils import SchedulerType
+from transformers.training_args import OptimizerNames
 
-from common.datasets import DatasetError, load_alpaca, resolve_dataset
+from common.datasets import (
+    FILE_SUFFIXES,
+    DatasetError,
+    DatasetSpec,
+    absolute_spec,
+    dataset_items,
+    load_samples,
+    split_validation,
+)
 from common.launch import Launch
+from common.model_spec import ATTENTION, attention_problem, quantization_problem
 from common.protocol import (
     MAX_LORA_RANK,
     MAX_NAME_CHARS,
@@ -31,6 +44,7 @@ from common.protocol import (
     MAX_UPDATES,
     Kind,
 )
+from common.samples import Sample
 from common.selection import DEFAULT_WINDOW_SIZE
 from common.tokenization import TEMPLATE_NAMES
 from common.validation import RunId, ZmqUrl, one_of, problems_by_key
@@ -38,6 +52,7 @@ from common.validation import RunId, ZmqUrl, one_of, problems_by_key
 logger = logging.getLogger(__name__)
 
 SCHEDULERS = tuple(s.value for s in SchedulerType)
+OPTIMIZERS = tuple(o.value for o in OptimizerNames)
 CURVE_KEYS = ("scorer_curve_secret_key_file", "scorer_curve_server_key_file")
 
 
@@ -68,17 +83,28 @@ class TrainConfig(BaseModel):
     lora_rank: int = Field(8, ge=1, le=MAX_LORA_RANK)
     lora_alpha: float | None = Field(None, gt=0, le=1e6, allow_inf_nan=False)  # None: 2 x rank
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    flash_attn: Literal["auto", "disabled", "sdpa", "fa2", "fa3"] = "auto"  # attn_implementation
+    quantization_bit: Literal[4, 8] | None = None  # bitsandbytes, LoRA only, on a CUDA GPU
+    quantization_method: Literal["bnb", "bitsandbytes"] = "bnb"
     # data
     dataset: str = Field(min_length=1)
     dataset_dir: str | None = None
     eval_dataset: str | None = None  # an evaluation loss before, during and after training
     eval_steps: int | None = Field(None, ge=1)  # None: only before and after training
+    eval_strategy: Literal["no", "steps"] | None = None  # "no": no evaluation at all
+    metric_for_best_model: str | None = None
+    greater_is_better: bool | None = None
+    load_best_model_at_end: bool = False
     per_device_eval_batch_size: int = Field(8, ge=1)
     do_eval: bool = False  # accepted; eval_dataset alone turns evaluation on
     template: Annotated[str, one_of(TEMPLATE_NAMES)] = "auto"
     cutoff_len: int = Field(1024, ge=2)
-    overwrite_cache: bool = False  # accepted; tokenization is not cached
-    preprocessing_num_workers: int | None = Field(None, ge=1)  # accepted; unused
+    max_samples: int | None = Field(None, ge=1)  # the first max_samples rows of each dataset
+    val_size: float = Field(0.0, ge=0.0)  # a held-out share (< 1) or count (>= 1) for eval
+    packing: bool | None = None  # refused when true: every sample is scored on its own
+    neat_packing: bool = False  # refused when true, as packing
+    overwrite_cache: bool = False  # accepted, no effect: tokenization is not cached
+    preprocessing_num_workers: int | None = Field(None, ge=1)  # accepted, no effect
     dataloader_num_workers: Literal[0] = 0  # workers prefetch ahead of the schedule
     seed: int = 42
     # output
@@ -87,6 +113,7 @@ class TrainConfig(BaseModel):
     save_steps: float = Field(500, gt=0)
     plot_loss: bool = False
     save_only_model: bool = False
+    save_total_limit: int | None = Field(None, ge=1)
     overwrite_output_dir: bool = False
     resume_from_checkpoint: str | None = None
     report_to: str | list[str] = "none"
@@ -97,6 +124,14 @@ class TrainConfig(BaseModel):
     num_train_epochs: float = Field(1.0, gt=0)
     lr_scheduler_type: Annotated[str, one_of(SCHEDULERS)] = "cosine"
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    max_grad_norm: float = Field(1.0, ge=0.0)  # 0: no clipping
+    weight_decay: float = Field(0.0, ge=0.0)
+    adam_beta1: float = Field(0.9, ge=0.0, lt=1.0)
+    adam_beta2: float = Field(0.999, ge=0.0, lt=1.0)
+    adam_epsilon: float = Field(1e-8, gt=0.0)
+    optim: Annotated[str, one_of(OPTIMIZERS)] = "adamw_torch"
+    gradient_checkpointing: bool = False
+    deepspeed: str | None = None  # a DeepSpeed JSON config (ZeRO stage 0-2), passed to Trainer
     bf16: bool = False
     fp16: bool = False
     ddp_timeout: int = Field(1800, ge=1)
@@ -107,6 +142,7 @@ class TrainConfig(BaseModel):
     warmup_step: int = Field(10, ge=0)
     update_step: int = Field(10, ge=1)
     update_times: int = Field(2, ge=1, le=MAX_UPDATES)
+    train_step: int = Field(0, ge=0)  # > 0: the run's optimizer steps, num_train_epochs ignored
     # the scorer (ours)
     run_id: RunId | None = None
     scorer_zmq_url: ZmqUrl = "tcp://127.0.0.1:5555"
@@ -158,11 +194,12 @@ class LoadedConfig:
 
     config: TrainConfig
     window_size: float
-    dataset_path: Path
-    samples: list[dict[str, str]]
-    eval_path: Path | None
-    eval_samples: list[dict[str, str]] | None
+    dataset: DatasetSpec  # as the scorer reads it: names and paths that resolve anywhere
+    samples: list[Sample]  # the training samples (without a val_size split's)
+    eval_dataset: DatasetSpec | None
+    eval_samples: list[Sample] | None  # eval_dataset's, or the val_size split's
     world_size: int
+    deepspeed: Path | None = None
 
     @property
     def batch(self) -> int:
@@ -198,21 +235,26 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def validate_keys(model: type[M], raw: dict[str, Any]) -> tuple[M, dict[str, str]]:
-    """The keys model knows, validated: (the config, problems by key). Unknown keys get one
-    warning naming them all. With problems the config is partial, for the checks that follow
-    to name theirs too: the valid keys, defaults for the others, a required key that failed
-    left unset (read it with getattr)."""
+    """The keys model knows, validated: (the config, problems by key). A key the model does not
+    know is a problem too (with the nearest known key, if one is near): a key left unread would
+    let the run differ from what its config says. With problems the config is partial, for the
+    checks that follow to name theirs too: the valid keys, defaults for the others, a required
+    key that failed left unset (read it with getattr)."""
     known = set(model.model_fields)
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        logger.warning("ignoring unknown config keys: %s", ", ".join(unknown))
+    problems = {key: unknown_key(key, known) for key in sorted(set(raw) - known)}
     values = {k: v for k, v in raw.items() if k in known}
     try:
-        return model.model_validate(values), {}
+        return model.model_validate(values), problems
     except ValidationError as exc:
-        problems = problems_by_key(exc.errors(), values)
+        problems.update(problems_by_key(exc.errors(), values))
     valid = {key: value for key, value in values.items() if key not in problems}
     return model.model_construct(**valid), problems
+
+
+def unknown_key(key: str, known: set[str]) -> str:
+    near = difflib.get_close_matches(key, sorted(known), n=1)
+    hint = f"did you mean {near[0]}? " if near else ""
+    return f"not a key this tool reads: {hint}remove it (see the README's config keys)"
 
 
 def parse_config(raw: dict[str, Any], base_dir: Path | None = None) -> LoadedConfig:
@@ -221,19 +263,47 @@ def parse_config(raw: dict[str, Any], base_dir: Path | None = None) -> LoadedCon
     cfg, problems = validate_keys(TrainConfig, raw)
     window_size = _window_size(cfg, base_dir, problems)
     world_size = _world_size(raw, cfg, problems)
-    dataset_path, samples = _dataset(cfg, "dataset", base_dir, problems)
-    eval_path, eval_samples = (None, None)
+    deepspeed = _deepspeed(cfg, base_dir, problems)
+    dataset, samples = _dataset(cfg, "dataset", base_dir, problems)
+    eval_dataset, eval_samples = (None, None)
     if getattr(cfg, "eval_dataset", None):
-        eval_path, eval_samples = _dataset(cfg, "eval_dataset", base_dir, problems)
+        eval_dataset, eval_samples = _dataset(cfg, "eval_dataset", base_dir, problems)
+    elif samples is not None and cfg.val_size and "val_size" not in problems:
+        try:
+            samples, eval_samples = split_validation(samples, cfg.val_size, cfg.seed)
+        except DatasetError as exc:
+            problems["val_size"] = str(exc)
     later = combination_problems(cfg)
     if samples is not None:
         later.update(size_problems(cfg, len(samples), world_size))
     problems.update({k: v for k, v in later.items() if k not in problems})
-    if problems or dataset_path is None or samples is None:
+    if problems or dataset is None or samples is None:
         raise ConfigError(problems)
+    _note_ignored(cfg)
     return LoadedConfig(
-        cfg, window_size, dataset_path, samples, eval_path, eval_samples, world_size
+        cfg, window_size, dataset, samples, eval_dataset, eval_samples, world_size, deepspeed
     )
+
+
+# Keys LLaMA-Factory's and DataFlex's configs carry that change nothing here, and why.
+NO_EFFECT = {
+    "overwrite_cache": "tokenization is not cached",
+    "preprocessing_num_workers": "tokenization runs in the trainer's process",
+    "do_eval": "eval_dataset or val_size turns evaluation on",
+}
+
+
+def _note_ignored(cfg: TrainConfig) -> None:
+    given = [key for key in NO_EFFECT if key in cfg.model_fields_set]
+    for key in given:
+        logger.info("%s has no effect here: %s", key, NO_EFFECT[key])
+    if cfg.train_step and cfg.num_train_epochs != 1:
+        logger.warning(
+            "train_step is %d: the run trains that many optimizer steps and num_train_epochs "
+            "(%g) is ignored",
+            cfg.train_step,
+            cfg.num_train_epochs,
+        )
 
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -246,14 +316,43 @@ def _looks_local(name: str) -> bool:
     return Path(name.split("/")[0]).exists()
 
 
+def cached_hub_model(name: str) -> Path | None:
+    """The local snapshot folder of hub model id `name` in the Hugging Face cache, if its
+    config.json is there (nothing is downloaded)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(name, "config.json")
+    except ValueError:  # not a valid repo id
+        return None
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def resolve_base_model(name: str) -> str:
+    """A base model as both services load it: a local folder's absolute path, or the cached
+    snapshot folder of a hub id (a scorer started elsewhere finds the same folder)."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path.resolve())
+    cached = cached_hub_model(name) if HUB_ID.match(name) else None
+    return str(cached) if cached is not None else name
+
+
 def base_model_problem(name: str) -> str | None:
-    """What is wrong with a base model named by a local path (a hub id is left to the hub)."""
+    """What is wrong with a base model: a local path must be a model folder; a hub id must be
+    in the local Hugging Face cache (nothing is downloaded at run time)."""
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             return f"{name} has no config.json (not a model directory)"
     elif path.exists() or _looks_local(name):
         return f"{name} does not exist (or is not a directory)"
+    elif cached_hub_model(name) is None:
+        return (
+            f"{name} is neither a local model folder nor in the Hugging Face cache; this tool "
+            f"loads models from disk only: download it first (huggingface-cli download {name}) "
+            "or give the path of a folder that holds it"
+        )
     return None
 
 
@@ -269,8 +368,12 @@ def combination_problems(cfg: TrainConfig) -> dict[str, str]:
         problems[missing] = f"CURVE needs both {CURVE_KEYS[0]} and {CURVE_KEYS[1]}"
     if cfg.bf16 and cfg.fp16:
         problems["fp16"] = "bf16 and fp16 cannot both be true"
-    if cfg.eval_steps is not None and not cfg.eval_dataset:
-        problems["eval_steps"] = "needs eval_dataset (the data the evaluation loss is taken on)"
+    problems.update(model_problems(cfg))
+    problems.update(data_problems(cfg))
+    if cfg.eval_steps is not None and not (cfg.eval_dataset or cfg.val_size):
+        problems["eval_steps"] = (
+            "needs eval_dataset or val_size (the data the evaluation loss is taken on)"
+        )
     targets = _target_list(cfg.lora_target)
     if cfg.finetuning_type == "lora" and not targets:
         problems["lora_target"] = "name at least one module, or 'all'"
@@ -284,6 +387,42 @@ def combination_problems(cfg: TrainConfig) -> dict[str, str]:
         problems["overwrite_output_dir"] = (
             f"{output_dir} already holds a run; set overwrite_output_dir: true "
             "or resume_from_checkpoint"
+        )
+    return problems
+
+
+def model_problems(cfg: TrainConfig) -> dict[str, str]:
+    """Quantization and attention keys this machine, or this kind of run, cannot honour."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    problems: dict[str, str] = {}
+    if cfg.quantization_bit is not None and cfg.finetuning_type != "lora":
+        problems["quantization_bit"] = "a quantized base model trains LoRA adapters only"
+    elif problem := quantization_problem(cfg.quantization_bit, cuda):
+        problems["quantization_bit"] = problem
+    if problem := attention_problem(ATTENTION[cfg.flash_attn], cuda):
+        problems["flash_attn"] = problem
+    return problems
+
+
+def data_problems(cfg: TrainConfig) -> dict[str, str]:
+    """Data and evaluation keys that contradict each other or this tool."""
+    problems: dict[str, str] = {}
+    for key in ("packing", "neat_packing"):
+        if getattr(cfg, key):
+            problems[key] = (
+                "packing is not supported: each sample's loss is scored on its own; remove it"
+            )
+    if cfg.val_size and cfg.eval_dataset:
+        problems["val_size"] = "give eval_dataset or val_size, not both"
+    evaluates = (bool(cfg.eval_dataset) or cfg.val_size > 0) and cfg.eval_strategy != "no"
+    if cfg.load_best_model_at_end and not evaluates:
+        problems["load_best_model_at_end"] = "needs an evaluation: set eval_dataset or val_size"
+    elif cfg.load_best_model_at_end and cfg.eval_steps and cfg.save_steps % cfg.eval_steps:
+        problems["load_best_model_at_end"] = (
+            f"needs save_steps ({cfg.save_steps:g}) to be a multiple of eval_steps "
+            f"({cfg.eval_steps})"
         )
     return problems
 
@@ -335,7 +474,34 @@ def _window_size(cfg: TrainConfig, base_dir: Path | None, problems: dict[str, st
 
 # Sharded-training keys of LLaMA-Factory's and transformers' configs that this trainer does not
 # honour: refused rather than silently ignored (data-parallel DDP under torchrun is supported).
-UNSUPPORTED_PARALLELISM = ("deepspeed", "fsdp", "fsdp_config")
+UNSUPPORTED_PARALLELISM = ("fsdp", "fsdp_config")
+
+
+def _deepspeed(cfg: TrainConfig, base_dir: Path | None, problems: dict[str, str]) -> Path | None:
+    """The DeepSpeed config file, when one is given and can be honoured."""
+    name = getattr(cfg, "deepspeed", None)
+    if not name:
+        return None
+    if importlib.util.find_spec("deepspeed") is None:
+        problems["deepspeed"] = "DeepSpeed is not installed: pip install deepspeed, or remove it"
+        return None
+    path = _find_file(name, base_dir)
+    if path is None:
+        problems["deepspeed"] = f"{name} does not exist"
+        return None
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+        stage = int((body.get("zero_optimization") or {}).get("stage", 0))
+    except (ValueError, TypeError, AttributeError) as exc:
+        problems["deepspeed"] = f"{path} is not a DeepSpeed JSON config: {exc}"
+        return None
+    if stage == 3:
+        problems["deepspeed"] = (
+            "ZeRO stage 3 shards every parameter across ranks, but each checkpoint sent to the "
+            "scorer needs them whole: use ZeRO stage 0, 1 or 2"
+        )
+        return None
+    return path.resolve()
 
 
 def _world_size(raw: dict[str, Any], cfg: TrainConfig, problems: dict[str, str]) -> int:
@@ -344,8 +510,8 @@ def _world_size(raw: dict[str, Any], cfg: TrainConfig, problems: dict[str, str])
     for key in UNSUPPORTED_PARALLELISM:
         if raw.get(key):
             problems[key] = (
-                "DeepSpeed and FSDP are not supported: remove it; several GPUs train with "
-                "data-parallel DDP under torchrun (FORCE_TORCHRUN=1, see the README)"
+                "FSDP is not supported: remove it; several GPUs train with data-parallel DDP "
+                "under torchrun (FORCE_TORCHRUN=1, see the README), or DeepSpeed ZeRO 0-2"
             )
     wait = getattr(cfg, "scorer_wait_seconds", 600.0)
     needed = 2 * wait + 120  # an update sends (up to the wait), then waits for weights (again)
@@ -360,23 +526,28 @@ def _world_size(raw: dict[str, Any], cfg: TrainConfig, problems: dict[str, str])
 
 def _dataset(
     cfg: TrainConfig, key: str, base_dir: Path | None, problems: dict[str, str]
-) -> tuple[Path | None, list[dict[str, str]] | None]:
-    name = getattr(cfg, key, None)
-    if not name:
+) -> tuple[DatasetSpec | None, list[Sample] | None]:
+    """The datasets `key` names, as a spec that reads the same files from any working
+    directory (a relative file path is tried from the working directory, then from the
+    config's folder), and their samples."""
+    names = getattr(cfg, key, None)
+    if not names:
         return None, None
-    dataset_dir = cfg.dataset_dir
     try:
-        try:
-            path = resolve_dataset(name, dataset_dir)
-        except DatasetError:
-            found = _find_file(name, base_dir)
-            if found is None or found.suffix not in (".json", ".jsonl"):
-                raise
-            path = found.resolve()
-        return path, load_alpaca(path)
+        items = [_located(item, base_dir) for item in dataset_items(names)]
+        spec = absolute_spec(DatasetSpec(",".join(items), cfg.dataset_dir, cfg.max_samples))
+        samples = load_samples(spec)
     except DatasetError as exc:
         problems[key] = str(exc)
         return None, None
+    return spec, samples
+
+
+def _located(item: str, base_dir: Path | None) -> str:
+    if Path(item).suffix not in FILE_SUFFIXES or Path(item).expanduser().is_file():
+        return item
+    found = _find_file(item, base_dir)
+    return str(found.resolve()) if found is not None else item
 
 
 def size_problems(cfg: TrainConfig, n: int, world: int) -> dict[str, str]:

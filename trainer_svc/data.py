@@ -30,7 +30,8 @@ class EncodedDataset(Dataset):
 
 
 class PadCollator:
-    """Right-pads input_ids with the pad id and labels with -100; keeps each row's index."""
+    """Right-pads input_ids with the pad id and labels with -100; keeps each row's index
+    when the rows carry one."""
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
@@ -39,10 +40,11 @@ class PadCollator:
         batch = pad_right(
             [row["input_ids"] for row in rows], [row["labels"] for row in rows], self.pad_token_id
         )
-        index = torch.tensor([row[INDEX_KEY] for row in rows], dtype=torch.long)
-        return {
+        out = {
             "input_ids": batch.input_ids,
             "attention_mask": batch.attention_mask,
             "labels": batch.labels,
-            INDEX_KEY: index,
         }
+        if rows and all(INDEX_KEY in row for row in rows):
+            out[INDEX_KEY] = torch.tensor([row[INDEX_KEY] for row in rows], dtype=torch.long)
+        return out

@@ -21,7 +21,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from common.model_spec import empty_model
-from common.tokenization import TEMPLATE_NAMES, TEMPLATES
+from common.templates import CONTENT, TEMPLATES, Piece, Special
+from common.tokenization import TEMPLATE_NAMES
 from common.validation import one_of
 from trainer_svc.config import ConfigError, base_model_problem, read_yaml, validate_keys
 
@@ -315,25 +316,51 @@ def save_tokenizer(cfg: ExportConfig, directory: Path) -> None:
 
 
 def chat_template_for(name: str) -> str:
-    """A Jinja chat template giving the same prompt text the trainer built with `name`.
+    """A Jinja chat template giving the same text the trainer built with the template `name`.
 
-    Each user turn is the built-in prompt around its content (ending where the response
-    starts, so add_generation_prompt adds nothing); each assistant turn is its content and
-    EOS, as the training labels were. A system message goes before the first query.
+    The prefix opens the conversation; the system message (the template's default system
+    prompt when there is none) follows it, or opens the first user message's content for
+    templates that fuse the two. Each user turn ends where the response starts, so
+    add_generation_prompt adds nothing; each assistant turn ends as its training labels did.
+    BOS and EOS are the tokenizer's own, left out when it has none.
     """
-    prefix, suffix = TEMPLATES[name].split("{query}")
+    template = TEMPLATES[name]
+    system = _jinja(template.system, "ns.system")
+    if template.system_in_user:
+        open_system = ""
+        first_user = f"{{% set content = {system} + content %}}{{% set ns.system = '' %}}"
+    else:
+        open_system = f"{{% if ns.system %}}{{{{ {system} }}}}{{% endif %}}"
+        first_user = ""
     return (
-        "{{ bos_token if bos_token else '' }}"
-        "{% set ns = namespace(system='') %}"
-        "{% for message in messages %}"
-        "{% if message['role'] == 'system' %}{% set ns.system = message['content'] + '\\n\\n' %}"
-        "{% elif message['role'] == 'user' %}"
-        f"{{{{ {json.dumps(prefix)} + ns.system + message['content'] + {json.dumps(suffix)} }}}}"
-        "{% set ns.system = '' %}"
+        f"{{% set ns = namespace(system={json.dumps(template.default_system)}) %}}"
+        "{% if messages and messages[0]['role'] == 'system' %}"
+        "{% set ns.system = messages[0]['content'] %}{% endif %}"
+        + (f"{{{{ {_jinja(template.prefix, '')} }}}}" if template.prefix else "")
+        + open_system
+        + "{% for message in messages %}{% set content = message['content'] %}"
+        "{% if message['role'] == 'user' %}"
+        + (f"{{% if ns.system %}}{first_user}{{% endif %}}" if first_user else "")
+        + f"{{{{ {_jinja(template.user, 'content')} }}}}"
         "{% elif message['role'] == 'assistant' %}"
-        "{{ message['content'] + (eos_token if eos_token else '') }}"
+        f"{{{{ {_jinja(template.assistant, 'content')} }}}}"
         "{% endif %}{% endfor %}"
     )
+
+
+def _jinja(piece: Piece, variable: str) -> str:
+    """A Jinja expression for the piece, the message read from `variable`."""
+    parts = []
+    for slot in piece:
+        if isinstance(slot, Special):
+            token = slot.value  # bos_token or eos_token, as apply_chat_template passes them
+            parts.append(f"({token} if {token} else '')")
+            continue
+        before, found, after = slot.partition(CONTENT)
+        parts += [json.dumps(before)] if before else []
+        parts += [variable] if found else []
+        parts += [json.dumps(after)] if after else []
+    return " + ".join(parts) or "''"
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:

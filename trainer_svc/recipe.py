@@ -25,6 +25,7 @@ from common.errors import ProtocolError
 from common.hello import build_hello
 from common.launch import Launch
 from common.model_spec import (
+    ATTENTION,
     LoraSettings,
     ModelSpec,
     checkpoint_digest,
@@ -33,7 +34,7 @@ from common.model_spec import (
 )
 from common.protocol import Hello
 from common.tokenization import TokenizationSettings, encode_dataset
-from trainer_svc.config import LoadedConfig, TrainConfig
+from trainer_svc.config import LoadedConfig, TrainConfig, resolve_base_model
 from trainer_svc.data import EncodedDataset, PadCollator
 from trainer_svc.distributed import Ranks
 from trainer_svc.outage import Outage
@@ -85,6 +86,7 @@ class DeltaLossRecipe:
             update_times=self.cfg.update_times,
             batch=loaded.batch,
             epochs=self.cfg.num_train_epochs,
+            train_step=self.cfg.train_step,
         )
 
     # ---- setup ----
@@ -94,7 +96,7 @@ class DeltaLossRecipe:
         named = list(self._run_identity()) if main else None  # run.json: rank 0's
         self.run_id, self.run_token = self.ranks.share(named)
         self.tokenizer = AutoTokenizer.from_pretrained(
-            self.cfg.model_name_or_path, trust_remote_code=self.cfg.trust_remote_code
+            self.spec.base_model, trust_remote_code=self.cfg.trust_remote_code
         )
         self.settings = TokenizationSettings(self.cfg.template, self.cfg.cutoff_len)
         self.encoded = encode_dataset(self.tokenizer, self.loaded.samples, self.settings)
@@ -151,8 +153,9 @@ class DeltaLossRecipe:
         return build_hello(
             run_id=self.run_id,
             spec=self.spec,
-            dataset=str(self.loaded.dataset_path),
-            dataset_dir=self.cfg.dataset_dir,
+            dataset=self.loaded.dataset,
+            val_size=self.cfg.val_size,
+            split_seed=self.cfg.seed,
             tokenization=self.settings,
             encoded=self.encoded,
             window_size=self.loaded.window_size,
@@ -207,7 +210,7 @@ class DeltaLossRecipe:
 
     def _training_args(self) -> TrainingArguments:
         cfg = self.cfg
-        evaluate = self.loaded.eval_samples is not None
+        evaluate = self.loaded.eval_samples is not None and cfg.eval_strategy != "no"
         return TrainingArguments(
             output_dir=str(self.output_dir),
             per_device_train_batch_size=cfg.per_device_train_batch_size,
@@ -222,6 +225,20 @@ class DeltaLossRecipe:
             bf16=cfg.bf16,
             fp16=cfg.fp16,
             ddp_timeout=cfg.ddp_timeout,
+            max_grad_norm=cfg.max_grad_norm,
+            weight_decay=cfg.weight_decay,
+            adam_beta1=cfg.adam_beta1,
+            adam_beta2=cfg.adam_beta2,
+            adam_epsilon=cfg.adam_epsilon,
+            optim=cfg.optim,
+            gradient_checkpointing=cfg.gradient_checkpointing,
+            # not re-entrant: works with a frozen base (LoRA) without inputs that need grads
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+            save_total_limit=cfg.save_total_limit,
+            deepspeed=str(self.loaded.deepspeed) if self.loaded.deepspeed else None,
+            metric_for_best_model=cfg.metric_for_best_model,
+            greater_is_better=cfg.greater_is_better,
+            load_best_model_at_end=cfg.load_best_model_at_end,
             seed=cfg.seed,
             report_to=cfg.report_to,
             dataloader_num_workers=0,
@@ -444,12 +461,17 @@ def run_stem(name: str) -> str:
 def model_spec(cfg: TrainConfig) -> ModelSpec:
     """The run's model; a local base model is named by its absolute path, so that a scorer
     started elsewhere finds the same folder."""
-    path = Path(cfg.model_name_or_path).expanduser()
-    base_model = str(path.resolve()) if path.is_dir() else cfg.model_name_or_path
     lora = None
     if cfg.finetuning_type == "lora":
         lora = LoraSettings(cfg.lora_rank, cfg.alpha, cfg.lora_dropout, cfg.target_modules)
-    return ModelSpec(base_model, cfg.finetuning_type, lora, cfg.trust_remote_code)
+    return ModelSpec(
+        resolve_base_model(cfg.model_name_or_path),
+        cfg.finetuning_type,
+        lora,
+        cfg.trust_remote_code,
+        ATTENTION[cfg.flash_attn],
+        cfg.quantization_bit,
+    )
 
 
 def _resume_hint(checkpoint: str | Path) -> str:

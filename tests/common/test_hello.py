@@ -2,24 +2,26 @@
 
 from transformers import AutoTokenizer
 
+from common.datasets import DatasetSpec
 from common.hello import build_hello
 from common.model_spec import LoraSettings, ModelSpec, checkpoint_digest
 from common.protocol import decode_request, encode_hello
 from common.tokenization import TokenizationSettings, encode_dataset, fingerprint
-from tests.support.data import make_samples
+from tests.support.data import as_samples, make_samples
 
 
 def test_hello_carries_the_model_data_and_digests(tiny_model):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     settings = TokenizationSettings(template="plain", cutoff_len=64)
-    encoded = encode_dataset(tokenizer, make_samples(5), settings)
+    encoded = encode_dataset(tokenizer, as_samples(make_samples(5)), settings)
     spec = ModelSpec(str(tiny_model), "lora", LoraSettings(4, 8.0, 0.0, "all-linear"))
     digest = checkpoint_digest(spec.skeleton(), "lora")
     hello = build_hello(
         run_id="r1",
         spec=spec,
-        dataset="/data/train.json",
-        dataset_dir=None,
+        dataset=DatasetSpec("/data/train.json,alpaca_en", "/data", max_samples=100),
+        val_size=0.1,
+        split_seed=7,
         tokenization=settings,
         encoded=encoded,
         window_size=0.2,
@@ -34,3 +36,5 @@ def test_hello_carries_the_model_data_and_digests(tiny_model):
     assert hello.tokenization.model_dump() == {"template": "plain", "cutoff_len": 64}
     assert ModelSpec.from_hello(hello) == spec
     assert (hello.model_digest, hello.token) == (digest, "secret")
+    assert (hello.dataset, hello.dataset_dir) == ("/data/train.json,alpaca_en", "/data")
+    assert (hello.max_samples, hello.val_size, hello.split_seed) == (100, 0.1, 7)

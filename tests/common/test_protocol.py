@@ -111,10 +111,10 @@ def _mutate_header(frames, **changes):
         ([pickle.dumps({"type": "hello"})], errors.MalformedMessage, "JSON header"),
         ([b'{"protocol": 99, "type": "hello"}'], errors.VersionMismatch, "99"),
         ([b'{"type": "hello"}'], errors.VersionMismatch, "None"),
-        ([b'{"protocol": 3, "type": "nope"}'], errors.MalformedMessage, "unknown message"),
-        ([b'{"protocol": 3, "type": "hello"}'], errors.MalformedMessage, "run_id"),
-        ([b'{"protocol": 3, "type": "chunk"}'], errors.MalformedMessage, "header frame and one"),
-        ([b'{"protocol": 3, "type": "commit"}', b"x"], errors.MalformedMessage, "single header"),
+        ([b'{"protocol": 4, "type": "nope"}'], errors.MalformedMessage, "unknown message"),
+        ([b'{"protocol": 4, "type": "hello"}'], errors.MalformedMessage, "run_id"),
+        ([b'{"protocol": 4, "type": "chunk"}'], errors.MalformedMessage, "header frame and one"),
+        ([b'{"protocol": 4, "type": "commit"}', b"x"], errors.MalformedMessage, "single header"),
     ],
 )
 def test_bad_headers_are_refused(frames, error, words):
@@ -124,8 +124,12 @@ def test_bad_headers_are_refused(frames, error, words):
 
 def test_a_checkpoint_of_the_previous_protocol_gets_a_version_refusal():
     old = {"protocol": 2, "type": "checkpoint", "run_id": "r", "step": 1, "sha256": "0" * 64}
-    with pytest.raises(errors.VersionMismatch, match="version 2 is not supported.*version 3"):
+    with pytest.raises(errors.VersionMismatch, match="version 2 is not supported.*version 4"):
         decode_request([json.dumps(old).encode(), b"payload"])
+    # version 3 scorers weighed update 1 of later epochs uniformly: refused too
+    hello = {"protocol": 3, "type": "hello", "run_id": "r"}
+    with pytest.raises(errors.VersionMismatch, match="version 3 is not supported.*version 4"):
+        decode_request([json.dumps(hello).encode()])
 
 
 def _chunk_with(message, **changes):
@@ -239,7 +243,7 @@ def test_a_run_id_that_could_leave_its_folder_is_refused_in_every_message(run_id
     ("frame", "words"),
     [
         (b"[" * 100_000 + b"]" * 100_000, "too deeply"),
-        (b'{"protocol": 3, "type": "hello", "n_samples": 1' + b"0" * 5000 + b"}", "digits"),
+        (b'{"protocol": 4, "type": "hello", "n_samples": 1' + b"0" * 5000 + b"}", "digits"),
     ],
     ids=["nested", "huge integer"],
 )

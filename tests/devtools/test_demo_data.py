@@ -1,6 +1,6 @@
 from collections import Counter
 
-from common.datasets import load_alpaca
+from common.datasets import DatasetSpec, load_samples
 from devtools.demo_data import groups_of, make_samples, write_dataset
 
 
@@ -17,5 +17,5 @@ def test_groups_and_noise_share():
 
 def test_written_file_is_alpaca_and_reproducible(tmp_path):
     path = write_dataset(tmp_path / "d.json", n=40, seed=5)
-    assert len(load_alpaca(path)) == 40 and len(groups_of(path)) == 40
+    assert len(load_samples(DatasetSpec(str(path)))) == 40 and len(groups_of(path)) == 40
     assert make_samples(n=40, seed=5) == make_samples(n=40, seed=5)

@@ -6,10 +6,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from common.errors import CheckpointRejected
 from common.model_spec import LoraSettings, ModelSpec
-from common.tokenization import TokenizationSettings, encode_dataset
+from common.tokenization import IGNORE_INDEX, EncodedSample, TokenizationSettings, encode_dataset
 from scorer_svc.batching import group_by_length, make_batches
 from scorer_svc.scoring import Manifest, ScoringModel
-from tests.support.data import make_samples
+from tests.support.data import as_samples, make_samples
 
 LORA = LoraSettings(r=4, alpha=8, dropout=0.0, target_modules="all-linear")
 CPU = torch.device("cpu")
@@ -24,7 +24,14 @@ def _encoded(tiny_model, n=24, cutoff=1024):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     samples = make_samples(n)
     samples.append({"instruction": "x" * 500, "input": "", "output": "cut off"})
-    return encode_dataset(tokenizer, samples, TokenizationSettings(cutoff_len=cutoff))
+    encoded = encode_dataset(
+        tokenizer, as_samples(samples), TokenizationSettings(cutoff_len=cutoff)
+    )
+    # a long prompt keeps part of its response (prompt and response share cutoff_len) ...
+    assert encoded[-1].n_label_tokens > 0
+    # ... and a row without any label token (an empty response in a tokenizer without EOS)
+    ids = encoded[-1].input_ids[:20]
+    return [*encoded, EncodedSample(ids, [IGNORE_INDEX] * len(ids))]
 
 
 def _reference_losses(model, encoded):

@@ -7,6 +7,7 @@ import pytest
 from sqlalchemy import select
 
 from common.protocol import encode_checkpoint, encode_hello
+from common.selection import delta_weights
 from scorer_svc import crud
 from scorer_svc.config import Settings
 from scorer_svc.db import make_engine, make_sessionmaker
@@ -178,3 +179,31 @@ def test_the_worker_hands_the_api_the_weights_the_stored_losses_give(queued, tin
             assert cached.update_index == update
             assert (cached.window, cached.n_ranked) == (rebuilt.window, rebuilt.n_ranked)
             assert cached.values.tobytes() == rebuilt.values.tobytes()
+
+
+def test_update_one_of_a_later_epoch_is_weighted_through_the_window_at_its_start(
+    queued, tiny_model
+):
+    """Only the run's first checkpoint is weighted uniformly: update 1 of the next epoch ranks
+    the loss reductions against the run's initial losses with the window at t = 0."""
+    settings, sessions = queued
+    intake = Intake(settings, sessions, Registry(settings), on_queued=lambda: None, instance="here")
+    tensors = lora_checkpoints(tiny_model, 2)[1]
+    frames = encode_checkpoint(run_id="run-w", step=9, update_index=1, kind="lora", tensors=tensors)
+    assert intake_upload(intake, frames)["status"] == "queued"
+    worker = Worker(
+        sessions, Registry(settings), failures=UnrecordedFailures(), keep_checkpoints=False,
+        instance="here",
+    )  # fmt: skip
+    assert worker.run_once() and worker.run_once()
+    with sessions() as session:
+        run = crud.get_run(session, run_id="run-w")
+        assert run.initial_step == 3
+        later = build_weights(session, run, crud.get_checkpoint(session, run=run, step=9))
+        first = build_weights(session, run, crud.get_checkpoint(session, run=run, step=3))
+        initial = crud.losses_at(session, run=run, step=3)
+        current = crud.losses_at(session, run=run, step=9)
+    assert first.window is None
+    window, expected = delta_weights(initial, current, 1, run.update_times, run.window_size)
+    assert later.window == window and (window.t, window.start) == (0, 0)
+    assert later.values.tobytes() == expected.tobytes()

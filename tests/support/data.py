@@ -6,6 +6,9 @@ import json
 import random
 from pathlib import Path
 
+from common.datasets import alpaca_columns, alpaca_sample
+from common.samples import Sample
+
 
 def make_samples(n: int, seed: int = 0) -> list[dict[str, str]]:
     """Instruction pairs of very different lengths (a few chars to a few hundred)."""
@@ -20,6 +23,12 @@ def make_samples(n: int, seed: int = 0) -> list[dict[str, str]]:
             {"instruction": f"Add {a} and {b}. {pad}".strip(), "input": "", "output": str(a + b)}
         )
     return samples
+
+
+def as_samples(rows: list[dict[str, str]]) -> list[Sample]:
+    """Alpaca rows as the loaders read them."""
+    columns = alpaca_columns(None)
+    return [alpaca_sample(row, columns) for row in rows]
 
 
 def write_samples(path: Path, n: int, seed: int = 0) -> Path:

@@ -14,7 +14,7 @@ import torch
 import zmq
 from transformers import AutoTokenizer
 
-from common.datasets import load_alpaca
+from common.datasets import DatasetSpec, load_samples
 from common.hello import build_hello
 from common.model_spec import LoraSettings, ModelSpec, checkpoint_tensors
 from common.protocol import Hello, encode_checkpoint, encode_hello
@@ -32,10 +32,9 @@ def make_hello(tiny_model: Path, dataset_file: Path, run_id: str = "run-a", **ov
     hello = build_hello(
         run_id=run_id,
         spec=ModelSpec(str(tiny_model), "lora", LORA),
-        dataset=str(dataset_file),
-        dataset_dir=None,
+        dataset=DatasetSpec(str(dataset_file)),
         tokenization=SETTINGS,
-        encoded=encode_dataset(tokenizer, load_alpaca(dataset_file), SETTINGS),
+        encoded=encode_dataset(tokenizer, load_samples(DatasetSpec(str(dataset_file))), SETTINGS),
         window_size=0.25,
         update_times=3,
         vocab_size=len(tokenizer),

@@ -1,16 +1,27 @@
 """Config validation: defaults, the components file, one error naming every bad key."""
 
+import importlib.util
 import logging
 
 import pytest
+import torch
 import yaml
 
-from trainer_svc.config import ConfigError, load_config, parse_config
+from trainer_svc.config import ConfigError, load_config, parse_config, resolve_base_model
+from trainer_svc.recipe import model_spec
+
+
+def model_folder(tmp_path):
+    """A folder that reads as a model (its config.json); no weights are loaded here."""
+    folder = tmp_path / "model"
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_text("{}")
+    return folder
 
 
 def base(demo_file, tmp_path, **over):
     raw = dict(
-        model_name_or_path="some/model",
+        model_name_or_path=str(model_folder(tmp_path)),
         dataset=str(demo_file),
         output_dir=str(tmp_path / "out"),
         warmup_step=2,
@@ -39,11 +50,78 @@ def test_comma_lora_target_becomes_a_list(demo_file, tmp_path):
     assert cfg.target_modules == ["q_proj", "v_proj"]
 
 
-def test_unknown_keys_give_one_warning_naming_them(demo_file, tmp_path, caplog):
+def test_unknown_keys_are_refused_with_the_nearest_known_key(demo_file, tmp_path):
+    with pytest.raises(ConfigError) as info:
+        parse_config(base(demo_file, tmp_path, lora_rnak=8, enable_liger_kernel=True))
+    problems = info.value.problems
+    assert set(problems) == {"lora_rnak", "enable_liger_kernel"}
+    assert "did you mean lora_rank?" in problems["lora_rnak"]
+    assert "not a key this tool reads" in problems["enable_liger_kernel"]
+
+
+def test_keys_without_effect_here_are_accepted_and_said_so(demo_file, tmp_path, caplog):
+    with caplog.at_level(logging.INFO):
+        parse_config(base(demo_file, tmp_path, overwrite_cache=True, train_step=3))
+    assert "overwrite_cache has no effect here: tokenization is not cached" in caplog.text
+    assert "train_step is 3" not in caplog.text  # num_train_epochs is 1: nothing is ignored
     with caplog.at_level(logging.WARNING):
-        parse_config(base(demo_file, tmp_path, foo=1, bar=2))
-    warnings = [r for r in caplog.records if "unknown" in r.getMessage()]
-    assert len(warnings) == 1 and "bar, foo" in warnings[0].getMessage()
+        parse_config(base(demo_file, tmp_path, train_step=3, num_train_epochs=2))
+    assert "num_train_epochs (2) is ignored" in caplog.text
+
+
+def test_a_hub_id_must_be_in_the_local_cache(demo_file, tmp_path, monkeypatch):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(ConfigError) as info:
+        parse_config(base(demo_file, tmp_path, model_name_or_path="org/absent-model"))
+    message = info.value.problems["model_name_or_path"]
+    assert "neither a local model folder nor in the Hugging Face cache" in message
+    assert "huggingface-cli download org/absent-model" in message
+    # the same id once in the cache: both services load its snapshot folder
+    snapshot = tmp_path / "hub" / "models--org--cached-model" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (tmp_path / "hub" / "models--org--cached-model" / "refs").mkdir()
+    (tmp_path / "hub" / "models--org--cached-model" / "refs" / "main").write_text("abc123")
+    loaded = parse_config(base(demo_file, tmp_path, model_name_or_path="org/cached-model"))
+    assert resolve_base_model(loaded.config.model_name_or_path) == str(snapshot)
+    assert model_spec(loaded.config).base_model == str(snapshot)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for a machine without GPU")
+def test_keys_that_need_a_gpu_are_refused_on_a_cpu_machine(demo_file, tmp_path):
+    with pytest.raises(ConfigError) as info:
+        parse_config(base(demo_file, tmp_path, quantization_bit=4, flash_attn="fa2"))
+    problems = info.value.problems
+    assert "4-bit quantization (bitsandbytes) needs a CUDA GPU" in problems["quantization_bit"]
+    assert "flash_attention_2 needs a CUDA GPU" in problems["flash_attn"]
+    with pytest.raises(ConfigError) as info:
+        parse_config(base(demo_file, tmp_path, quantization_bit=8, finetuning_type="full"))
+    assert "LoRA adapters only" in info.value.problems["quantization_bit"]
+    with pytest.raises(ConfigError) as info:
+        parse_config(base(demo_file, tmp_path, quantization_bit=3, quantization_method="gptq"))
+    assert set(info.value.problems) == {"quantization_bit", "quantization_method"}
+
+
+def test_attention_reaches_the_model_spec(demo_file, tmp_path):
+    for value, implementation in (("auto", None), ("disabled", "eager"), ("sdpa", "sdpa")):
+        cfg = parse_config(base(demo_file, tmp_path, flash_attn=value)).config
+        assert model_spec(cfg).attn_implementation == implementation
+
+
+@pytest.mark.parametrize(
+    ("over", "key", "message"),
+    [
+        ({"packing": True}, "packing", "packing is not supported"),
+        ({"neat_packing": True}, "neat_packing", "packing is not supported"),
+        ({"val_size": 0.1, "eval_dataset": "x.json"}, "val_size", "not both"),
+        ({"load_best_model_at_end": True}, "load_best_model_at_end", "needs an evaluation"),
+        ({"eval_strategy": "epoch"}, "eval_strategy", "'no' or 'steps'"),
+    ],
+)
+def test_data_and_evaluation_keys_this_tool_cannot_honour(demo_file, tmp_path, over, key, message):
+    with pytest.raises(ConfigError) as info:
+        parse_config(base(demo_file, tmp_path, **over))
+    assert message in info.value.problems[key]
 
 
 def test_every_bad_key_is_named_in_one_error(demo_file, tmp_path):
@@ -275,11 +353,25 @@ def test_values_the_scorer_would_refuse_are_config_errors(demo_file, tmp_path, k
     assert key in info.value.problems
 
 
-@pytest.mark.parametrize("key", ["deepspeed", "fsdp"])
-def test_sharded_training_keys_are_refused_not_ignored(demo_file, tmp_path, key):
+def test_fsdp_is_refused_not_ignored(demo_file, tmp_path):
     with pytest.raises(ConfigError) as info:
-        parse_config(base(demo_file, tmp_path, **{key: "ds_z3_config.json"}))
-    assert "DDP under torchrun" in info.value.problems[key]
+        parse_config(base(demo_file, tmp_path, fsdp="full_shard"))
+    assert "DDP under torchrun" in info.value.problems["fsdp"]
+
+
+def test_deepspeed_is_refused_by_name_unless_it_can_be_honoured(demo_file, tmp_path, monkeypatch):
+    ds = tmp_path / "ds.json"
+    ds.write_text('{"zero_optimization": {"stage": 3}}')
+    with pytest.raises(ConfigError) as info:
+        parse_config(base(demo_file, tmp_path, deepspeed=str(ds)))
+    if importlib.util.find_spec("deepspeed") is None:
+        assert "DeepSpeed is not installed" in info.value.problems["deepspeed"]
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+        with pytest.raises(ConfigError) as info:
+            parse_config(base(demo_file, tmp_path, deepspeed=str(ds)))
+    assert "ZeRO stage 3" in info.value.problems["deepspeed"]
+    ds.write_text('{"zero_optimization": {"stage": 2}}')
+    assert parse_config(base(demo_file, tmp_path, deepspeed=str(ds))).deepspeed == ds.resolve()
 
 
 def test_under_torchrun_ddp_timeout_must_outlast_the_scorer_wait(demo_file, tmp_path, monkeypatch):

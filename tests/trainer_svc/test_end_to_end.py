@@ -15,7 +15,7 @@ from tests.support.trainer import (
     write_config,
 )
 from trainer_svc.records import read_jsonl
-from trainer_svc.schedule import draw_warmup
+from trainer_svc.schedule import draw_warmup, training_order
 
 pytestmark = pytest.mark.slow
 
@@ -55,11 +55,12 @@ def check_run(tiny_model, scorer, out, run_id):
     ]
     trained = {r["step"]: r["indices"] for r in read_jsonl(out / "trained_samples.jsonl")}
     assert sorted(trained) == list(range(8))
-    assert trained[0] + trained[1] == draw_warmup(N, B * 2).tolist()
+    assert trained[0] + trained[1] == training_order(draw_warmup(N, B * 2), 0).tolist()
     for row in rows:
         assert row["sampled_indices"] == expected_draw(scorer, run_id, row)
         s = row["global_step"]
-        assert trained[s] + trained[s + 1] == row["sampled_indices"]
+        drawn = torch.tensor(row["sampled_indices"])
+        assert trained[s] + trained[s + 1] == training_order(drawn, s).tolist()
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), out)
     assert (out / "training_loss.png").is_file()
     return rows

@@ -27,13 +27,19 @@ def test_seed_yaml_parses_with_the_seed_values(tiny_model, tmp_path):
     assert (cfg.lora_rank, cfg.lora_alpha, cfg.warmup_step, cfg.update_step) == (16, 8, 10, 10)
     assert cfg.target_modules == "all-linear" and loaded.window_size == 0.2
     assert cfg.bf16 and cfg.template == "llama3" and cfg.cutoff_len == 4096
+    assert (cfg.eval_strategy, cfg.eval_steps, cfg.metric_for_best_model) == (
+        "steps",
+        10,
+        "eval_loss",
+    )
+    assert cfg.greater_is_better is False and cfg.per_device_eval_batch_size == 1
 
 
 def test_demo_yaml_parses(tiny_model, tmp_path):
     data = write_dataset(tmp_path / "d.json", n=320)
     loaded = load_config(ROOT / "devtools" / "demo.yaml", local(tiny_model, data, tmp_path)[:3])
     assert loaded.config.update_times == 5 and loaded.batch == 4
-    assert loaded.eval_path == data.resolve()
+    assert loaded.eval_dataset.names == str(data.resolve())
 
 
 @pytest.mark.slow

@@ -13,7 +13,9 @@ import yaml
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from common.tokenization import render_prompt
+from common.samples import Sample
+from common.templates import TEMPLATES, render_text
+from common.tokenization import chat_messages, render_turn_texts
 from devtools.demo_data import write_dataset
 from devtools.fake_scorer import FakeScorer
 from devtools.tiny_model import build_tiny_model
@@ -21,7 +23,7 @@ from tests.conftest import ROOT
 from tests.support.trainer import trainer_config
 from trainer_svc import cli
 from trainer_svc.config import ConfigError, parse_config
-from trainer_svc.export import AdapterMismatch, export, parse_export_config
+from trainer_svc.export import AdapterMismatch, chat_template_for, export, parse_export_config
 from trainer_svc.recipe import run
 
 TEXTS = ["Repeat the word: apple", "Add 12 and 30.\n\n### Response:\n42"]
@@ -102,7 +104,8 @@ def test_trained_lora_run_exports_to_the_same_logits(tiny_model, tmp_path):
     # the training prompt format travels with the tokenizer as its chat template
     messages = [{"role": "user", "content": "Repeat the word: apple"}]
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    assert prompt == render_prompt(tokenizer, "plain", "Repeat the word: apple")
+    [(trained, _)] = render_turn_texts(tokenizer, Sample(((messages[0]["content"], ""),)), "plain")
+    assert prompt == trained == "### Instruction:\nRepeat the word: apple\n\n### Response:\n"
 
 
 def test_tiny_export_size_splits_into_shards(tiny_model, adapter, tmp_path):
@@ -133,12 +136,44 @@ def test_legacy_format_writes_bin_files(tiny_model, adapter, tmp_path):
 def test_builtin_template_becomes_the_chat_template(tiny_model, adapter, tmp_path):
     export_dir = export(merge_cfg(tiny_model, adapter, tmp_path / "m", template="llama3"))
     tokenizer = AutoTokenizer.from_pretrained(export_dir)
-    messages = [
-        {"role": "user", "content": "Add 1 and 2."},
-        {"role": "assistant", "content": "3"},
-    ]
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
-    assert text == render_prompt(tokenizer, "llama3", "Add 1 and 2.") + "3" + tokenizer.eos_token
+    sample = Sample(turns=(("Add 1 and 2.", "3"), ("And 2 and 2?", "4")), system="Be brief.")
+    text = tokenizer.apply_chat_template(chat_messages(sample, 2, True), tokenize=False)
+    assert text == "".join(p + r for p, r in render_turn_texts(tokenizer, sample, "llama3"))
+    assert text.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n4<|eot_id|>")
+
+
+SAMPLES = [
+    Sample(turns=(("U", "A"),)),
+    Sample(turns=(("U", "A"),), system="S"),
+    Sample(turns=(("U1", "A1"), ("U2 {content}", "A2 'quoted'")), system='S "x"\n'),
+]
+
+
+@pytest.mark.parametrize("name", sorted(TEMPLATES))
+def test_exported_chat_template_writes_the_training_text(name):
+    """Each built-in's chat template, rendered as transformers renders it, is the text the
+    trainer tokenized: the whole conversation, and each prompt with the generation prompt."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    template = env.from_string(chat_template_for(name))
+    for bos, eos in (("<s>", "</s>"), (None, "</s>"), (None, None)):
+        for sample in SAMPLES:
+            n = len(sample.turns)
+            whole = template.render(
+                messages=chat_messages(sample, n, True), bos_token=bos, eos_token=eos
+            )
+            assert whole == render_text(TEMPLATES[name], sample, bos, eos)
+            asked = template.render(
+                messages=chat_messages(sample, n, False),
+                add_generation_prompt=True,
+                bos_token=bos,
+                eos_token=eos,
+            )
+            last_response = render_text(TEMPLATES[name], sample, bos, eos).removeprefix(asked)
+            assert asked + last_response == whole and last_response.startswith(
+                (" " if name == "mistral" else "") + sample.response
+            )
 
 
 def test_overwrite_replaces_an_existing_export(tiny_model, adapter, tmp_path):

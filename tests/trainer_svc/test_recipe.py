@@ -17,7 +17,7 @@ from trainer_svc.outage import PROBE_SECONDS
 from trainer_svc.recipe import run
 from trainer_svc.records import read_jsonl
 from trainer_svc.retry import ScorerFailure
-from trainer_svc.schedule import draw_warmup
+from trainer_svc.schedule import draw_warmup, training_order
 
 pytestmark = pytest.mark.slow  # trains a model (in-process, fake scorer)
 
@@ -54,11 +54,15 @@ def test_lora_run_trains_exactly_the_scheduled_samples(tiny_model, demo_file, tm
     selections = read_jsonl(out / "selections.jsonl")
     trained = {row["step"]: row["indices"] for row in read_jsonl(out / "trained_samples.jsonl")}
     assert sorted(trained) == list(range(12))
-    warm = draw_warmup(32, 8).tolist()
-    assert trained[0] + trained[1] == warm and trained[8] + trained[9] == warm
+    # each segment trains its draw shuffled by a generator seeded 42 + its first step
+    warm = draw_warmup(32, 8)
+    assert trained[0] + trained[1] == training_order(warm, 0).tolist()
+    assert trained[8] + trained[9] == training_order(warm, 8).tolist()
     for row in selections:
         s = row["global_step"]
-        assert trained[s] + trained[s + 1] == row["sampled_indices"]
+        drawn = torch.tensor(row["sampled_indices"])
+        assert trained[s] + trained[s + 1] == training_order(drawn, s).tolist()
+        assert sorted(trained[s] + trained[s + 1]) == sorted(row["sampled_indices"])
 
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), out)
     saved = dict(model.named_parameters())
@@ -173,6 +177,25 @@ def test_full_finetuning_sends_the_state_dict(tiny_model, demo_file, tmp_path):
     base = AutoModelForCausalLM.from_pretrained(tiny_model)
     assert set(scorer.checkpoints[0].tensors) == set(base.state_dict())
     assert scorer.hellos[0].lora is None
+
+
+def test_optimizer_and_memory_keys_reach_the_trainer(tiny_model, demo_file, tmp_path):
+    keys = dict(
+        gradient_checkpointing=True, max_grad_norm=0.5, weight_decay=0.01, adam_beta1=0.8,
+        adam_beta2=0.99, adam_epsilon=1e-6, save_total_limit=1, save_steps=2, train_step=5,
+    )  # fmt: skip
+    recipe, scorer = train(tiny_model, demo_file, tmp_path / "out", plot_loss=False, **keys)
+    args = recipe.trainer.args
+    for key, value in keys.items():
+        if key != "train_step":
+            assert getattr(args, key) == value, key
+    assert args.max_steps == 5 and recipe.trainer.state.global_step == 5  # train_step
+    assert [c.step for c in scorer.checkpoints] == [2, 4]
+    assert recipe.model.base_model.model.is_gradient_checkpointing
+    # trained through the checkpointed layers: LoRA's B matrices, zero at the start, moved
+    moved = [t for n, t in recipe.trainable_tensors().items() if "lora_B" in n]
+    assert moved and all(t.abs().sum() > 0 for t in moved)
+    assert sorted(p.name for p in (tmp_path / "out").glob("checkpoint-*")) == ["checkpoint-5"]
 
 
 def test_resume_trains_the_same_samples_as_an_uninterrupted_run(tiny_model, demo_file, tmp_path):

@@ -5,6 +5,7 @@ trains its own slice of, and the records of rank 0 alone."""
 import signal
 
 import pytest
+import torch
 
 from devtools.demo_data import write_dataset
 from devtools.scorer_process import ScorerProcess, free_port
@@ -12,7 +13,7 @@ from devtools.waiting import wait_until
 from tests.support.scorer import checkpoints, db_status
 from tests.support.trainer import STEPS, TrainerProcess, run_id_of, scorer_keys, write_config
 from trainer_svc.records import SELECTIONS, TRAINED, read_jsonl
-from trainer_svc.schedule import Schedule
+from trainer_svc.schedule import Schedule, training_order
 
 pytestmark = pytest.mark.slow
 
@@ -52,9 +53,10 @@ def test_two_ranks_train_one_run_on_one_draw(tiny_model, tmp_path, kind):
         assert len(shares) == WORLD and all(len(s) == 2 for s in shares), row
         assert row["indices"] == shares[0] + shares[1]  # rank by rank, B positions once each
         segment = schedule.segment_at(row["step"])
-        if not segment.is_warmup:  # the draw itself, step by step
+        if not segment.is_warmup:  # the draw in its training order, step by step
+            order = training_order(torch.tensor(draws[segment.start]), segment.start).tolist()
             offset = (row["step"] - segment.start) * schedule.batch
-            assert row["indices"] == draws[segment.start][offset : offset + schedule.batch]
+            assert row["indices"] == order[offset : offset + schedule.batch]
     saved = "adapter_model.safetensors" if kind == "lora" else "model.safetensors"
     assert (out / saved).is_file()  # the unwrapped model's, as one process saves it
 

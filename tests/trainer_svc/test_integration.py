@@ -1,0 +1,136 @@
+"""Delta Loss selection added to a plain transformers Trainer built by the user."""
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+
+from devtools.fake_scorer import FakeScorer
+from trainer_svc.config import ConfigError
+from trainer_svc.integration import DeltaLossSelection
+from trainer_svc.records import read_jsonl
+from trainer_svc.schedule import training_order
+
+SELECTION = dict(
+    template="plain", cutoff_len=128, warmup_step=2, update_step=2, update_times=3,
+    scorer_wait_seconds=120,
+)  # fmt: skip
+
+
+def users_model(tiny_model, **lora):
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
+    for key, value in lora.items():
+        setattr(config, key, value)
+    return get_peft_model(base, config)
+
+
+def users_args(out, **over):
+    keys = dict(
+        output_dir=str(out), per_device_train_batch_size=2, gradient_accumulation_steps=2,
+        num_train_epochs=1.5, learning_rate=1e-3, logging_steps=1, save_strategy="no",
+        report_to="none", use_cpu=True, remove_unused_columns=False,
+    )  # fmt: skip
+    return TrainingArguments(**{**keys, **over})
+
+
+def train_with(tiny_model, demo_file, out, scorer=None, **selection_keys):
+    model = users_model(tiny_model)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    args = users_args(out)
+    selection = DeltaLossSelection(
+        {"dataset": str(demo_file), **SELECTION, **selection_keys},
+        model=model, tokenizer=tokenizer, args=args, scorer=scorer,
+    )  # fmt: skip
+    trainer = Trainer(
+        model=model, args=args, train_dataset=selection.train_dataset,
+        data_collator=selection.data_collator,
+    )  # fmt: skip
+    before = {n: t.clone() for n, t in model.named_parameters() if t.requires_grad}
+    selection.attach(trainer)
+    try:
+        trainer.train()
+    finally:
+        selection.close()
+    return selection, trainer, before
+
+
+def check_trained_the_schedule(out, selection):
+    trained = {row["step"]: row["indices"] for row in read_jsonl(out / "trained_samples.jsonl")}
+    assert sorted(trained) == list(range(selection.max_steps))
+    rows = read_jsonl(out / "selections.jsonl")
+    for row in rows:
+        s = row["global_step"]
+        drawn = torch.tensor(row["sampled_indices"])
+        assert trained[s] + trained[s + 1] == training_order(drawn, s).tolist()
+    return rows
+
+
+@pytest.mark.slow  # trains a model (in-process)
+def test_a_users_trainer_trains_the_scheduled_samples(tiny_model, demo_file, tmp_path):
+    out = tmp_path / "out"
+    scorer = FakeScorer(32)
+    selection, trainer, before = train_with(tiny_model, demo_file, out, scorer=scorer)
+    # E = 2 + 2 x 3 = 8, 1.5 epochs = 12 steps; updates at 2, 4, 6 and 10 (epoch 2)
+    assert [(c.step, c.update_index) for c in scorer.checkpoints] == [
+        (2, 1), (4, 2), (6, 3), (10, 1),
+    ]  # fmt: skip
+    assert trainer.state.global_step == 12 and scorer.closed
+    hello = scorer.hellos[0]
+    assert hello.lora is not None and hello.lora.r == 4 and hello.n_samples == 32
+    # peft resolved all-linear to module names: the scorer builds LoRA on the same ones
+    assert "q_proj" in hello.lora.target_modules
+    rows = check_trained_the_schedule(out, selection)
+    assert [r["draw"] for r in rows] == ["randperm", "multinomial", "multinomial", "multinomial"]
+    moved = selection.callback.updates.tensors()
+    assert any(not torch.equal(moved[n], before[n]) for n in before)
+
+
+@pytest.mark.slow  # trains a model against a scorer process
+def test_a_users_trainer_against_the_real_scorer(tiny_model, demo_file, scorer, tmp_path):
+    out = tmp_path / "out"
+    keys = dict(scorer_zmq_url=scorer.zmq_url, scorer_http_url=scorer.base_url)
+    selection, trainer, _ = train_with(tiny_model, demo_file, out, **keys)
+    rows = check_trained_the_schedule(out, selection)
+    # every update's weights came from the scorer, for that update's own checkpoint
+    assert [(r["global_step"], r["weights_step"], r["source"]) for r in rows] == [
+        (2, 2, "scorer"), (4, 4, "scorer"), (6, 6, "scorer"), (10, 10, "scorer"),
+    ]  # fmt: skip
+
+
+def test_keys_that_belong_to_the_training_arguments_are_refused(tiny_model, demo_file, tmp_path):
+    model = users_model(tiny_model)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    with pytest.raises(ConfigError) as info:
+        DeltaLossSelection(
+            {"dataset": str(demo_file), **SELECTION, "learning_rate": 1.0},
+            model=model, tokenizer=tokenizer, args=users_args(tmp_path), scorer=FakeScorer(32),
+        )  # fmt: skip
+    assert "TrainingArguments" in info.value.problems["learning_rate"]
+
+
+def test_lora_options_the_scorer_cannot_reproduce_are_refused(tiny_model, demo_file, tmp_path):
+    model = users_model(tiny_model, use_rslora=True)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    with pytest.raises(ConfigError) as info:
+        DeltaLossSelection(
+            {"dataset": str(demo_file), **SELECTION},
+            model=model, tokenizer=tokenizer, args=users_args(tmp_path), scorer=FakeScorer(32),
+        )  # fmt: skip
+    assert "use_rslora" in info.value.problems["model"]
+
+
+def test_a_trainer_on_another_dataset_is_refused(tiny_model, demo_file, tmp_path):
+    model = users_model(tiny_model)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    args = users_args(tmp_path)
+    selection = DeltaLossSelection(
+        {"dataset": str(demo_file), **SELECTION},
+        model=model, tokenizer=tokenizer, args=args, scorer=FakeScorer(32),
+    )  # fmt: skip
+    try:
+        trainer = Trainer(model=model, args=args, train_dataset=list(selection.train_dataset))
+        with pytest.raises(ConfigError, match="selection.train_dataset"):
+            selection.attach(trainer)
+    finally:
+        selection.close()

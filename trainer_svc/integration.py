@@ -1,0 +1,321 @@
+"""Delta Loss selection for your own transformers Trainer, through the scorer.
+
+    selection = DeltaLossSelection(
+        {"dataset": "alpaca_en_demo", "dataset_dir": "data", "template": "llama3",
+         "warmup_step": 10, "update_step": 10, "update_times": 5},
+        model=model, tokenizer=tokenizer, args=args,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=selection.train_dataset,
+                      data_collator=selection.data_collator)
+    selection.attach(trainer)
+    trainer.train()
+    selection.close()
+
+The selection keys are trainer-svc's config keys for the data, the schedule and the scorer;
+batch size, epochs, steps, seed and output_dir come from your TrainingArguments, and the LoRA
+settings (or full fine-tuning) from your model. `attach` makes the Trainer train each step on
+the samples the schedule draws and adds the callback that sends each update's checkpoint and
+draws the next segment; selections.jsonl and trained_samples.jsonl are written to
+args.output_dir as trainer-svc writes them.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from common.errors import ProtocolError
+from common.hello import build_hello
+from common.launch import Launch
+from common.model_spec import LoraSettings, ModelSpec, checkpoint_digest, checkpoint_tensors
+from common.tokenization import TokenizationSettings, encode_dataset
+from trainer_svc.config import ConfigError, LoadedConfig, parse_config, resolve_base_model
+from trainer_svc.data import INDEX_KEY, EncodedDataset, PadCollator
+from trainer_svc.distributed import Ranks
+from trainer_svc.recipe import run_stem
+from trainer_svc.records import SELECTIONS, TRAINED, JsonlRecord, TrainedSamples
+from trainer_svc.sampler import ScheduleBatchSampler, SelectionPlan
+from trainer_svc.schedule import Schedule
+from trainer_svc.scorer_client import RemoteScorer, ScorerClient, scorer_failed
+from trainer_svc.trainer import SelectionCallback
+from trainer_svc.updates import SharedUpdates, UpdateCoordinator
+
+logger = logging.getLogger(__name__)
+
+# The trainer-svc config keys a selection takes; the others come from TrainingArguments and
+# the model.
+SELECTION_KEYS = frozenset(
+    {
+        "dataset", "dataset_dir", "max_samples", "template", "cutoff_len", "trust_remote_code",
+        "train_type", "components_cfg_file", "component_name", "warmup_step", "update_step",
+        "update_times", "run_id", "scorer_zmq_url", "scorer_http_url", "scorer_token",
+        "scorer_ca_file", "scorer_curve_secret_key_file", "scorer_curve_server_key_file",
+        "selection_mode", "scorer_wait_seconds", "on_scorer_failure",
+    }
+)  # fmt: skip
+
+
+class DeltaLossSelection:
+    """The schedule, the scorer link and the records of one run trained by your Trainer."""
+
+    def __init__(
+        self,
+        selection: dict[str, Any],
+        *,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        args: TrainingArguments,
+        scorer: ScorerClient | None = None,
+    ):
+        """scorer replaces the ZeroMQ and REST scorer (tests use devtools' FakeScorer)."""
+        self.spec = spec_of(model)
+        self.loaded = selection_config(selection, args, self.spec)
+        cfg = self.loaded.config
+        self.model = model
+        self.args = args
+        self.ranks = Ranks.start(Launch.from_environment(), args.ddp_timeout or 1800)
+        self.schedule = Schedule.build(
+            warmup_step=cfg.warmup_step,
+            update_step=cfg.update_step,
+            update_times=cfg.update_times,
+            batch=self.loaded.batch,
+            epochs=cfg.num_train_epochs,
+            train_step=cfg.train_step,
+        )
+        self.settings = TokenizationSettings(cfg.template, cfg.cutoff_len)
+        encoded = encode_dataset(tokenizer, self.loaded.samples, self.settings)
+        self.train_dataset = EncodedDataset(encoded)
+        self.data_collator = PadCollator(tokenizer.pad_token_id or tokenizer.eos_token_id or 0)
+        self.plan = SelectionPlan(self.schedule, len(encoded))
+        output_dir = Path(str(args.output_dir))
+        main = self.ranks.is_main
+        self.run_id: str = self.ranks.share(
+            (cfg.run_id or _new_run_id(output_dir)) if main else None
+        )
+        self.scorer = scorer
+        if main and self.scorer is None:
+            self.scorer = RemoteScorer.from_config(cfg, self.run_id)
+        self.hello = build_hello(
+            run_id=self.run_id,
+            spec=self.spec,
+            dataset=self.loaded.dataset,
+            tokenization=self.settings,
+            encoded=encoded,
+            window_size=self.loaded.window_size,
+            update_times=cfg.update_times,
+            vocab_size=len(tokenizer),
+            model_digest=checkpoint_digest(model, self.spec.kind),
+            run_token=secrets.token_hex(16),
+            token=cfg.scorer_token,
+        )
+        coordinator = None
+        record = None
+        if main:
+            assert self.scorer is not None
+            record = JsonlRecord(output_dir / TRAINED, truncate=True)
+            coordinator = UpdateCoordinator(
+                run_id=self.run_id,
+                kind=self.spec.kind,
+                plan=self.plan,
+                scorer=self.scorer,
+                record=JsonlRecord(output_dir / SELECTIONS, truncate=True),
+                mode=cfg.selection_mode,
+                on_failure=cfg.on_scorer_failure,
+            )
+        self.coordinator = coordinator
+        self.trained = TrainedSamples(record, self.ranks)
+        self.callback = _RegisteringCallback(
+            self,
+            SelectionCallback(
+                self.schedule,
+                SharedUpdates(self.ranks, self.plan, coordinator),
+                lambda: checkpoint_tensors(self.model, self.spec.kind),
+                self.trained,
+            ),
+        )
+
+    @property
+    def max_steps(self) -> int:
+        return self.schedule.max_steps
+
+    def attach(self, trainer: Trainer) -> Trainer:
+        """Make `trainer` train the scheduled samples and run the updates; returns it."""
+        if trainer.train_dataset is not self.train_dataset:
+            raise ConfigError(
+                {"train_dataset": "the Trainer must train selection.train_dataset: its sample "
+                 "indices are the ones the scorer ranks"}
+            )  # fmt: skip
+        if trainer.args.max_steps != self.schedule.max_steps:
+            logger.info("max_steps set to the schedule's %d", self.schedule.max_steps)
+            trainer.args.max_steps = self.schedule.max_steps
+        sampler = ScheduleBatchSampler(
+            self.plan, trainer.args.per_device_train_batch_size,
+            rank=self.ranks.rank, world=self.ranks.world,
+        )  # fmt: skip
+        collate = _recording(trainer.data_collator, self.trained, lambda: trainer.state)
+
+        def get_train_dataloader(_: Trainer) -> DataLoader:
+            # Nothing reads batches ahead of the step that trains them (see ScheduledTrainer).
+            return DataLoader(
+                self.train_dataset, batch_sampler=sampler, collate_fn=collate, num_workers=0,
+                generator=torch.Generator().manual_seed(trainer.args.seed),
+            )  # fmt: skip
+
+        trainer.get_train_dataloader = types.MethodType(get_train_dataloader, trainer)  # type: ignore[method-assign]
+        trainer.add_callback(self.callback)
+        return trainer
+
+    def close(self) -> None:
+        try:
+            if self.coordinator is not None:
+                self.coordinator.close()
+            if self.scorer is not None:
+                self.scorer.close()
+        finally:
+            self.ranks.close()
+
+
+class _RegisteringCallback(TrainerCallback):
+    """Registers the run with the scorer as training begins, then runs the updates."""
+
+    def __init__(self, selection: DeltaLossSelection, updates: SelectionCallback):
+        self.selection = selection
+        self.updates = updates
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        selection = self.selection
+        if selection.ranks.is_main and selection.scorer is not None:
+            try:
+                selection.scorer.register(selection.hello)
+            except ProtocolError as exc:
+                scorer_failed(
+                    selection.loaded.config.on_scorer_failure,
+                    f"registering run {selection.run_id} with the scorer",
+                    exc,
+                    fallback="training goes on; updates the scorer cannot serve use UNIFORM "
+                    "weights",
+                )
+        return self.updates.on_train_begin(args, state, control, **kwargs)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        return self.updates.on_step_end(args, state, control, **kwargs)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.updates.on_train_end(args, state, control, **kwargs)
+        if self.updates.unsent_at_end is not None:
+            raise self.updates.unsent_at_end
+
+
+def _recording(
+    collator: Callable[[list[dict[str, Any]]], dict[str, Any]],
+    trained: TrainedSamples,
+    state: Callable[[], Any],
+) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+    """The Trainer's collator on rows without their index; the indices are recorded under the
+    step being trained (batches are fetched as their step starts)."""
+
+    def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        trained.add(state().global_step, [row[INDEX_KEY] for row in rows])
+        batch = collator([{k: v for k, v in row.items() if k != INDEX_KEY} for row in rows])
+        batch.pop(INDEX_KEY, None)
+        return batch
+
+    return collate
+
+
+def spec_of(model: torch.nn.Module) -> ModelSpec:
+    """The model the scorer must build to score as this one: its base folder, and its LoRA
+    settings (a PEFT model) or full fine-tuning. PEFT options the scorer's LoRA does not
+    reproduce are refused."""
+    from peft import PeftModel
+
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    name = str(getattr(base.config, "_name_or_path", "") or "")
+    problems: dict[str, str] = {}
+    if not name or not Path(resolve_base_model(name)).is_dir():
+        problems["model"] = (
+            f"its base ({name or 'unnamed'}) is not a folder on disk: load it with "
+            "from_pretrained from a local folder (or the Hugging Face cache), which the scorer "
+            "loads too"
+        )
+    lora = None
+    if isinstance(model, PeftModel):
+        config = model.peft_config.get("default")
+        if config is None or type(config).__name__ != "LoraConfig":
+            problems["model"] = "a PEFT model needs one LoRA adapter named 'default'"
+        else:
+            odd = [k for k in ("use_rslora", "use_dora") if getattr(config, k, False)]
+            odd += [k for k in ("modules_to_save",) if getattr(config, k, None)]
+            if getattr(config, "bias", "none") != "none":
+                odd.append("bias")
+            if odd:
+                problems["model"] = (
+                    f"LoRA options the scorer does not reproduce: {', '.join(odd)}; leave them "
+                    "at their defaults"
+                )
+            lora = _lora_settings(model, name, config)
+            if lora is None:
+                problems["model"] = (
+                    "its LoRA layers are not what LoRA on the modules it names builds: give "
+                    "target_modules as module names or 'all-linear'"
+                )
+    if problems:
+        raise ConfigError(problems)
+    return ModelSpec(resolve_base_model(name), "lora" if lora else "full", lora)
+
+
+def _lora_settings(model: torch.nn.Module, name: str, config: Any) -> LoraSettings | None:
+    """The LoRA settings that build this model's adapter tensors on the base: the modules'
+    short names (peft matches names by suffix), else their full names, as resolved by peft."""
+    targets = config.target_modules
+    wanted = checkpoint_digest(model, "lora")
+    choices = [targets] if isinstance(targets, str) else [
+        sorted({t.rsplit(".", 1)[-1] for t in targets}), sorted(targets),
+    ]  # fmt: skip
+    for choice in choices:
+        lora = LoraSettings(config.r, float(config.lora_alpha), config.lora_dropout, choice)
+        spec = ModelSpec(resolve_base_model(name), "lora", lora)
+        if checkpoint_digest(spec.skeleton(), "lora") == wanted:
+            return lora
+    return None
+
+
+def selection_config(
+    selection: dict[str, Any], args: TrainingArguments, spec: ModelSpec
+) -> LoadedConfig:
+    """trainer-svc's config for the selection keys, with what the TrainingArguments and the
+    model decide filled in; a key that belongs to them is refused."""
+    other = sorted(set(selection) - SELECTION_KEYS)
+    if other:
+        raise ConfigError(
+            {key: "set by your TrainingArguments or model, or not a selection key" for key in other}
+        )
+    raw = {
+        **selection,
+        "model_name_or_path": spec.base_model,
+        "finetuning_type": spec.kind,
+        "output_dir": args.output_dir,
+        "overwrite_output_dir": True,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "num_train_epochs": args.num_train_epochs,
+        "train_step": max(args.max_steps, 0),
+        "seed": args.seed,
+    }
+    return parse_config(raw)
+
+
+def _new_run_id(output_dir: Path) -> str:
+    return f"{run_stem(output_dir.name)}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+__all__ = ["DeltaLossSelection"]
