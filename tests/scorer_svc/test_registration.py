@@ -8,9 +8,14 @@ import threading
 import time
 
 import pytest
+from transformers import AutoTokenizer
 
 from common.curve import create_keys
-from common.protocol import encode_hello
+from common.datasets import DatasetSpec, absolute_spec, load_samples, split_validation
+from common.hello import build_hello
+from common.model_spec import ModelSpec
+from common.protocol import Hello, encode_hello
+from common.tokenization import encode_dataset
 from devtools.scorer_process import free_port
 from scorer_svc import crud
 from scorer_svc.config import Settings
@@ -20,6 +25,8 @@ from scorer_svc.main import MAX_FRAME_BYTES
 from scorer_svc.registry import Registry
 from tests.support.data import write_samples
 from tests.support.scorer import (
+    LORA,
+    SETTINGS,
     lora_checkpoints,
     make_hello,
     register,
@@ -179,3 +186,39 @@ def test_runs_data_stays_within_its_budget_and_comes_back_when_needed(tmp_path, 
     assert tokenized == [h.run_id for h in hellos]
     again = registry.prepare(hellos[0])  # dropped: tokenized again, checked again
     assert tokenized[-1] == "run-0" and again.nbytes == one_run
+
+
+def test_the_scorer_reads_and_splits_the_datasets_as_the_trainer_does(intake, tiny_model, tmp_path):
+    """A comma list of a dataset_info.json name (sharegpt, with a system prompt) and a path,
+    cut by max_samples, with a validation split held out: the scorer's samples are the
+    trainer's, down to the fingerprint; another split seed gives other samples."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    chats = [
+        {"conversations": [
+            {"from": "system", "value": "Be brief."},
+            {"from": "human", "value": f"Say {i}."}, {"from": "gpt", "value": str(i)},
+            {"from": "human", "value": "Again."}, {"from": "gpt", "value": f"{i} {i}"},
+        ]}
+        for i in range(12)
+    ]  # fmt: skip
+    (data_dir / "chats.json").write_text(json.dumps(chats))
+    info = {"chats": {"file_name": "chats.json", "formatting": "sharegpt"}}
+    (data_dir / "dataset_info.json").write_text(json.dumps(info))
+    alpaca = write_samples(tmp_path / "train.json", 8)
+    spec = absolute_spec(DatasetSpec(f"chats,{alpaca}", str(data_dir), max_samples=10))
+    samples, _ = split_validation(load_samples(spec), 0.25, seed=7)
+    assert len(samples) == 13  # 10 chats and 8 rows, 5 held out
+    assert {s.system for s in samples} == {"Be brief.", ""}
+    assert {len(s.turns) for s in samples} == {2, 1}  # every assistant turn is trained
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    hello = build_hello(
+        run_id="run-split", spec=ModelSpec(str(tiny_model), "lora", LORA), dataset=spec,
+        val_size=0.25, split_seed=7, tokenization=SETTINGS,
+        encoded=encode_dataset(tokenizer, samples, SETTINGS), window_size=0.2,
+        update_times=3, vocab_size=len(tokenizer),
+    )  # fmt: skip
+    assert ask(intake, hello)["status"] == "registered"
+    other = Hello.model_validate({**hello.model_dump(), "run_id": "run-other", "split_seed": 8})
+    reply = ask(intake, other)
+    assert reply["code"] == "mismatch" and "dataset fingerprint" in reply["reason"]
