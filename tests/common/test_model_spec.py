@@ -7,10 +7,12 @@ from transformers import AutoModelForCausalLM
 from common.model_spec import (
     LoraSettings,
     ModelSpec,
+    attention_problem,
     checkpoint_digest,
     checkpoint_tensors,
     empty_model,
     pad_id,
+    quantization_problem,
 )
 from common.protocol import LoraSpec
 
@@ -86,3 +88,20 @@ class _Tok:
 )
 def test_pad_id_is_pad_then_eos_then_zero(pad, eos, expected):
     assert pad_id(_Tok(pad, eos)) == expected
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_the_attention_asked_for_is_the_one_built(tiny_model, implementation):
+    spec = ModelSpec(str(tiny_model), "full", attn_implementation=implementation)
+    assert spec.build().config._attn_implementation == implementation
+
+
+def test_quantization_and_flash_attention_say_what_they_need():
+    assert quantization_problem(None, cuda=False) is None
+    assert "needs a CUDA GPU" in quantization_problem(4, cuda=False)
+    assert "needs a CUDA GPU" in attention_problem("flash_attention_2", cuda=False)
+    assert attention_problem("sdpa", cuda=False) is None
+    lora = LoraSettings(4, 8.0, 0.0, "all-linear")
+    assert "8-bit" in ModelSpec("m", "lora", lora, quantization_bit=8).load_problem(cuda=False)
+    with pytest.raises(ValueError, match="LoRA adapters only"):
+        ModelSpec("m", "full", quantization_bit=4)

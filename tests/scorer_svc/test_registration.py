@@ -222,3 +222,16 @@ def test_the_scorer_reads_and_splits_the_datasets_as_the_trainer_does(intake, ti
     other = Hello.model_validate({**hello.model_dump(), "run_id": "run-other", "split_seed": 8})
     reply = ask(intake, other)
     assert reply["code"] == "mismatch" and "dataset fingerprint" in reply["reason"]
+
+
+def test_a_run_whose_model_this_scorer_cannot_build_as_the_trainer_is_refused(
+    intake, tiny_model, tmp_path
+):
+    data = write_samples(tmp_path / "train.json", 8)
+    reply = ask(intake, make_hello(tiny_model, data, run_id="run-q", quantization_bit=4))
+    assert reply["code"] == "mismatch"
+    assert "4-bit quantization (bitsandbytes) needs a CUDA GPU" in reply["reason"]
+    hello = make_hello(tiny_model, data, run_id="run-sdpa", attn_implementation="sdpa")
+    assert ask(intake, hello)["status"] == "registered"
+    model = intake.registry.model(hello)  # built with the trainer's attention
+    assert model.model.config._attn_implementation == "sdpa"
