@@ -124,18 +124,28 @@ class Source:
 # ---- the entry points ----
 
 
-def files(spec: DatasetSpec) -> list[Path]:
+# Called with each path before it is looked at (exists, lists, reads): a reader that must stay
+# within some folders raises in it.
+Guard = Callable[[Path], None]
+
+
+def _unguarded(path: Path) -> None:
+    return None
+
+
+def files(spec: DatasetSpec, guard: Guard = _unguarded) -> list[Path]:
     """Every data file load_samples(spec) reads, resolved, in reading order, each once
     (dataset_info.json, read from spec.dataset_dir, is not listed)."""
-    found = [path for source in sources(spec) for path in source.files]
+    found = [path for source in sources(spec, guard) for path in source.files]
     return list(dict.fromkeys(found))
 
 
-def load_samples(spec: DatasetSpec) -> list[Sample]:
+def load_samples(spec: DatasetSpec, guard: Guard = _unguarded) -> list[Sample]:
     """Every sample of every dataset in spec.names, datasets in order, each cut to its first
-    spec.max_samples rows."""
+    spec.max_samples rows. guard sees every path (dataset_info.json, entries' files and
+    folders, path items) before it is looked at."""
     samples: list[Sample] = []
-    for source in sources(spec):
+    for source in sources(spec, guard):
         samples.extend(source_samples(source, spec.max_samples))
     return samples
 
@@ -145,10 +155,10 @@ def absolute_spec(spec: DatasetSpec) -> DatasetSpec:
     replaced by its resolved file, and dataset_dir made absolute (the default filled in) when
     a name is looked up in it (None when every item is a path)."""
     items = [
-        item if not _is_path(item) else str(_path_item(item, spec.directory))
+        item if not is_path(item) else str(_path_item(item, spec.directory))
         for item in dataset_items(spec.names)
     ]
-    names_one = any(not _is_path(item) for item in items)
+    names_one = any(not is_path(item) for item in items)
     directory = str(spec.directory.resolve()) if names_one else None  # only names need it
     return DatasetSpec(",".join(items), directory, spec.max_samples)
 
@@ -214,30 +224,33 @@ def dataset_items(names: str) -> list[str]:
     return items
 
 
-def sources(spec: DatasetSpec) -> list[Source]:
+def sources(spec: DatasetSpec, guard: Guard = _unguarded) -> list[Source]:
     """Each item of spec.names as a Source, in order; dataset_info.json is read only when an
     item is a name."""
     info: dict[str, Any] | None = None
     found = []
     for item in dataset_items(spec.names):
-        if _is_path(item):
-            path = _path_item(item, spec.directory)
+        if is_path(item):
+            path = _path_item(item, spec.directory, guard)
             found.append(Source(f"file {path}", (path,), AlpacaColumns()))
             continue
         if info is None:
-            info = read_dataset_info(spec.directory, item)
-        found.append(entry_source(item, info, spec.directory))
+            info = read_dataset_info(spec.directory, item, guard)
+        found.append(entry_source(item, info, spec.directory, guard))
     return found
 
 
-def _is_path(item: str) -> bool:
+def is_path(item: str) -> bool:
+    """Whether a dataset item is a file path (a .json/.jsonl suffix) rather than a name."""
     return Path(item).suffix.lower() in FILE_SUFFIXES
 
 
-def _path_item(item: str, directory: Path) -> Path:
+def _path_item(item: str, directory: Path, guard: Guard = _unguarded) -> Path:
     """A .json/.jsonl item: from the working directory, else from dataset_dir."""
     path = Path(item).expanduser()
-    for candidate in (path, directory / path):
+    candidates = (path,) if path.is_absolute() else (path, directory / path)
+    for candidate in candidates:
+        guard(candidate)
         if candidate.is_file():
             return candidate.resolve()
     also = "" if path.is_absolute() else f" nor at {directory / path}"
@@ -247,7 +260,7 @@ def _path_item(item: str, directory: Path) -> Path:
     )
 
 
-def read_dataset_info(directory: Path, wanted: str) -> dict[str, Any]:
+def read_dataset_info(directory: Path, wanted: str, guard: Guard = _unguarded) -> dict[str, Any]:
     """dataset_dir/dataset_info.json, which must exist since the item `wanted` is a name."""
     raw = str(directory)
     if raw == "ONLINE" or raw.startswith("REMOTE:"):
@@ -257,6 +270,7 @@ def read_dataset_info(directory: Path, wanted: str) -> dict[str, Any]:
             f"{DATASET_INFO} that names it, or give the path of a .json/.jsonl file"
         )
     path = directory / DATASET_INFO
+    guard(path)
     if not path.is_file():
         raise DatasetError(
             f"dataset '{wanted}' is not a .json/.jsonl path, so it must be a name in "
@@ -273,7 +287,9 @@ def read_dataset_info(directory: Path, wanted: str) -> dict[str, Any]:
     return info
 
 
-def entry_source(name: str, info: dict[str, Any], directory: Path) -> Source:
+def entry_source(
+    name: str, info: dict[str, Any], directory: Path, guard: Guard = _unguarded
+) -> Source:
     """The entry `name` of dataset_info.json as a Source (LLaMA-Factory's DatasetAttr)."""
     where = f"dataset '{name}' in {directory / DATASET_INFO}"
     if name not in info:
@@ -297,7 +313,7 @@ def entry_source(name: str, info: dict[str, Any], directory: Path) -> Source:
         )
     columns_given = _mapping(entry, "columns", where)
     tags_given = _mapping(entry, "tags", where)
-    paths = entry_files(entry.get("file_name"), directory, where)
+    paths = entry_files(entry.get("file_name"), directory, where, guard)
     label = f"dataset '{name}'"
     if formatting == "alpaca":
         return Source(label, paths, alpaca_columns(columns_given), entry=True)
@@ -388,7 +404,9 @@ def sharegpt_tags(given: dict[str, str] | None) -> Tags:
     )
 
 
-def entry_files(file_name: Any, directory: Path, where: str) -> tuple[Path, ...]:
+def entry_files(
+    file_name: Any, directory: Path, where: str, guard: Guard = _unguarded
+) -> tuple[Path, ...]:
     """The files of an entry's file_name (relative to dataset_dir): the file, or a folder's
     .json/.jsonl files in name order."""
     if not isinstance(file_name, str) or not file_name:
@@ -397,11 +415,15 @@ def entry_files(file_name: Any, directory: Path, where: str) -> tuple[Path, ...]
             "relative to dataset_dir"
         )
     path = (directory / Path(file_name).expanduser()).resolve()
+    guard(path)
     if path.is_dir():
         found = sorted(
-            (p for p in path.iterdir() if p.is_file() and p.suffix.lower() in FILE_SUFFIXES),
+            (p for p in path.iterdir() if p.suffix.lower() in FILE_SUFFIXES),
             key=lambda p: p.name,
         )
+        for member in found:
+            guard(member)
+        found = [p.resolve() for p in found if p.is_file()]
         if not found:
             raise DatasetError(f"{where}: the folder {path} holds no .json or .jsonl file")
         return tuple(found)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.datasets import FILE_SUFFIXES
+from common.datasets import is_path
 from common.errors import Forbidden
 from common.protocol import Hello
 
@@ -75,11 +75,17 @@ class AccessPolicy:
             raise self.models.refuse(hello.run_id, "base model", hello.base_model)
         if hello.dataset_dir is not None and not self.data.holds(hello.dataset_dir):
             raise self.data.refuse(hello.run_id, "dataset_dir", hello.dataset_dir)
-        # A file path is checked now; a name in dataset_dir's dataset_info.json, once resolved.
-        for item in hello.dataset.split(","):
-            a_path = Path(item.strip()).suffix in FILE_SUFFIXES or hello.dataset_dir is None
-            if a_path and not self.data.holds(item.strip()):
-                raise self.data.refuse(hello.run_id, "dataset", item.strip())
+        # A file path is checked now; a name in dataset_dir's dataset_info.json, and every
+        # file it names, as they are resolved (check_dataset_file).
+        for item in (part.strip() for part in hello.dataset.split(",")):
+            if is_path(item):
+                if not self.data.holds(item):
+                    raise self.data.refuse(hello.run_id, "dataset", item)
+            elif hello.dataset_dir is None:
+                raise Forbidden(
+                    f"run {hello.run_id} refused: its dataset {item} is a name, which needs "
+                    "the dataset_dir whose dataset_info.json lists it"
+                )
 
     def trusts(self, hello: Hello) -> bool:
         """Whether this run's model code may run: asked for, and allowed by the scorer."""
@@ -95,6 +101,7 @@ class AccessPolicy:
         return ""
 
     def check_dataset_file(self, hello: Hello, path: Path) -> None:
-        """A file the datasets resolved to (dataset_info.json may point anywhere)."""
+        """A path the datasets resolve to, before it is looked at: dataset_info.json, the files
+        and folders its entries name (which may point anywhere), path items."""
         if not self.data.holds(path):
             raise self.data.refuse(hello.run_id, "dataset", hello.dataset)

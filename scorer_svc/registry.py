@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from cachetools import LRUCache
 
-from common.datasets import DatasetError, DatasetSpec, files, load_samples, split_validation
+from common.datasets import DatasetError, DatasetSpec, load_samples, split_validation
 from common.dtypes import compute_dtype
 from common.errors import RunMismatch
 from common.model_spec import ModelSpec, pad_id
@@ -196,9 +196,8 @@ class Registry:
             ) from exc
         try:
             spec = DatasetSpec(hello.dataset, hello.dataset_dir, hello.max_samples)
-            for path in files(spec):
-                self.access.check_dataset_file(hello, path)
-            samples = load_samples(spec)
+            # every path is checked against the roots before it is looked at
+            samples = load_samples(spec, lambda path: self.access.check_dataset_file(hello, path))
             if hello.val_size:  # the trainer's training part only
                 samples = split_validation(samples, hello.val_size, hello.split_seed or 0)[0]
         except (DatasetError, OSError) as exc:

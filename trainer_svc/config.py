@@ -27,11 +27,11 @@ from transformers.trainer_utils import SchedulerType
 from transformers.training_args import OptimizerNames
 
 from common.datasets import (
-    FILE_SUFFIXES,
     DatasetError,
     DatasetSpec,
     absolute_spec,
     dataset_items,
+    is_path,
     load_samples,
     split_validation,
 )
@@ -544,7 +544,7 @@ def _dataset(
 
 
 def _located(item: str, base_dir: Path | None) -> str:
-    if Path(item).suffix not in FILE_SUFFIXES or Path(item).expanduser().is_file():
+    if not is_path(item) or Path(item).expanduser().is_file():
         return item
     found = _find_file(item, base_dir)
     return str(found.resolve()) if found is not None else item

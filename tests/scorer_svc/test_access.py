@@ -152,6 +152,41 @@ def test_a_dataset_name_resolving_outside_the_roots_is_refused(place):
     assert reply["code"] == "forbidden" and "its dataset escape" in reply["reason"]
 
 
+@pytest.mark.parametrize("how", ["info link", "folder", "folder member link"])
+def test_nothing_of_a_dataset_outside_the_roots_is_looked_at(place, how):
+    """dataset_info.json, an entry's folder and the files in it are checked before they are
+    read, listed or even looked for: no reply tells what lies outside the roots."""
+    outside = place["outside"]
+    (outside / "dataset_info.json").write_text(json.dumps({"secret_entry_name": {}}))
+    (outside / "parts").mkdir()
+    write_samples(outside / "parts" / "a.json", 4)
+    inside = place["data"] / "inner"
+    inside.mkdir()
+    if how == "info link":
+        (inside / "dataset_info.json").symlink_to(outside / "dataset_info.json")
+    else:
+        parts = inside / "parts"
+        if how == "folder":
+            parts.symlink_to(outside / "parts")
+        else:
+            parts.mkdir()
+            (parts / "a.json").symlink_to(outside / "parts" / "a.json")
+        info = {"secret": {"file_name": "parts"}}
+        (inside / "dataset_info.json").write_text(json.dumps(info))
+    hello = make_hello(
+        place["models"] / "tiny", place["dataset"], dataset="secret", dataset_dir=str(inside)
+    )
+    reply = ask(intake_for(place), hello)
+    assert reply["code"] == "forbidden" and "--data-root" in reply["reason"], reply
+    assert "secret_entry_name" not in reply["reason"]
+
+
+def test_a_dataset_name_without_its_dataset_dir_is_refused(place):
+    hello = make_hello(place["models"] / "tiny", place["dataset"], dataset="../outside/x")
+    reply = ask(intake_for(place), hello)
+    assert reply["code"] == "forbidden" and "needs the dataset_dir" in reply["reason"]
+
+
 def test_without_roots_only_the_data_dir_is_open(place):
     intake = intake_for(place, model_root=[], data_root=[])
     reply = ask(intake, make_hello(place["models"] / "tiny", place["dataset"]))
