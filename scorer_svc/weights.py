@@ -108,6 +108,9 @@ def build_weights(
     if not run.has_window(checkpoint.step):
         return served_weights(checkpoint, run.n_samples, current)
     row = crud.get_window(session, run=run, step=checkpoint.step)
+    if row is None and checkpoint.update_index == 1:
+        # scored before update 1 of a later epoch had a window: it was served uniform then
+        return served_weights(checkpoint, run.n_samples, current)
     if row is None or run.initial_step is None:
         raise LookupError(f"step {checkpoint.step} of run {run.run_id} has no stored window")
     window = Window(

@@ -40,6 +40,7 @@ from common.model_spec import ATTENTION, attention_problem, quantization_problem
 from common.protocol import (
     MAX_LORA_RANK,
     MAX_NAME_CHARS,
+    MAX_PATH_CHARS,
     MAX_TARGET_MODULES,
     MAX_UPDATES,
     Kind,
@@ -251,10 +252,31 @@ def validate_keys(model: type[M], raw: dict[str, Any]) -> tuple[M, dict[str, str
     return model.model_construct(**valid), problems
 
 
+# Keys of LLaMA-Factory's and transformers' configs that mean something this tool reads under
+# another key (or does anyway), and what to write instead.
+KEY_ADVICE = {
+    "warmup_steps": "the learning-rate warmup is warmup_ratio here (warmup_step is the "
+    "selection's warmup segment)",
+    "max_steps": "give train_step (the run's optimizer steps)",
+    "disable_gradient_checkpointing": "gradient checkpointing is off unless "
+    "gradient_checkpointing is true",
+    "evaluation_strategy": "give eval_strategy",
+    "save_strategy": "a checkpoint is saved every save_steps",
+    "logging_strategy": "the loss is logged every logging_steps",
+    "data_seed": "seed orders the data too",
+    "mix_strategy": "the datasets of a comma list are concatenated in order",
+    "interleave_probs": "the datasets of a comma list are concatenated in order",
+    "disable_shuffling": "each segment's draw is shuffled, seeded by seed",
+}
+
+
 def unknown_key(key: str, known: set[str]) -> str:
-    near = difflib.get_close_matches(key, sorted(known), n=1)
-    hint = f"did you mean {near[0]}? " if near else ""
-    return f"not a key this tool reads: {hint}remove it (see the README's config keys)"
+    advice = KEY_ADVICE.get(key)
+    if advice is None:
+        near = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.85)
+        advice = f"did you mean {near[0]}?" if near else ""
+    said = f"{advice} " if advice else ""
+    return f"not a key this tool reads: {said}remove it (see the README's config keys)"
 
 
 def parse_config(raw: dict[str, Any], base_dir: Path | None = None) -> LoadedConfig:
@@ -416,14 +438,16 @@ def data_problems(cfg: TrainConfig) -> dict[str, str]:
             )
     if cfg.val_size and cfg.eval_dataset:
         problems["val_size"] = "give eval_dataset or val_size, not both"
-    evaluates = (bool(cfg.eval_dataset) or cfg.val_size > 0) and cfg.eval_strategy != "no"
-    if cfg.load_best_model_at_end and not evaluates:
-        problems["load_best_model_at_end"] = "needs an evaluation: set eval_dataset or val_size"
-    elif cfg.load_best_model_at_end and cfg.eval_steps and cfg.save_steps % cfg.eval_steps:
-        problems["load_best_model_at_end"] = (
-            f"needs save_steps ({cfg.save_steps:g}) to be a multiple of eval_steps "
-            f"({cfg.eval_steps})"
-        )
+    has_eval_data = bool(cfg.eval_dataset) or cfg.val_size > 0
+    if cfg.load_best_model_at_end:
+        if not has_eval_data:
+            problems["load_best_model_at_end"] = "needs eval_dataset or val_size"
+        elif cfg.eval_strategy == "no":
+            problems["load_best_model_at_end"] = "needs evaluation, but eval_strategy is 'no'"
+        elif not cfg.eval_steps or cfg.save_steps % cfg.eval_steps:
+            problems["load_best_model_at_end"] = (
+                f"needs eval_steps, with save_steps ({cfg.save_steps:g}) a multiple of it"
+            )
     return problems
 
 
@@ -536,6 +560,12 @@ def _dataset(
     try:
         items = [_located(item, base_dir) for item in dataset_items(names)]
         spec = absolute_spec(DatasetSpec(",".join(items), cfg.dataset_dir, cfg.max_samples))
+        if len(spec.names) > MAX_PATH_CHARS:
+            raise DatasetError(
+                f"the datasets resolve to {len(spec.names)} characters of names and absolute "
+                f"paths, more than the {MAX_PATH_CHARS} a run's registration carries; list the "
+                "files in a dataset_info.json entry (a folder as file_name) and name that"
+            )
         samples = load_samples(spec)
     except DatasetError as exc:
         problems[key] = str(exc)

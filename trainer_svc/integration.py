@@ -26,27 +26,36 @@ import secrets
 import time
 import types
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from common.errors import ProtocolError
 from common.hello import build_hello
 from common.launch import Launch
-from common.model_spec import LoraSettings, ModelSpec, checkpoint_digest, checkpoint_tensors
+from common.model_spec import (
+    LoraSettings,
+    ModelSpec,
+    checkpoint_digest,
+    checkpoint_tensors,
+    pad_id,
+)
 from common.tokenization import TokenizationSettings, encode_dataset
 from trainer_svc.config import ConfigError, LoadedConfig, parse_config, resolve_base_model
 from trainer_svc.data import INDEX_KEY, EncodedDataset, PadCollator
 from trainer_svc.distributed import Ranks
 from trainer_svc.recipe import run_stem
 from trainer_svc.records import SELECTIONS, TRAINED, JsonlRecord, TrainedSamples
+from trainer_svc.retry import ScorerFailure
 from trainer_svc.sampler import ScheduleBatchSampler, SelectionPlan
 from trainer_svc.schedule import Schedule
 from trainer_svc.scorer_client import RemoteScorer, ScorerClient, scorer_failed
-from trainer_svc.trainer import SelectionCallback
+from trainer_svc.trainer import GracefulStop, SelectionCallback
 from trainer_svc.updates import SharedUpdates, UpdateCoordinator
 
 logger = logging.getLogger(__name__)
@@ -77,12 +86,15 @@ class DeltaLossSelection:
         scorer: ScorerClient | None = None,
     ):
         """scorer replaces the ZeroMQ and REST scorer (tests use devtools' FakeScorer)."""
-        self.spec = spec_of(model)
+        self.spec = spec_of(model, trust_remote_code=bool(selection.get("trust_remote_code")))
         self.loaded = selection_config(selection, args, self.spec)
         cfg = self.loaded.config
         self.model = model
         self.args = args
+        # the process group is the user's when their TrainingArguments made it: left up then
+        self._owns_group = not (dist.is_available() and dist.is_initialized())
         self.ranks = Ranks.start(Launch.from_environment(), args.ddp_timeout or 1800)
+        self.stop = GracefulStop(self.ranks)
         self.schedule = Schedule.build(
             warmup_step=cfg.warmup_step,
             update_step=cfg.update_step,
@@ -94,8 +106,8 @@ class DeltaLossSelection:
         self.settings = TokenizationSettings(cfg.template, cfg.cutoff_len)
         encoded = encode_dataset(tokenizer, self.loaded.samples, self.settings)
         self.train_dataset = EncodedDataset(encoded)
-        self.data_collator = PadCollator(tokenizer.pad_token_id or tokenizer.eos_token_id or 0)
-        self.plan = SelectionPlan(self.schedule, len(encoded))
+        self.data_collator = PadCollator(pad_id(tokenizer))
+        self.plan = SelectionPlan(self.schedule, len(encoded), args.seed)
         output_dir = Path(str(args.output_dir))
         main = self.ranks.is_main
         self.run_id: str = self.ranks.share(
@@ -140,6 +152,7 @@ class DeltaLossSelection:
                 SharedUpdates(self.ranks, self.plan, coordinator),
                 lambda: checkpoint_tensors(self.model, self.spec.kind),
                 self.trained,
+                self.stop,
             ),
         )
 
@@ -172,6 +185,7 @@ class DeltaLossSelection:
 
         trainer.get_train_dataloader = types.MethodType(get_train_dataloader, trainer)  # type: ignore[method-assign]
         trainer.add_callback(self.callback)
+        trainer.add_callback(self.stop)  # after the updates: a failed update stops at its step
         return trainer
 
     def close(self) -> None:
@@ -181,11 +195,14 @@ class DeltaLossSelection:
             if self.scorer is not None:
                 self.scorer.close()
         finally:
-            self.ranks.close()
+            if self._owns_group:
+                self.ranks.close()
 
 
 class _RegisteringCallback(TrainerCallback):
-    """Registers the run with the scorer as training begins, then runs the updates."""
+    """Registers the run with the scorer as training begins (rank 0; what stops it there stops
+    every rank), then runs the updates. A failed update saves a checkpoint at its step and
+    stops training (GracefulStop), and is raised when training ends."""
 
     def __init__(self, selection: DeltaLossSelection, updates: SelectionCallback):
         self.selection = selection
@@ -193,26 +210,44 @@ class _RegisteringCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         selection = self.selection
+        if state.global_step > 0:
+            raise ConfigError(
+                {"resume_from_checkpoint": "DeltaLossSelection trains a run from its start; "
+                 "trainer-svc train resumes runs (resume_from_checkpoint)"}
+            )  # fmt: skip
+        failure = None
         if selection.ranks.is_main and selection.scorer is not None:
             try:
                 selection.scorer.register(selection.hello)
             except ProtocolError as exc:
-                scorer_failed(
-                    selection.loaded.config.on_scorer_failure,
-                    f"registering run {selection.run_id} with the scorer",
-                    exc,
-                    fallback="training goes on; updates the scorer cannot serve use UNIFORM "
-                    "weights",
-                )
+                try:
+                    scorer_failed(
+                        selection.loaded.config.on_scorer_failure,
+                        f"registering run {selection.run_id} with the scorer",
+                        exc,
+                        fallback="training goes on; updates the scorer cannot serve use "
+                        "UNIFORM weights",
+                    )
+                except ScorerFailure as stop:
+                    failure = str(stop)
+        failure = selection.ranks.share(failure if selection.ranks.is_main else None)
+        if failure is not None:
+            raise ScorerFailure(failure)
         return self.updates.on_train_begin(args, state, control, **kwargs)
 
     def on_step_end(self, args, state, control, **kwargs):
         return self.updates.on_step_end(args, state, control, **kwargs)
 
+    def on_save(self, args, state, control, **kwargs):
+        return self.updates.on_save(args, state, control, **kwargs)
+
     def on_train_end(self, args, state, control, **kwargs):
         self.updates.on_train_end(args, state, control, **kwargs)
-        if self.updates.unsent_at_end is not None:
-            raise self.updates.unsent_at_end
+        failure = self.selection.stop.failure or self.updates.unsent_at_end
+        if failure is not None:
+            raise ScorerFailure(
+                f"{failure}; the state at step {state.global_step} is saved in {args.output_dir}"
+            ) from failure
 
 
 def _recording(
@@ -232,10 +267,19 @@ def _recording(
     return collate
 
 
-def spec_of(model: torch.nn.Module) -> ModelSpec:
-    """The model the scorer must build to score as this one: its base folder, and its LoRA
-    settings (a PEFT model) or full fine-tuning. PEFT options the scorer's LoRA does not
-    reproduce are refused."""
+# LoRA options that change what the scorer would build, or how it scales, with their defaults.
+LORA_DEFAULTS = {
+    "use_rslora": False, "use_dora": False, "bias": "none", "modules_to_save": None,
+    "alpha_pattern": {}, "rank_pattern": {}, "layers_to_transform": None, "lora_bias": False,
+    "fan_in_fan_out": False,
+}  # fmt: skip
+ATTENTIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3")
+
+
+def spec_of(model: torch.nn.Module, *, trust_remote_code: bool = False) -> ModelSpec:
+    """The model the scorer must build to score as this one: its base folder, attention and
+    quantization, and its LoRA settings (a PEFT model) or full fine-tuning. What the scorer
+    could not reproduce is refused."""
     from peft import PeftModel
 
     base = model.get_base_model() if isinstance(model, PeftModel) else model
@@ -247,33 +291,70 @@ def spec_of(model: torch.nn.Module) -> ModelSpec:
             "from_pretrained from a local folder (or the Hugging Face cache), which the scorer "
             "loads too"
         )
-    lora = None
-    if isinstance(model, PeftModel):
+    attention = getattr(base.config, "_attn_implementation", None)
+    bits, quantization = quantization_of(base)
+    if quantization is not None:
+        problems["model"] = quantization
+    spec = ModelSpec(
+        resolve_base_model(name), "full", None, trust_remote_code,
+        attention if attention in ATTENTIONS else None, None,
+    )  # fmt: skip
+    if isinstance(model, PeftModel) and not problems:
         config = model.peft_config.get("default")
         if config is None or type(config).__name__ != "LoraConfig":
             problems["model"] = "a PEFT model needs one LoRA adapter named 'default'"
         else:
-            odd = [k for k in ("use_rslora", "use_dora") if getattr(config, k, False)]
-            odd += [k for k in ("modules_to_save",) if getattr(config, k, None)]
-            if getattr(config, "bias", "none") != "none":
-                odd.append("bias")
+            odd = [
+                key for key, default in LORA_DEFAULTS.items()
+                if not _is_default(getattr(config, key, default), default)
+            ]  # fmt: skip
             if odd:
                 problems["model"] = (
                     f"LoRA options the scorer does not reproduce: {', '.join(odd)}; leave them "
                     "at their defaults"
                 )
-            lora = _lora_settings(model, name, config)
-            if lora is None:
+            elif (lora := _lora_settings(model, spec, config)) is None:
                 problems["model"] = (
                     "its LoRA layers are not what LoRA on the modules it names builds: give "
                     "target_modules as module names or 'all-linear'"
                 )
+            else:
+                spec = replace(spec, kind="lora", lora=lora, quantization_bit=bits)
+    elif bits is not None and not problems:
+        problems["model"] = "a quantized base model trains LoRA adapters only"
     if problems:
         raise ConfigError(problems)
-    return ModelSpec(resolve_base_model(name), "lora" if lora else "full", lora)
+    return spec
 
 
-def _lora_settings(model: torch.nn.Module, name: str, config: Any) -> LoraSettings | None:
+def _is_default(value: Any, default: Any) -> bool:
+    """An option left at its default (an empty mapping and None alike)."""
+    return value == default or (not value and not default)
+
+
+def quantization_of(base: torch.nn.Module) -> tuple[int | None, str | None]:
+    """(bits, problem): a bitsandbytes base as ModelSpec quantizes one (NF4 with double
+    quantization for 4 bits, LLM.int8 for 8), or what the scorer could not reproduce."""
+    config = getattr(base.config, "quantization_config", None)
+    if config is None:
+        return None, None
+    values = config if isinstance(config, dict) else config.to_dict()
+    if values.get("quant_method") != "bitsandbytes":
+        return None, (
+            f"a base quantized with {values.get('quant_method')} cannot be scored alike: "
+            "quantize with bitsandbytes (4 or 8 bits) or not at all"
+        )
+    if values.get("load_in_8bit"):
+        return 8, None
+    if values.get("bnb_4bit_quant_type") != "nf4" or not values.get("bnb_4bit_use_double_quant"):
+        return None, (
+            "a 4-bit base is scored as NF4 with double quantization: load it with "
+            "bnb_4bit_quant_type='nf4' and bnb_4bit_use_double_quant=True"
+        )
+    return 4, None
+
+
+def _lora_settings(model: torch.nn.Module, spec: ModelSpec, config: Any) -> LoraSettings | None:
     """The LoRA settings that build this model's adapter tensors on the base: the modules'
     short names (peft matches names by suffix), else their full names, as resolved by peft."""
     targets = config.target_modules
@@ -283,8 +364,8 @@ def _lora_settings(model: torch.nn.Module, name: str, config: Any) -> LoraSettin
     ]  # fmt: skip
     for choice in choices:
         lora = LoraSettings(config.r, float(config.lora_alpha), config.lora_dropout, choice)
-        spec = ModelSpec(resolve_base_model(name), "lora", lora)
-        if checkpoint_digest(spec.skeleton(), "lora") == wanted:
+        candidate = replace(spec, kind="lora", lora=lora)
+        if checkpoint_digest(candidate.skeleton(), "lora") == wanted:
             return lora
     return None
 
@@ -310,6 +391,7 @@ def selection_config(
         "num_train_epochs": args.num_train_epochs,
         "train_step": max(args.max_steps, 0),
         "seed": args.seed,
+        "ddp_timeout": args.ddp_timeout,
     }
     return parse_config(raw)
 

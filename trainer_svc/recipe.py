@@ -257,7 +257,7 @@ class DeltaLossRecipe:
     def _build_trainer(self) -> None:
         fresh = not self.cfg.resume_from_checkpoint
         main = self.ranks.is_main
-        self.plan = SelectionPlan(self.schedule, len(self.encoded))
+        self.plan = SelectionPlan(self.schedule, len(self.encoded), self.cfg.seed)
         coordinator = None
         trained_record = None
         if main:  # the records and the scorer are rank 0's

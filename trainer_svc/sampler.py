@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import torch
 
-from trainer_svc.schedule import Schedule, Segment, draw_warmup, training_order
+from trainer_svc.schedule import SEED, Schedule, Segment, draw_warmup, training_order
 
 logger = logging.getLogger(__name__)
 
@@ -27,16 +27,18 @@ class SelectionPlan:
     """The sample indices of each segment in the order they are trained (each draw shuffled),
     filled in as updates happen."""
 
-    def __init__(self, schedule: Schedule, n_samples: int):
+    def __init__(self, schedule: Schedule, n_samples: int, shuffle_seed: int = SEED):
+        """shuffle_seed: the seed of each segment's training order (the config's seed)."""
         self.schedule = schedule
         self.n_samples = n_samples
+        self.shuffle_seed = shuffle_seed
         self._segments: dict[int, torch.Tensor] = {}
 
     def set_segment(self, segment: Segment, draw: torch.Tensor) -> None:
         expected = self.schedule.batch * segment.steps
         if draw.numel() != expected:
             raise ValueError(f"segment at step {segment.start} needs {expected} indices")
-        self._segments[segment.start] = training_order(draw.to(torch.long), segment.start)
+        self._segments[segment.start] = training_order(draw.to(torch.long), self.shuffle_seed)
 
     def step_indices(self, step: int) -> torch.Tensor:
         """The B sample indices trained at global step `step`."""

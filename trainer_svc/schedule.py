@@ -3,7 +3,10 @@
 An epoch is E = warmup_step + update_step x update_times optimizer steps. Steps
 [0, warmup_step) of each epoch train on B x warmup_step samples drawn uniformly with
 replacement; at step warmup_step + (k-1) x update_step the trainer sends update k's checkpoint
-and draws B x update_step samples for the next update_step steps.
+and draws B x update_step samples for the next update_step steps: the run's very first update
+a uniform permutation (seed 42), every other one torch.multinomial over the scorer's weights
+(seed 42 + global step). A segment trains its draw in an order shuffled by a generator seeded
+with the config's seed, as DataFlex's dataloader over the drawn subset does.
 """
 
 from __future__ import annotations
@@ -105,10 +108,12 @@ def draw_weighted(weights: torch.Tensor, count: int, seed: int) -> torch.Tensor:
     )
 
 
-def training_order(draw: torch.Tensor, segment_start: int) -> torch.Tensor:
-    """The order a segment trains its draw in: shuffled by a generator seeded 42 + the
-    segment's first step (the draw itself is what selections.jsonl records)."""
-    return draw[torch.randperm(draw.numel(), generator=_generator(SEED + segment_start))]
+def training_order(draw: torch.Tensor, seed: int) -> torch.Tensor:
+    """The order a segment trains its draw in: draw[torch.randperm(len, generator seeded
+    `seed`)], the config's seed. So DataFlex's dataloader orders each new subset: accelerate's
+    seedable sampler, made afresh for it, seeded with the run's seed at its epoch 0. The draw
+    itself is what selections.jsonl records."""
+    return draw[torch.randperm(draw.numel(), generator=_generator(seed))]
 
 
 def update_seed(global_step: int, first_of_run: bool) -> int:

@@ -42,7 +42,7 @@ class ScorerWeights:
     step: int
     update_index: int
     weights: torch.Tensor  # float64, one per sample, as the JSON body gives them
-    window: dict[str, Any] | None  # {t, T, u, start, end, truncated_at}; None for update 1
+    window: dict[str, Any] | None  # {t, T, u, start, end, truncated_at}; None for the initial
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> ScorerWeights:

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sqlalchemy import select
 
@@ -207,3 +208,27 @@ def test_update_one_of_a_later_epoch_is_weighted_through_the_window_at_its_start
     window, expected = delta_weights(initial, current, 1, run.update_times, run.window_size)
     assert later.window == window and (window.t, window.start) == (0, 0)
     assert later.values.tobytes() == expected.tobytes()
+
+
+def test_a_later_update_one_scored_without_a_window_is_served_as_it_was(queued, tiny_model):
+    """A database from before update 1 of later epochs had a window: such a checkpoint was
+    scored and served uniform, and is served so still."""
+    settings, sessions = queued
+    intake = Intake(settings, sessions, Registry(settings), on_queued=lambda: None, instance="here")
+    tensors = lora_checkpoints(tiny_model, 2)[1]
+    frames = encode_checkpoint(run_id="run-w", step=9, update_index=1, kind="lora", tensors=tensors)
+    assert intake_upload(intake, frames)["status"] == "queued"
+    worker = Worker(
+        sessions, Registry(settings), failures=UnrecordedFailures(), keep_checkpoints=False,
+        instance="here",
+    )  # fmt: skip
+    assert worker.run_once()  # the initial checkpoint, step 3
+    with sessions() as session:
+        run = crud.get_run(session, run_id="run-w")
+        old = crud.get_checkpoint(session, run=run, step=9)
+        crud.mark_scoring(session, checkpoint=old)
+        losses = np.linspace(1.0, 2.0, run.n_samples)
+        crud.store_scores(session, checkpoint=old, losses=losses, window=None, seconds=1.0)
+        served = build_weights(session, run, crud.get_checkpoint(session, run=run, step=9))
+    assert served.window is None
+    assert served.values.tolist() == [1 / run.n_samples] * run.n_samples

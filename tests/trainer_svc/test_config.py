@@ -51,12 +51,18 @@ def test_comma_lora_target_becomes_a_list(demo_file, tmp_path):
 
 
 def test_unknown_keys_are_refused_with_the_nearest_known_key(demo_file, tmp_path):
+    raw = base(
+        demo_file, tmp_path, lora_rnak=8, enable_liger_kernel=True, warmup_steps=5, max_steps=9
+    )
     with pytest.raises(ConfigError) as info:
-        parse_config(base(demo_file, tmp_path, lora_rnak=8, enable_liger_kernel=True))
+        parse_config(raw)
     problems = info.value.problems
-    assert set(problems) == {"lora_rnak", "enable_liger_kernel"}
+    assert set(problems) == {"lora_rnak", "enable_liger_kernel", "warmup_steps", "max_steps"}
     assert "did you mean lora_rank?" in problems["lora_rnak"]
-    assert "not a key this tool reads" in problems["enable_liger_kernel"]
+    assert "not a key this tool reads: remove it" in problems["enable_liger_kernel"]
+    # keys that mean something else here get the key that means it, not the nearest name
+    assert "warmup_ratio" in problems["warmup_steps"] and "did you" not in problems["warmup_steps"]
+    assert "give train_step" in problems["max_steps"]
 
 
 def test_keys_without_effect_here_are_accepted_and_said_so(demo_file, tmp_path, caplog):
@@ -114,7 +120,17 @@ def test_attention_reaches_the_model_spec(demo_file, tmp_path):
         ({"packing": True}, "packing", "packing is not supported"),
         ({"neat_packing": True}, "neat_packing", "packing is not supported"),
         ({"val_size": 0.1, "eval_dataset": "x.json"}, "val_size", "not both"),
-        ({"load_best_model_at_end": True}, "load_best_model_at_end", "needs an evaluation"),
+        ({"load_best_model_at_end": True}, "load_best_model_at_end", "needs eval_dataset"),
+        (
+            {"load_best_model_at_end": True, "val_size": 4},
+            "load_best_model_at_end",
+            "needs eval_steps",
+        ),
+        (
+            {"load_best_model_at_end": True, "val_size": 4, "eval_strategy": "no"},
+            "load_best_model_at_end",
+            "eval_strategy is 'no'",
+        ),
         ({"eval_strategy": "epoch"}, "eval_strategy", "'no' or 'steps'"),
     ],
 )

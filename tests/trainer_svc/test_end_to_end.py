@@ -55,12 +55,12 @@ def check_run(tiny_model, scorer, out, run_id):
     ]
     trained = {r["step"]: r["indices"] for r in read_jsonl(out / "trained_samples.jsonl")}
     assert sorted(trained) == list(range(8))
-    assert trained[0] + trained[1] == training_order(draw_warmup(N, B * 2), 0).tolist()
+    assert trained[0] + trained[1] == training_order(draw_warmup(N, B * 2), 42).tolist()
     for row in rows:
         assert row["sampled_indices"] == expected_draw(scorer, run_id, row)
         s = row["global_step"]
         drawn = torch.tensor(row["sampled_indices"])
-        assert trained[s] + trained[s + 1] == training_order(drawn, s).tolist()
+        assert trained[s] + trained[s + 1] == training_order(drawn, 42).tolist()
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), out)
     assert (out / "training_loss.png").is_file()
     return rows

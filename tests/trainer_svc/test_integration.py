@@ -5,10 +5,12 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
+from common.errors import RunMismatch
 from devtools.fake_scorer import FakeScorer
 from trainer_svc.config import ConfigError
 from trainer_svc.integration import DeltaLossSelection
 from trainer_svc.records import read_jsonl
+from trainer_svc.retry import ScorerFailure
 from trainer_svc.schedule import training_order
 
 SELECTION = dict(
@@ -62,7 +64,7 @@ def check_trained_the_schedule(out, selection):
     for row in rows:
         s = row["global_step"]
         drawn = torch.tensor(row["sampled_indices"])
-        assert trained[s] + trained[s + 1] == training_order(drawn, s).tolist()
+        assert trained[s] + trained[s + 1] == training_order(drawn, 42).tolist()
     return rows
 
 
@@ -109,15 +111,47 @@ def test_keys_that_belong_to_the_training_arguments_are_refused(tiny_model, demo
     assert "TrainingArguments" in info.value.problems["learning_rate"]
 
 
-def test_lora_options_the_scorer_cannot_reproduce_are_refused(tiny_model, demo_file, tmp_path):
-    model = users_model(tiny_model, use_rslora=True)
+@pytest.mark.parametrize(
+    "option",
+    [{"use_rslora": True}, {"alpha_pattern": {"q_proj": 16}}, {"layers_to_transform": [0]}],
+)
+def test_lora_options_the_scorer_cannot_reproduce_are_refused(
+    tiny_model, demo_file, tmp_path, option
+):
+    model = users_model(tiny_model, **option)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     with pytest.raises(ConfigError) as info:
         DeltaLossSelection(
             {"dataset": str(demo_file), **SELECTION},
             model=model, tokenizer=tokenizer, args=users_args(tmp_path), scorer=FakeScorer(32),
         )  # fmt: skip
-    assert "use_rslora" in info.value.problems["model"]
+    assert f"does not reproduce: {next(iter(option))}" in info.value.problems["model"]
+
+
+def test_the_scorer_is_told_the_models_attention_and_code_trust(tiny_model, demo_file, tmp_path):
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="eager")
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    selection = DeltaLossSelection(
+        {"dataset": str(demo_file), **SELECTION, "trust_remote_code": True},
+        model=model, tokenizer=AutoTokenizer.from_pretrained(tiny_model),
+        args=users_args(tmp_path), scorer=FakeScorer(32),
+    )  # fmt: skip
+    try:
+        hello = selection.hello
+        assert (hello.attn_implementation, hello.trust_remote_code) == ("eager", True)
+        assert hello.lora.target_modules == ["q_proj", "v_proj"] and hello.quantization_bit is None
+    finally:
+        selection.close()
+
+
+class RefusingRegistration(FakeScorer):
+    def register(self, hello):
+        raise RunMismatch("the scorer holds this run id with another dataset")
+
+
+def test_a_refused_registration_stops_the_users_training(tiny_model, demo_file, tmp_path):
+    with pytest.raises(ScorerFailure, match="registering run .* another dataset"):
+        train_with(tiny_model, demo_file, tmp_path / "out", scorer=RefusingRegistration(32))
 
 
 def test_a_trainer_on_another_dataset_is_refused(tiny_model, demo_file, tmp_path):

