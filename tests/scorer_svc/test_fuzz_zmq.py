@@ -11,7 +11,7 @@ import httpx
 import pytest
 import zmq
 
-from common.protocol import encode_checkpoint
+from common.protocol import PROTOCOL_VERSION, encode_checkpoint
 from devtools.scorer_process import ScorerProcess, memory_bytes
 from tests.support.data import make_samples
 from tests.support.scorer import (
@@ -103,13 +103,15 @@ def mutations(good: list[list[bytes]], rng: random.Random, marker: Path):
             [
                 json.dumps(
                     {
-                        "protocol": 3,
+                        "protocol": PROTOCOL_VERSION,
                         "type": rng.choice(["hello", "checkpoint", "chunk", "commit", "x", None]),
                     }
                 ).encode()
             ]
         ],
-        "version": lambda: begin_with(protocol=rng.choice([0, 1, 2, 4, 99, -1, "3", None])),
+        "version": lambda: begin_with(
+            protocol=rng.choice([0, 1, 2, PROTOCOL_VERSION - 1, 99, -1, "4", None])
+        ),
         "chunk_digest": lambda: chunk_with(digest=rng.randbytes(16).hex()),
         "commit_digest": lambda: commit_with(digest="xxh3-128:" + rng.randbytes(16).hex()),
         "payload_flip": lambda: payload(flip),
@@ -239,7 +241,8 @@ def test_frame_over_the_limit_is_dropped_before_it_is_allocated(tmp_path):
         del big
         assert _rss_kb(scorer.proc.pid) - rss_before < 64_000
         # the scorer still answers others
-        reply = zmq_request(scorer.zmq_url, [b'{"protocol": 3, "type": "hello"}'])
+        hello = json.dumps({"protocol": PROTOCOL_VERSION, "type": "hello"}).encode()
+        reply = zmq_request(scorer.zmq_url, [hello])
         assert reply["code"] == "malformed"
     finally:
         scorer.stop()
