@@ -177,6 +177,16 @@ def requeue(session: Session, *, checkpoint: CheckpointRow, received: Received) 
     session.commit()
 
 
+def count_checkpoints(session: Session, *, instance: str | None) -> dict[str, int]:
+    """How many checkpoints have each status: this instance's runs' (every run's for None)."""
+    query = select(CheckpointRow.status, func.count()).join(Run, Run.id == CheckpointRow.run_pk)
+    if instance is not None:
+        query = query.where(Run.instance == instance)
+    return {
+        str(status): int(n) for status, n in session.execute(query.group_by(CheckpointRow.status))
+    }
+
+
 def pending(
     session: Session, *, instance: str, skip: Collection[int] = ()
 ) -> list[tuple[int, int]]:

@@ -15,13 +15,14 @@ from sqlalchemy import Engine
 from common.protocol import FRAME_BYTES, MAX_HEADER_BYTES
 from scorer_svc import crud
 from scorer_svc.api.errors import add_error_handlers
-from scorer_svc.api.routes import health, losses, runs, weights
+from scorer_svc.api.routes import health, losses, metrics, runs, weights
 from scorer_svc.auth import OPEN_PATHS, bearer, same_token
 from scorer_svc.config import Settings
 from scorer_svc.db import make_engine, make_sessionmaker
 from scorer_svc.failures import UnrecordedFailures
 from scorer_svc.instance import InstanceLock
 from scorer_svc.intake import Intake, IntakeServer
+from scorer_svc.metrics import ScorerMetrics
 from scorer_svc.ranks import RankGroup
 from scorer_svc.registry import Registry
 from scorer_svc.state import ApiState
@@ -85,6 +86,7 @@ def build_service(
         registry = Registry(settings)
         failures = UnrecordedFailures()
         weights = WeightsCache()
+        scoring_metrics = ScorerMetrics()
         worker = Worker(
             sessions,
             registry,
@@ -93,6 +95,7 @@ def build_service(
             instance=lock.name,
             group=group,
             weights=weights,
+            metrics=scoring_metrics,
         )
         intake = IntakeServer(
             settings.zmq_url,
@@ -103,7 +106,7 @@ def build_service(
         )
         api = ApiState(
             settings, sessions, failures=failures, weights=weights, group=group,
-            instance=lock.name,
+            instance=lock.name, metrics=scoring_metrics, worker_alive=worker.is_alive,
         )  # fmt: skip
         undo.pop_all()  # built: the Background gives them back when it stops
         return api, Background(engine, worker, intake, lock)
@@ -121,7 +124,7 @@ def create_app(
         description="Per-sample losses of every checkpoint and Delta Loss sampling weights.",
         lifespan=_owned_service(settings, group) if state is None else _given_state(state),
     )
-    for module in (health, runs, losses, weights):
+    for module in (health, metrics, runs, losses, weights):
         app.include_router(module.router)
     add_error_handlers(app, settings)
     _require_token(app, settings.shared_token())

@@ -19,6 +19,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 RECEIVED, SCORING, SCORED, FAILED = "received", "scoring", "scored", "failed"
+STATUSES = (RECEIVED, SCORING, SCORED, FAILED)
 
 # Steps and byte counts reach past 2^31: 64-bit (SQLite's INTEGER is already). Schema changes
 # come with a migration in scorer_svc/migrations.

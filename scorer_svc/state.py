@@ -3,12 +3,14 @@ could not store. Built from a database alone; the threads that fill it are not p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from scorer_svc.config import Settings
 from scorer_svc.failures import UnrecordedFailures
+from scorer_svc.metrics import ScorerMetrics
 from scorer_svc.ranks import RankGroup
 from scorer_svc.weights import WeightsCache
 
@@ -24,3 +26,9 @@ class ApiState:
     # this scorer's name: it deletes only its own runs; None (a state built from a database
     # alone) deletes none
     instance: str | None = None
+    metrics: ScorerMetrics = field(default_factory=ScorerMetrics)  # the worker's, when one runs
+    # whether the scoring thread runs; None: a state served without a worker (a database alone)
+    worker_alive: Callable[[], bool] | None = None
+
+    def __post_init__(self) -> None:
+        self.metrics.watch_database(self.sessions, self.instance)

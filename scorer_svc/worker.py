@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from common.selection import Window, delta_window
 from scorer_svc import crud
 from scorer_svc.failures import UnrecordedFailures
+from scorer_svc.metrics import ScorerMetrics
 from scorer_svc.models import FAILED, SCORED, CheckpointRow, Run
 from scorer_svc.ranks import RankGroup, RankLost
 from scorer_svc.registry import Registry
@@ -43,6 +44,7 @@ class Worker:
     # the API's cache: a checkpoint's weights are put there as it is stored, so that its
     # trainer's first request does not read the losses back
     weights: WeightsCache | None = None
+    metrics: ScorerMetrics | None = None  # what /metrics reports of the scoring
 
     def __post_init__(self) -> None:
         self._released = False  # checkpoints a previous process left `scoring` made to wait
@@ -57,6 +59,10 @@ class Worker:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def is_alive(self) -> bool:
+        """Whether the scoring thread runs (started, not stopped, not died)."""
+        return self._thread.is_alive() and not self._stop.is_set()
 
     def stop(self, timeout: float = 60) -> None:
         """Stop between batches; a checkpoint cut off stays pending and is scored on restart."""
@@ -122,6 +128,8 @@ class Worker:
     def _fail(self, session: Session, checkpoint_id: int, error: str, path: str) -> None:
         """Record the failure; its tensors go once it is recorded (a step sent again brings
         them anew), and stay while the failure is only in memory: a restart scores it again."""
+        if self.metrics is not None:
+            self.metrics.failed()
         try:
             crud.mark_failed(session, checkpoint_id=checkpoint_id, error=error)
             self._discard(path)
@@ -173,9 +181,16 @@ class Worker:
             window, ranking = None, None
             if run.has_window(checkpoint.step):
                 window, ranking = self._window(session, run, checkpoint, losses)
+            writing = time.perf_counter()
             crud.store_scores(
                 session, checkpoint=checkpoint, losses=losses, window=window, seconds=seconds
             )
+            if self.metrics is not None:
+                self.metrics.scored(
+                    seconds=seconds,
+                    samples=run.n_samples,
+                    write_seconds=time.perf_counter() - writing,
+                )
         except crud.CheckpointGone:
             session.rollback()
             log.warning("%s was deleted while it was scored: its losses are not stored", label)

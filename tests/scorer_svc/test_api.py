@@ -4,11 +4,13 @@ process. Weights are compared with common.selection applied to the seeded losses
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import make_url
 
 from common.selection import delta_weights, delta_window, uniform_weights
@@ -17,7 +19,7 @@ from scorer_svc.config import Settings
 from scorer_svc.db import make_engine, make_sessionmaker
 from scorer_svc.failures import UnrecordedFailures
 from scorer_svc.main import build_service, create_app
-from scorer_svc.models import CheckpointRow
+from scorer_svc.models import STATUSES, CheckpointRow
 from scorer_svc.state import ApiState
 from tests.support.scorer import stored_run_config
 
@@ -110,6 +112,35 @@ def test_healthz(client):
         200,
         {"status": "ok", "ranks": 1, "ranks_alive": True, "instance": None},
     )
+
+
+def test_healthz_fails_when_the_scoring_worker_stopped(state):
+    stopped = replace(state, worker_alive=lambda: False)
+    with TestClient(create_app(state.settings, stopped)) as client:
+        response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json()["status"] == "worker stopped"
+    assert "received but not scored" in response.json()["detail"]
+
+
+def scrape(client) -> dict[tuple[str, tuple], float]:
+    """The metrics /metrics serves, parsed as Prometheus parses them."""
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def test_metrics_report_checkpoints_by_status_and_the_queue(client):
+    metrics = scrape(client)
+    by_status = {s: metrics[("scorer_checkpoints", (("status", s),))] for s in STATUSES}
+    assert by_status == {"received": 1, "scoring": 1, "scored": 3, "failed": 1}
+    assert metrics[("scorer_queue_depth", ())] == 2
+    assert metrics[("scorer_scoring_seconds_count", ())] == 0  # no worker in this process
 
 
 def test_runs_are_listed_with_their_settings_and_samples_without_loss(client):

@@ -6,6 +6,7 @@ import json
 import httpx
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from common.protocol import encode_checkpoint
 from common.selection import delta_weights
@@ -87,6 +88,16 @@ def test_three_checkpoints_weights_and_restart(tiny_model, dataset_file, tmp_pat
         before = httpx.get(f"{scorer.base_url}/v1/runs/run-a/checkpoints").json()
         assert [c["status"] for c in before] == ["scored"] * 3
         assert all(c["samples_per_second"] > 0 for c in before)
+        metrics = {
+            (sample.name, tuple(sample.labels.values())): sample.value
+            for family in text_string_to_metric_families(
+                httpx.get(f"{scorer.base_url}/metrics").text
+            )
+            for sample in family.samples
+        }
+        assert metrics[("scorer_checkpoints", ("scored",))] == 3
+        assert metrics[("scorer_queue_depth", ())] == 0
+        assert metrics[("scorer_samples_scored_total", ())] == 3 * n
     finally:
         assert scorer.stop() == 0
 

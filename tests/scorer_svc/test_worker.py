@@ -14,6 +14,7 @@ from scorer_svc.config import Settings
 from scorer_svc.db import make_engine, make_sessionmaker
 from scorer_svc.failures import UnrecordedFailures
 from scorer_svc.intake import Intake
+from scorer_svc.metrics import ScorerMetrics
 from scorer_svc.models import RECEIVED, SCORED, SCORING, CheckpointRow, Loss
 from scorer_svc.registry import Registry
 from scorer_svc.weights import WeightsCache, build_weights
@@ -232,3 +233,36 @@ def test_a_later_update_one_scored_without_a_window_is_served_as_it_was(queued, 
         served = build_weights(session, run, crud.get_checkpoint(session, run=run, step=9))
     assert served.window is None
     assert served.values.tolist() == [1 / run.n_samples] * run.n_samples
+
+
+def test_the_worker_reports_what_it_scores_and_fails_to_its_metrics(queued, tiny_model):
+    settings, sessions = queued
+    metrics = ScorerMetrics()
+    worker = Worker(
+        sessions, Registry(settings), failures=UnrecordedFailures(), keep_checkpoints=False,
+        instance="here", metrics=metrics,
+    )  # fmt: skip
+    assert worker.run_once()
+
+    def value(name: str) -> float:
+        found = metrics.registry.get_sample_value(name)
+        assert found is not None, name
+        return found
+
+    assert value("scorer_samples_scored_total") == 10
+    assert value("scorer_scoring_seconds_count") == 1 and value("scorer_scoring_seconds_sum") > 0
+    assert value("scorer_database_write_seconds_count") == 1
+    assert value("scorer_samples_per_second") > 0
+    assert value("scorer_checkpoint_failures_total") == 0
+    intake = Intake(settings, sessions, Registry(settings), on_queued=lambda: None, instance="here")
+    frames = encode_checkpoint(
+        run_id="run-w", step=5, update_index=2, kind="lora",
+        tensors=lora_checkpoints(tiny_model, 1)[0],
+    )  # fmt: skip
+    assert intake_upload(intake, frames)["status"] == "queued"
+    with sessions() as session:
+        run = crud.get_run(session, run_id="run-w")
+        Path(crud.get_checkpoint(session, run=run, step=5).path).write_bytes(b"not tensors")
+    assert worker.run_once()
+    assert value("scorer_checkpoint_failures_total") == 1
+    assert value("scorer_samples_scored_total") == 10

@@ -1,5 +1,5 @@
-"""Liveness that includes the database and the scoring ranks: a scorer that cannot read its
-history, or has lost a rank, is not healthy."""
+"""Liveness that includes the database, the scoring worker and the scoring ranks: a scorer that
+cannot read its history, whose worker stopped, or that has lost a rank, is not healthy."""
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
@@ -14,12 +14,27 @@ router = APIRouter(tags=["health"])
 @router.get(
     "/healthz",
     response_model=Health,
-    responses={503: {"description": "the database cannot be read, or a scoring rank was lost"}},
+    responses={
+        503: {
+            "description": "the database cannot be read, the scoring worker stopped, or a "
+            "scoring rank was lost"
+        }
+    },
 )
 def healthz(session: SessionDep, api: ApiDep) -> Health | JSONResponse:
     crud.list_runs(session, limit=1)  # a damaged or missing database answers 503
     group = api.group
     named = {"instance": api.instance}
+    if api.worker_alive is not None and not api.worker_alive():
+        return JSONResponse(
+            status_code=503,
+            content={
+                "status": "worker stopped",
+                **named,
+                "detail": "the scoring worker is not running: checkpoints are received but not "
+                "scored; see the scorer's log, and restart it",
+            },
+        )
     if group is None:
         return Health(status="ok", **named)
     if group.lost is not None:
