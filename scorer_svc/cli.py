@@ -270,9 +270,11 @@ def main(argv: list[str] | None = None) -> int:
             return group.follow(Registry(settings))
     import uvicorn
 
+    from scorer_svc.access_log import quiet_polls
     from scorer_svc.main import create_app
 
     _Server = _server_class()
+    quiet_polls()
 
     config = uvicorn.Config(
         create_app(settings, group=group),

@@ -23,6 +23,7 @@ from scorer_svc.failures import UnrecordedFailures
 from scorer_svc.instance import InstanceLock
 from scorer_svc.intake import Intake, IntakeServer
 from scorer_svc.metrics import ScorerMetrics
+from scorer_svc.progress import ScoringProgress
 from scorer_svc.ranks import RankGroup
 from scorer_svc.registry import Registry
 from scorer_svc.state import ApiState
@@ -87,6 +88,7 @@ def build_service(
         failures = UnrecordedFailures()
         weights = WeightsCache()
         scoring_metrics = ScorerMetrics()
+        progress = ScoringProgress()
         worker = Worker(
             sessions,
             registry,
@@ -96,6 +98,7 @@ def build_service(
             group=group,
             weights=weights,
             metrics=scoring_metrics,
+            progress=progress,
         )
         intake = IntakeServer(
             settings.zmq_url,
@@ -106,7 +109,8 @@ def build_service(
         )
         api = ApiState(
             settings, sessions, failures=failures, weights=weights, group=group,
-            instance=lock.name, metrics=scoring_metrics, worker_alive=worker.is_alive,
+            instance=lock.name, metrics=scoring_metrics, progress=progress,
+            worker_alive=worker.is_alive,
         )  # fmt: skip
         undo.pop_all()  # built: the Background gives them back when it stops
         return api, Background(engine, worker, intake, lock)

@@ -95,6 +95,14 @@ class WeightsBody(BaseModel):
     weights: list[float]
 
 
+class ScoringProgressBody(BaseModel):
+    scored: int  # samples scored so far
+    total: int  # the run's N
+    seconds: float  # since scoring this checkpoint began
+    eta_seconds: float | None  # at the rate so far; None before the first batch is done
+
+
 class Pending(BaseModel):
     detail: str
     status: str
+    progress: ScoringProgressBody | None = None  # while the checkpoint is being scored

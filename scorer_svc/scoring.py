@@ -8,7 +8,7 @@ import inspect
 import logging
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -184,8 +184,10 @@ class ScoringModel:
         *,
         stop: threading.Event | None = None,
         desc: str = "scoring",
+        on_batch: Callable[[int], None] | None = None,
     ) -> np.ndarray:
-        """Every sample's loss (float64, NaN where none); raises ScoringAborted on stop."""
+        """Every sample's loss (float64, NaN where none); raises ScoringAborted on stop.
+        on_batch(rows) is called after each batch with its number of samples."""
         losses = np.full(n_samples, np.nan)
         autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16)
@@ -211,5 +213,7 @@ class ScoringModel:
                 values = per_sample_losses(logits, labels)
                 losses[batch.indices] = values.double().cpu().numpy()
                 bar.update(len(batch.indices))
+                if on_batch is not None:
+                    on_batch(len(batch.indices))
         release_freed_memory()
         return losses

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from scorer_svc.config import Settings
 from scorer_svc.failures import UnrecordedFailures
 from scorer_svc.metrics import ScorerMetrics
+from scorer_svc.progress import ScoringProgress
 from scorer_svc.ranks import RankGroup
 from scorer_svc.weights import WeightsCache
 
@@ -27,6 +28,7 @@ class ApiState:
     # alone) deletes none
     instance: str | None = None
     metrics: ScorerMetrics = field(default_factory=ScorerMetrics)  # the worker's, when one runs
+    progress: ScoringProgress = field(default_factory=ScoringProgress)  # the worker's too
     # whether the scoring thread runs; None: a state served without a worker (a database alone)
     worker_alive: Callable[[], bool] | None = None
 

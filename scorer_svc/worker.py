@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from scorer_svc import crud
 from scorer_svc.failures import UnrecordedFailures
 from scorer_svc.metrics import ScorerMetrics
 from scorer_svc.models import FAILED, SCORED, CheckpointRow, Run
+from scorer_svc.progress import ScoringProgress
 from scorer_svc.ranks import RankGroup, RankLost
 from scorer_svc.registry import Registry
 from scorer_svc.scheduling import next_turn
@@ -45,6 +47,7 @@ class Worker:
     # trainer's first request does not read the losses back
     weights: WeightsCache | None = None
     metrics: ScorerMetrics | None = None  # what /metrics reports of the scoring
+    progress: ScoringProgress | None = None  # how far the checkpoint being scored is (API)
 
     def __post_init__(self) -> None:
         self._released = False  # checkpoints a previous process left `scoring` made to wait
@@ -122,7 +125,12 @@ class Worker:
                 return True
             self._turns += 1
             self._last_served[checkpoint.run_pk] = self._turns
-            self._score(session, checkpoint)
+            checkpoint_id = checkpoint.id
+            try:
+                self._score(session, checkpoint)
+            finally:
+                if self.progress is not None:
+                    self.progress.finish(checkpoint_id)
             return True
 
     def _fail(self, session: Session, checkpoint_id: int, error: str, path: str) -> None:
@@ -165,9 +173,14 @@ class Worker:
             model = self.registry.model(hello)
             tensors = read_checkpoint(path)
             started = time.perf_counter()
+            if self.progress is not None:
+                self.progress.start(checkpoint_id, run.n_samples)
             if self.group is None:
                 model.apply(tensors)
-                losses = model.score(data.batches, run.n_samples, stop=self._stop, desc=label)
+                losses = model.score(
+                    data.batches, run.n_samples, stop=self._stop, desc=label,
+                    on_batch=self._advance(checkpoint_id),
+                )  # fmt: skip
             else:
                 losses = self.group.score(
                     run.config, tensors, data.batches, model, run.n_samples,
@@ -222,6 +235,12 @@ class Worker:
             run.n_samples / seconds if seconds else float("inf"),
         )
         self._discard(path)
+
+    def _advance(self, checkpoint_id: int) -> Callable[[int], None] | None:
+        progress = self.progress
+        if progress is None:
+            return None
+        return lambda samples: progress.advance(checkpoint_id, samples)
 
     def _discard(self, path: str) -> None:
         """A checkpoint's tensors once scored or failed: gone, unless kept on purpose."""

@@ -92,6 +92,7 @@ def scored_checkpoint(
         run: RunDep,
         failures: FailuresDep,
         step: StepDep,
+        api: ApiDep,
         _: Annotated[object, Depends(after)],
     ) -> CheckpointRow:
         checkpoint = _named_checkpoint(session, run, step)
@@ -99,7 +100,7 @@ def scored_checkpoint(
         if error is not None:
             raise HTTPException(409, detail=f"scoring step {checkpoint.step} failed: {error}")
         if checkpoint.status != SCORED:
-            raise NotScoredYet(checkpoint.step, checkpoint.status)
+            raise NotScoredYet(checkpoint.step, checkpoint.status, api.progress.get(checkpoint.id))
         return checkpoint
 
     return get_scored_checkpoint

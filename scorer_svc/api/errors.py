@@ -13,6 +13,7 @@ from common.errors import UnknownRun
 from common.selection import SelectionError
 from common.validation import describe_errors
 from scorer_svc.config import Settings
+from scorer_svc.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -20,10 +21,11 @@ log = logging.getLogger(__name__)
 class NotScoredYet(Exception):
     """The checkpoint named is queued or being scored: answered 202 with Retry-After."""
 
-    def __init__(self, step: int, status: str) -> None:
+    def __init__(self, step: int, status: str, progress: Progress | None = None) -> None:
         super().__init__(status)
         self.step = step
         self.status = status
+        self.progress = progress  # while it is being scored
 
 
 def add_error_handlers(app: FastAPI, settings: Settings) -> None:
@@ -31,10 +33,21 @@ def add_error_handlers(app: FastAPI, settings: Settings) -> None:
 
     @app.exception_handler(NotScoredYet)
     async def pending(_: Request, exc: NotScoredYet) -> JSONResponse:
-        detail = f"step {exc.step} is {exc.status}; retry shortly"
+        content: dict[str, object] = {"status": exc.status}
+        detail = f"step {exc.step} is {exc.status}"
+        if exc.progress is not None:
+            detail += f": {exc.progress.describe()}"
+            content["progress"] = {
+                "scored": exc.progress.scored,
+                "total": exc.progress.total,
+                "seconds": round(exc.progress.seconds, 3),
+                "eta_seconds": (
+                    None if exc.progress.eta_seconds is None else round(exc.progress.eta_seconds, 1)
+                ),
+            }
         return JSONResponse(
             status_code=202,
-            content={"detail": detail, "status": exc.status},
+            content={"detail": f"{detail}; retry shortly", **content},
             headers=retry_after,
         )
 

@@ -20,6 +20,7 @@ from scorer_svc.db import make_engine, make_sessionmaker
 from scorer_svc.failures import UnrecordedFailures
 from scorer_svc.main import build_service, create_app
 from scorer_svc.models import STATUSES, CheckpointRow
+from scorer_svc.progress import ScoringProgress
 from scorer_svc.state import ApiState
 from tests.support.scorer import stored_run_config
 
@@ -121,6 +122,36 @@ def test_healthz_fails_when_the_scoring_worker_stopped(state):
     assert response.status_code == 503
     assert response.json()["status"] == "worker stopped"
     assert "received but not scored" in response.json()["detail"]
+
+
+def test_a_checkpoint_being_scored_answers_202_with_its_progress(state):
+    now = [100.0]
+    progress = ScoringProgress(clock=lambda: now[0])
+    with state.sessions() as session:
+        run = crud.get_run(session, run_id="run-a")
+        scoring = crud.get_checkpoint(session, run=run, step=SCORING_STEP)
+    progress.start(scoring.id, N)
+    with TestClient(create_app(state.settings, replace(state, progress=progress))) as client:
+
+        def pending() -> dict:
+            response = client.get("/v1/runs/run-a/weights", params={"step": SCORING_STEP})
+            assert response.status_code == 202
+            return response.json()
+
+        body = pending()  # nothing scored yet: no rate, no ETA
+        assert body["progress"] == {"scored": 0, "total": N, "seconds": 0.0, "eta_seconds": None}
+        now[0] += 8.0
+        progress.advance(scoring.id, 4)  # 4 samples in 8 s: 6 left, 12 s
+        body = pending()
+        assert body["progress"] == {"scored": 4, "total": N, "seconds": 8.0, "eta_seconds": 12.0}
+        assert (
+            f"step {SCORING_STEP} is scoring: 4 of {N} samples scored, about 12s left"
+            in (body["detail"])
+        )
+        progress.finish(scoring.id)
+        assert "progress" not in pending()
+        received = client.get("/v1/runs/run-a/weights", params={"step": RECEIVED_STEP}).json()
+        assert received["status"] == "received" and "progress" not in received
 
 
 def scrape(client) -> dict[tuple[str, tuple], float]:

@@ -98,6 +98,10 @@ def test_three_checkpoints_weights_and_restart(tiny_model, dataset_file, tmp_pat
         assert metrics[("scorer_checkpoints", ("scored",))] == 3
         assert metrics[("scorer_queue_depth", ())] == 0
         assert metrics[("scorer_samples_scored_total", ())] == 3 * n
+        # the access log has the answered requests, not the polls still pending
+        log = scorer.log()
+        assert 'GET /v1/runs/run-a/checkpoints HTTP/1.1" 200' in log
+        assert '" 202' not in log
     finally:
         assert scorer.stop() == 0
 

@@ -16,6 +16,7 @@ from scorer_svc.failures import UnrecordedFailures
 from scorer_svc.intake import Intake
 from scorer_svc.metrics import ScorerMetrics
 from scorer_svc.models import RECEIVED, SCORED, SCORING, CheckpointRow, Loss
+from scorer_svc.progress import ScoringProgress
 from scorer_svc.registry import Registry
 from scorer_svc.weights import WeightsCache, build_weights
 from scorer_svc.worker import Worker
@@ -266,3 +267,31 @@ def test_the_worker_reports_what_it_scores_and_fails_to_its_metrics(queued, tiny
     assert worker.run_once()
     assert value("scorer_checkpoint_failures_total") == 1
     assert value("scorer_samples_scored_total") == 10
+
+
+class RecordedProgress(ScoringProgress):
+    """Keeps what the API would have read after each batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def advance(self, checkpoint_id, samples):
+        super().advance(checkpoint_id, samples)
+        self.seen.append(self.get(checkpoint_id))
+
+
+def test_the_worker_reports_its_progress_batch_by_batch(queued):
+    settings, sessions = queued
+    progress = RecordedProgress()
+    worker = Worker(
+        sessions, Registry(settings), failures=UnrecordedFailures(), keep_checkpoints=False,
+        instance="here", progress=progress,
+    )  # fmt: skip
+    assert worker.run_once()
+    scored = [p.scored for p in progress.seen]
+    assert scored == sorted(scored) and scored[-1] == 10  # every sample, in growing steps
+    assert {p.total for p in progress.seen} == {10}
+    with sessions() as session:
+        checkpoint = session.scalar(select(CheckpointRow))
+    assert progress.get(checkpoint.id) is None  # done: nothing left to report
