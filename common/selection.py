@@ -119,6 +119,22 @@ def weights_from_window(window: Window, ranking: np.ndarray, n_samples: int) -> 
     return weights / total
 
 
+def delta_means(
+    deltas: np.ndarray, window: Window, ranking: np.ndarray
+) -> tuple[float | None, float | None]:
+    """The mean loss reduction of the ranked samples inside the window and outside it (None
+    for a side with no sample): what the window picked against what it left."""
+    inside = np.zeros(deltas.size, dtype=bool)
+    inside[ranking[window.start : window.end]] = True
+    ranked = np.zeros(deltas.size, dtype=bool)
+    ranked[ranking] = True
+
+    def mean(mask: np.ndarray) -> float | None:
+        return float(deltas[mask].mean()) if mask.any() else None
+
+    return mean(inside), mean(ranked & ~inside)
+
+
 def uniform_weights(losses: Sequence[float | None] | np.ndarray) -> np.ndarray:
     """Weights of the run's first update (no window): equal for every sample with a finite
     loss."""

@@ -92,6 +92,10 @@ class WeightsBody(BaseModel):
     window: WindowInfo | None
     n_samples: int
     n_ranked: int
+    # the mean loss reduction (initial - current) of the ranked samples inside the window and
+    # outside it; null without a window, or for a side with no sample
+    delta_mean_in_window: float | None = None
+    delta_mean_outside: float | None = None
     weights: list[float]
 
 

@@ -12,7 +12,13 @@ import numpy as np
 from cachetools import LRUCache
 from sqlalchemy.orm import Session
 
-from common.selection import Window, rank_by_delta, uniform_weights, weights_from_window
+from common.selection import (
+    Window,
+    delta_means,
+    rank_by_delta,
+    uniform_weights,
+    weights_from_window,
+)
 from scorer_svc import crud
 from scorer_svc.models import CheckpointRow, Run
 
@@ -26,6 +32,8 @@ class ServedWeights:
     window: Window | None
     n_ranked: int
     values: np.ndarray  # float64, sums to 1
+    delta_in_window: float | None = None  # the mean loss reduction inside the window
+    delta_outside: float | None = None  # and of the other ranked samples
 
 
 # A run as the caches know it: its row number, which SQLite may give again to a run made after
@@ -127,7 +135,8 @@ def build_weights(
         init = crud.losses_at(session, run=run, step=run.initial_step)
     else:
         init = initial(session, run, run.initial_step)
-    return served_weights(checkpoint, run.n_samples, current, window, rank_by_delta(init - current))
+    deltas = init - current
+    return served_weights(checkpoint, run.n_samples, current, window, rank_by_delta(deltas), deltas)
 
 
 def served_weights(
@@ -136,6 +145,7 @@ def served_weights(
     current: np.ndarray,
     window: Window | None = None,
     ranking: np.ndarray | None = None,
+    deltas: np.ndarray | None = None,
 ) -> ServedWeights:
     """A checkpoint's weights from its losses: uniform over the finite ones without a window,
     else the window over the ranking of loss reductions (the worker's, or one rebuilt)."""
@@ -145,4 +155,7 @@ def served_weights(
             checkpoint.step, checkpoint.update_index, None, count, uniform_weights(current)
         )
     values = weights_from_window(window, ranking, n_samples)
-    return ServedWeights(checkpoint.step, checkpoint.update_index, window, window.n_ranked, values)
+    inside, outside = delta_means(deltas, window, ranking) if deltas is not None else (None, None)
+    return ServedWeights(
+        checkpoint.step, checkpoint.update_index, window, window.n_ranked, values, inside, outside
+    )

@@ -191,9 +191,9 @@ class Worker:
                 raise ValueError(
                     "no sample has a finite loss at this checkpoint (NaN or inf weights?)"
                 )
-            window, ranking = None, None
+            window, ranking, deltas = None, None, None
             if run.has_window(checkpoint.step):
-                window, ranking = self._window(session, run, checkpoint, losses)
+                window, ranking, deltas = self._window(session, run, checkpoint, losses)
             writing = time.perf_counter()
             crud.store_scores(
                 session, checkpoint=checkpoint, losses=losses, window=window, seconds=seconds
@@ -225,7 +225,7 @@ class Worker:
             self._fail(session, checkpoint_id, f"{type(error).__name__}: {error}", path)
             return
         if self.weights is not None:
-            self._put_weights(self.weights, run, checkpoint, losses, window, ranking)
+            self._put_weights(self.weights, run, checkpoint, losses, window, ranking, deltas)
         log.info(
             "scored %s (update %d): %d samples in %.2fs, %.1f samples/s",
             label,
@@ -255,11 +255,12 @@ class Worker:
         losses: np.ndarray,
         window: Window | None,
         ranking: np.ndarray | None,
+        deltas: np.ndarray | None,
     ) -> None:
         """The weights build_weights makes from the stored losses, made from the same values
         in memory (a non-finite loss is stored as NULL, and either way has no weight)."""
         try:
-            served = served_weights(checkpoint, run.n_samples, losses, window, ranking)
+            served = served_weights(checkpoint, run.n_samples, losses, window, ranking, deltas)
             cache.put(run, served)
         except Exception:  # the weights are stored: the API builds them when asked
             log.exception("weights of run %s step %d not cached", run.run_id, checkpoint.step)
@@ -267,7 +268,8 @@ class Worker:
     @staticmethod
     def _window(
         session: Session, run: Run, checkpoint: CheckpointRow, losses: np.ndarray
-    ) -> tuple[Window, np.ndarray]:
+    ) -> tuple[Window, np.ndarray, np.ndarray]:
+        """The window of this checkpoint, the ranking it applies to and the loss reductions."""
         assert run.initial_step is not None
         initial = crud.get_checkpoint(session, run=run, step=run.initial_step)
         if initial is None or initial.status != SCORED:
@@ -277,6 +279,7 @@ class Worker:
                 + (f": it failed with {reason}" if reason else "")
             )
         init = crud.losses_at(session, run=run, step=run.initial_step)
-        return delta_window(
+        window, ranking = delta_window(
             init, losses, checkpoint.update_index, run.update_times, run.window_size
         )
+        return window, ranking, init - losses

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NoReturn, TypeVar
 
 from tenacity import (
@@ -79,14 +79,20 @@ class RetryPolicy:
         raise AssertionError("a tenacity loop ends by returning or raising")
 
 
+# A long wait logs at most one line this often (the others go to DEBUG): a trainer waiting
+# minutes for a large checkpoint writes a line of progress every 10 s, not one per poll.
+LOG_EVERY_SECONDS = 10.0
+
+
 @dataclass(frozen=True)
 class _Wait:
-    """One wait under a policy: when it started, what it is for."""
+    """One wait under a policy: when it started, what it is for, when it last logged."""
 
     policy: RetryPolicy
     waiting_for: str
     advice: str
     started: float
+    _logged_at: list[float] = field(default_factory=list)  # the elapsed time of the last line
 
     def retrying(self) -> Retrying:
         return Retrying(
@@ -115,8 +121,14 @@ class _Wait:
 
     def _log(self, state: RetryCallState) -> None:
         error = _last_error(state)
+        level, now = error.level, self.elapsed()
+        if level > logging.DEBUG:
+            if self._logged_at and now - self._logged_at[0] < LOG_EVERY_SECONDS:
+                level = logging.DEBUG  # said less than LOG_EVERY_SECONDS ago
+            else:
+                self._logged_at[:] = [now]
         logger.log(
-            error.level,
+            level,
             "waiting for %s: %s (attempt %d, %.0fs of %.0fs); retrying in %.1fs",
             self.waiting_for,
             error.reason,

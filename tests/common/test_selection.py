@@ -7,7 +7,9 @@ import pytest
 
 from common.selection import (
     SelectionError,
+    delta_means,
     delta_weights,
+    delta_window,
     uniform_weights,
     window_position,
 )
@@ -181,3 +183,16 @@ def test_window_matches_the_published_arithmetic(n, window_size, update_times):
     for k in range(1, update_times + 1):
         *_, start, end = window_position(k, update_times, n, window_size)
         assert (start, end) == _published_window(k, update_times, n, window_size), k
+
+
+def test_mean_loss_reduction_inside_and_outside_the_window():
+    # the window of test_middle_update_places_window_at_half: samples 1 and 8 (0.5, 0.4);
+    # outside: the other eight, (1.0 + 0.3 + 2.0 + 0.1 + 0.7 + 0.0 + 0.2 + 0.6) / 8 = 0.6125
+    deltas = np.array([1.0, 0.5, 0.3, 2.0, 0.1, 0.7, 0.0, 0.2, 0.4, 0.6])
+    window, ranking = delta_window(INIT, _cur(deltas), update_index=2, update_times=3)
+    inside, outside = delta_means(deltas, window, ranking)
+    assert inside == pytest.approx(0.45) and outside == pytest.approx(0.6125)
+    # unranked samples (no finite delta) count on neither side; an empty window has no mean
+    deltas[3] = np.nan
+    window, ranking = delta_window(INIT, _cur(deltas), 2, 3, window_size=0.0)
+    assert delta_means(deltas, window, ranking) == (None, pytest.approx(3.8 / 9))

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import make_url
 
-from common.selection import delta_weights, delta_window, uniform_weights
+from common.selection import delta_weights, delta_window, rank_by_delta, uniform_weights
 from scorer_svc import crud
 from scorer_svc.config import Settings
 from scorer_svc.db import make_engine, make_sessionmaker
@@ -330,8 +330,14 @@ def test_weights_json_equal_the_selection_rule_on_the_seeded_losses(client, step
         assert body["weights"][3] == 0.0  # no loss, no weight
         if window is None:
             assert (body["t"], body["T"], body["u"], body["window"]) == (None, None, None, None)
+            assert (body["delta_mean_in_window"], body["delta_mean_outside"]) == (None, None)
             continue
         assert (body["t"], body["T"], body["u"]) == (window.t, window.T, window.u)
+        ranking = rank_by_delta(DROPS[step])  # the seeded losses' reductions
+        inside = DROPS[step][ranking[window.start : window.end]]
+        outside = np.setdiff1d(ranking, ranking[window.start : window.end])
+        assert body["delta_mean_in_window"] == pytest.approx(inside.mean())
+        assert body["delta_mean_outside"] == pytest.approx(DROPS[step][outside].mean())
         assert body["window"] == {
             "start": window.start, "end": window.end, "truncated_at": window.truncated_at,
         }  # fmt: skip

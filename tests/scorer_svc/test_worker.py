@@ -181,6 +181,9 @@ def test_the_worker_hands_the_api_the_weights_the_stored_losses_give(queued, tin
             cached = cache.get(None, run, checkpoint)  # no session: it cannot read anything
             assert cached.update_index == update
             assert (cached.window, cached.n_ranked) == (rebuilt.window, rebuilt.n_ranked)
+            stats = (cached.delta_in_window, cached.delta_outside)
+            assert stats == (rebuilt.delta_in_window, rebuilt.delta_outside)
+            assert (stats[0] is None) == (update == 1)
             assert cached.values.tobytes() == rebuilt.values.tobytes()
 
 

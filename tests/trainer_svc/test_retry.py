@@ -115,3 +115,19 @@ def test_each_retry_is_logged_with_what_attempt_and_seconds(clock, caplog):
             "retrying in 0.2s",
         ),
     ]
+
+
+def test_a_long_wait_logs_at_most_one_line_every_ten_seconds(clock, caplog):
+    def attempt(number, seconds_left):
+        if number <= 12:
+            clock.advance(2.0)  # each poll takes 2 s, then asks for a 1 s pause
+            raise NotYet(f"step 4 is scoring: {number} of 12", pause=1.0, level=logging.INFO)
+        return "ok"
+
+    with caplog.at_level(logging.DEBUG, logger="trainer_svc.retry"):
+        assert run(clock.policy(600), attempt) == "ok"
+    loud = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    # polls end at 2, 5, 8, ..., 35 s: a line at 2 s, then at the first poll 10 s or more
+    # after the last line: 14 s and 26 s
+    assert [m.split(": ", 2)[2].split(" (")[0] for m in loud] == ["1 of 12", "5 of 12", "9 of 12"]
+    assert len(caplog.records) == 12  # the others at DEBUG

@@ -1,5 +1,7 @@
 """The weights client against scripted HTTP answers (httpx.MockTransport)."""
 
+import logging
+
 import httpx
 import pytest
 
@@ -69,10 +71,13 @@ def test_backoff_grows_between_connection_errors():
 def test_an_unknown_step_is_asked_again_with_a_growing_pause(caplog):
     answers = [(404, {"detail": "no checkpoint at step 4"}, {})] * 2 + [(200, BODY, {})]
     wc, seen, sleeps = client(answers)
-    assert wc.wait_for(4).step == 4
+    with caplog.at_level(logging.DEBUG, logger="trainer_svc.retry"):
+        assert wc.wait_for(4).step == 4
     assert sleeps == [0.5, 1.0] and len(seen) == 3
     assert "HTTP 404: no checkpoint at step 4 (attempt 2," in caplog.text
     assert "waiting for the weights of checkpoint step 4 from http://scorer" in caplog.text
+    # the second line came within 10 s of the first: at DEBUG
+    assert [r.levelno for r in caplog.records] == [logging.WARNING, logging.DEBUG]
 
 
 def test_an_unknown_run_is_not_waited_for():

@@ -55,5 +55,7 @@ def weights_body(run: Run, weights: ServedWeights) -> WeightsBody:
         else None,
         n_samples=run.n_samples,
         n_ranked=weights.n_ranked,
+        delta_mean_in_window=weights.delta_in_window,
+        delta_mean_outside=weights.delta_outside,
         weights=np.asarray(weights.values, dtype=np.float64).tolist(),
     )
