@@ -54,7 +54,7 @@ from trainer_svc.schedule import Schedule
 from trainer_svc.scorer_client import RemoteScorer, ScorerClient, scorer_failed
 from trainer_svc.snapshot import load_unsent
 from trainer_svc.trainer import GracefulStop, ScheduledTrainer, SelectionCallback
-from trainer_svc.updates import SharedUpdates, UpdateCoordinator
+from trainer_svc.updates import SharedUpdates, UpdateCoordinator, selection_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -272,7 +272,7 @@ class DeltaLossRecipe:
                 record=selections,
                 mode=self.cfg.selection_mode,
                 on_failure=self.cfg.on_scorer_failure,
-                on_update=self.on_update,
+                on_update=self._on_update,
                 registered=self.registered,
                 outage=self.outage,
                 stop_requested=lambda: self.stop.requested,
@@ -310,6 +310,13 @@ class DeltaLossRecipe:
         if coordinator is not None:  # the snapshot buffer made once, before training, once
             # Trainer has put the model on its device (pinned memory for a GPU's tensors)
             coordinator.sender.snapshot.reserve(self.trainable_tensors())
+
+    def _on_update(self, row: dict[str, Any]) -> None:
+        """Each update's selection figures go to the Trainer's log, and so to report_to
+        (TensorBoard, W&B, MLflow), at the update's step; then to the caller's hook."""
+        self.trainer.log(selection_metrics(row))
+        if self.on_update is not None:
+            self.on_update(row)
 
     def _resume_records(self) -> int:
         """Restore the draws made before the resumed step (every rank); drop the records from

@@ -118,6 +118,10 @@ class UpdateCoordinator:
             "weights_step": got.step if got else None,
             "weights_update_index": got.update_index if got else None,
             "window": got.window if got else None,
+            "delta_mean_in_window": got.delta_in_window if got else None,
+            "delta_mean_outside": got.delta_outside if got else None,
+            # how many updates old the weights are (async mode draws from older ones)
+            "staleness": self._staleness(segment, got),
             "source": source,
             "draw": draw,
             "seed": seed,
@@ -133,17 +137,13 @@ class UpdateCoordinator:
         self.record.append(row)
         if self.on_update is not None:
             self.on_update(row)
-        logger.info(
-            "update %d of epoch %d at step %d: %s draw from %s (weights of step %s), waited %.1fs",
-            segment.update_index,
-            segment.epoch,
-            segment.start,
-            draw,
-            source,
-            row["weights_step"],
-            waited,
-        )
+        logger.info("%s", describe_update(row))
         return row
+
+    def _staleness(self, segment: Segment, got: ScorerWeights | None) -> int | None:
+        if got is None:
+            return None
+        return max(0, (segment.start - got.step) // self.plan.schedule.update_step)
 
     def _obtain(
         self, segment: Segment, tensors: Callable[[], dict[str, torch.Tensor]]
@@ -304,3 +304,42 @@ class SharedUpdates:
     def resend(self, upload: CheckpointUpload) -> None:
         if self.coordinator is not None:
             self.coordinator.resend(upload)
+
+
+def describe_update(row: dict[str, Any]) -> str:
+    """The one log line of an update: where the window sat, what it picked, the wait."""
+    text = f"update {row['update_index']} of epoch {row['epoch']} at step {row['global_step']}: "
+    window = row["window"]
+    if window is not None:
+        text += f"window [{window['start']}, {window['end']})"
+        if window.get("truncated_at") is not None:
+            text += f" cut at rank {window['truncated_at']}"
+        inside, outside = row["delta_mean_in_window"], row["delta_mean_outside"]
+        if inside is not None or outside is not None:
+            text += f", mean delta {_number(inside)} in it, {_number(outside)} outside"
+        text += "; "
+    text += f"{row['draw']} draw from {row['source']}"
+    if row["weights_step"] is not None:
+        text += f" (weights of step {row['weights_step']}"
+        text += f", {row['staleness']} update(s) old)" if row["staleness"] else ")"
+    return text + f", waited {row['seconds_waited']:.1f}s"
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def selection_metrics(row: dict[str, Any]) -> dict[str, float]:
+    """An update's figures for the Trainer's log (and report_to's charts): where the window
+    sat, the mean loss reduction in and out of it, the wait and the weights' age."""
+    window = row["window"] or {}
+    values = {
+        "selection/window_start": window.get("start"),
+        "selection/window_end": window.get("end"),
+        "selection/truncated_at": window.get("truncated_at"),
+        "selection/delta_in_window": row["delta_mean_in_window"],
+        "selection/delta_outside": row["delta_mean_outside"],
+        "selection/seconds_waited": row["seconds_waited"],
+        "selection/staleness": row["staleness"],
+    }
+    return {key: float(value) for key, value in values.items() if value is not None}

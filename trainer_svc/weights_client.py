@@ -43,6 +43,9 @@ class ScorerWeights:
     update_index: int
     weights: torch.Tensor  # float64, one per sample, as the JSON body gives them
     window: dict[str, Any] | None  # {t, T, u, start, end, truncated_at}; None for the initial
+    # the mean loss reduction inside the window and outside it (None without a window)
+    delta_in_window: float | None = None
+    delta_outside: float | None = None
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> ScorerWeights:
@@ -50,7 +53,14 @@ class ScorerWeights:
         if body.get("window") is not None:
             window = {"t": body.get("t"), "T": body.get("T"), "u": body.get("u"), **body["window"]}
         weights = torch.tensor(body["weights"], dtype=torch.float64)
-        return cls(int(body["step"]), int(body["update_index"]), weights, window)
+        return cls(
+            int(body["step"]),
+            int(body["update_index"]),
+            weights,
+            window,
+            body.get("delta_mean_in_window"),
+            body.get("delta_mean_outside"),
+        )
 
 
 class UntrustedCertificate(ProtocolError):

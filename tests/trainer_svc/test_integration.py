@@ -84,6 +84,8 @@ def test_a_users_trainer_trains_the_scheduled_samples(tiny_model, demo_file, tmp
     assert "q_proj" in hello.lora.target_modules
     rows = check_trained_the_schedule(out, selection)
     assert [r["draw"] for r in rows] == ["randperm", "multinomial", "multinomial", "multinomial"]
+    logged = [r for r in trainer.state.log_history if "selection/seconds_waited" in r]
+    assert [r["step"] for r in logged] == [2, 4, 6, 10]  # each update's figures, in the log
     moved = selection.callback.updates.tensors()
     assert any(not torch.equal(moved[n], before[n]) for n in before)
 

@@ -1,6 +1,7 @@
 """The whole recipe on a tiny model with a fake scorer: what it sends, trains and saves."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -196,6 +197,44 @@ def test_optimizer_and_memory_keys_reach_the_trainer(tiny_model, demo_file, tmp_
     moved = [t for n, t in recipe.trainable_tensors().items() if "lora_B" in n]
     assert moved and all(t.abs().sum() > 0 for t in moved)
     assert sorted(p.name for p in (tmp_path / "out").glob("checkpoint-*")) == ["checkpoint-5"]
+
+
+class WindowedScorer(FakeScorer):
+    """Weights with a window and loss reductions, for every update but the run's first."""
+
+    def score(self, checkpoint):
+        got = super().score(checkpoint)
+        if not self.scored:  # the first: uniform, no window
+            return got
+        window = {"t": 1, "T": 2, "u": 0.5, "start": checkpoint.step, "end": checkpoint.step + 5,
+                  "truncated_at": None}  # fmt: skip
+        return replace(got, window=window, delta_in_window=0.5, delta_outside=0.25)
+
+
+def test_selection_figures_reach_tensorboard_at_each_update(tiny_model, demo_file, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "out"
+    keys = dict(report_to="tensorboard", plot_loss=False)
+    run(config(tiny_model, demo_file, out, **keys), scorer=WindowedScorer(32))
+    (events,) = {path.parent for path in out.glob("runs/*/events.out.tfevents.*")}
+    board = EventAccumulator(str(events))
+    board.Reload()
+    rows = read_jsonl(out / "selections.jsonl")
+    assert [r["global_step"] for r in rows] == [2, 4, 6, 10]
+
+    def scalars(name):  # Trainer's TensorBoard writer names a logged key "train/<key>"
+        return [(e.step, e.value) for e in board.Scalars(f"train/selection/{name}")]
+
+    assert scalars("seconds_waited") == [
+        (r["global_step"], pytest.approx(r["seconds_waited"])) for r in rows
+    ]
+    # the run's first update has no window: the others' start, and loss reductions
+    assert scalars("window_start") == [(4, 4.0), (6, 6.0), (10, 10.0)]
+    assert scalars("delta_in_window") == [(4, 0.5), (6, 0.5), (10, 0.5)]
+    assert scalars("delta_outside") == [(4, 0.25), (6, 0.25), (10, 0.25)]
+    assert scalars("staleness") == [(2, 0.0), (4, 0.0), (6, 0.0), (10, 0.0)]  # sync
+    assert "train/loss" in board.Tags()["scalars"]  # the Trainer's own logs go on as before
 
 
 def test_resume_trains_the_same_samples_as_an_uninterrupted_run(tiny_model, demo_file, tmp_path):

@@ -10,7 +10,7 @@ from trainer_svc.records import JsonlRecord, read_jsonl
 from trainer_svc.retry import NotYet
 from trainer_svc.sampler import SelectionPlan
 from trainer_svc.schedule import Schedule
-from trainer_svc.updates import ScorerFailure, UpdateCoordinator
+from trainer_svc.updates import ScorerFailure, UpdateCoordinator, describe_update
 
 N = 16
 
@@ -113,6 +113,9 @@ def test_async_uses_the_newest_weights_available(tmp_path):
     rows = run_all(coord, schedule)
     # the fake has scored everything but the checkpoint just sent
     assert [r["weights_step"] for r in rows] == [None, 1, 3, 5, 8, 10]
+    # update_step 2: each drew from the previous update's weights (step 8 after 5: 1 apart
+    # across the epoch's end, as the schedule counts)
+    assert [r["staleness"] for r in rows] == [None, 1, 1, 1, 1, 1]
     assert rows[1]["source"] == "scorer"
     g = torch.Generator().manual_seed(42 + 3)
     expected = torch.multinomial(fake_weights(1, N), 4, False, generator=g).tolist()
@@ -241,3 +244,21 @@ def test_an_async_update_records_its_wait_for_the_previous_send(tmp_path):
     coord.finish()  # waits for the last send
     assert coord.unsent() is None  # every send acknowledged
     coord.close()
+
+
+def test_one_line_says_where_the_window_sat_what_it_picked_and_the_wait():
+    row = {
+        "update_index": 3, "epoch": 1, "global_step": 12, "draw": "multinomial",
+        "source": "scorer", "weights_step": 10, "staleness": 1, "seconds_waited": 2.25,
+        "window": {"t": 2, "T": 2, "u": 0.99, "start": 70, "end": 88, "truncated_at": 88},
+        "delta_mean_in_window": 0.01234, "delta_mean_outside": 0.5,
+    }  # fmt: skip
+    assert describe_update(row) == (
+        "update 3 of epoch 1 at step 12: window [70, 88) cut at rank 88, mean delta 0.0123 in "
+        "it, 0.5000 outside; multinomial draw from scorer (weights of step 10, 1 update(s) "
+        "old), waited 2.2s"
+    )
+    first = {**row, "window": None, "weights_step": 4, "staleness": 0, "draw": "randperm"}
+    assert describe_update(first) == (
+        "update 3 of epoch 1 at step 12: randperm draw from scorer (weights of step 4), waited 2.2s"
+    )
