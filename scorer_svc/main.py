@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 from common.protocol import FRAME_BYTES, MAX_HEADER_BYTES
 from scorer_svc import crud
 from scorer_svc.api.errors import add_error_handlers
-from scorer_svc.api.routes import health, losses, metrics, runs, weights
+from scorer_svc.api.routes import deltas, health, losses, metrics, runs, weights
 from scorer_svc.auth import OPEN_PATHS, bearer, same_token
 from scorer_svc.config import Settings
 from scorer_svc.db import make_engine, make_sessionmaker
@@ -128,7 +128,7 @@ def create_app(
         description="Per-sample losses of every checkpoint and Delta Loss sampling weights.",
         lifespan=_owned_service(settings, group) if state is None else _given_state(state),
     )
-    for module in (health, metrics, runs, losses, weights):
+    for module in (health, metrics, runs, losses, deltas, weights):
         app.include_router(module.router)
     add_error_handlers(app, settings)
     _require_token(app, settings.shared_token())

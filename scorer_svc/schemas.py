@@ -110,3 +110,22 @@ class Pending(BaseModel):
     detail: str
     status: str
     progress: ScoringProgressBody | None = None  # while the checkpoint is being scored
+
+
+class RankedSample(BaseModel):
+    rank: int  # 0: the largest loss reduction
+    sample_index: int
+    delta: float  # initial loss - current loss
+    loss: float  # at this checkpoint
+    initial_loss: float  # at the run's first checkpoint
+    in_window: bool  # the window of this checkpoint's weights took it
+
+
+class DeltaPage(BaseModel):
+    run_id: str
+    step: int
+    update_index: int
+    window: WindowInfo | None  # null for the run's first checkpoint
+    n_ranked: int  # samples with a finite loss reduction
+    items: list[RankedSample]
+    next_page_token: str | None  # pass as page_token for the next page; null on the last

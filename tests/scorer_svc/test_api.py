@@ -489,3 +489,43 @@ def test_api_and_worker_share_one_failures_object(tmp_path):
 def test_state_with_other_settings_is_refused(state, tmp_path):
     with pytest.raises(ValueError, match="other settings"):
         create_app(Settings(data_dir=tmp_path / "other"), state)
+
+
+# deltas
+
+
+def test_deltas_list_the_ranking_the_window_took_page_by_page(client):
+    # step 6's reductions rank 7, 2, 0, 5... (DROPS); its window took ranks [1, 3)
+    ranking = rank_by_delta(DROPS[6]).tolist()
+    seen, token = [], None
+    while True:
+        params = {"step": 6, "max_results": 4, **({"page_token": token} if token else {})}
+        body = client.get("/v1/runs/run-a/deltas", params=params).json()
+        assert body["window"] == {"start": 1, "end": 3, "truncated_at": 3}
+        assert body["n_ranked"] == N - 1 and len(body["items"]) <= 4
+        seen += body["items"]
+        token = body["next_page_token"]
+        if token is None:
+            break
+    assert [item["rank"] for item in seen] == list(range(N - 1))
+    assert [item["sample_index"] for item in seen] == ranking
+    for item in seen:
+        i = item["sample_index"]
+        assert item["delta"] == pytest.approx(DROPS[6][i])
+        assert (item["loss"], item["initial_loss"]) == (LOSSES[6][i], INITIAL[i])
+        assert item["in_window"] == (1 <= item["rank"] < 3)
+    smallest = client.get("/v1/runs/run-a/deltas", params={"step": 6, "order": "asc"}).json()
+    assert [item["sample_index"] for item in smallest["items"]] == ranking[::-1]
+    assert smallest["items"][0]["rank"] == N - 2
+
+
+def test_deltas_of_the_initial_checkpoint_and_bad_pages(client):
+    body = client.get("/v1/runs/run-a/deltas", params={"step": 2}).json()
+    assert body["window"] is None and {item["delta"] for item in body["items"]} == {0.0}
+    assert not any(item["in_window"] for item in body["items"])
+    bad = client.get("/v1/runs/run-a/deltas", params={"step": 6, "page_token": "x1"})
+    assert bad.status_code == 422 and "pass next_page_token" in bad.json()["detail"]
+    too_many = client.get("/v1/runs/run-a/deltas", params={"step": 6, "max_results": 10**6})
+    assert too_many.status_code == 422
+    pending = client.get("/v1/runs/run-a/deltas", params={"step": SCORING_STEP})
+    assert pending.status_code == 202

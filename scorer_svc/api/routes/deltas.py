@@ -1,0 +1,111 @@
+"""The ranking a checkpoint's weights come from: each sample's loss reduction, by rank."""
+
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+import numpy as np
+from fastapi import APIRouter, Depends, HTTPException, Query
+
+from common.selection import rank_by_delta
+from scorer_svc import crud
+from scorer_svc.api.deps import (
+    SCORED_CHECKPOINT_RESPONSES,
+    RunDep,
+    SessionDep,
+    WeightsCacheDep,
+    scored_checkpoint,
+)
+from scorer_svc.models import CheckpointRow
+from scorer_svc.schemas import DeltaPage, RankedSample, WindowInfo
+
+router = APIRouter(prefix="/v1/runs/{run_id}", tags=["losses"])
+
+MAX_RESULTS = 10_000
+
+
+@dataclass(frozen=True)
+class DeltaQuery:
+    order: Literal["desc", "asc"]
+    max_results: int
+    page_token: str | None
+
+
+def get_query(
+    order: Annotated[
+        Literal["desc", "asc"],
+        Query(description="desc: the largest loss reductions first (rank 0), as the rule ranks"),
+    ] = "desc",
+    max_results: Annotated[int, Query(ge=1, le=MAX_RESULTS)] = 100,
+    page_token: Annotated[
+        str | None, Query(max_length=32, description="next_page_token of the page before")
+    ] = None,
+) -> DeltaQuery:
+    return DeltaQuery(order, max_results, page_token)
+
+
+QueryDep = Annotated[DeltaQuery, Depends(get_query)]
+CheckpointDep = Annotated[CheckpointRow, Depends(scored_checkpoint(after=get_query))]
+
+
+@router.get("/deltas", responses=SCORED_CHECKPOINT_RESPONSES)
+def deltas(
+    session: SessionDep,
+    cache: WeightsCacheDep,
+    run: RunDep,
+    checkpoint: CheckpointDep,
+    query: QueryDep,
+) -> DeltaPage:
+    """The ranked samples of a scored checkpoint: rank, sample index, loss reduction
+    (initial − current), current and initial loss, and whether the window took it. Samples
+    without a finite loss are not ranked and not listed."""
+    offset = _offset(query.page_token)
+    served = cache.get(session, run, checkpoint)
+    current = crud.losses_at(session, run=run, step=checkpoint.step)
+    initial = (
+        crud.losses_at(session, run=run, step=run.initial_step)
+        if run.initial_step is not None
+        else current
+    )
+    delta = initial - current
+    ranking = rank_by_delta(delta)
+    window = served.window
+    in_window = np.zeros(run.n_samples, dtype=bool)
+    if window is not None:
+        in_window[ranking[window.start : window.end]] = True
+    ranks = np.arange(ranking.size)
+    if query.order == "asc":
+        ranking, ranks = ranking[::-1], ranks[::-1]
+    chosen = slice(offset, offset + query.max_results)
+    items = [
+        RankedSample(
+            rank=int(rank),
+            sample_index=int(i),
+            delta=float(delta[i]),
+            loss=float(current[i]),
+            initial_loss=float(initial[i]),
+            in_window=bool(in_window[i]),
+        )
+        for rank, i in zip(ranks[chosen], ranking[chosen], strict=True)
+    ]
+    following = offset + query.max_results
+    return DeltaPage(
+        run_id=run.run_id,
+        step=checkpoint.step,
+        update_index=checkpoint.update_index,
+        window=WindowInfo(start=window.start, end=window.end, truncated_at=window.truncated_at)
+        if window is not None
+        else None,
+        n_ranked=int(ranking.size),
+        items=items,
+        next_page_token=str(following) if following < ranking.size else None,
+    )
+
+
+def _offset(token: str | None) -> int:
+    if token is None:
+        return 0
+    if not token.isdigit():
+        raise HTTPException(
+            422, detail=f"page_token {token!r} is not one this API gave: pass next_page_token"
+        )
+    return int(token)
