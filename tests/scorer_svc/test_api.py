@@ -1,12 +1,14 @@
 """The REST API in-process: a TestClient on a SQLite file seeded through crud, no scorer
 process. Weights are compared with common.selection applied to the seeded losses."""
 
+import io
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
+import matplotlib.image
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -529,3 +531,11 @@ def test_deltas_of_the_initial_checkpoint_and_bad_pages(client):
     assert too_many.status_code == 422
     pending = client.get("/v1/runs/run-a/deltas", params={"step": SCORING_STEP})
     assert pending.status_code == 202
+
+
+def test_the_deltas_plot_is_a_png_of_the_checkpoint(client):
+    response = client.get("/v1/runs/run-a/plots/deltas", params={"step": 6})
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    image = matplotlib.image.imread(io.BytesIO(response.content), format="png")
+    assert image.shape[:2] == (400, 700)  # 7 x 4 inches at 100 dpi
+    assert client.get("/v1/runs/run-a/plots/deltas", params={"step": 99}).status_code == 404

@@ -4,8 +4,10 @@ from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import numpy as np
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, Response
+from sqlalchemy.orm import Session
 
+from common.plots import deltas_by_rank, png
 from common.selection import rank_by_delta
 from scorer_svc import crud
 from scorer_svc.api.deps import (
@@ -15,7 +17,7 @@ from scorer_svc.api.deps import (
     WeightsCacheDep,
     scored_checkpoint,
 )
-from scorer_svc.models import CheckpointRow
+from scorer_svc.models import CheckpointRow, Run
 from scorer_svc.schemas import DeltaPage, RankedSample, WindowInfo
 
 router = APIRouter(prefix="/v1/runs/{run_id}", tags=["losses"])
@@ -60,12 +62,7 @@ def deltas(
     without a finite loss are not ranked and not listed."""
     offset = _offset(query.page_token)
     served = cache.get(session, run, checkpoint)
-    current = crud.losses_at(session, run=run, step=checkpoint.step)
-    initial = (
-        crud.losses_at(session, run=run, step=run.initial_step)
-        if run.initial_step is not None
-        else current
-    )
+    initial, current = _losses(session, run, checkpoint)
     delta = initial - current
     ranking = rank_by_delta(delta)
     window = served.window
@@ -101,6 +98,14 @@ def deltas(
     )
 
 
+def _losses(session: Session, run: Run, checkpoint: CheckpointRow) -> tuple[np.ndarray, np.ndarray]:
+    """(initial, current) losses of a scored checkpoint (the same for the run's first)."""
+    current = crud.losses_at(session, run=run, step=checkpoint.step)
+    if run.initial_step is None or run.initial_step == checkpoint.step:
+        return current, current
+    return crud.losses_at(session, run=run, step=run.initial_step), current
+
+
 def _offset(token: str | None) -> int:
     if token is None:
         return 0
@@ -109,3 +114,33 @@ def _offset(token: str | None) -> int:
             422, detail=f"page_token {token!r} is not one this API gave: pass next_page_token"
         )
     return int(token)
+
+
+@router.get(
+    "/plots/deltas",
+    response_class=Response,
+    responses={
+        **SCORED_CHECKPOINT_RESPONSES,
+        200: {"content": {"image/png": {}}, "description": "the picture"},
+    },
+)
+def plot_deltas(
+    session: SessionDep,
+    cache: WeightsCacheDep,
+    run: RunDep,
+    checkpoint: Annotated[CheckpointRow, Depends(scored_checkpoint())],
+) -> Response:
+    """A PNG of the loss reduction by rank at a scored checkpoint, the window's ranks shaded
+    and the rank where reductions turn negative marked."""
+    served = cache.get(session, run, checkpoint)
+    initial, current = _losses(session, run, checkpoint)
+    delta = initial - current
+    ranked = delta[rank_by_delta(delta)]
+    window = served.window
+    figure = deltas_by_rank(
+        ranked,
+        window=(window.start, window.end) if window is not None else None,
+        truncated_at=window.truncated_at if window is not None else None,
+        title=f"run {run.run_id}, step {checkpoint.step} (update {checkpoint.update_index})",
+    )
+    return Response(png(figure), media_type="image/png")
