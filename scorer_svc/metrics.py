@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from scorer_svc import crud
@@ -78,8 +79,17 @@ class _DatabaseView(Collector):
         self.instance = instance
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        with self.sessions() as session:
-            counts = crud.count_checkpoints(session, instance=self.instance)
+        try:
+            with self.sessions() as session:
+                counts = crud.count_checkpoints(session, instance=self.instance)
+        except SQLAlchemyError:  # the worker's figures are still served, and this says why
+            yield GaugeMetricFamily(
+                "scorer_database_up", "Whether the database answered this scrape", value=0
+            )
+            return
+        yield GaugeMetricFamily(
+            "scorer_database_up", "Whether the database answered this scrape", value=1
+        )
         by_status = GaugeMetricFamily(
             "scorer_checkpoints", "This scorer's checkpoints, by status", labels=["status"]
         )

@@ -17,7 +17,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,9 +90,11 @@ class RankGroup:
         *,
         stop: threading.Event | None = None,
         desc: str = "scoring",
+        on_batch: Callable[[int, int], None] | None = None,
     ) -> np.ndarray:
         """Every sample's loss, scored by all ranks; RankLost if a collective fails,
-        RuntimeError naming the ranks that could not score their share."""
+        RuntimeError naming the ranks that could not score their share. on_batch follows
+        rank 0's batches, scaled by the number of ranks (the shares are alike)."""
         if self.stopped or (stop is not None and stop.is_set()):
             raise ScoringAborted(desc)  # left pending: scored after the restart
         table = [[name, dtypes.name_of(t.dtype), list(t.shape)] for name, t in tensors.items()]
@@ -105,7 +107,11 @@ class RankGroup:
             try:  # whatever happens here, the others wait in the gather: always reach it
                 model.apply(tensors)
                 mine = [batches[i] for i in share(batches, self.world)[0]]
-                losses = model.score(mine, n_samples, stop=stop, desc=desc)
+                scaled = None
+                if on_batch is not None:
+                    world, report = self.world, on_batch
+                    scaled = lambda rows, tokens: report(rows * world, tokens * world)  # noqa: E731
+                losses = model.score(mine, n_samples, stop=stop, desc=desc, on_batch=scaled)
             except Exception as exc:
                 error = exc
             results = self._gather(losses, error is None)

@@ -184,10 +184,10 @@ class ScoringModel:
         *,
         stop: threading.Event | None = None,
         desc: str = "scoring",
-        on_batch: Callable[[int], None] | None = None,
+        on_batch: Callable[[int, int], None] | None = None,
     ) -> np.ndarray:
         """Every sample's loss (float64, NaN where none); raises ScoringAborted on stop.
-        on_batch(rows) is called after each batch with its number of samples."""
+        on_batch(rows, tokens) is called after each batch with its samples and padded tokens."""
         losses = np.full(n_samples, np.nan)
         autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16)
@@ -214,6 +214,6 @@ class ScoringModel:
                 losses[batch.indices] = values.double().cpu().numpy()
                 bar.update(len(batch.indices))
                 if on_batch is not None:
-                    on_batch(len(batch.indices))
+                    on_batch(len(batch.indices), batch.input_ids.numel())
         release_freed_memory()
         return losses

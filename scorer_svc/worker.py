@@ -120,6 +120,8 @@ class Worker:
                 session.rollback()
                 log.error("cannot claim checkpoint %d (%s)", checkpoint_id, type(error).__name__)
                 self.failures.record(checkpoint_id, f"{type(error).__name__}: {error}")
+                if self.metrics is not None:
+                    self.metrics.failed()
                 return True
             if checkpoint is None:  # deleted since it was listed
                 return True
@@ -173,8 +175,10 @@ class Worker:
             model = self.registry.model(hello)
             tensors = read_checkpoint(path)
             started = time.perf_counter()
-            if self.progress is not None:
-                self.progress.start(checkpoint_id, run.n_samples)
+            if self.progress is not None:  # the samples scored: those with a label token
+                rows = sum(len(batch.indices) for batch in data.batches)
+                tokens = sum(batch.input_ids.numel() for batch in data.batches)
+                self.progress.start(checkpoint_id, rows, tokens)
             if self.group is None:
                 model.apply(tensors)
                 losses = model.score(
@@ -184,7 +188,7 @@ class Worker:
             else:
                 losses = self.group.score(
                     run.config, tensors, data.batches, model, run.n_samples,
-                    stop=self._stop, desc=label,
+                    stop=self._stop, desc=label, on_batch=self._advance(checkpoint_id),
                 )  # fmt: skip
             seconds = time.perf_counter() - started
             if not np.isfinite(losses).any():
@@ -201,7 +205,7 @@ class Worker:
             if self.metrics is not None:
                 self.metrics.scored(
                     seconds=seconds,
-                    samples=run.n_samples,
+                    samples=int(np.isfinite(losses).sum()),
                     write_seconds=time.perf_counter() - writing,
                 )
         except crud.CheckpointGone:
@@ -236,11 +240,11 @@ class Worker:
         )
         self._discard(path)
 
-    def _advance(self, checkpoint_id: int) -> Callable[[int], None] | None:
+    def _advance(self, checkpoint_id: int) -> Callable[[int, int], None] | None:
         progress = self.progress
         if progress is None:
             return None
-        return lambda samples: progress.advance(checkpoint_id, samples)
+        return lambda samples, tokens: progress.advance(checkpoint_id, samples, tokens)
 
     def _discard(self, path: str) -> None:
         """A checkpoint's tensors once scored or failed: gone, unless kept on purpose."""

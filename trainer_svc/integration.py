@@ -56,7 +56,7 @@ from trainer_svc.sampler import ScheduleBatchSampler, SelectionPlan
 from trainer_svc.schedule import Schedule
 from trainer_svc.scorer_client import RemoteScorer, ScorerClient, scorer_failed
 from trainer_svc.trainer import GracefulStop, SelectionCallback
-from trainer_svc.updates import SharedUpdates, UpdateCoordinator, selection_metrics
+from trainer_svc.updates import SharedUpdates, UpdateCoordinator, log_selection
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ class DeltaLossSelection:
 
         trainer.get_train_dataloader = types.MethodType(get_train_dataloader, trainer)  # type: ignore[method-assign]
         if self.coordinator is not None:  # each update's figures to report_to, as trainer-svc
-            self.coordinator.on_update = lambda row: trainer.log(selection_metrics(row))
+            self.coordinator.on_update = lambda row: log_selection(trainer, row)
         trainer.add_callback(self.callback)
         trainer.add_callback(self.stop)  # after the updates: a failed update stops at its step
         return trainer

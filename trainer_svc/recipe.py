@@ -54,7 +54,7 @@ from trainer_svc.schedule import Schedule
 from trainer_svc.scorer_client import RemoteScorer, ScorerClient, scorer_failed
 from trainer_svc.snapshot import load_unsent
 from trainer_svc.trainer import GracefulStop, ScheduledTrainer, SelectionCallback
-from trainer_svc.updates import SharedUpdates, UpdateCoordinator, selection_metrics
+from trainer_svc.updates import SharedUpdates, UpdateCoordinator, log_selection
 
 logger = logging.getLogger(__name__)
 
@@ -314,7 +314,7 @@ class DeltaLossRecipe:
     def _on_update(self, row: dict[str, Any]) -> None:
         """Each update's selection figures go to the Trainer's log, and so to report_to
         (TensorBoard, W&B, MLflow), at the update's step; then to the caller's hook."""
-        self.trainer.log(selection_metrics(row))
+        log_selection(self.trainer, row)
         if self.on_update is not None:
             self.on_update(row)
 

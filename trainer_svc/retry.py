@@ -4,7 +4,9 @@ An attempt that may succeed later raises `NotYet` (no reply, scorer not reachabl
 not scored yet); anything else it raises (an error reply, a refused token, a failed scoring)
 ends the wait at once. Between attempts the pause grows (0.5 s, doubled, at most 10 s) unless
 the attempt asks for its own (`NotYet.pause`, e.g. from Retry-After); no pause runs past the
-wait. Each retry is logged with what is waited for, the attempt and the seconds spent. Once
+wait. Each retry is logged with what is waited for, the attempt and the seconds spent; within
+10 s of a line, a retry no louder than it goes to DEBUG, so a long wait says where it is every
+10 s and a new, louder cause (the scorer gone while scoring) is said at once. Once
 `wait_seconds` are spent it gives up with `ScorerUnavailable`, whose message says what to
 check; a stop request (SIGTERM) ends the wait with `ScorerFailure`.
 """
@@ -92,7 +94,7 @@ class _Wait:
     waiting_for: str
     advice: str
     started: float
-    _logged_at: list[float] = field(default_factory=list)  # the elapsed time of the last line
+    _logged_at: list[float] = field(default_factory=list)  # [elapsed, level] of the last line
 
     def retrying(self) -> Retrying:
         return Retrying(
@@ -123,10 +125,12 @@ class _Wait:
         error = _last_error(state)
         level, now = error.level, self.elapsed()
         if level > logging.DEBUG:
-            if self._logged_at and now - self._logged_at[0] < LOG_EVERY_SECONDS:
-                level = logging.DEBUG  # said less than LOG_EVERY_SECONDS ago
+            last = self._logged_at  # [elapsed, level] of the last line logged
+            recent = bool(last) and now - last[0] < LOG_EVERY_SECONDS
+            if recent and level <= last[1]:
+                level = logging.DEBUG  # the like was said less than LOG_EVERY_SECONDS ago
             else:
-                self._logged_at[:] = [now]
+                last[:] = [now, level]
         logger.log(
             level,
             "waiting for %s: %s (attempt %d, %.0fs of %.0fs); retrying in %.1fs",

@@ -135,15 +135,22 @@ class UpdateCoordinator:
         }
         self._unsent_failure = None
         self.record.append(row)
+        logger.info("%s", describe_update(row))
         if self.on_update is not None:
             self.on_update(row)
-        logger.info("%s", describe_update(row))
         return row
 
     def _staleness(self, segment: Segment, got: ScorerWeights | None) -> int | None:
+        """How many updates came between the weights' checkpoint and this update."""
         if got is None:
             return None
-        return max(0, (segment.start - got.step) // self.plan.schedule.update_step)
+        schedule = self.plan.schedule
+
+        def number(step: int) -> int:  # updates are counted through the epochs
+            at = schedule.segment_at(step)
+            return at.epoch * schedule.update_times + at.update_index
+
+        return max(0, number(segment.start) - number(got.step))
 
     def _obtain(
         self, segment: Segment, tensors: Callable[[], dict[str, torch.Tensor]]
@@ -311,9 +318,14 @@ def describe_update(row: dict[str, Any]) -> str:
     text = f"update {row['update_index']} of epoch {row['epoch']} at step {row['global_step']}: "
     window = row["window"]
     if window is not None:
-        text += f"window [{window['start']}, {window['end']})"
-        if window.get("truncated_at") is not None:
-            text += f" cut at rank {window['truncated_at']}"
+        if window["end"] > window["start"]:
+            text += f"window [{window['start']}, {window['end']})"
+            if window.get("truncated_at") is not None:
+                text += f" cut at rank {window['truncated_at']}"
+        else:  # cut before its start: every sample weighs alike
+            text += f"window empty at rank {window['start']}"
+            if window.get("truncated_at") is not None:
+                text += f" (deltas negative from rank {window['truncated_at']})"
         inside, outside = row["delta_mean_in_window"], row["delta_mean_outside"]
         if inside is not None or outside is not None:
             text += f", mean delta {_number(inside)} in it, {_number(outside)} outside"
@@ -343,3 +355,16 @@ def selection_metrics(row: dict[str, Any]) -> dict[str, float]:
         "selection/staleness": row["staleness"],
     }
     return {key: float(value) for key, value in values.items() if value is not None}
+
+
+def log_selection(trainer: Any, row: dict[str, Any]) -> None:
+    """The update's figures into the Trainer's log; a report_to backend that fails there
+    (a tracking server down) is logged, and training goes on."""
+    try:
+        trainer.log(selection_metrics(row))
+    except Exception:
+        logger.warning(
+            "the figures of the update at step %d did not reach the Trainer's log",
+            row["global_step"],
+            exc_info=True,
+        )

@@ -132,7 +132,7 @@ def test_a_checkpoint_being_scored_answers_202_with_its_progress(state):
     with state.sessions() as session:
         run = crud.get_run(session, run_id="run-a")
         scoring = crud.get_checkpoint(session, run=run, step=SCORING_STEP)
-    progress.start(scoring.id, N)
+    progress.start(scoring.id, N, total_tokens=100)
     with TestClient(create_app(state.settings, replace(state, progress=progress))) as client:
 
         def pending() -> dict:
@@ -143,7 +143,7 @@ def test_a_checkpoint_being_scored_answers_202_with_its_progress(state):
         body = pending()  # nothing scored yet: no rate, no ETA
         assert body["progress"] == {"scored": 0, "total": N, "seconds": 0.0, "eta_seconds": None}
         now[0] += 8.0
-        progress.advance(scoring.id, 4)  # 4 samples in 8 s: 6 left, 12 s
+        progress.advance(scoring.id, 4, 40)  # 40 of 100 tokens in 8 s: 60 left, 12 s
         body = pending()
         assert body["progress"] == {"scored": 4, "total": N, "seconds": 8.0, "eta_seconds": 12.0}
         assert (

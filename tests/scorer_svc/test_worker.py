@@ -185,7 +185,9 @@ def test_the_worker_hands_the_api_the_weights_the_stored_losses_give(queued, tin
             assert stats == (rebuilt.delta_in_window, rebuilt.delta_outside)
             if update == 1:  # no window: no loss reductions to report
                 assert stats == (None, None)
-            else:  # the window may be empty here (cut where deltas turn negative)
+            else:  # an empty window (cut where deltas turn negative) has no mean inside
+                window = cached.window
+                assert (stats[0] is None) == (window.end <= window.start)
                 assert stats[1] is not None
             assert cached.values.tobytes() == rebuilt.values.tobytes()
 
@@ -282,8 +284,8 @@ class RecordedProgress(ScoringProgress):
         super().__init__()
         self.seen = []
 
-    def advance(self, checkpoint_id, samples):
-        super().advance(checkpoint_id, samples)
+    def advance(self, checkpoint_id, samples, tokens=0):
+        super().advance(checkpoint_id, samples, tokens)
         self.seen.append(self.get(checkpoint_id))
 
 
@@ -298,6 +300,10 @@ def test_the_worker_reports_its_progress_batch_by_batch(queued):
     scored = [p.scored for p in progress.seen]
     assert scored == sorted(scored) and scored[-1] == 10  # every sample, in growing steps
     assert {p.total for p in progress.seen} == {10}
+    # the time left is reckoned in padded tokens, and is nothing once every token is done
+    tokens = [p.tokens for p in progress.seen]
+    assert tokens == sorted(tokens) and tokens[-1] == progress.seen[-1].total_tokens > 0
+    assert progress.seen[-1].eta_seconds == 0
     with sessions() as session:
         checkpoint = session.scalar(select(CheckpointRow))
     assert progress.get(checkpoint.id) is None  # done: nothing left to report

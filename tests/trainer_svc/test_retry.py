@@ -131,3 +131,19 @@ def test_a_long_wait_logs_at_most_one_line_every_ten_seconds(clock, caplog):
     # after the last line: 14 s and 26 s
     assert [m.split(": ", 2)[2].split(" (")[0] for m in loud] == ["1 of 12", "5 of 12", "9 of 12"]
     assert len(caplog.records) == 12  # the others at DEBUG
+
+
+def test_a_louder_cause_is_logged_at_once_within_the_ten_seconds(clock, caplog):
+    def attempt(number, seconds_left):
+        clock.advance(1.0)
+        if number == 1:
+            raise NotYet("step 4 is scoring", pause=1.0, level=logging.INFO)
+        if number == 2:
+            raise NotYet("cannot reach http://s")  # WARNING: the scorer went away
+        if number == 3:
+            raise NotYet("cannot reach http://s")  # the same again within 10 s: DEBUG
+        return "ok"
+
+    with caplog.at_level(logging.DEBUG, logger="trainer_svc.retry"):
+        run(clock.policy(600), attempt)
+    assert [r.levelno for r in caplog.records] == [logging.INFO, logging.WARNING, logging.DEBUG]

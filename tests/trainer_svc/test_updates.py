@@ -258,7 +258,26 @@ def test_one_line_says_where_the_window_sat_what_it_picked_and_the_wait():
         "it, 0.5000 outside; multinomial draw from scorer (weights of step 10, 1 update(s) "
         "old), waited 2.2s"
     )
+    empty = {**row, "window": {**row["window"], "truncated_at": 50, "end": 50}}
+    assert describe_update(empty).startswith(
+        "update 3 of epoch 1 at step 12: window empty at rank 70 (deltas negative from rank 50)"
+    )
     first = {**row, "window": None, "weights_step": 4, "staleness": 0, "draw": "randperm"}
     assert describe_update(first) == (
         "update 3 of epoch 1 at step 12: randperm draw from scorer (weights of step 4), waited 2.2s"
     )
+
+
+def test_staleness_counts_updates_across_the_warmup_of_an_epoch(tmp_path):
+    """warmup 3 steps, updates every 2: async update 1 of epoch 1 (step 9) draws from update 2
+    of epoch 0 (step 5): one update old, though 4 steps lie between them."""
+    schedule = Schedule.build(warmup_step=3, update_step=2, update_times=2, batch=4, epochs=2)
+    coord = UpdateCoordinator(
+        run_id="r", kind="lora", plan=SelectionPlan(schedule, N), scorer=FakeScorer(N),
+        record=JsonlRecord(tmp_path / "s.jsonl"), mode="async",
+    )  # fmt: skip
+    rows = run_all(coord, schedule)
+    assert [(r["global_step"], r["weights_step"]) for r in rows] == [
+        (3, None), (5, 3), (10, 5), (12, 10),
+    ]  # fmt: skip
+    assert [r["staleness"] for r in rows] == [None, 1, 1, 1]
