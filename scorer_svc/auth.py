@@ -10,7 +10,8 @@ from common.errors import Unauthorized
 
 # Liveness and the API's own description stay open: they reveal no run data, and health
 # checks (compose, orchestrators) cannot carry a secret.
-OPEN_PATHS = frozenset({"/healthz", "/docs", "/openapi.json", "/docs/oauth2-redirect"})
+OPEN_PATHS = frozenset({"/healthz", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"})
+OPEN_PREFIXES = ("/docs-assets/",)  # the documentation pages' scripts and styles
 
 
 def same_token(given: str | None, expected: str) -> bool:

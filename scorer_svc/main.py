@@ -14,9 +14,10 @@ from sqlalchemy import Engine
 
 from common.protocol import FRAME_BYTES, MAX_HEADER_BYTES
 from scorer_svc import crud
+from scorer_svc.api.docs import serve_docs
 from scorer_svc.api.errors import add_error_handlers
 from scorer_svc.api.routes import deltas, health, losses, metrics, runs, weights
-from scorer_svc.auth import OPEN_PATHS, bearer, same_token
+from scorer_svc.auth import OPEN_PATHS, OPEN_PREFIXES, bearer, same_token
 from scorer_svc.config import Settings
 from scorer_svc.db import make_engine, make_sessionmaker
 from scorer_svc.failures import UnrecordedFailures
@@ -127,7 +128,10 @@ def create_app(
         title="delta-loss scorer",
         description="Per-sample losses of every checkpoint and Delta Loss sampling weights.",
         lifespan=_owned_service(settings, group) if state is None else _given_state(state),
+        docs_url=None,  # served with local assets (serve_docs): they work offline
+        redoc_url=None,
     )
+    serve_docs(app)
     for module in (health, metrics, runs, losses, deltas, weights):
         app.include_router(module.router)
     add_error_handlers(app, settings)
@@ -199,8 +203,11 @@ def _require_token(app: FastAPI, token: str | None) -> None:
 
     @app.middleware("http")
     async def check_bearer(request: Request, call_next):  # type: ignore[no-untyped-def]
-        if request.url.path in OPEN_PATHS or same_token(
-            bearer(request.headers.get("authorization")), token
+        path = request.url.path
+        if (
+            path in OPEN_PATHS
+            or path.startswith(OPEN_PREFIXES)
+            or same_token(bearer(request.headers.get("authorization")), token)
         ):
             return await call_next(request)
         return JSONResponse(

@@ -393,6 +393,25 @@ def test_token_is_required_on_every_route_but_healthz(tmp_path):
             assert client.get(path).status_code == 401, path
             assert client.get(path, headers=bearer).status_code == 200, path
         assert client.get("/healthz").status_code == 200
+        assert client.get("/metrics").status_code == 401
+        assert client.get("/metrics", headers=bearer).status_code == 200
+        # the documentation pages and their assets are open (they hold no data)
+        for path in ("/docs", "/redoc", "/openapi.json", "/docs-assets/swagger-ui.css"):
+            assert client.get(path).status_code == 200, path
+
+
+def test_docs_and_redoc_load_their_assets_from_the_scorer_itself(client):
+    pages = {path: client.get(path).text for path in ("/docs", "/redoc")}
+    assert '"/docs-assets/swagger-ui-bundle.js"' in pages["/docs"]
+    assert '"/docs-assets/swagger-ui.css"' in pages["/docs"]
+    assert '"/docs-assets/redoc.standalone.js"' in pages["/redoc"]
+    for page in pages.values():
+        assert "cdn." not in page and "fonts.googleapis" not in page  # nothing from outside
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js"):
+        response = client.get(f"/docs-assets/{asset}")
+        assert response.status_code == 200 and len(response.content) > 100_000, asset
+    redirect = client.get("/docs/oauth2-redirect")
+    assert redirect.status_code == 200 and "oauth2" in redirect.text.lower()
 
 
 @pytest.mark.parametrize(
