@@ -55,3 +55,95 @@ def png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
     return buffer.getvalue()
+
+
+def training_loss(
+    steps: Sequence[int],
+    losses: Sequence[float],
+    *,
+    update_steps: Sequence[int] = (),
+    eval_points: Sequence[tuple[int, float]] = (),
+    smoothing: float = 0.9,
+) -> Figure:
+    """The training loss by step, raw and smoothed (an exponential moving average with
+    `smoothing`, debiased at the start), the update steps marked, the eval loss when given."""
+    figure = Figure(figsize=(7, 4))
+    ax = figure.subplots()
+    ax.plot(steps, losses, color="tab:blue", alpha=0.35, label="training loss")
+    ax.plot(steps, smoothed(losses, smoothing), color="tab:blue", label="smoothed")
+    if eval_points:
+        eval_steps, eval_losses = zip(*eval_points, strict=True)
+        ax.plot(eval_steps, eval_losses, "o-", color="tab:green", label="eval loss")
+    for i, step in enumerate(update_steps):
+        ax.axvline(
+            step, color="grey", linestyle=":", linewidth=0.8, label="update" if i == 0 else None
+        )
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("training loss")
+    ax.legend(loc="upper right", fontsize="small")
+    figure.tight_layout()
+    return figure
+
+
+def smoothed(values: Sequence[float], smoothing: float) -> list[float]:
+    """The exponential moving average TensorBoard draws, debiased at the start."""
+    out, average = [], 0.0
+    for i, value in enumerate(values, 1):
+        average = smoothing * average + (1 - smoothing) * value
+        out.append(average / (1 - smoothing**i) if smoothing < 1 else value)
+    return out
+
+
+def window_positions(
+    steps: Sequence[int],
+    starts: Sequence[float],
+    ends: Sequence[float],
+    truncated: Sequence[float | None],
+    n_samples: int,
+) -> Figure:
+    """Where the window sat at each update: its ranks [start, end) as a band, the rank where
+    reductions turned negative as a mark."""
+    figure = Figure(figsize=(7, 4))
+    ax = figure.subplots()
+    ax.fill_between(steps, starts, ends, step=None, color=WINDOW_COLOUR, alpha=0.35, label="window")
+    ax.plot(steps, starts, "o-", color=WINDOW_COLOUR, markersize=3)
+    cut = [(s, t) for s, t in zip(steps, truncated, strict=True) if t is not None]
+    if cut:
+        ax.plot(*zip(*cut, strict=True), "x", color="tab:red", label="δ turns negative")
+    ax.set_ylim(0, n_samples)
+    ax.set_xlabel("update step")
+    ax.set_ylabel("rank (largest loss reduction first)")
+    ax.set_title("window position over updates")
+    ax.legend(loc="upper left", fontsize="small")
+    figure.tight_layout()
+    return figure
+
+
+def draw_counts(counts: np.ndarray) -> Figure:
+    """How often each sample was trained: a histogram over samples of their counts."""
+    figure = Figure(figsize=(7, 4))
+    ax = figure.subplots()
+    top = int(counts.max()) if counts.size else 0
+    ax.hist(counts, bins=[b - 0.5 for b in range(top + 2)], color="tab:blue")
+    ax.set_xlabel("times trained")
+    ax.set_ylabel("samples")
+    ax.set_title(f"how often each of {counts.size} samples was trained")
+    figure.tight_layout()
+    return figure
+
+
+def trajectories(histories: dict[str, list[tuple[int, float]]], title: str) -> Figure:
+    """Loss by checkpoint step, one line per labelled sample."""
+    figure = Figure(figsize=(7, 4))
+    ax = figure.subplots()
+    for label, points in histories.items():
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, "o-", markersize=3, label=label)
+    ax.set_xlabel("checkpoint step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.legend(loc="upper right", fontsize="x-small", ncol=2)
+    figure.tight_layout()
+    return figure

@@ -134,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
             f"    .venv/bin/scorer-svc serve --data-dir {scorer.data_dir} and use port 8000)"
         )
         print_deltas(scorer.base_url, run_id, groups)
+        from trainer_svc.report import write_report
+
+        page = write_report(out / "run", scorer.base_url)
+        print(f"\nreport (the pictures of the selection; see the README): {page}")
     finally:
         scorer.stop()
         took = time.monotonic() - started

@@ -1,5 +1,6 @@
 """`trainer-svc train CONFIG.yaml [key=value ...]`: validate the config, then train.
 `trainer-svc export MERGE.yaml [key=value ...]`: merge a LoRA adapter into its base and export.
+`trainer-svc report OUTPUT_DIR [--scorer URL]`: the run's pictures and a page, in OUTPUT_DIR/report.
 
 train exits 0 when the run finished, 2 on a bad config, 1 when the scorer failed
 (on_scorer_failure: fail), and 143 (128 + SIGTERM) when SIGTERM stopped it before its end,
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 
 from trainer_svc.config import ConfigError, load_config
 from trainer_svc.retry import ScorerFailure, StopRequested
@@ -32,6 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="merge a LoRA adapter and export the model")
     export.add_argument("config", help="merge YAML (the seed's keys)")
     export.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys")
+    report = commands.add_parser("report", help="draw a run's selection into OUTPUT_DIR/report")
+    report.add_argument("output_dir", help="the output_dir of a trainer-svc run")
+    report.add_argument(
+        "--scorer", metavar="URL", help="the scorer's REST URL, for the loss reductions by rank"
+    )
     return parser
 
 
@@ -44,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
     if args.command == "export":
         return export(args.config, args.overrides)
+    if args.command == "report":
+        return report(args.output_dir, args.scorer)
     try:  # checked here first under FORCE_TORCHRUN too: one error, not one per rank
         loaded = load_config(args.config, args.overrides)
     except (ConfigError, OSError) as exc:
@@ -149,6 +158,24 @@ def export(path: str, overrides: list[str]) -> int:
     except OSError as exc:
         logger.error("export failed, %s left as it was: %s", cfg.export_dir, exc)
         return 1
+    return 0
+
+
+def report(output_dir: str, scorer_url: str | None) -> int:
+    """2 when the folder is not a run's; 1 when the scorer cannot be reached."""
+    import httpx
+
+    from trainer_svc.report import ReportError, write_report
+
+    try:
+        page = write_report(Path(output_dir), scorer_url, os.environ.get("SCORER_TOKEN"))
+    except (ReportError, OSError) as exc:
+        logger.error("%s", exc)
+        return 2
+    except httpx.HTTPError as exc:
+        logger.error("cannot read the run's losses from the scorer at %s: %s", scorer_url, exc)
+        return 1
+    print(f"report: {page}")  # noqa: T201
     return 0
 
 

@@ -440,7 +440,10 @@ class DeltaLossRecipe:
         self.trainer.save_state()
         unsent = self.selection.unsent_at_end
         if self.cfg.plot_loss and self.ranks.is_main:
-            path = write_loss_plot(self.trainer.state.log_history, self.output_dir / LOSS_PLOT)
+            updates = [segment.start for segment in self.schedule.updates()]
+            path = write_loss_plot(
+                self.trainer.state.log_history, self.output_dir / LOSS_PLOT, updates
+            )
             if path:
                 logger.info("loss plot: %s", path)
         logger.info("saved to %s", self.output_dir)

@@ -79,24 +79,19 @@ def eval_history(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [row for row in log_history if "eval_loss" in row]
 
 
-def plot_loss(log_history: list[dict[str, Any]], path: Path) -> Path | None:
-    """A PNG of the logged training loss by step; None when nothing was logged."""
+def plot_loss(
+    log_history: list[dict[str, Any]], path: Path, update_steps: list[int] | None = None
+) -> Path | None:
+    """A PNG of the logged training loss by step, raw and smoothed, with the update steps
+    marked and the eval loss when one was logged; None when no loss was logged."""
+    from common.plots import png, training_loss
+
     points = [(row["step"], row["loss"]) for row in log_history if "loss" in row and "step" in row]
     if not points:
         logger.warning("no training loss was logged (logging_steps too large?); no plot written")
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     steps, losses = zip(*points, strict=True)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(steps, losses, marker="o", markersize=3)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.set_title("training loss")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    evals = [(row["step"], row["eval_loss"]) for row in eval_history(log_history)]
+    figure = training_loss(steps, losses, update_steps=update_steps or (), eval_points=evals)
+    path.write_bytes(png(figure))
     return path

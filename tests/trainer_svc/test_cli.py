@@ -129,3 +129,10 @@ def test_a_good_config_under_force_torchrun_is_relaunched(good_config, monkeypat
     monkeypatch.setattr(cli, "relaunch_under_torchrun", lambda *a: launched.append(a) or 143)
     assert cli.main(["train", good_config]) == 143  # the launcher's status is the command's
     assert launched and launched[0][0] == good_config
+
+
+def test_report_of_a_folder_that_holds_no_run_says_so(tmp_path, caplog):
+    from trainer_svc.cli import main
+
+    assert main(["report", str(tmp_path)]) == 2
+    assert "holds no selections.jsonl" in caplog.text and "Traceback" not in caplog.text

@@ -1,6 +1,7 @@
 """Trainer and scorer for real on loopback: `trainer-svc train` against `scorer_svc serve`."""
 
 import httpx
+import matplotlib.image
 import pytest
 import torch
 from peft import PeftModel
@@ -14,6 +15,7 @@ from tests.support.trainer import (
     scorer_keys,
     write_config,
 )
+from trainer_svc.cli import main as cli_main
 from trainer_svc.records import read_jsonl
 from trainer_svc.schedule import draw_warmup, training_order
 
@@ -71,6 +73,16 @@ def test_sync_run_trains_on_the_scorers_selection(tiny_model, scorer, tmp_path):
     rows = check_run(tiny_model, scorer, out, run_id)
     assert [r["weights_step"] for r in rows] == [2, 4, 6]
     assert [r["window"] is None for r in rows] == [True, False, False]
+    # the run's report, its loss reductions read back from the scorer
+    assert cli_main(["report", str(out), "--scorer", scorer.base_url]) == 0
+    drawn = sorted(p.name for p in (out / "report").glob("*.png"))
+    assert drawn == [
+        "deltas_step_2.png", "deltas_step_4.png", "deltas_step_6.png", "draw_counts.png",
+        "training_loss.png", "trajectories.png", "window.png",
+    ]  # fmt: skip
+    page = (out / "report" / "index.html").read_text()
+    assert all(f'src="{name}"' in page for name in drawn)
+    assert all(matplotlib.image.imread(p).shape[1] == 700 for p in (out / "report").glob("*.png"))
 
 
 def test_async_run_uses_older_weights_and_records_them(tiny_model, scorer, tmp_path):

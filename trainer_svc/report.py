@@ -1,0 +1,188 @@
+"""`trainer-svc report OUTPUT_DIR [--scorer URL]`: the pictures of a run, and a page that shows
+them, in OUTPUT_DIR/report/.
+
+From the run's own files: the training loss (raw and smoothed, the update steps marked, the
+eval loss when there is one), the window's position over the updates (selections.jsonl), and
+how often each sample was trained (trained_samples.jsonl). With the scorer: the loss
+reduction by rank at each update, the window shaded, and the loss trajectories of the samples
+whose loss fell most and least by the last update.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from common import plots
+from trainer_svc.records import LOSS_PLOT, SELECTIONS, TRAINED, plot_loss, read_jsonl
+
+logger = logging.getLogger(__name__)
+
+REPORT_DIR = "report"
+TOP_K = 5  # samples per side in the trajectories
+
+
+class ReportError(ValueError):
+    """The folder is not a run's output_dir, or its records cannot be read."""
+
+
+@dataclass
+class Report:
+    folder: Path
+    pictures: list[tuple[str, str]] = field(default_factory=list)  # (file name, caption)
+
+    def add(self, name: str, data: bytes, caption: str) -> None:
+        (self.folder / name).write_bytes(data)
+        self.pictures.append((name, caption))
+
+    def write_page(self, title: str) -> Path:
+        items = "\n".join(
+            f'<figure><img src="{html.escape(name)}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+            for name, caption in self.pictures
+        )
+        page = self.folder / "index.html"
+        page.write_text(
+            '<!doctype html><html><head><meta charset="utf-8">'
+            f"<title>{html.escape(title)}</title>"
+            "<style>body{font-family:sans-serif;max-width:760px;margin:2em auto}"
+            "img{max-width:100%}figure{margin:2em 0}</style></head>"
+            f"<body><h1>{html.escape(title)}</h1>{items}</body></html>\n",
+            encoding="utf-8",
+        )
+        return page
+
+
+def write_report(output_dir: Path, scorer_url: str | None = None, token: str | None = None) -> Path:
+    """Write every picture the run's files (and the scorer, when given) allow; the page's path."""
+    selections = output_dir / SELECTIONS
+    if not selections.is_file():
+        raise ReportError(
+            f"{output_dir} holds no {SELECTIONS}: give the output_dir of a trainer-svc run"
+        )
+    rows = read_jsonl(selections)
+    folder = output_dir / REPORT_DIR
+    folder.mkdir(exist_ok=True)
+    report = Report(folder)
+    _loss(report, output_dir, rows)
+    _windows(report, rows, _n_samples(output_dir, rows))
+    _draw_counts(report, output_dir, _n_samples(output_dir, rows))
+    if scorer_url is not None:
+        run_id = json.loads((output_dir / "run.json").read_text())["run_id"]
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        with httpx.Client(base_url=scorer_url.rstrip("/"), headers=headers, timeout=60) as client:
+            _from_scorer(report, client, run_id, rows)
+    return report.write_page(f"Delta Loss selection: {output_dir.name}")
+
+
+def _n_samples(output_dir: Path, rows: list[dict[str, Any]]) -> int:
+    trained = output_dir / TRAINED
+    seen = [i for row in read_jsonl(trained) for i in row["indices"]] if trained.is_file() else []
+    drawn = [i for row in rows for i in row["sampled_indices"]]
+    return max([*seen, *drawn], default=-1) + 1
+
+
+def _loss(report: Report, output_dir: Path, rows: list[dict[str, Any]]) -> None:
+    state = output_dir / "trainer_state.json"
+    if not state.is_file():
+        logger.warning("%s is missing (the run did not finish): no loss plot", state)
+        return
+    history = json.loads(state.read_text())["log_history"]
+    path = plot_loss(history, report.folder / LOSS_PLOT, [r["global_step"] for r in rows])
+    if path is not None:
+        report.pictures.append(
+            (
+                LOSS_PLOT,
+                "Training loss, raw and smoothed; dotted lines: the updates, where the "
+                "trainer changed the samples it trains on; green: the eval loss.",
+            )
+        )
+
+
+def _windows(report: Report, rows: list[dict[str, Any]], n: int) -> None:
+    windowed = [r for r in rows if r.get("window")]
+    if not windowed:
+        return
+    figure = plots.window_positions(
+        [r["global_step"] for r in windowed],
+        [r["window"]["start"] for r in windowed],
+        [r["window"]["end"] for r in windowed],
+        [r["window"].get("truncated_at") for r in windowed],
+        n,
+    )
+    report.add(
+        "window.png",
+        plots.png(figure),
+        "Where the window sat at each update, in ranks of loss reduction (0: the largest). "
+        "The published schedule slides it along a sigmoid: early updates favour the samples "
+        "learnt fastest, the last ones those learnt slowest and the noise.",
+    )
+
+
+def _draw_counts(report: Report, output_dir: Path, n: int) -> None:
+    trained = output_dir / TRAINED
+    if not trained.is_file() or n == 0:
+        return
+    counts = Counter(i for row in read_jsonl(trained) for i in row["indices"])
+    values = np.array([counts.get(i, 0) for i in range(n)])
+    report.add(
+        "draw_counts.png",
+        plots.png(plots.draw_counts(values)),
+        "How often each sample was trained, over the whole run.",
+    )
+
+
+def _from_scorer(
+    report: Report, client: httpx.Client, run_id: str, rows: list[dict[str, Any]]
+) -> None:
+    steps = [r["weights_step"] for r in rows if r.get("weights_step") is not None]
+    for step in dict.fromkeys(steps):
+        response = client.get(f"/v1/runs/{run_id}/plots/deltas", params={"step": step})
+        if response.status_code != 200:
+            logger.warning(
+                "no loss-reduction plot for step %d: HTTP %d", step, response.status_code
+            )
+            continue
+        report.add(
+            f"deltas_step_{step}.png",
+            response.content,
+            f"Loss reduction by rank at step {step}, the window shaded.",
+        )
+    if not steps:
+        return
+    last = steps[-1]
+    ends = {
+        order: client.get(
+            f"/v1/runs/{run_id}/deltas",
+            params={"step": last, "order": order, "max_results": TOP_K},
+        )
+        for order in ("desc", "asc")
+    }
+    if any(r.status_code != 200 for r in ends.values()):
+        return
+    histories: dict[str, list[tuple[int, float]]] = {}
+    for order, response in ends.items():
+        side = "fell most" if order == "desc" else "fell least"
+        for item in response.json()["items"]:
+            index = item["sample_index"]
+            body = client.get(f"/v1/runs/{run_id}/samples/{index}/losses").json()
+            points = [(p["step"], p["loss"]) for p in body["history"] if p["loss"] is not None]
+            histories[f"#{index} ({side})"] = points
+    report.add(
+        "trajectories.png",
+        plots.png(
+            plots.trajectories(
+                histories, f"loss of the samples whose loss fell most and least by step {last}"
+            )
+        ),
+        f"Loss trajectories of the {TOP_K} samples whose loss fell most by step {last}, and "
+        f"the {TOP_K} whose loss fell least (or rose).",
+    )
