@@ -359,7 +359,10 @@ def selection_metrics(row: dict[str, Any]) -> dict[str, float]:
 
 def log_selection(trainer: Any, row: dict[str, Any]) -> None:
     """The update's figures into the Trainer's log; a report_to backend that fails there
-    (a tracking server down) is logged, and training goes on."""
+    (a tracking server down) is logged, and training goes on. Trainer.log clears
+    control.should_log, which decides whether this step's loss is logged, by a collective under
+    torchrun: it is kept as it was, so every rank logs the same steps."""
+    should_log = trainer.control.should_log
     try:
         trainer.log(selection_metrics(row))
     except Exception:
@@ -368,3 +371,5 @@ def log_selection(trainer: Any, row: dict[str, Any]) -> None:
             row["global_step"],
             exc_info=True,
         )
+    finally:
+        trainer.control.should_log = should_log

@@ -234,7 +234,8 @@ def test_selection_figures_reach_tensorboard_at_each_update(tiny_model, demo_fil
     assert scalars("delta_in_window") == [(4, 0.5), (6, 0.5), (10, 0.5)]
     assert scalars("delta_outside") == [(4, 0.25), (6, 0.25), (10, 0.25)]
     assert scalars("staleness") == [(2, 0.0), (4, 0.0), (6, 0.0), (10, 0.0)]  # sync
-    assert "train/loss" in board.Tags()["scalars"]  # the Trainer's own logs go on as before
+    # the Trainer's own logs go on as before, at the update steps too (logging_steps 1)
+    assert [e.step for e in board.Scalars("train/loss")] == list(range(1, 13))
 
 
 def test_resume_trains_the_same_samples_as_an_uninterrupted_run(tiny_model, demo_file, tmp_path):

@@ -29,15 +29,17 @@ def test_trainer_waits_for_a_scorer_started_later(tiny_model, tmp_path):
     )
     trainer = TrainerProcess(config, *scorer_keys(scorer), log=tmp_path / "trainer.log")
     try:
-        # two retries logged, with a growing pause, before the scorer comes up
+        # two retries logged (the first, then one 10 s or more later), with a growing pause,
+        # before the scorer comes up
         wait_until(lambda: len(RETRY.findall(trainer.log())) >= 2, "two retries", trainer)
         scorer.start()
         assert trainer.wait() == 0, trainer.log()[-4000:]
         retries = RETRY.findall(trainer.log())
         assert {url for url, _, _ in retries} == {scorer.zmq_url}
-        assert [int(a) for _, a, _ in retries] == list(range(1, len(retries) + 1))
+        attempts = [int(a) for _, a, _ in retries]
+        assert attempts[0] == 1 and attempts == sorted(set(attempts))
         pauses = [float(p) for _, _, p in retries]
-        assert pauses[:2] == [0.5, 1.0]
+        assert pauses[0] == 0.5 and pauses == sorted(pauses)
         assert f"scorer registered run rel-run ({scorer.zmq_url})" in trainer.log()
         assert [s for s, _ in sampled(out)] == STEPS
         assert [c["status"] for c in checkpoints(scorer, "rel-run")] == ["scored"] * 3
