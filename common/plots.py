@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from typing import Any
 
 import matplotlib
 
@@ -15,6 +16,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 WINDOW_COLOUR = "tab:orange"
+RANK_LABEL = "rank (largest loss reduction first)"
 
 
 def deltas_by_rank(
@@ -43,10 +45,33 @@ def deltas_by_rank(
     if truncated_at is not None:
         ax.axvline(truncated_at, color="tab:red", linestyle="--", label="δ turns negative")
     ax.axhline(0.0, color="grey", linewidth=0.8)
-    ax.set_xlabel("rank (largest loss reduction first)")
-    ax.set_ylabel("δ = initial loss − current loss")
+    return _labelled(
+        figure,
+        ax,
+        RANK_LABEL,
+        "δ = initial loss − current loss",
+        title,
+        legend="upper right",
+    )
+
+
+def _labelled(
+    figure: Figure,
+    ax: Any,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    *,
+    legend: str | None = None,
+    legend_size: str = "small",
+    ncol: int = 1,
+) -> Figure:
+    """Axis labels, title and (where given) the legend's corner; laid out."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(loc="upper right", fontsize="small")
+    if legend is not None:
+        ax.legend(loc=legend, fontsize=legend_size, ncol=ncol)
     figure.tight_layout()
     return figure
 
@@ -78,12 +103,7 @@ def training_loss(
         ax.axvline(
             step, color="grey", linestyle=":", linewidth=0.8, label="update" if i == 0 else None
         )
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title("training loss")
-    ax.legend(loc="upper right", fontsize="small")
-    figure.tight_layout()
-    return figure
+    return _labelled(figure, ax, "step", "loss", "training loss", legend="upper right")
 
 
 def smoothed(values: Sequence[float], smoothing: float) -> list[float]:
@@ -112,12 +132,14 @@ def window_positions(
     if cut:
         ax.plot(*zip(*cut, strict=True), "x", color="tab:red", label="δ turns negative")
     ax.set_ylim(0, n_samples)
-    ax.set_xlabel("update step")
-    ax.set_ylabel("rank (largest loss reduction first)")
-    ax.set_title("window position over updates")
-    ax.legend(loc="upper left", fontsize="small")
-    figure.tight_layout()
-    return figure
+    return _labelled(
+        figure,
+        ax,
+        "update step",
+        RANK_LABEL,
+        "window position over updates",
+        legend="upper left",
+    )
 
 
 def draw_counts(counts: np.ndarray) -> Figure:
@@ -126,11 +148,13 @@ def draw_counts(counts: np.ndarray) -> Figure:
     ax = figure.subplots()
     top = int(counts.max()) if counts.size else 0
     ax.hist(counts, bins=[b - 0.5 for b in range(top + 2)], color="tab:blue")
-    ax.set_xlabel("times trained")
-    ax.set_ylabel("samples")
-    ax.set_title(f"how often each of {counts.size} samples was trained")
-    figure.tight_layout()
-    return figure
+    return _labelled(
+        figure,
+        ax,
+        "times trained",
+        "samples",
+        f"how often each of {counts.size} samples was trained",
+    )
 
 
 def trajectories(histories: dict[str, list[tuple[int, float]]], title: str) -> Figure:
@@ -141,9 +165,13 @@ def trajectories(histories: dict[str, list[tuple[int, float]]], title: str) -> F
         if points:
             xs, ys = zip(*points, strict=True)
             ax.plot(xs, ys, "o-", markersize=3, label=label)
-    ax.set_xlabel("checkpoint step")
-    ax.set_ylabel("loss")
-    ax.set_title(title)
-    ax.legend(loc="upper right", fontsize="x-small", ncol=2)
-    figure.tight_layout()
-    return figure
+    return _labelled(
+        figure,
+        ax,
+        "checkpoint step",
+        "loss",
+        title,
+        legend="upper right",
+        legend_size="x-small",
+        ncol=2,
+    )

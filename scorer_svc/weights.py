@@ -59,7 +59,7 @@ class WeightsCache:
         return self._cached(
             self._weights,
             (run_key(run), checkpoint.step),
-            lambda: build_weights(session, run, checkpoint, initial=self._initial_losses),
+            lambda: build_weights(session, run, checkpoint, initial=self.initial_losses),
         )
 
     def put(self, run: Run, weights: ServedWeights) -> None:
@@ -76,7 +76,8 @@ class WeightsCache:
                 for key in [k for k in cache if k[0] == run_key(run)]:
                     del cache[key]
 
-    def _initial_losses(self, session: Session, run: Run, step: int) -> np.ndarray:
+    def initial_losses(self, session: Session, run: Run, step: int) -> np.ndarray:
+        """The run's initial losses (those of its checkpoint at `step`), read once."""
         return self._cached(
             self._initial,
             (run_key(run), step),

@@ -49,6 +49,7 @@ from common.samples import Sample
 from common.selection import DEFAULT_WINDOW_SIZE
 from common.tokenization import TEMPLATE_NAMES
 from common.validation import RunId, ZmqUrl, one_of, problems_by_key
+from trainer_svc.schedule import Schedule
 
 logger = logging.getLogger(__name__)
 
@@ -207,6 +208,18 @@ class LoadedConfig:
         """B: samples per optimizer step over all processes."""
         cfg = self.config
         return cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * self.world_size
+
+    def schedule(self) -> Schedule:
+        """The run's schedule: its segments, updates and max_steps."""
+        cfg = self.config
+        return Schedule.build(
+            warmup_step=cfg.warmup_step,
+            update_step=cfg.update_step,
+            update_times=cfg.update_times,
+            batch=self.batch,
+            epochs=cfg.num_train_epochs,
+            train_step=cfg.train_step,
+        )
 
 
 def read_yaml(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:

@@ -53,7 +53,6 @@ from trainer_svc.recipe import run_stem
 from trainer_svc.records import SELECTIONS, TRAINED, JsonlRecord, TrainedSamples
 from trainer_svc.retry import ScorerFailure
 from trainer_svc.sampler import ScheduleBatchSampler, SelectionPlan
-from trainer_svc.schedule import Schedule
 from trainer_svc.scorer_client import RemoteScorer, ScorerClient, scorer_failed
 from trainer_svc.trainer import GracefulStop, SelectionCallback
 from trainer_svc.updates import SharedUpdates, UpdateCoordinator, log_selection
@@ -95,14 +94,7 @@ class DeltaLossSelection:
         self._owns_group = not (dist.is_available() and dist.is_initialized())
         self.ranks = Ranks.start(Launch.from_environment(), args.ddp_timeout or 1800)
         self.stop = GracefulStop(self.ranks)
-        self.schedule = Schedule.build(
-            warmup_step=cfg.warmup_step,
-            update_step=cfg.update_step,
-            update_times=cfg.update_times,
-            batch=self.loaded.batch,
-            epochs=cfg.num_train_epochs,
-            train_step=cfg.train_step,
-        )
+        self.schedule = self.loaded.schedule()
         self.settings = TokenizationSettings(cfg.template, cfg.cutoff_len)
         encoded = encode_dataset(tokenizer, self.loaded.samples, self.settings)
         self.train_dataset = EncodedDataset(encoded)

@@ -50,7 +50,6 @@ from trainer_svc.records import (
 from trainer_svc.records import plot_loss as write_loss_plot
 from trainer_svc.retry import ScorerFailure, StopRequested
 from trainer_svc.sampler import ScheduleBatchSampler, SelectionPlan
-from trainer_svc.schedule import Schedule
 from trainer_svc.scorer_client import RemoteScorer, ScorerClient, scorer_failed
 from trainer_svc.snapshot import load_unsent
 from trainer_svc.trainer import GracefulStop, ScheduledTrainer, SelectionCallback
@@ -80,14 +79,7 @@ class DeltaLossRecipe:
         self.coordinator: UpdateCoordinator | None = None  # rank 0's, once set up
         self.output_dir = Path(self.cfg.output_dir)
         self.spec = model_spec(self.cfg)
-        self.schedule = Schedule.build(
-            warmup_step=self.cfg.warmup_step,
-            update_step=self.cfg.update_step,
-            update_times=self.cfg.update_times,
-            batch=loaded.batch,
-            epochs=self.cfg.num_train_epochs,
-            train_step=self.cfg.train_step,
-        )
+        self.schedule = loaded.schedule()
 
     # ---- setup ----
     def setup(self) -> None:

@@ -72,9 +72,12 @@ def write_report(output_dir: Path, scorer_url: str | None = None, token: str | N
     folder = output_dir / REPORT_DIR
     folder.mkdir(exist_ok=True)
     report = Report(folder)
+    trained_file = output_dir / TRAINED
+    trained = [row["indices"] for row in read_jsonl(trained_file)] if trained_file.is_file() else []
+    n = _n_samples(trained, rows)
     _loss(report, output_dir, rows)
-    _windows(report, rows, _n_samples(output_dir, rows))
-    _draw_counts(report, output_dir, _n_samples(output_dir, rows))
+    _windows(report, rows, n)
+    _draw_counts(report, trained, n)
     if scorer_url is not None:
         run_id = json.loads((output_dir / "run.json").read_text())["run_id"]
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -83,11 +86,11 @@ def write_report(output_dir: Path, scorer_url: str | None = None, token: str | N
     return report.write_page(f"Delta Loss selection: {output_dir.name}")
 
 
-def _n_samples(output_dir: Path, rows: list[dict[str, Any]]) -> int:
-    trained = output_dir / TRAINED
-    seen = [i for row in read_jsonl(trained) for i in row["indices"]] if trained.is_file() else []
-    drawn = [i for row in rows for i in row["sampled_indices"]]
-    return max([*seen, *drawn], default=-1) + 1
+def _n_samples(trained: list[list[int]], rows: list[dict[str, Any]]) -> int:
+    """The samples the records name: one past the largest index trained or drawn."""
+    seen = (i for step in trained for i in step)
+    drawn = (i for row in rows for i in row["sampled_indices"])
+    return max((*seen, *drawn), default=-1) + 1
 
 
 def _loss(report: Report, output_dir: Path, rows: list[dict[str, Any]]) -> None:
@@ -127,11 +130,10 @@ def _windows(report: Report, rows: list[dict[str, Any]], n: int) -> None:
     )
 
 
-def _draw_counts(report: Report, output_dir: Path, n: int) -> None:
-    trained = output_dir / TRAINED
-    if not trained.is_file() or n == 0:
+def _draw_counts(report: Report, trained: list[list[int]], n: int) -> None:
+    if not trained or n == 0:
         return
-    counts = Counter(i for row in read_jsonl(trained) for i in row["indices"])
+    counts = Counter(i for step in trained for i in step)
     values = np.array([counts.get(i, 0) for i in range(n)])
     report.add(
         "draw_counts.png",

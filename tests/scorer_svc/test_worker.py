@@ -49,6 +49,25 @@ def queued(tiny_model, tmp_path, database_url):
     return settings, sessions
 
 
+def worker_for(settings, sessions, **extra) -> Worker:
+    """This scorer's worker on the test's database, failures kept in memory."""
+    return Worker(
+        sessions, Registry(settings), failures=UnrecordedFailures(), keep_checkpoints=False,
+        instance="here", **extra,
+    )  # fmt: skip
+
+
+def queue_checkpoint(settings, sessions, tiny_model, *, step, update_index, drift) -> None:
+    """Checkpoint `step` of run-w acknowledged by the intake: the LoRA tensors after `drift`
+    rounds of drift."""
+    intake = Intake(settings, sessions, Registry(settings), on_queued=lambda: None, instance="here")
+    frames = encode_checkpoint(
+        run_id="run-w", step=step, update_index=update_index, kind="lora",
+        tensors=lora_checkpoints(tiny_model, drift)[drift - 1],
+    )  # fmt: skip
+    assert intake_upload(intake, frames)["status"] == "queued"
+
+
 def _status_and_rows(sessions):
     with sessions() as session:
         checkpoint = session.scalar(select(CheckpointRow))
@@ -61,13 +80,7 @@ def test_checkpoint_cut_off_while_scoring_is_scored_by_a_new_worker(queued):
     with sessions() as session:  # a scorer that died mid-scoring leaves the row like this
         crud.mark_scoring(session, checkpoint=session.scalar(select(CheckpointRow)))
     assert _status_and_rows(sessions)[:2] == (SCORING, 0)
-    worker = Worker(
-        sessions,
-        Registry(settings),
-        failures=UnrecordedFailures(),
-        keep_checkpoints=False,
-        instance="here",
-    )
+    worker = worker_for(settings, sessions)
     assert worker.run_once() is True
     status, n_rows, path = _status_and_rows(sessions)
     assert (status, n_rows) == (SCORED, 10)
@@ -77,13 +90,7 @@ def test_checkpoint_cut_off_while_scoring_is_scored_by_a_new_worker(queued):
 
 def test_stop_during_scoring_leaves_the_checkpoint_pending_and_stores_nothing(queued):
     settings, sessions = queued
-    worker = Worker(
-        sessions,
-        Registry(settings),
-        failures=UnrecordedFailures(),
-        keep_checkpoints=False,
-        instance="here",
-    )
+    worker = worker_for(settings, sessions)
     worker._stop.set()  # the stop arrives before the first batch
     assert worker.run_once() is True
     status, n_rows, path = _status_and_rows(sessions)
@@ -161,17 +168,9 @@ def test_the_worker_hands_the_api_the_weights_the_stored_losses_give(queued, tin
     """The weights cached as a checkpoint is stored equal, bit for bit, those rebuilt from the
     database, for an update without a window and one with."""
     settings, sessions = queued
-    intake = Intake(settings, sessions, Registry(settings), on_queued=lambda: None, instance="here")
-    frames = encode_checkpoint(
-        run_id="run-w", step=5, update_index=2, kind="lora",
-        tensors=lora_checkpoints(tiny_model, 2)[1],
-    )  # fmt: skip
-    assert intake_upload(intake, frames)["status"] == "queued"
+    queue_checkpoint(settings, sessions, tiny_model, step=5, update_index=2, drift=2)
     cache = WeightsCache()
-    worker = Worker(
-        sessions, Registry(settings), failures=UnrecordedFailures(), keep_checkpoints=False,
-        instance="here", weights=cache,
-    )  # fmt: skip
+    worker = worker_for(settings, sessions, weights=cache)
     assert worker.run_once() and worker.run_once()
     with sessions() as session:
         run = crud.get_run(session, run_id="run-w")
@@ -198,14 +197,8 @@ def test_update_one_of_a_later_epoch_is_weighted_through_the_window_at_its_start
     """Only the run's first checkpoint is weighted uniformly: update 1 of the next epoch ranks
     the loss reductions against the run's initial losses with the window at t = 0."""
     settings, sessions = queued
-    intake = Intake(settings, sessions, Registry(settings), on_queued=lambda: None, instance="here")
-    tensors = lora_checkpoints(tiny_model, 2)[1]
-    frames = encode_checkpoint(run_id="run-w", step=9, update_index=1, kind="lora", tensors=tensors)
-    assert intake_upload(intake, frames)["status"] == "queued"
-    worker = Worker(
-        sessions, Registry(settings), failures=UnrecordedFailures(), keep_checkpoints=False,
-        instance="here",
-    )  # fmt: skip
+    queue_checkpoint(settings, sessions, tiny_model, step=9, update_index=1, drift=2)
+    worker = worker_for(settings, sessions)
     assert worker.run_once() and worker.run_once()
     with sessions() as session:
         run = crud.get_run(session, run_id="run-w")
@@ -224,14 +217,8 @@ def test_a_later_update_one_scored_without_a_window_is_served_as_it_was(queued, 
     """A database from before update 1 of later epochs had a window: such a checkpoint was
     scored and served uniform, and is served so still."""
     settings, sessions = queued
-    intake = Intake(settings, sessions, Registry(settings), on_queued=lambda: None, instance="here")
-    tensors = lora_checkpoints(tiny_model, 2)[1]
-    frames = encode_checkpoint(run_id="run-w", step=9, update_index=1, kind="lora", tensors=tensors)
-    assert intake_upload(intake, frames)["status"] == "queued"
-    worker = Worker(
-        sessions, Registry(settings), failures=UnrecordedFailures(), keep_checkpoints=False,
-        instance="here",
-    )  # fmt: skip
+    queue_checkpoint(settings, sessions, tiny_model, step=9, update_index=1, drift=2)
+    worker = worker_for(settings, sessions)
     assert worker.run_once()  # the initial checkpoint, step 3
     with sessions() as session:
         run = crud.get_run(session, run_id="run-w")
@@ -247,10 +234,7 @@ def test_a_later_update_one_scored_without_a_window_is_served_as_it_was(queued, 
 def test_the_worker_reports_what_it_scores_and_fails_to_its_metrics(queued, tiny_model):
     settings, sessions = queued
     metrics = ScorerMetrics()
-    worker = Worker(
-        sessions, Registry(settings), failures=UnrecordedFailures(), keep_checkpoints=False,
-        instance="here", metrics=metrics,
-    )  # fmt: skip
+    worker = worker_for(settings, sessions, metrics=metrics)
     assert worker.run_once()
 
     def value(name: str) -> float:
@@ -263,12 +247,7 @@ def test_the_worker_reports_what_it_scores_and_fails_to_its_metrics(queued, tiny
     assert value("scorer_database_write_seconds_count") == 1
     assert value("scorer_samples_per_second") > 0
     assert value("scorer_checkpoint_failures_total") == 0
-    intake = Intake(settings, sessions, Registry(settings), on_queued=lambda: None, instance="here")
-    frames = encode_checkpoint(
-        run_id="run-w", step=5, update_index=2, kind="lora",
-        tensors=lora_checkpoints(tiny_model, 1)[0],
-    )  # fmt: skip
-    assert intake_upload(intake, frames)["status"] == "queued"
+    queue_checkpoint(settings, sessions, tiny_model, step=5, update_index=2, drift=1)
     with sessions() as session:
         run = crud.get_run(session, run_id="run-w")
         Path(crud.get_checkpoint(session, run=run, step=5).path).write_bytes(b"not tensors")
@@ -292,10 +271,7 @@ class RecordedProgress(ScoringProgress):
 def test_the_worker_reports_its_progress_batch_by_batch(queued):
     settings, sessions = queued
     progress = RecordedProgress()
-    worker = Worker(
-        sessions, Registry(settings), failures=UnrecordedFailures(), keep_checkpoints=False,
-        instance="here", progress=progress,
-    )  # fmt: skip
+    worker = worker_for(settings, sessions, progress=progress)
     assert worker.run_once()
     scored = [p.scored for p in progress.seen]
     assert scored == sorted(scored) and scored[-1] == 10  # every sample, in growing steps

@@ -19,6 +19,7 @@ from scorer_svc.api.deps import (
 )
 from scorer_svc.models import CheckpointRow, Run
 from scorer_svc.schemas import DeltaPage, RankedSample, WindowInfo
+from scorer_svc.weights import WeightsCache
 
 router = APIRouter(prefix="/v1/runs/{run_id}", tags=["losses"])
 
@@ -62,7 +63,7 @@ def deltas(
     without a finite loss are not ranked and not listed."""
     offset = _offset(query.page_token)
     served = cache.get(session, run, checkpoint)
-    initial, current = _losses(session, run, checkpoint)
+    initial, current = _losses(session, cache, run, checkpoint)
     delta = initial - current
     ranking = rank_by_delta(delta)
     window = served.window
@@ -98,12 +99,15 @@ def deltas(
     )
 
 
-def _losses(session: Session, run: Run, checkpoint: CheckpointRow) -> tuple[np.ndarray, np.ndarray]:
-    """(initial, current) losses of a scored checkpoint (the same for the run's first)."""
+def _losses(
+    session: Session, cache: WeightsCache, run: Run, checkpoint: CheckpointRow
+) -> tuple[np.ndarray, np.ndarray]:
+    """(initial, current) losses of a scored checkpoint (the same for the run's first); the
+    initial ones from the cache the weights keep them in."""
     current = crud.losses_at(session, run=run, step=checkpoint.step)
     if run.initial_step is None or run.initial_step == checkpoint.step:
         return current, current
-    return crud.losses_at(session, run=run, step=run.initial_step), current
+    return cache.initial_losses(session, run, run.initial_step), current
 
 
 def _offset(token: str | None) -> int:
@@ -133,7 +137,7 @@ def plot_deltas(
     """A PNG of the loss reduction by rank at a scored checkpoint, the window's ranks shaded
     and the rank where reductions turn negative marked."""
     served = cache.get(session, run, checkpoint)
-    initial, current = _losses(session, run, checkpoint)
+    initial, current = _losses(session, cache, run, checkpoint)
     delta = initial - current
     ranked = delta[rank_by_delta(delta)]
     window = served.window
