@@ -8,13 +8,13 @@ from typing import Annotated, Any
 from fastapi import Depends, HTTPException, Path, Query, Request
 from sqlalchemy.orm import Session
 
+from common.api_schemas import Pending
 from common.errors import UnknownRun
 from common.protocol import MAX_STEP
 from scorer_svc import crud
 from scorer_svc.api.errors import NotScoredYet
 from scorer_svc.failures import UnrecordedFailures
 from scorer_svc.models import FAILED, SCORED, CheckpointRow, Run
-from scorer_svc.schemas import Pending
 from scorer_svc.state import ApiState
 from scorer_svc.weights import WeightsCache
 

@@ -7,6 +7,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from sqlalchemy.orm import Session
 
+from common.api_schemas import DeltaPage, RankedSample, WindowInfo
 from common.plots import deltas_by_rank, png
 from common.selection import rank_by_delta
 from scorer_svc import crud
@@ -18,7 +19,6 @@ from scorer_svc.api.deps import (
     scored_checkpoint,
 )
 from scorer_svc.models import CheckpointRow, Run
-from scorer_svc.schemas import DeltaPage, RankedSample, WindowInfo
 from scorer_svc.weights import WeightsCache
 
 router = APIRouter(prefix="/v1/runs/{run_id}", tags=["losses"])

@@ -4,9 +4,9 @@ cannot read its history, whose worker stopped, or that has lost a rank, is not h
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from common.api_schemas import Health
 from scorer_svc import crud
 from scorer_svc.api.deps import ApiDep, SessionDep
-from scorer_svc.schemas import Health
 
 router = APIRouter(tags=["health"])
 

@@ -5,6 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException
 from fastapi import Path as PathParam
 
+from common.api_schemas import LossPage, LossPoint, SampleHistory
 from common.protocol import MAX_STEP
 from scorer_svc import crud
 from scorer_svc.api.deps import (
@@ -14,7 +15,6 @@ from scorer_svc.api.deps import (
     ScoredPagedCheckpointDep,
     SessionDep,
 )
-from scorer_svc.schemas import LossPage, LossPoint, SampleHistory
 
 router = APIRouter(prefix="/v1/runs/{run_id}", tags=["losses"])
 

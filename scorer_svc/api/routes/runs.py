@@ -2,11 +2,11 @@
 
 from fastapi import APIRouter, HTTPException
 
+from common.api_schemas import CheckpointInfo, DeletedRun, RunInfo
 from scorer_svc import crud
 from scorer_svc.api.deps import ApiDep, RunDep, SessionDep
 from scorer_svc.models import Run
 from scorer_svc.retention import NotOwner, RunBusy, delete_run
-from scorer_svc.schemas import CheckpointInfo, DeletedRun, RunInfo
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 

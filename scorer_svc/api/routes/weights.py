@@ -5,6 +5,7 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, Header, Response
 
+from common.api_schemas import WeightsBody, WindowInfo
 from scorer_svc.api.deps import (
     SCORED_CHECKPOINT_RESPONSES,
     RunDep,
@@ -13,7 +14,6 @@ from scorer_svc.api.deps import (
     WeightsCacheDep,
 )
 from scorer_svc.models import Run
-from scorer_svc.schemas import WeightsBody, WindowInfo
 from scorer_svc.weights import ServedWeights
 
 router = APIRouter(prefix="/v1/runs/{run_id}", tags=["weights"])

@@ -1,4 +1,4 @@
-"""Response bodies of the REST API (separate from the tables)."""
+"""The REST API's bodies: what the scorer answers and its clients read (not the tables)."""
 
 from __future__ import annotations
 
