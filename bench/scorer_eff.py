@@ -137,7 +137,7 @@ def measure(
             pages = [
                 client.get(
                     f"/v1/runs/{run_id}/losses",
-                    params={"step": s, "limit": len(encoded)},
+                    params={"step": s, "max_results": len(encoded)},
                 ).json()["losses"]
                 for s in (checkpoints - 1, checkpoints)
             ]

@@ -113,7 +113,7 @@ def measure_backend(
             step = int(rng.integers(1, checkpoints + 1))
             index = int(rng.integers(0, n))
             queries: list[tuple[str, str, dict, dict]] = [
-                ("losses", f"{base}/losses", {"step": step, "limit": 1000}, {}),
+                ("losses", f"{base}/losses", {"step": step, "max_results": 1000}, {}),
                 ("history", f"{base}/samples/{index}/losses", {}, {}),
             ]
             for key, url, params, headers in queries:
@@ -128,7 +128,7 @@ def measure_backend(
                 lat[key].append(time.perf_counter() - start)
                 assert r.status_code == 200 and len(r.content) == 4 * n
         start = time.perf_counter()
-        r = client.get(f"{base}/losses", params={"step": checkpoints, "limit": 100_000})
+        r = client.get(f"{base}/losses", params={"step": checkpoints, "max_results": 100_000})
         out["losses_page_100k_s"] = time.perf_counter() - start
         for key, values in lat.items():
             out[key] = {"p50": pct(values, 50), "p99": pct(values, 99), "count": len(values)}

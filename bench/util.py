@@ -103,7 +103,9 @@ def wait_scored(client: httpx.Client, run_id: str, step: int) -> float:
     of the first /weights request (octet-stream), which builds the weights."""
 
     def settled() -> dict[str, Any] | None:
-        rows = client.get(f"/v1/runs/{run_id}/checkpoints").json()
+        rows = client.get(f"/v1/runs/{run_id}/checkpoints", params={"max_results": 1000}).json()[
+            "checkpoints"
+        ]
         row = next(r for r in rows if r["step"] == step)
         if row["status"] == "failed":
             raise RuntimeError(f"step {step} failed: {row['error']}")

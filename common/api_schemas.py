@@ -1,131 +1,288 @@
-"""The REST API's bodies: what the scorer answers and its clients read (not the tables)."""
+"""The REST API's bodies: what the scorer answers and its clients read (not the tables).
+
+Every field is described here once: the OpenAPI document and its /docs page show these words.
+Timestamps are UTC and carry their zone ("...Z").
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+
+def _utc(value: datetime) -> datetime:
+    """The tables keep naive UTC times: given their zone here."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
+
+RunStatus = Literal["registered", "training", "finished", "failed"]
+RunEnding = Literal["finished", "failed"]
+CheckpointStatus = Literal["received", "scoring", "scored", "failed"]
+FinetuningType = Literal["lora", "full"]
+
+PAGE_TOKEN = "pass as page_token to get the next page; null on the last page"
+
+
+class ErrorBody(BaseModel):
+    """Every answer that is not a success: what was wrong and what to do."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"detail": "no run 'run-x'; GET /v1/runs lists the runs"}]}
+    )
+    detail: str = Field(description="what was wrong, and what to do about it")
+    code: str | None = Field(
+        None, description="a stable name for the error where a client acts on it (unknown_run)"
+    )
 
 
 class Health(BaseModel):
-    status: str
-    ranks: int = 1  # processes scoring (torchrun), rank 0 included
-    ranks_alive: bool = True  # false once one stopped answering: restart the scorer
-    instance: str | None = None  # this scorer's name in its database
+    status: str = Field(description="ok; otherwise what is wrong (worker stopped, rank lost)")
+    ranks: int = Field(1, description="processes scoring (torchrun), rank 0 included")
+    ranks_alive: bool = Field(
+        True, description="false once a rank stopped answering: restart the scorer"
+    )
+    instance: str | None = Field(None, description="this scorer's name in its database")
+    detail: str | None = Field(None, description="what to do when the scorer is not healthy")
 
 
 class DeletedRun(BaseModel):
-    run_id: str
-    checkpoints: int
-    losses: int
-    files: int  # checkpoint files removed from the scorer's disk
+    run_id: str = Field(description="the run removed")
+    checkpoints: int = Field(description="checkpoint rows removed")
+    losses: int = Field(description="loss rows removed")
+    files: int = Field(description="checkpoint files removed from the scorer's disk")
 
 
 class RunInfo(BaseModel):
-    run_id: str
-    instance: str | None  # the scorer that registered it, the only one that scores it
-    base_model: str
-    finetuning_type: str
-    n_samples: int
-    n_no_labels: int
-    n_invalid: int | None = None  # samples with no loss at the initial checkpoint
-    window_size: float
-    update_times: int
-    fingerprint: str
-    initial_step: int | None
-    created_at: datetime
-    config: dict[str, Any]
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "run_id": "demo",
+                    "instance": "scorer-1",
+                    "status": "training",
+                    "base_model": "/models/Qwen2.5-7B",
+                    "finetuning_type": "lora",
+                    "n_samples": 999,
+                    "n_no_labels": 0,
+                    "n_invalid": 0,
+                    "window_size": 0.2,
+                    "update_times": 4,
+                    "fingerprint": "0" * 64,
+                    "initial_step": 0,
+                    "n_checkpoints": 3,
+                    "last_step": 40,
+                    "last_scored_step": 40,
+                    "created_at": "2026-11-29T16:07:13.123456Z",
+                    "ended_at": None,
+                    "end_detail": None,
+                    "config": {"run_id": "demo", "dataset": "alpaca_en_demo"},
+                }
+            ]
+        }
+    )
+    run_id: str = Field(description="the run's name, chosen by its trainer")
+    instance: str | None = Field(
+        description="the scorer that registered it, the only one that scores it"
+    )
+    status: RunStatus = Field(
+        description="registered: no checkpoint yet; training: checkpoints arrive; finished or "
+        "failed: as its trainer reported the end (a resume makes it training again)"
+    )
+    base_model: str = Field(description="the base model's path or hub id, as the trainer named it")
+    finetuning_type: FinetuningType = Field(description="lora: an adapter; full: every weight")
+    n_samples: int = Field(description="N, the training samples scored at every checkpoint")
+    n_no_labels: int = Field(description="samples with no label token: never weighted")
+    n_invalid: int | None = Field(
+        None, description="samples with no loss at the initial checkpoint (null before it)"
+    )
+    window_size: float = Field(description="the window's width as a fraction of N")
+    update_times: int = Field(description="selection updates per epoch")
+    fingerprint: str = Field(description="sha256 of the tokenized samples the run scores")
+    initial_step: int | None = Field(
+        description="the step whose losses are the initial ones (null before it is received)"
+    )
+    n_checkpoints: int = Field(0, description="checkpoints received, whatever their status")
+    last_step: int | None = Field(None, description="the latest checkpoint received")
+    last_scored_step: int | None = Field(None, description="the latest checkpoint scored")
+    created_at: UtcDatetime = Field(description="when the run was registered (UTC)")
+    ended_at: UtcDatetime | None = Field(
+        None, description="when the trainer reported the end (UTC); null while it runs"
+    )
+    end_detail: str | None = Field(None, description="what the trainer said of the end")
+    config: dict[str, Any] = Field(description="the hello that registered the run")
+
+
+class RunPage(BaseModel):
+    runs: list[RunInfo] = Field(description="runs in the order they were registered")
+    next_page_token: str | None = Field(description=PAGE_TOKEN)
+
+
+class RunEnd(BaseModel):
+    """How a run ended, as its trainer reports it."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"status": "finished", "detail": "trained 120 steps"}]},
+    )
+    status: RunEnding = Field(description="finished, or failed")
+    detail: str | None = Field(
+        None, max_length=4000, description="a line on the end: the error when it failed"
+    )
 
 
 class CheckpointInfo(BaseModel):
-    step: int
-    update_index: int
-    kind: str
-    status: str
-    digest: str
-    n_bytes: int
-    received_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    score_seconds: float | None
-    samples_per_second: float | None
-    n_null: int | None
-    error: str | None
+    step: int = Field(description="the global step the checkpoint was taken at")
+    update_index: int = Field(description="the selection update it serves, 1-based per epoch")
+    kind: FinetuningType = Field(description="lora: adapter tensors; full: every weight")
+    status: CheckpointStatus = Field(
+        description="received (queued), scoring, scored, or failed (see error)"
+    )
+    digest: str = Field(description="the payload's digest (xxh3-128)")
+    n_bytes: int = Field(description="the payload's size")
+    received_at: UtcDatetime = Field(description="when it was received (UTC)")
+    started_at: UtcDatetime | None = Field(description="when scoring began (UTC)")
+    finished_at: UtcDatetime | None = Field(description="when scoring ended (UTC)")
+    score_seconds: float | None = Field(description="seconds scoring took")
+    samples_per_second: float | None = Field(description="samples scored per second")
+    n_null: int | None = Field(description="samples with no finite loss at this checkpoint")
+    error: str | None = Field(description="why scoring failed")
+
+
+class CheckpointPage(BaseModel):
+    checkpoints: list[CheckpointInfo] = Field(description="checkpoints by step")
+    next_page_token: str | None = Field(description=PAGE_TOKEN)
 
 
 class LossPage(BaseModel):
-    run_id: str
-    step: int
-    offset: int
-    limit: int
-    n_samples: int
-    losses: list[float | None]
+    run_id: str = Field(description="the run")
+    step: int = Field(description="the checkpoint's step")
+    n_samples: int = Field(description="N: sample indices run from 0 to N - 1")
+    first_index: int = Field(description="the sample index of losses[0]")
+    losses: list[float | None] = Field(
+        description="the losses of samples first_index, first_index + 1, ...; null where a "
+        "sample has no finite loss"
+    )
+    next_page_token: str | None = Field(description=PAGE_TOKEN)
 
 
 class LossPoint(BaseModel):
-    step: int
-    update_index: int
-    loss: float | None
-    delta: float | None  # initial loss minus this loss
+    step: int = Field(description="the checkpoint's step")
+    update_index: int = Field(description="the selection update the checkpoint serves")
+    loss: float | None = Field(description="the sample's loss there; null when not finite")
+    delta: float | None = Field(description="the initial loss minus this loss")
 
 
 class SampleHistory(BaseModel):
-    run_id: str
-    sample_index: int
-    history: list[LossPoint]
+    run_id: str = Field(description="the run")
+    sample_index: int = Field(description="the sample")
+    history: list[LossPoint] = Field(description="its loss at every scored checkpoint, by step")
+
+
+class HistoryRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"indices": [0, 7, 42]}]}
+    )
+    indices: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] = Field(
+        min_length=1, max_length=10_000, description="sample indices, at most 10,000"
+    )
+
+
+class SampleHistories(BaseModel):
+    run_id: str = Field(description="the run")
+    samples: list[SampleHistory] = Field(description="each sample asked for, in index order")
 
 
 class WindowInfo(BaseModel):
-    start: int
-    end: int
-    truncated_at: int | None
+    start: int = Field(description="the window's first rank (0: the largest loss reduction)")
+    end: int = Field(description="the rank after the window's last")
+    truncated_at: int | None = Field(
+        description="the rank where loss reductions turn negative, when it cut the window"
+    )
 
 
 class WeightsBody(BaseModel):
-    run_id: str
-    step: int
-    update_index: int
-    t: int | None
-    T: int | None
-    u: float | None
-    window: WindowInfo | None
-    n_samples: int
-    n_ranked: int
-    # the mean loss reduction (initial - current) of the ranked samples inside the window and
-    # outside it; null without a window, or for a side with no sample
-    delta_mean_in_window: float | None = None
-    delta_mean_outside: float | None = None
-    weights: list[float]
+    run_id: str = Field(description="the run")
+    step: int = Field(description="the checkpoint the weights come from")
+    update_index: int = Field(description="the selection update")
+    t: int | None = Field(description="the schedule's position t (null for uniform weights)")
+    T: int | None = Field(description="the schedule's length T")
+    u: float | None = Field(description="the window's start as a fraction of N")
+    window: WindowInfo | None = Field(description="null for the run's first checkpoint")
+    n_samples: int = Field(description="N")
+    n_ranked: int = Field(description="samples with a finite loss reduction")
+    delta_mean_in_window: float | None = Field(
+        None, description="mean loss reduction of the ranked samples in the window"
+    )
+    delta_mean_outside: float | None = Field(
+        None, description="mean loss reduction of the ranked samples outside it"
+    )
+    weights: list[float] = Field(description="one sampling weight per sample; they sum to 1")
 
 
 class ScoringProgressBody(BaseModel):
-    scored: int  # samples scored so far
-    total: int  # the run's N
-    seconds: float  # since scoring this checkpoint began
-    eta_seconds: float | None  # at the rate so far; None before the first batch is done
+    scored: int = Field(description="samples scored so far")
+    total: int = Field(description="the run's N")
+    seconds: float = Field(description="since scoring this checkpoint began")
+    eta_seconds: float | None = Field(
+        description="seconds left at the rate so far; null before the first batch is done"
+    )
 
 
 class Pending(BaseModel):
-    detail: str
-    status: str
-    progress: ScoringProgressBody | None = None  # while the checkpoint is being scored
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "detail": "step 40 is scoring: 512 of 999 samples, 3 s left; retry shortly",
+                    "status": "scoring",
+                    "progress": {"scored": 512, "total": 999, "seconds": 3.1, "eta_seconds": 3.0},
+                }
+            ]
+        }
+    )
+    detail: str = Field(description="what is pending")
+    status: Literal["received", "scoring"] = Field(description="queued, or being scored")
+    progress: ScoringProgressBody | None = Field(
+        None, description="while the checkpoint is being scored"
+    )
 
 
 class RankedSample(BaseModel):
-    rank: int  # 0: the largest loss reduction
-    sample_index: int
-    delta: float  # initial loss - current loss
-    loss: float  # at this checkpoint
-    initial_loss: float  # at the run's first checkpoint
-    in_window: bool  # the window of this checkpoint's weights took it
+    rank: int = Field(description="0: the largest loss reduction")
+    sample_index: int = Field(description="the sample")
+    delta: float = Field(description="initial loss - current loss")
+    loss: float = Field(description="the loss at this checkpoint")
+    initial_loss: float = Field(description="the loss at the run's first checkpoint")
+    in_window: bool = Field(description="the window of this checkpoint's weights took it")
 
 
 class DeltaPage(BaseModel):
-    run_id: str
-    step: int
-    update_index: int
-    window: WindowInfo | None  # null for the run's first checkpoint
-    n_ranked: int  # samples with a finite loss reduction
-    items: list[RankedSample]
-    next_page_token: str | None  # pass as page_token for the next page; null on the last
+    run_id: str = Field(description="the run")
+    step: int = Field(description="the checkpoint")
+    update_index: int = Field(description="the selection update")
+    window: WindowInfo | None = Field(description="null for the run's first checkpoint")
+    n_ranked: int = Field(description="samples with a finite loss reduction")
+    items: list[RankedSample] = Field(description="ranked samples, in the order asked for")
+    next_page_token: str | None = Field(description=PAGE_TOKEN)
+
+
+class Turn(BaseModel):
+    user: str = Field(description="what the user says in this turn (context, not trained on)")
+    assistant: str = Field(description="the reply trained on")
+
+
+class SampleText(BaseModel):
+    run_id: str = Field(description="the run")
+    sample_index: int = Field(description="the sample's index among the run's N")
+    system: str | None = Field(description="the system prompt; null when the sample has none")
+    turns: list[Turn] = Field(
+        description="the conversation, in order; the last reply is the response"
+    )
+    fields: dict[str, str | int | float | bool | None] = Field(
+        description="the dataset row's other scalar columns (a group, a source...); text "
+        "values shortened to 200 characters"
+    )

@@ -12,6 +12,9 @@ max_samples rows before the datasets are joined, as LLaMA-Factory does.
 LLaMA-Factory skips a malformed row with a warning; here it is an error, because the trainer
 and the scorer must read the same samples: the message counts the bad rows and shows the
 first. Hub datasets, tool use, images and preference data are refused by name.
+
+A row's other columns (a `group` or `source` a user keeps with the data) are not part of its
+sample; `load_rows` gives their scalar values with each sample, to describe and colour by.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,6 +47,12 @@ UNSUPPORTED_COLUMNS = {
     "kto_tag": "KTO feedback",
 }
 T = TypeVar("T")
+
+# A row's other columns: text, numbers, true/false and null only (lists and objects left out).
+Scalar = str | int | float | bool | None
+MAX_FIELDS = 32  # other columns kept per row, in the row's order
+MAX_FIELD_NAME = 64  # characters; a column with a longer name is left out
+MAX_FIELD_TEXT = 200  # characters of a text value kept (longer ones end with "…")
 
 
 class DatasetError(ValueError):
@@ -144,10 +153,57 @@ def load_samples(spec: DatasetSpec, guard: Guard = _unguarded) -> list[Sample]:
     """Every sample of every dataset in spec.names, datasets in order, each cut to its first
     spec.max_samples rows. guard sees every path (dataset_info.json, entries' files and
     folders, path items) before it is looked at."""
-    samples: list[Sample] = []
+    return [row.sample for row in load_rows(spec, guard)]
+
+
+@dataclass(frozen=True)
+class Row:
+    """A row as read: its sample, and its other columns' scalar values (extra_fields)."""
+
+    sample: Sample
+    fields: dict[str, Scalar]
+
+    @property
+    def size(self) -> int:
+        """About how many characters the row holds (to bound what a cache keeps)."""
+        text = sum(len(user) + len(assistant) for user, assistant in self.sample.turns)
+        return text + len(self.sample.system) + sum(len(str(v)) for v in self.fields.values())
+
+
+def rows_size(rows: Iterable[Row]) -> int:
+    """About how many characters the rows hold."""
+    return sum(row.size for row in rows)
+
+
+def load_rows(spec: DatasetSpec, guard: Guard = _unguarded) -> list[Row]:
+    """load_samples(spec, guard), each sample with its row's other columns."""
+    rows: list[Row] = []
     for source in sources(spec, guard):
-        samples.extend(source_samples(source, spec.max_samples))
-    return samples
+        rows.extend(source_rows(source, spec.max_samples))
+    return rows
+
+
+def training_rows(
+    spec: DatasetSpec,
+    val_size: float | None = None,
+    seed: int | None = None,
+    guard: Guard = _unguarded,
+) -> list[Row]:
+    """The rows a run trains on, in sample-index order: load_rows, less the validation rows
+    split_validation(val_size, seed) holds out when val_size is given (seed None: 0), as
+    the scorer reads a run's samples."""
+    rows = load_rows(spec, guard)
+    return split_validation(rows, val_size, seed or 0)[0] if val_size else rows
+
+
+def training_fields(
+    spec: DatasetSpec,
+    val_size: float | None = None,
+    seed: int | None = None,
+    guard: Guard = _unguarded,
+) -> list[dict[str, Scalar]]:
+    """The other columns of each training sample, by sample index (training_rows)."""
+    return [row.fields for row in training_rows(spec, val_size, seed, guard)]
 
 
 def absolute_spec(spec: DatasetSpec) -> DatasetSpec:
@@ -443,14 +499,20 @@ def entry_files(
 def source_samples(source: Source, max_samples: int | None = None) -> list[Sample]:
     """The source's rows (its files in order, cut to max_samples) as samples; any bad row
     refuses the whole dataset, the message counting them and showing the first."""
+    return [row.sample for row in source_rows(source, max_samples)]
+
+
+def source_rows(source: Source, max_samples: int | None = None) -> list[Row]:
+    """source_samples, each sample with its row's other columns."""
     rows = [row for path in source.files for row in read_rows(path)]
     if not rows:
         raise DatasetError(f"{source.label} holds no rows ({_file_list(source.files)})")
     convert = _converter(source)
-    samples, bad = [], []
+    read = {name for name in vars(source.columns).values() if name is not None}
+    found, bad = [], []
     for where, row in rows[:max_samples]:
         try:
-            samples.append(convert(row))
+            found.append(Row(convert(row), extra_fields(row, read)))
         except _RowProblem as problem:
             bad.append((where, str(problem)))
     if bad:
@@ -462,7 +524,28 @@ def source_samples(source: Source, max_samples: int | None = None) -> list[Sampl
             "services must read the same samples, so no row is skipped: fix or remove these "
             "rows" + (", or correct the entry's columns and tags" if source.entry else "")
         )
-    return samples
+    return found
+
+
+def extra_fields(row: dict[str, Any], read: Collection[str]) -> dict[str, Scalar]:
+    """The row's columns other than those in `read` (the ones its sample is made of) whose
+    values are scalars: text shortened to MAX_FIELD_TEXT, a number that is not finite as null.
+    At most MAX_FIELDS, in the row's order; a name longer than MAX_FIELD_NAME is left out."""
+    found: dict[str, Scalar] = {}
+    for name, value in row.items():
+        if len(found) == MAX_FIELDS:
+            break
+        if name in read or len(name) > MAX_FIELD_NAME:
+            continue
+        if isinstance(value, str):
+            found[name] = (
+                value if len(value) <= MAX_FIELD_TEXT else value[: MAX_FIELD_TEXT - 1] + "…"
+            )
+        elif isinstance(value, float) and not math.isfinite(value):
+            found[name] = None  # JSON has no NaN or infinity
+        elif value is None or isinstance(value, bool | int | float):
+            found[name] = value
+    return found
 
 
 def _converter(source: Source) -> Callable[[Any], Sample]:

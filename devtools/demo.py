@@ -55,28 +55,25 @@ def print_update(groups: list[str]):
     return show
 
 
-def losses(base_url: str, run_id: str, step: int) -> list[float | None]:
-    out: list[float | None] = []
+def ranked_deltas(base_url: str, run_id: str) -> tuple[int, dict[int, float]]:
+    """(step, {sample: loss reduction}) at the latest scored checkpoint, every ranked sample
+    (those with a loss at both ends), page by page."""
+    found: dict[int, float] = {}
+    params: dict[str, str | int] = {"max_results": 1000}
     while True:
-        body = httpx.get(
-            f"{base_url}/v1/runs/{run_id}/losses",
-            params={"step": step, "offset": len(out), "limit": 1000},
-        ).json()
-        out.extend(body["losses"])
-        if not body["losses"] or len(out) >= body["n_samples"]:
-            return out
+        body = httpx.get(f"{base_url}/v1/runs/{run_id}/deltas", params=params).json()
+        found.update((item["sample_index"], item["delta"]) for item in body["items"])
+        if body["next_page_token"] is None:
+            return body["step"], found
+        params["page_token"] = body["next_page_token"]
 
 
 def print_deltas(base_url: str, run_id: str, groups: list[str]) -> None:
     run = httpx.get(f"{base_url}/v1/runs/{run_id}").json()
-    checkpoints = httpx.get(f"{base_url}/v1/runs/{run_id}/checkpoints").json()
-    last = max(c["step"] for c in checkpoints if c["status"] == "scored")
-    first = losses(base_url, run_id, run["initial_step"])
-    current = losses(base_url, run_id, last)
+    last, deltas_by_sample = ranked_deltas(base_url, run_id)
     per_group: dict[str, list[float]] = defaultdict(list)
-    for group, a, b in zip(groups, first, current, strict=True):
-        if a is not None and b is not None:
-            per_group[group].append(a - b)
+    for index, delta in deltas_by_sample.items():
+        per_group[groups[index]].append(delta)
     print(f"\nmean delta loss per group (initial step {run['initial_step']} minus step {last}):")
     for group, deltas in sorted(per_group.items(), key=lambda kv: -sum(kv[1]) / len(kv[1])):
         print(f"   {group:8s} {sum(deltas) / len(deltas):+.4f}  ({len(deltas)} samples)")
@@ -136,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         print_deltas(scorer.base_url, run_id, groups)
         from trainer_svc.report import write_report
 
-        page = write_report(out / "run", scorer.base_url)
+        # each row carries its group as a column: the loss reductions by rank show the groups
+        page = write_report(out / "run", scorer.base_url, color_by="group")
         print(f"\nreport (the pictures of the selection; see the README): {page}")
     finally:
         scorer.stop()

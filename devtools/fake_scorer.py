@@ -40,6 +40,7 @@ class FakeScorer:
         self.checkpoints: list[CheckpointUpload] = []  # in the order sent
         self.scored: dict[int, ScorerWeights] = {}  # by step
         self.pings: list[float] = []  # the seconds each probe was given
+        self.ended: list[tuple[str, str | None]] = []  # each end told: (status, detail)
         self.closed = False
 
     def register(self, hello: Hello) -> dict[str, Any]:
@@ -72,6 +73,9 @@ class FakeScorer:
     def ping(self, seconds: float) -> None:
         """Always answers (a subclass may fail instead)."""
         self.pings.append(seconds)
+
+    def end(self, status: str, detail: str | None = None) -> None:
+        self.ended.append((status, detail))
 
     def close(self) -> None:
         self.closed = True

@@ -8,10 +8,14 @@ from typing import Any
 
 from common.errors import Unauthorized
 
-# Liveness and the API's own description stay open: they reveal no run data, and health
-# checks (compose, orchestrators) cannot carry a secret.
-OPEN_PATHS = frozenset({"/healthz", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"})
-OPEN_PREFIXES = ("/docs-assets/",)  # the documentation pages' scripts and styles
+# Liveness, the API's own description and the dashboard page stay open: they reveal no run
+# data (the page reads the API with the token its user types in), and health checks
+# (compose, orchestrators) cannot carry a secret.
+OPEN_PATHS = frozenset(
+    {"/healthz", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect", "/", "/ui", "/ui/"}
+)
+# the documentation pages' and the dashboard's scripts and styles
+OPEN_PREFIXES = ("/docs-assets/", "/ui/assets/")
 
 
 def same_token(given: str | None, expected: str) -> bool:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import case, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from common.selection import Window
@@ -37,8 +37,57 @@ def get_run(session: Session, *, run_id: str) -> Run | None:
     return session.scalar(select(Run).where(Run.run_id == run_id))
 
 
-def list_runs(session: Session, *, limit: int | None = None) -> Sequence[Run]:
-    return session.scalars(select(Run).order_by(Run.id).limit(limit)).all()
+def list_runs(
+    session: Session, *, limit: int | None = None, from_id: int | None = None
+) -> Sequence[Run]:
+    """Runs in the order they were registered; from_id: from that row id on (a page's start)."""
+    query = select(Run).order_by(Run.id).limit(limit)
+    if from_id is not None:
+        query = query.where(Run.id >= from_id)
+    return session.scalars(query).all()
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    """What a run's checkpoints say of it."""
+
+    n_checkpoints: int = 0
+    last_step: int | None = None  # the latest checkpoint received
+    last_scored_step: int | None = None
+
+
+def run_progress(session: Session, *, runs: Sequence[Run]) -> dict[int, RunProgress]:
+    """RunProgress of each run (by row id) in one query; runs with no checkpoint are left out."""
+    if not runs:
+        return {}
+    scored_step = case((CheckpointRow.status == SCORED, CheckpointRow.step))
+    rows = session.execute(
+        select(
+            CheckpointRow.run_pk,
+            func.count(),
+            func.max(CheckpointRow.step),
+            func.max(scored_step),
+        )
+        .where(CheckpointRow.run_pk.in_([run.id for run in runs]))
+        .group_by(CheckpointRow.run_pk)
+    ).all()
+    return {pk: RunProgress(int(n), last, scored) for pk, n, last, scored in rows}
+
+
+def end_run(session: Session, *, run: Run, status: str, detail: str | None) -> None:
+    """Records how the run ended, as its trainer reports it (again: the last report stands)."""
+    run.end_status = status
+    run.end_detail = detail
+    run.ended_at = now()
+    session.commit()
+
+
+def reopen_run(session: Session, *, run: Run) -> None:
+    """A resumed run is training again: its recorded end, if any, no longer holds."""
+    if run.end_status is None and run.ended_at is None:
+        return  # nothing to write: a read-mostly database sees no write
+    run.end_status = run.end_detail = run.ended_at = None
+    session.commit()
 
 
 def create_run(
@@ -118,10 +167,14 @@ def get_checkpoint(session: Session, *, run: Run, step: int) -> CheckpointRow | 
     )
 
 
-def list_checkpoints(session: Session, *, run: Run) -> Sequence[CheckpointRow]:
-    return session.scalars(
-        select(CheckpointRow).where(CheckpointRow.run_pk == run.id).order_by(CheckpointRow.step)
-    ).all()
+def list_checkpoints(
+    session: Session, *, run: Run, from_step: int | None = None, limit: int | None = None
+) -> Sequence[CheckpointRow]:
+    """A run's checkpoints by step; from_step: from that step on (a page's start)."""
+    query = select(CheckpointRow).where(CheckpointRow.run_pk == run.id)
+    if from_step is not None:
+        query = query.where(CheckpointRow.step >= from_step)
+    return session.scalars(query.order_by(CheckpointRow.step).limit(limit)).all()
 
 
 def scored_steps(session: Session, *, run: Run) -> list[int]:
@@ -574,6 +627,42 @@ def sample_history_portable(session: Session, *, run: Run, sample_index: int) ->
             .order_by(Loss.step)
         )
     ]
+
+
+def sample_histories(
+    session: Session, *, run: Run, sample_indices: Sequence[int]
+) -> dict[int, list[tuple]]:
+    """sample_history of several samples: index -> [(step, update_index, loss)] by step."""
+    found: dict[int, list[tuple]] = {int(i): [] for i in sample_indices}
+    wanted = sorted(found)
+    for start in range(0, len(wanted), HISTORY_BATCH):
+        batch = wanted[start : start + HISTORY_BATCH]
+        if _is_sqlite(session):  # named index: see sample_history_sqlite
+            marks = ",".join("?" * len(batch))
+            rows: Any = session.connection().exec_driver_sql(
+                "SELECT l.sample_index, l.step, c.update_index, l.loss FROM losses AS l "
+                "INDEXED BY ix_losses_sample "
+                "JOIN checkpoints AS c ON c.run_pk = l.run_pk AND c.step = l.step "
+                f"WHERE l.run_pk = ? AND l.sample_index IN ({marks}) "
+                "ORDER BY l.sample_index, l.step",
+                (run.id, *batch),
+            )
+        else:
+            rows = session.execute(
+                select(Loss.sample_index, Loss.step, CheckpointRow.update_index, Loss.loss)
+                .join(
+                    CheckpointRow,
+                    (CheckpointRow.run_pk == Loss.run_pk) & (CheckpointRow.step == Loss.step),
+                )
+                .where(Loss.run_pk == run.id, Loss.sample_index.in_(batch))
+                .order_by(Loss.sample_index, Loss.step)
+            )
+        for index, step, update_index, loss in rows:
+            found[index].append((step, update_index, loss))
+    return found
+
+
+HISTORY_BATCH = 500  # sample indices per query: SQLite takes at most 32,766 parameters
 
 
 def get_window(session: Session, *, run: Run, step: int) -> WindowRow | None:

@@ -143,6 +143,7 @@ class Intake:
                     + "; ".join(diffs)
                     + ". Use a new run id for a different run."
                 )
+            crud.reopen_run(session, run=run)  # resumed: training again
             status = "already_registered"
         else:
             n_no_labels = self.registrations.poll(hello)

@@ -16,7 +16,18 @@ from common.protocol import FRAME_BYTES, MAX_HEADER_BYTES
 from scorer_svc import crud
 from scorer_svc.api.docs import serve_docs
 from scorer_svc.api.errors import add_error_handlers
-from scorer_svc.api.routes import deltas, health, losses, metrics, runs, weights
+from scorer_svc.api.openapi import COMMON_RESPONSES, describe
+from scorer_svc.api.routes import (
+    dashboard,
+    deltas,
+    health,
+    losses,
+    metrics,
+    plots,
+    runs,
+    samples,
+    weights,
+)
 from scorer_svc.auth import OPEN_PATHS, OPEN_PREFIXES, bearer, same_token
 from scorer_svc.config import Settings
 from scorer_svc.db import make_engine, make_sessionmaker
@@ -130,12 +141,15 @@ def create_app(
         lifespan=_owned_service(settings, group) if state is None else _given_state(state),
         docs_url=None,  # served with local assets (serve_docs): they work offline
         redoc_url=None,
+        responses=COMMON_RESPONSES,
     )
     serve_docs(app)
-    for module in (health, metrics, runs, losses, deltas, weights):
+    for module in (health, metrics, runs, losses, samples, deltas, plots, weights, dashboard):
         app.include_router(module.router)
     add_error_handlers(app, settings)
-    _require_token(app, settings.shared_token())
+    token = settings.shared_token()
+    describe(app, token=token is not None)
+    _require_token(app, token)
     return app
 
 

@@ -20,6 +20,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 RECEIVED, SCORING, SCORED, FAILED = "received", "scoring", "scored", "failed"
 STATUSES = (RECEIVED, SCORING, SCORED, FAILED)
+# How a run ended, as its trainer reported it (POST /v1/runs/{run_id}/end)
+FINISHED = "finished"
+ENDINGS = (FINISHED, FAILED)
 
 # Steps and byte counts reach past 2^31: 64-bit (SQLite's INTEGER is already). Schema changes
 # come with a migration in scorer_svc/migrations.
@@ -49,6 +52,10 @@ class Run(Base):
     update_times: Mapped[int] = mapped_column(Integer)
     initial_step: Mapped[int | None] = mapped_column(Wide, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime)
+    # set when the trainer reports the run's end; cleared when the run is resumed
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    end_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    end_detail: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     def has_window(self, step: int) -> bool:
         """Whether the checkpoint at `step` is weighted through a window: every one but the

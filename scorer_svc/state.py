@@ -6,14 +6,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from cachetools import LRUCache
 from sqlalchemy.orm import Session, sessionmaker
 
+from common.datasets import Row, rows_size
 from scorer_svc.config import Settings
 from scorer_svc.failures import UnrecordedFailures
 from scorer_svc.metrics import ScorerMetrics
 from scorer_svc.progress import ScoringProgress
 from scorer_svc.ranks import RankGroup
-from scorer_svc.weights import WeightsCache
+from scorer_svc.weights import RunKey, WeightsCache
 
 
 @dataclass
@@ -31,6 +33,11 @@ class ApiState:
     progress: ScoringProgress = field(default_factory=ScoringProgress)  # the worker's too
     # whether the scoring thread runs; None: a state served without a worker (a database alone)
     worker_alive: Callable[[], bool] | None = None
+    # training rows of runs' datasets read again for their text, checked against the run's
+    # fingerprint (api/routes/samples.py), by run and fingerprint, within ~256 M characters
+    dataset_rows: LRUCache[tuple[RunKey, str], tuple[Row, ...]] = field(
+        default_factory=lambda: LRUCache(256 << 20, getsizeof=rows_size)
+    )
 
     def __post_init__(self) -> None:
         self.metrics.watch_database(self.sessions, self.instance)

@@ -47,7 +47,7 @@ def test_two_scorers_share_one_database_without_harm(tiny_model, tmp_path, postg
             steps = [(c["step"], c["status"]) for c in settled_checkpoints(scorer, run_id, 3)]
             assert steps == [(2, "scored"), (4, "scored"), (6, "scored")]
         with httpx.Client(base_url=b.base_url) as client:
-            runs = {r["run_id"]: r["instance"] for r in client.get("/v1/runs").json()}
+            runs = {r["run_id"]: r["instance"] for r in client.get("/v1/runs").json()["runs"]}
             assert runs == {"run-a": "scorer-a", "run-b": "scorer-b"}
             weights = client.get("/v1/runs/run-a/weights", params={"step": 6})
             assert weights.status_code == 200  # another scorer's run, read through this one

@@ -1,6 +1,7 @@
 """`trainer-svc train CONFIG.yaml [key=value ...]`: validate the config, then train.
 `trainer-svc export MERGE.yaml [key=value ...]`: merge a LoRA adapter into its base and export.
-`trainer-svc report OUTPUT_DIR [--scorer URL]`: the run's pictures and a page, in OUTPUT_DIR/report.
+`trainer-svc report OUTPUT_DIR [--scorer URL] [--color-by FIELD] [--samples 1,2,3]`: the run's
+pictures and a page, in OUTPUT_DIR/report.
 
 train exits 0 when the run finished, 2 on a bad config, 1 when the scorer failed
 (on_scorer_failure: fail), and 143 (128 + SIGTERM) when SIGTERM stopped it before its end,
@@ -15,7 +16,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from trainer_svc.config import ConfigError, load_config
@@ -39,7 +40,31 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--scorer", metavar="URL", help="the scorer's REST URL, for the loss reductions by rank"
     )
+    report.add_argument(
+        "--color-by",
+        metavar="FIELD",
+        help="colour the loss reductions by rank by this column of the dataset's rows "
+        "(a group, a source...); needs --scorer",
+    )
+    report.add_argument(
+        "--samples",
+        metavar="I,J,...",
+        type=sample_indices,
+        default=[],
+        help="also draw the loss trajectories of these samples (indices); needs --scorer",
+    )
     return parser
+
+
+def sample_indices(text: str) -> list[int]:
+    """--samples 1,2,3 as [1, 2, 3]."""
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isascii() and part.isdigit() for part in parts):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a list of sample indices; give whole numbers separated by "
+            "commas, as 1,2,3"
+        )
+    return [int(part) for part in parts]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "export":
         return export(args.config, args.overrides)
     if args.command == "report":
-        return report(args.output_dir, args.scorer)
+        return report(args.output_dir, args.scorer, args.color_by, args.samples)
     try:  # checked here first under FORCE_TORCHRUN too: one error, not one per rank
         loaded = load_config(args.config, args.overrides)
     except (ConfigError, OSError) as exc:
@@ -161,14 +186,26 @@ def export(path: str, overrides: list[str]) -> int:
     return 0
 
 
-def report(output_dir: str, scorer_url: str | None) -> int:
-    """2 when the folder is not a run's; 1 when the scorer cannot be reached."""
+def report(
+    output_dir: str,
+    scorer_url: str | None,
+    color_by: str | None = None,
+    samples: Sequence[int] = (),
+) -> int:
+    """2 when the folder is not a run's, or the run's dataset has no column --color-by names;
+    1 when the scorer cannot be reached."""
     import httpx
 
     from trainer_svc.report import ReportError, write_report
 
     try:
-        page = write_report(Path(output_dir), scorer_url, os.environ.get("SCORER_TOKEN"))
+        page = write_report(
+            Path(output_dir),
+            scorer_url,
+            os.environ.get("SCORER_TOKEN"),
+            color_by=color_by,
+            samples=samples,
+        )
     except (ReportError, OSError) as exc:
         logger.error("%s", exc)
         return 2

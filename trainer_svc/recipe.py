@@ -442,6 +442,20 @@ class DeltaLossRecipe:
         if unsent is not None:  # on_scorer_failure: fail, for the last checkpoint sent
             raise ScorerFailure(f"{unsent}; the trained model is saved in {self.output_dir}")
 
+    def report_end(self, error: BaseException | None) -> None:
+        """Tell the scorer the run finished, or failed and why. A run stopped to be resumed
+        (SIGTERM, Ctrl-C) has not ended: nothing is said."""
+        if self.scorer is None or not getattr(self, "registered", False):
+            return  # never registered (or not the main rank, which alone talks to the scorer)
+        if isinstance(error, StopRequested | KeyboardInterrupt):
+            return
+        if error is None:
+            if self.stopped:
+                return
+            self.scorer.end("finished", f"trained {self.trainer.state.global_step} steps")
+        else:
+            self.scorer.end("failed", f"{type(error).__name__}: {error}")
+
     # ---- cleanup ----
     def cleanup(self) -> None:
         try:
@@ -498,6 +512,11 @@ def run(loaded: LoadedConfig, *, handle_sigterm: bool = False, **hooks) -> Delta
             recipe.setup()
             recipe.train()
             recipe.save()
+        except BaseException as exc:
+            recipe.report_end(exc)
+            raise
+        else:
+            recipe.report_end(None)
         finally:
             recipe.cleanup()
     return recipe

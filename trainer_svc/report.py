@@ -1,11 +1,13 @@
-"""`trainer-svc report OUTPUT_DIR [--scorer URL]`: the pictures of a run, and a page that shows
-them, in OUTPUT_DIR/report/.
+"""`trainer-svc report OUTPUT_DIR [--scorer URL] [--color-by FIELD] [--samples 1,2,3]`: the
+pictures of a run, and a page that shows them, in OUTPUT_DIR/report/.
 
 From the run's own files: the training loss (raw and smoothed, the update steps marked, the
-eval loss when there is one), the window's position over the updates (selections.jsonl), and
-how often each sample was trained (trained_samples.jsonl). With the scorer: the loss
-reduction by rank at each update, the window shaded, and the loss trajectories of the samples
-whose loss fell most and least by the last update.
+eval loss when there is one), the eval loss on its own (training_eval_loss.png, as
+LLaMA-Factory names it) when the run logged one, the window's position over the updates
+(selections.jsonl), and how often each sample was trained (trained_samples.jsonl). With the
+scorer: the loss reduction by rank at each update, the window shaded (its samples coloured by
+a column of the dataset with color_by), the loss trajectories of the samples whose loss fell
+most and least by the last update, and those of chosen samples.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import html
 import json
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,12 +25,21 @@ import httpx
 import numpy as np
 
 from common import plots
-from trainer_svc.records import LOSS_PLOT, SELECTIONS, TRAINED, plot_loss, read_jsonl
+from trainer_svc.records import (
+    LOSS_PLOT,
+    SELECTIONS,
+    TRAINED,
+    eval_history,
+    plot_loss,
+    read_jsonl,
+)
 
 logger = logging.getLogger(__name__)
 
 REPORT_DIR = "report"
 TOP_K = 5  # samples per side in the trajectories
+EVAL_LOSS_PLOT = "training_eval_loss.png"
+MAX_CHOSEN = 20  # chosen samples in one trajectories picture
 
 
 class ReportError(ValueError):
@@ -61,13 +73,27 @@ class Report:
         return page
 
 
-def write_report(output_dir: Path, scorer_url: str | None = None, token: str | None = None) -> Path:
-    """Write every picture the run's files (and the scorer, when given) allow; the page's path."""
+def write_report(
+    output_dir: Path,
+    scorer_url: str | None = None,
+    token: str | None = None,
+    *,
+    color_by: str | None = None,
+    samples: Sequence[int] = (),
+) -> Path:
+    """Write every picture the run's files (and the scorer, when given) allow; the page's path.
+    color_by: a column of the dataset's rows to colour the loss reductions by rank by;
+    samples: sample indices whose loss trajectories to draw besides the top and bottom ones
+    (both are read from the scorer)."""
     selections = output_dir / SELECTIONS
     if not selections.is_file():
         raise ReportError(
             f"{output_dir} holds no {SELECTIONS}: give the output_dir of a trainer-svc run"
         )
+    if scorer_url is None and (color_by is not None or samples):
+        raise ReportError("--color-by and --samples read the scorer: give --scorer URL too")
+    if len(samples) > MAX_CHOSEN:
+        raise ReportError(f"--samples names {len(samples)} samples; at most {MAX_CHOSEN}")
     rows = read_jsonl(selections)
     folder = output_dir / REPORT_DIR
     folder.mkdir(exist_ok=True)
@@ -82,7 +108,10 @@ def write_report(output_dir: Path, scorer_url: str | None = None, token: str | N
         run_id = json.loads((output_dir / "run.json").read_text())["run_id"]
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         with httpx.Client(base_url=scorer_url.rstrip("/"), headers=headers, timeout=60) as client:
-            _from_scorer(report, client, run_id, rows)
+            scorer = Scorer(client, run_id)
+            _deltas(report, scorer, rows, color_by)
+            _trajectories(report, scorer, rows)
+            _chosen(report, scorer, samples)
     return report.write_page(f"Delta Loss selection: {output_dir.name}")
 
 
@@ -99,7 +128,8 @@ def _loss(report: Report, output_dir: Path, rows: list[dict[str, Any]]) -> None:
         logger.warning("%s is missing (the run did not finish): no loss plot", state)
         return
     history = json.loads(state.read_text())["log_history"]
-    path = plot_loss(history, report.folder / LOSS_PLOT, [r["global_step"] for r in rows])
+    updates = [r["global_step"] for r in rows]
+    path = plot_loss(history, report.folder / LOSS_PLOT, updates)
     if path is not None:
         report.pictures.append(
             (
@@ -107,6 +137,15 @@ def _loss(report: Report, output_dir: Path, rows: list[dict[str, Any]]) -> None:
                 "Training loss, raw and smoothed; dotted lines: the updates, where the "
                 "trainer changed the samples it trains on; green: the eval loss.",
             )
+        )
+    evals = [(row["step"], row["eval_loss"]) for row in eval_history(history) if "step" in row]
+    if evals:
+        steps, losses = zip(*evals, strict=True)
+        report.add(
+            EVAL_LOSS_PLOT,
+            plots.png(plots.eval_loss(steps, losses, update_steps=updates)),
+            "Evaluation loss at each evaluation (on the eval dataset or the val_size split); "
+            "dotted lines: the updates.",
         )
 
 
@@ -142,30 +181,75 @@ def _draw_counts(report: Report, trained: list[list[int]], n: int) -> None:
     )
 
 
-def _from_scorer(
-    report: Report, client: httpx.Client, run_id: str, rows: list[dict[str, Any]]
+@dataclass(frozen=True)
+class Scorer:
+    """The scorer's answers about one run."""
+
+    client: httpx.Client
+    run_id: str
+
+    def get(self, path: str, **params: Any) -> httpx.Response:
+        return self.client.get(f"/v1/runs/{self.run_id}{path}", params=params)
+
+    def history(self, index: int) -> list[tuple[int, float]] | None:
+        """(step, loss) of a sample at every scored checkpoint; None when there is no such
+        sample."""
+        response = self.get(f"/samples/{index}/losses")
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        return [(p["step"], p["loss"]) for p in response.json()["history"] if p["loss"] is not None]
+
+
+def _deltas(
+    report: Report, scorer: Scorer, rows: list[dict[str, Any]], color_by: str | None
 ) -> None:
-    steps = [r["weights_step"] for r in rows if r.get("weights_step") is not None]
-    for step in dict.fromkeys(steps):
-        response = client.get(f"/v1/runs/{run_id}/plots/deltas", params={"step": step})
+    """The loss reduction by rank at each update's weights step, coloured by color_by while
+    the scorer can read the dataset's rows (it says why when it cannot)."""
+    for step in _weights_steps(rows):
+        params: dict[str, Any] = {"step": step}
+        if color_by is not None:
+            params["color_by"] = color_by
+        response = scorer.get("/plots/deltas", **params)
+        if color_by is not None and response.status_code == 422:
+            raise ReportError(f"--color-by {color_by}: {_detail(response)}")
+        if color_by is not None and response.status_code in (403, 409):
+            logger.warning("not coloured by %s: %s", color_by, _detail(response))
+            color_by = None
+            response = scorer.get("/plots/deltas", step=step)
         if response.status_code != 200:
             logger.warning(
                 "no loss-reduction plot for step %d: HTTP %d", step, response.status_code
             )
             continue
+        by = f", each sample coloured by its '{color_by}'" if color_by is not None else ""
         report.add(
             f"deltas_step_{step}.png",
             response.content,
-            f"Loss reduction by rank at step {step}, the window shaded.",
+            f"Loss reduction by rank at step {step}, the window shaded{by}.",
         )
+
+
+def _weights_steps(rows: list[dict[str, Any]]) -> list[int]:
+    """The steps whose weights the updates drew from, in order, each once."""
+    steps = [r["weights_step"] for r in rows if r.get("weights_step") is not None]
+    return list(dict.fromkeys(steps))
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["detail"])
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {response.status_code}"
+
+
+def _trajectories(report: Report, scorer: Scorer, rows: list[dict[str, Any]]) -> None:
+    steps = _weights_steps(rows)
     if not steps:
         return
     last = steps[-1]
     ends = {
-        order: client.get(
-            f"/v1/runs/{run_id}/deltas",
-            params={"step": last, "order": order, "max_results": TOP_K},
-        )
+        order: scorer.get("/deltas", step=last, order=order, max_results=TOP_K)
         for order in ("desc", "asc")
     }
     if any(r.status_code != 200 for r in ends.values()):
@@ -175,9 +259,7 @@ def _from_scorer(
         side = "fell most" if order == "desc" else "fell least"
         for item in response.json()["items"]:
             index = item["sample_index"]
-            body = client.get(f"/v1/runs/{run_id}/samples/{index}/losses").json()
-            points = [(p["step"], p["loss"]) for p in body["history"] if p["loss"] is not None]
-            histories[f"#{index} ({side})"] = points
+            histories[f"#{index} ({side})"] = scorer.history(index) or []
     report.add(
         "trajectories.png",
         plots.png(
@@ -187,4 +269,23 @@ def _from_scorer(
         ),
         f"Loss trajectories of the {TOP_K} samples whose loss fell most by step {last}, and "
         f"the {TOP_K} whose loss fell least (or rose).",
+    )
+
+
+def _chosen(report: Report, scorer: Scorer, samples: Sequence[int]) -> None:
+    """The loss trajectories of the samples asked for (--samples); unknown ones left out."""
+    histories: dict[str, list[tuple[int, float]]] = {}
+    for index in dict.fromkeys(samples):
+        points = scorer.history(index)
+        if points is None:
+            logger.warning("--samples: run %s has no sample %d; left out", scorer.run_id, index)
+            continue
+        histories[f"#{index}"] = points
+    if not histories:
+        return
+    named = ", ".join(label.lstrip("#") for label in histories)
+    report.add(
+        "trajectories_samples.png",
+        plots.png(plots.trajectories(histories, f"loss of samples {named}")),
+        f"Loss trajectories of the samples asked for: {named}.",
     )

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
+from common.api_schemas import RunEnding
 from common.curve import ClientKeys, load_client_keys
 from common.errors import ProtocolError, UnknownRun
 from common.protocol import Hello
@@ -69,6 +70,10 @@ class ScorerClient(Protocol):
     def ping(self, seconds: float) -> None:
         """Returns once the scorer answers; ScorerUnavailable when it does not within
         `seconds` (one try: the probe of a scorer known down, trainer_svc.outage)."""
+        ...
+
+    def end(self, status: RunEnding, detail: str | None = None) -> None:
+        """Tell the scorer how the run ended; a failure to tell it is only logged."""
         ...
 
     def close(self) -> None: ...
@@ -139,6 +144,9 @@ class RemoteScorer:
 
     def ping(self, seconds: float) -> None:
         self.weights.ping(seconds)
+
+    def end(self, status: RunEnding, detail: str | None = None) -> None:
+        self.weights.end(status, detail)
 
     def close(self) -> None:
         self.publisher.close()

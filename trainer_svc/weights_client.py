@@ -1,4 +1,5 @@
-"""Reads sampling weights from the scorer's REST API (GET /v1/runs/{id}/weights).
+"""Reads sampling weights from the scorer's REST API (GET /v1/runs/{id}/weights) through its
+typed client (common.scorer_api).
 
 `wait_for(step)` polls until the checkpoint of that step is scored: 202 means "not yet", polled
 soon at first (0.05 s, doubled) and then as often as Retry-After says. `latest()` takes the
@@ -22,7 +23,16 @@ from typing import Any
 import httpx
 import torch
 
+from common.api_schemas import RunEnding, WeightsBody
 from common.errors import ProtocolError, ScorerUnavailable, Unauthorized, UnknownRun
+from common.scorer_api import (
+    ApiError,
+    ApiUnauthorized,
+    Conflict,
+    NotFound,
+    NotScoredYet,
+    ScorerApi,
+)
 from trainer_svc.retry import NotYet, RetryPolicy
 
 logger = logging.getLogger(__name__)
@@ -48,19 +58,23 @@ class ScorerWeights:
     delta_outside: float | None = None
 
     @classmethod
-    def from_json(cls, body: dict[str, Any]) -> ScorerWeights:
+    def from_body(cls, body: WeightsBody) -> ScorerWeights:
         window = None
-        if body.get("window") is not None:
-            window = {"t": body.get("t"), "T": body.get("T"), "u": body.get("u"), **body["window"]}
-        weights = torch.tensor(body["weights"], dtype=torch.float64)
+        if body.window is not None:
+            window = {"t": body.t, "T": body.T, "u": body.u, **body.window.model_dump()}
+        weights = torch.tensor(body.weights, dtype=torch.float64)
         return cls(
-            int(body["step"]),
-            int(body["update_index"]),
+            body.step,
+            body.update_index,
             weights,
             window,
-            body.get("delta_mean_in_window"),
-            body.get("delta_mean_outside"),
+            body.delta_mean_in_window,
+            body.delta_mean_outside,
         )
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> ScorerWeights:
+        return cls.from_body(WeightsBody.model_validate(body))
 
 
 class UntrustedCertificate(ProtocolError):
@@ -87,12 +101,8 @@ class WeightsClient:
         self.run_id = run_id
         self.ca_file = ca_file
         self.retry = RetryPolicy(wait_seconds, sleep=sleep)
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        verify: ssl.SSLContext | bool = (
-            ssl.create_default_context(cafile=ca_file) if ca_file else True
-        )
-        self._client = client or httpx.Client(
-            base_url=self.base_url, timeout=30.0, headers=headers, verify=verify
+        self.api = ScorerApi(
+            self.base_url, token=token, ca_file=ca_file, timeout=30.0, client=client
         )
 
     @property
@@ -101,36 +111,45 @@ class WeightsClient:
 
     def wait_for(self, step: int) -> ScorerWeights:
         """The weights of checkpoint `step`, waiting while it is queued or scoring."""
-        got = self._poll({"step": step}, f"checkpoint step {step}", accept_missing=False)
+        got = self._poll(step, f"checkpoint step {step}", accept_missing=False)
         assert got is not None  # a missing checkpoint is retried, never returned
         return got
 
     def latest(self) -> ScorerWeights | None:
         """The newest scored checkpoint's weights, or None when nothing is scored yet."""
-        return self._poll({}, "the latest weights", accept_missing=True)
+        return self._poll(None, "the latest weights", accept_missing=True)
 
     def ping(self, seconds: float) -> None:
         """One GET /healthz, waiting `seconds` at most: ScorerUnavailable unless it is 200."""
         try:
-            response = self._client.get("/healthz", timeout=seconds)
+            self.api.health(timeout=seconds)
         except httpx.TransportError as exc:
             raise ScorerUnavailable(f"no answer from {self.base_url}/healthz ({exc})") from exc
-        if response.status_code != 200:
+        except ApiError as exc:
             raise ScorerUnavailable(
-                f"{self.base_url}/healthz answered HTTP {response.status_code}: {_detail(response)}"
-            )
+                f"{self.base_url}/healthz answered HTTP {exc.status}: {exc.detail}"
+            ) from exc
+
+    def end(self, status: RunEnding, detail: str | None = None) -> None:
+        """Tell the scorer how the run ended (once, not retried: the run's end must not wait
+        on the scorer); a failure to tell it is logged."""
+        try:
+            self.api.end_run(self.run_id, status, detail)
+        except (httpx.HTTPError, ApiError) as exc:
+            logger.warning(
+                "could not tell the scorer at %s that run %s %s: %s",
+                self.base_url, self.run_id, status, exc,
+            )  # fmt: skip
 
     def close(self) -> None:
-        self._client.close()
+        self.api.close()
 
-    def _poll(
-        self, params: dict[str, Any], what: str, *, accept_missing: bool
-    ) -> ScorerWeights | None:
+    def _poll(self, step: int | None, what: str, *, accept_missing: bool) -> ScorerWeights | None:
         pending = itertools.count()  # 202s so far: the pause they ask for grows with them
 
         def attempt(number: int, seconds_left: float) -> ScorerWeights | None:
             try:
-                response = self._client.get(self.path, params=params)
+                body = self.api.weights(self.run_id, step=step)
             except httpx.TransportError as exc:
                 if _certificate_refused(exc):
                     raise UntrustedCertificate(
@@ -140,7 +159,9 @@ class WeightsClient:
                         "certificate (its tls_certfile, when self-signed)"
                     ) from exc
                 raise NotYet(f"cannot reach {self.base_url} ({exc})") from exc
-            return self._answer(response, what, accept_missing, pending)
+            except ApiError as exc:
+                return self._answer(exc, what, accept_missing, pending)
+            return ScorerWeights.from_body(body)
 
         return self.retry.run(
             attempt,
@@ -152,32 +173,28 @@ class WeightsClient:
         )
 
     def _answer(
-        self, response: httpx.Response, what: str, accept_missing: bool, pending: Iterator[int]
+        self, error: ApiError, what: str, accept_missing: bool, pending: Iterator[int]
     ) -> ScorerWeights | None:
-        """The weights, None (nothing yet, when that is accepted), or what to do instead."""
-        status = response.status_code
-        if status == 200:
-            return ScorerWeights.from_json(response.json())
-        if status == 404 and _code(response) == UnknownRun.code:
+        """None (nothing yet, when that is accepted), or what to do instead of the weights."""
+        if isinstance(error, NotFound) and error.unknown_run:
             raise UnknownRun(f"the scorer at {self.base_url} has no run {self.run_id}")
-        if status in (202, 404) and accept_missing:
+        if isinstance(error, NotScoredYet | NotFound) and accept_missing:
             return None
-        if status == 409:
-            raise ScoringFailed(
-                f"the scorer failed on {what}: {_detail(response)} (its log says more)"
-            )
-        if status == 401:
+        if isinstance(error, Conflict):
+            raise ScoringFailed(f"the scorer failed on {what}: {error.detail} (its log says more)")
+        if isinstance(error, ApiUnauthorized):
             raise Unauthorized(
                 f"the scorer at {self.base_url} refused the token: set scorer_token "
                 "(or SCORER_TOKEN) to the scorer's token"
             )
-        if status == 202:
+        if isinstance(error, NotScoredYet):
             # Small checkpoints score in well under a second: poll soon at first, then no
             # more often than Retry-After asks.
-            pause = min(FIRST_PENDING_POLL * 2 ** next(pending), _retry_after(response))
+            asked = 1.0 if error.retry_after is None else max(0.05, error.retry_after)
+            pause = min(FIRST_PENDING_POLL * 2 ** next(pending), asked)
             level = logging.INFO if pause >= 1 else logging.DEBUG
-            raise NotYet(_detail(response), pause=pause, level=level)
-        raise NotYet(f"HTTP {status}: {_detail(response)}")
+            raise NotYet(error.detail, pause=pause, level=level)
+        raise NotYet(f"HTTP {error.status}: {error.detail}")
 
 
 def _certificate_refused(error: BaseException) -> bool:
@@ -187,29 +204,3 @@ def _certificate_refused(error: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
-
-
-def _detail(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:200]
-    if isinstance(body, dict):
-        return str(body.get("detail") or body.get("status") or body)
-    return str(body)
-
-
-def _code(response: httpx.Response) -> str | None:
-    """The error code an error body carries (`unknown_run`), if any."""
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    return body.get("code") if isinstance(body, dict) else None
-
-
-def _retry_after(response: httpx.Response) -> float:
-    try:
-        return max(0.05, float(response.headers.get("Retry-After", "1")))
-    except ValueError:
-        return 1.0

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import Depends, HTTPException, Path, Query, Request
 from sqlalchemy.orm import Session
 
-from common.api_schemas import Pending
+from common.api_schemas import ErrorBody, Pending
 from common.errors import UnknownRun
 from common.protocol import MAX_STEP
 from scorer_svc import crud
@@ -50,7 +50,9 @@ FailuresDep = Annotated[UnrecordedFailures, Depends(get_failures)]
 
 def get_run(
     session: SessionDep,
-    run_id: Annotated[str, Path(min_length=1, max_length=128)],
+    run_id: Annotated[
+        str, Path(min_length=1, max_length=128, description="the run's id, as its trainer named it")
+    ],
 ) -> Run:
     run = crud.get_run(session, run_id=run_id)
     if run is None:
@@ -111,29 +113,57 @@ ScoredCheckpointDep = Annotated[CheckpointRow, Depends(scored_checkpoint())]
 
 @dataclass(frozen=True)
 class Page:
-    offset: int
-    limit: int
+    """A page a listing route is asked for: at most max_results items, from `start` (the
+    position its page token names; None: from the first)."""
+
+    max_results: int
+    start: int | None
 
 
-MAX_PAGE = 100_000
+MAX_LOSSES_PAGE = 100_000
+# The tokens this API gives are positions: decimal numbers below 2^63.
+PageToken = Annotated[
+    str | None,
+    Query(
+        pattern=r"^[0-9]{1,18}$",
+        description="the next_page_token of the page before; none: the first page",
+    ),
+]
 
 
-def get_page(
-    offset: Annotated[int, Query(ge=0, le=MAX_STEP)] = 0,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1000,
-) -> Page:
-    return Page(offset, limit)
+def paged(default: int, maximum: int) -> Callable[..., Page]:
+    """The dependency reading a listing route's max_results and page_token."""
+
+    def get_page(
+        max_results: Annotated[
+            int, Query(ge=1, le=maximum, description=f"items per page, at most {maximum}")
+        ] = default,
+        page_token: PageToken = None,
+    ) -> Page:
+        return Page(max_results, page_position(page_token))
+
+    return get_page
 
 
-PageDep = Annotated[Page, Depends(get_page)]
-# The scored checkpoint of a paged route: a bad offset or limit is a 422 before any 404.
-ScoredPagedCheckpointDep = Annotated[CheckpointRow, Depends(scored_checkpoint(after=get_page))]
+def page_position(token: str | None) -> int | None:
+    """The position a page token names (PageToken has checked it is one)."""
+    return None if token is None else int(token)
+
+
+get_loss_page = paged(1000, MAX_LOSSES_PAGE)
+LossPageDep = Annotated[Page, Depends(get_loss_page)]
+# The scored checkpoint of a paged route: a bad max_results or page_token is a 422 before any
+# 404, 409 or 202.
+ScoredPagedCheckpointDep = Annotated[CheckpointRow, Depends(scored_checkpoint(after=get_loss_page))]
 
 # The answers scored_checkpoint adds to a route's own, for its OpenAPI description.
 SCORED_CHECKPOINT_RESPONSES: dict[int | str, dict[str, Any]] = {
     202: {"model": Pending, "description": "queued or scoring; retry after Retry-After"},
-    404: {"description": "unknown run, or a step never received"},
-    409: {"description": "scoring this checkpoint failed"},
+    404: {"model": ErrorBody, "description": "unknown run, or a step never received"},
+    409: {"model": ErrorBody, "description": "scoring this checkpoint failed"},
+}
+RUN_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "unknown run (code unknown_run)"},
 }
 
 

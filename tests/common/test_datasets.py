@@ -7,15 +7,22 @@ import pytest
 
 from common.datasets import (
     DEFAULT_DATASET_DIR,
+    MAX_FIELD_NAME,
+    MAX_FIELD_TEXT,
+    MAX_FIELDS,
     DatasetError,
     DatasetSpec,
     absolute_spec,
     files,
+    load_rows,
     load_samples,
     split_validation,
+    training_fields,
+    training_rows,
     validation_count,
 )
 from common.samples import Sample
+from devtools.demo_data import make_samples as make_demo_rows
 
 SAMPLE = {"instruction": "Add 2 and 3", "input": "", "output": "5"}
 
@@ -513,3 +520,71 @@ def test_split_validation_is_seeded_and_keeps_order():
     assert split_validation(samples, 0, seed=0) == (samples, [])
     with pytest.raises(DatasetError, match="seed must be within"):
         split_validation(samples, 3, seed=-1)
+
+
+# ---- the rows' other columns ----
+
+
+def test_rows_carry_their_other_scalar_columns(tmp_path):
+    row = {
+        **SAMPLE, "system": "S", "history": [["hi", "hello"]],
+        "group": "add", "score": 0.5, "count": 3, "ok": True, "none": None, "nan": float("nan"),
+        "tags": ["a"], "meta": {"k": 1}, "note": "x" * 300, "n" * (MAX_FIELD_NAME + 1): "long",
+    }  # fmt: skip
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps([row]), encoding="utf-8")  # NaN, as Python's json writes it
+    (read,) = load_rows(DatasetSpec(str(path)))
+    assert read.sample == Sample((("hi", "hello"), ("Add 2 and 3", "5")), "S")
+    assert read.fields == {
+        "group": "add", "score": 0.5, "count": 3, "ok": True, "none": None, "nan": None,
+        "note": "x" * (MAX_FIELD_TEXT - 1) + "…",
+    }  # fmt: skip
+    assert list(read.fields) == ["group", "score", "count", "ok", "none", "nan", "note"]
+
+
+def test_at_most_max_fields_columns_are_kept(tmp_path):
+    many = {**SAMPLE, **{f"c{i}": i for i in range(MAX_FIELDS + 5)}}
+    (read,) = load_rows(DatasetSpec(str(write(tmp_path / "a.json", [many]))))
+    assert read.fields == {f"c{i}": i for i in range(MAX_FIELDS)}
+
+
+def test_columns_an_entry_maps_are_text_and_the_others_fields(tmp_path):
+    # alpaca with columns: the prompt is "q", "instruction" an ordinary column
+    write(tmp_path / "a.json", [{"q": "Add 2 and 3", "a": "5", "instruction": "x", "g": 1}])
+    entry = {"file_name": "a.json", "columns": {"prompt": "q", "response": "a"}}
+    # sharegpt: the messages and system columns are the text
+    convo = {**conversation(("human", "q"), ("gpt", "a")), "system": "S", "source": "web"}
+    write(tmp_path / "c.json", [convo])
+    chat = {"file_name": "c.json", "formatting": "sharegpt"}
+    info(tmp_path, {"alp": entry, "chat": chat})
+    rows = load_rows(DatasetSpec("alp,chat", str(tmp_path)))
+    assert [row.fields for row in rows] == [{"instruction": "x", "g": 1}, {"source": "web"}]
+    assert [row.sample for row in rows] == [one("Add 2 and 3", "5"), one("q", "a", "S")]
+
+
+def test_training_fields_are_aligned_with_the_training_samples(tmp_path):
+    data = [{**SAMPLE, "output": str(i), "i": i} for i in range(12)]
+    write(tmp_path / "a.json", data)
+    write(tmp_path / "b.json", [{**SAMPLE, "output": "b", "i": 100}])
+    spec = DatasetSpec(f"{tmp_path / 'a.json'},{tmp_path / 'b.json'}", max_samples=10)
+    samples = split_validation(load_samples(spec), 0.3, 5)[0]
+    fields = training_fields(spec, 0.3, 5)
+    assert [f["i"] for f in fields] == [
+        int(s.response) if s.response != "b" else 100 for s in samples
+    ]
+    assert len(fields) == 7  # 11 rows (10 cut from a.json, b.json's 1), 4 held out
+    assert [row.sample for row in training_rows(spec, 0.3, 5)] == samples
+    assert [f["i"] for f in training_fields(spec)] == [*range(10), 100]  # no split
+
+
+def test_other_columns_leave_the_samples_as_they_were(tmp_path):
+    # the demo's rows carry their group: the samples (all tokenization sees) are the same
+    rows = make_demo_rows(40)
+    with_group = write(tmp_path / "with.json", rows)
+    without = write(tmp_path / "without.json", [
+        {k: v for k, v in row.items() if k != "group"} for row in rows
+    ])  # fmt: skip
+    assert load(str(with_group)) == load(str(without))
+    assert [f["group"] for f in training_fields(DatasetSpec(str(with_group)))] == [
+        row["group"] for row in rows
+    ]

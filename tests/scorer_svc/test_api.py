@@ -1,6 +1,7 @@
 """The REST API in-process: a TestClient on a SQLite file seeded through crud, no scorer
 process. Weights are compared with common.selection applied to the seeded losses."""
 
+import csv
 import io
 import threading
 from collections.abc import Iterator
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import matplotlib.image
 import numpy as np
+import pyarrow.parquet
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -113,7 +115,7 @@ def test_healthz(client):
     response = client.get("/healthz")
     assert (response.status_code, response.json()) == (
         200,
-        {"status": "ok", "ranks": 1, "ranks_alive": True, "instance": None},
+        {"status": "ok", "ranks": 1, "ranks_alive": True, "instance": None, "detail": None},
     )
 
 
@@ -177,8 +179,10 @@ def test_metrics_report_checkpoints_by_status_and_the_queue(client):
 
 
 def test_runs_are_listed_with_their_settings_and_samples_without_loss(client):
-    runs = client.get("/v1/runs").json()
+    body = client.get("/v1/runs").json()
+    runs = body["runs"]
     assert [r["run_id"] for r in runs] == ["run-a", "run-empty"]
+    assert body["next_page_token"] is None
     run = client.get("/v1/runs/run-a").json()
     assert run == runs[0]
     assert (run["n_samples"], run["n_no_labels"], run["n_invalid"]) == (N, 1, 1)
@@ -188,8 +192,54 @@ def test_runs_are_listed_with_their_settings_and_samples_without_loss(client):
     assert run["config"] == stored_run_config(
         "run-a", N, window_size=WINDOW_SIZE, update_times=UPDATE_TIMES
     )
+    assert (run["status"], run["n_checkpoints"], run["last_step"], run["last_scored_step"]) == (
+        "training", 6, RECEIVED_STEP, 6,
+    )  # fmt: skip
+    assert run["created_at"].endswith("Z") and run["ended_at"] is None
     empty = client.get("/v1/runs/run-empty").json()
     assert (empty["initial_step"], empty["n_invalid"]) == (None, None)
+    assert (empty["status"], empty["n_checkpoints"], empty["last_step"]) == ("registered", 0, None)
+
+
+def test_runs_come_a_page_at_a_time(client):
+    first = client.get("/v1/runs", params={"max_results": 1}).json()
+    assert [r["run_id"] for r in first["runs"]] == ["run-a"]
+    token = first["next_page_token"]
+    second = client.get("/v1/runs", params={"max_results": 1, "page_token": token}).json()
+    assert [r["run_id"] for r in second["runs"]] == ["run-empty"]
+    assert second["next_page_token"] is None
+    for bad in ("x", "-1", "1e3", "٣"):
+        response = client.get("/v1/runs", params={"page_token": bad})
+        assert response.status_code == 422, bad
+        assert response.json()["detail"].startswith("query.page_token: String should match")
+    assert client.get("/v1/runs", params={"max_results": 1001}).status_code == 422
+
+
+def test_a_run_ends_as_its_trainer_reports_and_a_resume_reopens_it(client, state):
+    refused = client.post("/v1/runs/run-a/end", json={"status": "finished"})
+    assert (refused.status_code, refused.json()["detail"]) == (
+        403, "this API serves a database read-only: it changes nothing",
+    )  # fmt: skip
+    writable = replace(state, instance="scorer-t")
+    with TestClient(create_app(state.settings, writable)) as client:
+        _end_and_reopen(client, state)
+
+
+def _end_and_reopen(client: TestClient, state: ApiState) -> None:
+    ended = client.post("/v1/runs/run-a/end", json={"status": "failed", "detail": "OOM"})
+    assert ended.status_code == 200, ended.text
+    assert (ended.json()["status"], ended.json()["end_detail"]) == ("failed", "OOM")
+    assert ended.json()["ended_at"].endswith("Z")
+    finished = client.post("/v1/runs/run-a/end", json={"status": "finished"}).json()
+    assert (finished["status"], finished["end_detail"]) == ("finished", None)
+    assert client.get("/v1/runs/run-a").json()["status"] == "finished"
+    for bad in ({"status": "done"}, {"status": "finished", "extra": 1}, {}):
+        assert client.post("/v1/runs/run-a/end", json=bad).status_code == 422, bad
+    assert client.post("/v1/runs/run-x/end", json={"status": "finished"}).status_code == 404
+    with state.sessions() as session:
+        crud.reopen_run(session, run=crud.get_run(session, run_id="run-a"))
+    reopened = client.get("/v1/runs/run-a").json()
+    assert (reopened["status"], reopened["ended_at"]) == ("training", None)
 
 
 def test_unknown_run_is_404_on_every_run_route(client):
@@ -204,7 +254,9 @@ def test_unknown_run_is_404_on_every_run_route(client):
 
 
 def test_checkpoints_in_step_order_with_status_timings_and_error(client):
-    rows = client.get("/v1/runs/run-a/checkpoints").json()
+    body = client.get("/v1/runs/run-a/checkpoints").json()
+    rows = body["checkpoints"]
+    assert body["next_page_token"] is None
     assert [(c["step"], c["update_index"], c["status"]) for c in rows] == [
         (2, 1, "scored"), (4, 2, "scored"), (6, 3, "scored"),
         (8, 4, "failed"), (10, 5, "scoring"), (12, 6, "received"),
@@ -215,27 +267,46 @@ def test_checkpoints_in_step_order_with_status_timings_and_error(client):
     assert rows[3]["error"] == FAILURE and rows[3]["finished_at"] is not None
     assert rows[4]["started_at"] is not None and rows[5]["started_at"] is None
     assert [c["n_bytes"] for c in rows] == [100 * c["step"] for c in rows]
-    assert client.get("/v1/runs/run-empty/checkpoints").json() == []
+    assert all(c["received_at"].endswith("Z") for c in rows)
+    assert client.get("/v1/runs/run-empty/checkpoints").json() == {
+        "checkpoints": [], "next_page_token": None,
+    }  # fmt: skip
+
+
+def test_checkpoints_come_a_page_at_a_time(client):
+    steps, token = [], None
+    while True:
+        params = {"max_results": 4} | ({"page_token": token} if token else {})
+        body = client.get("/v1/runs/run-a/checkpoints", params=params).json()
+        assert len(body["checkpoints"]) <= 4
+        steps += [c["step"] for c in body["checkpoints"]]
+        token = body["next_page_token"]
+        if token is None:
+            break
+    assert steps == [2, 4, 6, 8, 10, 12]
 
 
 # losses
 
 
 def test_losses_page_at_a_step(client):
-    body = client.get("/v1/runs/run-a/losses", params={"step": 4, "offset": 3, "limit": 4}).json()
-    assert body == {
-        "run_id": "run-a", "step": 4, "offset": 3, "limit": 4, "n_samples": N,
-        "losses": as_list(LOSSES[4][3:7]),
+    first = client.get("/v1/runs/run-a/losses", params={"step": 4, "max_results": 3}).json()
+    assert first == {
+        "run_id": "run-a", "step": 4, "first_index": 0, "n_samples": N,
+        "losses": as_list(LOSSES[4][:3]), "next_page_token": "3",
     }  # fmt: skip
-    tail = client.get("/v1/runs/run-a/losses", params={"step": 2, "offset": 8}).json()
-    assert tail["losses"] == as_list(INITIAL[8:])
-    past = client.get("/v1/runs/run-a/losses", params={"step": 2, "offset": N}).json()
+    params = {"step": 4, "max_results": 4, "page_token": "3"}
+    body = client.get("/v1/runs/run-a/losses", params=params).json()
+    assert (body["first_index"], body["losses"]) == (3, as_list(LOSSES[4][3:7]))
+    tail = client.get("/v1/runs/run-a/losses", params={"step": 2, "page_token": "8"}).json()
+    assert (tail["losses"], tail["next_page_token"]) == (as_list(INITIAL[8:]), None)
+    past = client.get("/v1/runs/run-a/losses", params={"step": 2, "page_token": str(N)}).json()
     assert past["losses"] == []
 
 
 def test_losses_default_to_the_latest_scored_step(client):
     body = client.get("/v1/runs/run-a/losses").json()
-    assert (body["step"], body["offset"], body["limit"]) == (6, 0, 1000)
+    assert (body["step"], body["first_index"], body["next_page_token"]) == (6, 0, None)
     assert body["losses"] == as_list(LOSSES[6])
 
 
@@ -305,6 +376,76 @@ def test_sample_history_with_delta_from_the_initial_loss(client, index):
     ]
 
 
+def test_several_histories_are_each_samples_own(client):
+    one_by_one = {
+        i: client.get(f"/v1/runs/run-a/samples/{i}/losses").json() for i in (0, 3, 5, N - 1)
+    }
+    got = client.get("/v1/runs/run-a/losses/history", params={"indices": f"{N - 1},5,0,3,5"})
+    assert got.status_code == 200, got.text
+    assert got.json() == {"run_id": "run-a", "samples": [one_by_one[i] for i in (0, 3, 5, N - 1)]}
+    posted = client.post("/v1/runs/run-a/losses/history", json={"indices": [5, 0, 3, N - 1]})
+    assert posted.json() == got.json()
+
+
+@pytest.mark.parametrize(
+    ("request_args", "status", "detail"),
+    [
+        ({"params": {"indices": f"1,{N}"}}, 404, f"sample {N} does not exist"),
+        ({"params": {"indices": "1,,2"}}, 422, "query.indices: String should match pattern"),
+        ({"params": {"indices": "a"}}, 422, "query.indices: String should match pattern"),
+        ({"params": {"indices": ",".join(map(str, range(1001)))}}, 422, "at most 1000"),
+        ({"json": {"indices": []}}, 422, "body.indices: List should have at least 1 item"),
+        ({"json": {"indices": [-1]}}, 422, "body.indices.0: Input should be greater than"),
+        ({"json": {"index": [1]}}, 422, "body.indices: Field required"),
+    ],
+)
+def test_bad_history_requests_say_what_was_wrong(client, request_args, status, detail):
+    method = client.post if "json" in request_args else client.get
+    response = method("/v1/runs/run-a/losses/history", **request_args)
+    assert response.status_code == status
+    assert detail in response.json()["detail"]
+
+
+def test_a_runs_losses_download_as_csv_and_parquet(client):
+    expected = [
+        (step, k, i, LOSSES[step][i], LOSSES[2][i] - LOSSES[step][i])
+        for step, k in SCORED.items()
+        for i in range(N)
+    ]
+    response = client.get("/v1/runs/run-a/losses/download")
+    assert response.headers["content-type"].startswith("text/csv")
+    assert 'filename="run-a-losses.csv"' in response.headers["content-disposition"]
+    rows = list(csv.DictReader(io.StringIO(response.text)))
+    got = [
+        (
+            int(r["step"]), int(r["update_index"]), int(r["sample_index"]),
+            float(r["loss"] or "nan"), float(r["delta"] or "nan"),
+        )
+        for r in rows
+    ]  # fmt: skip
+    assert _same_rows(got, expected)
+    parquet = client.get("/v1/runs/run-a/losses/download", params={"format": "parquet"})
+    assert parquet.headers["content-type"] == "application/vnd.apache.parquet"
+    table = pyarrow.parquet.read_table(io.BytesIO(parquet.content)).to_pydict()
+    assert list(table) == ["step", "update_index", "sample_index", "loss", "delta"]
+    got = [
+        tuple(float("nan") if v is None else v for v in row)
+        for row in zip(*table.values(), strict=True)
+    ]
+    assert _same_rows(got, expected)
+    empty = client.get("/v1/runs/run-empty/losses/download")
+    assert empty.text == "step,update_index,sample_index,loss,delta\n"
+    assert client.get("/v1/runs/run-a/losses/download?format=xlsx").status_code == 422
+
+
+def _same_rows(got: list[tuple], expected: list[tuple]) -> bool:
+    """Equal rows, NaN equal to NaN, floats to 1e-12."""
+    return len(got) == len(expected) and all(
+        a[:3] == b[:3] and np.allclose(a[3:], b[3:], atol=1e-12, equal_nan=True)
+        for a, b in zip(got, expected, strict=True)
+    )
+
+
 def test_sample_without_loss_has_null_loss_and_delta(client):
     history = client.get("/v1/runs/run-a/samples/3/losses").json()["history"]
     assert [(p["step"], p["loss"], p["delta"]) for p in history] == [
@@ -315,7 +456,10 @@ def test_sample_without_loss_has_null_loss_and_delta(client):
 def test_sample_index_past_the_run_is_404(client):
     response = client.get(f"/v1/runs/run-a/samples/{N}/losses")
     assert response.status_code == 404
-    assert response.json()["detail"] == f"sample {N} does not exist: run run-a has {N}"
+    assert (
+        response.json()["detail"]
+        == f"sample {N} does not exist: run run-a has {N} (indices 0 to {N - 1})"
+    )
 
 
 # weights
@@ -422,12 +566,15 @@ def test_docs_and_redoc_load_their_assets_from_the_scorer_itself(client):
             "/weights?step=two",
             "query.step: Input should be a valid integer, unable to parse string as an integer",
         ),
-        ("/losses?limit=0", "query.limit: Input should be greater than or equal to 1"),
-        ("/losses?limit=100001", "query.limit: Input should be less than or equal to 100000"),
+        ("/losses?max_results=0", "query.max_results: Input should be greater than or equal to 1"),
         (
-            "/losses?step=-1&offset=x",
-            "query.step: Input should be greater than or equal to 0; "
-            "query.offset: Input should be a valid integer, unable to parse string as an integer",
+            "/losses?max_results=100001",
+            "query.max_results: Input should be less than or equal to 100000",
+        ),
+        (
+            "/losses?step=-1&max_results=x",
+            "query.step: Input should be greater than or equal to 0; query.max_results: Input "
+            "should be a valid integer, unable to parse string as an integer",
         ),
         ("/samples/-1/losses", "path.index: Input should be greater than or equal to 0"),
     ],
@@ -441,16 +588,16 @@ def test_bad_query_values_are_422_with_readable_detail(client, path, detail):
 @pytest.mark.parametrize(
     "path",
     [
-        "/v1/runs/run-empty/losses?limit=0",  # else 404: no scored checkpoint
-        "/v1/runs/run-a/losses?step=5&limit=x",  # else 404: no such step
-        f"/v1/runs/run-a/losses?step={FAILED_STEP}&offset=-1",  # else 409
-        f"/v1/runs/run-a/losses?step={SCORING_STEP}&limit=0",  # else 202
+        "/v1/runs/run-empty/losses?max_results=0",  # else 404: no scored checkpoint
+        "/v1/runs/run-a/losses?step=5&max_results=x",  # else 404: no such step
+        f"/v1/runs/run-a/losses?step={FAILED_STEP}&page_token=x",  # else 409
+        f"/v1/runs/run-a/losses?step={SCORING_STEP}&max_results=0",  # else 202
     ],
 )
 def test_bad_page_is_422_before_the_checkpoint_is_looked_up(client, path):
     response = client.get(path)
     assert response.status_code == 422
-    assert response.json()["detail"].startswith(("query.limit: ", "query.offset: "))
+    assert response.json()["detail"].startswith(("query.max_results: ", "query.page_token: "))
 
 
 def test_run_id_too_long_is_422(client):
@@ -485,7 +632,7 @@ def test_app_without_state_builds_and_stops_intake_and_worker(tmp_path):
     assert service_threads() == set()
     with TestClient(create_app(settings)) as client:
         assert service_threads() == {"scorer", "intake"}
-        assert client.get("/v1/runs").json() == []
+        assert client.get("/v1/runs").json() == {"runs": [], "next_page_token": None}
         assert client.app.state.api.settings is settings
     assert service_threads() == set()
     assert (tmp_path / "data" / "scorer.db").is_file()
@@ -545,7 +692,7 @@ def test_deltas_of_the_initial_checkpoint_and_bad_pages(client):
     assert body["window"] is None and {item["delta"] for item in body["items"]} == {0.0}
     assert not any(item["in_window"] for item in body["items"])
     bad = client.get("/v1/runs/run-a/deltas", params={"step": 6, "page_token": "x1"})
-    assert bad.status_code == 422 and "pass next_page_token" in bad.json()["detail"]
+    assert bad.status_code == 422 and bad.json()["detail"].startswith("query.page_token: ")
     too_many = client.get("/v1/runs/run-a/deltas", params={"step": 6, "max_results": 10**6})
     assert too_many.status_code == 422
     pending = client.get("/v1/runs/run-a/deltas", params={"step": SCORING_STEP})

@@ -62,7 +62,9 @@ def test_stopped_while_scoring_then_restarted(run_files, tmp_path, sig):
         body = wait_weights(restarted, "run-c", 4, timeout=300)
         assert body["update_index"] == 2
         assert len(all_losses(restarted.base_url, "run-c", 2)) == N_SAMPLES
-        checkpoints = httpx.get(f"{restarted.base_url}/v1/runs/run-c/checkpoints").json()
+        checkpoints = httpx.get(f"{restarted.base_url}/v1/runs/run-c/checkpoints").json()[
+            "checkpoints"
+        ]
         assert [c["status"] for c in checkpoints] == ["scored", "scored"]
     finally:
         restarted.stop()

@@ -203,9 +203,9 @@ def test_fuzzed_requests_each_get_an_error_and_store_nothing(tiny_model, tmp_pat
         assert codes["unknown_run"] == {"unknown_run"}
         assert not marker.exists()
         assert rss_after - rss_before < 150_000, (rss_before, rss_after)
-        assert httpx.get(f"{scorer.base_url}/v1/runs/run-f/checkpoints").json() == []
+        assert httpx.get(f"{scorer.base_url}/v1/runs/run-f/checkpoints").json()["checkpoints"] == []
         assert not list((tmp_path / "scorer" / "checkpoints").rglob("*.*"))  # no file, no half
-        assert len(httpx.get(f"{scorer.base_url}/v1/runs").json()) == 1
+        assert len(httpx.get(f"{scorer.base_url}/v1/runs").json()["runs"]) == 1
 
         # A real run still works.
         for step, k, tensors in ((2, 1, first), (4, 2, second)):

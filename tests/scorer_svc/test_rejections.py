@@ -70,7 +70,7 @@ def _pickle_as_blob(upload, marker):
 
 
 def _checkpoints(scorer):
-    return httpx.get(f"{scorer.base_url}/v1/runs/run-r/checkpoints").json()
+    return httpx.get(f"{scorer.base_url}/v1/runs/run-r/checkpoints").json()["checkpoints"]
 
 
 def test_each_bad_request_gets_one_error_reply_and_stores_nothing(live):
@@ -149,7 +149,9 @@ def test_hello_that_disagrees_is_refused_naming_both_values(live, tiny_model):
     changed = hello.model_copy(update={"window_size": 0.5})
     reply = register(scorer.zmq_url, changed)
     assert reply["code"] == "mismatch" and "window_size" in reply["reason"]
-    assert [r["run_id"] for r in httpx.get(f"{scorer.base_url}/v1/runs").json()] == ["run-r"]
+    assert [r["run_id"] for r in httpx.get(f"{scorer.base_url}/v1/runs").json()["runs"]] == [
+        "run-r"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -162,8 +164,8 @@ def test_hello_that_disagrees_is_refused_naming_both_values(live, tiny_model):
         ("/v1/runs/run-r/weights?step=99999999999999999999", 422, "step"),
         ("/v1/runs/run-r/losses?step=9223372036854775808", 422, "step"),
         ("/v1/runs/run-r/losses?step=-1", 422, "step"),
-        ("/v1/runs/run-r/losses?limit=0", 422, "limit"),
-        ("/v1/runs/run-r/losses?offset=9223372036854775808", 422, "offset"),
+        ("/v1/runs/run-r/losses?max_results=0", 422, "max_results"),
+        ("/v1/runs/run-r/losses?page_token=9223372036854775808", 422, "page_token"),
         ("/v1/runs/run-r/losses", 404, "no scored checkpoint"),
         ("/v1/runs/run-r/samples/999/losses", 404, "sample 999 does not exist"),
         ("/v1/runs/run-r/samples/x/losses", 422, "index"),
@@ -208,7 +210,9 @@ def test_trainer_and_scorer_that_disagree_are_refused_before_scoring(
     hello = make_hello(tiny_model, root / "train.json", run_id="run-d", **change)
     reply = register(scorer.zmq_url, hello)
     assert reply["code"] == "mismatch" and words in reply["reason"], reply
-    assert "run-d" not in [r["run_id"] for r in httpx.get(f"{scorer.base_url}/v1/runs").json()]
+    assert "run-d" not in [
+        r["run_id"] for r in httpx.get(f"{scorer.base_url}/v1/runs").json()["runs"]
+    ]
 
 
 def test_the_trainers_model_digest_matches_the_scorers(live, tiny_model):

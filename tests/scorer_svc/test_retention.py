@@ -67,7 +67,7 @@ def test_a_run_is_deleted_with_its_files_and_no_other(served):
     assert response.json() == {"run_id": "old", "checkpoints": 2, "losses": 2 * N, "files": 2}
     assert not gone.exists()
     assert client.get("/v1/runs/old").status_code == 404
-    assert [r["run_id"] for r in client.get("/v1/runs").json()] == ["kept"]
+    assert [r["run_id"] for r in client.get("/v1/runs").json()["runs"]] == ["kept"]
     assert len(list(kept.iterdir())) == 2
     losses = client.get("/v1/runs/kept/losses", params={"step": 4}).json()
     assert losses["losses"] == [4.0, 5.0, 6.0, 7.0, 8.0]
@@ -95,7 +95,7 @@ def test_a_run_still_sending_is_not_deleted(served):
     assert response.status_code == 409
     assert "queued or being scored" in response.json()["detail"]
     assert len(list(files.iterdir())) == 3
-    assert len(client.get("/v1/runs/busy/checkpoints").json()) == 3
+    assert len(client.get("/v1/runs/busy/checkpoints").json()["checkpoints"]) == 3
 
 
 def test_another_scorers_run_is_read_only_here(served):

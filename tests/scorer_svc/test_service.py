@@ -48,7 +48,7 @@ def test_three_checkpoints_weights_and_restart(tiny_model, dataset_file, tmp_pat
         # still scored once, and the stored digest is the first upload's
         other = send_checkpoint(scorer.zmq_url, "run-a", 6, 3, checkpoints[1])
         assert other["status"] == "duplicate", other
-        listed = httpx.get(f"{scorer.base_url}/v1/runs/run-a/checkpoints").json()
+        listed = httpx.get(f"{scorer.base_url}/v1/runs/run-a/checkpoints").json()["checkpoints"]
         first_digest = assemble_digest(checkpoints[2])
         assert [c["digest"] for c in listed if c["step"] == 6] == [first_digest]
 
@@ -85,7 +85,7 @@ def test_three_checkpoints_weights_and_restart(tiny_model, dataset_file, tmp_pat
         assert history["history"][2]["delta"] == pytest.approx(
             history["history"][0]["loss"] - history["history"][2]["loss"]
         )
-        before = httpx.get(f"{scorer.base_url}/v1/runs/run-a/checkpoints").json()
+        before = httpx.get(f"{scorer.base_url}/v1/runs/run-a/checkpoints").json()["checkpoints"]
         assert [c["status"] for c in before] == ["scored"] * 3
         assert all(c["samples_per_second"] > 0 for c in before)
         metrics = {
@@ -107,7 +107,7 @@ def test_three_checkpoints_weights_and_restart(tiny_model, dataset_file, tmp_pat
 
     restarted = scorer.again().start()
     try:
-        after = httpx.get(f"{restarted.base_url}/v1/runs/run-a/checkpoints").json()
+        after = httpx.get(f"{restarted.base_url}/v1/runs/run-a/checkpoints").json()["checkpoints"]
         assert after == before  # same rows, same timings: nothing recomputed
         assert all_losses(restarted.base_url, "run-a", 2) == pytest.approx(init, nan_ok=True)
         reply = register(restarted.zmq_url, hello)

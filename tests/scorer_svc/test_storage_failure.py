@@ -51,7 +51,9 @@ def test_locked_database_fails_the_checkpoint_cleanly(tiny_model, tmp_path):
         wait_status(scorer, 2, "failed", timeout=30)
         status, n_losses = db_status(scorer, 2)
         assert (status, n_losses) == ("failed", 0)
-        checkpoint = httpx.get(f"{scorer.base_url}/v1/runs/run-l/checkpoints").json()[0]
+        checkpoint = httpx.get(f"{scorer.base_url}/v1/runs/run-l/checkpoints").json()[
+            "checkpoints"
+        ][0]
         assert "locked" in checkpoint["error"]
         r = httpx.get(f"{scorer.base_url}/v1/runs/run-l/weights", params={"step": 2})
         assert r.status_code == 409

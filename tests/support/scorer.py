@@ -132,16 +132,18 @@ def wait_weights(scorer: ScorerProcess, run_id: str, step: int, timeout=120) -> 
 
 
 def all_losses(base_url: str, run_id: str, step: int) -> list[float]:
-    r = httpx.get(f"{base_url}/v1/runs/{run_id}/losses", params={"step": step, "limit": 100000})
+    r = httpx.get(
+        f"{base_url}/v1/runs/{run_id}/losses", params={"step": step, "max_results": 100000}
+    )
     assert r.status_code == 200, r.text
     return [np.nan if v is None else v for v in r.json()["losses"]]
 
 
 def checkpoints(scorer: ScorerProcess, run_id: str) -> list[dict]:
     with scorer.http() as client:
-        r = client.get(f"/v1/runs/{run_id}/checkpoints")
+        r = client.get(f"/v1/runs/{run_id}/checkpoints", params={"max_results": 1000})
     assert r.status_code == 200, r.text
-    return r.json()
+    return r.json()["checkpoints"]
 
 
 def settled_checkpoints(scorer: ScorerProcess, run_id: str, expected: int, *watched, timeout=120):
@@ -186,7 +188,8 @@ def stored_losses(scorer: ScorerProcess, run_id: str, steps=(2, 4, 6)) -> dict[i
     result = {}
     for step in steps:
         r = httpx.get(
-            f"{scorer.base_url}/v1/runs/{run_id}/losses", params={"step": step, "limit": 100000}
+            f"{scorer.base_url}/v1/runs/{run_id}/losses",
+            params={"step": step, "max_results": 100000},
         )
         assert r.status_code == 200, r.text
         result[step] = r.json()["losses"]

@@ -67,7 +67,8 @@ def test_a_failed_background_send_under_uniform_is_logged_and_recorded(
 
 
 def _checkpoints(scorer, run_id):
-    return httpx.get(f"{scorer.base_url}/v1/runs/{run_id}/checkpoints").json()
+    url = f"{scorer.base_url}/v1/runs/{run_id}/checkpoints"
+    return httpx.get(url, params={"max_results": 1000}).json()["checkpoints"]
 
 
 def test_sigterm_with_a_send_in_flight_keeps_it_and_the_resumed_run_sends_it_once(

@@ -58,7 +58,7 @@ def test_run_over_curve_and_unknown_key_refused(tiny_model, tmp_path):
             with pytest.raises(Unauthorized, match=advice):
                 publisher.hello(hello)
             publisher.close()
-            runs = [r["run_id"] for r in httpx.get(f"{scorer.base_url}/v1/runs").json()]
+            runs = [r["run_id"] for r in httpx.get(f"{scorer.base_url}/v1/runs").json()["runs"]]
             assert runs == [run_id], what
     finally:
         scorer.stop()

@@ -7,6 +7,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
+from common.scorer_api import ScorerApi
 from tests.support.scorer import checkpoints, settled_checkpoints
 from tests.support.trainer import (
     RUN_SAMPLES,
@@ -73,6 +74,10 @@ def test_sync_run_trains_on_the_scorers_selection(tiny_model, scorer, tmp_path):
     rows = check_run(tiny_model, scorer, out, run_id)
     assert [r["weights_step"] for r in rows] == [2, 4, 6]
     assert [r["window"] is None for r in rows] == [True, False, False]
+    with ScorerApi(scorer.base_url) as api:  # the trainer told the scorer the run finished
+        run = api.run(run_id)
+    assert (run.status, run.last_scored_step) == ("finished", 6)
+    assert run.end_detail is not None and run.end_detail.startswith("trained ")
     # the run's report, its loss reductions read back from the scorer
     assert cli_main(["report", str(out), "--scorer", scorer.base_url]) == 0
     drawn = sorted(p.name for p in (out / "report").glob("*.png"))

@@ -70,6 +70,7 @@ def test_lora_run_trains_exactly_the_scheduled_samples(tiny_model, demo_file, tm
     for name, tensor in recipe.trainable_tensors().items():
         assert torch.equal(saved[name], tensor)
     assert (out / "training_loss.png").is_file() and (out / "trainer_state.json").is_file()
+    assert scorer.ended == [("finished", "trained 12 steps")]  # the run's status on the scorer
 
 
 class RefusingRegistration(FakeScorer):
@@ -138,8 +139,11 @@ def test_a_failed_update_saves_its_step_and_the_resumed_run_sends_it_again(
     tiny_model, demo_file, tmp_path
 ):
     out = tmp_path / "out"
+    failing = FailingAtStep(32, 4)
     with pytest.raises(ScorerFailure) as info:
-        run(config(tiny_model, demo_file, out), scorer=FailingAtStep(32, 4))
+        run(config(tiny_model, demo_file, out), scorer=failing)
+    assert [status for status, _ in failing.ended] == ["failed"]
+    assert failing.ended[0][1] == f"ScorerFailure: {info.value}"
     saved = out / "checkpoint-4"
     assert str(info.value) == (
         "update 2 at step 4 failed: gave up waiting for a reply from the scorer (set "

@@ -81,7 +81,7 @@ def test_from_config_takes_the_addresses_token_and_curve_keys(tmp_path, monkeypa
     assert scorer.publisher.curve is not None
     assert scorer.publisher.retry.wait_seconds == 7 == scorer.weights.retry.wait_seconds
     assert scorer.weights.base_url == "http://10.0.0.1:9000" and scorer.weights.run_id == "run-9"
-    assert scorer.weights._client.headers["authorization"] == "Bearer tok"
+    assert scorer.weights.api.http.headers["authorization"] == "Bearer tok"
     scorer.close()
 
 

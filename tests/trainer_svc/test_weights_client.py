@@ -135,4 +135,4 @@ def test_token_is_sent_as_bearer_and_a_refusal_is_not_retried():
         wc.wait_for(4)
     assert seen == ["Bearer tok"]
     built = WeightsClient("http://scorer", "r", wait_seconds=1, token="abc")
-    assert built._client.headers["authorization"] == "Bearer abc"
+    assert built.api.http.headers["authorization"] == "Bearer abc"

@@ -4,18 +4,19 @@ from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import numpy as np
-from fastapi import APIRouter, Depends, HTTPException, Query, Response
+from fastapi import APIRouter, Depends, Query
 from sqlalchemy.orm import Session
 
 from common.api_schemas import DeltaPage, RankedSample, WindowInfo
-from common.plots import deltas_by_rank, png
 from common.selection import rank_by_delta
 from scorer_svc import crud
 from scorer_svc.api.deps import (
     SCORED_CHECKPOINT_RESPONSES,
+    PageToken,
     RunDep,
     SessionDep,
     WeightsCacheDep,
+    page_position,
     scored_checkpoint,
 )
 from scorer_svc.models import CheckpointRow, Run
@@ -38,10 +39,10 @@ def get_query(
         Literal["desc", "asc"],
         Query(description="desc: the largest loss reductions first (rank 0), as the rule ranks"),
     ] = "desc",
-    max_results: Annotated[int, Query(ge=1, le=MAX_RESULTS)] = 100,
-    page_token: Annotated[
-        str | None, Query(max_length=32, description="next_page_token of the page before")
-    ] = None,
+    max_results: Annotated[
+        int, Query(ge=1, le=MAX_RESULTS, description=f"items per page, at most {MAX_RESULTS}")
+    ] = 100,
+    page_token: PageToken = None,
 ) -> DeltaQuery:
     return DeltaQuery(order, max_results, page_token)
 
@@ -50,7 +51,9 @@ QueryDep = Annotated[DeltaQuery, Depends(get_query)]
 CheckpointDep = Annotated[CheckpointRow, Depends(scored_checkpoint(after=get_query))]
 
 
-@router.get("/deltas", responses=SCORED_CHECKPOINT_RESPONSES)
+@router.get(
+    "/deltas", summary="Samples ranked by loss reduction", responses=SCORED_CHECKPOINT_RESPONSES
+)
 def deltas(
     session: SessionDep,
     cache: WeightsCacheDep,
@@ -61,9 +64,9 @@ def deltas(
     """The ranked samples of a scored checkpoint: rank, sample index, loss reduction
     (initial − current), current and initial loss, and whether the window took it. Samples
     without a finite loss are not ranked and not listed."""
-    offset = _offset(query.page_token)
+    offset = page_position(query.page_token) or 0
     served = cache.get(session, run, checkpoint)
-    initial, current = _losses(session, cache, run, checkpoint)
+    initial, current = checkpoint_losses(session, cache, run, checkpoint)
     delta = initial - current
     ranking = rank_by_delta(delta)
     window = served.window
@@ -99,7 +102,7 @@ def deltas(
     )
 
 
-def _losses(
+def checkpoint_losses(
     session: Session, cache: WeightsCache, run: Run, checkpoint: CheckpointRow
 ) -> tuple[np.ndarray, np.ndarray]:
     """(initial, current) losses of a scored checkpoint (the same for the run's first); the
@@ -108,43 +111,3 @@ def _losses(
     if run.initial_step is None or run.initial_step == checkpoint.step:
         return current, current
     return cache.initial_losses(session, run, run.initial_step), current
-
-
-def _offset(token: str | None) -> int:
-    if token is None:
-        return 0
-    if not token.isdigit():
-        raise HTTPException(
-            422, detail=f"page_token {token!r} is not one this API gave: pass next_page_token"
-        )
-    return int(token)
-
-
-@router.get(
-    "/plots/deltas",
-    response_class=Response,
-    responses={
-        **SCORED_CHECKPOINT_RESPONSES,
-        200: {"content": {"image/png": {}}, "description": "the picture"},
-    },
-)
-def plot_deltas(
-    session: SessionDep,
-    cache: WeightsCacheDep,
-    run: RunDep,
-    checkpoint: Annotated[CheckpointRow, Depends(scored_checkpoint())],
-) -> Response:
-    """A PNG of the loss reduction by rank at a scored checkpoint, the window's ranks shaded
-    and the rank where reductions turn negative marked."""
-    served = cache.get(session, run, checkpoint)
-    initial, current = _losses(session, cache, run, checkpoint)
-    delta = initial - current
-    ranked = delta[rank_by_delta(delta)]
-    window = served.window
-    figure = deltas_by_rank(
-        ranked,
-        window=(window.start, window.end) if window is not None else None,
-        truncated_at=window.truncated_at if window is not None else None,
-        title=f"run {run.run_id}, step {checkpoint.step} (update {checkpoint.update_index})",
-    )
-    return Response(png(figure), media_type="image/png")

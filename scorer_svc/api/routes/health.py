@@ -13,15 +13,19 @@ router = APIRouter(tags=["health"])
 
 @router.get(
     "/healthz",
+    summary="Is the scorer healthy",
     response_model=Health,
     responses={
         503: {
+            "model": Health,
             "description": "the database cannot be read, the scoring worker stopped, or a "
-            "scoring rank was lost"
+            "scoring rank was lost",
         }
     },
 )
 def healthz(session: SessionDep, api: ApiDep) -> Health | JSONResponse:
+    """200 when the database answers, the scoring worker runs and every scoring rank
+    answers; 503 with what is wrong otherwise. Open without a token."""
     crud.list_runs(session, limit=1)  # a damaged or missing database answers 503
     group = api.group
     named = {"instance": api.instance}

@@ -23,6 +23,7 @@ OCTET = "application/octet-stream"
 
 @router.get(
     "/weights",
+    summary="A checkpoint's sampling weights",
     response_model=WeightsBody,
     responses={**SCORED_CHECKPOINT_RESPONSES, 200: {"content": {OCTET: {}}}},
 )
@@ -31,8 +32,14 @@ def get_weights(
     cache: WeightsCacheDep,
     run: RunDep,
     checkpoint: ScoredCheckpointDep,
-    accept: Annotated[str | None, Header()] = None,
+    accept: Annotated[
+        str | None,
+        Header(description="application/octet-stream: N little-endian float32, no JSON"),
+    ] = None,
 ) -> Response | WeightsBody:
+    """The Delta Loss sampling weights of a scored checkpoint (default the latest): uniform
+    for the run's first, through the window at its update otherwise. 202 while the checkpoint
+    is queued or being scored, with progress; 409 when scoring it failed."""
     weights = cache.get(session, run, checkpoint)
     if accept and OCTET in accept:
         headers = {"X-Step": str(weights.step), "X-Update-Index": str(weights.update_index)}

@@ -1,0 +1,1 @@
+"""The dashboard's page, script and style, served by scorer_svc.api.routes.dashboard."""
