@@ -32,7 +32,7 @@ def _runs(scorer):
     headers = {"Authorization": f"Bearer {TOKEN}"}
     response = httpx.get(f"{scorer.base_url}/v1/runs", headers=headers)
     assert response.status_code == 200
-    return [r["run_id"] for r in response.json()]
+    return [r["run_id"] for r in response.json()["runs"]]
 
 
 @pytest.mark.parametrize("header", [None, "Bearer wrong", f"Basic {TOKEN}", "Bearer", "bearer  x"])

@@ -65,7 +65,7 @@ def two_ranks(tmp_path_factory):
 def test_two_ranks_store_the_losses_of_one(two_ranks, tiny_model, tmp_path):
     health = httpx.get(f"{two_ranks.base_url}/healthz").json()
     assert health == {"status": "ok", "ranks": 2, "ranks_alive": True,
-                      "instance": health["instance"]}  # fmt: skip
+                      "instance": health["instance"], "detail": None}  # fmt: skip
     assert (two_ranks.data_dir / "instance_id").read_text().strip() == health["instance"]
     data = write_samples(tmp_path / "d.json", 40, seed=5)
     hello = make_hello(tiny_model, data, run_id="ranks")
