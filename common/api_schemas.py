@@ -113,7 +113,9 @@ class RunInfo(BaseModel):
         None, description="when the trainer reported the end (UTC); null while it runs"
     )
     end_detail: str | None = Field(None, description="what the trainer said of the end")
-    config: dict[str, Any] = Field(description="the hello that registered the run")
+    config: dict[str, Any] = Field(
+        description="the hello that registered the run (without the training run's token)"
+    )
 
 
 class RunPage(BaseModel):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cachetools import LRUCache
+from cachetools import LRUCache, TTLCache
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.datasets import Row, rows_size
@@ -37,6 +37,10 @@ class ApiState:
     # fingerprint (api/routes/samples.py), by run and fingerprint, within ~256 M characters
     dataset_rows: LRUCache[tuple[RunKey, str], tuple[Row, ...]] = field(
         default_factory=lambda: LRUCache(256 << 20, getsizeof=rows_size)
+    )
+    # datasets that could not be served (403, 409): not read again for 30 s
+    dataset_refusals: TTLCache[tuple[RunKey, str], Exception] = field(
+        default_factory=lambda: TTLCache(maxsize=256, ttl=30.0)
     )
 
     def __post_init__(self) -> None:

@@ -210,9 +210,11 @@ class _RegisteringCallback(TrainerCallback):
                  "trainer-svc train resumes runs (resume_from_checkpoint)"}
             )  # fmt: skip
         failure = None
+        self.registered = False
         if selection.ranks.is_main and selection.scorer is not None:
             try:
                 selection.scorer.register(selection.hello)
+                self.registered = True
             except ProtocolError as exc:
                 try:
                     scorer_failed(
@@ -232,12 +234,24 @@ class _RegisteringCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         return self.updates.on_step_end(args, state, control, **kwargs)
 
+    def _report_end(self, state, failure: BaseException | None) -> None:
+        """Tell the scorer the run finished, or failed and why (rank 0, once registered); a
+        run stopped before its last step by a signal, to be resumed, has not ended."""
+        scorer = self.selection.scorer
+        if scorer is None or not getattr(self, "registered", False):
+            return
+        if failure is not None:
+            scorer.end("failed", f"{type(failure).__name__}: {failure}")
+        elif state.global_step >= state.max_steps:
+            scorer.end("finished", f"trained {state.global_step} steps")
+
     def on_save(self, args, state, control, **kwargs):
         return self.updates.on_save(args, state, control, **kwargs)
 
     def on_train_end(self, args, state, control, **kwargs):
         self.updates.on_train_end(args, state, control, **kwargs)
         failure = self.selection.stop.failure or self.updates.unsent_at_end
+        self._report_end(state, failure)
         if failure is not None:
             raise ScorerFailure(
                 f"{failure}; the state at step {state.global_step} is saved in {args.output_dir}"

@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 
 FIRST_PENDING_POLL = 0.05
+END_TIMEOUT_SECONDS = 5.0  # telling the scorer the run ended holds up the run's end no longer
 
 
 class ScoringFailed(ProtocolError):
@@ -134,8 +135,8 @@ class WeightsClient:
         """Tell the scorer how the run ended (once, not retried: the run's end must not wait
         on the scorer); a failure to tell it is logged."""
         try:
-            self.api.end_run(self.run_id, status, detail)
-        except (httpx.HTTPError, ApiError) as exc:
+            self.api.end_run(self.run_id, status, detail, timeout=END_TIMEOUT_SECONDS)
+        except Exception as exc:  # an old scorer, a proxy's page: the run has ended all the same
             logger.warning(
                 "could not tell the scorer at %s that run %s %s: %s",
                 self.base_url, self.run_id, status, exc,

@@ -43,6 +43,7 @@ def describe(app: FastAPI, *, token: bool) -> None:
                 description=app.description,
                 routes=app.routes,
             )
+            _no_422_without_input(schema)
             _drop_unused_validation_schemas(schema)
             if token:
                 _require_bearer(schema)
@@ -68,6 +69,14 @@ def _require_bearer(schema: dict[str, Any]) -> None:
         for operation in operations.values():
             operation["security"] = [{SCHEME: []}]
             operation.setdefault("responses", {})["401"] = UNAUTHORIZED
+
+
+def _no_422_without_input(schema: dict[str, Any]) -> None:
+    """A route that takes no parameter and no body never answers 422."""
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            if not operation.get("parameters") and "requestBody" not in operation:
+                operation.get("responses", {}).pop("422", None)
 
 
 def _drop_unused_validation_schemas(schema: dict[str, Any]) -> None:

@@ -189,9 +189,8 @@ def test_runs_are_listed_with_their_settings_and_samples_without_loss(client):
     assert (run["window_size"], run["update_times"], run["initial_step"]) == (
         WINDOW_SIZE, UPDATE_TIMES, 2,
     )  # fmt: skip
-    assert run["config"] == stored_run_config(
-        "run-a", N, window_size=WINDOW_SIZE, update_times=UPDATE_TIMES
-    )
+    stored = stored_run_config("run-a", N, window_size=WINDOW_SIZE, update_times=UPDATE_TIMES)
+    assert run["config"] == {k: v for k, v in stored.items() if k != "run_token"}
     assert (run["status"], run["n_checkpoints"], run["last_step"], run["last_scored_step"]) == (
         "training", 6, RECEIVED_STEP, 6,
     )  # fmt: skip
@@ -199,6 +198,16 @@ def test_runs_are_listed_with_their_settings_and_samples_without_loss(client):
     empty = client.get("/v1/runs/run-empty").json()
     assert (empty["initial_step"], empty["n_invalid"]) == (None, None)
     assert (empty["status"], empty["n_checkpoints"], empty["last_step"]) == ("registered", 0, None)
+
+
+def test_a_runs_training_token_is_not_served(client, state):
+    config = stored_run_config("run-tok", 4) | {"run_token": "f" * 32}
+    with state.sessions() as session:
+        crud.create_run(session, config=config, n_no_labels=0)
+    served = client.get("/v1/runs/run-tok").json()["config"]
+    assert "run_token" not in served and served["run_id"] == "run-tok"
+    with state.sessions() as session:  # kept where it is checked: a resume must carry it
+        assert crud.get_run(session, run_id="run-tok").config["run_token"] == "f" * 32
 
 
 def test_runs_come_a_page_at_a_time(client):
@@ -220,6 +229,13 @@ def test_a_run_ends_as_its_trainer_reports_and_a_resume_reopens_it(client, state
     assert (refused.status_code, refused.json()["detail"]) == (
         403, "this API serves a database read-only: it changes nothing",
     )  # fmt: skip
+    elsewhere = replace(state, instance="scorer-u")
+    with TestClient(create_app(state.settings, elsewhere)) as client:
+        with state.sessions() as session:
+            crud.get_run(session, run_id="run-a").instance = "scorer-t"
+            session.commit()
+        other = client.post("/v1/runs/run-a/end", json={"status": "finished"})
+        assert other.status_code == 403 and "report its end there" in other.json()["detail"]
     writable = replace(state, instance="scorer-t")
     with TestClient(create_app(state.settings, writable)) as client:
         _end_and_reopen(client, state)
@@ -393,6 +409,7 @@ def test_several_histories_are_each_samples_own(client):
         ({"params": {"indices": f"1,{N}"}}, 404, f"sample {N} does not exist"),
         ({"params": {"indices": "1,,2"}}, 422, "query.indices: String should match pattern"),
         ({"params": {"indices": "a"}}, 422, "query.indices: String should match pattern"),
+        ({"params": {"indices": "9" * 5000}}, 422, "query.indices: String should match pattern"),
         ({"params": {"indices": ",".join(map(str, range(1001)))}}, 422, "at most 1000"),
         ({"json": {"indices": []}}, 422, "body.indices: List should have at least 1 item"),
         ({"json": {"indices": [-1]}}, 422, "body.indices.0: Input should be greater than"),

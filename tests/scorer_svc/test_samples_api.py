@@ -24,6 +24,7 @@ from common.selection import delta_window, rank_by_delta
 from common.tokenization import encode_dataset
 from scorer_svc import crud
 from scorer_svc.api.routes import plots as plot_routes
+from scorer_svc.api.routes import samples as samples_routes
 from scorer_svc.config import Settings
 from scorer_svc.db import make_engine, make_sessionmaker
 from scorer_svc.failures import UnrecordedFailures
@@ -398,3 +399,21 @@ def test_chosen_samples_are_drawn_with_the_top_and_bottom_ones(client, drawn_tra
 def test_top_and_bottom_at_a_step_never_received_is_404(client):
     response = client.get("/v1/runs/run-t/plots/trajectories", params={"top": 1, "step": 3})
     assert response.status_code == 404
+
+
+def test_a_refused_dataset_is_not_read_again_at_each_click(
+    tmp_path, config, data_file, monkeypatch
+):
+    data_file.write_text("[]", encoding="utf-8")
+    reads = []
+    original = samples_routes.read_checked_rows
+    monkeypatch.setattr(
+        samples_routes,
+        "read_checked_rows",
+        lambda *args: reads.append(1) or original(*args),
+    )
+    with serving(tmp_path, config) as client:
+        answers = [client.get("/v1/runs/run-t/samples/0") for _ in range(3)]
+    assert [a.status_code for a in answers] == [409] * 3
+    assert len({a.json()["detail"] for a in answers}) == 1
+    assert len(reads) == 1

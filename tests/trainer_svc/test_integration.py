@@ -1,5 +1,6 @@
 """Delta Loss selection added to a plain transformers Trainer built by the user."""
 
+import httpx
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
@@ -78,6 +79,7 @@ def test_a_users_trainer_trains_the_scheduled_samples(tiny_model, demo_file, tmp
         (2, 1), (4, 2), (6, 3), (10, 1),
     ]  # fmt: skip
     assert trainer.state.global_step == 12 and scorer.closed
+    assert scorer.ended == [("finished", "trained 12 steps")]
     hello = scorer.hellos[0]
     assert hello.lora is not None and hello.lora.r == 4 and hello.n_samples == 32
     # peft resolved all-linear to module names: the scorer builds LoRA on the same ones
@@ -100,6 +102,8 @@ def test_a_users_trainer_against_the_real_scorer(tiny_model, demo_file, scorer, 
     assert [(r["global_step"], r["weights_step"], r["source"]) for r in rows] == [
         (2, 2, "scorer"), (4, 4, "scorer"), (6, 6, "scorer"), (10, 10, "scorer"),
     ]  # fmt: skip
+    run = httpx.get(f"{scorer.base_url}/v1/runs/{selection.run_id}").json()
+    assert (run["status"], run["end_detail"]) == ("finished", "trained 12 steps")
 
 
 def test_keys_that_belong_to_the_training_arguments_are_refused(tiny_model, demo_file, tmp_path):

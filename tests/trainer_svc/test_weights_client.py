@@ -136,3 +136,21 @@ def test_token_is_sent_as_bearer_and_a_refusal_is_not_retried():
     assert seen == ["Bearer tok"]
     built = WeightsClient("http://scorer", "r", wait_seconds=1, token="abc")
     assert built.api.http.headers["authorization"] == "Bearer abc"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        httpx.ConnectError("refused"),
+        (200, "<html>a proxy's page</html>", {}),  # not the scorer's body
+        (200, {"run_id": "r"}, {}),  # a scorer of another version
+        (404, {"detail": "Not Found"}, {}),  # one without the route
+        (403, {"detail": "the run belongs to another scorer instance"}, {}),
+    ],
+)
+def test_telling_the_scorer_the_run_ended_never_fails_the_run(answer, caplog):
+    wc, seen, _ = client([answer])
+    with caplog.at_level(logging.WARNING):
+        wc.end("finished", "trained 12 steps")
+    assert [(r.method, r.url.path) for r in seen] == [("POST", "/v1/runs/r/end")]
+    assert "could not tell the scorer at http://scorer that run r finished" in caplog.text

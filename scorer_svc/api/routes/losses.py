@@ -2,6 +2,7 @@
 history as a CSV or Parquet file."""
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Response
@@ -30,6 +31,7 @@ from scorer_svc.api.deps import (
 )
 from scorer_svc.exports import losses_csv, losses_parquet
 from scorer_svc.models import Run
+from scorer_svc.state import ApiState
 
 router = APIRouter(prefix="/v1/runs/{run_id}", tags=["losses"])
 
@@ -80,7 +82,7 @@ def histories(
         str,
         Query(
             max_length=12 * MAX_QUERY_INDICES,
-            pattern=r"^\d+(,\d+)*$",
+            pattern=r"^\d{1,10}(,\d{1,10})*$",
             description=f"sample indices, comma-separated (at most {MAX_QUERY_INDICES}; POST "
             "takes more)",
             examples=["0,7,42"],
@@ -126,17 +128,24 @@ def download(
     """Every loss of the run's scored checkpoints in long form (step, update_index,
     sample_index, loss, delta = initial loss - loss), by step then sample. Losses that are
     not finite are empty (CSV) or null (Parquet)."""
-    name = f"{run.run_id}-losses.{format}"
-    headers = {"Content-Disposition": f'attachment; filename="{name}"'}
+    run_id = run.run_id
+    headers = {"Content-Disposition": f'attachment; filename="{run_id}-losses.{format}"'}
+    session.close()  # the file is read in transactions of its own, a checkpoint at a time
     if format == "parquet":
-        return Response(
-            losses_parquet(session, run),
-            media_type="application/vnd.apache.parquet",
-            headers=headers,
+        chunks = losses_parquet(api.sessions, run_id, spool=_spool(api))
+        return StreamingResponse(
+            chunks, media_type="application/vnd.apache.parquet", headers=headers
         )
     return StreamingResponse(
-        losses_csv(api.sessions, run.run_id), media_type="text/csv", headers=headers
+        losses_csv(api.sessions, run_id), media_type="text/csv", headers=headers
     )
+
+
+def _spool(api: ApiState) -> Path | None:
+    """Where a Parquet file is put together: the scorer's data_dir, which has room for
+    checkpoints (the system's temporary folder when there is none)."""
+    folder = Path(api.settings.data_dir)
+    return folder if folder.is_dir() else None
 
 
 def _check_indices(run: Run, indices: Sequence[int]) -> None:

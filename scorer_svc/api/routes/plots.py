@@ -11,6 +11,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from sqlalchemy.orm import Session
 
+from common.api_schemas import ErrorBody
 from common.datasets import MAX_FIELD_NAME, Row, Scalar
 from common.plots import deltas_by_rank, png, trajectories
 from common.selection import rank_by_delta
@@ -57,7 +58,16 @@ def get_color_by(
     "/deltas",
     summary="Loss reduction by rank, as a picture",
     response_class=Response,
-    responses={**SCORED_CHECKPOINT_RESPONSES, **DATASET_RESPONSES, **PNG_RESPONSE},
+    responses={
+        **SCORED_CHECKPOINT_RESPONSES,
+        **DATASET_RESPONSES,
+        409: {
+            "model": ErrorBody,
+            "description": "scoring this checkpoint failed, or (with color_by) the dataset can "
+            "no longer be read or changed since registration",
+        },
+        **PNG_RESPONSE,
+    },
 )
 def plot_deltas(
     api: ApiDep,

@@ -43,6 +43,9 @@ def _run_info(session: Session, run: Run, progress: crud.RunProgress) -> RunInfo
     info = RunInfo.model_validate(
         {
             **{c: getattr(run, c) for c in RunInfo.model_fields if hasattr(run, c)},
+            # the training run's identity stays on the scorer: with it, another trainer
+            # could take the run over as its resume
+            "config": {k: v for k, v in run.config.items() if k != "run_token"},
             "status": status,
             "n_invalid": n_invalid,
             "n_checkpoints": progress.n_checkpoints,
@@ -90,7 +93,11 @@ def list_checkpoints(session: SessionDep, run: RunDep, page: CheckpointsPageDep)
     summary="Report how a run ended",
     responses={
         **RUN_RESPONSES,
-        403: {"model": ErrorBody, "description": "the API serves its database read-only"},
+        403: {
+            "model": ErrorBody,
+            "description": "the API serves its database read-only, or the run is another "
+            "scorer instance's",
+        },
     },
 )
 def end_run(session: SessionDep, run: RunDep, body: RunEnd, api: ApiDep) -> RunInfo:
@@ -98,6 +105,12 @@ def end_run(session: SessionDep, run: RunDep, body: RunEnd, api: ApiDep) -> RunI
     the run is resumed (a new hello from its trainer). Reporting again replaces the report."""
     if api.instance is None:
         raise HTTPException(403, detail=READ_ONLY)
+    if run.instance is not None and run.instance != api.instance:
+        raise HTTPException(
+            403,
+            detail=f"run {run.run_id} belongs to the scorer instance {run.instance!r} (this one "
+            f"is {api.instance!r}): report its end there",
+        )
     crud.end_run(session, run=run, status=body.status, detail=body.detail)
     return run_infos(session, [run])[0]
 

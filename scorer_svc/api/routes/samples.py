@@ -47,7 +47,7 @@ DATASET_RESPONSES: dict[int | str, dict[str, Any]] = {
     },
 }
 
-_cache_lock = threading.Lock()  # ApiState.dataset_rows, and the table of loads under way
+_cache_lock = threading.Lock()  # ApiState.dataset_rows, the loads under way, the refusals
 _loading: dict[object, tuple[threading.Lock, int]] = {}
 
 
@@ -87,9 +87,19 @@ def run_rows(api: ApiState, run: Run) -> tuple[Row, ...]:
     with _loading_of(key):  # one request reads a run's dataset, the others wait for it
         with _cache_lock:
             rows = api.dataset_rows.get(key)
+            # a dataset that could not be served is not read again for a while: the
+            # requests that waited on its load, and the clicks after, get the answer at once
+            refused = api.dataset_refusals.get(key)
         if rows is not None:
             return rows
-        rows = read_checked_rows(api.settings, run)
+        if refused is not None:
+            raise refused
+        try:
+            rows = read_checked_rows(api.settings, run)
+        except HTTPException as exc:
+            with _cache_lock:
+                api.dataset_refusals[key] = exc
+            raise
         with _cache_lock:
             try:
                 api.dataset_rows[key] = rows
