@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 
 from common import plots
+from common.scorer_api import ApiError, NotFound, ScorerApi
 from trainer_svc.records import (
     LOSS_PLOT,
     SELECTIONS,
@@ -106,9 +106,8 @@ def write_report(
     _draw_counts(report, trained, n)
     if scorer_url is not None:
         run_id = json.loads((output_dir / "run.json").read_text())["run_id"]
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        with httpx.Client(base_url=scorer_url.rstrip("/"), headers=headers, timeout=60) as client:
-            scorer = Scorer(client, run_id)
+        with ScorerApi(scorer_url, token=token, timeout=60) as api:
+            scorer = Scorer(api, run_id)
             _deltas(report, scorer, rows, color_by)
             _trajectories(report, scorer, rows)
             _chosen(report, scorer, samples)
@@ -183,22 +182,23 @@ def _draw_counts(report: Report, trained: list[list[int]], n: int) -> None:
 
 @dataclass(frozen=True)
 class Scorer:
-    """The scorer's answers about one run."""
+    """The scorer's answers about one run, through its typed client."""
 
-    client: httpx.Client
+    api: ScorerApi
     run_id: str
-
-    def get(self, path: str, **params: Any) -> httpx.Response:
-        return self.client.get(f"/v1/runs/{self.run_id}{path}", params=params)
 
     def history(self, index: int) -> list[tuple[int, float]] | None:
         """(step, loss) of a sample at every scored checkpoint; None when there is no such
         sample."""
-        response = self.get(f"/samples/{index}/losses")
-        if response.status_code == 404:
+        try:
+            body = self.api.history(self.run_id, index)
+        except NotFound:
             return None
-        response.raise_for_status()
-        return [(p["step"], p["loss"]) for p in response.json()["history"] if p["loss"] is not None]
+        return [(p.step, p.loss) for p in body.history if p.loss is not None]
+
+    def deltas_picture(self, step: int, color_by: str | None) -> bytes:
+        extra = {} if color_by is None else {"color_by": color_by}
+        return self.api.plot_deltas(self.run_id, step=step, **extra)
 
 
 def _deltas(
@@ -207,25 +207,24 @@ def _deltas(
     """The loss reduction by rank at each update's weights step, coloured by color_by while
     the scorer can read the dataset's rows (it says why when it cannot)."""
     for step in _weights_steps(rows):
-        params: dict[str, Any] = {"step": step}
-        if color_by is not None:
-            params["color_by"] = color_by
-        response = scorer.get("/plots/deltas", **params)
-        if color_by is not None and response.status_code == 422:
-            raise ReportError(f"--color-by {color_by}: {_detail(response)}")
-        if color_by is not None and response.status_code in (403, 409):
-            logger.warning("not coloured by %s: %s", color_by, _detail(response))
-            color_by = None
-            response = scorer.get("/plots/deltas", step=step)
-        if response.status_code != 200:
-            logger.warning(
-                "no loss-reduction plot for step %d: HTTP %d", step, response.status_code
-            )
+        try:
+            try:
+                picture = scorer.deltas_picture(step, color_by)
+            except ApiError as exc:
+                if color_by is None or exc.status not in (403, 409, 422):
+                    raise
+                if exc.status == 422:
+                    raise ReportError(f"--color-by {color_by}: {exc.detail}") from exc
+                logger.warning("not coloured by %s: %s", color_by, exc.detail)
+                color_by = None
+                picture = scorer.deltas_picture(step, None)
+        except ApiError as exc:
+            logger.warning("no loss-reduction plot for step %d: HTTP %d", step, exc.status)
             continue
         by = f", each sample coloured by its '{color_by}'" if color_by is not None else ""
         report.add(
             f"deltas_step_{step}.png",
-            response.content,
+            picture,
             f"Loss reduction by rank at step {step}, the window shaded{by}.",
         )
 
@@ -236,29 +235,24 @@ def _weights_steps(rows: list[dict[str, Any]]) -> list[int]:
     return list(dict.fromkeys(steps))
 
 
-def _detail(response: httpx.Response) -> str:
-    try:
-        return str(response.json()["detail"])
-    except (ValueError, KeyError, TypeError):
-        return f"HTTP {response.status_code}"
-
-
 def _trajectories(report: Report, scorer: Scorer, rows: list[dict[str, Any]]) -> None:
     steps = _weights_steps(rows)
     if not steps:
         return
     last = steps[-1]
-    ends = {
-        order: scorer.get("/deltas", step=last, order=order, max_results=TOP_K)
-        for order in ("desc", "asc")
-    }
-    if any(r.status_code != 200 for r in ends.values()):
+    try:
+        ends = {
+            order: scorer.api.deltas(scorer.run_id, step=last, order=order, max_results=TOP_K)
+            for order in ("desc", "asc")
+        }
+    except ApiError as exc:
+        logger.warning("no trajectories: the ranking at step %d: %s", last, exc.detail)
         return
     histories: dict[str, list[tuple[int, float]]] = {}
-    for order, response in ends.items():
+    for order, page in ends.items():
         side = "fell most" if order == "desc" else "fell least"
-        for item in response.json()["items"]:
-            index = item["sample_index"]
+        for item in page.items:
+            index = item.sample_index
             histories[f"#{index} ({side})"] = scorer.history(index) or []
     report.add(
         "trajectories.png",

@@ -10,8 +10,8 @@ import httpx
 import matplotlib.image
 import pytest
 
+from common import scorer_api
 from common.plots import png, trajectories
-from trainer_svc import report as report_module
 from trainer_svc.cli import main
 from trainer_svc.records import SELECTIONS, TRAINED
 from trainer_svc.report import EVAL_LOSS_PLOT, ReportError, write_report
@@ -63,6 +63,17 @@ def test_no_eval_loss_picture_without_eval_loss(tmp_path):
     assert EVAL_LOSS_PLOT not in linked(folder)
 
 
+def delta_page(step: int, indices: list[int]) -> dict:
+    """A /deltas answer (the scorer's DeltaPage) ranking these samples."""
+    items = [
+        {"rank": r, "sample_index": i, "delta": 1.0 - r / 10, "loss": 1.0, "initial_loss": 2.0,
+         "in_window": False}
+        for r, i in enumerate(indices)
+    ]  # fmt: skip
+    return {"run_id": RUN_ID, "step": step, "update_index": 2, "window": None, "n_ranked": N,
+            "items": items, "next_page_token": None}  # fmt: skip
+
+
 class FakeScorer:
     """The scorer's answers for RUN_ID: pictures, the ranking and each sample's history; a
     color_by other than `group` is a 422 as the scorer gives it. Records what was asked."""
@@ -86,14 +97,18 @@ class FakeScorer:
             return httpx.Response(200, content=PICTURE, headers={"content-type": "image/png"})
         if path == f"{base}/deltas":
             order = range(N) if params["order"] == "desc" else reversed(range(N))
-            items = [{"sample_index": i} for i in list(order)[: int(params["max_results"])]]
-            return httpx.Response(200, json={"items": items})
+            chosen = list(order)[: int(params["max_results"])]
+            return httpx.Response(200, json=delta_page(int(params["step"]), chosen))
         if path.startswith(f"{base}/samples/") and path.endswith("/losses"):
             index = int(path.split("/")[-2])
             if index >= N:
                 return httpx.Response(404, json={"detail": f"sample {index} does not exist"})
-            history = [{"step": s, "loss": 2.0 - index / 10 - s / 40} for s in (10, 20)]
-            return httpx.Response(200, json={"history": history})
+            history = [
+                {"step": s, "update_index": k, "loss": 2.0 - index / 10 - s / 40, "delta": None}
+                for k, s in enumerate((10, 20), start=1)
+            ]
+            body = {"run_id": RUN_ID, "sample_index": index, "history": history}
+            return httpx.Response(200, json=body)
         return httpx.Response(404, json={"detail": "not here"})
 
     def paths(self, suffix: str) -> list[httpx.Request]:
@@ -104,7 +119,7 @@ class FakeScorer:
 def scorer(monkeypatch) -> FakeScorer:
     fake = FakeScorer()
     client = functools.partial(httpx.Client, transport=httpx.MockTransport(fake))
-    monkeypatch.setattr(report_module.httpx, "Client", client)
+    monkeypatch.setattr(scorer_api.httpx, "Client", client)
     return fake
 
 
