@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         run_id = recipe.run_id
         print_eval(recipe.trainer.state.log_history)
         print(f"\nrecords: {out / 'run'} (selections.jsonl, training_loss.png, the model)")
+        print(f"dashboard: {scorer.base_url}/ui  (runs, checkpoints, loss reductions, samples)")
         print(f"REST API: {scorer.base_url}/docs  (run id {run_id}); loss history of sample 0:")
         print(f"   curl {scorer.base_url}/v1/runs/{run_id}/samples/0/losses")
         print(
