@@ -1,6 +1,7 @@
 """`python -m bench` (or `make bench`): every benchmark in one run, written to
 BENCHMARKS.md. The trainer side is pinned to core 0, the scorer side to core 1 (taskset /
-sched_setaffinity), one thread each. Takes about 10 minutes on 2 CPU cores."""
+sched_setaffinity), one thread each. Takes about 10 minutes on 2 CPU cores, plus the
+comparison of strategies (bench/compare.py, which also runs alone)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 
 from bench import (
+    compare,
     full_handoff,
     gpu,
     growth,
@@ -72,6 +74,7 @@ def main() -> None:
         section("ranks", lambda: ranks.measure(work, model_dir), results)
         section("trainer_ranks", lambda: torchrun_trainer.measure(work, model_dir), results)
         section("full_handoff", lambda: full_handoff.measure(work), results)
+        section("compare", lambda: compare.measure(work, model_dir), results)
         section("gpu", gpu.measure, results)
     os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
     total = time.perf_counter() - started

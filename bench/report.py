@@ -187,6 +187,10 @@ def render(r: dict) -> list[str]:
     out += paper_scale(r)
     out += trainer_ranks(r)
     out += full_handoff(r)
+    if "compare" in r:
+        from bench.compare import render as compared
+
+        out += compared(r["compare"])
     return out
 
 

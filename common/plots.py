@@ -254,3 +254,24 @@ def eval_loss(
             step, color="grey", linestyle=":", linewidth=0.8, label="update" if i == 0 else None
         )
     return _labelled(figure, ax, "step", "eval loss", "evaluation loss", legend="upper right")
+
+
+def eval_curves(curves: dict[str, list[list[tuple[int, float]]]]) -> Figure:
+    """Eval loss by step for each strategy on the same axes: one thin line per seed, and the
+    mean over seeds, thick, where the seeds evaluated at the same steps."""
+    figure = Figure(figsize=(7, 4))
+    ax = figure.subplots()
+    for n, (strategy, runs) in enumerate(curves.items()):
+        color = f"C{n % 10}"
+        for run in runs:
+            if run:
+                steps, losses = zip(*run, strict=True)
+                ax.plot(steps, losses, color=color, alpha=0.35, linewidth=0.8)
+        steps_of = {tuple(step for step, _ in run) for run in runs if run}
+        if len(steps_of) == 1:
+            steps = next(iter(steps_of))
+            mean = np.mean([[loss for _, loss in run] for run in runs], axis=0)
+            ax.plot(steps, mean, "o-", color=color, linewidth=2, markersize=3, label=strategy)
+        else:
+            ax.plot([], [], color=color, label=strategy)
+    return _labelled(figure, ax, "step", "eval loss", "eval loss by strategy", legend="upper right")

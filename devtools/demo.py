@@ -13,6 +13,7 @@ import argparse
 import logging
 import time
 from collections import Counter, defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -89,6 +90,40 @@ def print_eval(log_history: list[dict]) -> None:
         )
 
 
+def compare_with_uniform(
+    config: Path, overrides: list[str], out: Path, delta_seconds: float
+) -> None:
+    """Train the same config with uniform sampling (same steps, seed and eval set), and
+    compare it with the Delta Loss run just made: eval loss, and the groups each trained."""
+    from trainer_svc.compare import (
+        compare_trials,
+        group_shares,
+        groups,
+        read_trial,
+        run_trial,
+        trial_overrides,
+    )
+
+    base = load_config(config, overrides)
+    uniform_dir = out / "run" / "compare" / "runs" / "uniform-seed42"
+    print("\ncomparison: the same run with uniform sampling instead (the baseline)...")
+    uniform = load_config(config, [*overrides, *trial_overrides(base, "uniform", 42, uniform_dir)])
+    started = time.monotonic()
+    run_trial(uniform, "uniform")
+    uniform_seconds = time.monotonic() - started
+    trials = []
+    for strategy, folder, seconds, loaded in (
+        ("delta_sync", out / "run", delta_seconds, base),
+        ("uniform", uniform_dir, uniform_seconds, uniform),
+    ):
+        trial = read_trial(strategy, 42, folder, seconds)
+        shares = group_shares(trial.trained, groups(loaded, "group"))
+        trials.append(replace(trial, group_shares=shares))
+    summary = compare_trials(out / "run" / "compare", trials, max_steps=base.schedule().max_steps)
+    print((summary.parent / "summary.md").read_text())
+    print(f"comparison: {summary.parent} (summary.json, summary.md, eval_loss.png)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -112,14 +147,17 @@ def main(argv: list[str] | None = None) -> int:
     scorer.start()
     print(f"scorer: REST {scorer.base_url} (docs {scorer.base_url}/docs), ZeroMQ {scorer.zmq_url}")
     try:
-        loaded = load_config(args.config, [
+        overrides = [
             f"model_name_or_path={model}", f"dataset={data}", f"eval_dataset={held_out}",
             f"output_dir={out / 'run'}",
             f"scorer_zmq_url={scorer.zmq_url}", f"scorer_http_url={scorer.base_url}",
-        ])  # fmt: skip
+        ]  # fmt: skip
+        loaded = load_config(args.config, overrides)
         from trainer_svc.recipe import run
 
+        trained_at = time.monotonic()
         recipe = run(loaded, on_update=print_update(groups))
+        delta_seconds = time.monotonic() - trained_at
         run_id = recipe.run_id
         print_eval(recipe.trainer.state.log_history)
         print(f"\nrecords: {out / 'run'} (selections.jsonl, training_loss.png, the model)")
@@ -137,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         # each row carries its group as a column: the loss reductions by rank show the groups
         page = write_report(out / "run", scorer.base_url, color_by="group")
         print(f"\nreport (the pictures of the selection; see the README): {page}")
+        compare_with_uniform(args.config, overrides, out, delta_seconds)
     finally:
         scorer.stop()
         took = time.monotonic() - started

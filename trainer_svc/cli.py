@@ -2,6 +2,10 @@
 `trainer-svc export MERGE.yaml [key=value ...]`: merge a LoRA adapter into its base and export.
 `trainer-svc report OUTPUT_DIR [--scorer URL] [--color-by FIELD] [--samples 1,2,3]`: the run's
 pictures and a page, in OUTPUT_DIR/report.
+`trainer-svc compare CONFIG.yaml [key=value ...] [--strategies delta_sync,delta_async,uniform]
+[--seeds 42,43,44] [--group-by FIELD]`: the config trained once per strategy and seed, the eval
+losses compared in OUTPUT_DIR/compare (exits 0 when every run finished, 2 on a bad config, 1
+when a run failed).
 
 train exits 0 when the run finished, 2 on a bad config, 1 when the scorer failed
 (on_scorer_failure: fail), and 143 (128 + SIGTERM) when SIGTERM stopped it before its end,
@@ -16,9 +20,11 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+from trainer_svc.compare import DEFAULT_STRATEGIES, STRATEGIES, parse_seeds, parse_strategies
 from trainer_svc.config import ConfigError, load_config
 from trainer_svc.retry import ScorerFailure, StopRequested
 
@@ -53,7 +59,39 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="also draw the loss trajectories of these samples (indices); needs --scorer",
     )
+    compare = commands.add_parser(
+        "compare", help="train the config once per strategy and seed; compare the eval losses"
+    )
+    compare.add_argument("config", help="YAML config, with eval_dataset or val_size")
+    compare.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys")
+    compare.add_argument(
+        "--strategies",
+        type=_parsed(parse_strategies),
+        default=list(DEFAULT_STRATEGIES),
+        help=f"comma-separated, among {', '.join(STRATEGIES)} (default all three)",
+    )
+    compare.add_argument(
+        "--seeds", type=_parsed(parse_seeds), default=[42], help="comma-separated (default 42)"
+    )
+    compare.add_argument(
+        "--group-by",
+        metavar="FIELD",
+        help="report the share of each value of this column of the dataset's rows among the "
+        "samples each strategy trained",
+    )
     return parser
+
+
+def _parsed(parse: Callable[[str], list[Any]]) -> Callable[[str], list[Any]]:
+    """An argparse type from a parser that raises ValueError with its message."""
+
+    def read(text: str) -> list[Any]:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return read
 
 
 def sample_indices(text: str) -> list[int]:
@@ -78,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         return export(args.config, args.overrides)
     if args.command == "report":
         return report(args.output_dir, args.scorer, args.color_by, args.samples)
+    if args.command == "compare":
+        return compare(args.config, args.overrides, args.strategies, args.seeds, args.group_by)
     try:  # checked here first under FORCE_TORCHRUN too: one error, not one per rank
         loaded = load_config(args.config, args.overrides)
     except (ConfigError, OSError) as exc:
@@ -183,6 +223,32 @@ def export(path: str, overrides: list[str]) -> int:
     except OSError as exc:
         logger.error("export failed, %s left as it was: %s", cfg.export_dir, exc)
         return 1
+    return 0
+
+
+def compare(
+    config: str,
+    overrides: list[str],
+    strategies: Sequence[str],
+    seeds: Sequence[int],
+    group_by: str | None,
+) -> int:
+    from trainer_svc.compare import compare as run_compare
+
+    try:
+        summary = run_compare(
+            config, overrides, strategies=strategies, seeds=seeds, group_by=group_by
+        )
+    except (ConfigError, OSError) as exc:
+        logger.error("%s", exc)
+        return 2
+    except (ScorerFailure, StopRequested) as exc:
+        logger.error("comparison stopped: %s", exc)
+        return 1
+    print((summary.parent / "summary.md").read_text())
+    logger.info(
+        "comparison written to %s (summary.json, summary.md, eval_loss.png)", summary.parent
+    )
     return 0
 
 

@@ -1,6 +1,7 @@
 """The demo, start to end, on a smaller dataset, run from an installed (non-editable) copy of
 the package in another directory: its YAML ships as package data, nothing reads the checkout."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -56,6 +57,14 @@ def test_demo_runs_and_reports_from_an_installed_copy(installed, tmp_path):
     assert "mean delta loss per group" in out and "noise" in out.split("mean delta")[1]
     assert "scorer stopped" in out
     assert (tmp_path / "out" / "run" / "model.safetensors").is_file()
+    # the same run with uniform sampling, compared: eval loss and the groups each trained
+    assert "# Comparison: delta_sync, uniform" in out and "| uniform |" in out
+    summary = json.loads((tmp_path / "out" / "run" / "compare" / "summary.json").read_text())
+    runs = {r["strategy"]: r for r in summary["runs"]}
+    assert set(runs) == {"delta_sync", "uniform"}
+    assert {r["samples_trained"] for r in runs.values()} == {180 * 4}
+    assert set(runs["uniform"]["group_shares"]) == {"add", "copy", "noise", "reverse", "upper"}
+    assert runs["uniform"]["mean_staleness"] is None
     assert str(ROOT) not in (tmp_path / "out" / "scorer.log").read_text()
 
 

@@ -1,0 +1,159 @@
+"""Does Delta Loss help on real text? `trainer-svc compare` on alpaca_en_demo (999 samples)
+with the tiny random model: Delta Loss sync and async against uniform sampling, three seeds,
+the same steps and eval split (val_size 0.1, seeded by each seed) for every strategy.
+
+`python -m bench.compare` runs this alone and writes its section into BENCHMARKS.md; `make
+bench` runs it with the others. The trainer runs in this process (core 0), the scorer in its
+own (core 1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+from bench.util import ALPACA, ROOT, TRAINER_CORE, Scorer, pin_self  # noqa: E402
+from devtools.tiny_model import build_tiny_model  # noqa: E402
+
+SEEDS = (42, 43, 44)
+STRATEGIES = ("delta_sync", "delta_async", "uniform")
+SECTION = "## 12. Does it help? Delta Loss against uniform sampling"
+
+CONFIG = """
+model_name_or_path: {model}
+stage: sft
+do_train: true
+finetuning_type: full
+dataset: {dataset}
+val_size: 0.1
+template: plain
+cutoff_len: 256
+dataloader_num_workers: 0
+seed: 42
+output_dir: {out}
+logging_steps: 1000
+save_steps: 100000
+plot_loss: false
+report_to: none
+overwrite_output_dir: true
+per_device_train_batch_size: 4
+gradient_accumulation_steps: 1
+learning_rate: 3.0e-3
+num_train_epochs: 1.0
+lr_scheduler_type: cosine
+warmup_ratio: 0.05
+train_type: dynamic_select
+component_name: delta_loss
+warmup_step: 30
+update_step: 30
+update_times: 5
+eval_steps: 30
+scorer_zmq_url: {zmq}
+scorer_http_url: {http}
+scorer_wait_seconds: 600
+on_scorer_failure: fail
+"""
+
+
+def measure(work: Path, model_dir: Path) -> dict[str, Any]:
+    from trainer_svc.compare import compare
+
+    pin_self(TRAINER_CORE)
+    with Scorer(work / "compare-scorer") as scorer:
+        config = work / "compare.yaml"
+        config.write_text(
+            CONFIG.format(
+                model=model_dir,
+                dataset=ALPACA,
+                out=work / "compare-run",
+                zmq=scorer.zmq_url,
+                http=scorer.base_url,
+            )
+        )
+        started = time.perf_counter()
+        summary = compare(config, strategies=STRATEGIES, seeds=SEEDS)
+        took = time.perf_counter() - started
+    result = json.loads(summary.read_text())
+    result["total_seconds"] = took
+    return result
+
+
+def _cell(stats: dict[str, Any], digits: int = 4) -> str:
+    if not stats.get("n"):
+        return "–"
+    text = f"{stats['mean']:.{digits}f}"
+    if stats.get("std") is not None:
+        text += f" ± {stats['std']:.{digits}f}"
+    return text
+
+
+def render(r: dict[str, Any]) -> list[str]:
+    out = [SECTION, ""]
+    if "error" in r:
+        return out + ["Failed:", "", "```", r["error"], "```", ""]
+    seeds = ", ".join(map(str, r["seeds"]))
+    out += [
+        f"`trainer-svc compare` on alpaca_en_demo, full fine-tuning of the tiny random model, "
+        f"{r['max_steps']} steps of batch 4 per run (warmup 30, five updates 30 steps apart), "
+        f"seeds {seeds}, eval loss on a 10% split (`val_size: 0.1`, split by each seed) every "
+        f"30 steps; mean ± standard deviation over seeds ({r['total_seconds'] / 60:.1f} min "
+        "for the nine runs; `python -m bench.compare`).",
+        "",
+        "| strategy | final eval loss | best eval loss | wall s | s waited for the scorer | "
+        "staleness (updates) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in r["strategies"]:
+        row = r["by_strategy"][s]
+        out.append(
+            f"| {s} | {_cell(row['final_eval_loss'])} | {_cell(row['best_eval_loss'])} | "
+            f"{_cell(row['wall_seconds'], 1)} | {_cell(row['seconds_waited'], 1)} | "
+            f"{_cell(row['mean_staleness'], 2)} |"
+        )
+    out += ["", "Final eval loss minus uniform's, paired by seed (negative: better than uniform):"]
+    for s, gap in r["against_uniform"].items():
+        per_seed = ", ".join(f"{seed}: {v:+.4f}" for seed, v in gap["per_seed"].items())
+        out.append(f"- {s}: {_cell(gap)} ({per_seed})")
+    sync = r.get("async_against_sync")
+    if sync:
+        out.append(
+            f"- async against sync: {_cell(sync['eval_loss_gap'])}, with weights "
+            f"{_cell(sync['mean_staleness'], 2)} updates old on average"
+        )
+    overlap = ", ".join(f"{k} {v:.2f}" for k, v in r["trained_overlap"].items())
+    out += ["", f"Trained draws in common: {overlap}.", ""]
+    return out
+
+
+def write_section(lines: list[str], path: Path = ROOT / "BENCHMARKS.md") -> None:
+    """This benchmark's section of BENCHMARKS.md replaced (or added at the end)."""
+    text = path.read_text() if path.is_file() else "# Benchmarks\n"
+    section = "\n".join(lines).rstrip() + "\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text).rstrip() + "\n"
+    else:
+        text = text.rstrip() + "\n\n" + section
+    path.write_text(text)
+
+
+def main() -> None:
+    if not ALPACA.is_file():
+        raise SystemExit(f"the benchmark data set {ALPACA} is missing (set BENCH_ALPACA)")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        result = measure(work, build_tiny_model(work / "tiny", seed=0))
+    lines = render(result)
+    write_section(lines)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
