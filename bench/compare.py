@@ -34,7 +34,7 @@ finetuning_type: full
 dataset: {dataset}
 val_size: 0.1
 template: plain
-cutoff_len: 256
+cutoff_len: 128
 dataloader_num_workers: 0
 seed: 42
 output_dir: {out}
@@ -54,7 +54,8 @@ component_name: delta_loss
 warmup_step: 30
 update_step: 30
 update_times: 5
-eval_steps: 30
+eval_steps: 60
+per_device_eval_batch_size: 32
 scorer_zmq_url: {zmq}
 scorer_http_url: {http}
 scorer_wait_seconds: 600
@@ -102,9 +103,9 @@ def render(r: dict[str, Any]) -> list[str]:
     out += [
         f"`trainer-svc compare` on alpaca_en_demo, full fine-tuning of the tiny random model, "
         f"{r['max_steps']} steps of batch 4 per run (warmup 30, five updates 30 steps apart), "
-        f"seeds {seeds}, eval loss on a 10% split (`val_size: 0.1`, split by each seed) every "
-        f"30 steps; mean ± standard deviation over seeds ({r['total_seconds'] / 60:.1f} min "
-        "for the nine runs; `python -m bench.compare`).",
+        f"cutoff_len 128, seeds {seeds}, eval loss on a 10% split (`val_size: 0.1`, split by "
+        f"each seed) every 60 steps; mean ± standard deviation over seeds "
+        f"({r['total_seconds'] / 60:.1f} min for the nine runs; `python -m bench.compare`).",
         "",
         "| strategy | final eval loss | best eval loss | wall s | s waited for the scorer | "
         "staleness (updates) |",

@@ -96,6 +96,20 @@ def test_each_trial_changes_only_its_seed_folder_mode_and_run_id(tiny_model, dem
         check_comparable(parse_config(trainer_config(tiny_model, demo_file, tmp_path)))
 
 
+def test_the_command_refuses_a_config_without_an_eval_set_or_the_group_column(
+    tiny_model, demo_file, tmp_path, caplog
+):
+    config = write_config(tmp_path / "c.yaml", tiny_model, demo_file, tmp_path / "out")
+    assert cli_main(["compare", str(config)]) == 2
+    assert "set eval_dataset (or val_size)" in caplog.text
+    keys = [f"eval_dataset={demo_file}"]
+    assert cli_main(["compare", str(config), *keys, "--group-by", "colour"]) == 2
+    assert "no row of the dataset has a column 'colour'; its columns besides the text: " in (
+        caplog.text
+    )
+    assert not (tmp_path / "out" / "compare").exists()  # nothing trained
+
+
 @pytest.mark.slow  # trains four small runs, two against a scorer process
 def test_a_small_comparison_runs_end_to_end(tiny_model, demo_file, scorer, tmp_path):
     out = tmp_path / "out"
