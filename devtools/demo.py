@@ -105,9 +105,12 @@ def compare_with_uniform(
     )
 
     base = load_config(config, overrides)
-    uniform_dir = out / "run" / "compare" / "runs" / "uniform-seed42"
+    seed = base.config.seed
+    uniform_dir = out / "run" / "compare" / "runs" / f"uniform-seed{seed}"
     print("\ncomparison: the same run with uniform sampling instead (the baseline)...")
-    uniform = load_config(config, [*overrides, *trial_overrides(base, "uniform", 42, uniform_dir)])
+    uniform = load_config(
+        config, [*overrides, *trial_overrides(base, "uniform", seed, uniform_dir)]
+    )
     started = time.monotonic()
     run_trial(uniform, "uniform")
     uniform_seconds = time.monotonic() - started
@@ -116,7 +119,7 @@ def compare_with_uniform(
         ("delta_sync", out / "run", delta_seconds, base),
         ("uniform", uniform_dir, uniform_seconds, uniform),
     ):
-        trial = read_trial(strategy, 42, folder, seconds)
+        trial = read_trial(strategy, seed, folder, seconds)
         shares = group_shares(trial.trained, groups(loaded, "group"))
         trials.append(replace(trial, group_shares=shares))
     summary = compare_trials(out / "run" / "compare", trials, max_steps=base.schedule().max_steps)

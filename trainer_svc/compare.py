@@ -7,6 +7,10 @@ Strategies:
 - `delta_async`: Delta Loss from the newest weights already scored (staleness recorded);
 - `uniform`: the same draws over equal weights (trainer_svc.uniform), no scorer.
 
+Seeds change the config's `seed`: the order within each segment, a val_size split, LoRA's
+initialisation and dropout. The draws themselves follow the published method's seeds (42, and
+42 + the update's step), the same for every seed.
+
 Runs go to OUTPUT_DIR/compare/runs/STRATEGY-seedS (OUTPUT_DIR: the config's output_dir);
 OUTPUT_DIR/compare/summary.json, summary.md and eval_loss.png hold the comparison.
 """
@@ -51,6 +55,7 @@ class Trial:
     eval_curve: list[tuple[int, float]]  # (step, eval loss)
     staleness: list[int | None]  # per update: how many updates old its weights were
     trained: list[int]  # every sample index trained, in order
+    sources: dict[str, int]  # updates by where their weights came from (scorer, uniform...)
     group_shares: dict[str, float] | None = None  # the share of the samples trained per group
 
     @property
@@ -59,7 +64,10 @@ class Trial:
 
     @property
     def best(self) -> tuple[int, float] | None:
-        return min(self.eval_curve, key=lambda point: point[1]) if self.eval_curve else None
+        """The lowest eval loss once training began (the evaluation at step 0 is the
+        untrained model's, the same for every strategy)."""
+        trained = [point for point in self.eval_curve if point[0] > 0]
+        return min(trained, key=lambda point: point[1]) if trained else None
 
 
 def parse_strategies(text: str) -> list[str]:
@@ -82,12 +90,13 @@ def parse_seeds(text: str) -> list[int]:
 
 def trial_overrides(loaded: LoadedConfig, strategy: str, seed: int, folder: Path) -> list[str]:
     """The keys one trial changes: its seed, its folder, its mode, its run id, and evaluation
-    at every update when the config sets no eval_steps."""
+    every update_step steps when the config sets no eval_steps. A Delta Loss trial fails
+    rather than draw uniformly when the scorer fails: it would not be Delta Loss."""
     cfg = loaded.config
     mode = STRATEGIES[strategy]
     keys = [f"seed={seed}", f"output_dir={folder}", "resume_from_checkpoint=null"]
     if mode is not None:
-        keys.append(f"selection_mode={mode}")
+        keys += [f"selection_mode={mode}", "on_scorer_failure=fail"]
     if cfg.run_id:
         keys.append(f"run_id={cfg.run_id[:100]}-{strategy}-seed{seed}")
     if cfg.eval_steps is None:
@@ -136,22 +145,35 @@ def compare(
     if group_by is not None:
         groups(base, group_by)  # a column no row has is refused before anything trains
     folder = Path(base.config.output_dir) / COMPARE_DIR
-    trials: list[Trial] = []
+    planned = []  # every trial's config read (and refused) before anything trains
     for seed in seeds:
         for strategy in strategies:
             out = folder / "runs" / f"{strategy}-seed{seed}"
+            if (out / "run.json").exists():
+                raise ConfigError(
+                    {"output_dir": f"{out} holds a run of an earlier comparison: remove "
+                     f"{folder}, or give another output_dir"}
+                )  # fmt: skip
             keys = [*overrides, *trial_overrides(base, strategy, seed, out)]
-            loaded = load_config(config, keys)
+            planned.append((strategy, seed, out, load_config(config, keys)))
+    trials: list[Trial] = []
+    max_steps = base.schedule().max_steps
+    try:
+        for strategy, seed, out, loaded in planned:
             logger.info("comparison: %s, seed %d, in %s", strategy, seed, out)
             started = time.monotonic()
             runner(loaded, strategy)
             trial = read_trial(strategy, seed, out, time.monotonic() - started)
             if group_by is not None:
-                trial = replace(
-                    trial, group_shares=group_shares(trial.trained, groups(loaded, group_by))
-                )
+                shares = group_shares(trial.trained, groups(loaded, group_by))
+                trial = replace(trial, group_shares=shares)
             trials.append(trial)
-    return compare_trials(folder, trials, max_steps=base.schedule().max_steps)
+    except BaseException:
+        if trials:  # what finished is not lost
+            compare_trials(folder, trials, max_steps=max_steps)
+            logger.error("comparison stopped; the %d runs finished are in %s", len(trials), folder)
+        raise
+    return compare_trials(folder, trials, max_steps=max_steps)
 
 
 def compare_trials(folder: Path, trials: Sequence[Trial], *, max_steps: int) -> Path:
@@ -174,6 +196,7 @@ def read_trial(strategy: str, seed: int, out: Path, wall_seconds: float) -> Tria
         # uniform weights have no age: they come from no checkpoint
         staleness=[r.get("staleness") if STRATEGIES[strategy] else None for r in rows],
         trained=trained,
+        sources=dict(Counter(str(r.get("source")) for r in rows)),
     )
 
 
@@ -224,6 +247,9 @@ def summarize(trials: Sequence[Trial], *, max_steps: int) -> dict[str, Any]:
             "mean_staleness": statistics.fmean(known) if known else None,
             "samples_trained": len(t.trained),
             "distinct_samples_trained": len(set(t.trained)),
+            # where each update's weights came from: an async run's first updates, before
+            # any checkpoint is scored, draw uniformly
+            "updates_by_source": t.sources,
             "eval_curve": t.eval_curve,
         }
         if t.group_shares is not None:
@@ -374,6 +400,16 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             f"| {_mean_spread(row['seconds_waited'], 1)} "
             f"| {_mean_spread(row['mean_staleness'], 2)} |"
         )
+    sources = []
+    for s in summary["strategies"]:
+        counts: Counter[str] = Counter()
+        for run in summary["runs"]:
+            if run["strategy"] == s:
+                counts.update(run["updates_by_source"])
+        if STRATEGIES.get(s) is not None:
+            sources.append(f"{s} {counts.get('scorer', 0)} of {sum(counts.values())}")
+    if sources:
+        lines += ["", "Updates drawn over the scorer's weights: " + ", ".join(sources) + "."]
     against = summary["against_uniform"]
     if against:
         lines += ["", "Final eval loss minus uniform's, per seed (negative: better than uniform):"]

@@ -59,8 +59,9 @@ class ScorerClient(Protocol):
         """Ends a send_checkpoint in progress in another thread (raising StopRequested)."""
         ...
 
-    def wait_for(self, step: int) -> ScorerWeights:
-        """The weights of checkpoint `step`, once scored."""
+    def wait_for(self, step: int) -> ScorerWeights | None:
+        """The weights of checkpoint `step`, once scored (None: the update draws over equal
+        weights, as uniform sampling does)."""
         ...
 
     def latest(self) -> ScorerWeights | None:

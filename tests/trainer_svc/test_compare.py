@@ -26,8 +26,9 @@ from trainer_svc.records import read_jsonl
 
 def trial(strategy, seed, final, *, staleness=(None, 0, 0), trained=(0, 1, 2, 3)):
     curve = [(0, final + 1.0), (10, final - 0.1), (20, final)]
+    sources = {"scorer": 2, "uniform": 1} if strategy != "uniform" else {"uniform": 3}
     return Trial(strategy, seed, f"out/{strategy}-{seed}", 10.0, 2.0, curve, list(staleness),
-                 list(trained))  # fmt: skip
+                 list(trained), sources)  # fmt: skip
 
 
 def test_the_summary_pairs_each_strategy_with_uniform_and_async_with_sync_seed_by_seed():
@@ -57,6 +58,7 @@ def test_the_summary_pairs_each_strategy_with_uniform_and_async_with_sync_seed_b
     assert "| delta_sync | 3.0500 ± 0.0707 |" in text
     assert "- delta_sync: -0.3500 ± 0.2121 (42: -0.5000, 43: -0.2000)" in text
     assert "Async against sync: weights 0.75 ± 0.35 updates old" in text
+    assert "Updates drawn over the scorer's weights: delta_sync 4 of 6, delta_async 4 of 6." in text
 
 
 def test_one_seed_has_no_spread_and_a_missing_baseline_no_gap():
@@ -89,7 +91,8 @@ def test_each_trial_changes_only_its_seed_folder_mode_and_run_id(tiny_model, dem
     keys = trial_overrides(loaded, "delta_async", 43, tmp_path / "t")
     assert keys == [
         "seed=43", f"output_dir={tmp_path / 't'}", "resume_from_checkpoint=null",
-        "selection_mode=async", "run_id=mine-delta_async-seed43", "eval_steps=2",
+        "selection_mode=async", "on_scorer_failure=fail", "run_id=mine-delta_async-seed43",
+        "eval_steps=2",
     ]  # fmt: skip
     assert "selection_mode=sync" not in trial_overrides(loaded, "uniform", 42, tmp_path)
     with pytest.raises(ConfigError, match="set eval_dataset"):
@@ -140,6 +143,10 @@ def test_a_small_comparison_runs_end_to_end(tiny_model, demo_file, scorer, tmp_p
     )
     rows = read_jsonl(out / "compare" / "runs" / "uniform-seed42" / "selections.jsonl")
     assert [r["draw"] for r in rows] == ["randperm", "multinomial", "multinomial", "multinomial"]
+    assert {r["source"] for r in rows} == {"uniform"} and runs["uniform"]["mean_staleness"] is None
+    assert runs["delta_sync"]["updates_by_source"] == {"scorer": 4}
+    with pytest.raises(ConfigError, match="holds a run of an earlier comparison"):
+        compare(config, keys, strategies=["uniform"], seeds=[42])
     assert (
         (out / "compare" / "summary.md").read_text().startswith("# Comparison: delta_sync, uniform")
     )
