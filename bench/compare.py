@@ -19,6 +19,8 @@ from typing import Any
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+import torch  # noqa: E402
+
 from bench.util import ALPACA, ROOT, TRAINER_CORE, Scorer, pin_self  # noqa: E402
 from devtools.tiny_model import build_tiny_model  # noqa: E402
 
@@ -34,7 +36,7 @@ finetuning_type: full
 dataset: {dataset}
 val_size: 0.1
 template: plain
-cutoff_len: 128
+cutoff_len: 256
 dataloader_num_workers: 0
 seed: 42
 output_dir: {out}
@@ -54,7 +56,7 @@ component_name: delta_loss
 warmup_step: 30
 update_step: 30
 update_times: 5
-eval_steps: 60
+eval_steps: 30
 per_device_eval_batch_size: 32
 scorer_zmq_url: {zmq}
 scorer_http_url: {http}
@@ -67,6 +69,7 @@ def measure(work: Path, model_dir: Path) -> dict[str, Any]:
     from trainer_svc.compare import compare
 
     pin_self(TRAINER_CORE)
+    torch.set_num_threads(1)  # one core, one thread, as every trainer-side benchmark
     with Scorer(work / "compare-scorer") as scorer:
         config = work / "compare.yaml"
         config.write_text(
@@ -103,8 +106,8 @@ def render(r: dict[str, Any]) -> list[str]:
     out += [
         f"`trainer-svc compare` on alpaca_en_demo, full fine-tuning of the tiny random model, "
         f"{r['max_steps']} steps of batch 4 per run (warmup 30, five updates 30 steps apart), "
-        f"cutoff_len 128, seeds {seeds}, eval loss on a 10% split (`val_size: 0.1`, split by "
-        f"each seed) every 60 steps; mean ± standard deviation over seeds "
+        f"cutoff_len 256, seeds {seeds}, eval loss on a 10% split (`val_size: 0.1`, split by "
+        f"each seed) every 30 steps; mean ± standard deviation over seeds "
         f"({r['total_seconds'] / 60:.1f} min for the nine runs; `python -m bench.compare`).",
         "",
         "| strategy | final eval loss | best eval loss | wall s | s waited for the scorer | "
@@ -128,6 +131,17 @@ def render(r: dict[str, Any]) -> list[str]:
             f"- async against sync: {_cell(sync['eval_loss_gap'])}, with weights "
             f"{_cell(sync['mean_staleness'], 2)} updates old on average"
         )
+    drawn = []
+    for s in r["strategies"]:
+        counts: dict[str, int] = {}
+        for run in r["runs"]:
+            if run["strategy"] == s:
+                for source, n in run.get("updates_by_source", {}).items():
+                    counts[source] = counts.get(source, 0) + n
+        drawn.append(
+            f"{s} {counts.get('scorer', 0)} of {sum(counts.values())} over the scorer's weights"
+        )
+    out += ["", "Updates: " + "; ".join(drawn) + "."]
     overlap = ", ".join(f"{k} {v:.2f}" for k, v in r["trained_overlap"].items())
     out += ["", f"Trained draws in common: {overlap}.", ""]
     return out
