@@ -23,6 +23,7 @@ import torch  # noqa: E402
 
 from bench.util import ALPACA, ROOT, TRAINER_CORE, Scorer, pin_self  # noqa: E402
 from devtools.tiny_model import build_tiny_model  # noqa: E402
+from trainer_svc.compare import summary_tables  # noqa: E402
 
 SEEDS = (42, 43, 44)
 STRATEGIES = ("delta_sync", "delta_async", "uniform")
@@ -89,62 +90,21 @@ def measure(work: Path, model_dir: Path) -> dict[str, Any]:
     return result
 
 
-def _cell(stats: dict[str, Any], digits: int = 4) -> str:
-    if not stats.get("n"):
-        return "–"
-    text = f"{stats['mean']:.{digits}f}"
-    if stats.get("std") is not None:
-        text += f" ± {stats['std']:.{digits}f}"
-    return text
-
-
 def render(r: dict[str, Any]) -> list[str]:
     out = [SECTION, ""]
     if "error" in r:
         return out + ["Failed:", "", "```", r["error"], "```", ""]
     seeds = ", ".join(map(str, r["seeds"]))
-    out += [
+    return out + [
         f"`trainer-svc compare` on alpaca_en_demo, full fine-tuning of the tiny random model, "
         f"{r['max_steps']} steps of batch 4 per run (warmup 30, five updates 30 steps apart), "
         f"cutoff_len 256, seeds {seeds}, eval loss on a 10% split (`val_size: 0.1`, split by "
         f"each seed) every 30 steps; mean ± standard deviation over seeds "
         f"({r['total_seconds'] / 60:.1f} min for the nine runs; `python -m bench.compare`).",
         "",
-        "| strategy | final eval loss | best eval loss | wall s | s waited for the scorer | "
-        "staleness (updates) |",
-        "|---|---|---|---|---|---|",
+        *summary_tables(r),
+        "",
     ]
-    for s in r["strategies"]:
-        row = r["by_strategy"][s]
-        out.append(
-            f"| {s} | {_cell(row['final_eval_loss'])} | {_cell(row['best_eval_loss'])} | "
-            f"{_cell(row['wall_seconds'], 1)} | {_cell(row['seconds_waited'], 1)} | "
-            f"{_cell(row['mean_staleness'], 2)} |"
-        )
-    out += ["", "Final eval loss minus uniform's, paired by seed (negative: better than uniform):"]
-    for s, gap in r["against_uniform"].items():
-        per_seed = ", ".join(f"{seed}: {v:+.4f}" for seed, v in gap["per_seed"].items())
-        out.append(f"- {s}: {_cell(gap)} ({per_seed})")
-    sync = r.get("async_against_sync")
-    if sync:
-        out.append(
-            f"- async against sync: {_cell(sync['eval_loss_gap'])}, with weights "
-            f"{_cell(sync['mean_staleness'], 2)} updates old on average"
-        )
-    drawn = []
-    for s in r["strategies"]:
-        counts: dict[str, int] = {}
-        for run in r["runs"]:
-            if run["strategy"] == s:
-                for source, n in run.get("updates_by_source", {}).items():
-                    counts[source] = counts.get(source, 0) + n
-        drawn.append(
-            f"{s} {counts.get('scorer', 0)} of {sum(counts.values())} over the scorer's weights"
-        )
-    out += ["", "Updates: " + "; ".join(drawn) + "."]
-    overlap = ", ".join(f"{k} {v:.2f}" for k, v in r["trained_overlap"].items())
-    out += ["", f"Trained draws in common: {overlap}.", ""]
-    return out
 
 
 def write_section(lines: list[str], path: Path = ROOT / "BENCHMARKS.md") -> None:

@@ -13,7 +13,6 @@ import argparse
 import logging
 import time
 from collections import Counter, defaultdict
-from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -97,7 +96,6 @@ def compare_with_uniform(
     compare it with the Delta Loss run just made: eval loss, and the groups each trained."""
     from trainer_svc.compare import (
         compare_trials,
-        group_shares,
         groups,
         read_trial,
         run_trial,
@@ -119,9 +117,7 @@ def compare_with_uniform(
         ("delta_sync", out / "run", delta_seconds, base),
         ("uniform", uniform_dir, uniform_seconds, uniform),
     ):
-        trial = read_trial(strategy, seed, folder, seconds)
-        shares = group_shares(trial.trained, groups(loaded, "group"))
-        trials.append(replace(trial, group_shares=shares))
+        trials.append(read_trial(strategy, seed, folder, seconds, groups(loaded, "group")))
     summary = compare_trials(out / "run" / "compare", trials, max_steps=base.schedule().max_steps)
     print((summary.parent / "summary.md").read_text())
     print(f"comparison: {summary.parent} (summary.json, summary.md, eval_loss.png)")

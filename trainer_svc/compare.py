@@ -24,7 +24,7 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -163,11 +163,8 @@ def compare(
             logger.info("comparison: %s, seed %d, in %s", strategy, seed, out)
             started = time.monotonic()
             runner(loaded, strategy)
-            trial = read_trial(strategy, seed, out, time.monotonic() - started)
-            if group_by is not None:
-                shares = group_shares(trial.trained, groups(loaded, group_by))
-                trial = replace(trial, group_shares=shares)
-            trials.append(trial)
+            grouped = None if group_by is None else groups(loaded, group_by)
+            trials.append(read_trial(strategy, seed, out, time.monotonic() - started, grouped))
     except BaseException:
         if trials:  # what finished is not lost
             compare_trials(folder, trials, max_steps=max_steps)
@@ -181,7 +178,15 @@ def compare_trials(folder: Path, trials: Sequence[Trial], *, max_steps: int) -> 
     return write_summary(folder, summarize(trials, max_steps=max_steps), trials)
 
 
-def read_trial(strategy: str, seed: int, out: Path, wall_seconds: float) -> Trial:
+def read_trial(
+    strategy: str,
+    seed: int,
+    out: Path,
+    wall_seconds: float,
+    groups: Sequence[str] | None = None,
+) -> Trial:
+    """The trial as its records in `out` tell it; groups: each training sample's group, for
+    the share of each among the samples trained."""
     rows = read_jsonl(out / SELECTIONS)
     state = json.loads((out / "trainer_state.json").read_text())
     curve = [(int(r["step"]), float(r["eval_loss"])) for r in eval_history(state["log_history"])]
@@ -197,6 +202,7 @@ def read_trial(strategy: str, seed: int, out: Path, wall_seconds: float) -> Tria
         staleness=[r.get("staleness") if STRATEGIES[strategy] else None for r in rows],
         trained=trained,
         sources=dict(Counter(str(r.get("source")) for r in rows)),
+        group_shares=None if groups is None else group_shares(trained, groups),
     )
 
 
@@ -388,6 +394,14 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         f"{summary['max_steps']} optimizer steps per run, seeds {seeds}; mean ± standard "
         "deviation over seeds. Lower eval loss is better.",
         "",
+        *summary_tables(summary),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def summary_tables(summary: dict[str, Any]) -> list[str]:
+    """The summary's tables and figures as markdown lines (its heading left to the caller)."""
+    lines = [
         "| strategy | final eval loss | best eval loss | wall s | s waited for the scorer "
         "| staleness (updates) |",
         "|---|---|---|---|---|---|",
@@ -439,4 +453,4 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         lines.append("|---|" + "---|" * len(groups))
         for s, share in shares.items():
             lines.append(f"| {s} | " + " | ".join(f"{share.get(g, 0):.3f}" for g in groups) + " |")
-    return "\n".join(lines) + "\n"
+    return lines

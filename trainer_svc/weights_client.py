@@ -73,10 +73,6 @@ class ScorerWeights:
             body.delta_mean_outside,
         )
 
-    @classmethod
-    def from_json(cls, body: dict[str, Any]) -> ScorerWeights:
-        return cls.from_body(WeightsBody.model_validate(body))
-
 
 class UntrustedCertificate(ProtocolError):
     """The scorer's HTTPS certificate does not verify against the trusted CAs."""
@@ -105,10 +101,6 @@ class WeightsClient:
         self.api = ScorerApi(
             self.base_url, token=token, ca_file=ca_file, timeout=30.0, client=client
         )
-
-    @property
-    def path(self) -> str:
-        return f"/v1/runs/{self.run_id}/weights"
 
     def wait_for(self, step: int) -> ScorerWeights:
         """The weights of checkpoint `step`, waiting while it is queued or scoring."""
