@@ -260,6 +260,8 @@
     markSelected($("runs").tBodies[0], "runId", run);
     $("deltas-section").hidden = true;
     $("sample-section").hidden = true;
+    $("checkpoints").tBodies[0].replaceChildren(); // the previous run's rows are not clickable
+    $("checkpoints-run").textContent = run;
     await loadCheckpoints();
   }
 

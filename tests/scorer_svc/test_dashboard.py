@@ -274,6 +274,8 @@ def test_dashboard_in_a_browser_from_runs_to_a_samples_history(tmp_path, browser
 
             # a run whose dataset the scorer reads: a sample's history and its own text
             shown(browser, "#runs tr[data-run-id='run-t']").click()
+            wait_for(browser, lambda d: count(d, "#checkpoints tbody tr") == 2, "run-t's rows")
+            assert browser.find_element("id", "checkpoints-run").text == "run-t"
             shown(browser, "#checkpoints tr[data-step='4']").click()
             shown(browser, "#delta-svg circle.point[data-rank='0']").click()
             shown(browser, "#history-svg")
