@@ -67,6 +67,18 @@ def build_parser() -> tuple[argparse.ArgumentParser, CliSettingsSource[Settings]
         help="delete even with checkpoints still queued, or a run of another instance (its "
         "files on that scorer's disk stay)",
     )
+    health = sub.add_parser(
+        "health",
+        help="ask the running scorer on this host whether it is healthy (exit 0) or not (1)",
+        description="GET /healthz of the scorer these settings describe (--config, SCORER_* "
+        "variables: the same as serve's), over loopback when it binds every interface; exit "
+        "0 when it answers 200, 1 otherwise, with its answer on stdout. A container's "
+        "healthcheck.",
+    )
+    health.add_argument("--config", type=Path, metavar="FILE", help="the scorer's YAML settings")
+    health.add_argument(
+        "--timeout", type=float, default=5.0, metavar="SECONDS", help="how long to wait (5)"
+    )
     keys = sub.add_parser("keys", help="write a CURVE key pair (NAME.key, NAME.key_secret)")
     keys.add_argument("directory", type=Path, help="folder to write the two files into")
     keys.add_argument("name", help="the key's name: scorer, or a trainer's name")
@@ -144,6 +156,35 @@ def check_addresses_free(settings: Settings) -> None:
                 f"({exc.strerror}): is another scorer running there? Stop it, or choose "
                 "another with --http-port"
             ) from None
+
+
+def health_url(settings: Settings) -> str:
+    """Where this host reaches the scorer's /healthz: loopback when it binds every interface."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(
+        settings.http_host, settings.http_host
+    )
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{settings.http_scheme}://{host}:{settings.http_port}/healthz"
+
+
+def probe_health(settings: Settings, timeout: float) -> tuple[bool, str]:
+    """(healthy, one line saying what the scorer answered, or why it did not)."""
+    import httpx
+
+    url = health_url(settings)
+    # Its own certificate names the host others reach it by, not loopback: the probe checks
+    # health, not identity, so it does not verify the certificate.
+    try:
+        answer = httpx.get(url, timeout=timeout, verify=False)
+    except httpx.HTTPError as exc:
+        return False, f"{url}: no answer ({exc.__class__.__name__}: {exc})"
+    try:
+        body = answer.json()
+        said = body.get("detail") or body.get("status") or answer.text
+    except ValueError:
+        said = answer.text[:200]
+    return answer.status_code == 200, f"{url}: {answer.status_code} {said}"
 
 
 def upkeep(args: argparse.Namespace) -> int:
@@ -232,6 +273,17 @@ def main(argv: list[str] | None = None) -> int:
         except (*START_ERRORS, UpkeepError) as exc:
             print(f"scorer-svc: {exc}", file=sys.stderr)
             return 2
+    if args.command == "health":
+        try:
+            settings = load_settings(
+                config_file_values(args.config) if args.config is not None else {}
+            )
+        except SettingsError as exc:
+            print(f"scorer-svc: {exc}", file=sys.stderr)
+            return 2
+        healthy, answer = probe_health(settings, timeout=args.timeout)
+        print(answer)
+        return 0 if healthy else 1
     if args.command == "keys":
         from common.curve import create_keys
 
@@ -276,8 +328,14 @@ def main(argv: list[str] | None = None) -> int:
     _Server = _server_class()
     quiet_polls()
 
+    servers: list[uvicorn.Server] = []  # the one below, once made
+
+    def stop_server() -> None:
+        for server in servers:
+            server.should_exit = True  # as on SIGTERM: a clean shutdown, exit 0
+
     config = uvicorn.Config(
-        create_app(settings, group=group),
+        create_app(settings, group=group, stop_server=stop_server),
         host=settings.http_host,
         port=settings.http_port,
         log_config=None,
@@ -286,5 +344,6 @@ def main(argv: list[str] | None = None) -> int:
         ssl_keyfile=settings.tls_keyfile,
     )
     server = _Server(config)
+    servers.append(server)
     server.run()
     return 0 if server.started else 1

@@ -121,6 +121,12 @@ class Settings(BaseSettings):
     database_busy_timeout_seconds: float = Field(
         30.0, gt=0, description="how long SQLite waits for a lock before a write fails"
     )
+    exit_after_runs: int | None = Field(
+        None,
+        ge=1,
+        description="stop (exit 0) once this many runs have ended after the start and nothing "
+        "is left to score, as for a batch job; null: serve until stopped",
+    )
     keep_checkpoints: bool = Field(
         False, description="keep received tensors after scoring (they are needed only until then)"
     )

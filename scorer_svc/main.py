@@ -31,6 +31,7 @@ from scorer_svc.api.routes import (
 from scorer_svc.auth import OPEN_PATHS, OPEN_PREFIXES, bearer, same_token
 from scorer_svc.config import Settings
 from scorer_svc.db import make_engine, make_sessionmaker
+from scorer_svc.exit_after import ExitAfterRuns
 from scorer_svc.failures import UnrecordedFailures
 from scorer_svc.instance import InstanceLock
 from scorer_svc.intake import Intake, IntakeServer
@@ -59,13 +60,18 @@ class Background:
     worker: Worker
     intake: IntakeServer
     lock: InstanceLock
+    exit_watch: ExitAfterRuns | None = None
 
     def start(self) -> None:
         self.worker.start()
         self.intake.start()
+        if self.exit_watch is not None:
+            self.exit_watch.start()
 
     def stop(self) -> None:
         log.info("stopping: intake first, then the worker")
+        if self.exit_watch is not None:
+            self.exit_watch.stop()
         self.intake.stop()
         self.worker.stop()
         if self.worker.group is not None:
@@ -129,16 +135,22 @@ def build_service(
 
 
 def create_app(
-    settings: Settings, state: ApiState | None = None, group: RankGroup | None = None
+    settings: Settings,
+    state: ApiState | None = None,
+    group: RankGroup | None = None,
+    stop_server: Callable[[], None] | None = None,
 ) -> FastAPI:
     """state: serve it as given, starting nothing; it must carry these settings. group: the
-    other ranks of a torchrun-launched scorer (with no state)."""
+    other ranks of a torchrun-launched scorer (with no state). stop_server: asks the server to
+    shut down, as on SIGTERM (settings.exit_after_runs calls it once the runs have ended)."""
     if state is not None and state.settings is not settings:
         raise ValueError("the state given was built with other settings than the app's")
     app = FastAPI(
         title="delta-loss scorer",
         description="Per-sample losses of every checkpoint and Delta Loss sampling weights.",
-        lifespan=_owned_service(settings, group) if state is None else _given_state(state),
+        lifespan=(
+            _owned_service(settings, group, stop_server) if state is None else _given_state(state)
+        ),
         docs_url=None,  # served with local assets (serve_docs): they work offline
         redoc_url=None,
         responses=COMMON_RESPONSES,
@@ -162,11 +174,22 @@ def _given_state(state: ApiState) -> Lifespan:
     return lifespan
 
 
-def _owned_service(settings: Settings, group: RankGroup | None) -> Lifespan:
+def _owned_service(
+    settings: Settings, group: RankGroup | None, stop_server: Callable[[], None] | None
+) -> Lifespan:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         api, background = build_service(settings, group)
         app.state.api = api
+        if settings.exit_after_runs is not None:
+            if stop_server is None:
+                raise ValueError("exit_after_runs needs a server to stop (give stop_server)")
+            background.exit_watch = ExitAfterRuns(
+                api.sessions,
+                instance=background.lock.name,
+                runs=settings.exit_after_runs,
+                on_done=stop_server,
+            )
         try:
             _log_exposure(settings)
             background.start()

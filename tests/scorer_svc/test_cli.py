@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from scorer_svc.cli import build_parser, serve_settings
+from scorer_svc.cli import build_parser, health_url, probe_health, serve_settings
 from scorer_svc.config import Settings, SettingsError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -145,3 +145,39 @@ def test_a_second_scorer_on_a_data_dir_stops_at_start_in_one_line(tmp_path, caps
     err = capsys.readouterr().err
     assert err.startswith(f"scorer-svc: another scorer is running on the data_dir {tmp_path}")
     assert len(err.strip().splitlines()) == 1
+
+
+# --- scorer-svc health ---------------------------------------------------------------------
+
+
+def test_health_url_reaches_a_scorer_bound_everywhere_over_loopback(tmp_path):
+    def url(**over) -> str:
+        return health_url(Settings(data_dir=tmp_path, http_port=8123, **over))
+
+    assert url(http_host="0.0.0.0") == "http://127.0.0.1:8123/healthz"
+    assert url(http_host="::") == "http://[::1]:8123/healthz"
+    assert url(http_host="10.1.2.3") == "http://10.1.2.3:8123/healthz"
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("x")
+    key.write_text("x")
+    assert url(http_host="0.0.0.0", tls_certfile=cert, tls_keyfile=key) == (
+        "https://127.0.0.1:8123/healthz"
+    )
+
+
+def test_health_is_false_with_the_scorers_reason_when_its_worker_stopped(tmp_path):
+    from dataclasses import replace
+
+    from scorer_svc.main import create_app
+    from tests.scorer_svc.test_api import seeded_state
+    from tests.support.serving import serving
+
+    with seeded_state(tmp_path) as state:
+        for alive, expected in ((True, (True, "200 ok")), (False, (False, "503 the scoring"))):
+            live = replace(state, worker_alive=lambda alive=alive: alive)
+            with serving(create_app(state.settings, live)) as base:
+                port = int(base.rsplit(":", 1)[1])
+                settings = Settings(data_dir=tmp_path, http_host="127.0.0.1", http_port=port)
+                healthy, said = probe_health(settings, timeout=30)
+            assert healthy is expected[0]
+            assert said.startswith(f"{base}/healthz: {expected[1]}"), said

@@ -5,10 +5,6 @@ test_api (run-a: scored steps 2, 4 and 6, a failed one, one scoring, one receive
 import json
 import os
 import re
-import socket
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from importlib.resources import files
 from pathlib import Path
@@ -16,13 +12,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import uvicorn
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from common.datasets import DatasetSpec
 from common.selection import delta_window, rank_by_delta
-from devtools.waiting import wait_until
 from scorer_svc import crud
 from scorer_svc.main import create_app
 from scorer_svc.progress import ScoringProgress
@@ -40,6 +33,7 @@ from tests.scorer_svc.test_api import (
     seeded_state,
 )
 from tests.scorer_svc.test_samples_api import dataset_rows, losses, run_config, seed_run
+from tests.support.serving import serving
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 TOKEN_KEY = "delta-loss-scorer.token"  # where the page keeps the token (sessionStorage)
@@ -102,24 +96,6 @@ def test_no_asset_references_an_external_url():
 
 
 # in a browser
-
-
-@contextmanager
-def serving(app: FastAPI) -> Iterator[str]:
-    """The app served by a real uvicorn on a free loopback port; its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: server.started or not thread.is_alive(), "uvicorn to start")
-        assert server.started, "uvicorn stopped before it started serving"
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(WAIT_SECONDS)
-        sock.close()
 
 
 @pytest.fixture
