@@ -177,7 +177,18 @@ class TrainConfig(BaseModel):
     @field_validator("scorer_token")
     @classmethod
     def _token_from_environment(cls, value: str | None) -> str | None:
-        return value or os.environ.get("SCORER_TOKEN") or None
+        if value or os.environ.get("SCORER_TOKEN"):
+            return value or os.environ["SCORER_TOKEN"]
+        path = os.environ.get("SCORER_TOKEN_FILE")  # a mounted secret, as the scorer's
+        if not path:
+            return None
+        try:
+            token = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"SCORER_TOKEN_FILE {path} cannot be read ({exc.strerror})") from None
+        if not token:
+            raise ValueError(f"SCORER_TOKEN_FILE {path} is empty")
+        return token
 
     @property
     def target_modules(self) -> str | list[str]:
@@ -417,6 +428,8 @@ def combination_problems(cfg: TrainConfig) -> dict[str, str]:
             f"at most {MAX_TARGET_MODULES} module names of at most {MAX_NAME_CHARS} characters"
         )
     output_dir = getattr(cfg, "output_dir", None)  # unset in a config with it missing
+    if output_dir is not None and (problem := unwritable(Path(output_dir))):
+        problems["output_dir"] = problem
     holds_a_run = output_dir is not None and (Path(output_dir) / "selections.jsonl").exists()
     if holds_a_run and not (cfg.overwrite_output_dir or cfg.resume_from_checkpoint):
         problems["overwrite_output_dir"] = (
@@ -424,6 +437,21 @@ def combination_problems(cfg: TrainConfig) -> dict[str, str]:
             "or resume_from_checkpoint"
         )
     return problems
+
+
+def unwritable(path: Path) -> str | None:
+    """Why this user cannot write path (or make it), or None when it can."""
+    existing = path.expanduser().absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK):
+        return None
+    what = "is not a folder" if not existing.is_dir() else "is not writable"
+    return (
+        f"{existing} {what} for this user (uid {os.getuid()}), so {path} cannot be written: "
+        "choose another output_dir, or give this user the folder (in a container, create the "
+        "host folder before mounting it, owned by the uid the container runs as)"
+    )
 
 
 def model_problems(cfg: TrainConfig) -> dict[str, str]:

@@ -246,6 +246,34 @@ def test_scorer_token_comes_from_the_environment_when_unset(demo_file, tmp_path,
     assert parse_config(base(demo_file, tmp_path)).config.scorer_token is None
 
 
+def test_scorer_token_file_is_read_when_no_token_is_given(demo_file, tmp_path, monkeypatch):
+    monkeypatch.delenv("SCORER_TOKEN", raising=False)
+    secret = tmp_path / "token"
+    secret.write_text("from-file\n")
+    monkeypatch.setenv("SCORER_TOKEN_FILE", str(secret))
+    assert parse_config(base(demo_file, tmp_path)).config.scorer_token == "from-file"
+    monkeypatch.setenv("SCORER_TOKEN", "from-env")  # the variable itself wins
+    assert parse_config(base(demo_file, tmp_path)).config.scorer_token == "from-env"
+    monkeypatch.delenv("SCORER_TOKEN")
+    for bad, said in ((tmp_path / "missing", "cannot be read"), (tmp_path / "empty", "is empty")):
+        if bad.name == "empty":
+            bad.write_text("  \n")
+        monkeypatch.setenv("SCORER_TOKEN_FILE", str(bad))
+        with pytest.raises(ConfigError) as info:
+            parse_config(base(demo_file, tmp_path))
+        assert said in info.value.problems["scorer_token"]
+
+
+def test_an_output_dir_that_cannot_be_made_is_named(demo_file, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError) as info:
+        parse_config(base(demo_file, tmp_path, output_dir=str(blocker / "run")))
+    assert set(info.value.problems) == {"output_dir"}
+    assert f"{blocker} is not a folder" in info.value.problems["output_dir"]
+    parse_config(base(demo_file, tmp_path, output_dir=str(tmp_path / "new" / "run")))
+
+
 def test_bad_values_are_named_with_what_to_use(demo_file, tmp_path):
     raw = base(
         demo_file,
