@@ -1,11 +1,15 @@
-# Image for both services: scorer (default CMD) and trainer (override the command).
+# One image for both services: the scorer (the default command) and the trainer.
 #
-#   docker build -t delta-loss-selector .
-#   docker compose up            # see docker-compose.yml and .env.example
+#   docker compose build          # see docker-compose.yml and .env
+#   docker build --build-arg HOST_UID=$(id -u) --build-arg HOST_GID=$(id -g) -t delta-loss-selector .
 #
-# torch comes from the base image; `pip install .` must not replace it (transformers 5
-# needs torch>=2.6, pyproject accepts torch>=2.3,<3). Override the base with
-#   docker build --build-arg BASE_IMAGE=pytorch/pytorch:<tag> .
+# torch comes from the base image, with its CUDA build; docker/requirements.lock pins every
+# other package with its hash, for the base image's Python (3.11), and leaves torch out
+# (`make lock` writes it). With another base (--build-arg BASE_IMAGE=pytorch/pytorch:<tag>),
+# keep its Python at 3.11 or write the lock again for it.
+#
+# The services run as the user `app`, whose uid and gid are HOST_UID and HOST_GID: what they
+# write to bind-mounted folders belongs to the host user with those ids.
 # No model weights are downloaded at build or start: mount them under /models.
 ARG BASE_IMAGE=pytorch/pytorch:2.7.1-cuda12.8-cudnn9-runtime
 FROM ${BASE_IMAGE}
@@ -17,18 +21,36 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
-    HF_HOME=/tmp/hf-home
+    HF_HOME=/tmp/hf-home \
+    MPLCONFIGDIR=/tmp/matplotlib
 
-WORKDIR /app
-COPY . /app
+# The dependencies, before any source: this layer is built again only when the lock changes.
+COPY docker/requirements.lock /tmp/requirements.lock
+RUN python -c "import sys; v = sys.version_info[:2]; assert v == (3, 11), f'docker/requirements.lock is for Python 3.11 and the base image has {v}: write the lock for it (make lock LOCK_PYTHON=X.Y)'" \
+ && pip install --no-deps --require-hashes -r /tmp/requirements.lock \
+ && rm /tmp/requirements.lock
 
-# Pin torch to the version already in the image so pip fails loudly instead of
-# silently downloading a different (multi-GB) torch build.
-RUN echo "torch==$(python -c 'import torch; print(torch.__version__)')" > /tmp/constraints.txt \
- && pip install -c /tmp/constraints.txt . \
- && python -c "import torch, scorer_svc, trainer_svc; print('torch', torch.__version__)"
+# The source: the packages only (.dockerignore lets nothing else in).
+WORKDIR /tmp/src
+COPY pyproject.toml README.md ./
+COPY common ./common
+COPY scorer_svc ./scorer_svc
+COPY trainer_svc ./trainer_svc
+COPY devtools ./devtools
+RUN pip install --no-deps --no-build-isolation . \
+ && python -c "import torch, scorer_svc.main, trainer_svc.recipe, devtools.demo; print('torch', torch.__version__)"
 
-# Scorer defaults; docker-compose.yml sets the same explicitly.
+# The user the services run as, and the folders they write. Declared here, so that other ids
+# rebuild only the layers from here on.
+ARG HOST_UID=1000
+ARG HOST_GID=1000
+RUN groupadd --non-unique --gid "${HOST_GID}" app \
+ && useradd --non-unique --no-log-init --create-home --uid "${HOST_UID}" --gid "${HOST_GID}" app \
+ && mkdir -p /var/lib/scorer /data /models /outputs /config /demo \
+ && chown app:app /var/lib/scorer /outputs /demo \
+ && rm -rf /tmp/src
+
+# Scorer defaults; docker-compose.yml sets them too.
 ENV SCORER_HTTP_HOST=0.0.0.0 \
     SCORER_HTTP_PORT=8000 \
     SCORER_ZMQ_URL=tcp://0.0.0.0:5555 \
@@ -36,7 +58,8 @@ ENV SCORER_HTTP_HOST=0.0.0.0 \
     SCORER_DATABASE_URL=sqlite:////var/lib/scorer/scorer.db \
     SCORER_MODEL_ROOT='["/models"]' \
     SCORER_DATA_ROOT='["/data"]'
-RUN mkdir -p /var/lib/scorer /data /models /outputs /config
 
+USER ${HOST_UID}:${HOST_GID}
+WORKDIR /home/app
 EXPOSE 8000 5555
 CMD ["scorer-svc", "serve"]

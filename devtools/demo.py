@@ -130,6 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--samples", type=int, default=320)
     parser.add_argument("--config", type=Path, default=DEMO_YAML, help="training YAML")
+    parser.add_argument(
+        "--assets-only",
+        action="store_true",
+        help="write the tiny model, the datasets and the training YAML (OUT/train.yaml), and "
+        "stop: for a scorer and a trainer started apart (docker compose --profile cpu)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     out = Path(args.out).resolve()
@@ -138,6 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     data = write_dataset(out / "data" / "demo.json", n=args.samples)
     held_out = write_dataset(out / "data" / "eval.json", n=64, noise_share=0.0, seed=1)
     groups = groups_of(data)
+    if args.assets_only:
+        config = out / "train.yaml"
+        config.write_text(args.config.read_text(encoding="utf-8"), encoding="utf-8")
+        print(f"tiny model: {model}\ndataset: {data}\neval dataset: {held_out}\nconfig: {config}")
+        return 0
     print(f"tiny model: {model}\ndataset: {data} ({len(groups)} samples: {dict(Counter(groups))})")
     print(f"eval dataset: {held_out} (64 held-out samples, no noise)")
     # The scorer reads the model and the data from the demo's folder, and nothing else.

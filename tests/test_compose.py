@@ -1,7 +1,8 @@
-"""Checks docker-compose.yml through `docker-compose config` (no Docker engine needed).
+"""The compose files, checked through `docker-compose config` (no Docker engine needed), and
+the CPU profile's services run as processes the way compose would start them.
 
-Skipped when no compose CLI is installed, unless the CI environment variable is set,
-in which case a missing CLI is a failure. `apt-get install docker-compose` provides one.
+Skipped when no compose CLI is installed, unless the CI environment variable is set, in which
+case a missing CLI is a failure. `apt-get install docker-compose` provides one.
 """
 
 from __future__ import annotations
@@ -10,21 +11,33 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from devtools.scorer_process import free_port
+from devtools.waiting import wait_until
+
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 MULTI_GPU_FILE = ROOT / "docker-compose.multi-gpu.yml"  # laid over COMPOSE_FILE
-ENV_EXAMPLE = ROOT / ".env.example"
+SCORER_HOST_FILE = ROOT / "docker-compose.scorer-host.yml"
+TRAINER_HOST_FILE = ROOT / "docker-compose.trainer-host.yml"
+ALL_FILES = (COMPOSE_FILE, MULTI_GPU_FILE, SCORER_HOST_FILE, TRAINER_HOST_FILE)
+ENV_FILE = ROOT / ".env"  # compose reads it: the active profile and every default
 # Seconds between SIGTERM and SIGKILL the trainer needs at least: to end its step and save.
 MIN_TRAINER_GRACE = 60
+HEALTHCHECK = ["CMD", "scorer-svc", "health"]
+# What the files demand on the hosts of a scorer apart from its trainers.
+CROSS_HOST = {"SCORER_BIND_ADDRESS": "10.0.0.5", "SCORER_HOST": "scorer.example"}
 
-# Variables the compose file interpolates; removed from the environment so the
-# ${VAR:-default} fallbacks are what gets tested.
+# Variables the compose files interpolate; removed from the environment so that the
+# ${VAR:-default} fallbacks, or the env file given, are what gets tested.
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -57,8 +70,13 @@ def compose() -> list[str]:
 
 
 def _compose_vars() -> set[str]:
-    lines = COMPOSE_FILE.read_text().splitlines() + MULTI_GPU_FILE.read_text().splitlines()
-    return {v for line in lines if not line.lstrip().startswith("#") for v in _VAR_RE.findall(line)}
+    return {
+        name
+        for file in ALL_FILES
+        for line in file.read_text().splitlines()
+        if not line.lstrip().startswith("#")
+        for name in _VAR_RE.findall(line)
+    }
 
 
 def _run(
@@ -67,8 +85,10 @@ def _run(
     env_file: Path,
     profile: str | None = None,
     files: tuple[Path, ...] = (COMPOSE_FILE,),
-) -> str:
-    env = {k: v for k, v in os.environ.items() if k not in _compose_vars()}
+    check: bool = True,
+) -> subprocess.CompletedProcess:
+    hidden = _compose_vars() | {"COMPOSE_PROFILES", "COMPOSE_FILE"}
+    env = {k: v for k, v in os.environ.items() if k not in hidden}
     cmd = [*compose, "--env-file", str(env_file)]
     for file in files:
         cmd += ["-f", str(file)]
@@ -78,20 +98,47 @@ def _run(
     proc = subprocess.run(
         [*cmd, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
     )
-    assert proc.returncode == 0, f"{' '.join(cmd + list(args))} failed:\n{proc.stderr}"
-    return proc.stdout
+    if check:
+        assert proc.returncode == 0, f"{' '.join(cmd + list(args))} failed:\n{proc.stderr}"
+    return proc
 
 
 @pytest.fixture(scope="module")
-def empty_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # An empty env file, so a developer's local `.env` cannot change the defaults tested.
-    path = tmp_path_factory.mktemp("compose") / "empty.env"
-    path.write_text("")
-    return path
+def env_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Env files by name: none set (so a developer's own `.env` cannot change what is
+    tested), a two-GPU host, and the cross-host variables."""
+    folder = tmp_path_factory.mktemp("compose")
+    contents = {
+        "empty": "",
+        "two-gpus": "SCORER_GPU=1\n",
+        "cross-host": "".join(f"{k}={v}\n" for k, v in CROSS_HOST.items()),
+        "multi": "SCORER_GPUS=1,2,3\n",
+        "uid": "HOST_UID=1234\nHOST_GID=2345\n",
+    }
+    paths = {}
+    for name, text in contents.items():
+        paths[name] = folder / f"{name}.env"
+        paths[name].write_text(text)
+    return paths
 
 
-def _config(compose: list[str], env_file: Path, profile: str | None = None) -> dict[str, Any]:
-    return yaml.safe_load(_run(compose, "config", env_file=env_file, profile=profile))
+def render(
+    compose: list[str],
+    env_file: Path,
+    profile: str | None = None,
+    files: tuple[Path, ...] = (COMPOSE_FILE,),
+) -> dict[str, Any]:
+    """`compose config`, with only the services the profile enables (compose v1 lists all)."""
+    cfg = yaml.safe_load(
+        _run(compose, "config", env_file=env_file, profile=profile, files=files).stdout
+    )
+    active = {profile} if profile else set()
+    cfg["services"] = {
+        name: svc
+        for name, svc in cfg["services"].items()
+        if not svc.get("profiles") or active & set(svc["profiles"])
+    }
+    return cfg
 
 
 # --- normalisation across compose v1 (strings) and v2 (long syntax) -----------------
@@ -114,26 +161,30 @@ def _ports(service: dict[str, Any]) -> list[tuple[str, str, str]]:
     return out
 
 
-def _gpu_ids(service: dict[str, Any]) -> list[list[str]]:
+def _gpu_requests(service: dict[str, Any]) -> list[dict[str, Any]]:
+    """The service's NVIDIA device requests: [{"ids": [...]}] or [{"count": "all"}]."""
     devices = (
         service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
     )
-    return [
-        [str(i) for i in d.get("device_ids", [])]
-        for d in devices
-        if d.get("driver") == "nvidia" or "gpu" in d.get("capabilities", [])
-    ]
+    out = []
+    for d in devices:
+        if d.get("driver") == "nvidia" or "gpu" in d.get("capabilities", []):
+            if "device_ids" in d:
+                out.append({"ids": [str(i) for i in d["device_ids"]]})
+            else:
+                out.append({"count": str(d.get("count"))})
+    return out
 
 
-def _mounts(service: dict[str, Any]) -> dict[str, str]:
-    """container path -> source (host path or volume name)."""
+def _mounts(service: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+    """container path -> (source: host path or volume name, read-only)."""
     out = {}
     for v in service.get("volumes", []):
         if isinstance(v, dict):
-            out[v["target"]] = v.get("source", "")
+            out[v["target"]] = (v.get("source", ""), bool(v.get("read_only")))
         else:
             parts = str(v).split(":")
-            out[parts[1]] = parts[0]
+            out[parts[1]] = (parts[0], len(parts) > 2 and "ro" in parts[2].split(","))
     return out
 
 
@@ -145,100 +196,151 @@ def _seconds(duration: str | int | float) -> float:
     return sum(float(value) * units[unit] for value, unit in parts)
 
 
-def _problems(cfg: dict[str, Any]) -> list[str]:
-    """Everything wrong with a parsed `compose config` (default profile)."""
+def _user(service: dict[str, Any]) -> tuple[str, str]:
+    uid, _, gid = str(service.get("user", "")).partition(":")
+    return uid, gid
+
+
+# --- the properties every variant must have ---------------------------------------------
+
+
+def _problems(
+    cfg: dict[str, Any], scorer: str, trainer: str, loopback_only: bool = True
+) -> list[str]:
+    """Everything wrong with a scorer and the trainer that uses it, in a rendered config."""
     problems = []
-    services = cfg.get("services", {})
-    scorer, trainer = services.get("scorer"), services.get("trainer")
-    if scorer is None or trainer is None:
-        return [f"scorer and trainer services expected, got {sorted(services)}"]
+    services = cfg["services"]
+    if scorer not in services or trainer not in services:
+        return [f"{scorer} and {trainer} expected, got {sorted(services)}"]
+    s, t = services[scorer], services[trainer]
 
-    ports = _ports(scorer)
-    if sorted(t for _, _, t in ports) != ["5555", "8000"]:
-        problems.append(f"scorer should publish 8000 and 5555, got {ports}")
-    for host_ip, published, target in ports:
-        if host_ip != "127.0.0.1":
-            problems.append(f"scorer port {published}:{target} bound to {host_ip or 'all'}")
+    for name, svc in services.items():
+        uid, gid = _user(svc)
+        if not uid.isdigit() or not gid.isdigit() or uid == "0":
+            problems.append(f"{name} must run as a numeric non-root user, got {svc.get('user')!r}")
+        args = (svc.get("build") or {}).get("args") or {}
+        if args and (str(args.get("HOST_UID")), str(args.get("HOST_GID"))) != (uid, gid):
+            problems.append(f"{name}'s image is built for {args}, but it runs as {uid}:{gid}")
 
-    env = scorer.get("environment", {})
-    if env.get("SCORER_HTTP_HOST") != "0.0.0.0":
-        problems.append("scorer must set SCORER_HTTP_HOST=0.0.0.0 inside the container")
-    if env.get("SCORER_ZMQ_URL") != "tcp://0.0.0.0:5555":
-        problems.append("scorer must set SCORER_ZMQ_URL=tcp://0.0.0.0:5555")
+    ports = _ports(s)
+    if sorted(target for _, _, target in ports) != ["5555", "8000"]:
+        problems.append(f"{scorer} should publish 8000 and 5555, got {ports}")
+    if loopback_only:
+        for host_ip, published, target in ports:
+            if host_ip != "127.0.0.1":
+                problems.append(f"{scorer} port {published}:{target} bound to {host_ip or 'all'}")
+    for name, svc in services.items():
+        if name != scorer and svc.get("ports"):
+            problems.append(f"only the scorer publishes ports, not {name}")
 
-    if _gpu_ids(scorer) != [["1"]]:
-        problems.append(f"scorer GPU reservation should be device 1, got {_gpu_ids(scorer)}")
-    if _gpu_ids(trainer) != [["0"]]:
-        problems.append(f"trainer GPU reservation should be device 0, got {_gpu_ids(trainer)}")
+    env = s.get("environment", {})
+    if (
+        env.get("SCORER_HTTP_HOST") != "0.0.0.0"
+        or env.get("SCORER_ZMQ_URL") != "tcp://0.0.0.0:5555"
+    ):
+        problems.append(f"{scorer} must bind 0.0.0.0 inside its container, for its ports")
 
-    test = (scorer.get("healthcheck") or {}).get("test")
-    if not test or "/healthz" not in " ".join(test if isinstance(test, list) else [test]):
-        problems.append(f"scorer healthcheck on /healthz missing: {test}")
+    test = (s.get("healthcheck") or {}).get("test")
+    if test != HEALTHCHECK:
+        problems.append(f"{scorer} healthcheck must be {HEALTHCHECK} (/healthz), got {test}")
 
-    dep = (trainer.get("depends_on") or {}).get("scorer")
-    if not isinstance(dep, dict) or dep.get("condition") != "service_healthy":
-        problems.append(f"trainer must depend on scorer being healthy, got {dep}")
+    dep = (t.get("depends_on") or {}).get(scorer) if loopback_only else None
+    if loopback_only and (not isinstance(dep, dict) or dep.get("condition") != "service_healthy"):
+        problems.append(f"{trainer} must wait for {scorer} to be healthy, got {dep}")
 
-    command = trainer.get("command") or []
-    if "scorer_zmq_url=tcp://scorer:5555" not in command:
-        problems.append("trainer must be pointed at tcp://scorer:5555")
-    if "scorer_http_url=http://scorer:8000" not in command:
-        problems.append("trainer must be pointed at http://scorer:8000")
-
-    grace = _seconds(trainer.get("stop_grace_period", "10s"))
+    grace = _seconds(t.get("stop_grace_period", "10s"))
     if grace < MIN_TRAINER_GRACE:
         problems.append(
-            f"trainer stop_grace_period is {grace:g}s: give it at least {MIN_TRAINER_GRACE}s "
+            f"{trainer} stop_grace_period is {grace:g}s: give it at least {MIN_TRAINER_GRACE}s "
             "to save a checkpoint on SIGTERM"
         )
 
-    sm, tm = _mounts(scorer), _mounts(trainer)
-    for path in ("/data", "/models"):
-        if path not in sm or sm.get(path) != tm.get(path):
-            problems.append(f"{path} must be the same mount in scorer and trainer")
-    if "/outputs" not in tm:
-        problems.append("trainer must mount /outputs")
-    state = sm.get("/var/lib/scorer", "")
+    sm, tm = _mounts(s), _mounts(t)
+    shared = [p for p in ("/data", "/models", "/demo") if p in sm or p in tm]
+    for path in shared:
+        if path not in sm or sm[path][0] != tm.get(path, ("",))[0] or not sm[path][1]:
+            problems.append(f"{path} must be the same mount in {scorer} and {trainer}, read-only")
+    if "/outputs" not in tm or tm["/outputs"][1]:
+        problems.append(f"{trainer} must mount /outputs writable")
+    state = sm.get("/var/lib/scorer", ("",))[0]
     if state not in (cfg.get("volumes") or {}):
-        problems.append(f"scorer state must be a named volume, got {state!r}")
-
-    for name in ("scorer", "trainer"):
-        if services[name].get("profiles"):
-            problems.append(f"{name} must not be behind a profile")
-    demo = services.get("demo")
-    if demo is not None and demo.get("profiles") != ["cpu"]:
-        problems.append(f"demo must be only in the cpu profile, got {demo.get('profiles')}")
+        problems.append(f"{scorer} state must be a named volume, got {state!r}")
     return problems
 
 
 # --- tests ---------------------------------------------------------------------------
 
 
-def test_config_quiet(compose: list[str], empty_env: Path) -> None:
-    _run(compose, "config", "-q", env_file=empty_env)
+@pytest.mark.parametrize("profile", ["gpu", "cpu", None])
+def test_every_profile_validates(compose, env_files, profile) -> None:
+    _run(compose, "config", "-q", env_file=env_files["empty"], profile=profile)
 
 
-def test_config_quiet_cpu_profile(compose: list[str], empty_env: Path) -> None:
-    _run(compose, "config", "-q", env_file=empty_env, profile="cpu")
+def test_every_variant_validates(compose, env_files) -> None:
+    _run(compose, "config", "-q", env_file=env_files["multi"], profile="gpu",
+         files=(COMPOSE_FILE, MULTI_GPU_FILE))  # fmt: skip
+    for file in (SCORER_HOST_FILE, TRAINER_HOST_FILE):
+        _run(compose, "config", "-q", env_file=env_files["cross-host"], files=(file,))
 
 
-def test_default_config(compose: list[str], empty_env: Path) -> None:
-    assert _problems(_config(compose, empty_env)) == []
+def test_the_gpu_profile_on_one_gpu_shares_it_and_on_two_gives_the_scorer_the_spare(
+    compose, env_files
+) -> None:
+    one = render(compose, env_files["empty"], "gpu")
+    assert sorted(one["services"]) == ["scorer", "trainer"]
+    assert _problems(one, "scorer", "trainer") == []
+    scorer, trainer = one["services"]["scorer"], one["services"]["trainer"]
+    # the scorer sees every GPU and uses the one CUDA_VISIBLE_DEVICES names
+    assert _gpu_requests(scorer) == [{"count": "all"}]
+    assert scorer["environment"]["CUDA_VISIBLE_DEVICES"] == "0"
+    assert scorer["environment"]["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"  # nvidia-smi's numbers
+    assert _gpu_requests(trainer) == [{"ids": ["0"]}]
+    assert "scorer_zmq_url=tcp://scorer:5555" in trainer["command"]
+    assert "scorer_http_url=http://scorer:8000" in trainer["command"]
+
+    two = render(compose, env_files["two-gpus"], "gpu")["services"]
+    assert two["scorer"]["environment"]["CUDA_VISIBLE_DEVICES"] == "1"
+    assert _gpu_requests(two["trainer"]) == [{"ids": ["0"]}]
 
 
-def test_checks_can_fail(compose: list[str], empty_env: Path) -> None:
-    # The checker must reject a scorer published on all interfaces, a wrong GPU, and
-    # a trainer that does not wait for the scorer's health.
-    cfg = _config(compose, empty_env)
+def test_the_cpu_profile_runs_the_two_services_on_no_gpu(compose, env_files) -> None:
+    cfg = render(compose, env_files["empty"], "cpu")
+    services = cfg["services"]
+    assert sorted(services) == ["demo-assets", "scorer-cpu", "trainer-cpu"]
+    assert _problems(cfg, "scorer-cpu", "trainer-cpu") == []
+    for name, svc in services.items():
+        assert "deploy" not in svc, f"{name} must reserve no device"
+        assert svc["environment"]["CUDA_VISIBLE_DEVICES"] == "", name
+    scorer, trainer = services["scorer-cpu"], services["trainer-cpu"]
+    assert scorer["environment"]["SCORER_DEVICE"] == "cpu"
+    assert scorer["environment"]["SCORER_EXIT_AFTER_RUNS"] == "1"  # `up` ends by itself
+    assert scorer["depends_on"]["demo-assets"]["condition"] == "service_completed_successfully"
+    assert "scorer_zmq_url=tcp://scorer-cpu:5555" in trainer["command"]
+    assert "restart" not in scorer or scorer["restart"] == "no"  # an exit 0 is the end
+
+
+def test_the_image_runs_as_the_host_user_it_is_told(compose, env_files) -> None:
+    for profile in ("gpu", "cpu"):
+        for name, svc in render(compose, env_files["uid"], profile)["services"].items():
+            assert svc["user"] == "1234:2345", name
+            assert svc["build"]["args"] == {"HOST_UID": "1234", "HOST_GID": "2345"}, name
+
+
+def test_the_checks_can_fail(compose, env_files) -> None:
+    # The checker must reject a scorer published on all interfaces, root, a trainer that
+    # does not wait for the scorer's health, a healthcheck on HTTP alone and a short grace.
+    cfg = render(compose, env_files["empty"], "gpu")
     scorer, trainer = cfg["services"]["scorer"], cfg["services"]["trainer"]
     scorer["ports"] = ["0.0.0.0:8000:8000/tcp", "5555:5555"]
-    scorer["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] = ["0"]
+    scorer["healthcheck"]["test"] = ["CMD", "curl", "-f", "http://127.0.0.1:8000/"]
+    trainer["user"] = "0:0"
     trainer["depends_on"] = {"scorer": {"condition": "service_started"}}
     trainer.pop("stop_grace_period", None)  # the default 10s: too short to save a checkpoint
-    problems = "\n".join(_problems(cfg))
+    problems = "\n".join(_problems(cfg, "scorer", "trainer"))
     assert "bound to 0.0.0.0" in problems
     assert "bound to all" in problems
-    assert "scorer GPU reservation" in problems
+    assert "healthcheck must be" in problems
+    assert "trainer must run as a numeric non-root user" in problems
     assert "healthy" in problems
     assert "trainer stop_grace_period is 10s" in problems
 
@@ -248,45 +350,160 @@ def test_durations_in_seconds() -> None:
     assert [_seconds(d) for d in durations] == [120, 120, 90, 3600, 0.5]
 
 
-def test_demo_only_in_cpu_profile(compose: list[str], empty_env: Path) -> None:
-    cpu = _config(compose, empty_env, profile="cpu")["services"]
-    demo = cpu.get("demo")
-    assert demo is not None, "demo service missing with --profile cpu"
-    assert demo.get("profiles") == ["cpu"]
-    assert "deploy" not in demo, "the cpu demo must not reserve devices"
-    assert "/outputs/demo" in demo["command"]
-    # compose v2 drops profiled services without --profile; v1 lists them but will not
-    # start them. Either way, only demo carries a profile.
-    default = _config(compose, empty_env)["services"]
-    assert "demo" not in default or default["demo"].get("profiles") == ["cpu"]
-
-
-def test_env_example_matches_defaults(compose: list[str], empty_env: Path) -> None:
-    documented = {
-        line.split("=", 1)[0].strip()
-        for line in ENV_EXAMPLE.read_text().splitlines()
-        if "=" in line and not line.lstrip().startswith("#")
-    }
-    assert _compose_vars() <= documented, (
-        f"undocumented in .env.example: {sorted(_compose_vars() - documented)}"
+def test_dot_env_names_every_variable_and_holds_the_defaults(compose, env_files) -> None:
+    text = ENV_FILE.read_text()
+    named = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]*)=", text, flags=re.MULTILINE))
+    assert _compose_vars() <= named, f"not in .env: {sorted(_compose_vars() - named)}"
+    assert re.search(r"^COMPOSE_PROFILES=gpu$", text, flags=re.MULTILINE), (
+        "plain `docker compose up` must start the GPU services"
     )
-    # .env.example holds the same defaults as the compose file.
-    assert _config(compose, ENV_EXAMPLE) == _config(compose, empty_env)
+    for profile in ("gpu", "cpu"):
+        assert render(compose, ENV_FILE, profile) == render(compose, env_files["empty"], profile)
+    # the cross-host ones have no default: named, commented out
+    assert all(re.search(rf"^# {name}=", text, flags=re.MULTILINE) for name in CROSS_HOST)
 
 
-def test_the_multi_gpu_variant_runs_one_scorer_rank_per_listed_gpu(
-    compose: list[str], tmp_path: Path
-) -> None:
-    env_file = tmp_path / "multi.env"
-    env_file.write_text("SCORER_GPUS=1,2,3\nSCORER_GPU_COUNT=3\n")
-    files = (COMPOSE_FILE, MULTI_GPU_FILE)
-    _run(compose, "config", "-q", env_file=env_file, files=files)
-    cfg = yaml.safe_load(_run(compose, "config", env_file=env_file, files=files))
+def test_the_multi_gpu_variant_runs_one_scorer_rank_per_listed_gpu(compose, env_files) -> None:
+    cfg = render(compose, env_files["multi"], "gpu", files=(COMPOSE_FILE, MULTI_GPU_FILE))
     scorer = cfg["services"]["scorer"]
-    assert scorer["command"][:4] == ["torchrun", "--standalone", "--nproc-per-node", "3"]
-    assert scorer["command"][-3:] == ["-m", "scorer_svc", "serve"]
+    # one rank per visible GPU, and CUDA_VISIBLE_DEVICES makes the listed ones visible
+    assert scorer["command"] == [
+        "torchrun", "--standalone", "--nproc-per-node", "gpu", "-m", "scorer_svc", "serve",
+    ]  # fmt: skip
     assert scorer["environment"]["CUDA_VISIBLE_DEVICES"] == "1,2,3"
-    devices = scorer["deploy"]["resources"]["reservations"]["devices"]
-    assert any(d.get("count") == "all" for d in devices)  # CUDA_VISIBLE_DEVICES picks
-    # Otherwise as the two-GPU setup: loopback only, the trainer starts once it is healthy.
-    assert [p for p in _problems(cfg) if "GPU reservation" not in p] == []
+    assert _gpu_requests(scorer) == [{"count": "all"}]
+    assert scorer["shm_size"] in ("1gb", 1073741824)  # NCCL's shared memory (v1, v2)
+    assert _problems(cfg, "scorer", "trainer") == []
+
+
+def test_a_scorer_on_its_own_host_publishes_where_told_with_token_curve_and_tls(
+    compose, env_files
+) -> None:
+    missing = _run(compose, "config", "-q", env_file=env_files["empty"],
+                   files=(SCORER_HOST_FILE,), check=False)  # fmt: skip
+    assert missing.returncode != 0 and "set SCORER_BIND_ADDRESS" in missing.stderr
+    cfg = render(compose, env_files["cross-host"], files=(SCORER_HOST_FILE,))
+    scorer = cfg["services"]["scorer"]
+    assert {ip for ip, _, _ in _ports(scorer)} == {CROSS_HOST["SCORER_BIND_ADDRESS"]}
+    env = scorer["environment"]
+    assert env["SCORER_TOKEN_FILE"] == "/run/secrets/scorer_token"
+    assert "scorer_token" in cfg["secrets"]
+    assert env["SCORER_CURVE_SECRET_KEY_FILE"].startswith("/keys/")
+    assert env["SCORER_CURVE_AUTHORIZED_KEYS_DIR"].startswith("/keys/")
+    assert env["SCORER_TLS_CERTFILE"].startswith("/tls/")
+    mounts = _mounts(scorer)
+    assert mounts["/keys"][1] and mounts["/tls"][1], "keys and certificates mounted read-only"
+    assert scorer["healthcheck"]["test"] == HEALTHCHECK
+    assert _problems(
+        {**cfg, "services": {**cfg["services"], "trainer": _remote_trainer(compose, env_files)}},
+        "scorer", "trainer", loopback_only=False,
+    ) == []  # fmt: skip
+
+
+def _remote_trainer(compose, env_files) -> dict[str, Any]:
+    return render(compose, env_files["cross-host"], files=(TRAINER_HOST_FILE,))["services"][
+        "trainer"
+    ]
+
+
+def test_a_trainer_on_another_host_uses_https_curve_and_the_token_file(compose, env_files):
+    missing = _run(compose, "config", "-q", env_file=env_files["empty"],
+                   files=(TRAINER_HOST_FILE,), check=False)  # fmt: skip
+    assert missing.returncode != 0 and "set SCORER_HOST" in missing.stderr
+    trainer = _remote_trainer(compose, env_files)
+    host = CROSS_HOST["SCORER_HOST"]
+    assert f"scorer_http_url=https://{host}:8000" in trainer["command"]
+    assert f"scorer_zmq_url=tcp://{host}:5555" in trainer["command"]
+    assert "scorer_ca_file=/tls/ca.pem" in trainer["command"]
+    assert any(a.startswith("scorer_curve_server_key_file=/keys/") for a in trainer["command"])
+    assert trainer["environment"]["SCORER_TOKEN_FILE"] == "/run/secrets/scorer_token"
+    assert _mounts(trainer)["/keys"][1]
+
+
+# --- the CPU profile, run as compose would run it, without an engine ------------------
+
+
+def _as_processes(services: dict[str, Any], tmp_path: Path) -> dict[str, dict[str, Any]]:
+    """Each service's command and environment with its mounts mapped to folders in tmp_path,
+    the scorer's ports to free loopback ports, and the service names to 127.0.0.1."""
+    http, zmq_port = free_port(), free_port()
+    places: dict[str, str] = {}
+    for svc in services.values():
+        for target, (source, _) in _mounts(svc).items():
+            place = tmp_path / "mounts" / re.sub(r"[^A-Za-z0-9]+", "-", source).strip("-")
+            place.mkdir(parents=True, exist_ok=True)
+            places[target] = str(place)
+    swaps = sorted(places.items(), key=lambda kv: -len(kv[0])) + [
+        ("scorer-cpu:8000", f"127.0.0.1:{http}"),
+        ("scorer-cpu:5555", f"127.0.0.1:{zmq_port}"),
+        ("tcp://0.0.0.0:5555", f"tcp://127.0.0.1:{zmq_port}"),
+    ]
+
+    table = dict(swaps)
+    # one pass, whole names only: /demo in /demo/data/demo.json is swapped once
+    pattern = re.compile(r"(?<![\w.-])(" + "|".join(re.escape(k) for k, _ in swaps) + r")(?![\w-])")
+
+    def mapped(value: str) -> str:
+        return pattern.sub(lambda m: table[m.group(1)], value)
+
+    bin_dir = Path(sys.executable).parent
+    out = {}
+    for name, svc in services.items():
+        command = [mapped(str(a)) for a in svc["command"]]
+        exe = sys.executable if command[0] == "python" else str(bin_dir / command[0])
+        env = {k: mapped(str(v)) for k, v in (svc.get("environment") or {}).items()}
+        if "SCORER_HTTP_PORT" in env:
+            env.update(SCORER_HTTP_PORT=str(http), SCORER_HTTP_HOST="127.0.0.1")
+        health = (svc.get("healthcheck") or {}).get("test")
+        out[name] = {
+            "command": [exe, *command[1:]],
+            "env": {**os.environ, **env},
+            "health": [str(bin_dir / health[1]), *health[2:]] if health else None,
+        }
+    return out
+
+
+@pytest.fixture
+def started() -> Iterator[list[subprocess.Popen]]:
+    procs: list[subprocess.Popen] = []
+    with ExitStack() as stack:
+        stack.callback(lambda: [p.kill() for p in procs if p.poll() is None])
+        yield procs
+
+
+@pytest.mark.slow
+def test_the_cpu_profile_trains_and_ends_by_itself(compose, env_files, tmp_path, started):
+    services = render(compose, env_files["empty"], "cpu")["services"]
+    run = _as_processes(services, tmp_path)
+    logs = {name: tmp_path / f"{name}.log" for name in run}
+
+    def start(name: str) -> subprocess.Popen:
+        with logs[name].open("w") as log:
+            proc = subprocess.Popen(run[name]["command"], env=run[name]["env"], stdout=log,
+                                    stderr=subprocess.STDOUT, cwd=tmp_path)  # fmt: skip
+        started.append(proc)
+        return proc
+
+    # depends_on, in order: the assets complete, the scorer turns healthy, the trainer starts
+    assert start("demo-assets").wait(300) == 0, logs["demo-assets"].read_text()
+    scorer = start("scorer-cpu")
+
+    def healthy() -> bool:
+        assert scorer.poll() is None, logs["scorer-cpu"].read_text()
+        probe = subprocess.run(run["scorer-cpu"]["health"], env=run["scorer-cpu"]["env"],
+                               capture_output=True, timeout=60, check=False)  # fmt: skip
+        return probe.returncode == 0
+
+    wait_until(healthy, "the scorer's healthcheck to pass", timeout=120, most_every=1.0)
+    trainer = start("trainer-cpu")
+    assert trainer.wait(600) == 0, logs["trainer-cpu"].read_text()[-3000:]
+    # nothing stops the scorer: its run has ended, so it exits by itself, and `up` returns
+    assert scorer.wait(120) == 0, logs["scorer-cpu"].read_text()[-3000:]
+    assert "stopping (exit_after_runs)" in logs["scorer-cpu"].read_text()
+    output_dir = next(
+        Path(a.split("=", 1)[1])
+        for a in run["trainer-cpu"]["command"]
+        if a.startswith("output_dir=")
+    )
+    selections = (output_dir / "selections.jsonl").read_text().splitlines()
+    assert len(selections) >= 2  # the warmup's draw and the updates' from the scorer's weights
