@@ -5,12 +5,14 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 DEMO_OUT ?= demo_out
 
-.PHONY: venv demo test test-fast lint bench clean
+.PHONY: venv demo test test-fast lint bench lock clean
 
-$(VENV)/.installed: pyproject.toml
+# The image's lock (without its hashes) constrains the venv: the tests run what the image ships.
+$(VENV)/.installed: pyproject.toml docker/requirements.lock
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev]"
+	sed -e '/--hash=/d' -e 's/ *\\$$//' docker/requirements.lock > $(VENV)/constraints.txt
+	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e ".[dev]"
 	touch $@
 
 venv: $(VENV)/.installed
@@ -37,6 +39,15 @@ test-fast: lint
 
 bench: venv
 	$(PY) -m bench
+
+# The image's dependencies, pinned with their hashes, for the base image's Python (3.11) on
+# x86_64 Linux; torch is the base image's (docker/base-image.txt). Needs the package index.
+LOCK_PYTHON ?= 3.11
+lock: venv
+	$(VENV)/bin/uv pip compile pyproject.toml docker/build.in --extra postgres \
+		--excludes docker/base-image.txt --python-version $(LOCK_PYTHON) \
+		--python-platform x86_64-manylinux_2_28 --generate-hashes \
+		--custom-compile-command "make lock" -o docker/requirements.lock
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache
