@@ -39,8 +39,8 @@ def refusal_advice(event: int, *, token: str | None, curve: ClientKeys | None) -
                 "scorer_curve_server_key_file is the scorer's public key"
             )
         return (
-            "the scorer refused this trainer's token: set scorer_token (or SCORER_TOKEN) to "
-            "the scorer's token"
+            "the scorer refused this trainer's token: set scorer_token (or SCORER_TOKEN, or "
+            "SCORER_TOKEN_FILE) to the scorer's token"
         )
     ours = "CURVE" if curve is not None else "a token" if token is not None else "no security"
     return (

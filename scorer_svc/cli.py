@@ -175,8 +175,8 @@ def probe_health(settings: Settings, timeout: float) -> tuple[bool, str]:
     url = health_url(settings)
     # Its own certificate names the host others reach it by, not loopback: the probe checks
     # health, not identity, so it does not verify the certificate.
-    try:
-        answer = httpx.get(url, timeout=timeout, verify=False)
+    try:  # trust_env=False: no proxy a container is given stands between it and loopback
+        answer = httpx.get(url, timeout=timeout, verify=False, trust_env=False)
     except httpx.HTTPError as exc:
         return False, f"{url}: no answer ({exc.__class__.__name__}: {exc})"
     try:
@@ -329,10 +329,12 @@ def main(argv: list[str] | None = None) -> int:
     quiet_polls()
 
     servers: list[uvicorn.Server] = []  # the one below, once made
+    exit_codes: list[int] = []
 
-    def stop_server() -> None:
+    def stop_server(code: int) -> None:
+        exit_codes.append(code)
         for server in servers:
-            server.should_exit = True  # as on SIGTERM: a clean shutdown, exit 0
+            server.should_exit = True  # as on SIGTERM: a clean shutdown
 
     config = uvicorn.Config(
         create_app(settings, group=group, stop_server=stop_server),
@@ -346,4 +348,6 @@ def main(argv: list[str] | None = None) -> int:
     server = _Server(config)
     servers.append(server)
     server.run()
-    return 0 if server.started else 1
+    if not server.started:
+        return 1
+    return max(exit_codes, default=0)

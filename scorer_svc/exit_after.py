@@ -34,7 +34,9 @@ def work_done(session: Session, *, instance: str, since: datetime, runs: int) ->
 
 
 class ExitAfterRuns:
-    """Polls the database in its own thread and calls on_done once, when the work is done."""
+    """Polls the database in its own thread and calls on_done once: with 0 when the work is
+    done, with 1 when the scoring worker has stopped (what is queued would never be scored,
+    and a batch job waiting for the scorer to end would wait for ever)."""
 
     def __init__(
         self,
@@ -42,13 +44,15 @@ class ExitAfterRuns:
         *,
         instance: str,
         runs: int,
-        on_done: Callable[[], None],
+        on_done: Callable[[int], None],
+        worker_alive: Callable[[], bool] | None = None,
         poll_seconds: float = 1.0,
     ) -> None:
         self.sessions = sessions
         self.instance = instance
         self.runs = runs
         self.on_done = on_done
+        self.worker_alive = worker_alive
         self.poll_seconds = poll_seconds
         self.since = crud.now()
         self._stop = threading.Event()
@@ -64,6 +68,10 @@ class ExitAfterRuns:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.poll_seconds):
+            if self.worker_alive is not None and not self.worker_alive():
+                log.error("the scoring worker stopped: stopping with exit code 1 (exit_after_runs)")
+                self.on_done(1)
+                return
             try:
                 with self.sessions() as session:
                     done = work_done(
@@ -77,5 +85,5 @@ class ExitAfterRuns:
                     "%d run(s) ended and nothing is left to score: stopping (exit_after_runs)",
                     self.runs,
                 )
-                self.on_done()
+                self.on_done(0)
                 return

@@ -138,11 +138,12 @@ def create_app(
     settings: Settings,
     state: ApiState | None = None,
     group: RankGroup | None = None,
-    stop_server: Callable[[], None] | None = None,
+    stop_server: Callable[[int], None] | None = None,
 ) -> FastAPI:
     """state: serve it as given, starting nothing; it must carry these settings. group: the
-    other ranks of a torchrun-launched scorer (with no state). stop_server: asks the server to
-    shut down, as on SIGTERM (settings.exit_after_runs calls it once the runs have ended)."""
+    other ranks of a torchrun-launched scorer (with no state). stop_server(exit code): asks the
+    server to shut down as on SIGTERM (settings.exit_after_runs calls it once the runs have
+    ended, or the worker has stopped)."""
     if state is not None and state.settings is not settings:
         raise ValueError("the state given was built with other settings than the app's")
     app = FastAPI(
@@ -175,7 +176,7 @@ def _given_state(state: ApiState) -> Lifespan:
 
 
 def _owned_service(
-    settings: Settings, group: RankGroup | None, stop_server: Callable[[], None] | None
+    settings: Settings, group: RankGroup | None, stop_server: Callable[[int], None] | None
 ) -> Lifespan:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -189,6 +190,7 @@ def _owned_service(
                 instance=background.lock.name,
                 runs=settings.exit_after_runs,
                 on_done=stop_server,
+                worker_alive=background.worker.is_alive,
             )
         try:
             _log_exposure(settings)

@@ -32,6 +32,8 @@ ALL_FILES = (COMPOSE_FILE, MULTI_GPU_FILE, SCORER_HOST_FILE, TRAINER_HOST_FILE)
 ENV_FILE = ROOT / ".env"  # compose reads it: the active profile and every default
 # Seconds between SIGTERM and SIGKILL the trainer needs at least: to end its step and save.
 MIN_TRAINER_GRACE = 60
+# The scorer's: uvicorn lets requests finish for up to 30 s, then the worker stops.
+MIN_SCORER_GRACE = 45
 HEALTHCHECK = ["CMD", "scorer-svc", "health"]
 # What the files demand on the hosts of a scorer apart from its trainers.
 CROSS_HOST = {"SCORER_BIND_ADDRESS": "10.0.0.5", "SCORER_HOST": "scorer.example"}
@@ -248,6 +250,12 @@ def _problems(
     if loopback_only and (not isinstance(dep, dict) or dep.get("condition") != "service_healthy"):
         problems.append(f"{trainer} must wait for {scorer} to be healthy, got {dep}")
 
+    scorer_grace = _seconds(s.get("stop_grace_period", "10s"))
+    if scorer_grace < MIN_SCORER_GRACE:
+        problems.append(
+            f"{scorer} stop_grace_period is {scorer_grace:g}s: give it at least "
+            f"{MIN_SCORER_GRACE}s to stop between batches and end its requests"
+        )
     grace = _seconds(t.get("stop_grace_period", "10s"))
     if grace < MIN_TRAINER_GRACE:
         problems.append(
@@ -336,6 +344,7 @@ def test_the_checks_can_fail(compose, env_files) -> None:
     trainer["user"] = "0:0"
     trainer["depends_on"] = {"scorer": {"condition": "service_started"}}
     trainer.pop("stop_grace_period", None)  # the default 10s: too short to save a checkpoint
+    scorer["stop_grace_period"] = "30s"
     problems = "\n".join(_problems(cfg, "scorer", "trainer"))
     assert "bound to 0.0.0.0" in problems
     assert "bound to all" in problems
@@ -343,6 +352,7 @@ def test_the_checks_can_fail(compose, env_files) -> None:
     assert "trainer must run as a numeric non-root user" in problems
     assert "healthy" in problems
     assert "trainer stop_grace_period is 10s" in problems
+    assert "scorer stop_grace_period is 30s" in problems
 
 
 def test_durations_in_seconds() -> None:

@@ -212,3 +212,31 @@ def test_the_tests_run_the_versions_the_image_installs() -> None:
         if installed != version:
             differ[name] = (version, installed)
     assert differ == {}, f"(locked, installed) differ: {differ}; run `make venv` again"
+
+
+def base_image_torch() -> str:
+    """The torch version of the Dockerfile's default base image (pytorch/pytorch:X.Y.Z-...)."""
+    match = re.search(r"^ARG BASE_IMAGE=pytorch/pytorch:(\d+\.\d+\.\d+)-", DOCKERFILE.read_text(),
+                      flags=re.MULTILINE)  # fmt: skip
+    assert match, "the default BASE_IMAGE is no longer a pytorch/pytorch tag: check its torch"
+    return match[1]
+
+
+def test_the_base_images_torch_satisfies_every_locked_package_and_pyproject() -> None:
+    # The tests run a CPU torch of their own; the image runs the base image's. What the lock
+    # pins must accept that one (transformers, for one, disables itself below torch 2.6).
+    torch = base_image_torch()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [Requirement(r) for r in project["dependencies"]]
+    for name in locked():
+        for line in metadata.requires(name) or []:
+            requirement = Requirement(line)
+            if canonicalize_name(requirement.name) != "torch":
+                continue
+            marker = requirement.marker
+            if marker is None or any(marker.evaluate({"extra": e}) for e in ("", "torch")):
+                wanted.append(requirement)
+    torch_requirements = [r for r in wanted if canonicalize_name(r.name) == "torch"]
+    assert len(torch_requirements) >= 3  # pyproject's, peft's, accelerate's, transformers'
+    refused = [str(r) for r in torch_requirements if not r.specifier.contains(torch)]
+    assert refused == [], f"the base image's torch {torch} does not meet {refused}"

@@ -5,8 +5,8 @@ raises one `ConfigError` that names every bad key: wrong types and ranges, impos
 combinations, a window_size outside [0, 1], warmup or update segments larger than the data.
 A value is checked by its field; the combinations of keys and the segment sizes are checked
 on the typed config (the bad keys at their defaults, so that all problems come at once).
-scorer_token is filled from $SCORER_TOKEN here, when the config leaves it unset: the rest of
-the trainer reads `scorer_token` only.
+scorer_token is filled from $SCORER_TOKEN, or the file $SCORER_TOKEN_FILE names, here, when
+the config leaves it unset: the rest of the trainer reads `scorer_token` only.
 """
 
 from __future__ import annotations
@@ -149,7 +149,8 @@ class TrainConfig(BaseModel):
     run_id: RunId | None = None
     scorer_zmq_url: ZmqUrl = "tcp://127.0.0.1:5555"
     scorer_http_url: str = "http://127.0.0.1:8000"
-    scorer_token: str | None = Field(None, validate_default=True)  # unset: $SCORER_TOKEN
+    # unset: $SCORER_TOKEN, else the contents of the file $SCORER_TOKEN_FILE names
+    scorer_token: str | None = Field(None, validate_default=True)
     scorer_ca_file: str | None = None  # the CA an https scorer_http_url's certificate verifies by
     # CURVE (links across hosts): this trainer's secret key file and the scorer's public key.
     scorer_curve_secret_key_file: str | None = None

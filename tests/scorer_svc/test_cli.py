@@ -165,13 +165,18 @@ def test_health_url_reaches_a_scorer_bound_everywhere_over_loopback(tmp_path):
     )
 
 
-def test_health_is_false_with_the_scorers_reason_when_its_worker_stopped(tmp_path):
+def test_health_is_false_with_the_scorers_reason_when_its_worker_stopped(tmp_path, monkeypatch):
     from dataclasses import replace
 
     from scorer_svc.main import create_app
     from tests.scorer_svc.test_api import seeded_state
     from tests.support.serving import serving
 
+    # a container may be given a proxy: the probe of loopback never goes through it
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "all_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
     with seeded_state(tmp_path) as state:
         for alive, expected in ((True, (True, "200 ok")), (False, (False, "503 the scoring"))):
             live = replace(state, worker_alive=lambda alive=alive: alive)

@@ -78,8 +78,8 @@ def test_the_watch_calls_on_done_once_when_the_runs_have_ended(sessions):
     done = threading.Event()
     calls = []
 
-    def on_done() -> None:
-        calls.append(1)
+    def on_done(code: int) -> None:
+        calls.append(code)
         done.set()
 
     with sessions() as session:
@@ -90,6 +90,27 @@ def test_the_watch_calls_on_done_once_when_the_runs_have_ended(sessions):
         assert not done.wait(0.3)  # polled several times: the run has not ended
         with sessions() as session:
             crud.end_run(session, run=session.merge(run), status="finished", detail=None)
+        assert done.wait(WAIT_SECONDS)
+    finally:
+        watch.stop()
+    assert calls == [0]
+
+
+def test_the_watch_gives_up_with_exit_code_1_when_the_worker_has_stopped(sessions):
+    done = threading.Event()
+    calls = []
+    alive = [True]
+
+    def on_done(code: int) -> None:
+        calls.append(code)
+        done.set()
+
+    watch = ExitAfterRuns(sessions, instance=ME, runs=1, on_done=on_done,
+                          worker_alive=lambda: alive[0], poll_seconds=0.05)  # fmt: skip
+    watch.start()
+    try:
+        assert not done.wait(0.3)  # the worker runs, no run has ended: nothing to do
+        alive[0] = False
         assert done.wait(WAIT_SECONDS)
     finally:
         watch.stop()
