@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -506,10 +505,12 @@ def _as_processes(services: dict[str, Any], tmp_path: Path) -> dict[str, dict[st
 
 @pytest.fixture
 def started() -> Iterator[list[subprocess.Popen]]:
+    """The processes a test starts; any still running at its end is killed."""
     procs: list[subprocess.Popen] = []
-    with ExitStack() as stack:
-        stack.callback(lambda: [p.kill() for p in procs if p.poll() is None])
-        yield procs
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
 
 
 @pytest.mark.slow
@@ -553,10 +554,10 @@ def test_the_cpu_profile_trains_and_ends_by_itself(compose_v2, env_files, tmp_pa
 def test_plain_up_starts_the_gpu_services_and_profile_cpu_the_cpu_ones_only(compose_v2, env_files):
     # Compose v2, as users run it with the .env shipped: `.env`'s COMPOSE_PROFILES picks gpu,
     # and a --profile flag replaces it. (v1's `config` lists every service, whatever is active.)
-    def started(env_file: Path, profile: str | None = None) -> list[str]:
-        listed = _run(compose_v2, "config", "--services", env_file=env_file, profile=profile)
-        return sorted(listed.stdout.split())
+    def listed(env_file: Path, profile: str | None = None) -> list[str]:
+        services = _run(compose_v2, "config", "--services", env_file=env_file, profile=profile)
+        return sorted(services.stdout.split())
 
-    assert started(ENV_FILE) == ["scorer", "trainer"]
-    assert started(ENV_FILE, "cpu") == ["demo-assets", "scorer-cpu", "trainer-cpu"]
-    assert started(env_files["empty"]) == []  # without .env's profile, nothing would start
+    assert listed(ENV_FILE) == ["scorer", "trainer"]
+    assert listed(ENV_FILE, "cpu") == ["demo-assets", "scorer-cpu", "trainer-cpu"]
+    assert listed(env_files["empty"]) == []  # without .env's profile, nothing would start
