@@ -21,7 +21,7 @@ UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
 
 RunStatus = Literal["registered", "training", "finished", "failed"]
 RunEnding = Literal["finished", "failed"]
-CheckpointStatus = Literal["received", "scoring", "scored", "failed"]
+CheckpointStatus = Literal["received", "scoring", "scored", "failed", "superseded"]
 FinetuningType = Literal["lora", "full"]
 
 PAGE_TOKEN = "pass as page_token to get the next page; null on the last page"
@@ -141,7 +141,8 @@ class CheckpointInfo(BaseModel):
     update_index: int = Field(description="the selection update it serves, 1-based per epoch")
     kind: FinetuningType = Field(description="lora: adapter tensors; full: every weight")
     status: CheckpointStatus = Field(
-        description="received (queued), scoring, scored, or failed (see error)"
+        description="received (queued), scoring, scored, failed (see error), or superseded "
+        "(an async run's checkpoint that a newer one replaced while it waited: never scored)"
     )
     digest: str = Field(description="the payload's digest (xxh3-128)")
     n_bytes: int = Field(description="the payload's size")
@@ -152,6 +153,16 @@ class CheckpointInfo(BaseModel):
     samples_per_second: float | None = Field(description="samples scored per second")
     n_null: int | None = Field(description="samples with no finite loss at this checkpoint")
     error: str | None = Field(description="why scoring failed")
+    n_measured: int | None = Field(
+        None,
+        description="under a scoring budget, the samples measured at this checkpoint; null when "
+        "every sample was",
+    )
+    mean_age: float | None = Field(
+        None,
+        description="under a scoring budget, the mean age in scored checkpoints of the other "
+        "ranked samples' estimated loss reductions",
+    )
 
 
 class CheckpointPage(BaseModel):
@@ -166,7 +177,7 @@ class LossPage(BaseModel):
     first_index: int = Field(description="the sample index of losses[0]")
     losses: list[float | None] = Field(
         description="the losses of samples first_index, first_index + 1, ...; null where a "
-        "sample has no finite loss"
+        "sample has no finite loss or, under a scoring budget, was not measured at this step"
     )
     next_page_token: str | None = Field(description=PAGE_TOKEN)
 
@@ -222,6 +233,16 @@ class WeightsBody(BaseModel):
     delta_mean_outside: float | None = Field(
         None, description="mean loss reduction of the ranked samples outside it"
     )
+    n_measured: int | None = Field(
+        None,
+        description="samples whose loss was measured at this checkpoint under a scoring budget "
+        "(the others are ranked on estimates); null when every sample was",
+    )
+    mean_age: float | None = Field(
+        None,
+        description="the mean age, in scored checkpoints, of the estimates of the ranked "
+        "samples not measured here; null when every sample was",
+    )
     weights: list[float] = Field(description="one sampling weight per sample; they sum to 1")
 
 
@@ -256,10 +277,20 @@ class Pending(BaseModel):
 class RankedSample(BaseModel):
     rank: int = Field(description="0: the largest loss reduction")
     sample_index: int = Field(description="the sample")
-    delta: float = Field(description="initial loss - current loss")
-    loss: float = Field(description="the loss at this checkpoint")
+    delta: float = Field(
+        description="initial loss - current loss (under a scoring budget, estimated for a "
+        "sample not measured here)"
+    )
+    loss: float | None = Field(
+        description="the loss at this checkpoint; null for a sample not measured here"
+    )
     initial_loss: float = Field(description="the loss at the run's first checkpoint")
     in_window: bool = Field(description="the window of this checkpoint's weights took it")
+    age: int = Field(
+        0,
+        description="scored checkpoints since the sample was measured (0: measured here; "
+        "above 0 only under a scoring budget)",
+    )
 
 
 class DeltaPage(BaseModel):
@@ -268,6 +299,16 @@ class DeltaPage(BaseModel):
     update_index: int = Field(description="the selection update")
     window: WindowInfo | None = Field(description="null for the run's first checkpoint")
     n_ranked: int = Field(description="samples with a finite loss reduction")
+    n_measured: int | None = Field(
+        None,
+        description="samples whose loss was measured at this checkpoint under a scoring budget "
+        "(the others are ranked on estimates); null when every sample was",
+    )
+    mean_age: float | None = Field(
+        None,
+        description="the mean age, in scored checkpoints, of the estimates of the ranked "
+        "samples not measured here; null when every sample was",
+    )
     items: list[RankedSample] = Field(description="ranked samples, in the order asked for")
     next_page_token: str | None = Field(description=PAGE_TOKEN)
 

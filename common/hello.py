@@ -4,6 +4,7 @@ trainer trains on, and the digests it checks its own view against."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 from common.datasets import DatasetSpec
 from common.model_spec import ModelSpec
@@ -26,6 +27,8 @@ def build_hello(
     model_digest: str | None = None,
     run_token: str | None = None,
     token: str | None = None,
+    selection_mode: Literal["sync", "async"] = "sync",
+    score_budget: float = 1.0,
 ) -> Hello:
     """dataset names the files as the scorer reads them (common.datasets.absolute_spec);
     val_size and split_seed the validation split held out of them, if any; vocab_size is
@@ -53,4 +56,6 @@ def build_hello(
         vocab_size=vocab_size,
         model_digest=model_digest,
         run_token=run_token,
+        selection_mode=selection_mode,
+        score_budget=score_budget,
     )

@@ -124,6 +124,18 @@ class Hello(_Header):
     # The training run's own identity, kept in its output_dir: a resume of it carries the same,
     # another run reusing the run id does not.
     run_token: str | None = Field(None, pattern=r"^[0-9a-f]{32}$")
+    # async: the trainer draws from the newest weights, so a checkpoint that a newer one
+    # supersedes while it waits is never scored; sync: every checkpoint is scored, in order
+    selection_mode: Literal["sync", "async"] = "sync"
+    # the samples each checkpoint after the first with a window measures (common.budget): a
+    # fraction in (0, 1] or a count; 1 is every sample, the published method
+    score_budget: float = Field(1.0, gt=0.0, le=MAX_SAMPLES, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _whole_count(self) -> Hello:
+        if self.score_budget > 1 and self.score_budget != int(self.score_budget):
+            raise ValueError("score_budget above 1 is a number of samples: a whole number")
+        return self
 
     @model_validator(mode="after")
     def _lora_settings_for_lora_only(self) -> Hello:

@@ -96,7 +96,14 @@ def delta_window(
         raise SelectionError(
             f"initial losses have {init.size} samples but current losses have {cur.size}"
         )
-    deltas = init - cur
+    return window_over(init - cur, update_index, update_times, window_size)
+
+
+def window_over(
+    deltas: np.ndarray, update_index: int, update_times: int, window_size: float
+) -> tuple[Window, np.ndarray]:
+    """Place the window for update k over loss reductions (NaN: not ranked), measured or,
+    under a scoring budget, estimated (common.budget); return it and the ranking."""
     ranking = rank_by_delta(deltas)
     t, big_t, u, start, end = window_position(update_index, update_times, deltas.size, window_size)
     negative = np.flatnonzero(deltas[ranking] < 0)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -66,3 +66,36 @@ def make_batches(
         max_batch_tokens=max_batch_tokens,
     )
     return [collate(samples, [scorable[j] for j in group], pad_id) for group in groups]
+
+
+def subset_batches(
+    batches: Sequence[Batch],
+    samples: Collection[int],
+    *,
+    batch_size: int,
+    max_batch_tokens: int,
+    pad_id: int,
+) -> list[Batch]:
+    """Batches of the named samples alone, cut anew by the same rule (a scoring budget's
+    checkpoint): each row is taken from the run's batches without its padding."""
+    wanted = set(samples)
+    rows: list[tuple[int, int, list[int], list[int]]] = []
+    for batch in batches:
+        lengths = batch.attention_mask.sum(dim=1).tolist()
+        for row, index in enumerate(batch.indices):
+            if index in wanted:
+                n = int(lengths[row])
+                ids, labels = batch.input_ids[row, :n].tolist(), batch.labels[row, :n].tolist()
+                rows.append((n, index, ids, labels))
+    rows.sort(key=lambda r: (r[0], r[1]))
+    groups = group_by_length(
+        [r[0] for r in rows], batch_size=batch_size, max_batch_tokens=max_batch_tokens
+    )
+    out = []
+    for group in groups:
+        picked = [rows[j] for j in group]
+        padded = pad_right([r[2] for r in picked], [r[3] for r in picked], pad_id)
+        out.append(
+            Batch([r[1] for r in picked], padded.input_ids, padded.attention_mask, padded.labels)
+        )
+    return out

@@ -85,8 +85,8 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     dtype: Annotated[str, one_of(COMPUTE_DTYPES)] = Field(
         "auto",
-        description="auto (float32 on CPU, bfloat16 with autocast on CUDA), float32, bfloat16 "
-        "or float16",
+        description="auto (float32 on CPU, bfloat16 with autocast on CUDA), float32 (scored in "
+        "float32, no autocast), bfloat16 (with autocast on CUDA) or float16",
     )
     batch_size: int = Field(
         16, ge=1, description="rows per scoring batch (samples grouped by length)"

@@ -12,6 +12,7 @@ import numpy as np
 from sqlalchemy import case, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from common.budget import Estimates
 from common.selection import Window
 from scorer_svc.models import (
     FAILED,
@@ -19,7 +20,9 @@ from scorer_svc.models import (
     RECEIVED,
     SCORED,
     SCORING,
+    SUPERSEDED,
     CheckpointRow,
+    EstimateRow,
     Loss,
     Run,
     WindowRow,
@@ -82,11 +85,15 @@ def end_run(session: Session, *, run: Run, status: str, detail: str | None) -> N
     session.commit()
 
 
-def reopen_run(session: Session, *, run: Run) -> None:
-    """A resumed run is training again: its recorded end, if any, no longer holds."""
-    if run.end_status is None and run.ended_at is None:
+def reopen_run(session: Session, *, run: Run, settings: dict[str, Any] | None = None) -> None:
+    """A resumed run is training again: its recorded end, if any, no longer holds. settings:
+    hello keys a resume may change (how it draws, its scoring budget), stored with it."""
+    changed = {k: v for k, v in (settings or {}).items() if run.config.get(k) != v}
+    if run.end_status is None and run.ended_at is None and not changed:
         return  # nothing to write: a read-mostly database sees no write
     run.end_status = run.end_detail = run.ended_at = None
+    if changed:
+        run.config = {**run.config, **changed}
     session.commit()
 
 
@@ -152,6 +159,7 @@ def delete_run(session: Session, *, run: Run, keep_pending: bool = True) -> Remo
         return None
     losses = session.execute(delete(Loss).where(Loss.run_pk == run.id)).rowcount  # type: ignore[attr-defined]
     session.execute(delete(WindowRow).where(WindowRow.run_pk == run.id))
+    session.execute(delete(EstimateRow).where(EstimateRow.run_pk == run.id))
     session.execute(delete(CheckpointRow).where(CheckpointRow.run_pk == run.id))
     session.execute(delete(Run).where(Run.id == run.id))
     session.commit()
@@ -228,6 +236,60 @@ def requeue(session: Session, *, checkpoint: CheckpointRow, received: Received) 
     checkpoint.started_at = checkpoint.finished_at = None
     checkpoint.error = None
     session.commit()
+
+
+def supersede(session: Session, *, run: Run) -> list[str]:
+    """An async run's checkpoints that wait (received) while a newer one of it waits, is
+    scored or is being scored: marked superseded, never to be scored; the paths of their
+    tensors, to remove. The initial checkpoint is never superseded: every window needs its
+    losses. One conditional UPDATE: a checkpoint the worker claims meanwhile is scoring and
+    stays so."""
+    newest = session.scalar(
+        select(func.max(CheckpointRow.step)).where(
+            CheckpointRow.run_pk == run.id, CheckpointRow.status.in_((*PENDING, SCORED))
+        )
+    )
+    if newest is None:
+        return []
+    stale = [
+        CheckpointRow.run_pk == run.id,
+        CheckpointRow.status == RECEIVED,
+        CheckpointRow.step < newest,
+    ]
+    if run.initial_step is not None:
+        stale.append(CheckpointRow.step != run.initial_step)
+    rows = session.execute(select(CheckpointRow.id, CheckpointRow.path).where(*stale)).all()
+    if not rows:
+        return []
+    done = session.execute(
+        update(CheckpointRow)
+        .where(CheckpointRow.id.in_([i for i, _ in rows]), CheckpointRow.status == RECEIVED)
+        .values(status=SUPERSEDED, finished_at=now())
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    if done.rowcount != len(rows):  # type: ignore[attr-defined]
+        # one was claimed between the read and the update: keep the files of those that were
+        # not superseded (the next call supersedes what is left)
+        left = {
+            i for (i,) in session.execute(
+                select(CheckpointRow.id).where(
+                    CheckpointRow.id.in_([i for i, _ in rows]), CheckpointRow.status != SUPERSEDED
+                )
+            )
+        }  # fmt: skip
+        return [path for i, path in rows if i not in left]
+    return [path for _, path in rows]
+
+
+def async_runs(session: Session, *, instance: str) -> list[Run]:
+    """This instance's runs with checkpoints waiting, whose trainers draw asynchronously."""
+    runs = session.scalars(
+        select(Run)
+        .where(Run.instance == instance)
+        .where(Run.id.in_(select(CheckpointRow.run_pk).where(CheckpointRow.status == RECEIVED)))
+    ).all()
+    return [run for run in runs if run.is_async]
 
 
 def count_checkpoints(session: Session, *, instance: str | None) -> dict[str, int]:
@@ -333,11 +395,15 @@ def store_scores(
     losses: np.ndarray,
     window: Window | None,
     seconds: float,
+    measured: np.ndarray | None = None,
+    estimates: Estimates | None = None,
 ) -> None:
-    """All of a checkpoint's losses, its window and its status, in one transaction; raises
+    """A checkpoint's losses, its window and its status, in one transaction; raises
     CheckpointGone, storing nothing, when the checkpoint no longer waits for its scores (its
-    run was deleted meanwhile)."""
-    values = _nullable(losses)
+    run was deleted meanwhile). measured: the samples it measured (indices; None: all), the
+    only ones whose losses are stored; estimates: what ranked its samples under a budget."""
+    values = _nullable(losses if measured is None else losses[measured])
+    budgeted = estimates is not None and measured is not None
     scored = session.execute(
         update(CheckpointRow)
         .where(CheckpointRow.id == checkpoint.id, CheckpointRow.status.in_(PENDING))
@@ -346,8 +412,10 @@ def store_scores(
             finished_at=now(),
             score_seconds=seconds,
             samples_per_second=len(values) / seconds if seconds > 0 else None,
-            n_null=int(np.count_nonzero(~np.isfinite(losses))),
+            n_null=sum(v is None for v in values),
             error=None,
+            n_measured=len(values) if budgeted else None,
+            mean_age=estimates.mean_age() if budgeted and estimates is not None else None,
         )
         .execution_options(synchronize_session=False)
     )
@@ -355,7 +423,18 @@ def store_scores(
         session.rollback()
         raise CheckpointGone(f"checkpoint {checkpoint.id} no longer waits for its scores")
     if values:
-        insert_losses(session, run_pk=checkpoint.run_pk, step=checkpoint.step, values=values)
+        insert_losses(
+            session, run_pk=checkpoint.run_pk, step=checkpoint.step, values=values, indices=measured
+        )
+    if estimates is not None:
+        session.add(
+            EstimateRow(
+                run_pk=checkpoint.run_pk,
+                step=checkpoint.step,
+                delta=estimates.delta.astype("<f8").tobytes(),
+                age=estimates.age.astype("<i4").tobytes(),
+            )
+        )
     if window is not None:
         session.add(
             WindowRow(
@@ -393,16 +472,22 @@ def _is_psycopg(session: Session) -> bool:
 
 
 def insert_losses(
-    session: Session, *, run_pk: int, step: int, values: Sequence[float | None]
+    session: Session,
+    *,
+    run_pk: int,
+    step: int,
+    values: Sequence[float | None],
+    indices: np.ndarray | None = None,
 ) -> None:
-    """One checkpoint's rows: values[i] is sample i's loss, None for NULL."""
+    """One checkpoint's rows: values[j] is the loss of sample indices[j] (of sample j without
+    indices), None for NULL."""
     if _is_sqlite(session):
         write = insert_losses_sqlite
     elif _is_psycopg(session):
         write = insert_losses_copy
     else:
         write = insert_losses_portable
-    write(session, run_pk=run_pk, step=step, values=values)
+    write(session, run_pk=run_pk, step=step, values=values, indices=indices)
 
 
 # PostgreSQL's binary COPY format (the COPY page of its manual, "Binary Format"): a header, then
@@ -428,7 +513,12 @@ _COPY_CHUNK_BYTES = 1 << 24  # libpq takes at most 2 GiB per write
 
 
 def insert_losses_copy(
-    session: Session, *, run_pk: int, step: int, values: Sequence[float | None]
+    session: Session,
+    *,
+    run_pk: int,
+    step: int,
+    values: Sequence[float | None],
+    indices: np.ndarray | None = None,
 ) -> None:
     """PostgreSQL's binary COPY through psycopg 3, in the session's transaction: numpy lays
     every row out in one buffer (the float64 bits as they are), the server takes them
@@ -443,7 +533,7 @@ def insert_losses_copy(
     rows["fields"] = 4
     rows["run_pk_length"], rows["run_pk"] = 4, run_pk
     rows["step_length"], rows["step"] = 8, step
-    rows["sample_index_length"], rows["sample_index"] = 4, np.arange(n)
+    rows["sample_index_length"], rows["sample_index"] = 4, _sample_indices(n, indices)
     rows["loss_length"] = np.where(null, -1, 8)
     rows["loss"] = losses
     stream = rows.view(np.uint8)
@@ -473,30 +563,48 @@ def _losses_and_nulls(values: Sequence[float | None]) -> tuple[np.ndarray, np.nd
     return losses, null
 
 
+def _sample_indices(n: int, indices: np.ndarray | None) -> np.ndarray:
+    return np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64)
+
+
 def _driver_cursor(session: Session, **options: object) -> Any:
     """A cursor of the driver's own connection that the session holds, in its transaction."""
     return session.connection().connection.dbapi_connection.cursor(**options)  # type: ignore[union-attr]
 
 
 def insert_losses_sqlite(
-    session: Session, *, run_pk: int, step: int, values: Sequence[float | None]
+    session: Session,
+    *,
+    run_pk: int,
+    step: int,
+    values: Sequence[float | None],
+    indices: np.ndarray | None = None,
 ) -> None:
     """A plain executemany of tuples through the driver: the ORM's per-row dictionaries made
     N = 200,000 take 1.7 s, this takes about 0.45 s."""
     session.connection().exec_driver_sql(
         "INSERT INTO losses (run_pk, step, sample_index, loss) VALUES (?, ?, ?, ?)",
-        [(run_pk, step, i, v) for i, v in enumerate(values)],
+        [
+            (run_pk, step, i, v)
+            for i, v in zip(_sample_indices(len(values), indices).tolist(), values, strict=True)
+        ],
     )
 
 
 def insert_losses_portable(
-    session: Session, *, run_pk: int, step: int, values: Sequence[float | None]
+    session: Session,
+    *,
+    run_pk: int,
+    step: int,
+    values: Sequence[float | None],
+    indices: np.ndarray | None = None,
 ) -> None:
+    positions = _sample_indices(len(values), indices).tolist()
     session.execute(
         insert(Loss),
         [
             {"run_pk": run_pk, "step": step, "sample_index": i, "loss": v}
-            for i, v in enumerate(values)
+            for i, v in zip(positions, values, strict=True)
         ],
     )
 
@@ -583,14 +691,20 @@ def count_losses(session: Session, *, run: Run, step: int) -> int:
 
 
 def loss_page(session: Session, *, run: Run, step: int, offset: int, limit: int) -> list:
-    return list(
-        session.scalars(
-            select(Loss.loss)
-            .where(Loss.run_pk == run.id, Loss.step == step, Loss.sample_index >= offset)
-            .order_by(Loss.sample_index)
-            .limit(limit)
+    """The losses of samples offset, offset + 1, ... (at most limit, up to N - 1), None for a
+    sample with no row: a loss that was not finite, or one a scoring budget did not measure."""
+    page: list[float | None] = [None] * max(0, min(limit, run.n_samples - offset))
+    rows = session.execute(
+        select(Loss.sample_index, Loss.loss).where(
+            Loss.run_pk == run.id,
+            Loss.step == step,
+            Loss.sample_index >= offset,
+            Loss.sample_index < offset + len(page),
         )
     )
+    for index, loss in rows:
+        page[index - offset] = loss
+    return page
 
 
 def sample_history(session: Session, *, run: Run, sample_index: int) -> list[tuple]:
@@ -678,3 +792,27 @@ def count_null_at(session: Session, *, run: Run, step: int) -> int:
         )
         or 0
     )
+
+
+def get_estimates(session: Session, *, run: Run, step: int) -> Estimates | None:
+    """What ranked a budgeted checkpoint's samples; None for a checkpoint measured in full."""
+    row = session.get(EstimateRow, (run.id, step))
+    if row is None:
+        return None
+    return Estimates(
+        np.frombuffer(row.delta, dtype="<f8").astype(np.float64),
+        np.frombuffer(row.age, dtype="<i4").astype(np.int32),
+    )
+
+
+def last_windowed(session: Session, *, run: Run, before: int) -> CheckpointRow | None:
+    """The run's last scored checkpoint with a window before step `before`: the one a
+    budgeted checkpoint's estimates start from."""
+    query = select(CheckpointRow).where(
+        CheckpointRow.run_pk == run.id,
+        CheckpointRow.status == SCORED,
+        CheckpointRow.step < before,
+    )
+    if run.initial_step is not None:
+        query = query.where(CheckpointRow.step != run.initial_step)
+    return session.scalar(query.order_by(CheckpointRow.step.desc()).limit(1))

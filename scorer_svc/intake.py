@@ -39,6 +39,7 @@ from scorer_svc.models import FAILED, Run
 from scorer_svc.registration import Registrations
 from scorer_svc.registry import Registry, differences, identity
 from scorer_svc.store import CheckpointWriter, checkpoint_path
+from scorer_svc.superseding import discard_superseded
 from scorer_svc.uploads import Upload, Uploads
 from scorer_svc.zap import secure_server
 
@@ -143,7 +144,8 @@ class Intake:
                     + "; ".join(diffs)
                     + ". Use a new run id for a different run."
                 )
-            crud.reopen_run(session, run=run)  # resumed: training again
+            resumed = {"selection_mode": hello.selection_mode, "score_budget": hello.score_budget}
+            crud.reopen_run(session, run=run, settings=resumed)  # resumed: training again
             status = "already_registered"
         else:
             n_no_labels = self.registrations.poll(hello)
@@ -231,6 +233,8 @@ class Intake:
                 crud.requeue(session, checkpoint=existing, received=received)
             else:
                 crud.add_checkpoint(session, run=run, received=received)
+            if run.is_async:  # the trainer draws from the newest: older waiting ones go
+                discard_superseded(session, run, keep=self.settings.keep_checkpoints)
         except Exception:
             session.rollback()
             path.unlink(missing_ok=True)

@@ -12,6 +12,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -19,7 +20,10 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 RECEIVED, SCORING, SCORED, FAILED = "received", "scoring", "scored", "failed"
-STATUSES = (RECEIVED, SCORING, SCORED, FAILED)
+# an async run's checkpoint that a newer one replaced while it waited: never scored, its
+# tensors removed (the trainer draws from the newest weights only)
+SUPERSEDED = "superseded"
+STATUSES = (RECEIVED, SCORING, SCORED, FAILED, SUPERSEDED)
 # How a run ended, as its trainer reported it (POST /v1/runs/{run_id}/end)
 FINISHED = "finished"
 ENDINGS = (FINISHED, FAILED)
@@ -57,6 +61,15 @@ class Run(Base):
     end_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
     end_detail: Mapped[str | None] = mapped_column(Text, nullable=True)
 
+    @property
+    def is_async(self) -> bool:
+        """Whether its trainer draws from the newest weights (selection_mode async)."""
+        return self.config.get("selection_mode") == "async"
+
+    @property
+    def score_budget(self) -> float:
+        return float(self.config.get("score_budget", 1.0))
+
     def has_window(self, step: int) -> bool:
         """Whether the checkpoint at `step` is weighted through a window: every one but the
         run's first, whose losses are the initial ones (update 1 of a later epoch too)."""
@@ -88,6 +101,10 @@ class CheckpointRow(Base):
     samples_per_second: Mapped[float | None] = mapped_column(Float, nullable=True)
     n_null: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # under a scoring budget: the samples measured at this checkpoint, and the mean age (in
+    # scored checkpoints) of the ranked others' estimates; NULL when every sample was measured
+    n_measured: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    mean_age: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Loss(Base):
@@ -125,3 +142,17 @@ class WindowRow(Base):
     end: Mapped[int] = mapped_column(Integer)
     truncated_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
     n_ranked: Mapped[int] = mapped_column(Integer)
+
+
+class EstimateRow(Base):
+    """Under a scoring budget, what ranked a checkpoint's samples (common.budget.Estimates):
+    every sample's loss reduction, measured there or estimated (float64, NaN: not ranked), and
+    its age in scored checkpoints (int32, 0: measured there), as little-endian arrays. With
+    the window, rebuilds the weights; the next checkpoint's estimates start from them."""
+
+    __tablename__ = "estimates"
+
+    run_pk: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    step: Mapped[int] = mapped_column(Wide, primary_key=True)
+    delta: Mapped[bytes] = mapped_column(LargeBinary)
+    age: Mapped[bytes] = mapped_column(LargeBinary)

@@ -88,18 +88,22 @@ class RankGroup:
         model: ScoringModel,
         n_samples: int,
         *,
+        samples: list[int] | None = None,
         stop: threading.Event | None = None,
         desc: str = "scoring",
         on_batch: Callable[[int, int], None] | None = None,
     ) -> np.ndarray:
         """Every sample's loss, scored by all ranks; RankLost if a collective fails,
-        RuntimeError naming the ranks that could not score their share. on_batch follows
-        rank 0's batches, scaled by the number of ranks (the shares are alike)."""
+        RuntimeError naming the ranks that could not score their share. samples: the only
+        samples to score (a scoring budget; batches are then theirs), which every rank is
+        told. on_batch follows rank 0's batches, scaled by the number of ranks (the shares
+        are alike)."""
         if self.stopped or (stop is not None and stop.is_set()):
             raise ScoringAborted(desc)  # left pending: scored after the restart
         table = [[name, dtypes.name_of(t.dtype), list(t.shape)] for name, t in tensors.items()]
         with self._collectives():
-            self._broadcast_json({"op": "score", "config": config, "tensors": table})
+            command = {"op": "score", "config": config, "tensors": table, "samples": samples}
+            self._broadcast_json(command)
             for tensor in tensors.values():
                 self._broadcast_tensor(tensor.contiguous())
             losses = np.full(n_samples, np.nan)
@@ -195,7 +199,10 @@ class RankGroup:
             data = registry.prepare(hello)
             model = registry.model(hello)
             model.apply(tensors)
-            mine = [data.batches[i] for i in share(data.batches, self.world)[self.rank]]
+            batches = data.batches
+            if command.get("samples") is not None:
+                batches = data.only(command["samples"], registry.settings)
+            mine = [batches[i] for i in share(batches, self.world)[self.rank]]
             losses = model.score(mine, n_samples, stop=stopping, desc=f"rank {self.rank}")
         except ScoringAborted:
             log.info("rank %d: stopping, its share left unscored", self.rank)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -25,7 +25,7 @@ from common.tokenization import (
     fingerprint,
 )
 from scorer_svc.access import AccessPolicy
-from scorer_svc.batching import Batch, make_batches
+from scorer_svc.batching import Batch, make_batches, subset_batches
 from scorer_svc.config import Settings
 from scorer_svc.model_cache import ModelCache, default_budget, model_bytes
 from scorer_svc.scoring import Manifest, ScoringModel, resolve_device
@@ -57,6 +57,17 @@ class RunData:
 
     batches: list[Batch]
     n_no_labels: int  # samples without a label token (no loss, not ranked)
+    pad_id: int = 0  # what pads a row of its batches
+
+    def only(self, samples: Collection[int], settings: Settings) -> list[Batch]:
+        """The batches of the named samples alone (a scoring budget's checkpoint)."""
+        return subset_batches(
+            self.batches,
+            samples,
+            batch_size=settings.batch_size,
+            max_batch_tokens=settings.max_batch_tokens,
+            pad_id=self.pad_id,
+        )
 
     @property
     def nbytes(self) -> int:
@@ -209,13 +220,14 @@ class Registry:
             tokenizer, samples, TokenizationSettings(**hello.tokenization.model_dump())
         )
         self._check_agreement(hello, encoded, len(tokenizer))
+        padding = pad_id(tokenizer)
         batches = make_batches(
             encoded,
             batch_size=self.settings.batch_size,
             max_batch_tokens=self.settings.max_batch_tokens,
-            pad_id=pad_id(tokenizer),
+            pad_id=padding,
         )
-        return RunData(batches, sum(1 for e in encoded if e.n_label_tokens == 0))
+        return RunData(batches, sum(1 for e in encoded if e.n_label_tokens == 0), padding)
 
     @staticmethod
     def _check_agreement(hello: Hello, encoded: list[EncodedSample], vocab: int) -> None:

@@ -154,11 +154,19 @@ class ScoringModel:
     """One model on one device; a checkpoint is copied into its tensors in place."""
 
     def __init__(
-        self, model: torch.nn.Module, device: torch.device, kind: str, *, placed: bool = False
+        self,
+        model: torch.nn.Module,
+        device: torch.device,
+        kind: str,
+        *,
+        placed: bool = False,
+        autocast: bool = False,
     ) -> None:
-        """placed: the model is on its device already (a quantized base loads there)."""
+        """placed: the model is on its device already (a quantized base loads there);
+        autocast: compute under bfloat16 autocast on CUDA (a bfloat16 model, `auto` there)."""
         self.model = (model if placed else model.to(device)).eval()
         self.device = device
+        self.autocast = autocast and device.type == "cuda"
         self.kind = kind
         self.manifest = Manifest.of(self.model, kind)
         self.keep_logits = accepts_logits_to_keep(self.model)
@@ -166,10 +174,15 @@ class ScoringModel:
 
     @classmethod
     def load(cls, spec: ModelSpec, *, device: torch.device, dtype: torch.dtype) -> ScoringModel:
+        """Autocast only for a bfloat16 model: a float32 run is scored in float32, as the
+        published method scores it, and a float16 one in float16."""
+        autocast = dtype == torch.bfloat16
         if spec.quantized:
             with torch.cuda.device(device):
-                return cls(spec.build(dtype=dtype), device, spec.kind, placed=True)
-        return cls(spec.build(dtype=dtype), device, spec.kind)
+                return cls(
+                    spec.build(dtype=dtype), device, spec.kind, placed=True, autocast=autocast
+                )
+        return cls(spec.build(dtype=dtype), device, spec.kind, autocast=autocast)
 
     @torch.no_grad()
     def apply(self, tensors: dict[str, torch.Tensor]) -> None:
@@ -189,11 +202,7 @@ class ScoringModel:
         """Every sample's loss (float64, NaN where none); raises ScoringAborted on stop.
         on_batch(rows, tokens) is called after each batch with its samples and padded tokens."""
         losses = np.full(n_samples, np.nan)
-        autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16)
-            if self.device.type == "cuda"
-            else nullcontext()
-        )
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast else nullcontext()
         n_rows = sum(len(b.indices) for b in batches)
         with tqdm(total=n_rows, desc=desc, unit="sample", leave=False) as bar, autocast:
             for batch in batches:

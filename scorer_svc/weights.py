@@ -12,6 +12,7 @@ import numpy as np
 from cachetools import LRUCache
 from sqlalchemy.orm import Session
 
+from common.budget import Estimates
 from common.selection import (
     Window,
     delta_means,
@@ -34,6 +35,10 @@ class ServedWeights:
     values: np.ndarray  # float64, sums to 1
     delta_in_window: float | None = None  # the mean loss reduction inside the window
     delta_outside: float | None = None  # and of the other ranked samples
+    # under a scoring budget: the samples measured at this checkpoint, and the mean age in
+    # scored checkpoints of the other ranked samples' estimates (None: all were measured)
+    n_measured: int | None = None
+    mean_age: float | None = None
 
 
 # A run as the caches know it: its row number, which SQLite may give again to a run made after
@@ -132,12 +137,15 @@ def build_weights(
         truncated_at=row.truncated_at,
         n_ranked=row.n_ranked,
     )
-    if initial is None:
-        init = crud.losses_at(session, run=run, step=run.initial_step)
+    estimates = crud.get_estimates(session, run=run, step=checkpoint.step)
+    if estimates is not None:  # under a scoring budget: ranked on the estimates
+        deltas = estimates.delta
+    elif initial is None:
+        deltas = crud.losses_at(session, run=run, step=run.initial_step) - current
     else:
-        init = initial(session, run, run.initial_step)
-    deltas = init - current
-    return served_weights(checkpoint, run.n_samples, current, window, rank_by_delta(deltas), deltas)
+        deltas = initial(session, run, run.initial_step) - current
+    ranking = rank_by_delta(deltas)
+    return served_weights(checkpoint, run.n_samples, current, window, ranking, deltas, estimates)
 
 
 def served_weights(
@@ -147,9 +155,11 @@ def served_weights(
     window: Window | None = None,
     ranking: np.ndarray | None = None,
     deltas: np.ndarray | None = None,
+    estimates: Estimates | None = None,
 ) -> ServedWeights:
     """A checkpoint's weights from its losses: uniform over the finite ones without a window,
-    else the window over the ranking of loss reductions (the worker's, or one rebuilt)."""
+    else the window over the ranking of loss reductions (the worker's, or one rebuilt;
+    estimated ones under a scoring budget)."""
     if window is None or ranking is None:
         count = int(np.isfinite(current).sum())
         return ServedWeights(
@@ -158,5 +168,13 @@ def served_weights(
     values = weights_from_window(window, ranking, n_samples)
     inside, outside = delta_means(deltas, window, ranking) if deltas is not None else (None, None)
     return ServedWeights(
-        checkpoint.step, checkpoint.update_index, window, window.n_ranked, values, inside, outside
+        checkpoint.step,
+        checkpoint.update_index,
+        window,
+        window.n_ranked,
+        values,
+        inside,
+        outside,
+        estimates.n_measured() if estimates is not None else None,
+        estimates.mean_age() if estimates is not None else None,
     )

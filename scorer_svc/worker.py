@@ -1,4 +1,5 @@
-"""The scoring worker: takes acknowledged checkpoints in order and stores every sample's loss."""
+"""The scoring worker: takes acknowledged checkpoints in order and stores their samples'
+losses (every sample's, or under a scoring budget those common.budget chooses)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.selection import Window, delta_window
+from common.budget import Estimates, advance, choose, samples_per_checkpoint
+from common.selection import Window, delta_window, window_over
 from scorer_svc import crud
 from scorer_svc.failures import UnrecordedFailures
 from scorer_svc.metrics import ScorerMetrics
@@ -24,6 +26,7 @@ from scorer_svc.registry import Registry
 from scorer_svc.scheduling import next_turn
 from scorer_svc.scoring import ScoringAborted
 from scorer_svc.store import read_checkpoint
+from scorer_svc.superseding import discard_superseded
 from scorer_svc.weights import WeightsCache, served_weights
 
 log = logging.getLogger(__name__)
@@ -105,6 +108,8 @@ class Worker:
                 released = crud.release_cut_off(session, instance=self.instance)
                 if released:
                     log.info("%d checkpoint(s) cut off while scoring are scored again", released)
+                for run in crud.async_runs(session, instance=self.instance):
+                    discard_superseded(session, run, keep=self.keep_checkpoints)
                 self._released = True
             queued = crud.pending(
                 session, instance=self.instance, skip=self.failures.pending().keys()
@@ -174,20 +179,28 @@ class Worker:
             data = self.registry.prepare(hello)
             model = self.registry.model(hello)
             tensors = read_checkpoint(path)
+            plan = self._budget_plan(session, run, checkpoint)
+            samples = None if plan is None else plan[1]
+            batches = (
+                data.batches
+                if samples is None
+                else data.only(samples.tolist(), self.registry.settings)
+            )
             started = time.perf_counter()
             if self.progress is not None:  # the samples scored: those with a label token
-                rows = sum(len(batch.indices) for batch in data.batches)
-                tokens = sum(batch.input_ids.numel() for batch in data.batches)
+                rows = sum(len(batch.indices) for batch in batches)
+                tokens = sum(batch.input_ids.numel() for batch in batches)
                 self.progress.start(checkpoint_id, rows, tokens)
             if self.group is None:
                 model.apply(tensors)
                 losses = model.score(
-                    data.batches, run.n_samples, stop=self._stop, desc=label,
+                    batches, run.n_samples, stop=self._stop, desc=label,
                     on_batch=self._advance(checkpoint_id),
                 )  # fmt: skip
             else:
                 losses = self.group.score(
-                    run.config, tensors, data.batches, model, run.n_samples,
+                    run.config, tensors, batches, model, run.n_samples,
+                    samples=None if samples is None else samples.tolist(),
                     stop=self._stop, desc=label, on_batch=self._advance(checkpoint_id),
                 )  # fmt: skip
             seconds = time.perf_counter() - started
@@ -195,13 +208,18 @@ class Worker:
                 raise ValueError(
                     "no sample has a finite loss at this checkpoint (NaN or inf weights?)"
                 )
-            window, ranking, deltas = None, None, None
-            if run.has_window(checkpoint.step):
+            window, ranking, deltas, estimates = None, None, None, None
+            if plan is not None:
+                window, ranking, deltas, estimates = self._budget_window(
+                    session, run, checkpoint, losses, *plan
+                )
+            elif run.has_window(checkpoint.step):
                 window, ranking, deltas = self._window(session, run, checkpoint, losses)
             writing = time.perf_counter()
             crud.store_scores(
-                session, checkpoint=checkpoint, losses=losses, window=window, seconds=seconds
-            )
+                session, checkpoint=checkpoint, losses=losses, window=window, seconds=seconds,
+                measured=samples, estimates=estimates,
+            )  # fmt: skip
             if self.metrics is not None:
                 self.metrics.scored(
                     seconds=seconds,
@@ -229,14 +247,17 @@ class Worker:
             self._fail(session, checkpoint_id, f"{type(error).__name__}: {error}", path)
             return
         if self.weights is not None:
-            self._put_weights(self.weights, run, checkpoint, losses, window, ranking, deltas)
+            self._put_weights(
+                self.weights, run, checkpoint, losses, window, ranking, deltas, estimates
+            )
+        scored = run.n_samples if samples is None else samples.size
         log.info(
             "scored %s (update %d): %d samples in %.2fs, %.1f samples/s",
             label,
             checkpoint.update_index,
-            run.n_samples,
+            scored,
             seconds,
-            run.n_samples / seconds if seconds else float("inf"),
+            scored / seconds if seconds else float("inf"),
         )
         self._discard(path)
 
@@ -260,30 +281,89 @@ class Worker:
         window: Window | None,
         ranking: np.ndarray | None,
         deltas: np.ndarray | None,
+        estimates: Estimates | None,
     ) -> None:
         """The weights build_weights makes from the stored losses, made from the same values
         in memory (a non-finite loss is stored as NULL, and either way has no weight)."""
         try:
-            served = served_weights(checkpoint, run.n_samples, losses, window, ranking, deltas)
+            served = served_weights(
+                checkpoint, run.n_samples, losses, window, ranking, deltas, estimates
+            )
             cache.put(run, served)
         except Exception:  # the weights are stored: the API builds them when asked
             log.exception("weights of run %s step %d not cached", run.run_id, checkpoint.step)
+
+    @staticmethod
+    def _budget_plan(
+        session: Session, run: Run, checkpoint: CheckpointRow
+    ) -> tuple[Estimates, np.ndarray] | None:
+        """Under a scoring budget, what the run knew before this checkpoint and the samples
+        this checkpoint measures (common.budget.choose); None to measure every sample: no
+        budget, no window here, or the run's first checkpoint with a window."""
+        if run.score_budget == 1.0 or not run.has_window(checkpoint.step):
+            return None
+        previous = crud.last_windowed(session, run=run, before=checkpoint.step)
+        if previous is None:
+            return None
+        estimates = crud.get_estimates(session, run=run, step=previous.step)
+        if estimates is None:  # measured in full
+            init = _initial_losses(session, run)
+            current = crud.losses_at(session, run=run, step=previous.step)
+            estimates = Estimates.measured_all(init - current)
+        n = int(np.isfinite(estimates.delta).sum())
+        k = samples_per_checkpoint(run.score_budget, n)
+        if k >= n:
+            return None
+        chosen = choose(
+            estimates,
+            k,
+            update_index=checkpoint.update_index,
+            update_times=run.update_times,
+            window_size=run.window_size,
+        )
+        return estimates, chosen
+
+    @staticmethod
+    def _budget_window(
+        session: Session,
+        run: Run,
+        checkpoint: CheckpointRow,
+        losses: np.ndarray,
+        previous: Estimates,
+        measured: np.ndarray,
+    ) -> tuple[Window, np.ndarray, np.ndarray, Estimates]:
+        """The window over the estimates after this checkpoint's measurements."""
+        init = _initial_losses(session, run)
+        estimates, drift = advance(previous, measured, init - losses)
+        log.debug(
+            "run %s step %d: %d measured, drift %.4g + %.4g x (%d pairs)",
+            run.run_id, checkpoint.step, measured.size, drift.shift, drift.slope, drift.pairs,
+        )  # fmt: skip
+        window, ranking = window_over(
+            estimates.delta, checkpoint.update_index, run.update_times, run.window_size
+        )
+        return window, ranking, estimates.delta, estimates
 
     @staticmethod
     def _window(
         session: Session, run: Run, checkpoint: CheckpointRow, losses: np.ndarray
     ) -> tuple[Window, np.ndarray, np.ndarray]:
         """The window of this checkpoint, the ranking it applies to and the loss reductions."""
-        assert run.initial_step is not None
-        initial = crud.get_checkpoint(session, run=run, step=run.initial_step)
-        if initial is None or initial.status != SCORED:
-            reason = initial.error if initial is not None and initial.status == FAILED else None
-            raise RuntimeError(
-                f"the initial checkpoint (step {run.initial_step}) has no losses"
-                + (f": it failed with {reason}" if reason else "")
-            )
-        init = crud.losses_at(session, run=run, step=run.initial_step)
+        init = _initial_losses(session, run)
         window, ranking = delta_window(
             init, losses, checkpoint.update_index, run.update_times, run.window_size
         )
         return window, ranking, init - losses
+
+
+def _initial_losses(session: Session, run: Run) -> np.ndarray:
+    """The run's initial losses; RuntimeError when its initial checkpoint has none."""
+    assert run.initial_step is not None
+    initial = crud.get_checkpoint(session, run=run, step=run.initial_step)
+    if initial is None or initial.status != SCORED:
+        reason = initial.error if initial is not None and initial.status == FAILED else None
+        raise RuntimeError(
+            f"the initial checkpoint (step {run.initial_step}) has no losses"
+            + (f": it failed with {reason}" if reason else "")
+        )
+    return crud.losses_at(session, run=run, step=run.initial_step)

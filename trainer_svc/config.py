@@ -156,8 +156,21 @@ class TrainConfig(BaseModel):
     scorer_curve_secret_key_file: str | None = None
     scorer_curve_server_key_file: str | None = None
     selection_mode: Literal["sync", "async"] = "sync"
+    # the samples the scorer measures at each checkpoint after the first with a window: a
+    # fraction in (0, 1] or a number of samples; 1.0, every sample, is the published method
+    score_budget: float = Field(1.0, gt=0.0, allow_inf_nan=False)
     scorer_wait_seconds: float = Field(600.0, gt=0)
     on_scorer_failure: OnFailure = "fail"
+
+    @field_validator("score_budget")
+    @classmethod
+    def _budget(cls, value: float) -> float:
+        if value > 1 and value != int(value):
+            raise ValueError(
+                f"{value} is above 1 but not a whole number: give a fraction in (0, 1] (0.1: "
+                "a tenth of the samples at each checkpoint) or a number of samples (500)"
+            )
+        return value
 
     @field_validator("scorer_http_url")
     @classmethod

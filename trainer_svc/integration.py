@@ -67,7 +67,7 @@ SELECTION_KEYS = frozenset(
         "train_type", "components_cfg_file", "component_name", "warmup_step", "update_step",
         "update_times", "run_id", "scorer_zmq_url", "scorer_http_url", "scorer_token",
         "scorer_ca_file", "scorer_curve_secret_key_file", "scorer_curve_server_key_file",
-        "selection_mode", "scorer_wait_seconds", "on_scorer_failure",
+        "selection_mode", "score_budget", "scorer_wait_seconds", "on_scorer_failure",
     }
 )  # fmt: skip
 
@@ -120,6 +120,8 @@ class DeltaLossSelection:
             model_digest=checkpoint_digest(model, self.spec.kind),
             run_token=secrets.token_hex(16),
             token=cfg.scorer_token,
+            selection_mode=cfg.selection_mode,
+            score_budget=cfg.score_budget,
         )
         coordinator = None
         record = None

@@ -156,6 +156,8 @@ class DeltaLossRecipe:
             model_digest=checkpoint_digest(self.model, self.spec.kind),
             run_token=self.run_token,
             token=self.cfg.scorer_token,
+            selection_mode=self.cfg.selection_mode,
+            score_budget=self.cfg.score_budget,
         )
 
     def _connect_scorer_once(self) -> None:

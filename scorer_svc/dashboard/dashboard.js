@@ -289,10 +289,11 @@
       cell(fmtTime(c.finished_at), c.finished_at),
       cell(fmtNumber(c.score_seconds, 2)),
       cell(fmtNumber(c.samples_per_second, 1)),
+      cell(measuredText(c)),
       cell(orDash(c.error)),
     ];
     let tr;
-    if (c.status === "failed") {
+    if (c.status === "failed" || c.status === "superseded") {
       tr = document.createElement("tr"); // nothing to show beyond its error
       tr.append(...cells);
     } else {
@@ -301,6 +302,14 @@
     tr.dataset.step = String(c.step);
     tr.classList.add(`status-${c.status}`);
     return tr;
+  }
+
+  // How much of a scored checkpoint's ranking was measured there: all, or under a scoring
+  // budget how many samples and the mean age of the others' estimates.
+  function measuredText(c) {
+    if (c.status !== "scored") return "—";
+    if (c.n_measured === null || c.n_measured === undefined) return "all";
+    return `${c.n_measured}, rest ${fmtNumber(c.mean_age, 1)} old`;
   }
 
   async function chooseStep(step) {
@@ -392,6 +401,10 @@
       if (w.truncated_at !== null) text += `, truncated at rank ${w.truncated_at}`;
     } else {
       text += "; no window (the run's first checkpoint: uniform weights)";
+    }
+    if (page.n_measured !== null && page.n_measured !== undefined) {
+      const age = page.mean_age === null ? "" : `, the others estimated from measurements ${fmtNumber(page.mean_age, 1)} scored checkpoints old on average`;
+      text += `; scoring budget: ${page.n_measured} of ${page.n_ranked} measured here${age}`;
     }
     const how = pictured
       ? `More than ${MAX_POINTS} to draw here: the server's picture. Click a row`

@@ -173,7 +173,7 @@ def scrape(client) -> dict[tuple[str, tuple], float]:
 def test_metrics_report_checkpoints_by_status_and_the_queue(client):
     metrics = scrape(client)
     by_status = {s: metrics[("scorer_checkpoints", (("status", s),))] for s in STATUSES}
-    assert by_status == {"received": 1, "scoring": 1, "scored": 3, "failed": 1}
+    assert by_status == {"received": 1, "scoring": 1, "scored": 3, "failed": 1, "superseded": 0}
     assert metrics[("scorer_queue_depth", ())] == 2
     assert metrics[("scorer_scoring_seconds_count", ())] == 0  # no worker in this process
 

@@ -75,4 +75,4 @@ def test_every_route_parameter_and_field_is_described(tmp_path):
     error = document["components"]["schemas"]["ErrorBody"]["properties"]["detail"]
     assert error["type"] == "string"  # a 422's detail too, as the API answers it
     statuses = document["components"]["schemas"]["CheckpointInfo"]["properties"]["status"]
-    assert statuses["enum"] == ["received", "scoring", "scored", "failed"]
+    assert statuses["enum"] == ["received", "scoring", "scored", "failed", "superseded"]

@@ -62,12 +62,14 @@ def deltas(
     query: QueryDep,
 ) -> DeltaPage:
     """The ranked samples of a scored checkpoint: rank, sample index, loss reduction
-    (initial − current), current and initial loss, and whether the window took it. Samples
-    without a finite loss are not ranked and not listed."""
+    (initial − current), current and initial loss, whether the window took it, and the age
+    of the sample's measurement. Samples without a finite loss are not ranked and not
+    listed. Under a scoring budget the samples not measured at this checkpoint are ranked on
+    estimated reductions: their loss is null and their age above 0."""
     offset = page_position(query.page_token) or 0
     served = cache.get(session, run, checkpoint)
     initial, current = checkpoint_losses(session, cache, run, checkpoint)
-    delta = initial - current
+    delta, age = ranked_deltas(session, cache, run, checkpoint)
     ranking = rank_by_delta(delta)
     window = served.window
     in_window = np.zeros(run.n_samples, dtype=bool)
@@ -82,9 +84,10 @@ def deltas(
             rank=int(rank),
             sample_index=int(i),
             delta=float(delta[i]),
-            loss=float(current[i]),
+            loss=float(current[i]) if np.isfinite(current[i]) else None,
             initial_loss=float(initial[i]),
             in_window=bool(in_window[i]),
+            age=int(age[i]),
         )
         for rank, i in zip(ranks[chosen], ranking[chosen], strict=True)
     ]
@@ -97,6 +100,8 @@ def deltas(
         if window is not None
         else None,
         n_ranked=int(ranking.size),
+        n_measured=served.n_measured,
+        mean_age=served.mean_age,
         items=items,
         next_page_token=str(following) if following < ranking.size else None,
     )
@@ -111,3 +116,16 @@ def checkpoint_losses(
     if run.initial_step is None or run.initial_step == checkpoint.step:
         return current, current
     return cache.initial_losses(session, run, run.initial_step), current
+
+
+def ranked_deltas(
+    session: Session, cache: WeightsCache, run: Run, checkpoint: CheckpointRow
+) -> tuple[np.ndarray, np.ndarray]:
+    """The loss reductions that ranked a scored checkpoint's samples, and their ages in scored
+    checkpoints: measured (age 0) for every sample, or under a scoring budget the stored
+    estimates."""
+    estimates = crud.get_estimates(session, run=run, step=checkpoint.step)
+    if estimates is not None:
+        return estimates.delta, estimates.age
+    initial, current = checkpoint_losses(session, cache, run, checkpoint)
+    return initial - current, np.zeros(run.n_samples, dtype=np.int32)

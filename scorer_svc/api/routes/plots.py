@@ -26,7 +26,7 @@ from scorer_svc.api.deps import (
     WeightsCacheDep,
     scored_checkpoint,
 )
-from scorer_svc.api.routes.deltas import checkpoint_losses
+from scorer_svc.api.routes.deltas import ranked_deltas
 from scorer_svc.api.routes.samples import DATASET_RESPONSES, run_rows
 from scorer_svc.models import CheckpointRow, Run
 from scorer_svc.weights import WeightsCache
@@ -82,8 +82,7 @@ def plot_deltas(
     the value of that column of its dataset row (the ten most frequent values named, the rest
     grey as "other")."""
     served = cache.get(session, run, checkpoint)
-    initial, current = checkpoint_losses(session, cache, run, checkpoint)
-    delta = initial - current
+    delta, _ = ranked_deltas(session, cache, run, checkpoint)
     ranking = rank_by_delta(delta)
     window = served.window
     title = f"run {run.run_id}, step {checkpoint.step} (update {checkpoint.update_index})"
@@ -211,8 +210,7 @@ def _ends(
 ) -> dict[int, str]:
     """The samples whose loss fell most (chosen.top) and least (chosen.bottom) by the
     checkpoint, labelled; a sample on both ends once."""
-    initial, current = checkpoint_losses(session, cache, run, checkpoint)
-    ranking = rank_by_delta(initial - current)
+    ranking = rank_by_delta(ranked_deltas(session, cache, run, checkpoint)[0])
     labels = {int(i): f"#{i} (fell most)" for i in ranking[: chosen.top]}
     for i in ranking[::-1][: chosen.bottom]:
         labels.setdefault(int(i), f"#{i} (fell least)")

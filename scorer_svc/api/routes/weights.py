@@ -64,5 +64,7 @@ def weights_body(run: Run, weights: ServedWeights) -> WeightsBody:
         n_ranked=weights.n_ranked,
         delta_mean_in_window=weights.delta_in_window,
         delta_mean_outside=weights.delta_outside,
+        n_measured=weights.n_measured,
+        mean_age=weights.mean_age,
         weights=np.asarray(weights.values, dtype=np.float64).tolist(),
     )
