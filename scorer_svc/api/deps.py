@@ -14,7 +14,7 @@ from common.protocol import MAX_STEP
 from scorer_svc import crud
 from scorer_svc.api.errors import NotScoredYet
 from scorer_svc.failures import UnrecordedFailures
-from scorer_svc.models import FAILED, SCORED, CheckpointRow, Run
+from scorer_svc.models import FAILED, SCORED, SUPERSEDED, CheckpointRow, Run
 from scorer_svc.state import ApiState
 from scorer_svc.weights import WeightsCache
 
@@ -83,7 +83,8 @@ def scored_checkpoint(
 ) -> Callable[..., CheckpointRow]:
     """The dependency giving the checkpoint a request names by `step` (default the latest
     scored): 404 when there is none, 409 when its scoring failed (in the database or only in
-    memory), 202 while it is pending.
+    memory), 410 when a newer checkpoint of its async run superseded it, 202 while it is
+    pending.
 
     after: a dependency holding the route's other query parameters. It is solved before the
     checkpoint is looked up, so a bad value in any of them is a 422, not a 404, 409 or 202
@@ -101,6 +102,13 @@ def scored_checkpoint(
         error = checkpoint.error if checkpoint.status == FAILED else failures.get(checkpoint.id)
         if error is not None:
             raise HTTPException(409, detail=f"scoring step {checkpoint.step} failed: {error}")
+        if checkpoint.status == SUPERSEDED:
+            raise HTTPException(
+                410,
+                detail=f"step {checkpoint.step} was superseded by a newer checkpoint of this "
+                "async run before it was scored, and never will be: ask for the latest "
+                "(no step)",
+            )
         if checkpoint.status != SCORED:
             raise NotScoredYet(checkpoint.step, checkpoint.status, api.progress.get(checkpoint.id))
         return checkpoint
@@ -161,6 +169,10 @@ SCORED_CHECKPOINT_RESPONSES: dict[int | str, dict[str, Any]] = {
     202: {"model": Pending, "description": "queued or scoring; retry after Retry-After"},
     404: {"model": ErrorBody, "description": "unknown run, or a step never received"},
     409: {"model": ErrorBody, "description": "scoring this checkpoint failed"},
+    410: {
+        "model": ErrorBody,
+        "description": "superseded: a newer checkpoint of its async run replaced it unscored",
+    },
 }
 RUN_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "unknown run (code unknown_run)"},

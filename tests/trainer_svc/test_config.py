@@ -425,3 +425,18 @@ def test_under_torchrun_ddp_timeout_must_outlast_the_scorer_wait(demo_file, tmp_
     assert "above 1320" in info.value.problems["ddp_timeout"]
     loaded = parse_config(base(demo_file, tmp_path, ddp_timeout=1800, scorer_wait_seconds=600))
     assert loaded.world_size == 2
+
+
+@pytest.mark.parametrize(("budget", "kept"), [(0.1, 0.1), (1, 1.0), (500, 500.0)])
+def test_the_scoring_budget_is_a_fraction_or_a_count(demo_file, tmp_path, budget, kept):
+    assert parse_config(base(demo_file, tmp_path, score_budget=budget)).config.score_budget == kept
+    assert parse_config(base(demo_file, tmp_path)).config.score_budget == 1.0  # the method's
+
+
+@pytest.mark.parametrize("budget", [0, -0.5, 2.5, ".nan"])
+def test_a_scoring_budget_that_means_nothing_is_refused_saying_what_to_give(
+    demo_file, tmp_path, budget
+):
+    with pytest.raises(ConfigError) as info:
+        parse_config(base(demo_file, tmp_path, score_budget=budget))
+    assert "score_budget" in str(info.value)
