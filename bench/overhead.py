@@ -103,7 +103,8 @@ class InProcess(FakeScorer):
             found, values = delta_weights(
                 self.initial, losses, update_index, self.update_times, self.window_size
             )
-            window = {"t": found.t, "T": found.T, "u": found.u, "start": found.start}
+            window = {"t": found.t, "T": found.T, "u": found.u, "start": found.start,
+                      "end": found.end, "truncated_at": found.truncated_at}  # fmt: skip
         return ScorerWeights(step, update_index, torch.tensor(values, dtype=torch.float64), window)
 
 

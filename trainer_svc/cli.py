@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--strategies",
         type=_parsed(parse_strategies),
         default=list(DEFAULT_STRATEGIES),
-        help=f"comma-separated, among {', '.join(STRATEGIES)} (default all three)",
+        help=f"comma-separated, among {', '.join(STRATEGIES)} (default all three); a Delta "
+        "Loss strategy may take a scoring budget after @, as delta_async@0.1",
     )
     compare.add_argument(
         "--seeds", type=_parsed(parse_seeds), default=[42], help="comma-separated (default 42)"

@@ -70,14 +70,41 @@ class Trial:
         return min(trained, key=lambda point: point[1]) if trained else None
 
 
+def mode_of(strategy: str) -> str | None:
+    """The selection_mode of a strategy (None: uniform, no scorer)."""
+    return STRATEGIES[strategy.partition("@")[0]]
+
+
+def budget_of(strategy: str) -> float | None:
+    """A Delta Loss strategy's scoring budget, written after @ (delta_async@0.1: a tenth of
+    the samples per checkpoint; delta_sync@500: 500 samples); None: the config's own."""
+    name, at, text = strategy.partition("@")
+    if not at:
+        return None
+    try:
+        budget = float(text)
+    except ValueError:
+        budget = float("nan")
+    if not (budget > 0 and (budget <= 1 or budget == int(budget))):
+        raise ValueError(
+            f"{strategy!r}: the budget after @ is a fraction in (0, 1] or a whole number of "
+            "samples, as delta_async@0.1 or delta_sync@500"
+        )
+    return budget
+
+
 def parse_strategies(text: str) -> list[str]:
     chosen = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = [s for s in chosen if s not in STRATEGIES]
+    unknown = [s for s in chosen if s.partition("@")[0] not in STRATEGIES]
     if unknown or not chosen:
         raise ValueError(
             f"unknown strategy {unknown[0] if unknown else text!r}: choose among "
-            f"{', '.join(STRATEGIES)}, comma-separated"
+            f"{', '.join(STRATEGIES)}, comma-separated; a Delta Loss one may take a scoring "
+            "budget after @ (delta_async@0.1)"
         )
+    for strategy in chosen:
+        if budget_of(strategy) is not None and mode_of(strategy) is None:
+            raise ValueError(f"{strategy!r}: uniform sampling scores nothing, so takes no budget")
     return list(dict.fromkeys(chosen))
 
 
@@ -93,12 +120,15 @@ def trial_overrides(loaded: LoadedConfig, strategy: str, seed: int, folder: Path
     every update_step steps when the config sets no eval_steps. A Delta Loss trial fails
     rather than draw uniformly when the scorer fails: it would not be Delta Loss."""
     cfg = loaded.config
-    mode = STRATEGIES[strategy]
+    mode = mode_of(strategy)
     keys = [f"seed={seed}", f"output_dir={folder}", "resume_from_checkpoint=null"]
     if mode is not None:
         keys += [f"selection_mode={mode}", "on_scorer_failure=fail"]
+    budget = budget_of(strategy)
+    if budget is not None:
+        keys.append(f"score_budget={budget:g}")
     if cfg.run_id:
-        keys.append(f"run_id={cfg.run_id[:100]}-{strategy}-seed{seed}")
+        keys.append(f"run_id={cfg.run_id[:100]}-{strategy.replace('@', '-at-')}-seed{seed}")
     if cfg.eval_steps is None:
         keys.append(f"eval_steps={cfg.update_step}")
     return keys
@@ -124,7 +154,7 @@ def run_trial(loaded: LoadedConfig, strategy: str) -> None:
     from trainer_svc.recipe import run
     from trainer_svc.uniform import UniformSelection
 
-    scorer = UniformSelection() if STRATEGIES[strategy] is None else None
+    scorer = UniformSelection() if mode_of(strategy) is None else None
     run(loaded, scorer=scorer)
 
 
@@ -199,7 +229,7 @@ def read_trial(
         seconds_waited=round(sum(r["seconds_waited"] for r in rows), 3),
         eval_curve=curve,
         # uniform weights have no age: they come from no checkpoint
-        staleness=[r.get("staleness") if STRATEGIES[strategy] else None for r in rows],
+        staleness=[r.get("staleness") if mode_of(strategy) else None for r in rows],
         trained=trained,
         sources=dict(Counter(str(r.get("source")) for r in rows)),
         group_shares=None if groups is None else group_shares(trained, groups),

@@ -120,6 +120,10 @@ class UpdateCoordinator:
             "window": got.window if got else None,
             "delta_mean_in_window": got.delta_in_window if got else None,
             "delta_mean_outside": got.delta_outside if got else None,
+            # under a scoring budget: samples measured at the weights' checkpoint, and the mean
+            # age in scored checkpoints of the others' estimates
+            "n_measured": got.n_measured if got else None,
+            "mean_age": got.mean_age if got else None,
             # how many updates old the weights are (async mode draws from older ones)
             "staleness": self._staleness(segment, got),
             "source": source,
@@ -333,7 +337,10 @@ def describe_update(row: dict[str, Any]) -> str:
     text += f"{row['draw']} draw from {row['source']}"
     if row["weights_step"] is not None:
         text += f" (weights of step {row['weights_step']}"
-        text += f", {row['staleness']} update(s) old)" if row["staleness"] else ")"
+        text += f", {row['staleness']} update(s) old" if row["staleness"] else ""
+        if row.get("n_measured") is not None:
+            text += f", {row['n_measured']} measured"
+        text += ")"
     return text + f", waited {row['seconds_waited']:.1f}s"
 
 
@@ -353,6 +360,8 @@ def selection_metrics(row: dict[str, Any]) -> dict[str, float]:
         "selection/delta_outside": row["delta_mean_outside"],
         "selection/seconds_waited": row["seconds_waited"],
         "selection/staleness": row["staleness"],
+        "selection/n_measured": row.get("n_measured"),
+        "selection/mean_age": row.get("mean_age"),
     }
     return {key: float(value) for key, value in values.items() if value is not None}
 

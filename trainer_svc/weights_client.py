@@ -57,6 +57,9 @@ class ScorerWeights:
     # the mean loss reduction inside the window and outside it (None without a window)
     delta_in_window: float | None = None
     delta_outside: float | None = None
+    # under a scoring budget: samples measured at the checkpoint, the mean age of the others
+    n_measured: int | None = None
+    mean_age: float | None = None
 
     @classmethod
     def from_body(cls, body: WeightsBody) -> ScorerWeights:
@@ -71,6 +74,8 @@ class ScorerWeights:
             window,
             body.delta_mean_in_window,
             body.delta_mean_outside,
+            body.n_measured,
+            body.mean_age,
         )
 
 

@@ -84,6 +84,25 @@ def test_strategies_and_seeds_are_read_or_refused_clearly():
         cli_main(["compare", "c.yaml", "--strategies", "best"])
 
 
+def test_a_delta_loss_strategy_may_take_a_scoring_budget(tiny_model, demo_file, tmp_path):
+    assert parse_strategies("delta_async@0.1,delta_sync@500") == [
+        "delta_async@0.1",
+        "delta_sync@500",
+    ]
+    with pytest.raises(ValueError, match="takes no budget"):
+        parse_strategies("uniform@0.1")
+    for bad in ("delta_sync@2.5", "delta_sync@0", "delta_sync@x", "delta_sync@"):
+        with pytest.raises(ValueError, match="fraction in"):
+            parse_strategies(bad)
+    raw = trainer_config(tiny_model, demo_file, tmp_path / "out", eval_dataset=str(demo_file),
+                         run_id="mine")  # fmt: skip
+    keys = trial_overrides(parse_config(raw), "delta_async@0.1", 42, tmp_path / "t")
+    assert "selection_mode=async" in keys and "score_budget=0.1" in keys
+    assert "run_id=mine-delta_async-at-0.1-seed42" in keys
+    plain = trial_overrides(parse_config(raw), "delta_async", 42, tmp_path / "t")
+    assert not any(key.startswith("score_budget") for key in plain)  # the config's own
+
+
 def test_each_trial_changes_only_its_seed_folder_mode_and_run_id(tiny_model, demo_file, tmp_path):
     raw = trainer_config(tiny_model, demo_file, tmp_path / "out", eval_dataset=str(demo_file),
                          run_id="mine")  # fmt: skip
