@@ -15,7 +15,7 @@ checkpoint measures k samples and ranks every sample on an estimated loss reduct
 - How the rest are ranked: a stale loss reduction understates the current one (training
   lowers losses). The samples measured now were estimated before, so they show how the
   estimates drifted: the affine map delta_now = a + b * estimate_before, fitted on them by
-  least squares, carries every unmeasured sample's estimate forward. The map is increasing,
+  their mean and spread, carries every unmeasured sample's estimate forward. It is increasing,
   so the unmeasured samples keep their order among themselves and the measured ones take
   their measured places among them; a drifts the estimates toward the current losses, which
   decides where the window is cut at the first negative reduction.
@@ -92,17 +92,21 @@ class Drift:
 
 
 def fit_drift(before: np.ndarray, now: np.ndarray) -> Drift:
-    """Least squares over the finite pairs; only the shift (slope 1) with fewer than
-    MIN_PAIRS_FOR_SLOPE pairs, a constant estimate before, or a slope that is not positive
-    (the map must keep the order of the samples it carries); the identity with no pair."""
+    """The map that gives the estimates before the mean and spread the same samples have now
+    (slope sd(now) / sd(before), the line through both means), fitted on the finite pairs.
+    Least squares would shrink the estimates toward their mean by the correlation, and the
+    samples carried by it would then crowd the middle of a ranking whose measured samples
+    keep their full spread. Only the shift (slope 1) with fewer than MIN_PAIRS_FOR_SLOPE
+    pairs, a constant estimate before, or reductions that moved against their order; the
+    identity with no pair."""
     both = np.isfinite(before) & np.isfinite(now)
     x, y = before[both], now[both]
     if x.size == 0:
         return Drift(0.0, 1.0, 0)
-    if x.size >= MIN_PAIRS_FOR_SLOPE and float(np.ptp(x)) > 0:
-        slope, shift = np.polyfit(x, y, 1)
-        if slope > 0:
-            return Drift(float(shift), float(slope), int(x.size))
+    if x.size >= MIN_PAIRS_FOR_SLOPE and float(np.std(x)) > 0 and float(np.std(y)) > 0:
+        if float(np.corrcoef(x, y)[0, 1]) > 0:
+            slope = float(np.std(y) / np.std(x))
+            return Drift(float(np.mean(y) - slope * np.mean(x)), slope, int(x.size))
     return Drift(float(np.mean(y - x)), 1.0, int(x.size))
 
 

@@ -35,7 +35,7 @@ def test_the_refresh_period_is_ceil_n_over_k():
     assert [refresh_period(999, k) for k in (999, 500, 100, 50, 1)] == [1, 2, 10, 20, 999]
 
 
-def test_the_drift_is_fitted_on_the_pairs_by_least_squares():
+def test_the_drift_maps_the_estimates_onto_the_mean_and_spread_of_the_pairs():
     before = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, np.nan])
     now = 0.05 + 1.5 * before  # the NaN pair is left out
     drift = fit_drift(before, now)
@@ -125,3 +125,16 @@ def test_unranked_samples_are_never_chosen_and_a_budget_over_them_takes_all():
     assert every.tolist() == [0, 2, 3, 4]
     some = choose(estimates, 2, update_index=1, update_times=2, window_size=0.2)
     assert some.size == 2 and 1 not in some.tolist()
+
+
+def test_the_drift_keeps_the_spread_that_least_squares_would_shrink():
+    """Noisy pairs: least squares' slope shrinks by the correlation; this map keeps the spread
+    of the samples measured now, so the carried estimates are as spread as the measured."""
+    rng = np.random.default_rng(1)
+    before = rng.normal(0.2, 0.05, 400)
+    now = 0.1 + before + rng.normal(0.0, 0.05, 400)
+    drift = fit_drift(before, now)
+    carried = drift.shift + drift.slope * before
+    assert np.std(carried) == pytest.approx(np.std(now))
+    assert np.mean(carried) == pytest.approx(np.mean(now))
+    assert drift.slope > np.polyfit(before, now, 1)[0] * 1.5
