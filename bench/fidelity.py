@@ -17,19 +17,32 @@ Policies:
 - `naive`: round-robin, each sample ranked by its last measured loss reduction;
 - `percentile`: round-robin after a first windowed pass in full, each sample ranked by its
   reduction as a percentile among the samples measured with it;
-- `drift`: the shipped policy (common.budget): deadlines, then window edges; the affine drift;
-- `drift-rr`: the same estimate with round-robin choice (the choice's share of the result);
-- `drift-relaxed`: the shipped policy with a deadline twice as long (room for the edges).
+- `drift`: the shipped policy (common.budget): deadlines first, spread over the ranking, then
+  the samples nearest the window's edges; estimates carried by the drift of the samples
+  measured at both checkpoints;
+- `drift-rr`: the same estimate with a round-robin choice by index (the choice's share);
+- `drift-relaxed`: the shipped policy with deadlines twice as long, leaving part of the
+  budget to the window's edges (what the refresh rule costs).
+
+The bias of a stale loss reduction is measured too: over the samples a checkpoint did not
+measure, the mean of (full reduction - estimate), for the last measured reduction as it is
+(`naive`) and for the shipped policy's estimate.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from bench.loss_matrix import run_fully_scored
+from bench.util import ALPACA, ROOT
 from common import budget
 from common.selection import DEFAULT_WINDOW_SIZE, weights_from_window, window_over
 
@@ -62,7 +75,7 @@ def compare(
 
 # A policy replays a run: given the initial losses and the checkpoints' losses (C x N, row 0
 # the initial checkpoint), it yields at each checkpoint c >= 2 the loss reductions it ranks.
-Policy = Callable[[np.ndarray, np.ndarray, np.ndarray, int, float], Iterator[np.ndarray]]
+Policy = Callable[[np.ndarray, np.ndarray, float, int, float], Iterator[np.ndarray]]
 
 
 def stale(s: int) -> Policy:
@@ -74,11 +87,13 @@ def stale(s: int) -> Policy:
 
 
 def _round_robin(n: int, k: int, turn: int) -> np.ndarray:
+    """Samples turn * k, ... (turn + 1) * k - 1, modulo n."""
     start = (turn * k) % n
     return (np.arange(start, start + k) % n).astype(np.int64)
 
 
 def naive(losses, index, b, _u, _ws):  # noqa: ANN001, ANN201
+    """Round-robin, each sample ranked by its last measured loss reduction."""
     n = losses.shape[1]
     k = budget.samples_per_checkpoint(b, n)
     last = losses[0] - losses[1]
@@ -90,6 +105,7 @@ def naive(losses, index, b, _u, _ws):  # noqa: ANN001, ANN201
 
 
 def percentile(losses, index, b, _u, _ws):  # noqa: ANN001, ANN201
+    """Round-robin, ranked by each reduction's percentile among those measured with it."""
     n = losses.shape[1]
     k = budget.samples_per_checkpoint(b, n)
 
@@ -106,6 +122,9 @@ def percentile(losses, index, b, _u, _ws):  # noqa: ANN001, ANN201
 
 
 def drift(choice: str = "edges", period_factor: int = 1) -> Policy:
+    """common.budget's estimates; choice "rr": round-robin instead of budget.choose;
+    period_factor: deadlines that many times longer."""
+
     def replay(losses, index, b, update_times, ws):  # noqa: ANN001, ANN202
         n = losses.shape[1]
         k = budget.samples_per_checkpoint(b, n)
@@ -124,6 +143,7 @@ def drift(choice: str = "edges", period_factor: int = 1) -> Policy:
 def _choose(
     state: budget.Estimates, k: int, u: int, update_times: int, ws: float, factor: int
 ) -> np.ndarray:
+    """budget.choose, with ages counted at 1/factor when deadlines are `factor` times longer."""
     if factor == 1:
         return budget.choose(state, k, update_index=u, update_times=update_times, window_size=ws)
     # a longer deadline: the same rule on ages counted at 1/factor
@@ -161,17 +181,142 @@ def mean(rows: list[Fidelity]) -> Fidelity:
     if not rows:
         return Fidelity(math.nan, math.nan, math.nan)
     return Fidelity(
-        *(float(np.mean([getattr(r, f) for r in rows])) for f in Fidelity.__annotations__)
+        *(float(np.mean([getattr(r, f) for r in rows])) for f in ("jaccard", "tv", "inside"))
     )
 
 
-def table(losses: np.ndarray, update_index: np.ndarray, update_times: int) -> dict[str, dict]:
-    """policy -> budget -> mean Fidelity (and stale-s -> None -> ...)."""
-    out: dict[str, dict] = {}
-    for s in STALE:
-        out[f"stale-{s}"] = {"-": mean(replay(losses, update_index, update_times, stale(s), 1.0))}
-    for name, policy in POLICIES.items():
-        out[name] = {
-            b: mean(replay(losses, update_index, update_times, policy, b)) for b in BUDGETS if b < 1
+def bias(losses: np.ndarray, update_index: np.ndarray, update_times: int, b: float) -> dict:
+    """Mean (full reduction - estimate) over the samples not measured, per checkpoint
+    averaged: the last measured reduction as it is, and the shipped policy's estimate."""
+    n = losses.shape[1]
+    k = budget.samples_per_checkpoint(b, n)
+    state = budget.Estimates.measured_all(losses[0] - losses[1])
+    last = state.delta.copy()
+    raw, corrected = [], []
+    for c in range(2, len(losses)):
+        truth = losses[0] - losses[c]
+        chosen = budget.choose(
+            state, k, update_index=int(update_index[c]), update_times=update_times,
+            window_size=DEFAULT_WINDOW_SIZE,
+        )  # fmt: skip
+        state, _ = budget.advance(state, chosen, truth)
+        stale = state.age > 0
+        raw.append(float(np.nanmean((truth - last)[stale])))
+        corrected.append(float(np.nanmean((truth - state.delta)[stale])))
+        last = last.copy()
+        last[chosen] = truth[chosen]
+    return {"stale": float(np.mean(raw)), "corrected": float(np.mean(corrected))}
+
+
+# (label, data set, learning rate): the runs whose every checkpoint is scored in full
+RUNS = (("alpaca_en_demo, lr 5e-4", "alpaca", 5e-4), ("alpaca_en_demo, lr 5e-3", "alpaca", 5e-3),
+        ("the demo's data, lr 5e-4", "demo", 5e-4))  # fmt: skip
+FULL = dict(updates=40, every=10)
+TOY = dict(updates=5, every=2)
+PLOT = ROOT / "docs" / "budget_fidelity.png"
+
+
+def measure(work: Path, model_dir: Path, *, toy: bool = False) -> dict[str, Any]:
+    from devtools.demo_data import write_dataset
+
+    size = TOY if toy else FULL
+    demo = write_dataset(work / "fidelity-demo.json", n=40 if toy else 320, seed=0)
+    out: dict[str, Any] = {**size, "runs": {}}
+    series: dict[str, list[float]] = {}
+    for label, data, lr in RUNS:
+        dataset = ALPACA if data == "alpaca" else demo
+        m = run_fully_scored(work, model_dir, dataset, lr=lr, **size)
+        tables: dict[str, dict[str, Any]] = {}
+        for s in STALE:
+            tables[f"stale-{s}"] = asdict(
+                mean(replay(m.losses, m.update_index, m.update_times, stale(s), 1.0))
+            )
+        for name, policy in POLICIES.items():
+            tables[name] = {
+                str(b): asdict(mean(replay(m.losses, m.update_index, m.update_times, policy, b)))
+                for b in BUDGETS
+                if b < 1
+            }
+        out["runs"][label] = {
+            "samples": int(m.losses.shape[1]),
+            "checkpoints": int(m.losses.shape[0]),
+            "tables": tables,
+            "bias": bias(m.losses, m.update_index, m.update_times, 0.1),
         }
+        if label == RUNS[0][0]:
+            for b in BUDGETS[1:]:
+                rows = replay(m.losses, m.update_index, m.update_times, POLICIES["drift"], b)
+                series[f"budget {b:g}"] = [r.jaccard for r in rows]
+            rows = replay(m.losses, m.update_index, m.update_times, stale(1), 1.0)
+            series["no budget, 1 update stale"] = [r.jaccard for r in rows]
+    plot_series(series, Path(tempfile.gettempdir()) / "budget_fidelity.png" if toy else PLOT)
+    return out
+
+
+def plot_series(series: dict[str, list[float]], path: Path) -> None:
+    """Jaccard against full scoring at each budgeted checkpoint, one line per budget."""
+    from matplotlib.figure import Figure
+
+    from common.plots import png
+
+    figure = Figure(figsize=(7, 3.6))
+    ax = figure.subplots()
+    for label, values in series.items():
+        style = "--" if "stale" in label else "-"
+        ax.plot(range(3, 3 + len(values)), values, style, label=label)
+    ax.set_xlabel("update")
+    ax.set_ylabel("Jaccard with full scoring's window")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    ax.set_title("alpaca_en_demo, lr 5e-4: the served window against full scoring")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(png(figure))
+
+
+SECTION = "## 13. Scoring budget: how close to full scoring"
+
+
+def render(r: dict[str, Any]) -> list[str]:
+    out = [SECTION, ""]
+    if "error" in r:
+        return out + ["Failed:", "", "```", r["error"], "```", ""]
+    out += [
+        f"Sync runs of {r['updates']} updates {r['every']} steps apart (batch 4, LoRA r 8 on "
+        "the tiny model), every checkpoint scored in full; each policy is then replayed over "
+        "their losses, seeing only the samples it measures, and its window and weights are "
+        "compared with full scoring's at every checkpoint after the first with a window (the "
+        "initial checkpoint and the first with a window are scored in full under every "
+        "budget). J: Jaccard index of the two windows; TV: total-variation distance of the "
+        "weights; in: the share of draws inside full scoring's window (`bench/fidelity.py`).",
+        "",
+    ]
+    for label, run in r["runs"].items():
+        t = run["tables"]
+        budgets = [str(b) for b in BUDGETS if b < 1]
+        stale_cells = ", ".join(
+            f"{s} stale: J {t[f'stale-{s}']['jaccard']:.2f}, TV {t[f'stale-{s}']['tv']:.2f}"
+            for s in STALE
+        )
+        out += [
+            f"**{label}** ({run['samples']} samples, {run['checkpoints']} checkpoints). No "
+            f"budget, a full pass {stale_cells}.",
+            "",
+            "| policy | " + " | ".join(f"budget {b}: J / TV / in" for b in budgets) + " |",
+            "|---|" + "---|" * len(budgets),
+        ]
+        for name in POLICIES:
+            cells = [
+                f"{t[name][b]['jaccard']:.2f} / {t[name][b]['tv']:.2f} / {t[name][b]['inside']:.2f}"
+                for b in budgets
+            ]
+            shown = f"**{name}** (shipped)" if name == "drift" else name
+            out.append(f"| {shown} | " + " | ".join(cells) + " |")
+        b = run["bias"]
+        out += [
+            "",
+            f"Bias at budget 0.1 (full reduction - estimate, mean over the samples not measured): "
+            f"stale {b['stale']:+.4f}, corrected {b['corrected']:+.4f}.",
+            "",
+        ]
+    out += [f"![Jaccard per update]({os.path.relpath(PLOT, ROOT)})", ""]
     return out

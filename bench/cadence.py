@@ -1,0 +1,203 @@
+"""The published cadence in miniature: every sample scored per update, a few trained.
+
+999 samples (alpaca_en_demo), LoRA r 8 on the tiny model, batch 4, an update every 2 steps
+(8 samples trained per update, about 125 scored per sample trained), 40 updates. The trainer
+runs in this process on core 0, one scorer process on core 1. Per strategy: uniform sampling;
+async with newest-first scoring at budgets 1, 0.25, 0.1 and 0.05; sync at budgets 1 and 0.05.
+
+From the trainer's records (selections.jsonl): the share of updates after the first two that
+drew from a window, and the weights' staleness. From the scorer's checkpoint rows (received,
+started and finished times): the most checkpoints of the run waiting at once and the bytes
+they held on disk. Wall time is the trainer's train_runtime, against uniform's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import httpx  # noqa: E402
+import torch  # noqa: E402
+
+from bench.util import ALPACA, TRAINER_CORE, Scorer, pin_self  # noqa: E402
+from devtools.waiting import wait_until  # noqa: E402
+
+SECTION = "## 14. The published cadence: keeping up"
+# (strategy, selection_mode, score_budget); mode None: uniform sampling, no scorer
+RUNS: tuple[tuple[str, str | None, float], ...] = (
+    ("uniform", None, 1.0),
+    ("async", "async", 1.0),
+    ("async@0.25", "async", 0.25),
+    ("async@0.1", "async", 0.1),
+    ("async@0.05", "async", 0.05),
+    ("sync", "sync", 1.0),
+    ("sync@0.05", "sync", 0.05),
+)
+FULL = dict(updates=40, every=2, batch=4, cutoff=256)
+TOY = dict(updates=5, every=2, batch=2, cutoff=64)
+
+CONFIG = """
+model_name_or_path: {model}
+finetuning_type: lora
+lora_rank: 8
+lora_target: all
+dataset: {dataset}
+template: plain
+cutoff_len: {cutoff}
+seed: 42
+output_dir: {out}
+run_id: {run_id}
+logging_steps: 1000
+save_steps: 100000
+report_to: none
+overwrite_output_dir: true
+per_device_train_batch_size: {batch}
+learning_rate: 5.0e-4
+num_train_epochs: 1.0
+lr_scheduler_type: constant
+warmup_step: {every}
+update_step: {every}
+update_times: {updates}
+train_step: {steps}
+selection_mode: {mode}
+score_budget: {budget}
+scorer_zmq_url: {zmq}
+scorer_http_url: {http}
+scorer_wait_seconds: 3600
+on_scorer_failure: fail
+"""
+
+
+def measure(work: Path, model_dir: Path, *, toy: bool = False) -> dict[str, Any]:
+    from trainer_svc.config import load_config
+    from trainer_svc.recipe import run
+    from trainer_svc.uniform import UniformSelection
+
+    pin_self(TRAINER_CORE)
+    torch.set_num_threads(1)
+    size = TOY if toy else FULL
+    out: dict[str, Any] = {**size, "samples": len(json.loads(ALPACA.read_text())), "runs": {}}
+    with Scorer(work / "cadence-scorer") as scorer, scorer.http() as client:
+        for name, mode, budget in RUNS:
+            folder = work / f"cadence-{name.replace('@', '-')}"
+            run_id = f"cadence-{name.replace('@', '-at-').replace('.', '_')}"
+            config = work / f"{folder.name}.yaml"
+            config.write_text(
+                CONFIG.format(
+                    model=model_dir,
+                    dataset=ALPACA,
+                    out=folder,
+                    run_id=run_id,
+                    mode=mode or "sync",
+                    budget=budget,
+                    zmq=scorer.zmq_url,
+                    http=scorer.base_url,
+                    steps=size["every"] * (size["updates"] + 1),
+                    **size,
+                )  # fmt: skip
+            )
+            run(load_config(config), scorer=UniformSelection() if mode is None else None)
+            result = trainer_figures(folder)
+            if mode is not None:  # the scorer's rows once it has nothing left of the run
+                settled(client, run_id)
+                result.update(queue_figures(checkpoints(client, run_id)))
+            out["runs"][name] = result
+    return out
+
+
+def trainer_figures(folder: Path) -> dict[str, Any]:
+    rows = [json.loads(line) for line in (folder / "selections.jsonl").read_text().splitlines()]
+    state = json.loads((folder / "trainer_state.json").read_text())
+    later = rows[2:]  # the initial checkpoint's update and the first with a window come first
+    windowed = [r for r in later if r["window"] is not None and r["source"] == "scorer"]
+    ages = [r["staleness"] for r in later if r["staleness"] is not None]
+    return {
+        "updates": len(rows),
+        "windowed_share": len(windowed) / len(later) if later else None,
+        "staleness": [r["staleness"] for r in rows],
+        "staleness_median": statistics.median(ages) if ages else None,
+        "staleness_max": max(ages) if ages else None,
+        "windowed_max_staleness": max((r["staleness"] for r in windowed), default=None),
+        "train_runtime": state["log_history"][-1]["train_runtime"],
+    }
+
+
+def checkpoints(client: httpx.Client, run_id: str) -> list[dict[str, Any]]:
+    body = client.get(f"/v1/runs/{run_id}/checkpoints", params={"max_results": 1000}).json()
+    return list(body["checkpoints"])
+
+
+def settled(client: httpx.Client, run_id: str) -> None:
+    """Wait until the scorer has nothing of the run left to score."""
+
+    def idle() -> bool:
+        return all(c["status"] not in ("received", "scoring") for c in checkpoints(client, run_id))
+
+    wait_until(idle, f"{run_id} left nothing to score", timeout=3600, every=0.5)
+
+
+def queue_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The most checkpoints of a run waiting at once (received, not yet being scored nor
+    superseded), with the bytes they held then, from the scorer's own timestamps."""
+    events: list[tuple[datetime, int, int]] = []
+    for row in rows:
+        leaves = row["started_at"] or row["finished_at"]  # superseded: never started
+        events.append((datetime.fromisoformat(row["received_at"]), 1, row["n_bytes"]))
+        if leaves is not None:
+            events.append((datetime.fromisoformat(leaves), -1, -row["n_bytes"]))
+    waiting = held = most = most_bytes = 0
+    for _, change, size in sorted(events, key=lambda e: (e[0], e[1])):
+        waiting, held = waiting + change, held + size
+        if waiting > most or (waiting == most and held > most_bytes):
+            most, most_bytes = waiting, held
+    statuses = [row["status"] for row in rows]
+    return {
+        "max_waiting": most,
+        "max_waiting_bytes": most_bytes,
+        "scored": statuses.count("scored"),
+        "superseded": statuses.count("superseded"),
+        "measured": [row.get("n_measured") for row in rows if row["status"] == "scored"],
+    }
+
+
+def render(r: dict[str, Any]) -> list[str]:
+    out = [SECTION, ""]
+    if "error" in r:
+        return out + ["Failed:", "", "```", r["error"], "```", ""]
+    runs = r["runs"]
+    uniform = runs["uniform"]["train_runtime"]
+    out += [
+        f"{r['samples']} samples scored per update, {r['batch'] * r['every']} trained "
+        f"(batch {r['batch']}, an update every {r['every']} steps), {r['updates']} updates, "
+        "LoRA r 8 on the tiny model, learning rate 5e-4; the trainer on one core, one scorer "
+        "process on the other. *Windowed*: the share of updates after the first two that drew "
+        "from a window; staleness in updates; *waiting*: the most checkpoints of the run "
+        "queued at once, and the disk they held.",
+        "",
+        "| strategy | windowed | staleness median / max | waiting (disk) | scored / superseded "
+        "| wall time | against uniform |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, run in runs.items():
+        if name == "uniform":
+            cells = ["—", "—", "—", "—"]
+        else:
+            share = run["windowed_share"]
+            cells = [
+                "—" if share is None else f"{share:.0%}",
+                f"{run['staleness_median']} / {run['staleness_max']}",
+                f"{run['max_waiting']} ({run['max_waiting_bytes'] / 1e6:.1f} MB)",
+                f"{run['scored']} / {run['superseded']}",
+            ]
+        runtime = run["train_runtime"]
+        out.append(
+            f"| {name} | " + " | ".join(cells) + f" | {runtime:.0f} s | {runtime / uniform:.2f}x |"
+        )
+    out.append("")
+    return out
