@@ -68,21 +68,29 @@ def test_two_ranks_store_the_losses_of_one(two_ranks, tiny_model, tmp_path):
                       "instance": health["instance"], "detail": None}  # fmt: skip
     assert (two_ranks.data_dir / "instance_id").read_text().strip() == health["instance"]
     data = write_samples(tmp_path / "d.json", 40, seed=5)
-    hello = make_hello(tiny_model, data, run_id="ranks")
+    # the same run in full and under a scoring budget: its third checkpoint measures 10
+    hellos = {
+        "ranks": make_hello(tiny_model, data, run_id="ranks"),
+        "ranks-b": make_hello(tiny_model, data, run_id="ranks-b", score_budget=10),
+    }
     checkpoints = list(zip((2, 4, 6), (1, 2, 3), lora_checkpoints(tiny_model, 3), strict=True))
     with ScorerProcess(tmp_path / "one") as one:
         for scorer in (one, two_ranks):
-            assert register(scorer.zmq_url, hello)["status"] == "registered"
-            for step, k, tensors in checkpoints:
-                assert send_checkpoint(scorer.zmq_url, "ranks", step, k, tensors)["status"] == (
-                    "queued"
+            for run_id, hello in hellos.items():
+                assert register(scorer.zmq_url, hello)["status"] == "registered"
+                for step, k, tensors in checkpoints:
+                    reply = send_checkpoint(scorer.zmq_url, run_id, step, k, tensors)
+                    assert reply["status"] == "queued"
+                wait_weights(scorer, run_id, 6)
+        for run_id in hellos:
+            for step, _, _ in checkpoints:
+                single = np.array(all_losses(one.base_url, run_id, step))
+                split = np.array(all_losses(two_ranks.base_url, run_id, step))
+                budgeted = run_id == "ranks-b" and step == 6
+                assert (
+                    np.isfinite(single).sum() == 10 if budgeted else np.isfinite(single).sum() > 30
                 )
-            wait_weights(scorer, "ranks", 6)
-        for step, _, _ in checkpoints:
-            single = np.array(all_losses(one.base_url, "ranks", step))
-            split = np.array(all_losses(two_ranks.base_url, "ranks", step))
-            assert np.isfinite(single).sum() > 30
-            np.testing.assert_allclose(split, single, rtol=0, atol=1e-6, equal_nan=True)
+                np.testing.assert_allclose(split, single, rtol=0, atol=1e-6, equal_nan=True)
     assert "rank 1 " in two_ranks.log()  # the second rank logged its share
 
 
