@@ -150,6 +150,12 @@ class Manifest:
             )
 
 
+def uses_autocast(device: torch.device, dtype: torch.dtype) -> bool:
+    """bfloat16 autocast on CUDA for a bfloat16 model (`auto` there) only: a float32 run is
+    scored in float32, as the published method scores it, and a float16 one as loaded."""
+    return device.type == "cuda" and dtype == torch.bfloat16
+
+
 class ScoringModel:
     """One model on one device; a checkpoint is copied into its tensors in place."""
 
@@ -174,9 +180,7 @@ class ScoringModel:
 
     @classmethod
     def load(cls, spec: ModelSpec, *, device: torch.device, dtype: torch.dtype) -> ScoringModel:
-        """Autocast only for a bfloat16 model: a float32 run is scored in float32, as the
-        published method scores it, and a float16 one in float16."""
-        autocast = dtype == torch.bfloat16
+        autocast = uses_autocast(device, dtype)
         if spec.quantized:
             with torch.cuda.device(device):
                 return cls(

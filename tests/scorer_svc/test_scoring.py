@@ -8,7 +8,7 @@ from common.errors import CheckpointRejected
 from common.model_spec import LoraSettings, ModelSpec
 from common.tokenization import IGNORE_INDEX, EncodedSample, TokenizationSettings, encode_dataset
 from scorer_svc.batching import group_by_length, make_batches
-from scorer_svc.scoring import Manifest, ScoringModel
+from scorer_svc.scoring import Manifest, ScoringModel, uses_autocast
 from tests.support.data import as_samples, make_samples
 
 LORA = LoraSettings(r=4, alpha=8, dropout=0.0, target_modules="all-linear")
@@ -127,3 +127,14 @@ def test_weightless_manifest_equals_the_loaded_models(tiny_model, kind):
     loaded = ScoringModel.load(spec, device=CPU, dtype=torch.float32)
     assert Manifest.of(skeleton, kind) == loaded.manifest
     assert next(skeleton.parameters()).device.type == "meta"
+
+
+def test_autocast_only_for_a_bfloat16_model_on_cuda():
+    """A float32 run is scored in float32 on a GPU too (as the published method scores it);
+    `auto` resolves to bfloat16 there, and that one is scored under autocast."""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert uses_autocast(cuda, torch.bfloat16)
+    assert not uses_autocast(cuda, torch.float32) and not uses_autocast(cuda, torch.float16)
+    assert not uses_autocast(cpu, torch.bfloat16)
+    model = ScoringModel(torch.nn.Linear(2, 2), cpu, "full", autocast=True)
+    assert not model.autocast  # never on the CPU
