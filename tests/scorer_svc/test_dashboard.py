@@ -1,6 +1,7 @@
 """The dashboard at /ui: its page and assets served open and local (in-process), and the page
 driven in a real headless Chromium against a real uvicorn server on the seeded database of
-test_api (run-a: scored steps 2, 4 and 6, a failed one, one scoring, one received)."""
+test_api (run-a: scored steps 2, 4 and 6, a failed one, one scoring, one received), with a run
+of its own data and an async run under a scoring budget."""
 
 import json
 import os
@@ -14,8 +15,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from common.budget import Estimates, advance
 from common.datasets import DatasetSpec
-from common.selection import delta_window, rank_by_delta
+from common.selection import delta_window, rank_by_delta, window_over
 from scorer_svc import crud
 from scorer_svc.main import create_app
 from scorer_svc.progress import ScoringProgress
@@ -194,6 +196,36 @@ def check_sample_text(driver, base: str, run_id: str, index: int) -> int:
     return answer.status_code
 
 
+def seed_budgeted_async_run(state: ApiState, config: dict) -> int:
+    """run-t's data as an async run under a scoring budget: steps 2 and 4 scored in full, step
+    6 with half the samples measured, step 8 superseded by step 10, which waits. The samples
+    measured at step 6."""
+    config = {**config, "run_id": "run-b", "selection_mode": "async", "score_budget": 0.5}
+    seed_run(state, config)
+    n = config["n_samples"]
+    values = losses(n)
+    measured = np.arange(0, n, 2)
+    with state.sessions() as session:
+        run = crud.get_run(session, run_id="run-b")
+        checkpoint = crud.add_checkpoint(
+            session, run=run, received=crud.Received(6, 3, "lora", "6" * 64, "step-6", 100)
+        )
+        current = np.full(n, np.nan)
+        current[measured] = values[4][measured] - 0.1
+        before = Estimates.measured_all(values[2] - values[4])
+        estimates, _ = advance(before, measured, values[2] - current)
+        window, _ = window_over(estimates.delta, 3, UPDATE_TIMES, WINDOW_SIZE)
+        crud.store_scores(
+            session, checkpoint=checkpoint, losses=current, window=window, seconds=1.0,
+            measured=measured, estimates=estimates,
+        )  # fmt: skip
+        for step in (8, 10):
+            received = crud.Received(step, 1, "lora", f"{step:064d}", f"step-{step}", 100)
+            crud.add_checkpoint(session, run=run, received=received)
+        assert crud.supersede(session, run=run) == ["step-8"]
+    return measured.size
+
+
 def scoring_progress(state: ApiState) -> ScoringProgress:
     """Progress for the seeded checkpoint being scored: 4 of N samples done."""
     now = [100.0]
@@ -219,6 +251,8 @@ def test_dashboard_in_a_browser_from_runs_to_a_samples_history(tmp_path, browser
     text_top = int(rank_by_delta(text_losses[2] - text_losses[4])[0])
     with seeded_state(tmp_path) as state:
         seed_run(state, run_config(tiny_model, DatasetSpec(str(data_file)), "run-t"))
+        budgeted = run_config(tiny_model, DatasetSpec(str(data_file)), "run-b")
+        n_measured = seed_budgeted_async_run(state, budgeted)
         app = create_app(state.settings, replace(state, progress=scoring_progress(state)))
         with serving(app) as base:
             browser.get(f"{base}/")
@@ -263,6 +297,27 @@ def test_dashboard_in_a_browser_from_runs_to_a_samples_history(tmp_path, browser
             )
             assert check_sample_text(browser, base, "run-t", text_top) == 200
             assert dataset_rows()[text_top]["output"] in shown(browser, "#sample-text").text
+
+            # an async run under a scoring budget: a superseded step, a partly measured one
+            shown(browser, "#runs tr[data-run-id='run-b']").click()
+            wait_for(browser, lambda d: count(d, "#checkpoints tbody tr") == 5, "run-b's rows")
+            superseded = shown(browser, "#checkpoints tr[data-step='8']")
+            assert "status-superseded" in superseded.get_attribute("class")
+            assert "superseded" in superseded.text
+            budgeted_row = shown(browser, "#checkpoints tr[data-step='6']")
+            assert f"{n_measured}, rest 1.0 old" in budgeted_row.text
+            assert "all" in shown(browser, "#checkpoints tr[data-step='4']").text
+            budgeted_row.click()
+            wait_for(
+                browser,
+                lambda d: (
+                    f"scoring budget: {n_measured} of"
+                    in d.find_element("id", "deltas-summary").text
+                ),
+                "the budget in the summary",
+            )
+            superseded.click()  # nothing to show: the chosen step stays
+            assert "step=6" in browser.execute_script("return location.hash")
             error = browser.find_element("id", "error")
             assert not error.is_displayed(), error.text
             assert severe(browser) == []  # no console error, no refused call
