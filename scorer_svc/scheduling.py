@@ -1,5 +1,7 @@
 """Which queued checkpoint the worker scores next: runs take turns, so a run that queues many
-checkpoints cannot hold up another's; within a run, oldest first (its windows need its order)."""
+checkpoints cannot hold up another's; within a run, oldest first (the initial checkpoint before
+any window, and under a scoring budget each checkpoint's estimates start from the one before).
+An async run has at most its initial checkpoint and its newest waiting (scorer_svc.superseding)."""
 
 from __future__ import annotations
 
