@@ -37,7 +37,7 @@ finetuning_type: full
 dataset: {dataset}
 val_size: 0.1
 template: plain
-cutoff_len: 256
+cutoff_len: {cutoff}
 dataloader_num_workers: 0
 seed: 42
 output_dir: {out}
@@ -54,10 +54,10 @@ lr_scheduler_type: cosine
 warmup_ratio: 0.05
 train_type: dynamic_select
 component_name: delta_loss
-warmup_step: 30
-update_step: 30
-update_times: 5
-eval_steps: 30
+warmup_step: {every}
+update_step: {every}
+update_times: {update_times}
+eval_steps: {every}
 per_device_eval_batch_size: 32
 scorer_zmq_url: {zmq}
 scorer_http_url: {http}
@@ -66,7 +66,20 @@ on_scorer_failure: fail
 """
 
 
-def measure(work: Path, model_dir: Path) -> dict[str, Any]:
+def measure(
+    work: Path,
+    model_dir: Path,
+    *,
+    seeds: tuple[int, ...] = SEEDS,
+    every: int = 30,
+    update_times: int = 5,
+    cutoff: int = 256,
+    toy: bool = False,
+) -> dict[str, Any]:
+    """every: steps of the warmup, between updates and between evaluations; toy: one seed,
+    6 steps of short samples."""
+    if toy:
+        return measure(work, model_dir, seeds=SEEDS[:1], every=2, update_times=2, cutoff=64)
     from trainer_svc.compare import compare
 
     pin_self(TRAINER_CORE)
@@ -80,10 +93,13 @@ def measure(work: Path, model_dir: Path) -> dict[str, Any]:
                 out=work / "compare-run",
                 zmq=scorer.zmq_url,
                 http=scorer.base_url,
+                every=every,
+                update_times=update_times,
+                cutoff=cutoff,
             )
         )
         started = time.perf_counter()
-        summary = compare(config, strategies=STRATEGIES, seeds=SEEDS)
+        summary = compare(config, strategies=STRATEGIES, seeds=seeds)
         took = time.perf_counter() - started
     result = json.loads(summary.read_text())
     result["total_seconds"] = took

@@ -24,13 +24,14 @@ from devtools.tiny_model import build_tiny_model
 from trainer_svc.snapshot import CheckpointUpload, Snapshot
 
 MODES = ("uniform", "async")
+GIB_MODEL = dict(hidden_size=1024, layers=20, heads=16, intermediate_size=2816)
+TOY_MODEL = dict(hidden_size=256, layers=2, heads=4, intermediate_size=512)  # about 6 MB
 
 
-def build_gib_model(work: Path) -> tuple[Path, int]:
-    """A random Llama of about 1 GiB of float32 weights; its path and size on disk."""
-    path = build_tiny_model(
-        work / "gib-model", hidden_size=1024, layers=20, heads=16, intermediate_size=2816
-    )
+def build_gib_model(work: Path, shape: dict = GIB_MODEL) -> tuple[Path, int]:
+    """A random Llama of that shape (about 1 GiB of float32 weights by default); its path and
+    size on disk."""
+    path = build_tiny_model(work / "gib-model", **shape)
     size = sum(f.stat().st_size for f in path.glob("*.safetensors"))  # the weights, + headers
     return path, size
 
@@ -49,12 +50,17 @@ def snapshot_alone(model_dir: Path) -> tuple[float, int]:
     return time.perf_counter() - start, len(tensors)
 
 
-def measure(work: Path, *, repeats: int = 2, n: int = 16) -> dict:
+def measure(
+    work: Path, *, repeats: int = 2, n: int = 16, shape: dict = GIB_MODEL, toy: bool = False
+) -> dict:
+    """shape: the model's (build_tiny_model's keywords); toy: a model of a few MB, once."""
+    if toy:
+        return measure(work, repeats=1, n=8, shape=TOY_MODEL)
     pin_self(TRAINER_CORE)
     torch.set_num_threads(1)
     logging.getLogger("trainer_svc").setLevel(logging.WARNING)
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    model_dir, size = build_gib_model(work)
+    model_dir, size = build_gib_model(work, shape)
     # short samples (the demo's), so that a step stays cheap for a model of this size
     dataset = write_dataset(work / "full-handoff.json", n=n, seed=0)
     p: dict = {

@@ -65,19 +65,24 @@ def _timed(fn) -> float:  # noqa: ANN001
     return time.perf_counter() - start
 
 
-def measure() -> dict:
+def measure(
+    *, samples: int = SAMPLES, one_by_one: int = ONE_BY_ONE, layers: int = 16, toy: bool = False
+) -> dict:
+    """layers: of the 1B shape's 16; toy: 2 layers and a hundred samples."""
     if not torch.cuda.is_available():
         return {"skipped": "no CUDA device"}
+    if toy:
+        return measure(samples=128, one_by_one=16, layers=2)
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     device = torch.device("cuda")
-    config = LlamaConfig(**SHAPE)
+    config = LlamaConfig(**{**SHAPE, "num_hidden_layers": layers})
     network = cast(torch.nn.Module, LlamaForCausalLM(config))
     model = ScoringModel(network.to(torch.bfloat16), device, "full")
     embedding = config.vocab_size * config.hidden_size
     params = sum(p.numel() for p in model.model.parameters()) - embedding
-    data = random_samples(SAMPLES, seed=0, vocab=config.vocab_size)
+    data = random_samples(samples, seed=0, vocab=config.vocab_size)
     tokens = sum(len(s.input_ids) for s in data)
     mean_context = float(np.mean([len(s.input_ids) for s in data])) / 2
     batches = make_batches(data, batch_size=64, max_batch_tokens=32768, pad_id=0)
@@ -92,7 +97,7 @@ def measure() -> dict:
                 )
 
     forward = min(_timed(bare) for _ in range(2))
-    few = data[:ONE_BY_ONE]
+    few = data[:one_by_one]
     singles = make_batches(few, batch_size=1, max_batch_tokens=1 << 20, pad_id=0)
     one = _timed(lambda: model.score(singles, len(few)))
     one_tokens = sum(len(s.input_ids) for s in few)
@@ -103,7 +108,7 @@ def measure() -> dict:
     return {
         "device": name,
         "params_non_embedding": params,
-        "samples": SAMPLES,
+        "samples": samples,
         "tokens": tokens,
         "batched_tokens_per_s": rate,
         "bare_forward_tokens_per_s": tokens / forward,

@@ -3,6 +3,7 @@ on one pinned core, with a log-log fit; plotted to docs/scoring_growth.png."""
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,14 +41,26 @@ def slope(x: list[int], y: list[float]) -> float:
     return float(np.polyfit(np.log(x), np.log(y), 1)[0])
 
 
-def measure(model_dir: Path, ns=(1_000, 10_000, 100_000), lengths=(64, 128, 256, 512, 1024)):
+def measure(
+    model_dir: Path,
+    ns=(1_000, 10_000, 100_000),
+    lengths=(64, 128, 256, 512, 1024),
+    *,
+    per_len: int = 256,
+    plot_path: Path = PLOT,
+    toy: bool = False,
+):
+    """per_len: samples per length; toy: a few hundred samples, the plot not kept."""
+    if toy:
+        with tempfile.TemporaryDirectory() as tmp:
+            picture = Path(tmp) / PLOT.name
+            return measure(model_dir, (64, 128, 256), (16, 32, 64), per_len=16, plot_path=picture)
     pin_self(SCORER_CORE)
     torch.set_num_threads(1)
     lora = LoraSettings(r=8, alpha=16, dropout=0.0, target_modules="all-linear")
     spec = ModelSpec(str(model_dir), "lora", lora)
     model = ScoringModel.load(spec, device=torch.device("cpu"), dtype=torch.float32)
     by_n = [timed(model, samples(n, 16, seed=n)) for n in ns]
-    per_len = 256
     by_len = [timed(model, samples(per_len, length, seed=length)) for length in lengths]
     result = {
         "ns": list(ns),
@@ -58,11 +71,11 @@ def measure(model_dir: Path, ns=(1_000, 10_000, 100_000), lengths=(64, 128, 256,
         "by_len": by_len,
         "slope_len": slope(list(lengths), by_len),
     }
-    plot(result)
+    plot(result, plot_path)
     return result
 
 
-def plot(r: dict) -> None:
+def plot(r: dict, path: Path = PLOT) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -79,6 +92,6 @@ def plot(r: dict) -> None:
         ax.grid(True, which="both", alpha=0.3)
     fig.suptitle("Scoring time, tiny Llama + LoRA, CPU, one core, batch 16")
     fig.tight_layout()
-    PLOT.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(PLOT, dpi=100)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -177,7 +177,13 @@ def measure(
     update_times: int = 3,
     batch: int = 8,
     cutoff: int = 256,
+    toy: bool = False,
 ) -> dict:
+    """toy: a few samples and steps, once (a check that the section runs)."""
+    if toy:
+        return measure(
+            work, model_dir, n=16, repeats=1, update_step=2, update_times=2, batch=4, cutoff=64
+        )
     pin_self(TRAINER_CORE)
     torch.set_num_threads(1)
     logging.getLogger("trainer_svc").setLevel(logging.WARNING)

@@ -21,9 +21,11 @@ from trainer_svc.publisher import CheckpointPublisher, CheckpointUpload
 CHECKPOINTS = 5
 
 
-def _seconds_per_checkpoint(work: Path, model_dir: Path, ranks: int) -> list[float]:
+def _seconds_per_checkpoint(
+    work: Path, model_dir: Path, ranks: int, checkpoints: int, cutoff: int
+) -> list[float]:
     run_id = f"bench-ranks-{ranks}"
-    hello, _, base, _ = lora_hello(model_dir, ALPACA, run_id, CHECKPOINTS, cutoff=256)
+    hello, _, base, _ = lora_hello(model_dir, ALPACA, run_id, checkpoints, cutoff=cutoff)
     core = SCORER_CORE if ranks == 1 else None  # 2 ranks: one core each, by the OS
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         scorer = Scorer(Path(tmp) / "scorer", "--batch-size", "16", core=core, ranks=ranks)
@@ -37,7 +39,7 @@ def _seconds_per_checkpoint(work: Path, model_dir: Path, ranks: int) -> list[flo
             client = httpx.Client(base_url=scorer.base_url, timeout=60)
             publisher.hello(hello)
             seconds = []
-            for k in range(1, CHECKPOINTS + 1):
+            for k in range(1, checkpoints + 1):
                 tensors = perturbed(base, seed=k)
                 publisher.send_checkpoint(CheckpointUpload(run_id, k, k, "lora", tensors))
                 seconds.append(wait_scored(client, run_id, k))
@@ -48,9 +50,19 @@ def _seconds_per_checkpoint(work: Path, model_dir: Path, ranks: int) -> list[flo
     return seconds[1:]
 
 
-def measure(work: Path, model_dir: Path) -> dict:
-    one = _seconds_per_checkpoint(work, model_dir, 1)
-    two = _seconds_per_checkpoint(work, model_dir, 2)
+def measure(
+    work: Path,
+    model_dir: Path,
+    *,
+    checkpoints: int = CHECKPOINTS,
+    cutoff: int = 256,
+    toy: bool = False,
+) -> dict:
+    """toy: 2 checkpoints (the first loads the model) of short samples."""
+    if toy:
+        return measure(work, model_dir, checkpoints=2, cutoff=64)
+    one = _seconds_per_checkpoint(work, model_dir, 1, checkpoints, cutoff)
+    two = _seconds_per_checkpoint(work, model_dir, 2, checkpoints, cutoff)
     return {
         "samples": 999,
         "one_rank": one,

@@ -95,8 +95,17 @@ def bare_forward(model: ScoringModel, batches) -> float:
 
 
 def measure(
-    work: Path, model_dir: Path, *, checkpoints: int = 20, cutoff: int = 1024, bare_every: int = 4
+    work: Path,
+    model_dir: Path,
+    *,
+    checkpoints: int = 20,
+    cutoff: int = 1024,
+    bare_every: int = 4,
+    toy: bool = False,
 ) -> dict:
+    """toy: 3 checkpoints (the fewest that give a bare pass and a repeat) of short samples."""
+    if toy:
+        return measure(work, model_dir, checkpoints=3, cutoff=64)
     pin_self(SCORER_CORE)
     torch.set_num_threads(1)
     run_id = "bench-eff"

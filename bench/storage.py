@@ -31,8 +31,13 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
-def measure(work: Path, n: int = 200_000, checkpoints: int = 50, requests: int = 100) -> dict:
-    """SQLite's figures, and under "postgresql" PostgreSQL's (or why it was not measured)."""
+def measure(
+    work: Path, n: int = 200_000, checkpoints: int = 50, requests: int = 100, *, toy: bool = False
+) -> dict:
+    """SQLite's figures, and under "postgresql" PostgreSQL's (or why it was not measured);
+    toy: a thousand losses, 3 checkpoints, a few requests."""
+    if toy:
+        return measure(work, n=1000, checkpoints=3, requests=5)
     data_dir = work / "scorer-storage"
     out = measure_backend(data_dir, None, n=n, checkpoints=checkpoints, requests=requests)
     try:  # a failure there must not lose SQLite's figures

@@ -24,15 +24,18 @@ import yaml
 from bench.util import ALPACA, ROOT, TRAINER_CORE, free_port, pin, python_env
 
 STEPS = dict(warmup_step=10, update_step=10, update_times=3)  # 40 steps
+TOY_STEPS = dict(warmup_step=2, update_step=2, update_times=1)
 
 
-def _config(model_dir: Path, out: Path, per_device: int, accumulation: int) -> dict:
+def _config(
+    model_dir: Path, out: Path, per_device: int, accumulation: int, steps: dict, cutoff: int
+) -> dict:
     return dict(
         model_name_or_path=str(model_dir),
         dataset=str(ALPACA),
         output_dir=str(out),
         template="plain",
-        cutoff_len=256,
+        cutoff_len=cutoff,
         finetuning_type="lora",
         lora_target="all",
         lora_rank=8,
@@ -49,15 +52,15 @@ def _config(model_dir: Path, out: Path, per_device: int, accumulation: int) -> d
         scorer_http_url=f"http://127.0.0.1:{free_port()}",
         scorer_wait_seconds=1,
         on_scorer_failure="uniform",
-        **STEPS,
+        **steps,
     )
 
 
-def _run(work: Path, model_dir: Path, processes: int) -> dict:
+def _run(work: Path, model_dir: Path, processes: int, steps: dict, cutoff: int) -> dict:
     out = work / f"out-{processes}"
     config = work / f"torchrun-{processes}.yaml"
     accumulation = 4 // processes  # B = 2 x accumulation x processes = 8
-    config.write_text(yaml.safe_dump(_config(model_dir, out, 2, accumulation)))
+    config.write_text(yaml.safe_dump(_config(model_dir, out, 2, accumulation, steps, cutoff)))
     env = python_env()
     prefix: list[str] = pin(TRAINER_CORE)
     if processes > 1:
@@ -81,13 +84,17 @@ def _run(work: Path, model_dir: Path, processes: int) -> dict:
     return {"train_runtime": metrics["train_runtime"], "wall": wall}
 
 
-def measure(work: Path, model_dir: Path) -> dict:
+def measure(
+    work: Path, model_dir: Path, *, steps: dict = STEPS, cutoff: int = 256, toy: bool = False
+) -> dict:
+    """steps: warmup_step, update_step and update_times; toy: 4 steps of short samples."""
+    if toy:
+        return measure(work, model_dir, steps=TOY_STEPS, cutoff=64)
     with tempfile.TemporaryDirectory(dir=work) as tmp:
-        one = _run(Path(tmp), model_dir, 1)
-        two = _run(Path(tmp), model_dir, 2)
-    steps = STEPS["warmup_step"] + STEPS["update_step"] * STEPS["update_times"]
+        one = _run(Path(tmp), model_dir, 1, steps, cutoff)
+        two = _run(Path(tmp), model_dir, 2, steps, cutoff)
     return {
-        "steps": steps,
+        "steps": steps["warmup_step"] + steps["update_step"] * steps["update_times"],
         "one": one,
         "two": two,
         "ratio": two["train_runtime"] / one["train_runtime"],

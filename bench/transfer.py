@@ -44,17 +44,19 @@ GIB = 1 << 30
 
 
 def full_tensors(total: int = GIB, rows: int = 4096) -> dict[str, torch.Tensor]:
+    """total bytes of float32 in tensors of rows x 4096 (fewer rows for a small total)."""
+    rows = min(rows, total // 4 // 4096)
     n = total // 4 // (rows * 4096)
     return {f"layer.{i}.weight": torch.randn(rows, 4096) for i in range(n)}
 
 
-def lora_8b(r: int = 16) -> dict[str, torch.Tensor]:
+def lora_8b(r: int = 16, layers: int = 32) -> dict[str, torch.Tensor]:
     """Llama-3-8B: 32 layers, hidden 4096, MLP 14336, 8 KV heads of 128."""
     shapes = {"q_proj": (4096, 4096), "k_proj": (4096, 1024), "v_proj": (4096, 1024),
               "o_proj": (4096, 4096), "gate_proj": (4096, 14336), "up_proj": (4096, 14336),
               "down_proj": (14336, 4096)}  # fmt: skip
     out = {}
-    for layer in range(32):
+    for layer in range(layers):
         for name, (fan_in, fan_out) in shapes.items():
             base = f"base_model.model.model.layers.{layer}.{name}"
             out[f"{base}.lora_A.default.weight"] = torch.randn(r, fan_in)
@@ -220,12 +222,22 @@ def disk_rate(folder: Path, payload: memoryview) -> float:
     return payload.nbytes / seconds / 1e9
 
 
-def measure(work: Path, repeats: int = 3) -> dict:
+def measure(
+    work: Path, repeats: int = 3, *, full_bytes: int = GIB, lora_layers: int = 32, toy: bool = False
+) -> dict:
+    """full_bytes: the full payload's size (and the machine's limits' probe's); lora_layers:
+    the adapter's; toy: 32 MiB and 2 layers, once."""
+    if toy:
+        return measure(work, repeats=1, full_bytes=32 << 20, lora_layers=2)
     if hasattr(os, "sched_setaffinity"):  # sender and receiver: one core each, as in a run
         os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
-    out: dict = {"limits": machine_limits()}
+    out: dict = {"limits": machine_limits(full_bytes)}
     loopback = out["limits"]["loopback"]
-    for name, make in (("full_1gib", full_tensors), ("lora_8b_r16", lora_8b)):
+    payloads = {
+        "full_1gib": lambda: full_tensors(full_bytes),
+        "lora_8b_r16": lambda: lora_8b(layers=lora_layers),
+    }
+    for name, make in payloads.items():
         tensors = make()
         size = sum(t.numel() * t.element_size() for t in tensors.values())
         snapshot = Snapshot()  # reused between repeats, as between updates
