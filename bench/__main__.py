@@ -1,7 +1,11 @@
 """`python -m bench` (or `make bench`): every benchmark in one run, written to
 BENCHMARKS.md. The trainer side is pinned to core 0, the scorer side to core 1 (taskset /
 sched_setaffinity), one thread each. Takes about 10 minutes on 2 CPU cores, plus the
-comparison of strategies (bench/compare.py, which also runs alone)."""
+comparison of strategies (bench/compare.py, which also runs alone).
+
+`python -m bench --toy --out PATH`: every section at toy size (a check that each one runs
+and renders, not a measurement), written to PATH; exits 1 if any section failed.
+"""
 
 from __future__ import annotations
 
@@ -9,37 +13,63 @@ import os
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported: no progress bars
 
+import argparse
 import datetime
+import functools
 import json
 import platform
+import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from bench import (
-    compare,
-    full_handoff,
-    gpu,
-    growth,
-    overhead,
-    ranks,
-    scorer_eff,
-    storage,
-    torchrun_trainer,
-    transfer,
-)
-from bench.util import ALPACA
+from devtools.demo_data import write_dataset
 from devtools.tiny_model import build_tiny_model
 
 OUT = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 RAW = Path(tempfile.gettempdir()) / "bench_results.json"  # the raw figures, to re-render
 MB = 1e6
+TOY_SAMPLES = 64  # the toy data set's rows, when BENCH_ALPACA names none
+
+# measure(work, model_dir, toy): a section's raw figures
+Measure = Callable[[Path, Path, bool], dict]
 
 
-def section(name: str, fn, results: dict) -> None:  # noqa: ANN001
+def sections() -> list[tuple[str, Measure]]:
+    """Every benchmark, in the order it runs, by its key in the results. Imported here, not
+    at the top: the modules read BENCH_ALPACA when imported, and --toy may set it first."""
+    from bench import (
+        compare,
+        full_handoff,
+        gpu,
+        growth,
+        overhead,
+        ranks,
+        scorer_eff,
+        storage,
+        torchrun_trainer,
+        transfer,
+    )
+
+    return [
+        ("overhead", lambda w, m, toy: overhead.measure(w, m, toy=toy)),
+        ("scorer", lambda w, m, toy: scorer_eff.measure(w, m, cutoff=256, toy=toy)),
+        ("storage", lambda w, m, toy: storage.measure(w, toy=toy)),
+        ("transfer", lambda w, m, toy: transfer.measure(w, toy=toy)),
+        ("growth", lambda w, m, toy: growth.measure(m, toy=toy)),
+        ("ranks", lambda w, m, toy: ranks.measure(w, m, toy=toy)),
+        ("trainer_ranks", lambda w, m, toy: torchrun_trainer.measure(w, m, toy=toy)),
+        ("full_handoff", lambda w, m, toy: full_handoff.measure(w, toy=toy)),
+        ("compare", lambda w, m, toy: compare.measure(w, m, toy=toy)),
+        ("gpu", lambda w, m, toy: gpu.measure(toy=toy)),
+    ]
+
+
+def section(name: str, fn: Callable[[], dict], results: dict) -> None:
     start = time.perf_counter()
     try:
         results[name] = fn()
@@ -58,34 +88,62 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def main() -> None:
-    if not ALPACA.is_file():
-        raise SystemExit(f"the benchmark data set {ALPACA} is missing (set BENCH_ALPACA)")
+def failures(results: dict) -> list[str]:
+    """The sections (and parts of one, as storage's "postgresql") whose figures are an
+    error; a part skipped for want of a GPU or a server is not one."""
+    found = []
+    for name, value in results.items():
+        if not isinstance(value, dict):
+            continue
+        if "error" in value:
+            found.append(name)
+        found += [
+            f"{name}.{key}" for key, v in value.items() if isinstance(v, dict) and "error" in v
+        ]
+    return found
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description="Every benchmark.")
+    toy = "every section at toy size: a check that each runs and renders; needs --out"
+    parser.add_argument("--toy", action="store_true", help=toy)
+    parser.add_argument("--out", type=Path, help=f"where the markdown goes (default {OUT.name})")
+    args = parser.parse_args(argv)
+    if args.toy and args.out is None:
+        parser.error(f"--toy needs --out: its figures must not replace {OUT.name}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    out = args.out or OUT
     results: dict = {"load_before": os.getloadavg()}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        if args.toy and not os.environ.get("BENCH_ALPACA"):
+            toy_data = write_dataset(work / "alpaca_toy.json", n=TOY_SAMPLES, seed=0)
+            os.environ["BENCH_ALPACA"] = str(toy_data)
+        from bench.util import ALPACA
+
+        if not ALPACA.is_file():
+            raise SystemExit(f"the benchmark data set {ALPACA} is missing (set BENCH_ALPACA)")
         model_dir = build_tiny_model(work / "tiny", seed=0)
-        section("overhead", lambda: overhead.measure(work, model_dir), results)
-        section("scorer", lambda: scorer_eff.measure(work, model_dir, cutoff=256), results)
-        section("storage", lambda: storage.measure(work), results)
-        section("transfer", lambda: transfer.measure(work), results)
-        section("growth", lambda: growth.measure(model_dir), results)
-        section("ranks", lambda: ranks.measure(work, model_dir), results)
-        section("trainer_ranks", lambda: torchrun_trainer.measure(work, model_dir), results)
-        section("full_handoff", lambda: full_handoff.measure(work), results)
-        section("compare", lambda: compare.measure(work, model_dir), results)
-        section("gpu", gpu.measure, results)
+        for name, measure in sections():
+            section(name, functools.partial(measure, work, model_dir, args.toy), results)
     os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
     total = time.perf_counter() - started
     results["load_after"] = os.getloadavg()
-    RAW.write_text(json.dumps({"results": results, "total": total}, default=str))
-    text = render(results, total)
-    OUT.write_text(text)
+    raw = out.with_suffix(".json") if args.toy else RAW
+    raw.write_text(json.dumps({"results": results, "total": total}, default=str))
+    text = render(results, total, toy=args.toy)
+    out.write_text(text)
     print(text)
+    if args.toy and (failed := failures(results)):
+        sys.exit(f"[bench] failed: {', '.join(failed)}")
 
 
-def render(r: dict, total: float) -> str:
+def render(r: dict, total: float, *, toy: bool = False) -> str:
     from bench.report import render as body
 
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
@@ -108,6 +166,8 @@ def render(r: dict, total: float) -> str:
         + " (other work on the machine shows up in every figure).",
         "",
     ]
+    if toy:
+        head[0] += " (toy sizes: every section runs; the figures mean nothing)"
     return "\n".join(head + body(r)) + "\n"
 
 
