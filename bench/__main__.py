@@ -43,7 +43,9 @@ def sections() -> list[tuple[str, Measure]]:
     """Every benchmark, in the order it runs, by its key in the results. Imported here, not
     at the top: the modules read BENCH_ALPACA when imported, and --toy may set it first."""
     from bench import (
+        cadence,
         compare,
+        fidelity,
         full_handoff,
         gpu,
         growth,
@@ -66,6 +68,8 @@ def sections() -> list[tuple[str, Measure]]:
         ("full_handoff", lambda w, m, toy: full_handoff.measure(w, toy=toy)),
         ("compare", lambda w, m, toy: compare.measure(w, m, toy=toy)),
         ("gpu", lambda w, m, toy: gpu.measure(toy=toy)),
+        ("fidelity", lambda w, m, toy: fidelity.measure(w, m, toy=toy)),
+        ("cadence", lambda w, m, toy: cadence.measure(w, m, toy=toy)),
     ]
 
 

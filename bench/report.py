@@ -158,6 +158,50 @@ def summary(r: dict) -> list[str]:
         "-",
         lambda v: "-",
     )
+    first = "alpaca_en_demo, lr 5e-4"
+    add(
+        "13. budget 0.1, lr 5e-4, alpaca: Jaccard with full scoring's window",
+        "fidelity",
+        lambda f: (f"{(j := f['runs'][first]['tables']['drift']['0.1']['jaccard']):.2f}", j),
+        ">= 0.80",
+        lambda v: ok(v, 0.80, at_most=False),
+    )
+    add(
+        "13. budget 0.1, lr 5e-4, alpaca: total variation against full scoring",
+        "fidelity",
+        lambda f: (f"{(t := f['runs'][first]['tables']['drift']['0.1']['tv']):.2f}", t),
+        "<= 0.15",
+        lambda v: ok(v, 0.15),
+    )
+    add(
+        "14. async at budget 0.1: updates after the first two drawing from a window",
+        "cadence",
+        lambda c: (f"{(s := c['runs']['async@0.1']['windowed_share']):.0%}", s),
+        ">= 80%",
+        lambda v: ok(v, 0.80, at_most=False),
+    )
+    add(
+        "14. async at budget 0.1: oldest windowed weights drawn from (updates)",
+        "cadence",
+        lambda c: (str(a := c["runs"]["async@0.1"]["windowed_max_staleness"]), a),
+        "<= 2",
+        lambda v: ok(v, 2),
+    )
+    add(
+        "14. async at budget 0.1: most checkpoints waiting at once",
+        "cadence",
+        lambda c: (str(w := c["runs"]["async@0.1"]["max_waiting"]), w),
+        "<= 2 (the initial and one)",
+        lambda v: ok(v, 2),
+    )
+
+    def sync_share(c: dict) -> tuple[str, float]:
+        runs = c["runs"]
+        q = runs["sync@0.05"]["train_runtime"] / runs["uniform"]["train_runtime"]
+        return f"{q:.2f}", q
+
+    add("14. sync at budget 0.05 / uniform wall time", "cadence", sync_share, "<= 3",
+        lambda v: ok(v, 3.0))  # fmt: skip
     out = ["## Summary", "", "| figure | target | measured | |", "|---|---|---|---|"]
     out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     g = r.get("gpu", {})
@@ -191,6 +235,10 @@ def render(r: dict) -> list[str]:
         from bench.compare import render as compared
 
         out += compared(r["compare"])
+    from bench import cadence, fidelity
+
+    out += fidelity.render(r.get("fidelity", {"error": "not run"}))
+    out += cadence.render(r.get("cadence", {"error": "not run"}))
     return out
 
 
@@ -513,55 +561,14 @@ def ranks(r: dict) -> list[str]:
     return out
 
 
-# The published setup (Delta Loss on DataFlex): what a scoring pass costs there.
-PAPER_SAMPLES = 100_000
-PAPER_TOKENS_PER_PASS = 35e6  # about 350 tokens per sample
-PAPER_UPDATES_PER_EPOCH = 30
-PAPER_TRAIN_SECONDS_PER_UPDATE = 10.0  # the trainer's compute between updates, global batch 8
-MODEL_PARAMS = 7e9
-GPU_PEAK_FLOPS = 989e12  # H100 SXM, bf16 dense
-ASSUMED_MFU = 0.5
-
-
 def paper_scale(r: dict) -> list[str]:
-    out = ["## 9. Projection to the published scale", ""]
+    from bench.projection import render as projected
+
     try:
         efficiency = 1 / (2 * r["ranks"]["ratio"])  # 2 ranks' speed-up over 1, per rank
     except (KeyError, TypeError, ZeroDivisionError):
-        return out + ["Not computed: section 8 did not run.", ""]
-    pass_seconds = PAPER_TOKENS_PER_PASS * 2 * MODEL_PARAMS / (GPU_PEAK_FLOPS * ASSUMED_MFU)
-    out += [
-        f"Arithmetic, not a measurement: {PAPER_SAMPLES:,} samples "
-        f"({PAPER_TOKENS_PER_PASS / 1e6:.0f}M tokens) re-scored at each of "
-        f"{PAPER_UPDATES_PER_EPOCH} updates per epoch through a "
-        f"7B model (2 x 7e9 FLOP per token) on H100-class GPUs at {ASSUMED_MFU:.0%} model-FLOP "
-        f"utilisation: {pass_seconds / 60:.1f} min per pass on one GPU. Several GPUs are "
-        f"assumed to keep the per-rank efficiency measured in section 8 ({efficiency:.0%}); "
-        f"the trainer computes {PAPER_TRAIN_SECONDS_PER_UPDATE:.0f} s between updates. Sync "
-        "waits for every pass; async never waits, and its weights are as many updates old as "
-        "a pass lasts in trainer time. The GPU figures of section 7 replace the assumptions "
-        "once measured.",
-        "",
-        "| scorer GPUs | one pass | sync: hours per epoch | async: hours per epoch | "
-        "async: weights' age (updates) |",
-        "|---|---|---|---|---|",
-    ]
-    for gpus in (1, 8, 64):
-        seconds = pass_seconds / (gpus * (efficiency if gpus > 1 else 1.0))
-        sync = PAPER_UPDATES_PER_EPOCH * (seconds + PAPER_TRAIN_SECONDS_PER_UPDATE) / 3600
-        asynchronous = PAPER_UPDATES_PER_EPOCH * PAPER_TRAIN_SECONDS_PER_UPDATE / 3600
-        age = seconds / PAPER_TRAIN_SECONDS_PER_UPDATE
-        out.append(
-            f"| {gpus} | {seconds / 60:.1f} min | {sync:.2f} | {asynchronous:.2f} | {age:.1f} |"
-        )
-    out += [
-        "",
-        "With one scorer GPU an async epoch ends long before its first pass does (every "
-        "update then draws from update-1 or uniform weights); only from a few dozen scorer "
-        "GPUs do async weights stay within a couple of updates of the model they select for.",
-        "",
-    ]
-    return out
+        return projected(None)
+    return projected(efficiency)
 
 
 def trainer_ranks(r: dict) -> list[str]:
