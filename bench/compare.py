@@ -1,5 +1,6 @@
 """Does Delta Loss help on real text? `trainer-svc compare` on alpaca_en_demo (999 samples)
-with the tiny random model: Delta Loss sync and async against uniform sampling, three seeds,
+with the tiny random model: Delta Loss sync and async, each also at a scoring budget of 0.1,
+against uniform sampling, three seeds,
 the same steps and eval split (val_size 0.1, seeded by each seed) for every strategy.
 
 `python -m bench.compare` runs this alone and writes its section into BENCHMARKS.md; `make
@@ -26,7 +27,7 @@ from devtools.tiny_model import build_tiny_model  # noqa: E402
 from trainer_svc.compare import summary_tables  # noqa: E402
 
 SEEDS = (42, 43, 44)
-STRATEGIES = ("delta_sync", "delta_async", "uniform")
+STRATEGIES = ("delta_sync", "delta_async", "delta_sync@0.1", "delta_async@0.1", "uniform")
 SECTION = "## 12. Does it help? Delta Loss against uniform sampling"
 
 CONFIG = """
@@ -116,7 +117,10 @@ def render(r: dict[str, Any]) -> list[str]:
         f"{r['max_steps']} steps of batch 4 per run (warmup 30, five updates 30 steps apart), "
         f"cutoff_len 256, seeds {seeds}, eval loss on a 10% split (`val_size: 0.1`, split by "
         f"each seed) every 30 steps; mean ± standard deviation over seeds "
-        f"({r['total_seconds'] / 60:.1f} min for the nine runs; `python -m bench.compare`).",
+        f"({r['total_seconds'] / 60:.1f} min for the {len(r['runs'])} runs; "
+        "`python -m bench.compare`). `@0.1`: a scoring budget of 0.1 (the initial checkpoint "
+        "and the first with a window scored in full, then a tenth of the samples per "
+        "checkpoint).",
         "",
         *summary_tables(r),
         "",
