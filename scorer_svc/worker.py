@@ -14,13 +14,14 @@ import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.budget import Estimates, advance, choose, samples_per_checkpoint
-from common.selection import Window, delta_window, window_over
+from common.budget import Estimates
+from common.selection import Window
 from scorer_svc import crud
 from scorer_svc.failures import UnrecordedFailures
 from scorer_svc.metrics import ScorerMetrics
-from scorer_svc.models import FAILED, SCORED, CheckpointRow, Run
+from scorer_svc.models import CheckpointRow, Run
 from scorer_svc.progress import ScoringProgress
+from scorer_svc.ranking import budget_plan, measured_window
 from scorer_svc.ranks import RankGroup, RankLost
 from scorer_svc.registry import Registry
 from scorer_svc.scheduling import next_turn
@@ -179,8 +180,8 @@ class Worker:
             data = self.registry.prepare(hello)
             model = self.registry.model(hello)
             tensors = read_checkpoint(path)
-            plan = self._budget_plan(session, run, checkpoint)
-            samples = None if plan is None else plan[1]
+            plan = budget_plan(session, run, checkpoint)
+            samples = None if plan is None else plan.measured
             batches = (
                 data.batches
                 if samples is None
@@ -210,11 +211,11 @@ class Worker:
                 )
             window, ranking, deltas, estimates = None, None, None, None
             if plan is not None:
-                window, ranking, deltas, estimates = self._budget_window(
-                    session, run, checkpoint, losses, *plan
-                )
+                estimates = plan.estimates_after(losses, log_as=label)
+                window, ranking = plan.window(estimates)
+                deltas = estimates.delta
             elif run.has_window(checkpoint.step):
-                window, ranking, deltas = self._window(session, run, checkpoint, losses)
+                window, ranking, deltas = measured_window(session, run, checkpoint, losses)
             writing = time.perf_counter()
             crud.store_scores(
                 session, checkpoint=checkpoint, losses=losses, window=window, seconds=seconds,
@@ -292,78 +293,3 @@ class Worker:
             cache.put(run, served)
         except Exception:  # the weights are stored: the API builds them when asked
             log.exception("weights of run %s step %d not cached", run.run_id, checkpoint.step)
-
-    @staticmethod
-    def _budget_plan(
-        session: Session, run: Run, checkpoint: CheckpointRow
-    ) -> tuple[Estimates, np.ndarray] | None:
-        """Under a scoring budget, what the run knew before this checkpoint and the samples
-        this checkpoint measures (common.budget.choose); None to measure every sample: no
-        budget, no window here, or the run's first checkpoint with a window."""
-        if run.score_budget == 1.0 or not run.has_window(checkpoint.step):
-            return None
-        previous = crud.last_windowed(session, run=run, before=checkpoint.step)
-        if previous is None:
-            return None
-        estimates = crud.get_estimates(session, run=run, step=previous.step)
-        if estimates is None:  # measured in full
-            init = _initial_losses(session, run)
-            current = crud.losses_at(session, run=run, step=previous.step)
-            estimates = Estimates.measured_all(init - current)
-        n = int(np.isfinite(estimates.delta).sum())
-        k = samples_per_checkpoint(run.score_budget, n)
-        if k >= n:
-            return None
-        chosen = choose(
-            estimates,
-            k,
-            update_index=checkpoint.update_index,
-            update_times=run.update_times,
-            window_size=run.window_size,
-        )
-        return estimates, chosen
-
-    @staticmethod
-    def _budget_window(
-        session: Session,
-        run: Run,
-        checkpoint: CheckpointRow,
-        losses: np.ndarray,
-        previous: Estimates,
-        measured: np.ndarray,
-    ) -> tuple[Window, np.ndarray, np.ndarray, Estimates]:
-        """The window over the estimates after this checkpoint's measurements."""
-        init = _initial_losses(session, run)
-        estimates, drift = advance(previous, measured, init - losses)
-        log.debug(
-            "run %s step %d: %d measured, drift %.4g + %.4g x (%d pairs)",
-            run.run_id, checkpoint.step, measured.size, drift.shift, drift.slope, drift.pairs,
-        )  # fmt: skip
-        window, ranking = window_over(
-            estimates.delta, checkpoint.update_index, run.update_times, run.window_size
-        )
-        return window, ranking, estimates.delta, estimates
-
-    @staticmethod
-    def _window(
-        session: Session, run: Run, checkpoint: CheckpointRow, losses: np.ndarray
-    ) -> tuple[Window, np.ndarray, np.ndarray]:
-        """The window of this checkpoint, the ranking it applies to and the loss reductions."""
-        init = _initial_losses(session, run)
-        window, ranking = delta_window(
-            init, losses, checkpoint.update_index, run.update_times, run.window_size
-        )
-        return window, ranking, init - losses
-
-
-def _initial_losses(session: Session, run: Run) -> np.ndarray:
-    """The run's initial losses; RuntimeError when its initial checkpoint has none."""
-    assert run.initial_step is not None
-    initial = crud.get_checkpoint(session, run=run, step=run.initial_step)
-    if initial is None or initial.status != SCORED:
-        reason = initial.error if initial is not None and initial.status == FAILED else None
-        raise RuntimeError(
-            f"the initial checkpoint (step {run.initial_step}) has no losses"
-            + (f": it failed with {reason}" if reason else "")
-        )
-    return crud.losses_at(session, run=run, step=run.initial_step)
