@@ -25,7 +25,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import httpx  # noqa: E402
 import torch  # noqa: E402
 
-from bench.util import ALPACA, TRAINER_CORE, Scorer, pin_self  # noqa: E402
+from bench.util import ALPACA, LORA_RUN, TRAINER_CORE, Scorer, pin_self  # noqa: E402
 from devtools.waiting import wait_until  # noqa: E402
 
 SECTION = "## 14. The published cadence: keeping up"
@@ -41,37 +41,6 @@ RUNS: tuple[tuple[str, str | None, float], ...] = (
 )
 FULL = dict(updates=40, every=2, batch=4, cutoff=256)
 TOY = dict(updates=5, every=2, batch=2, cutoff=64)
-
-CONFIG = """
-model_name_or_path: {model}
-finetuning_type: lora
-lora_rank: 8
-lora_target: all
-dataset: {dataset}
-template: plain
-cutoff_len: {cutoff}
-seed: 42
-output_dir: {out}
-run_id: {run_id}
-logging_steps: 1000
-save_steps: 100000
-report_to: none
-overwrite_output_dir: true
-per_device_train_batch_size: {batch}
-learning_rate: 5.0e-4
-num_train_epochs: 1.0
-lr_scheduler_type: constant
-warmup_step: {every}
-update_step: {every}
-update_times: {updates}
-train_step: {steps}
-selection_mode: {mode}
-score_budget: {budget}
-scorer_zmq_url: {zmq}
-scorer_http_url: {http}
-scorer_wait_seconds: 3600
-on_scorer_failure: fail
-"""
 
 
 def measure(work: Path, model_dir: Path, *, toy: bool = False) -> dict[str, Any]:
@@ -89,11 +58,12 @@ def measure(work: Path, model_dir: Path, *, toy: bool = False) -> dict[str, Any]
             run_id = f"cadence-{name.replace('@', '-at-').replace('.', '_')}"
             config = work / f"{folder.name}.yaml"
             config.write_text(
-                CONFIG.format(
+                LORA_RUN.format(
                     model=model_dir,
                     dataset=ALPACA,
                     out=folder,
                     run_id=run_id,
+                    lr=5e-4,
                     mode=mode or "sync",
                     budget=budget,
                     zmq=scorer.zmq_url,

@@ -11,35 +11,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import numpy as np  # noqa: E402
 
-from bench.util import TRAINER_CORE, Scorer, pin_self  # noqa: E402
-
-CONFIG = """
-model_name_or_path: {model}
-finetuning_type: lora
-lora_rank: 8
-lora_target: all
-dataset: {dataset}
-template: plain
-cutoff_len: {cutoff}
-seed: {seed}
-output_dir: {out}
-logging_steps: 1000
-save_steps: 100000
-report_to: none
-overwrite_output_dir: true
-per_device_train_batch_size: {batch}
-learning_rate: {lr}
-num_train_epochs: 1.0
-lr_scheduler_type: constant
-warmup_step: {every}
-update_step: {every}
-update_times: {updates}
-train_step: {steps}
-scorer_zmq_url: {zmq}
-scorer_http_url: {http}
-scorer_wait_seconds: 3600
-on_scorer_failure: fail
-"""
+from bench.util import LORA_RUN, TRAINER_CORE, Scorer, pin_self  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -62,7 +34,6 @@ def run_fully_scored(
     every: int,
     batch: int = 4,
     cutoff: int = 256,
-    seed: int = 42,
 ) -> LossMatrix:
     """Train a sync run of `updates` updates `every` steps apart and read back every
     checkpoint's losses from the scorer's database."""
@@ -81,17 +52,19 @@ def run_fully_scored(
     with Scorer(work / f"{name}-scorer") as scorer:
         config = work / f"{name}.yaml"
         config.write_text(
-            CONFIG.format(
+            LORA_RUN.format(
                 model=model_dir,
                 dataset=dataset,
                 cutoff=cutoff,
-                seed=seed,
                 out=work / name,
+                run_id=name,
                 batch=batch,
                 lr=lr,
                 every=every,
                 updates=updates,
                 steps=every * updates,
+                mode="sync",
+                budget=1.0,
                 zmq=scorer.zmq_url,
                 http=scorer.base_url,
             )  # fmt: skip

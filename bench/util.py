@@ -37,6 +37,39 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALL
               "TQDM_DISABLE": "1"}  # fmt: skip
 TRAINER_CORE, SCORER_CORE = 0, 1
 
+# A LoRA run of the tiny model with an update every {every} steps, as bench/cadence.py and
+# bench/loss_matrix.py train it.
+LORA_RUN = """
+model_name_or_path: {model}
+finetuning_type: lora
+lora_rank: 8
+lora_target: all
+dataset: {dataset}
+template: plain
+cutoff_len: {cutoff}
+seed: 42
+output_dir: {out}
+run_id: {run_id}
+logging_steps: 1000
+save_steps: 100000
+report_to: none
+overwrite_output_dir: true
+per_device_train_batch_size: {batch}
+learning_rate: {lr}
+num_train_epochs: 1.0
+lr_scheduler_type: constant
+warmup_step: {every}
+update_step: {every}
+update_times: {updates}
+train_step: {steps}
+selection_mode: {mode}
+score_budget: {budget}
+scorer_zmq_url: {zmq}
+scorer_http_url: {http}
+scorer_wait_seconds: 3600
+on_scorer_failure: fail
+"""
+
 
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))

@@ -136,6 +136,23 @@ class RunEnd(BaseModel):
     )
 
 
+# Under a scoring budget: how much of a checkpoint's ranking was measured there.
+MeasuredCount = Annotated[
+    int | None,
+    Field(
+        description="samples whose loss was measured at this checkpoint under a scoring budget "
+        "(the others are ranked on estimates); null when every sample was"
+    ),
+]
+MeanAge = Annotated[
+    float | None,
+    Field(
+        description="the mean age, in scored checkpoints, of the estimates of the ranked "
+        "samples not measured here; null when every sample was"
+    ),
+]
+
+
 class CheckpointInfo(BaseModel):
     step: int = Field(description="the global step the checkpoint was taken at")
     update_index: int = Field(description="the selection update it serves, 1-based per epoch")
@@ -153,16 +170,8 @@ class CheckpointInfo(BaseModel):
     samples_per_second: float | None = Field(description="samples scored per second")
     n_null: int | None = Field(description="samples with no finite loss at this checkpoint")
     error: str | None = Field(description="why scoring failed")
-    n_measured: int | None = Field(
-        None,
-        description="under a scoring budget, the samples measured at this checkpoint; null when "
-        "every sample was",
-    )
-    mean_age: float | None = Field(
-        None,
-        description="under a scoring budget, the mean age in scored checkpoints of the other "
-        "ranked samples' estimated loss reductions",
-    )
+    n_measured: MeasuredCount = None
+    mean_age: MeanAge = None
 
 
 class CheckpointPage(BaseModel):
@@ -233,16 +242,8 @@ class WeightsBody(BaseModel):
     delta_mean_outside: float | None = Field(
         None, description="mean loss reduction of the ranked samples outside it"
     )
-    n_measured: int | None = Field(
-        None,
-        description="samples whose loss was measured at this checkpoint under a scoring budget "
-        "(the others are ranked on estimates); null when every sample was",
-    )
-    mean_age: float | None = Field(
-        None,
-        description="the mean age, in scored checkpoints, of the estimates of the ranked "
-        "samples not measured here; null when every sample was",
-    )
+    n_measured: MeasuredCount = None
+    mean_age: MeanAge = None
     weights: list[float] = Field(description="one sampling weight per sample; they sum to 1")
 
 
@@ -299,16 +300,8 @@ class DeltaPage(BaseModel):
     update_index: int = Field(description="the selection update")
     window: WindowInfo | None = Field(description="null for the run's first checkpoint")
     n_ranked: int = Field(description="samples with a finite loss reduction")
-    n_measured: int | None = Field(
-        None,
-        description="samples whose loss was measured at this checkpoint under a scoring budget "
-        "(the others are ranked on estimates); null when every sample was",
-    )
-    mean_age: float | None = Field(
-        None,
-        description="the mean age, in scored checkpoints, of the estimates of the ranked "
-        "samples not measured here; null when every sample was",
-    )
+    n_measured: MeasuredCount = None
+    mean_age: MeanAge = None
     items: list[RankedSample] = Field(description="ranked samples, in the order asked for")
     next_page_token: str | None = Field(description=PAGE_TOKEN)
 

@@ -243,14 +243,12 @@ def supersede(session: Session, *, run: Run) -> list[str]:
     scored or is being scored: marked superseded, never to be scored; the paths of their
     tensors, to remove. The initial checkpoint is never superseded: every window needs its
     losses. One conditional UPDATE: a checkpoint the worker claims meanwhile is scoring and
-    stays so."""
-    newest = session.scalar(
-        select(func.max(CheckpointRow.step)).where(
-            CheckpointRow.run_pk == run.id, CheckpointRow.status.in_((*PENDING, SCORED))
-        )
+    stays so (UPDATE ... RETURNING: SQLite 3.35 and PostgreSQL)."""
+    newest = (
+        select(func.max(CheckpointRow.step))
+        .where(CheckpointRow.run_pk == run.id, CheckpointRow.status.in_((*PENDING, SCORED)))
+        .scalar_subquery()
     )
-    if newest is None:
-        return []
     stale = [
         CheckpointRow.run_pk == run.id,
         CheckpointRow.status == RECEIVED,
@@ -258,28 +256,15 @@ def supersede(session: Session, *, run: Run) -> list[str]:
     ]
     if run.initial_step is not None:
         stale.append(CheckpointRow.step != run.initial_step)
-    rows = session.execute(select(CheckpointRow.id, CheckpointRow.path).where(*stale)).all()
-    if not rows:
-        return []
-    done = session.execute(
+    paths = session.scalars(
         update(CheckpointRow)
-        .where(CheckpointRow.id.in_([i for i, _ in rows]), CheckpointRow.status == RECEIVED)
+        .where(*stale)
         .values(status=SUPERSEDED, finished_at=now())
+        .returning(CheckpointRow.path)
         .execution_options(synchronize_session=False)
-    )
+    ).all()
     session.commit()
-    if done.rowcount != len(rows):  # type: ignore[attr-defined]
-        # one was claimed between the read and the update: keep the files of those that were
-        # not superseded (the next call supersedes what is left)
-        left = {
-            i for (i,) in session.execute(
-                select(CheckpointRow.id).where(
-                    CheckpointRow.id.in_([i for i, _ in rows]), CheckpointRow.status != SUPERSEDED
-                )
-            )
-        }  # fmt: skip
-        return [path for i, path in rows if i not in left]
-    return [path for _, path in rows]
+    return list(paths)
 
 
 def async_runs(session: Session, *, instance: str) -> list[Run]:

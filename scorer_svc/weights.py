@@ -137,8 +137,10 @@ def build_weights(
         truncated_at=row.truncated_at,
         n_ranked=row.n_ranked,
     )
-    estimates = crud.get_estimates(session, run=run, step=checkpoint.step)
-    if estimates is not None:  # under a scoring budget: ranked on the estimates
+    estimates = None
+    if checkpoint.n_measured is not None:  # under a scoring budget: ranked on its estimates
+        estimates = crud.get_estimates(session, run=run, step=checkpoint.step)
+    if estimates is not None:
         deltas = estimates.delta
     elif initial is None:
         deltas = crud.losses_at(session, run=run, step=run.initial_step) - current

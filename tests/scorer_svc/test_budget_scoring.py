@@ -34,11 +34,13 @@ STEPS = ((3, 1, 1), (5, 2, 2), (7, 3, 3), (9, 1, 4))
 class Scorer:
     """A scorer's intake and worker on one SQLite file, the worker run by hand."""
 
-    def __init__(self, tmp_path: Path, tiny_model: Path) -> None:
+    def __init__(self, tmp_path: Path, tiny_model: Path, database_url: str | None = None) -> None:
         self.tiny_model = tiny_model
         self.dataset = tmp_path / "train.json"
         self.dataset.write_text(json.dumps(make_samples(N)))
-        self.settings = Settings(data_dir=tmp_path / "data", device="cpu")
+        self.settings = Settings(
+            data_dir=tmp_path / "data", device="cpu", database_url=database_url
+        )
         self.sessions = make_sessionmaker(make_engine(self.settings.resolved_database_url))
         self.registry = Registry(self.settings)
         self.intake = Intake(
@@ -83,6 +85,12 @@ class Scorer:
 @pytest.fixture
 def scorer(tmp_path, tiny_model):
     return Scorer(tmp_path, tiny_model)
+
+
+@pytest.fixture
+def scorer_on_each_database(tmp_path, tiny_model, database_url):
+    """The same on SQLite and on PostgreSQL."""
+    return Scorer(tmp_path, tiny_model, database_url)
 
 
 def test_a_budgeted_checkpoint_measures_what_the_rule_chooses_and_ranks_on_estimates(scorer):
@@ -162,7 +170,9 @@ def test_the_api_says_how_much_of_a_ranking_was_measured(scorer):
         assert [r["n_measured"] for r in rows] == [None, None, 5]
 
 
-def test_an_async_run_keeps_only_its_initial_and_newest_waiting_checkpoints(scorer):
+def test_an_async_run_keeps_only_its_initial_and_newest_waiting_checkpoints(
+    scorer_on_each_database,
+):
     """Newest first: a waiting checkpoint of an async run that a newer one supersedes is
     marked superseded and its tensors go; the initial one is never superseded, and one being
     scored is left to finish. A sync run keeps every checkpoint."""
@@ -186,7 +196,8 @@ def test_an_async_run_keeps_only_its_initial_and_newest_waiting_checkpoints(scor
         assert api.get("/v1/runs/async/weights").json()["step"] == 9
 
 
-def test_a_checkpoint_being_scored_is_not_superseded(scorer):
+def test_a_checkpoint_being_scored_is_not_superseded(scorer_on_each_database):
+    scorer = scorer_on_each_database
     scorer.register("async", selection_mode="async")
     scorer.send("async", 3, 1, 1)
     scorer.score_all()

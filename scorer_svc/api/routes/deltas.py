@@ -124,8 +124,9 @@ def ranked_deltas(
     """The loss reductions that ranked a scored checkpoint's samples, and their ages in scored
     checkpoints: measured (age 0) for every sample, or under a scoring budget the stored
     estimates."""
-    estimates = crud.get_estimates(session, run=run, step=checkpoint.step)
-    if estimates is not None:
-        return estimates.delta, estimates.age
+    if checkpoint.n_measured is not None:  # under a scoring budget
+        estimates = crud.get_estimates(session, run=run, step=checkpoint.step)
+        if estimates is not None:
+            return estimates.delta, estimates.age
     initial, current = checkpoint_losses(session, cache, run, checkpoint)
     return initial - current, np.zeros(run.n_samples, dtype=np.int32)
