@@ -14,6 +14,7 @@ they held on disk. Wall time is the trainer's train_runtime, against uniform's.
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 from datetime import datetime
@@ -29,15 +30,19 @@ from bench.util import ALPACA, LORA_RUN, TRAINER_CORE, Scorer, pin_self  # noqa:
 from devtools.waiting import wait_until  # noqa: E402
 
 SECTION = "## 14. The published cadence: keeping up"
-# (strategy, selection_mode, score_budget); mode None: uniform sampling, no scorer
-RUNS: tuple[tuple[str, str | None, float], ...] = (
-    ("uniform", None, 1.0),
-    ("async", "async", 1.0),
-    ("async@0.25", "async", 0.25),
-    ("async@0.1", "async", 0.1),
-    ("async@0.05", "async", 0.05),
-    ("sync", "sync", 1.0),
-    ("sync@0.05", "sync", 0.05),
+# (strategy, selection_mode, score_budget, updates as a multiple of the size's); mode None:
+# uniform sampling, no scorer. The long async runs show what the first 40 updates cannot:
+# the steady state once the two full passes are behind.
+RUNS: tuple[tuple[str, str | None, float, int], ...] = (
+    ("uniform", None, 1.0, 1),
+    ("async", "async", 1.0, 1),
+    ("async@0.25", "async", 0.25, 1),
+    ("async@0.1", "async", 0.1, 1),
+    ("async@0.05", "async", 0.05, 1),
+    ("sync", "sync", 1.0, 1),
+    ("sync@0.05", "sync", 0.05, 1),
+    ("async@0.1, 10x longer", "async", 0.1, 10),
+    ("async@0.02, 10x longer", "async", 0.02, 10),
 )
 FULL = dict(updates=40, every=2, batch=4, cutoff=256)
 TOY = dict(updates=5, every=2, batch=2, cutoff=64)
@@ -53,9 +58,10 @@ def measure(work: Path, model_dir: Path, *, toy: bool = False) -> dict[str, Any]
     size = TOY if toy else FULL
     out: dict[str, Any] = {**size, "samples": len(json.loads(ALPACA.read_text())), "runs": {}}
     with Scorer(work / "cadence-scorer") as scorer, scorer.http() as client:
-        for name, mode, budget in RUNS:
-            folder = work / f"cadence-{name.replace('@', '-')}"
-            run_id = f"cadence-{name.replace('@', '-at-').replace('.', '_')}"
+        for name, mode, budget, longer in RUNS:
+            slug = "".join(c if c.isalnum() else "-" for c in name)
+            folder, run_id = work / f"cadence-{slug}", f"cadence-{slug}"
+            updates = size["updates"] * longer
             config = work / f"{folder.name}.yaml"
             config.write_text(
                 LORA_RUN.format(
@@ -68,8 +74,8 @@ def measure(work: Path, model_dir: Path, *, toy: bool = False) -> dict[str, Any]
                     budget=budget,
                     zmq=scorer.zmq_url,
                     http=scorer.base_url,
-                    steps=size["every"] * (size["updates"] + 1),
-                    **size,
+                    steps=size["every"] * (updates + 1),
+                    **{**size, "updates": updates},
                 )  # fmt: skip
             )
             run(load_config(config), scorer=UniformSelection() if mode is None else None)
@@ -87,12 +93,22 @@ def trainer_figures(folder: Path) -> dict[str, Any]:
     later = rows[2:]  # the initial checkpoint's update and the first with a window come first
     windowed = [r for r in later if r["window"] is not None and r["source"] == "scorer"]
     ages = [r["staleness"] for r in later if r["staleness"] is not None]
+    first = next((i + 1 for i, r in enumerate(rows) if r["window"] is not None), None)
+    after = rows[first:] if first is not None else []
     return {
         "updates": len(rows),
         "windowed_share": len(windowed) / len(later) if later else None,
+        "first_window": first,  # the update (1-based) that first drew from a window
+        # from the update after the first window on: how many drew from a window
+        "windowed_share_after_first": (
+            sum(r["window"] is not None for r in after) / len(after) if after else None
+        ),
         "staleness": [r["staleness"] for r in rows],
         "staleness_median": statistics.median(ages) if ages else None,
         "staleness_max": max(ages) if ages else None,
+        "windowed_median_staleness": (
+            statistics.median(r["staleness"] for r in windowed) if windowed else None
+        ),
         "windowed_max_staleness": max((r["staleness"] for r in windowed), default=None),
         "train_runtime": state["log_history"][-1]["train_runtime"],
     }
@@ -133,6 +149,11 @@ def queue_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "scored": statuses.count("scored"),
         "superseded": statuses.count("superseded"),
         "measured": [row.get("n_measured") for row in rows if row["status"] == "scored"],
+        # seconds to score a checkpoint in full (the first two) and under the budget
+        "full_pass_seconds": [r["score_seconds"] for r in rows if r["status"] == "scored"][:2],
+        "budget_pass_seconds": statistics.median(
+            [r["score_seconds"] for r in rows if r["status"] == "scored"][2:] or [math.nan]
+        ),
     }
 
 
@@ -141,33 +162,55 @@ def render(r: dict[str, Any]) -> list[str]:
     if "error" in r:
         return out + ["Failed:", "", "```", r["error"], "```", ""]
     runs = r["runs"]
-    uniform = runs["uniform"]["train_runtime"]
+    uniform = runs["uniform"]
+    per_update = uniform["train_runtime"] / uniform["updates"]
+    passes = [s for run in runs.values() for s in run.get("full_pass_seconds", [])]
+    full = statistics.median(passes) if passes else math.nan
     out += [
         f"{r['samples']} samples scored per update, {r['batch'] * r['every']} trained "
-        f"(batch {r['batch']}, an update every {r['every']} steps), {r['updates']} updates, "
-        "LoRA r 8 on the tiny model, learning rate 5e-4; the trainer on one core, one scorer "
-        "process on the other. *Windowed*: the share of updates after the first two that drew "
-        "from a window; staleness in updates; *waiting*: the most checkpoints of the run "
-        "queued at once, and the disk they held.",
+        f"(batch {r['batch']}, an update every {r['every']} steps), {r['updates']} updates "
+        "unless said otherwise, LoRA r 8 on the tiny model, learning rate 5e-4; the trainer on "
+        "one core, one scorer process on the other. *Windowed*: the share of updates after the "
+        "first two that drew from a window; *first window*: the update that first did, and the "
+        "share of the updates after it that did; staleness (in updates) of the windowed draws; "
+        "*waiting*: the most checkpoints of the run queued at once, and the disk they held.",
         "",
-        "| strategy | windowed | staleness median / max | waiting (disk) | scored / superseded "
-        "| wall time | against uniform |",
-        "|---|---|---|---|---|---|---|",
+        f"A full pass over the {r['samples']} samples takes {full:.2f} s (median) and an update "
+        f"of uniform training {per_update * 1000:.0f} ms: one pass lasts "
+        f"{full / per_update:.0f} updates, about what scoring {r['samples']} samples forward "
+        f"against training {r['batch'] * r['every']} forward and backward costs on the same "
+        "core. The initial checkpoint and the first with a window are scored in full under "
+        "every budget, so no async run here draws from a window before about "
+        f"{2 * full / per_update:.0f} updates.",
+        "",
+        "| strategy | windowed | first window (then windowed) | staleness median / max "
+        "| waiting (disk) | scored / superseded | budgeted pass | wall time | against uniform |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, run in runs.items():
         if name == "uniform":
-            cells = ["—", "—", "—", "—"]
+            cells = ["—"] * 6
         else:
-            share = run["windowed_share"]
+            share, first = run["windowed_share"], run["first_window"]
+            after = run["windowed_share_after_first"]
+            budgeted = run["budget_pass_seconds"]
             cells = [
                 "—" if share is None else f"{share:.0%}",
-                f"{run['staleness_median']} / {run['staleness_max']}",
+                "none" if first is None else f"{first} of {run['updates']} ({after:.0%})",
+                "—" if first is None
+                else f"{run['windowed_median_staleness']} / {run['windowed_max_staleness']}",
                 f"{run['max_waiting']} ({run['max_waiting_bytes'] / 1e6:.1f} MB)",
                 f"{run['scored']} / {run['superseded']}",
-            ]
+                "—" if math.isnan(budgeted) else f"{budgeted:.2f} s",
+            ]  # fmt: skip
         runtime = run["train_runtime"]
+        ratio = runtime / uniform["train_runtime"] if run["updates"] == uniform["updates"] else None
         out.append(
-            f"| {name} | " + " | ".join(cells) + f" | {runtime:.0f} s | {runtime / uniform:.2f}x |"
+            f"| {name} | "
+            + " | ".join(cells)
+            + f" | {runtime:.0f} s | "
+            + ("—" if ratio is None else f"{ratio:.2f}x")
+            + " |"
         )
     out.append("")
     return out
