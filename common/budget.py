@@ -103,10 +103,10 @@ def fit_drift(before: np.ndarray, now: np.ndarray) -> Drift:
     x, y = before[both], now[both]
     if x.size == 0:
         return Drift(0.0, 1.0, 0)
-    if x.size >= MIN_PAIRS_FOR_SLOPE and float(np.std(x)) > 0 and float(np.std(y)) > 0:
-        if float(np.corrcoef(x, y)[0, 1]) > 0:
-            slope = float(np.std(y) / np.std(x))
-            return Drift(float(np.mean(y) - slope * np.mean(x)), slope, int(x.size))
+    spread = x.size >= MIN_PAIRS_FOR_SLOPE and float(np.std(x)) > 0 and float(np.std(y)) > 0
+    if spread and float(np.corrcoef(x, y)[0, 1]) > 0:
+        slope = float(np.std(y) / np.std(x))
+        return Drift(float(np.mean(y) - slope * np.mean(x)), slope, int(x.size))
     return Drift(float(np.mean(y - x)), 1.0, int(x.size))
 
 
