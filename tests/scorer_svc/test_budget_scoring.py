@@ -176,6 +176,7 @@ def test_an_async_run_keeps_only_its_initial_and_newest_waiting_checkpoints(
     """Newest first: a waiting checkpoint of an async run that a newer one supersedes is
     marked superseded and its tensors go; the initial one is never superseded, and one being
     scored is left to finish. A sync run keeps every checkpoint."""
+    scorer = scorer_on_each_database
     scorer.register("async", selection_mode="async")
     scorer.register("sync")
     for step, update, drift in STEPS:

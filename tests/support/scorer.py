@@ -147,11 +147,13 @@ def checkpoints(scorer: ScorerProcess, run_id: str) -> list[dict]:
 
 
 def settled_checkpoints(scorer: ScorerProcess, run_id: str, expected: int, *watched, timeout=120):
-    """The run's checkpoints once at least `expected` exist and none is pending."""
+    """The run's checkpoints once at least `expected` exist and none is pending (each scored,
+    failed, or superseded by a newer one of its async run)."""
 
     def settled() -> list[dict] | None:
         rows = checkpoints(scorer, run_id)
-        done = len(rows) >= expected and all(r["status"] in ("scored", "failed") for r in rows)
+        ended = ("scored", "failed", "superseded")
+        done = len(rows) >= expected and all(r["status"] in ended for r in rows)
         return rows if done else None
 
     return wait_until(
