@@ -208,7 +208,8 @@ def render(r: dict[str, Any]) -> list[str]:
             budgeted = run["budget_pass_seconds"]
             cells = [
                 "—" if share is None else f"{share:.0%}",
-                "none" if first is None else f"{first} of {run['updates']} ({after:.0%})",
+                "none" if first is None
+                else f"{first} of {run['updates']}" + ("" if after is None else f" ({after:.0%})"),
                 "—" if first is None
                 else f"{run['windowed_median_staleness']} / {run['windowed_max_staleness']}",
                 f"{run['max_waiting']} ({run['max_waiting_bytes'] / 1e6:.1f} MB)",
