@@ -24,6 +24,7 @@ import yaml
 from bench.util import ALPACA, ROOT, TRAINER_CORE, free_port, pin, python_env
 
 STEPS = dict(warmup_step=10, update_step=10, update_times=3)  # 40 steps
+TOY_STEPS = dict(warmup_step=4, update_step=4, update_times=3)  # 16 steps, 32 samples a segment
 
 
 def _config(
@@ -86,11 +87,12 @@ def _run(work: Path, model_dir: Path, processes: int, steps: dict, cutoff: int) 
 def measure(
     work: Path, model_dir: Path, *, steps: dict = STEPS, cutoff: int = 256, toy: bool = False
 ) -> dict:
-    """steps: warmup_step, update_step and update_times; toy: short samples, the same 40
-    steps (at 4 steps a gloo rank aborted at exit once in seven runs, "terminate called
-    without an active exception", which Ranks.close guards against; not seen at 40)."""
+    """steps: warmup_step, update_step and update_times; toy: 16 steps of short samples, three
+    updates as in the full run (at 4 steps, one update, a gloo rank aborted at exit once in
+    seven runs, "terminate called without an active exception", which Ranks.close guards
+    against; not seen with longer runs)."""
     if toy:
-        return measure(work, model_dir, steps=STEPS, cutoff=64)
+        return measure(work, model_dir, steps=TOY_STEPS, cutoff=64)
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         one = _run(Path(tmp), model_dir, 1, steps, cutoff)
         two = _run(Path(tmp), model_dir, 2, steps, cutoff)
