@@ -387,7 +387,8 @@ def store_scores(
     CheckpointGone, storing nothing, when the checkpoint no longer waits for its scores (its
     run was deleted meanwhile). measured: the samples it measured (indices; None: all), the
     only ones whose losses are stored; estimates: what ranked its samples under a budget."""
-    values = _nullable(losses if measured is None else losses[measured])
+    stored = losses if measured is None else losses[measured]
+    values = _nullable(stored)
     budgeted = estimates is not None and measured is not None
     scored = session.execute(
         update(CheckpointRow)
@@ -397,7 +398,7 @@ def store_scores(
             finished_at=now(),
             score_seconds=seconds,
             samples_per_second=len(values) / seconds if seconds > 0 else None,
-            n_null=sum(v is None for v in values),
+            n_null=int(np.count_nonzero(~np.isfinite(stored))),
             error=None,
             n_measured=len(values) if budgeted else None,
             mean_age=estimates.mean_age() if budgeted and estimates is not None else None,
