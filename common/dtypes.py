@@ -39,8 +39,11 @@ _ALL = (
 )
 BY_NAME: dict[str, DType] = {d.name: d for d in _ALL}
 
-# What a model may compute in; "auto" is float32 on CPU and bfloat16 on CUDA.
+# What a model may compute in; "auto" is float32 on CPU, and on CUDA bfloat16 where the GPU
+# computes it natively (compute capability 8.0 on: Ampere, Ada, Hopper, ...), else float16
+# (bfloat16 is emulated, and slow, on Volta and Turing: V100, T4).
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+NATIVE_BF16_CAPABILITY = (8, 0)
 
 
 @cache
@@ -57,11 +60,15 @@ def name_of(dtype: torch.dtype) -> str:
 
 
 def compute_dtype(name: str, device: torch.device) -> torch.dtype:
-    """The dtype a model is loaded in: `auto` picks bfloat16 on CUDA, float32 elsewhere."""
+    """The dtype a model is loaded in: `auto` picks bfloat16 on a GPU that computes it
+    natively, float16 on an older GPU, float32 elsewhere."""
     import torch
 
     if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        if device.type != "cuda":
+            return torch.float32
+        native = torch.cuda.get_device_capability(device) >= NATIVE_BF16_CAPABILITY
+        return torch.bfloat16 if native else torch.float16
     if name not in COMPUTE_DTYPES:
         raise ValueError(f"dtype {name!r} is not one of {COMPUTE_DTYPES}")
     return BY_NAME[name].torch

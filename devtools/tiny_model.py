@@ -18,8 +18,11 @@ def build_tiny_model(
     intermediate_size: int = 128,
     max_positions: int = 1024,
     seed: int = 0,
+    dtype: str = "float32",
 ) -> Path:
-    """Save a random LlamaForCausalLM and a ByT5 tokenizer into out_dir; return it."""
+    """Save a random LlamaForCausalLM and a ByT5 tokenizer into out_dir; return it. dtype:
+    what its weights are stored in and its config names (bfloat16 or float16, as real
+    checkpoints mostly are)."""
     import torch
     from transformers import ByT5Tokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -40,7 +43,8 @@ def build_tiny_model(
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM(config).to(getattr(torch, dtype))
+    model.config.dtype = dtype
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out

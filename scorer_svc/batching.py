@@ -99,3 +99,26 @@ def subset_batches(
             Batch([r[1] for r in picked], padded.input_ids, padded.attention_mask, padded.labels)
         )
     return out
+
+
+def split_batch(batch: Batch, max_tokens: int) -> list[Batch]:
+    """The batch as it is when its padded tokens fit max_tokens; else cut into consecutive
+    batches of its rows by the same rule as group_by_length (each trimmed to its own longest
+    row: the rows are in ascending length), a row alone when even it does not fit."""
+    if batch.padded_tokens <= max_tokens or len(batch.indices) == 1:
+        return [batch]
+    lengths = batch.attention_mask.sum(dim=1).tolist()
+    groups = group_by_length(lengths, batch_size=len(lengths), max_batch_tokens=max_tokens)
+    out = []
+    for group in groups:
+        rows = torch.tensor(group)
+        width = max(int(lengths[r]) for r in group)
+        out.append(
+            Batch(
+                [batch.indices[r] for r in group],
+                batch.input_ids[rows, :width],
+                batch.attention_mask[rows, :width],
+                batch.labels[rows, :width],
+            )
+        )
+    return out

@@ -85,8 +85,9 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     dtype: Annotated[str, one_of(COMPUTE_DTYPES)] = Field(
         "auto",
-        description="auto (float32 on CPU, bfloat16 with autocast on CUDA), float32 (scored in "
-        "float32, no autocast), bfloat16 (with autocast on CUDA) or float16",
+        description="auto (float32 on CPU; on CUDA bfloat16 with autocast where the GPU "
+        "computes it natively, from Ampere on, else float16), float32 (scored in float32, no "
+        "autocast), bfloat16 (with autocast on CUDA) or float16",
     )
     batch_size: int = Field(
         16, ge=1, description="rows per scoring batch (samples grouped by length)"
@@ -108,7 +109,8 @@ class Settings(BaseSettings):
         ge=1,
         description="memory for scoring models kept loaded, so that runs on different base "
         "models do not reload at every checkpoint; the least recently used go first; null: "
-        "half the GPU's memory, or a quarter of the host's on the CPU",
+        "60% of the GPU memory free when the scorer starts (a trainer beside it keeps its "
+        "share), or a quarter of the host's on the CPU",
     )
     rank_timeout_seconds: float = Field(
         1800.0,

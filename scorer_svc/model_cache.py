@@ -36,11 +36,16 @@ def host_memory() -> int:
     return total
 
 
+GPU_SHARE = 0.6  # of the GPU memory free at start: the rest is for the scoring batches
+
+
 def default_budget(device: torch.device) -> int:
-    """Half a GPU's memory (the rest is for activations while scoring), or a quarter of the
-    memory the process may use on the CPU (a container's limit counts)."""
+    """GPU_SHARE of the memory free on the GPU when the scorer starts (what a trainer or
+    another process already holds there is not counted; the rest is for the batches), or a
+    quarter of the memory the process may use on the CPU (a container's limit counts)."""
     if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory // 2
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free * GPU_SHARE)
     return host_memory() // 4
 
 

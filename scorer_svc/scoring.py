@@ -22,13 +22,18 @@ from common.errors import CheckpointRejected
 from common.model_spec import ModelSpec, checkpoint_tensors
 from common.protocol import shapes_digest
 from common.tokenization import IGNORE_INDEX
-from scorer_svc.batching import Batch
+from scorer_svc import memory
+from scorer_svc.batching import Batch, split_batch
 
 log = logging.getLogger(__name__)
 
 
 class ScoringAborted(Exception):
     """Scoring stopped because the service is shutting down; the checkpoint stays pending."""
+
+
+class ScoringOutOfMemory(RuntimeError):
+    """Even one sample alone does not fit in the device's memory: the checkpoint fails."""
 
 
 def per_sample_losses(
@@ -150,6 +155,14 @@ class Manifest:
             )
 
 
+def current_device(device: torch.device) -> contextlib.AbstractContextManager:
+    """device made the calling thread's current CUDA device while inside (a thread starts on
+    GPU 0 whatever the scorer's --device); nothing on other devices."""
+    if device.type != "cuda":
+        return nullcontext()
+    return torch.cuda.device(device)
+
+
 def uses_autocast(device: torch.device, dtype: torch.dtype) -> bool:
     """bfloat16 autocast on CUDA for a bfloat16 model (`auto` there) only: a float32 run is
     scored in float32, as the published method scores it, and a float16 one as loaded."""
@@ -174,9 +187,34 @@ class ScoringModel:
         self.device = device
         self.autocast = autocast and device.type == "cuda"
         self.kind = kind
-        self.manifest = Manifest.of(self.model, kind)
+        self.manifest = Manifest.of(self.model, kind)  # LoRA's: the trainable tensors
         self.keep_logits = accepts_logits_to_keep(self.model)
         self.targets = checkpoint_tensors(self.model, kind)
+        self.model.requires_grad_(False)  # nothing is trained here: no autograd bookkeeping
+        config = getattr(self.model, "config", None)
+        self.token_cost = (
+            None if config is None else memory.TokenCost.of(config, self._logits_dtype())
+        )
+        # The padded tokens a batch may hold after an out-of-memory error: the batch that
+        # worked, kept for this model's next batches and checkpoints. None: not limited.
+        self.token_limit: int | None = None
+        self.free_memory: Callable[[], int | None] = lambda: memory.free_bytes(device)
+
+    def _logits_dtype(self) -> torch.dtype:
+        if self.autocast:
+            return torch.bfloat16
+        floats = [p.dtype for p in self.model.parameters() if p.is_floating_point()]
+        return floats[0] if floats else torch.float32
+
+    def batch_tokens(self) -> int | None:
+        """The padded tokens a batch may hold now: what fits the device's free memory at
+        this model's cost per token, and the limit an out-of-memory error left (None: no
+        limit but the batches' own, max_batch_tokens)."""
+        limits = [] if self.token_limit is None else [self.token_limit]
+        free = self.free_memory()
+        if free is not None and self.token_cost is not None:
+            limits.append(self.token_cost.tokens_within(free))
+        return min(limits) if limits else None
 
     @classmethod
     def load(cls, spec: ModelSpec, *, device: torch.device, dtype: torch.dtype) -> ScoringModel:
@@ -203,30 +241,91 @@ class ScoringModel:
         desc: str = "scoring",
         on_batch: Callable[[int, int], None] | None = None,
     ) -> np.ndarray:
-        """Every sample's loss (float64, NaN where none); raises ScoringAborted on stop.
-        on_batch(rows, tokens) is called after each batch with its samples and padded tokens."""
+        """Every sample's loss (float64, NaN where none); raises ScoringAborted on stop,
+        ScoringOutOfMemory when one sample alone does not fit. A batch larger than the
+        memory free allows (batch_tokens) is scored in parts; an out-of-memory error halves
+        the part and tries again. on_batch(rows, tokens) is called after each batch with its
+        samples and padded tokens."""
+        with current_device(self.device):  # the scoring thread's CUDA calls go to this GPU
+            return self._score(batches, n_samples, stop, desc, on_batch)
+
+    def _score(
+        self,
+        batches: Sequence[Batch],
+        n_samples: int,
+        stop: threading.Event | None,
+        desc: str,
+        on_batch: Callable[[int, int], None] | None,
+    ) -> np.ndarray:
         losses = np.full(n_samples, np.nan)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast else nullcontext()
         n_rows = sum(len(b.indices) for b in batches)
-        with tqdm(total=n_rows, desc=desc, unit="sample", leave=False) as bar, autocast:
-            for batch in batches:
-                if stop is not None and stop.is_set():
-                    raise ScoringAborted(desc)
-                labels = batch.labels.to(self.device)
-                extra = {}
-                if self.keep_logits:
-                    start = first_label_position(batch.labels)
-                    extra["logits_to_keep"] = labels.size(1) - start
-                    labels = labels[:, start:]
-                logits = self.model(
-                    input_ids=batch.input_ids.to(self.device),
-                    attention_mask=batch.attention_mask.to(self.device),
-                    **extra,
-                ).logits
-                values = per_sample_losses(logits, labels)
-                losses[batch.indices] = values.double().cpu().numpy()
-                bar.update(len(batch.indices))
-                if on_batch is not None:
-                    on_batch(len(batch.indices), batch.input_ids.numel())
-        release_freed_memory()
+        indices: list[int] = []
+        values: list[torch.Tensor] = []  # kept on the device: one copy to the host at the end
+        limit = self.batch_tokens()
+        try:
+            with tqdm(total=n_rows, desc=desc, unit="sample", leave=False) as bar, autocast:
+                for batch in batches:
+                    if stop is not None and stop.is_set():
+                        raise ScoringAborted(desc)
+                    for part, part_losses in self._fitting(batch, limit):
+                        indices.extend(part.indices)
+                        values.append(part_losses)
+                    if self.token_limit is not None:  # an out-of-memory error lowered it
+                        limit = min(limit or self.token_limit, self.token_limit)
+                    bar.update(len(batch.indices))
+                    if on_batch is not None:
+                        on_batch(len(batch.indices), batch.input_ids.numel())
+            if values:
+                losses[indices] = torch.cat(values).double().cpu().numpy()
+        finally:
+            values.clear()
+            release_freed_memory()
+            memory.release_device_cache(self.device)
         return losses
+
+    def _fitting(self, batch: Batch, limit: int | None) -> list[tuple[Batch, torch.Tensor]]:
+        """The batch's per-row losses, in parts of at most limit padded tokens; a part that
+        runs out of memory is halved (its rows) and tried again, down to one sample."""
+        pending = split_batch(batch, limit) if limit is not None else [batch]
+        done = []
+        while pending:
+            part = pending.pop(0)
+            failed = False
+            try:
+                done.append((part, self._losses(part)))
+            except torch.OutOfMemoryError:
+                failed = True  # handled below, once the error's frames (and tensors) are gone
+            if not failed:
+                continue
+            memory.release_device_cache(self.device)
+            rows, width = len(part.indices), part.input_ids.size(1)
+            if rows == 1:
+                raise ScoringOutOfMemory(
+                    f"out of memory scoring one sample of {width} tokens "
+                    f"{memory.describe(self.device)}; lower cutoff_len, give the scorer a GPU "
+                    "to itself (the trainer may share this one), or use a GPU with more memory"
+                )
+            half = (rows + 1) // 2
+            self.token_limit = half * width
+            log.warning(
+                "out of memory scoring %d samples x %d tokens %s: batches now hold at most "
+                "%d tokens", rows, width, memory.describe(self.device), self.token_limit,
+            )  # fmt: skip
+            pending[:0] = split_batch(part, self.token_limit)
+        return done
+
+    def _losses(self, batch: Batch) -> torch.Tensor:
+        labels = batch.labels.to(self.device)
+        extra = {}
+        if self.keep_logits:
+            start = first_label_position(batch.labels)
+            extra["logits_to_keep"] = labels.size(1) - start
+            labels = labels[:, start:]
+        logits = self.model(
+            input_ids=batch.input_ids.to(self.device),
+            attention_mask=batch.attention_mask.to(self.device),
+            use_cache=False,
+            **extra,
+        ).logits
+        return per_sample_losses(logits, labels)

@@ -34,6 +34,12 @@ def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"), seed=0)
 
 
+@pytest.fixture(scope="session")
+def tiny_bf16_model(tmp_path_factory) -> Path:
+    """The tiny model stored in bfloat16, as most real checkpoints are."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama-bf16"), seed=0, dtype="bfloat16")
+
+
 @pytest.fixture
 def dataset_file(tmp_path) -> Path:
     return write_samples(tmp_path / "train.json", 24)

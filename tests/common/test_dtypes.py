@@ -23,9 +23,30 @@ def test_a_dtype_that_cannot_be_sent_is_named():
         dtypes.name_of(torch.complex64)
 
 
+@pytest.mark.parametrize(
+    ("capability", "expected"),
+    [
+        ((9, 0), torch.bfloat16),
+        ((8, 0), torch.bfloat16),
+        ((7, 5), torch.float16),
+        ((7, 0), torch.float16),
+    ],
+    ids=["H100", "A100", "T4", "V100"],
+)
+def test_compute_dtype_auto_picks_bfloat16_only_where_the_gpu_has_it(
+    monkeypatch, capability, expected
+):
+    """bfloat16 is emulated (slow) before Ampere: T4 and V100 compute in float16."""
+    asked = []
+    monkeypatch.setattr(
+        torch.cuda, "get_device_capability", lambda device: asked.append(device) or capability
+    )
+    assert dtypes.compute_dtype("auto", torch.device("cuda:1")) == expected
+    assert asked == [torch.device("cuda:1")]  # the scorer's GPU, not the current one
+
+
 def test_compute_dtype_auto_depends_on_the_device():
     assert dtypes.compute_dtype("auto", torch.device("cpu")) == torch.float32
-    assert dtypes.compute_dtype("auto", torch.device("cuda")) == torch.bfloat16
     assert dtypes.compute_dtype("float16", torch.device("cpu")) == torch.float16
     with pytest.raises(ValueError, match="int64"):
         dtypes.compute_dtype("int64", torch.device("cpu"))

@@ -8,7 +8,14 @@ from common.errors import CheckpointRejected
 from common.model_spec import LoraSettings, ModelSpec
 from common.tokenization import IGNORE_INDEX, EncodedSample, TokenizationSettings, encode_dataset
 from scorer_svc.batching import group_by_length, make_batches
-from scorer_svc.scoring import Manifest, ScoringModel, uses_autocast
+from scorer_svc.memory import LOSS_CHUNK_BYTES, MARGIN
+from scorer_svc.scoring import (
+    Manifest,
+    ScoringModel,
+    ScoringOutOfMemory,
+    current_device,
+    uses_autocast,
+)
 from tests.support.data import as_samples, make_samples
 
 LORA = LoraSettings(r=4, alpha=8, dropout=0.0, target_modules="all-linear")
@@ -138,3 +145,107 @@ def test_autocast_only_for_a_bfloat16_model_on_cuda():
     assert not uses_autocast(cpu, torch.bfloat16)
     model = ScoringModel(torch.nn.Linear(2, 2), cpu, "full", autocast=True)
     assert not model.autocast  # never on the CPU
+
+
+class _ForwardLog:
+    """Records each forward's keyword arguments; raises out-of-memory above max_tokens padded
+    tokens (an injected GPU out-of-memory error) when given."""
+
+    def __init__(self, model: torch.nn.Module, max_tokens: int | None = None):
+        self.calls: list[dict] = []
+        self.max_tokens = max_tokens
+        self.raised = 0
+        model.register_forward_pre_hook(self, with_kwargs=True)
+
+    def __call__(self, module, args, kwargs):
+        self.calls.append(kwargs)
+        tokens = kwargs["input_ids"].numel()
+        if self.max_tokens is not None and tokens > self.max_tokens:
+            self.raised += 1
+            raise torch.OutOfMemoryError(f"CUDA out of memory ({tokens} tokens)")
+
+
+def _batches(tiny_model, n=24, batch_size=8):
+    encoded = _encoded(tiny_model, n=n, cutoff=400)
+    return encoded, make_batches(encoded, batch_size=batch_size, max_batch_tokens=8192, pad_id=0)
+
+
+def test_scoring_builds_no_kv_cache_and_keeps_the_weights_frozen(tiny_model):
+    scorer = _load(tiny_model)
+    log = _ForwardLog(scorer.model)
+    encoded, batches = _batches(tiny_model, n=6)
+    scorer.score(batches, len(encoded))
+    assert log.calls and all(call["use_cache"] is False for call in log.calls)
+    assert not any(p.requires_grad for p in scorer.model.parameters())
+    assert scorer.manifest.specs  # LoRA's tensors are still what a checkpoint carries
+
+
+def test_the_base_model_is_loaded_in_the_configured_dtype(tiny_bf16_model):
+    """A bfloat16 model scored in float32 (the CPU's `auto`) is loaded in float32, and a
+    float32 model asked for in bfloat16 is loaded in bfloat16: the setting decides."""
+    spec = ModelSpec(str(tiny_bf16_model), "full")
+    as_float = ScoringModel.load(spec, device=CPU, dtype=torch.float32)
+    assert {p.dtype for p in as_float.model.parameters()} == {torch.float32}
+    as_bf16 = ScoringModel.load(spec, device=CPU, dtype=torch.bfloat16)
+    assert {p.dtype for p in as_bf16.model.parameters()} == {torch.bfloat16}
+
+
+def test_out_of_memory_halves_the_batch_and_the_next_checkpoint_starts_there(tiny_model):
+    scorer = _load(tiny_model)
+    scorer.apply(_perturb_lora(scorer, 3))
+    encoded, batches = _batches(tiny_model)
+    reference = scorer.score(batches, len(encoded))
+    widest = max(b.padded_tokens for b in batches)
+    log = _ForwardLog(scorer.model, max_tokens=widest // 3)
+    got = scorer.score(batches, len(encoded))
+    assert log.raised > 0 and scorer.token_limit is not None
+    assert scorer.token_limit <= widest // 3
+    torch.testing.assert_close(
+        torch.from_numpy(got), torch.from_numpy(reference), atol=1e-5, rtol=0, equal_nan=True
+    )
+    raised, calls = log.raised, len(log.calls)
+    again = scorer.score(batches, len(encoded))  # the next checkpoint: the batch that worked
+    assert log.raised == raised and len(log.calls) > calls
+    assert all(
+        c["input_ids"].numel() <= scorer.token_limit or c["input_ids"].size(0) == 1
+        for c in log.calls[calls:]
+    )
+    torch.testing.assert_close(
+        torch.from_numpy(again), torch.from_numpy(reference), atol=1e-5, rtol=0, equal_nan=True
+    )
+
+
+def test_one_sample_that_does_not_fit_fails_with_the_figures(tiny_model):
+    scorer = _load(tiny_model)
+    encoded, batches = _batches(tiny_model, n=6)
+    _ForwardLog(scorer.model, max_tokens=0)
+    with pytest.raises(ScoringOutOfMemory, match=r"one sample of \d+ tokens on cpu"):
+        scorer.score(batches, len(encoded))
+
+
+def test_batches_are_cut_to_what_the_free_memory_holds(tiny_model):
+    scorer = _load(tiny_model)
+    encoded, batches = _batches(tiny_model)
+    reference = scorer.score(batches, len(encoded))
+    assert scorer.token_cost is not None
+    room = 150  # tokens; a mocked query of the device's free memory
+    free = (room * scorer.token_cost.bytes_per_token + LOSS_CHUNK_BYTES) / (1 - MARGIN)
+    scorer.free_memory = lambda: int(free) + 1
+    assert scorer.batch_tokens() == room
+    log = _ForwardLog(scorer.model)
+    got = scorer.score(batches, len(encoded))
+    widths = [call["input_ids"].size(1) for call in log.calls]
+    assert len(log.calls) > len(batches)
+    assert all(c["input_ids"].numel() <= room or c["input_ids"].size(0) == 1 for c in log.calls)
+    assert max(widths) > room // 2  # long samples go alone
+    torch.testing.assert_close(
+        torch.from_numpy(got), torch.from_numpy(reference), atol=1e-5, rtol=0, equal_nan=True
+    )
+
+
+def test_scoring_makes_the_models_gpu_current_in_its_thread():
+    """`--device cuda:2` in one process: the scoring thread would otherwise run its CUDA calls
+    (the allocator's cache, the memory queries) against GPU 0."""
+    context = current_device(torch.device("cuda:2"))
+    assert isinstance(context, torch.cuda.device) and context.idx == 2
+    assert not isinstance(current_device(CPU), torch.cuda.device)
