@@ -136,6 +136,8 @@ class TrainConfig(BaseModel):
     deepspeed: str | None = None  # a DeepSpeed JSON config (ZeRO stage 0-2), passed to Trainer
     bf16: bool = False
     fp16: bool = False
+    # bfloat16 weights and optimizer states, no float32 master copy (trainer_svc.precision)
+    pure_bf16: bool = False
     ddp_timeout: int = Field(1800, ge=1)
     # dynamic selection (DataFlex keys)
     train_type: Literal["dynamic_select"] = "dynamic_select"
@@ -428,6 +430,8 @@ def combination_problems(cfg: TrainConfig) -> dict[str, str]:
         problems[missing] = f"CURVE needs both {CURVE_KEYS[0]} and {CURVE_KEYS[1]}"
     if cfg.bf16 and cfg.fp16:
         problems["fp16"] = "bf16 and fp16 cannot both be true"
+    if cfg.pure_bf16 and cfg.fp16:
+        problems["pure_bf16"] = "pure_bf16 trains bfloat16 weights: use it with bf16, not fp16"
     problems.update(model_problems(cfg))
     problems.update(data_problems(cfg))
     if cfg.eval_steps is not None and not (cfg.eval_dataset or cfg.val_size):

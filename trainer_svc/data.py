@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch.utils.data import Dataset
 
 from common.batching import pad_right
@@ -36,7 +35,7 @@ class PadCollator:
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
 
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         batch = pad_right(
             [row["input_ids"] for row in rows], [row["labels"] for row in rows], self.pad_token_id
         )
@@ -46,5 +45,7 @@ class PadCollator:
             "labels": batch.labels,
         }
         if rows and all(INDEX_KEY in row for row in rows):
-            out[INDEX_KEY] = torch.tensor([row[INDEX_KEY] for row in rows], dtype=torch.long)
+            # a list, not a tensor: the Trainer moves tensors to the GPU, and reading them back
+            # to record the step's samples would wait for the GPU before every micro-batch
+            out[INDEX_KEY] = [int(row[INDEX_KEY]) for row in rows]
         return out

@@ -60,6 +60,20 @@ class Ranks:
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
+    def one_gpu(self, args: Any) -> None:
+        """Train on one GPU in a process torchrun did not start, however many are visible:
+        transformers' Trainer would otherwise spread a lone process over all of them with
+        nn.DataParallel (and a scorer on another GPU would meet the trainer there). The GPU is
+        cuda:0, the first CUDA_VISIBLE_DEVICES names. args: the run's TrainingArguments."""
+        if self.world > 1 or args.n_gpu <= 1:  # n_gpu: how many the Trainer would use
+            return
+        logger.warning(
+            "%d GPUs visible and no torchrun: training on %s alone; run under torchrun "
+            "--nproc-per-node %d to train on all of them, or set CUDA_VISIBLE_DEVICES to the "
+            "one to use", args.n_gpu, args.device, args.n_gpu,
+        )  # fmt: skip
+        args._n_gpu = 1
+
     def gather(self, obj: Any) -> list[Any] | None:
         """Every rank's obj, in rank order, on rank 0; None on the others."""
         if self.world == 1:

@@ -161,6 +161,7 @@ class DeltaLossSelection:
                 {"train_dataset": "the Trainer must train selection.train_dataset: its sample "
                  "indices are the ones the scorer ranks"}
             )  # fmt: skip
+        self.ranks.one_gpu(trainer.args)  # before train() would wrap it in DataParallel
         if trainer.args.max_steps != self.schedule.max_steps:
             logger.info("max_steps set to the schedule's %d", self.schedule.max_steps)
             trainer.args.max_steps = self.schedule.max_steps

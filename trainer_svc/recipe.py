@@ -34,6 +34,7 @@ from common.model_spec import (
 )
 from common.protocol import Hello
 from common.tokenization import TokenizationSettings, encode_dataset
+from trainer_svc import precision
 from trainer_svc.config import LoadedConfig, TrainConfig, resolve_base_model
 from trainer_svc.data import EncodedDataset, PadCollator
 from trainer_svc.distributed import Ranks
@@ -80,6 +81,7 @@ class DeltaLossRecipe:
         self.output_dir = Path(self.cfg.output_dir)
         self.spec = model_spec(self.cfg)
         self.schedule = loaded.schedule()
+        self.upcast: dict[str, torch.dtype] = {}  # trainable tensors made float32, as loaded
 
     # ---- setup ----
     def setup(self) -> None:
@@ -135,7 +137,18 @@ class DeltaLossRecipe:
         # drawn while loading) is then the same in every run with the same seed. Trainer seeds
         # again itself, but only after the model exists.
         set_seed(self.cfg.seed)
-        return self.spec.build()
+        if self.cfg.pure_bf16:
+            logger.info("pure_bf16: the trained weights and optimizer states stay bfloat16")
+            return self.spec.build(dtype=torch.bfloat16)
+        model = self.spec.build()
+        upcast = precision.upcast_trainable(model)
+        if upcast:
+            logger.info(
+                "%s upcast to float32: master weights for mixed precision (pure_bf16: true "
+                "keeps them bfloat16)", precision.describe(upcast),
+            )  # fmt: skip
+        self.upcast = upcast
+        return model
 
     def trainable_tensors(self) -> dict[str, torch.Tensor]:
         """What a checkpoint carries: LoRA's trainable tensors, or the full state dict."""
@@ -290,9 +303,11 @@ class DeltaLossRecipe:
             self.trained,
             self.stop,
         )
+        args = self._training_args()
+        self.ranks.one_gpu(args)
         self.trainer = ScheduledTrainer(
             model=self.model,
-            args=self._training_args(),
+            args=args,
             train_dataset=EncodedDataset(self.encoded),
             eval_dataset=self._eval_dataset(),
             data_collator=PadCollator(pad_id(self.tokenizer)),

@@ -61,7 +61,7 @@ class ScheduledTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         index = inputs.pop(INDEX_KEY, None)
         if index is not None and model.training:
-            self.trained.add(self.state.global_step, index.tolist())
+            self.trained.add(self.state.global_step, list(index))
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
 
