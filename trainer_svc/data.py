@@ -39,7 +39,7 @@ class PadCollator:
         batch = pad_right(
             [row["input_ids"] for row in rows], [row["labels"] for row in rows], self.pad_token_id
         )
-        out = {
+        out: dict[str, Any] = {
             "input_ids": batch.input_ids,
             "attention_mask": batch.attention_mask,
             "labels": batch.labels,
