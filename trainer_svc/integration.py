@@ -46,6 +46,7 @@ from common.model_spec import (
     pad_id,
 )
 from common.tokenization import TokenizationSettings, encode_dataset
+from trainer_svc import precision
 from trainer_svc.config import ConfigError, LoadedConfig, parse_config, resolve_base_model
 from trainer_svc.data import INDEX_KEY, EncodedDataset, PadCollator
 from trainer_svc.distributed import Ranks
@@ -86,6 +87,13 @@ class DeltaLossSelection:
     ):
         """scorer replaces the ZeroMQ and REST scorer (tests use devtools' FakeScorer)."""
         self.spec = spec_of(model, trust_remote_code=bool(selection.get("trust_remote_code")))
+        if low := precision.low_precision_trainable(model):
+            logger.warning(
+                "%s train without float32 master weights: at small learning rates most "
+                "updates round to nothing; upcast the trainable parameters (p.data = "
+                "p.data.float()) before the Trainer is made, unless pure bfloat16 is meant",
+                precision.describe(low),
+            )
         self.loaded = selection_config(selection, args, self.spec)
         cfg = self.loaded.config
         self.model = model

@@ -174,3 +174,18 @@ def test_a_trainer_on_another_dataset_is_refused(tiny_model, demo_file, tmp_path
             selection.attach(trainer)
     finally:
         selection.close()
+
+
+def test_a_users_bfloat16_model_trained_in_full_is_warned_of(
+    tiny_bf16_model, demo_file, tmp_path, caplog
+):
+    """The user's model is theirs to upcast; the selection says when it trains in bfloat16."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_bf16_model)
+    with caplog.at_level("WARNING", logger="trainer_svc.integration"):
+        selection = DeltaLossSelection(
+            {"dataset": str(demo_file), **SELECTION},
+            model=model, tokenizer=AutoTokenizer.from_pretrained(tiny_bf16_model),
+            args=users_args(tmp_path), scorer=FakeScorer(32),
+        )  # fmt: skip
+    selection.close()
+    assert "from bfloat16 train without float32 master weights" in caplog.text
