@@ -1,23 +1,31 @@
 """`python -m bench` (or `make bench`): every benchmark in one run, written to
 BENCHMARKS.md. The trainer side is pinned to core 0, the scorer side to core 1 (taskset /
 sched_setaffinity), one thread each. Takes about 10 minutes on 2 CPU cores, plus the
-comparison of strategies (bench/compare.py, which also runs alone).
+comparison of strategies (bench/compare.py, which also runs alone). Every section runs on
+the CPU but the GPU section (bench/gpu.py), which runs in a process of its own.
 
 `python -m bench --toy --out PATH`: every section at toy size (a check that each one runs
 and renders, not a measurement), written to PATH; exits 1 if any section failed.
 """
 
+# ruff: noqa: E402 - the environment is set before the imports: torch must not see a GPU
 from __future__ import annotations
 
 import os
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported: no progress bars
+# Only the GPU section uses a GPU: the trainer (Hugging Face's Trainer) takes one whenever it
+# sees one, so this process and its children see none (set before torch first looks), and
+# bench/gpu.py runs in a process of its own, given the GPUs as they were.
+VISIBLE_GPUS = os.environ.get("CUDA_VISIBLE_DEVICES")
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 import argparse
 import datetime
 import functools
 import json
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +38,8 @@ import torch
 from devtools.demo_data import write_dataset
 from devtools.tiny_model import build_tiny_model
 
-OUT = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "BENCHMARKS.md"
 RAW = Path(tempfile.gettempdir()) / "bench_results.json"  # the raw figures, to re-render
 MB = 1e6
 TOY_SAMPLES = 64  # the toy data set's rows, when BENCH_ALPACA names none
@@ -47,7 +56,6 @@ def sections() -> list[tuple[str, Measure]]:
         compare,
         fidelity,
         full_handoff,
-        gpu,
         growth,
         overhead,
         ranks,
@@ -67,10 +75,23 @@ def sections() -> list[tuple[str, Measure]]:
         ("trainer_ranks", lambda w, m, toy: torchrun_trainer.measure(w, m, toy=toy)),
         ("full_handoff", lambda w, m, toy: full_handoff.measure(w, toy=toy)),
         ("compare", lambda w, m, toy: compare.measure(w, m, toy=toy)),
-        ("gpu", lambda w, m, toy: gpu.measure(toy=toy)),
+        ("gpu", lambda w, m, toy: with_gpus("bench.gpu", toy=toy)),
         ("fidelity", lambda w, m, toy: fidelity.measure(w, m, toy=toy)),
         ("cadence", lambda w, m, toy: cadence.measure(w, m, toy=toy)),
     ]
+
+
+def with_gpus(module: str, *, toy: bool) -> dict:
+    """The figures `python -m MODULE [--toy]` prints (JSON, its last line of output), run
+    with the GPUs this process hides from itself."""
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    if VISIBLE_GPUS is not None:
+        env["CUDA_VISIBLE_DEVICES"] = VISIBLE_GPUS
+    command = [sys.executable, "-m", module, *(["--toy"] if toy else [])]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{module} exited with {done.returncode}:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.splitlines()[-1])
 
 
 def section(name: str, fn: Callable[[], dict], results: dict) -> None:
@@ -150,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
 def render(r: dict, total: float, *, toy: bool = False) -> str:
     from bench.report import render as body
 
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    gpu = r.get("gpu", {}).get("device", "no GPU")  # the GPU section's (hidden from this process)
     head = [
         "# Benchmarks",
         "",

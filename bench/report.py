@@ -211,9 +211,16 @@ def summary(r: dict) -> list[str]:
     out = ["## Summary", "", "| figure | target | measured | |", "|---|---|---|---|"]
     out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     g = r.get("gpu", {})
-    if g.get("mfu") is not None:
-        met = ok(g["mfu"], 0.5, at_most=False)
-        out.append(f"| 7. GPU scoring MFU (bf16) | >= 50% | {g['mfu']:.1%} | {met} |")
+    if "speedup_over_one_by_one" in g:
+        if g.get("mfu") is not None:
+            met = ok(g["mfu"], 0.5, at_most=False)
+            out.append(
+                f"| 7. GPU scoring MFU ({peak_label(g)}) | >= 50% | {g['mfu']:.1%} | {met} |"
+            )
+        else:
+            out.append(
+                f"| 7. GPU scoring MFU | >= 50% | no known peak for {g['device']} | not judged |"
+            )
         out.append(
             f"| 7. GPU batched / batch of one | >= 10x | {g['speedup_over_one_by_one']:.1f}x | "
             f"{ok(g['speedup_over_one_by_one'], 10, at_most=False)} |"
@@ -507,6 +514,11 @@ def growth(r: dict) -> list[str]:
     return out
 
 
+def peak_label(g: dict) -> str:
+    """bf16, or the float16 peak a GPU without bfloat16 tensor cores is judged against."""
+    return "bf16" if g.get("peak_precision", "bf16") == "bf16" else "bf16, against the fp16 peak"
+
+
 def gpu(r: dict) -> list[str]:
     out = ["## 7. GPU", ""]
     g = r.get("gpu", {"skipped": "not run"})
@@ -517,15 +529,32 @@ def gpu(r: dict) -> list[str]:
             f"Not measured: no GPU has been available to this benchmark (as of "
             f"{datetime.date.today()}; {g['skipped']}). On a machine with CUDA, `make bench` "
             "measures it (bench/gpu.py): a random Llama of Llama 3.2 1B's shape in bf16, "
-            "batched scoring against a batch of one and a bare forward pass, and the MFU.",
+            "batched scoring against a batch of one and a bare forward pass, the MFU (the "
+            "LM head counted over the positions that get logits), and the peak GPU memory of "
+            "scoring in float32 against bfloat16.",
             "",
         ]
     mfu = f"{g['mfu']:.1%}" if g.get("mfu") is not None else "unknown peak"
     bare = f"{g['bare_mfu']:.1%}" if g.get("bare_mfu") is not None else "unknown peak"
+    if g.get("peak_flops") is None:
+        peak = f"No dense peak FLOP/s is known for {g['device']} (bench/gpu.py, PEAKS): no MFU."
+    elif g.get("peak_precision") == "fp16":
+        peak = (
+            f"MFU against the dense fp16 tensor peak, {g['peak_flops'] / 1e12:.0f} TFLOP/s: "
+            "this GPU has no bf16 tensor cores."
+        )
+    else:
+        peak = f"MFU against the dense bf16 peak, {g['peak_flops'] / 1e12:.0f} TFLOP/s."
+    gib = 1 << 30
+
+    def memory(key: str) -> str:
+        return f"{g[key] / gib:.1f} GiB" if g.get(key) is not None else "out of memory"
+
     return out + [
-        f"{g['device']}: a random Llama of Llama 3.2 1B's shape "
-        f"({g['params_non_embedding'] / 1e9:.2f}B parameters besides the embedding) in bf16, "
-        f"{g['samples']:,} random samples of 128 to 512 tokens ({g['tokens']:,} tokens).",
+        f"{g['device']}: a random Llama of Llama 3.2 1B's shape ({g['layers']} layers, "
+        f"{g['params_non_embedding'] / 1e9:.2f}B besides the embedding and LM head) in bf16, "
+        f"{g['samples']:,} random samples of 128 to 512 tokens ({g['tokens']:,} tokens, "
+        f"{g['logit_positions']:,} positions getting logits).",
         "",
         "| path | tokens/s | MFU |",
         "|---|---|---|",
@@ -535,7 +564,19 @@ def gpu(r: dict) -> list[str]:
         "",
         f"Batched scoring is **{g['speedup_over_one_by_one']:.1f}x** the batch of one (goal: "
         f"at least 10x), at {g['scoring_vs_bare_forward']:.0%} of the bare forward's speed; "
-        "MFU goal: at least 50% on H100/H200-class GPUs.",
+        "MFU goal: at least 50% on H100/H200-class GPUs. " + peak + " FLOPs: 2 x the "
+        "parameters besides the embedding and the LM head per token, attention's 4 x layers "
+        "x hidden per token and position it attends to, and the LM head's 2 x hidden x "
+        "vocabulary per position that gets logits (the scorer's `logits_to_keep`: from each "
+        "batch's first label position on).",
+        "",
+        f"Peak GPU memory scoring the same {g['memory_batches']} longest batches "
+        "(`torch.cuda.max_memory_allocated`, weights included):",
+        "",
+        "| scored in | peak memory |",
+        "|---|---|",
+        f"| float32 | {memory('memory_float32_bytes')} |",
+        f"| bfloat16 (autocast) | {memory('memory_bfloat16_bytes')} |",
         "",
     ]
 

@@ -93,12 +93,13 @@ def python_env() -> dict[str, str]:
         **os.environ,
         **ONE_THREAD,
         "PYTHONUNBUFFERED": "1",
+        "CUDA_VISIBLE_DEVICES": "",  # the CPU sections' trainers and scorers: no GPU
         "PYTHONPATH": f"{ROOT}{os.pathsep}{path}" if path else str(ROOT),
     }
 
 
 class Scorer(ScorerProcess):
-    """The scorer pinned to the scorer's core, one thread, quiet logs."""
+    """The scorer pinned to the scorer's core, one thread, on the CPU, quiet logs."""
 
     def __init__(
         self, data_dir: Path, *extra: str, core: int | None = SCORER_CORE, ranks: int = 1
@@ -111,6 +112,8 @@ class Scorer(ScorerProcess):
             data_dir,
             "--log-level",
             "WARNING",
+            "--device",
+            "cpu",  # a GPU is bench/gpu.py's alone
             *roots,
             *extra,
             env=python_env(),
