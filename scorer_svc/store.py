@@ -1,19 +1,28 @@
-"""Checkpoint tensors on disk, in safetensors (never pickle), written durably before the ack."""
+"""Checkpoint tensors on disk, in safetensors (never pickle), written durably before the ack,
+and read back one tensor at a time into a model's tensors: beside the model, at most one
+tensor of the checkpoint is in memory at once."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
+from common import dtypes
 from common.protocol import Frame
 from common.safetensors_file import TensorLayout, safetensors_prefix
 
 PARTIAL = ".partial"  # a checkpoint file being written
+
+TableRow = tuple[str, str, list[int]]  # a tensor's name, wire dtype and shape
+_WIRE_NAME = {d.safetensors: d.name for d in dtypes.BY_NAME.values()}
 
 
 def checkpoint_path(data_dir: Path, run_id: str, step: int) -> Path:
@@ -90,4 +99,81 @@ def _publish(tmp: Path, path: Path) -> None:
 
 
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint file at once, in host memory."""
     return load_file(str(path))
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    """A checkpoint file and its tensor table, read from its header: (name, wire dtype,
+    shape) in the order the tensors lie in the file. Its tensors are read when streamed."""
+
+    path: Path
+    table: list[TableRow]
+
+    @classmethod
+    def open(cls, path: str | Path) -> StoredCheckpoint:
+        with safe_open(str(path), framework="pt") as file:
+            # in file order where safetensors tells it (offset_keys, in recent versions), so
+            # the reads run through the file once, front to back
+            names = file.offset_keys() if hasattr(file, "offset_keys") else file.keys()
+            table = [_table_row(file, name) for name in names]
+        return cls(Path(path), table)
+
+    @contextmanager
+    def reading(self, device: torch.device) -> Iterator[Callable[[str], torch.Tensor]]:
+        """name -> that tensor, read from the file onto device (through host memory, where
+        it is one tensor at a time)."""
+        with safe_open(str(self.path), framework="pt", device=str(device)) as file:
+            yield file.get_tensor
+
+    def copy_into(self, targets: Mapping[str, torch.Tensor], device: torch.device) -> None:
+        """Every tensor copied into targets[name] (cast to its dtype), read one at a time
+        onto device; the first failure is raised once the file is closed."""
+        with self.reading(device) as read:
+            failure = stream_tensors(self.table, read, None, targets, device)
+        if failure is not None:
+            raise failure
+
+
+def _table_row(file: Any, name: str) -> TableRow:
+    tensor = file.get_slice(name)
+    return name, _WIRE_NAME[tensor.get_dtype()], list(tensor.get_shape())
+
+
+@torch.no_grad()
+def stream_tensors(
+    table: Sequence[TableRow],
+    read: Callable[[str], torch.Tensor] | None,
+    broadcast: Callable[[torch.Tensor], object] | None,
+    targets: Mapping[str, torch.Tensor] | None,
+    device: torch.device,
+) -> Exception | None:
+    """The table's tensors one at a time: each read (where the file is; elsewhere an empty
+    buffer on device), passed to broadcast (which fills the other ranks' buffers in place),
+    copied into targets[name] (cast to the target's dtype) and dropped before the next, so
+    beside the targets one tensor at a time is alive. targets None: received and discarded
+    (a rank without a model). Returns the first local failure: after it nothing more is read
+    or copied, but every tensor still goes through broadcast, so the ranks' collectives stay
+    in step; with no broadcast (one process) the first failure ends it."""
+    failure: Exception | None = None
+    for name, dtype, shape in table:
+        if failure is not None and broadcast is None:
+            break
+        tensor = None
+        if read is not None and failure is None:
+            try:
+                tensor = read(name)
+            except Exception as exc:
+                failure = exc
+        if tensor is None:
+            tensor = torch.empty(shape, dtype=dtypes.BY_NAME[dtype].torch, device=device)
+        if broadcast is not None:
+            broadcast(tensor)
+        if targets is not None and failure is None:
+            try:
+                targets[name].copy_(tensor)
+            except Exception as exc:
+                failure = exc
+        del tensor
+    return failure
