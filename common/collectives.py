@@ -1,6 +1,6 @@
-"""Small collectives over torch.distributed's default group, without pickle: Python objects
-travel as UTF-8 JSON bytes in a uint8 tensor. `device` is where the backend moves tensors
-(the rank's GPU for NCCL, the CPU for gloo)."""
+"""Small collectives over torch.distributed, without pickle: Python objects travel as UTF-8
+JSON bytes in a uint8 tensor. `device` is where the backend moves tensors (the rank's GPU for
+NCCL, the CPU for gloo); `group` is the process group (None: the default group)."""
 
 from __future__ import annotations
 
@@ -23,17 +23,29 @@ def start_group(device: torch.device, timeout_seconds: float) -> None:
         )
 
 
-def broadcast_json(obj: Any, *, device: torch.device, src: int = 0) -> Any:
-    """obj from rank src to every rank (give None elsewhere); every rank returns it."""
+def control_group(timeout_seconds: float) -> dist.ProcessGroup:
+    """A gloo group of every rank beside the default one, for small control messages: every
+    rank makes it, in the same order as its other groups. A gloo collective fails as soon as
+    a peer's connection closes, where an NCCL one waits for the process group's timeout."""
+    group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_seconds))
+    assert isinstance(group, dist.ProcessGroup)  # every rank is a member
+    return group
+
+
+def broadcast_json(
+    obj: Any, *, device: torch.device, src: int = 0, group: dist.ProcessGroup | None = None
+) -> Any:
+    """obj from rank src to every rank of group (give None elsewhere); every rank returns it.
+    src is a global rank."""
     rank = dist.get_rank()
     data = json.dumps(obj).encode() if rank == src else b""
     size = torch.tensor([len(data)], dtype=torch.int64, device=device)
-    dist.broadcast(size, src=src)
+    dist.broadcast(size, src=src, group=group)
     if rank == src:
         buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device)
     else:
         buffer = torch.empty(int(size.item()), dtype=torch.uint8, device=device)
-    dist.broadcast(buffer, src=src)
+    dist.broadcast(buffer, src=src, group=group)
     return obj if rank == src else json.loads(bytes(buffer.cpu().numpy()))
 
 
