@@ -1,13 +1,33 @@
 """One logical scorer over several processes (torchrun): rank 0 owns the intake, the database
 and REST; every rank scores a share of each checkpoint's samples.
 
+Two process groups join the ranks. The default group (NCCL on GPUs, gloo on CPUs) carries
+only the checkpoint's tensors; a gloo group, made by every rank right after the default one
+starts, carries the control traffic: the commands, the heartbeat, the ranks' readiness and
+the losses gathered with each rank's ok flag (small, and nothing is pickled).
+
 For each checkpoint rank 0 broadcasts a command (the run's stored hello and the tensor table,
-as JSON bytes: nothing is pickled), then every tensor, then all ranks score their share of
-the run's batches (balanced by token count, the same split computed on every rank) and rank 0
-gathers the losses. Every rank goes through the same collectives whatever happens locally: a
-rank that cannot score reports it in its result, and the checkpoint fails naming the rank.
-While there is nothing to score rank 0 broadcasts `idle` every HEARTBEAT_SECONDS, so no rank
-sits in one collective for longer than the process group's timeout allows.
+as JSON bytes), every rank prepares its run and model, and once all are ready rank 0 reads
+the tensors from the stored file one at a time (onto its GPU, where it scores) and
+broadcasts each; every rank copies each into its model's tensors and drops it before the
+next, so beside the model one tensor is alive per rank and the host holds the checkpoint
+only in rank 0's page cache. Then all ranks score their share of the run's batches
+(balanced by token count, the same split computed on every rank) and rank 0 gathers the
+losses. Every rank goes through the same collectives whatever happens locally: a rank that
+could not prepare its model still receives (and discards) every tensor, reports it in its
+result, and the checkpoint fails naming the rank. While there is nothing to score rank 0
+broadcasts `idle` every HEARTBEAT_SECONDS, so no rank sits in one collective for longer than
+the process group's timeout allows.
+
+What is noticed when, a gloo collective failing as soon as a peer's connection closes:
+- a rank that dies while idle: at rank 0's next heartbeat (HEARTBEAT_SECONDS apart), and
+  /healthz answers 503; rank 0 dying: by every other rank at once;
+- a rank that dies while the ranks prepare or score: as soon as another waits for it on the
+  control group (the readiness exchange, the gather of the losses);
+- a rank that dies while the tensors stream (NCCL): only when the default group's timeout
+  (rank_timeout_seconds) ends the NCCL collective; the readiness exchange just before the
+  stream has shown every rank alive, so only a death within the stream itself waits;
+- a rank that hangs without dying: when the collective it holds up times out.
 """
 
 from __future__ import annotations
@@ -25,11 +45,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from common import dtypes
-from common.collectives import broadcast_json, start_group
+from common.collectives import broadcast_json, control_group, start_group
 from scorer_svc.batching import Batch
 from scorer_svc.registry import Registry
 from scorer_svc.scoring import ScoringAborted, ScoringModel
+from scorer_svc.store import StoredCheckpoint, stream_tensors
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +75,19 @@ def share(batches: Sequence[Batch], world: int) -> list[list[int]]:
 
 @dataclass(eq=False)
 class RankGroup:
-    """The default process group of a torchrun-launched scorer, on `device`'s backend."""
+    """The ranks of a torchrun-launched scorer: the default process group, on `device`'s
+    backend, for the checkpoints' tensors, and `control`, a gloo group, for the rest."""
 
     rank: int
     world: int
-    device: torch.device  # where this rank scores; collectives run there (NCCL) or on the CPU
+    device: torch.device  # where this rank scores; tensors travel there (NCCL) or on the CPU
+    control: dist.ProcessGroup  # gloo: commands, heartbeats, readiness, losses
 
     @classmethod
     def start(cls, device: torch.device, timeout_seconds: float) -> RankGroup:
         start_group(device, timeout_seconds)
-        group = cls(dist.get_rank(), dist.get_world_size(), device)
+        control = control_group(timeout_seconds)
+        group = cls(dist.get_rank(), dist.get_world_size(), device, control)
         log.info("rank %d of %d on %s (%s)", group.rank, group.world, device, dist.get_backend())
         return group
 
@@ -83,7 +106,7 @@ class RankGroup:
     def score(
         self,
         config: dict[str, Any],
-        tensors: dict[str, torch.Tensor],
+        checkpoint: StoredCheckpoint,
         batches: Sequence[Batch],
         model: ScoringModel,
         n_samples: int,
@@ -100,27 +123,48 @@ class RankGroup:
         are alike)."""
         if self.stopped or (stop is not None and stop.is_set()):
             raise ScoringAborted(desc)  # left pending: scored after the restart
-        table = [[name, dtypes.name_of(t.dtype), list(t.shape)] for name, t in tensors.items()]
-        with self._collectives():
-            command = {"op": "score", "config": config, "tensors": table, "samples": samples}
+        command = {"op": "score", "config": config, "tensors": checkpoint.table, "samples": samples}
+        # the file is opened before any collective: a file that cannot be read fails the
+        # checkpoint, not the group
+        with checkpoint.reading(self.comm_device) as read, self._collectives():
             self._broadcast_json(command)
-            for tensor in tensors.values():
-                self._broadcast_tensor(tensor.contiguous())
+            self._ready()
+            error = self._stream(checkpoint.table, read, model)
             losses = np.full(n_samples, np.nan)
-            error: Exception | None = None
-            try:  # whatever happens here, the others wait in the gather: always reach it
-                model.apply(tensors)
-                mine = [batches[i] for i in share(batches, self.world)[0]]
-                scaled = None
-                if on_batch is not None:
-                    world, report = self.world, on_batch
-                    scaled = lambda rows, tokens: report(rows * world, tokens * world)  # noqa: E731
-                losses = model.score(mine, n_samples, stop=stop, desc=desc, on_batch=scaled)
-            except Exception as exc:
-                error = exc
+            if error is None:  # whatever happens here, the others wait in the gather
+                try:
+                    losses = self._score_first_share(
+                        batches, model, n_samples, stop, desc, on_batch
+                    )
+                except Exception as exc:
+                    error = exc
             results = self._gather(losses, error is None)
         if error is not None:
             raise error
+        return self._combined(results, batches, n_samples)
+
+    def _score_first_share(
+        self,
+        batches: Sequence[Batch],
+        model: ScoringModel,
+        n_samples: int,
+        stop: threading.Event | None,
+        desc: str,
+        on_batch: Callable[[int, int], None] | None,
+    ) -> np.ndarray:
+        """Rank 0's share of the losses; on_batch scaled to the whole checkpoint."""
+        mine = [batches[i] for i in share(batches, self.world)[0]]
+        scaled = None
+        if on_batch is not None:
+            world, report = self.world, on_batch
+            scaled = lambda rows, tokens: report(rows * world, tokens * world)  # noqa: E731
+        return model.score(mine, n_samples, stop=stop, desc=desc, on_batch=scaled)
+
+    def _combined(
+        self, results: list[tuple[bool, np.ndarray]], batches: Sequence[Batch], n_samples: int
+    ) -> np.ndarray:
+        """Every rank's share of the losses in one array; RuntimeError naming the ranks that
+        could not score theirs."""
         failed = [rank for rank, (ok_r, _) in enumerate(results) if not ok_r]
         if failed:
             raise RuntimeError(
@@ -183,34 +227,51 @@ class RankGroup:
     def _score_share(
         self, command: dict[str, Any], registry: Registry, stopping: threading.Event
     ) -> None:
-        # Each tensor arrives on the collective's device and is kept on the CPU, as rank 0
-        # keeps its own: no second copy of the weights beside the model's on the GPU.
-        tensors = {
-            name: self._broadcast_tensor(
-                torch.empty(shape, dtype=dtypes.BY_NAME[dtype].torch, device=self.comm_device)
-            ).cpu()
-            for name, dtype, shape in command["tensors"]
-        }
+        n_samples = int(command["config"]["n_samples"])
+        prepared = self._prepare(command, registry)
+        self._ready()
+        model = None if prepared is None else prepared[0]
+        failure = self._stream(command["tensors"], None, model)
+        if failure is not None:
+            log.error("rank %d could not take the checkpoint's tensors: %s", self.rank, failure)
+        ok, losses = False, np.full(n_samples, np.nan)
+        if prepared is not None and failure is None:
+            ok, losses = self._score_share_of(prepared[0], prepared[1], n_samples, stopping)
+        self._gather(losses, ok)
+
+    def _prepare(
+        self, command: dict[str, Any], registry: Registry
+    ) -> tuple[ScoringModel, list[Batch]] | None:
+        """The run's model and batches (those of the command's samples, under a budget);
+        None, logged, when they cannot be had."""
         config = command["config"]
-        n_samples = int(config["n_samples"])
-        ok, losses = True, np.full(n_samples, np.nan)
         try:
             hello = registry.hello_of(config["run_id"], config)
             data = registry.prepare(hello)
             model = registry.model(hello)
-            model.apply(tensors)
-            batches = data.batches
-            if command.get("samples") is not None:
-                batches = data.only(command["samples"], registry.settings)
-            mine = [batches[i] for i in share(batches, self.world)[self.rank]]
-            losses = model.score(mine, n_samples, stop=stopping, desc=f"rank {self.rank}")
+            if command.get("samples") is None:
+                return model, data.batches
+            return model, data.only(command["samples"], registry.settings)
+        except Exception:
+            log.exception("rank %d could not prepare its share", self.rank)
+            return None
+
+    def _score_share_of(
+        self,
+        model: ScoringModel,
+        batches: list[Batch],
+        n_samples: int,
+        stopping: threading.Event,
+    ) -> tuple[bool, np.ndarray]:
+        """(ok, losses) of this rank's share of the batches."""
+        mine = [batches[i] for i in share(batches, self.world)[self.rank]]
+        try:
+            return True, model.score(mine, n_samples, stop=stopping, desc=f"rank {self.rank}")
         except ScoringAborted:
             log.info("rank %d: stopping, its share left unscored", self.rank)
-            ok = False
         except Exception:
             log.exception("rank %d could not score its share", self.rank)
-            ok = False
-        self._gather(losses, ok)
+        return False, np.full(n_samples, np.nan)
 
     # collectives
 
@@ -218,22 +279,42 @@ class RankGroup:
         return _Guard(self)
 
     def _broadcast_json(self, obj: Any) -> Any:
-        return broadcast_json(obj, device=self.comm_device)
+        return broadcast_json(obj, device=torch.device("cpu"), group=self.control)
 
-    def _broadcast_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
-        on_device = tensor.to(self.comm_device)
-        dist.broadcast(on_device, src=0)
-        return on_device
+    def _ready(self) -> None:
+        """Wait on the control group until every rank has prepared its run: the tensors'
+        collectives (NCCL) then wait for no rank's preparation, and a rank that died meanwhile
+        is noticed here, at once."""
+        dist.barrier(group=self.control)
+
+    def _stream(
+        self,
+        table: Sequence[Sequence[Any]],
+        read: Callable[[str], torch.Tensor] | None,
+        model: ScoringModel | None,
+    ) -> Exception | None:
+        """The checkpoint's tensors from rank 0 (read: its file) into every rank's model
+        (None: received and discarded), one at a time; this rank's first failure."""
+        rows = [(str(name), str(dtype), list(shape)) for name, dtype, shape in table]
+        targets = None if model is None else model.targets
+        return stream_tensors(rows, read, self._broadcast_tensor, targets, self.comm_device)
+
+    def _broadcast_tensor(self, tensor: torch.Tensor) -> None:
+        """tensor from rank 0 into every rank's, in place, on the default group. On a GPU the
+        host waits for it, so that each buffer is done with before the next is made."""
+        dist.broadcast(tensor, src=0)
+        if tensor.is_cuda:
+            torch.cuda.current_stream(tensor.device).synchronize()
 
     def _gather(self, losses: np.ndarray, ok: bool) -> list[tuple[bool, np.ndarray]]:
-        """(ok, losses) of every rank on rank 0; [] elsewhere. The flag rides as the last
-        element, so one collective carries both."""
-        row = torch.from_numpy(np.append(losses, 1.0 if ok else 0.0)).to(self.comm_device)
+        """(ok, losses) of every rank on rank 0; [] elsewhere, on the control group. The flag
+        rides as the last element, so one collective carries both."""
+        row = torch.from_numpy(np.append(losses, 1.0 if ok else 0.0))
         rows = [torch.empty_like(row) for _ in range(self.world)] if self.rank == 0 else None
-        dist.gather(row, rows, dst=0)
+        dist.gather(row, rows, dst=0, group=self.control)
         if rows is None:
             return []
-        return [(bool(r[-1].item() == 1.0), r[:-1].cpu().numpy()) for r in rows]
+        return [(bool(r[-1].item() == 1.0), r[:-1].numpy()) for r in rows]
 
 
 class _Guard:

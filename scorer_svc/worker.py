@@ -26,7 +26,7 @@ from scorer_svc.ranks import RankGroup, RankLost
 from scorer_svc.registry import Registry
 from scorer_svc.scheduling import next_turn
 from scorer_svc.scoring import ScoringAborted
-from scorer_svc.store import read_checkpoint
+from scorer_svc.store import StoredCheckpoint
 from scorer_svc.superseding import discard_superseded
 from scorer_svc.weights import WeightsCache, served_weights
 
@@ -179,7 +179,7 @@ class Worker:
             hello = self.registry.hello_of(run.run_id, run.config)
             data = self.registry.prepare(hello)
             model = self.registry.model(hello)
-            tensors = read_checkpoint(path)
+            stored = StoredCheckpoint.open(path)  # its table; the tensors are streamed
             plan = budget_plan(session, run, checkpoint)
             samples = None if plan is None else plan.measured
             batches = (
@@ -193,14 +193,14 @@ class Worker:
                 tokens = sum(batch.input_ids.numel() for batch in batches)
                 self.progress.start(checkpoint_id, rows, tokens)
             if self.group is None:
-                model.apply(tensors)
+                stored.copy_into(model.targets, model.device)
                 losses = model.score(
                     batches, run.n_samples, stop=self._stop, desc=label,
                     on_batch=self._advance(checkpoint_id),
                 )  # fmt: skip
             else:
                 losses = self.group.score(
-                    run.config, tensors, batches, model, run.n_samples,
+                    run.config, stored, batches, model, run.n_samples,
                     samples=None if samples is None else samples.tolist(),
                     stop=self._stop, desc=label, on_batch=self._advance(checkpoint_id),
                 )  # fmt: skip
