@@ -318,6 +318,7 @@ class DeltaLossRecipe:
         )
         if coordinator is not None:  # the snapshot buffer made once, before training, once
             # Trainer has put the model on its device (pinned memory for a GPU's tensors)
+            coordinator.sender.snapshot.wire_dtypes = self.upcast  # sent as stored
             coordinator.sender.snapshot.reserve(self.trainable_tensors())
 
     def _on_update(self, row: dict[str, Any]) -> None:

@@ -127,6 +127,18 @@ class Snapshot:
         self._buffer: torch.Tensor | None = None
         self._locked = False
         self._registration: _Registration | None = None
+        # The dtype a tensor travels in when it is not its own, by name: float32 master
+        # weights go in the dtype the model was stored in (cast as they are copied).
+        self.wire_dtypes: Mapping[str, torch.dtype] = {}
+
+    def _as_sent(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each tensor as it travels: itself, or a weightless one of its wire dtype."""
+        out = {}
+        for name, tensor in tensors.items():
+            dtype = self.wire_dtypes.get(name, tensor.dtype)
+            same = dtype == tensor.dtype
+            out[name] = tensor if same else torch.empty(tensor.shape, dtype=dtype, device="meta")
+        return out
 
     @property
     def nbytes(self) -> int:
@@ -135,7 +147,8 @@ class Snapshot:
     def reserve(self, tensors: Mapping[str, torch.Tensor]) -> None:
         """Make the buffer for these tensors now, its pages touched, so that the first update
         pays only the copy."""
-        total = sum(t.numel() * t.element_size() for t in tensors.values())
+        sent = self._as_sent(tensors).values()
+        total = sum(t.numel() * t.element_size() for t in sent)
         self._buffer_for(total, _on_gpu(tensors), zeroed=True)
 
     def release(self) -> None:
@@ -177,16 +190,20 @@ class Snapshot:
         return _allocate(total, zeroed=zeroed, pinned=True)
 
     def take(self, upload: CheckpointUpload) -> CheckpointUpload:
-        table = payload_table(upload.tensors)
+        sent = self._as_sent(upload.tensors)
+        table = payload_table(sent)
         on_gpu = _on_gpu(upload.tensors)
         buffer = self._buffer_for(sum(entry.length for entry in table), on_gpu)
         views = {}
         with torch.no_grad():
             for entry, (name, tensor) in zip(table, upload.tensors.items(), strict=True):
+                views[name] = view = _view(buffer, entry.offset, sent[name])
+                if view.dtype != tensor.dtype:  # cast as it is copied, on the tensor's device
+                    view.copy_(tensor.detach(), non_blocking=on_gpu)
+                    continue
                 target = buffer[entry.offset : entry.offset + entry.length]
                 source = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
                 target.copy_(source, non_blocking=on_gpu)
-                views[name] = _view(buffer, entry.offset, tensor)
         if on_gpu:
             torch.cuda.synchronize()
         payload = memoryview(buffer.numpy()) if buffer.numel() else memoryview(b"")  # type: ignore[arg-type]

@@ -184,6 +184,36 @@ def test_full_finetuning_sends_the_state_dict(tiny_model, demo_file, tmp_path):
     assert scorer.hellos[0].lora is None
 
 
+@pytest.mark.parametrize("pure_bf16", [False, True], ids=["master-fp32", "pure-bf16"])
+def test_full_finetuning_of_a_bfloat16_model_keeps_float32_master_weights(
+    tiny_bf16_model, demo_file, tmp_path, pure_bf16
+):
+    """A bfloat16 checkpoint's weights train in float32 (optimizer states too): at lr 1e-5
+    pure bfloat16 rounds most updates away. pure_bf16 keeps them bfloat16, as asked."""
+    recipe, scorer = train(
+        tiny_bf16_model, demo_file, tmp_path / "out", finetuning_type="full",
+        num_train_epochs=0.5, plot_loss=False, learning_rate=1e-5, pure_bf16=pure_bf16,
+    )  # fmt: skip
+    trained = {p.dtype for p in recipe.model.parameters()}
+    states = {
+        t.dtype
+        for state in recipe.trainer.optimizer.state.values()
+        for t in state.values()
+        if t.is_floating_point() and t.dim() > 0
+    }
+    expected = torch.bfloat16 if pure_bf16 else torch.float32
+    assert trained == {expected} and states == {expected}
+    base = AutoModelForCausalLM.from_pretrained(tiny_bf16_model)
+    before = dict(base.named_parameters())
+    moved = [
+        float((p.detach().float() - before[n].float()).abs().max())
+        for n, p in recipe.model.named_parameters()
+    ]
+    assert max(moved) > 0
+    # the checkpoints travel in the weights' own dtype: what the scorer loads the base in
+    assert {t.dtype for t in scorer.checkpoints[0].tensors.values()} == {torch.bfloat16}
+
+
 def test_optimizer_and_memory_keys_reach_the_trainer(tiny_model, demo_file, tmp_path):
     keys = dict(
         gradient_checkpointing=True, max_grad_norm=0.5, weight_decay=0.01, adam_beta1=0.8,

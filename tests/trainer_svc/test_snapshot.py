@@ -235,3 +235,20 @@ def test_host_pin_raises_cudas_message_and_clears_the_threads_cuda_error(cudart)
     ):
         HostPin().unregister(4096)
     assert cudart.cleared == [1, 1]
+
+
+def test_float32_master_weights_travel_in_the_dtype_the_model_was_stored_in():
+    """A full run's upcast weights are sent as stored (bfloat16): the payload is half the
+    float32 one, and each value is the float32 weight rounded to bfloat16."""
+    weights = {"w": torch.randn(4, 3), "norm": torch.randn(3), "step": torch.tensor([7])}
+    snap = Snapshot()
+    snap.wire_dtypes = {"w": torch.bfloat16, "norm": torch.bfloat16}
+    snap.reserve(weights)
+    assert snap.nbytes == 2 * 12 + 2 * 3 + 8
+    sent = snap.take(CheckpointUpload("run", 2, 1, "full", weights))
+    assert {n: t.dtype for n, t in sent.tensors.items()} == {
+        "w": torch.bfloat16, "norm": torch.bfloat16, "step": torch.int64,
+    }  # fmt: skip
+    assert torch.equal(sent.tensors["w"], weights["w"].bfloat16())
+    assert torch.equal(sent.tensors["step"], weights["step"])
+    assert sent.payload is not None and sent.payload.nbytes == snap.nbytes
