@@ -56,6 +56,7 @@ def sections() -> list[tuple[str, Measure]]:
         compare,
         fidelity,
         full_handoff,
+        gpu_memory,
         growth,
         overhead,
         ranks,
@@ -78,6 +79,7 @@ def sections() -> list[tuple[str, Measure]]:
         ("gpu", lambda w, m, toy: with_gpus("bench.gpu", toy=toy)),
         ("fidelity", lambda w, m, toy: fidelity.measure(w, m, toy=toy)),
         ("cadence", lambda w, m, toy: cadence.measure(w, m, toy=toy)),
+        ("gpu_memory", lambda w, m, toy: gpu_memory.measure(w, toy=toy)),
     ]
 
 

@@ -248,10 +248,11 @@ def render(r: dict) -> list[str]:
         from bench.compare import render as compared
 
         out += compared(r["compare"])
-    from bench import cadence, fidelity
+    from bench import cadence, fidelity, gpu_memory
 
     out += fidelity.render(r.get("fidelity", {"error": "not run"}))
     out += cadence.render(r.get("cadence", {"error": "not run"}))
+    out += gpu_memory.render(r.get("gpu_memory", {"error": "not run"}))
     return out
 
 
