@@ -119,9 +119,11 @@ class BackgroundSender:
         return last.upload
 
     def close(self) -> None:
-        """Cancel a send in progress and stop the thread."""
+        """Cancel a send in progress, stop the thread, and free the snapshot buffer (its
+        page-locking released) once nothing reads it."""
         last = self._last
         if last is not None and not last.future.done() and not last.future.cancel():
             logger.info("%s: its sending is cancelled (the run stops)", last.upload.describe())
             self._cancel()
         self._executor.shutdown(wait=True)
+        self.snapshot.release()
