@@ -1,5 +1,6 @@
 """Trainable weights train in float32 (master weights), frozen ones stay as loaded."""
 
+import pytest
 import torch
 
 from trainer_svc.precision import describe, low_precision_trainable, upcast_trainable
@@ -30,3 +31,35 @@ def test_a_float16_model_is_upcast_too():
     model = torch.nn.Linear(2, 2).half()
     assert set(upcast_trainable(model).values()) == {torch.float16}
     assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def _step_with_grad_scaler(model: torch.nn.Module) -> None:
+    """One fp16 mixed-precision step as the Trainer's `fp16: true` takes it on a GPU: a
+    scaled backward, the gradients unscaled, the step (the CPU's GradScaler, same checks)."""
+    scaler = torch.amp.GradScaler("cpu")
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    ids = torch.randint(3, 250, (2, 16))
+    loss = model(input_ids=ids, labels=ids).loss.float()
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    scaler.step(optimizer)
+    scaler.update()
+
+
+def test_a_float16_model_steps_under_fp16_once_upcast(tmp_path):
+    """A float16 checkpoint (the Llama 2 family) with `fp16: true`: trained as loaded, the
+    GradScaler refuses its float16 gradients at the first step; upcast, the step runs."""
+    from transformers import AutoModelForCausalLM
+
+    from devtools.tiny_model import build_tiny_model
+
+    path = build_tiny_model(tmp_path / "tiny-fp16", dtype="float16")
+    as_loaded = AutoModelForCausalLM.from_pretrained(path)
+    assert next(as_loaded.parameters()).dtype == torch.float16
+    with pytest.raises(ValueError, match="Attempting to unscale FP16 gradients"):
+        _step_with_grad_scaler(as_loaded)
+    upcast = AutoModelForCausalLM.from_pretrained(path)
+    upcast_trainable(upcast)
+    before = upcast.lm_head.weight.detach().clone()
+    _step_with_grad_scaler(upcast)
+    assert not torch.equal(upcast.lm_head.weight, before)
