@@ -39,7 +39,12 @@ from transformers import PreTrainedModel
 
 from common.tokenization import IGNORE_INDEX, EncodedSample
 from scorer_svc.batching import Batch, make_batches
-from scorer_svc.scoring import ScoringModel, first_label_position, uses_autocast
+from scorer_svc.scoring import (
+    ScoringModel,
+    ScoringOutOfMemory,
+    first_label_position,
+    uses_autocast,
+)
 
 # Dense (not sparse) tensor-core peak FLOP/s by the name torch.cuda.get_device_name() gives:
 # (a name, matched as whole words, case aside; peak; its precision). The first match wins,
@@ -136,15 +141,19 @@ def _fastest(fn: Callable[[], object], repeats: int = 2) -> float:
 
 
 def _peak_memory(model: ScoringModel, batches: list[Batch], n_samples: int) -> int | None:
-    """Most bytes allocated on the GPU while scoring the batches; None: out of memory."""
+    """Most bytes allocated on the GPU while scoring the batches as they are (not cut to the
+    memory free); None: they ran out of memory (the scorer then halved them, or failed)."""
+    fitted, model.free_memory = model.free_memory, lambda: None
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     try:
         model.score(batches, n_samples)
-    except torch.cuda.OutOfMemoryError:
+    except ScoringOutOfMemory:
         return None
+    finally:
+        model.free_memory = fitted
     torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated()
+    return None if model.token_limit is not None else torch.cuda.max_memory_allocated()
 
 
 def measure(
@@ -186,6 +195,7 @@ def measure(
                 model.model(
                     input_ids=b.input_ids.to(device),
                     attention_mask=b.attention_mask.to(device),
+                    use_cache=False,
                     **extra,
                 )
 

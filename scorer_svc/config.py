@@ -109,8 +109,8 @@ class Settings(BaseSettings):
         ge=1,
         description="memory for scoring models kept loaded, so that runs on different base "
         "models do not reload at every checkpoint; the least recently used go first; null: "
-        "60% of the GPU memory free when the scorer starts (a trainer beside it keeps its "
-        "share), or a quarter of the host's on the CPU",
+        "60% of the GPU memory free when the scorer starts (what a trainer started earlier "
+        "on that GPU holds is left to it), or a quarter of the host's on the CPU",
     )
     rank_timeout_seconds: float = Field(
         1800.0,

@@ -74,14 +74,20 @@ def first_label_position(labels: torch.Tensor) -> int:
     return int(has_label.nonzero()[0, 0])
 
 
-def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
-    """Whether the (base) model's forward takes logits_to_keep (recent transformers models):
-    then only the positions that predict labels get logits, not the prompt's."""
+def accepts(model: torch.nn.Module, keyword: str) -> bool:
+    """Whether the (base) model's forward takes keyword: recent transformers models take
+    logits_to_keep (then only the positions that predict labels get logits, not the
+    prompt's) and use_cache; a model's own code (trust_remote_code) may take neither."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # type: ignore[operator]
     try:
-        return "logits_to_keep" in inspect.signature(base.forward).parameters
+        parameters = inspect.signature(base.forward).parameters
     except (TypeError, ValueError):
         return False
+    return keyword in parameters
+
+
+def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+    return accepts(model, "logits_to_keep")
 
 
 def release_freed_memory() -> None:
@@ -155,6 +161,18 @@ class Manifest:
             )
 
 
+def _warn_non_finite(losses: np.ndarray, scored: list[int], desc: str) -> None:
+    """A sample with label tokens whose loss is not finite has no weight; say how many, since
+    many point at the scoring dtype (float16 overflowing on a model trained in bfloat16)."""
+    bad = int((~np.isfinite(losses[scored])).sum())
+    if bad:
+        log.warning(
+            "%s: %d of %d samples have a non-finite loss (no weight); if the scorer computes "
+            "in float16 (`auto` before Ampere), dtype: float32 avoids an overflow",
+            desc, bad, len(scored),
+        )  # fmt: skip
+
+
 def current_device(device: torch.device) -> contextlib.AbstractContextManager:
     """device made the calling thread's current CUDA device while inside (a thread starts on
     GPU 0 whatever the scorer's --device); nothing on other devices."""
@@ -189,9 +207,13 @@ class ScoringModel:
         self.kind = kind
         self.manifest = Manifest.of(self.model, kind)  # LoRA's: the trainable tensors
         self.keep_logits = accepts_logits_to_keep(self.model)
+        # no KV cache: nothing reads it, and it would hold every layer's keys and values
+        self.no_cache = {"use_cache": False} if accepts(self.model, "use_cache") else {}
+        config = getattr(self.model, "config", None)
+        if config is not None and hasattr(config, "use_cache"):
+            config.use_cache = False  # for a model's own code that reads it there
         self.targets = checkpoint_tensors(self.model, kind)
         self.model.requires_grad_(False)  # nothing is trained here: no autograd bookkeeping
-        config = getattr(self.model, "config", None)
         self.token_cost = (
             None if config is None else memory.TokenCost.of(config, self._logits_dtype())
         )
@@ -278,6 +300,7 @@ class ScoringModel:
                         on_batch(len(batch.indices), batch.input_ids.numel())
             if values:
                 losses[indices] = torch.cat(values).double().cpu().numpy()
+                _warn_non_finite(losses, indices, desc)
         finally:
             values.clear()
             release_freed_memory()
@@ -325,7 +348,7 @@ class ScoringModel:
         logits = self.model(
             input_ids=batch.input_ids.to(self.device),
             attention_mask=batch.attention_mask.to(self.device),
-            use_cache=False,
+            **self.no_cache,
             **extra,
         ).logits
         return per_sample_losses(logits, labels)

@@ -484,6 +484,12 @@ def model_problems(cfg: TrainConfig) -> dict[str, str]:
         problems["quantization_bit"] = problem
     if problem := attention_problem(ATTENTION[cfg.flash_attn], cuda):
         problems["flash_attn"] = problem
+    mixed = cfg.bf16 or cfg.fp16 or cfg.pure_bf16
+    if cfg.finetuning_type == "full" and cfg.flash_attn in ("fa2", "fa3") and not mixed:
+        problems["bf16"] = (
+            f"flash_attn {cfg.flash_attn} computes in bfloat16 or float16, and full "
+            "fine-tuning trains float32 master weights: set bf16: true (or fp16, or pure_bf16)"
+        )
     return problems
 
 

@@ -170,6 +170,10 @@ class DeltaLossSelection:
                  "indices are the ones the scorer ranks"}
             )  # fmt: skip
         self.ranks.one_gpu(trainer.args)  # before train() would wrap it in DataParallel
+        trainer._train_batch_size = trainer.args.train_batch_size  # as counted for one GPU
+        if self.coordinator is not None and self.spec.kind == "full":
+            # float32 master weights of a model stored in bfloat16 travel as stored
+            self.coordinator.sender.snapshot.wire_dtypes = precision.stored_dtypes(self.model)
         if trainer.args.max_steps != self.schedule.max_steps:
             logger.info("max_steps set to the schedule's %d", self.schedule.max_steps)
             trainer.args.max_steps = self.schedule.max_steps

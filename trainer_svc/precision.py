@@ -36,6 +36,36 @@ def upcast_trainable(model: torch.nn.Module) -> dict[str, torch.dtype]:
     return found
 
 
+def wire_dtypes(model: torch.nn.Module, upcast: dict[str, torch.dtype]) -> dict[str, torch.dtype]:
+    """The dtype each upcast tensor travels in (as it was stored), by every name the state
+    dict gives it: a tied weight is one parameter under two names there."""
+    by_id = {id(p): upcast[name] for name, p in model.named_parameters() if name in upcast}
+    return {
+        name: by_id[id(tensor)]
+        for name, tensor in model.state_dict(keep_vars=True).items()
+        if id(tensor) in by_id
+    }
+
+
+def stored_dtypes(model: torch.nn.Module) -> dict[str, torch.dtype]:
+    """For a model whose config names a bfloat16 or float16 dtype (how it was stored): its
+    float32 state-dict tensors by name, to travel in that dtype, but for the modules
+    transformers keeps in float32 whatever the dtype (`_keep_in_fp32_modules`). Nothing for
+    a model stored in float32, or without a config."""
+    config = getattr(model, "config", None)
+    stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(stored, str):
+        stored = getattr(torch, stored, None)
+    if stored not in LOW_PRECISION:
+        return {}
+    kept = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
+    return {
+        name: stored
+        for name, tensor in model.state_dict().items()
+        if tensor.dtype == torch.float32 and not any(k in name.split(".") for k in kept)
+    }
+
+
 def describe(found: dict[str, torch.dtype]) -> str:
     """'N tensors from bfloat16', for the log."""
     names = sorted({str(d).removeprefix("torch.") for d in found.values()})

@@ -140,15 +140,26 @@ class DeltaLossRecipe:
         if self.cfg.pure_bf16:
             logger.info("pure_bf16: the trained weights and optimizer states stay bfloat16")
             return self.spec.build(dtype=torch.bfloat16)
-        model = self.spec.build()
-        upcast = precision.upcast_trainable(model)
-        if upcast:
-            logger.info(
-                "%s upcast to float32: master weights for mixed precision (pure_bf16: true "
-                "keeps them bfloat16)", precision.describe(upcast),
-            )  # fmt: skip
-        self.upcast = upcast
-        return model
+        return self.spec.build()
+
+    def _upcast(self) -> None:
+        """Trainable bfloat16/float16 weights made float32 master weights (not for
+        pure_bf16), once the Trainer has placed the model on its device: no float32 copy of
+        the model passes through host memory."""
+        if self.cfg.pure_bf16:
+            return
+        self.upcast = precision.upcast_trainable(self.model)
+        if not self.upcast:
+            return
+        logger.info(
+            "%s upcast to float32: master weights for mixed precision (pure_bf16: true keeps "
+            "them bfloat16)", precision.describe(self.upcast),
+        )  # fmt: skip
+        if torch.cuda.is_available() and not (self.cfg.bf16 or self.cfg.fp16):
+            logger.warning(
+                "neither bf16 nor fp16 is set: training computes in float32, slower and with "
+                "twice the activation memory of bf16: true (mixed precision)"
+            )
 
     def trainable_tensors(self) -> dict[str, torch.Tensor]:
         """What a checkpoint carries: LoRA's trainable tensors, or the full state dict."""
@@ -316,10 +327,12 @@ class DeltaLossRecipe:
             batch_sampler=sampler,
             trained=self.trained,
         )
+        self._upcast()
         if coordinator is not None:  # the snapshot buffer made once, before training, once
             # Trainer has put the model on its device (pinned memory for a GPU's tensors)
-            coordinator.sender.snapshot.wire_dtypes = self.upcast  # sent as stored
-            coordinator.sender.snapshot.reserve(self.trainable_tensors())
+            snapshot = coordinator.sender.snapshot
+            snapshot.wire_dtypes = precision.wire_dtypes(self.model, self.upcast)  # as stored
+            snapshot.reserve(self.trainable_tensors())
 
     def _on_update(self, row: dict[str, Any]) -> None:
         """Each update's selection figures go to the Trainer's log, and so to report_to

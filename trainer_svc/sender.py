@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainer_svc.retry import StopRequested, never
-from trainer_svc.snapshot import CheckpointUpload, Snapshot
+from trainer_svc.snapshot import CheckpointUpload, HostPinError, Snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -126,4 +126,7 @@ class BackgroundSender:
             logger.info("%s: its sending is cancelled (the run stops)", last.upload.describe())
             self._cancel()
         self._executor.shutdown(wait=True)
-        self.snapshot.release()
+        try:
+            self.snapshot.release()
+        except HostPinError as error:  # the run's own outcome matters more: logged, not raised
+            logger.warning("the snapshot buffer is kept: %s", error)

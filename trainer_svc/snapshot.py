@@ -51,6 +51,14 @@ class CheckpointUpload:
         return f"checkpoint step {self.step} (update {self.update_index})"
 
 
+# cudaHostRegisterPortable: pinned for every CUDA context of the process, not only the
+# current device's (as torch's own pinned memory is)
+HOST_REGISTER_PORTABLE = 1
+# Buffers whose page-locking CUDA would not release: kept alive, never handed back to the
+# allocator while CUDA may still treat their pages as pinned.
+_UNRELEASED: list[torch.Tensor] = []
+
+
 class HostPinError(RuntimeError):
     """CUDA refused to page-lock host memory, or to release it."""
 
@@ -62,7 +70,7 @@ class HostPin:
     def register(self, address: int, nbytes: int) -> None:
         """Page-lock the nbytes from address (HostPinError if CUDA refuses)."""
         cudart = torch.cuda.cudart()
-        result = cudart.cudaHostRegister(address, nbytes, 0)
+        result = cudart.cudaHostRegister(address, nbytes, HOST_REGISTER_PORTABLE)
         _check(cudart, result, f"cudaHostRegister of {_size(nbytes)}")
 
     def unregister(self, address: int) -> None:
@@ -103,11 +111,17 @@ class _Registration:
         self._collected.atexit = False  # the process's exit releases it
 
     def release(self) -> None:
-        """Unregister the buffer (HostPinError if CUDA refuses), then let it go."""
+        """Unregister the buffer, then let it go. If CUDA refuses (HostPinError), the buffer
+        is kept for the process's life instead of freed while still registered."""
         self._collected.detach()
         buffer, self._buffer = self._buffer, None
-        if buffer is not None:
+        if buffer is None:
+            return
+        try:
             self._host_pin.unregister(buffer.data_ptr())
+        except HostPinError:
+            _UNRELEASED.append(buffer)
+            raise
 
     def _release_quietly(self) -> None:
         """release, for a snapshot being collected, where nothing can raise: logged instead."""

@@ -1,5 +1,8 @@
 """Loss of a sample: batched and length-grouped equals the model's own batch-of-one loss."""
 
+import re
+
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -7,6 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from common.errors import CheckpointRejected
 from common.model_spec import LoraSettings, ModelSpec
 from common.tokenization import IGNORE_INDEX, EncodedSample, TokenizationSettings, encode_dataset
+from scorer_svc import scoring
 from scorer_svc.batching import group_by_length, make_batches
 from scorer_svc.memory import LOSS_CHUNK_BYTES, MARGIN
 from scorer_svc.scoring import (
@@ -249,3 +253,45 @@ def test_scoring_makes_the_models_gpu_current_in_its_thread():
     context = current_device(torch.device("cuda:2"))
     assert isinstance(context, torch.cuda.device) and context.idx == 2
     assert not isinstance(current_device(CPU), torch.cuda.device)
+
+
+def test_score_runs_with_the_models_device_current(tiny_model, monkeypatch):
+    scorer = _load(tiny_model)
+    entered = []
+    real = scoring.current_device
+    monkeypatch.setattr(scoring, "current_device", lambda d: entered.append(d) or real(d))
+    encoded, batches = _batches(tiny_model, n=4)
+    scorer.score(batches, len(encoded))
+    assert entered == [CPU]
+
+
+class OwnCode(torch.nn.Module):
+    """A model of its own code (trust_remote_code) whose forward takes no use_cache."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.config = inner.config
+
+    def forward(self, input_ids, attention_mask):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask)
+
+
+def test_a_model_whose_forward_takes_no_use_cache_is_scored(tiny_model):
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    scorer = ScoringModel(OwnCode(plain), CPU, "full")
+    assert scorer.no_cache == {} and plain.config.use_cache is False  # told by its config
+    encoded, batches = _batches(tiny_model, n=6)
+    losses = scorer.score(batches, len(encoded))
+    assert np.isfinite(losses[[i for b in batches for i in b.indices]]).all()
+
+
+def test_non_finite_losses_are_counted_in_a_warning(tiny_model, caplog):
+    scorer = _load(tiny_model, "full")
+    encoded, batches = _batches(tiny_model, n=6)
+    with torch.no_grad():
+        scorer.model.lm_head.weight[0, 0] = float("inf")
+    with caplog.at_level("WARNING", logger="scorer_svc.scoring"):
+        scorer.score(batches, len(encoded), desc="run x step 2")
+    assert re.search(r"run x step 2: \d+ of \d+ samples have a non-finite loss", caplog.text)
+    assert "dtype: float32" in caplog.text

@@ -108,6 +108,27 @@ def test_keys_that_need_a_gpu_are_refused_on_a_cpu_machine(demo_file, tmp_path):
     assert set(info.value.problems) == {"quantization_bit", "quantization_method"}
 
 
+def test_full_finetuning_with_flash_attention_needs_a_half_precision(demo_file, tmp_path):
+    """Its weights are float32 masters: without bf16/fp16 autocast flash attention would be
+    handed float32 at the first step."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(base(demo_file, tmp_path, finetuning_type="full", flash_attn="fa2"))
+    assert "set bf16: true" in info.value.problems["bf16"]
+    for ok in ({"bf16": True}, {"pure_bf16": True}, {"finetuning_type": "lora"}):
+        keys = {"finetuning_type": "full", "flash_attn": "fa2", **ok}
+        try:  # refused where there is no GPU or no flash-attn package, for that alone
+            parse_config(base(demo_file, tmp_path, **keys))
+        except ConfigError as error:
+            assert set(error.problems) == {"flash_attn"}
+
+
+def test_pure_bf16_goes_with_bf16_not_fp16(demo_file, tmp_path):
+    with pytest.raises(ConfigError) as info:
+        parse_config(base(demo_file, tmp_path, pure_bf16=True, fp16=True))
+    assert "use it with bf16, not fp16" in info.value.problems["pure_bf16"]
+    assert parse_config(base(demo_file, tmp_path, pure_bf16=True, bf16=True)).config.pure_bf16
+
+
 def test_attention_reaches_the_model_spec(demo_file, tmp_path):
     for value, implementation in (("auto", None), ("disabled", "eager"), ("sdpa", "sdpa")):
         cfg = parse_config(base(demo_file, tmp_path, flash_attn=value)).config

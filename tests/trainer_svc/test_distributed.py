@@ -31,11 +31,10 @@ def test_a_lone_process_on_four_gpus_trains_on_the_first_and_says_so(caplog):
     assert "torchrun --nproc-per-node 4" in caplog.text
 
 
-def test_under_torchrun_each_rank_keeps_its_own_gpu():
+def test_under_torchrun_the_ranks_placement_is_left_to_torchrun():
     args = FourGpus()
-    args._n_gpu = 1  # transformers' count for a DDP rank
     Ranks(rank=1, world=4, device=torch.device("cuda:1")).one_gpu(args)
-    assert args.n_gpu == 1
+    assert args.n_gpu == 4  # untouched: DDP gives each rank its own GPU (cuda:LOCAL_RANK)
 
 
 def test_on_the_cpu_nothing_changes(tmp_path):

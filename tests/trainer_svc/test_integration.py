@@ -189,3 +189,32 @@ def test_a_users_bfloat16_model_trained_in_full_is_warned_of(
         )  # fmt: skip
     selection.close()
     assert "from bfloat16 train without float32 master weights" in caplog.text
+
+
+@pytest.mark.slow  # trains a model (in-process)
+def test_a_users_upcast_model_sends_its_checkpoints_as_stored(tiny_bf16_model, demo_file, tmp_path):
+    """Upcast as the warning says, a full model's float32 master weights travel in bfloat16,
+    the dtype it was stored in: half the bytes against max_checkpoint_bytes."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_bf16_model)
+    for p in model.parameters():
+        p.data = p.data.float()
+    scorer = FakeScorer(32)
+    args = users_args(tmp_path / "out", num_train_epochs=0.5)
+    selection = DeltaLossSelection(
+        {"dataset": str(demo_file), **SELECTION},
+        model=model, tokenizer=AutoTokenizer.from_pretrained(tiny_bf16_model), args=args,
+        scorer=scorer,
+    )  # fmt: skip
+    trainer = Trainer(
+        model=model, args=args, train_dataset=selection.train_dataset,
+        data_collator=selection.data_collator,
+    )  # fmt: skip
+    selection.attach(trainer)
+    try:
+        trainer.train()
+    finally:
+        selection.close()
+    sent = scorer.checkpoints[0].tensors
+    assert set(sent) == set(model.state_dict())
+    assert {t.dtype for t in sent.values()} == {torch.bfloat16}
+    assert {p.dtype for p in model.parameters()} == {torch.float32}  # trained as float32

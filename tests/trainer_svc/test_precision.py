@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from trainer_svc.precision import describe, low_precision_trainable, upcast_trainable
+from trainer_svc.precision import (
+    describe,
+    low_precision_trainable,
+    stored_dtypes,
+    upcast_trainable,
+    wire_dtypes,
+)
 
 
 class Tied(torch.nn.Module):
@@ -63,3 +69,25 @@ def test_a_float16_model_steps_under_fp16_once_upcast(tmp_path):
     before = upcast.lm_head.weight.detach().clone()
     _step_with_grad_scaler(upcast)
     assert not torch.equal(upcast.lm_head.weight, before)
+
+
+def test_a_tied_weight_travels_as_stored_under_both_its_names():
+    """The state dict, which a full checkpoint carries, names a tied weight twice; both go in
+    the dtype it was stored in."""
+    model = Tied().to(torch.bfloat16)
+    upcast = upcast_trainable(model)
+    assert wire_dtypes(model, upcast) == {
+        "embed.weight": torch.bfloat16, "head.weight": torch.bfloat16,
+    }  # fmt: skip
+
+
+def test_a_users_upcast_model_travels_in_its_configs_dtype(tiny_bf16_model, tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_bf16_model)
+    upcast_trainable(model)
+    stored = stored_dtypes(model)
+    assert set(stored) == set(model.state_dict()) and set(stored.values()) == {torch.bfloat16}
+    model._keep_in_fp32_modules = ["lm_head"]  # what transformers keeps float32 stays so
+    assert "lm_head.weight" not in stored_dtypes(model)
+    assert stored_dtypes(AutoModelForCausalLM.from_pretrained(tiny_model)) == {}  # float32
