@@ -3,21 +3,34 @@ and REST; every rank scores a share of each checkpoint's samples.
 
 Two process groups join the ranks. The default group (NCCL on GPUs, gloo on CPUs) carries
 only the checkpoint's tensors; a gloo group, made by every rank right after the default one
-starts, carries the control traffic: the commands, the heartbeat, the ranks' readiness and
-the losses gathered with each rank's ok flag (small, and nothing is pickled).
+starts, carries the control traffic: the commands, the heartbeat, the ranks' readiness, rank
+0's stream status and the losses gathered with each rank's status (small, and nothing is
+pickled).
 
-For each checkpoint rank 0 broadcasts a command (the run's stored hello and the tensor table,
-as JSON bytes), every rank prepares its run and model, and once all are ready rank 0 reads
-the tensors from the stored file one at a time (onto its GPU, where it scores) and
-broadcasts each; every rank copies each into its model's tensors and drops it before the
-next, so beside the model one tensor is alive per rank and the host holds the checkpoint
-only in rank 0's page cache. Then all ranks score their share of the run's batches
-(balanced by token count, the same split computed on every rank) and rank 0 gathers the
-losses. Every rank goes through the same collectives whatever happens locally: a rank that
-could not prepare its model still receives (and discards) every tensor, reports it in its
-result, and the checkpoint fails naming the rank. While there is nothing to score rank 0
-broadcasts `idle` every HEARTBEAT_SECONDS, so no rank sits in one collective for longer than
-the process group's timeout allows.
+Each checkpoint is one sequence of collectives, the same on every rank whatever fails
+locally (every branch below is taken by all ranks together, on values they all received):
+1. command (control, broadcast): the run's stored hello, the tensor table and the samples,
+   as JSON bytes. Every rank prepares its run and model (rank 0 has them) and allocates its
+   receive buffer (the largest tensor's bytes, on its device), catching any failure.
+2. readiness (control, all_reduce MIN of each rank's ok flag). If a rank could not prepare
+   or allocate, no rank enters the stream: on to 5, where the ranks that could not report
+   it and the checkpoint fails naming them.
+3. the stream (default group, one broadcast per tensor): rank 0 reads each tensor from the
+   stored file into host memory and copies it into its buffer, the others receive it into
+   theirs, and every rank copies it into its model's tensor; beside the model one tensor's
+   bytes are alive per rank (and on rank 0's host), and nothing is allocated on the device.
+   A local failure (a read, a copy) stops the reading and copying there but not the
+   broadcasts. The buffer is then freed, for scoring.
+4. rank 0's stream status (control, broadcast): if rank 0 could not read or copy a tensor,
+   no rank scores (the others may hold what was not the checkpoint's) and the checkpoint
+   fails with rank 0's error; otherwise every rank whose own stream went through scores its
+   share of the run's batches (balanced by token count, the same split on every rank).
+5. the losses (control, gather to rank 0), each rank's row ending in its status: scored,
+   failed (it could not prepare, allocate, take the tensors or score: named in the
+   checkpoint's error, and in its own log) or skipped (another rank's failure stopped it).
+While there is nothing to score rank 0 broadcasts `idle` every HEARTBEAT_SECONDS, so no rank
+sits in one collective for longer than the process group's timeout allows. A collective that
+fails (a rank lost) breaks the group; a local failure never does.
 
 What is noticed when, a gloo collective failing as soon as a peer's connection closes:
 - a rank that dies while idle: at rank 0's next heartbeat (HEARTBEAT_SECONDS apart), and
@@ -27,7 +40,11 @@ What is noticed when, a gloo collective failing as soon as a peer's connection c
 - a rank that dies while the tensors stream (NCCL): only when the default group's timeout
   (rank_timeout_seconds) ends the NCCL collective; the readiness exchange just before the
   stream has shown every rank alive, so only a death within the stream itself waits;
-- a rank that hangs without dying: when the collective it holds up times out.
+- a rank that hangs without dying: when the collective it holds up times out;
+- a rank that cannot prepare its run or allocate its buffer (out of memory on a GPU it
+  shares): at the readiness exchange, before any tensor moves; rank 0's failed read or copy:
+  after the stream, before any rank scores; another rank's failed copy or scoring: in the
+  gather. None of these costs more than the checkpoint: the next one is scored by all ranks.
 """
 
 from __future__ import annotations
@@ -49,11 +66,15 @@ from common.collectives import broadcast_json, control_group, start_group
 from scorer_svc.batching import Batch
 from scorer_svc.registry import Registry
 from scorer_svc.scoring import ScoringAborted, ScoringModel
-from scorer_svc.store import StoredCheckpoint, stream_tensors
+from scorer_svc.store import StoredCheckpoint, TableRow, receive_buffer, stream_tensors
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 5.0
+CPU = torch.device("cpu")
+
+# a rank's status, the last element of its row in the gather of the losses
+SCORED, FAILED, SKIPPED = 1.0, 0.0, -1.0
 
 
 class RankLost(RuntimeError):
@@ -125,20 +146,22 @@ class RankGroup:
             raise ScoringAborted(desc)  # left pending: scored after the restart
         command = {"op": "score", "config": config, "tensors": checkpoint.table, "samples": samples}
         # the file is opened before any collective: a file that cannot be read fails the
-        # checkpoint, not the group
-        with checkpoint.reading(self.comm_device) as read, self._collectives():
+        # checkpoint, not the group. Its tensors are read into host memory, one at a time,
+        # and copied into the receive buffer on the device.
+        with checkpoint.reading(CPU) as read, self._collectives():
             self._broadcast_json(command)
-            self._ready()
-            error = self._stream(checkpoint.table, read, model)
-            losses = np.full(n_samples, np.nan)
-            if error is None:  # whatever happens here, the others wait in the gather
+            streamed, error = self._take(checkpoint.table, read, model)
+            if streamed:
+                self._rank_0_streamed(error is None)
+            status, losses = (SCORED if streamed else SKIPPED), np.full(n_samples, np.nan)
+            if error is None and streamed:  # whatever happens here, the others wait in the gather
                 try:
                     losses = self._score_first_share(
                         batches, model, n_samples, stop, desc, on_batch
                     )
                 except Exception as exc:
                     error = exc
-            results = self._gather(losses, error is None)
+            results = self._gather(losses, FAILED if error is not None else status)
         if error is not None:
             raise error
         return self._combined(results, batches, n_samples)
@@ -161,15 +184,18 @@ class RankGroup:
         return model.score(mine, n_samples, stop=stop, desc=desc, on_batch=scaled)
 
     def _combined(
-        self, results: list[tuple[bool, np.ndarray]], batches: Sequence[Batch], n_samples: int
+        self, results: list[tuple[float, np.ndarray]], batches: Sequence[Batch], n_samples: int
     ) -> np.ndarray:
         """Every rank's share of the losses in one array; RuntimeError naming the ranks that
-        could not score theirs."""
-        failed = [rank for rank, (ok_r, _) in enumerate(results) if not ok_r]
+        could not score theirs (or, were there none, those that skipped theirs)."""
+        failed = [rank for rank, (status, _) in enumerate(results) if status == FAILED]
         if failed:
             raise RuntimeError(
                 f"rank(s) {failed} of the scorer could not score their share (see their log)"
             )
+        skipped = [rank for rank, (status, _) in enumerate(results) if status != SCORED]
+        if skipped:
+            raise RuntimeError(f"rank(s) {skipped} of the scorer did not score their share")
         combined = np.full(n_samples, np.nan)
         for rank, positions in enumerate(share(batches, self.world)):
             indices = [i for p in positions for i in batches[p].indices]
@@ -229,15 +255,25 @@ class RankGroup:
     ) -> None:
         n_samples = int(command["config"]["n_samples"])
         prepared = self._prepare(command, registry)
-        self._ready()
         model = None if prepared is None else prepared[0]
-        failure = self._stream(command["tensors"], None, model)
+        streamed, failure = self._take(command["tensors"], None, model)
         if failure is not None:
-            log.error("rank %d could not take the checkpoint's tensors: %s", self.rank, failure)
-        ok, losses = False, np.full(n_samples, np.nan)
-        if prepared is not None and failure is None:
-            ok, losses = self._score_share_of(prepared[0], prepared[1], n_samples, stopping)
-        self._gather(losses, ok)
+            log.error(
+                "rank %d could not take the checkpoint's tensors: %s: %s",
+                self.rank,
+                type(failure).__name__,
+                failure,
+            )
+        failed = prepared is None or failure is not None
+        status, losses = (FAILED if failed else SKIPPED), np.full(n_samples, np.nan)
+        if streamed:
+            rank_0_ok = self._rank_0_streamed(None)
+            if not rank_0_ok:
+                log.error("rank %d: rank 0 could not stream the checkpoint; not scored", self.rank)
+            elif prepared is not None and failure is None:
+                ok, losses = self._score_share_of(prepared[0], prepared[1], n_samples, stopping)
+                status = SCORED if ok else FAILED
+        self._gather(losses, status)
 
     def _prepare(
         self, command: dict[str, Any], registry: Registry
@@ -281,40 +317,63 @@ class RankGroup:
     def _broadcast_json(self, obj: Any) -> Any:
         return broadcast_json(obj, device=torch.device("cpu"), group=self.control)
 
-    def _ready(self) -> None:
-        """Wait on the control group until every rank has prepared its run: the tensors'
-        collectives (NCCL) then wait for no rank's preparation, and a rank that died meanwhile
-        is noticed here, at once."""
-        dist.barrier(group=self.control)
-
-    def _stream(
+    def _take(
         self,
         table: Sequence[Sequence[Any]],
         read: Callable[[str], torch.Tensor] | None,
         model: ScoringModel | None,
-    ) -> Exception | None:
-        """The checkpoint's tensors from rank 0 (read: its file) into every rank's model
-        (None: received and discarded), one at a time; this rank's first failure."""
-        rows = [(str(name), str(dtype), list(shape)) for name, dtype, shape in table]
-        targets = None if model is None else model.targets
-        return stream_tensors(rows, read, self._broadcast_tensor, targets, self.comm_device)
+    ) -> tuple[bool, Exception | None]:
+        """The checkpoint's tensors from rank 0 (read: its file) into every rank's model, one
+        at a time through this rank's receive buffer, once every rank is ready (model None:
+        this rank could not prepare, and is not). (streamed: every rank was ready, so the
+        tensors went through; this rank's first failure: its buffer, a read or a copy)."""
+        rows: list[TableRow] = [(str(n), str(dtype), list(shape)) for n, dtype, shape in table]
+        buffer, failure = None, None
+        if model is not None:
+            try:
+                buffer = receive_buffer(rows, self.comm_device)
+            except Exception as exc:  # out of memory, on a GPU another process shares
+                failure = exc
+        if not self._ready(buffer is not None) or buffer is None or model is None:
+            return False, failure
+        failure = stream_tensors(rows, read, self._broadcast_tensor, model.targets, buffer)
+        del buffer  # back to the allocator, for scoring
+        return True, failure
+
+    def _ready(self, ok: bool) -> bool:
+        """Whether every rank is ready (has prepared its run and its receive buffer), on the
+        control group: the tensors' collectives (NCCL) then wait for no rank's preparation,
+        are entered by all ranks or none, and a rank that died meanwhile is noticed here, at
+        once."""
+        flag = torch.tensor([1 if ok else 0], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=self.control)
+        return bool(flag.item())
+
+    def _rank_0_streamed(self, ok: bool | None) -> bool:
+        """Whether rank 0 read and copied every tensor (ok on rank 0, None elsewhere), from
+        rank 0 to every rank on the control group."""
+        flag = torch.tensor([1 if ok else 0], dtype=torch.int32)
+        dist.broadcast(flag, src=0, group=self.control)
+        return bool(flag.item())
 
     def _broadcast_tensor(self, tensor: torch.Tensor) -> None:
-        """tensor from rank 0 into every rank's, in place, on the default group. On a GPU the
-        host waits for it, so that each buffer is done with before the next is made."""
+        """tensor's bytes from rank 0 into every rank's, in place, on the default group. On
+        a GPU the host waits for it, so a failure shows at the tensor it concerns and the
+        next tensor goes into the buffer only once this one has been taken."""
         dist.broadcast(tensor, src=0)
         if tensor.is_cuda:
             torch.cuda.current_stream(tensor.device).synchronize()
 
-    def _gather(self, losses: np.ndarray, ok: bool) -> list[tuple[bool, np.ndarray]]:
-        """(ok, losses) of every rank on rank 0; [] elsewhere, on the control group. The flag
-        rides as the last element, so one collective carries both."""
-        row = torch.from_numpy(np.append(losses, 1.0 if ok else 0.0))
+    def _gather(self, losses: np.ndarray, status: float) -> list[tuple[float, np.ndarray]]:
+        """(status, losses) of every rank on rank 0; [] elsewhere, on the control group. The
+        status (SCORED, FAILED, SKIPPED) rides as the last element, so one collective carries
+        both."""
+        row = torch.from_numpy(np.append(losses, status))
         rows = [torch.empty_like(row) for _ in range(self.world)] if self.rank == 0 else None
         dist.gather(row, rows, dst=0, group=self.control)
         if rows is None:
             return []
-        return [(bool(r[-1].item() == 1.0), r[:-1].numpy()) for r in rows]
+        return [(float(r[-1].item()), r[:-1].numpy()) for r in rows]
 
 
 class _Guard:

@@ -1,6 +1,14 @@
 """Checkpoint tensors on disk, in safetensors (never pickle), written durably before the ack,
 and read back one tensor at a time into a model's tensors: beside the model, at most one
-tensor of the checkpoint is in memory at once."""
+tensor of the checkpoint is in memory at once.
+
+Between ranks (`stream_tensors`) every tensor travels through one receive buffer per rank,
+made before the stream starts (`receive_buffer`: bytes on the rank's device, as many as the
+largest tensor's): each tensor is received into (or, on the reading rank, copied into) the
+start of it, so nothing is allocated on the device while the ranks are in the stream's
+collectives, and a rank short of memory finds out before they start. In one process
+(`StoredCheckpoint.copy_into`) each tensor is read and copied into its target, and the first
+failure ends it before anything more is read."""
 
 from __future__ import annotations
 
@@ -129,9 +137,10 @@ class StoredCheckpoint:
 
     def copy_into(self, targets: Mapping[str, torch.Tensor], device: torch.device) -> None:
         """Every tensor copied into targets[name] (cast to its dtype), read one at a time
-        onto device; the first failure is raised once the file is closed."""
+        onto device and dropped before the next; the first failure ends it (nothing more is
+        read) and is raised once the file is closed."""
         with self.reading(device) as read:
-            failure = stream_tensors(self.table, read, None, targets, device)
+            failure = copy_tensors(self.table, read, targets)
         if failure is not None:
             raise failure
 
@@ -141,39 +150,80 @@ def _table_row(file: Any, name: str) -> TableRow:
     return name, _WIRE_NAME[tensor.get_dtype()], list(tensor.get_shape())
 
 
+def nbytes(row: TableRow) -> int:
+    """The byte size of a table's tensor."""
+    _, dtype, shape = row
+    return torch.Size(shape).numel() * dtypes.BY_NAME[dtype].torch.itemsize
+
+
+def allocate_bytes(count: int, device: torch.device) -> torch.Tensor:
+    """count uninitialised bytes on device: the one place a receive buffer's memory comes
+    from."""
+    return torch.empty(count, dtype=torch.uint8, device=device)
+
+
+def receive_buffer(table: Sequence[TableRow], device: torch.device) -> torch.Tensor:
+    """The buffer every tensor of table passes through on this rank: bytes on device, as
+    many as the largest tensor's. Raises what the allocation raises (out of memory)."""
+    return allocate_bytes(max((nbytes(row) for row in table), default=0), device)
+
+
+def tensor_view(buffer: torch.Tensor, row: TableRow) -> torch.Tensor:
+    """row's tensor as a view of the buffer's first bytes, in its dtype and shape (aligned as
+    the buffer's start is: the allocator aligns it for every dtype)."""
+    _, dtype, shape = row
+    return buffer[: nbytes(row)].view(dtypes.BY_NAME[dtype].torch).view(shape)
+
+
+@torch.no_grad()
+def copy_tensors(
+    table: Sequence[TableRow],
+    read: Callable[[str], torch.Tensor],
+    targets: Mapping[str, torch.Tensor],
+) -> Exception | None:
+    """One process: each tensor read, copied into targets[name] (cast to the target's dtype)
+    and dropped before the next. Returns the first failure; nothing is read after it."""
+    for name, _, _ in table:
+        try:
+            targets[name].copy_(read(name))
+        except Exception as exc:
+            return exc
+    return None
+
+
 @torch.no_grad()
 def stream_tensors(
     table: Sequence[TableRow],
     read: Callable[[str], torch.Tensor] | None,
-    broadcast: Callable[[torch.Tensor], object] | None,
-    targets: Mapping[str, torch.Tensor] | None,
-    device: torch.device,
+    broadcast: Callable[[torch.Tensor], object],
+    targets: Mapping[str, torch.Tensor],
+    buffer: torch.Tensor,
 ) -> Exception | None:
-    """The table's tensors one at a time: each read (where the file is; elsewhere an empty
-    buffer on device), passed to broadcast (which fills the other ranks' buffers in place),
-    copied into targets[name] (cast to the target's dtype) and dropped before the next, so
-    beside the targets one tensor at a time is alive. targets None: received and discarded
-    (a rank without a model). Returns the first local failure: after it nothing more is read
-    or copied, but every tensor still goes through broadcast, so the ranks' collectives stay
-    in step; with no broadcast (one process) the first failure ends it."""
+    """The table's tensors one at a time through buffer (from `receive_buffer`): where the
+    file is (read), each is read and copied into the buffer; broadcast then carries the
+    tensor's bytes from that rank into every other rank's buffer, in place; each rank copies
+    the typed view of them into targets[name] (cast to the target's dtype). Nothing is
+    allocated beyond what read returns. Returns this rank's first failure (a read or a
+    copy): after it nothing more is read or copied, but every tensor still goes through
+    broadcast, so the ranks' collectives stay in step; what the buffer then holds is not the
+    checkpoint's, which the caller tells the other ranks (a failure on the reading rank) or
+    reports (elsewhere)."""
     failure: Exception | None = None
-    for name, dtype, shape in table:
-        if failure is not None and broadcast is None:
-            break
-        tensor = None
+    for row in table:
+        name = row[0]
+        view = tensor_view(buffer, row)
         if read is not None and failure is None:
             try:
                 tensor = read(name)
+                view.copy_(tensor)
+                del tensor
             except Exception as exc:
                 failure = exc
-        if tensor is None:
-            tensor = torch.empty(shape, dtype=dtypes.BY_NAME[dtype].torch, device=device)
-        if broadcast is not None:
-            broadcast(tensor)
-        if targets is not None and failure is None:
+        broadcast(buffer[: nbytes(row)])
+        if failure is None:
             try:
-                targets[name].copy_(tensor)
+                targets[name].copy_(view)
             except Exception as exc:
                 failure = exc
-        del tensor
+        del view
     return failure

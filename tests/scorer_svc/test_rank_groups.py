@@ -1,12 +1,13 @@
 """The scorer's ranks as process groups (gloo on the CPU): the control traffic on the gloo
-group, only the checkpoint's tensors on the default group; a rank that cannot prepare still
-takes every tensor and fails the checkpoint; a lost rank is noticed without waiting for the
-group's timeout."""
+group, only the checkpoint's tensors on the default group; a rank that cannot prepare or
+allocate its receive buffer fails the checkpoint, before any tensor moves, and the next one
+is scored by every rank; a lost rank is noticed without waiting for the group's timeout."""
 
 import json
 import multiprocessing
 import os
 import signal
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,7 +19,7 @@ from safetensors.torch import save_file
 
 from devtools.scorer_process import free_port
 from devtools.waiting import wait_until
-from scorer_svc import ranks
+from scorer_svc import ranks, store
 from scorer_svc.batching import Batch
 from scorer_svc.ranks import RankGroup, RankLost, share
 from scorer_svc.store import StoredCheckpoint
@@ -52,6 +53,35 @@ class SumModel:
         for batch in batches:
             losses[batch.indices] = total
         return losses
+
+
+class Registry:
+    """A follower's registry: every run can be prepared."""
+
+    settings = None
+
+    def hello_of(self, run_id, config):
+        return run_id
+
+    def prepare(self, hello):
+        return SimpleNamespace(batches=_batches())
+
+    def model(self, hello):
+        return SumModel()
+
+
+class RefusedOnce:
+    """An allocation that fails the first time, as a GPU another process fills would."""
+
+    def __init__(self, allocate) -> None:
+        self.allocate = allocate
+        self.asked = 0
+
+    def __call__(self, count: int, device: torch.device) -> torch.Tensor:
+        self.asked += 1
+        if self.asked == 1:
+            raise torch.OutOfMemoryError(f"could not allocate {count} bytes on {device}")
+        return self.allocate(count, device)
 
 
 class RegistryFailingOnce:
@@ -116,7 +146,7 @@ def one_rank(tmp_path):
 def _record_groups(monkeypatch, group: RankGroup) -> list[tuple[str, str]]:
     """(collective, "control" or "default") of every collective from now on."""
     calls: list[tuple[str, str]] = []
-    for op in ("broadcast", "gather", "barrier"):
+    for op in ("broadcast", "all_reduce", "gather", "barrier"):
         real = getattr(dist, op)
 
         def recording(*args, _op=op, _real=real, **kwargs):
@@ -136,14 +166,66 @@ def test_only_the_checkpoints_tensors_travel_on_the_default_group(one_rank, monk
     np.testing.assert_array_equal(losses, np.full(N_SAMPLES, TOTAL))
     assert calls == [
         ("broadcast", "control"), ("broadcast", "control"),  # the command: its size, its bytes
-        ("barrier", "control"),  # every rank prepared
+        ("all_reduce", "control"),  # every rank prepared and made its buffer
         ("broadcast", "default"), ("broadcast", "default"),  # the two tensors
-        ("gather", "control"),  # the losses and ok flags
+        ("broadcast", "control"),  # rank 0 read and copied them
+        ("gather", "control"),  # the losses and statuses
     ]  # fmt: skip
     calls.clear()
     monkeypatch.setattr(ranks, "HEARTBEAT_SECONDS", 0.0)
     one_rank.heartbeat()
     assert calls == [("broadcast", "control")] * 2
+
+
+def test_rank_0_short_of_memory_fails_the_checkpoint_before_any_tensor_moves(
+    one_rank, monkeypatch, tmp_path
+):
+    calls = _record_groups(monkeypatch, one_rank)
+    monkeypatch.setattr(store, "allocate_bytes", RefusedOnce(store.allocate_bytes))
+    config = {"run_id": "r", "n_samples": N_SAMPLES}
+    with pytest.raises(torch.OutOfMemoryError):
+        one_rank.score(config, _stored(tmp_path), _batches(), SumModel(), N_SAMPLES)
+    assert calls == [("broadcast", "control")] * 2 + [("all_reduce", "control"),
+                                                      ("gather", "control")]  # fmt: skip
+    assert one_rank.lost is None  # the checkpoint failed, not the group
+    losses = one_rank.score(config, _stored(tmp_path), _batches(), SumModel(), N_SAMPLES)
+    np.testing.assert_array_equal(losses, np.full(N_SAMPLES, TOTAL))
+
+
+class NeverScored(SumModel):
+    def score(self, batches, n_samples, **_) -> np.ndarray:
+        raise AssertionError("scored a checkpoint that did not reach the model")
+
+
+class Unreadable(StoredCheckpoint):
+    """A stored checkpoint whose second tensor cannot be read."""
+
+    @contextmanager
+    def reading(self, device):
+        with super().reading(device) as read:
+
+            def failing(name: str) -> torch.Tensor:
+                if name == self.table[1][0]:
+                    raise OSError("the disk went away")
+                return read(name)
+
+            yield failing
+
+
+def test_rank_0_that_cannot_read_a_tensor_tells_the_others_and_scores_nothing(
+    one_rank, monkeypatch, tmp_path
+):
+    calls = _record_groups(monkeypatch, one_rank)
+    stored = _stored(tmp_path)
+    config = {"run_id": "r", "n_samples": N_SAMPLES}
+    unreadable = Unreadable(stored.path, stored.table)
+    with pytest.raises(OSError, match="the disk went away"):
+        one_rank.score(config, unreadable, _batches(), NeverScored(), N_SAMPLES)
+    assert calls[-4:] == [("broadcast", "default"), ("broadcast", "default"),  # both tensors
+                          ("broadcast", "control"), ("gather", "control")]  # fmt: skip
+    assert one_rank.lost is None
+    losses = one_rank.score(config, stored, _batches(), SumModel(), N_SAMPLES)
+    np.testing.assert_array_equal(losses, np.full(N_SAMPLES, TOTAL))
 
 
 # two ranks, each a process of its own
@@ -165,8 +247,16 @@ def _lead(folder: Path, port: int) -> None:
 
 
 def _follow(folder: Path, port: int) -> None:
+    """Rank 1: the first run asked for cannot be prepared."""
     group = _join(1, 2, port)
     _report(folder, 1, group.follow(RegistryFailingOnce()))
+
+
+def _follow_short_of_memory(folder: Path, port: int) -> None:
+    """Rank 1: its first receive buffer cannot be allocated."""
+    store.allocate_bytes = RefusedOnce(store.allocate_bytes)
+    group = _join(1, 2, port)
+    _report(folder, 1, group.follow(Registry()))
 
 
 def _beat(folder: Path, port: int) -> None:
@@ -203,8 +293,12 @@ def _exited(processes: list[multiprocessing.Process]) -> list[int | None]:
 
 
 @pytest.mark.slow
-def test_a_follower_that_cannot_prepare_takes_every_tensor_and_fails_the_checkpoint(tmp_path):
-    processes = _start(_lead, _follow, folder=tmp_path)
+@pytest.mark.parametrize("follow", [_follow, _follow_short_of_memory],
+                         ids=["cannot-prepare", "cannot-allocate"])  # fmt: skip
+def test_a_follower_that_cannot_prepare_or_allocate_fails_the_checkpoint_naming_it(
+    tmp_path, follow
+):
+    processes = _start(_lead, follow, folder=tmp_path)
     try:
         assert wait_until(lambda: None not in _exited(processes), "both ranks done")
     finally:
