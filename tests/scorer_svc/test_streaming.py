@@ -4,6 +4,8 @@ copied into the target with the target's dtype); in one process read and copied,
 the first failure. A follower that cannot make its buffer, or whose rank 0 could not read the
 checkpoint, enters no tensor collective or scores nothing, and says so in the gather."""
 
+import json
+import struct
 import threading
 import weakref
 from types import SimpleNamespace
@@ -11,11 +13,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from scorer_svc import store
 from scorer_svc.ranks import FAILED, SCORED, SKIPPED, RankGroup
 from scorer_svc.store import (
+    CheckpointWriter,
     StoredCheckpoint,
     copy_tensors,
     read_checkpoint,
@@ -240,24 +242,49 @@ def test_when_rank_0_could_not_read_the_checkpoint_followers_do_not_score():
     assert registry.models[0].scored == 0
 
 
+# a checkpoint file
+
+
+FILE_ORDER = [("z", torch.ones(2, 2)), ("m", torch.full((4,), 2.0, dtype=torch.bfloat16)),
+              ("a", torch.arange(3.0))]  # fmt: skip
+
+
+def _file_order(path) -> list[str]:
+    """The tensors' names in the order their bytes lie in the file, from its header."""
+    with open(path, "rb") as file:
+        (length,) = struct.unpack("<Q", file.read(8))
+        header = json.loads(file.read(length))
+    header.pop("__metadata__", None)
+    return sorted(header, key=lambda name: header[name]["data_offsets"][0])
+
+
 @pytest.fixture
 def stored(tmp_path) -> StoredCheckpoint:
-    """A checkpoint file whose tensors lie in another order than their names sort in."""
+    """A checkpoint file whose tensors lie in another order than their names sort in (and
+    than their dtypes would put them)."""
     path = tmp_path / "step.safetensors"
-    save_file({"z": torch.ones(2, 2), "m": torch.full((3,), 2.0, dtype=torch.bfloat16)}, path)
+    layout = [(n, str(t.dtype).removeprefix("torch."), list(t.shape), t.nbytes)
+              for n, t in FILE_ORDER]  # fmt: skip
+    writer = CheckpointWriter(path, layout)
+    for _, tensor in FILE_ORDER:
+        writer.write(_bytes(tensor).numpy().tobytes())
+    writer.commit()
     return StoredCheckpoint.open(path)
 
 
 def test_a_stored_checkpoint_gives_its_table_in_file_order(stored):
-    assert sorted(stored.table) == [("m", "bfloat16", [3]), ("z", "float32", [2, 2])]
+    names = [name for name, _, _ in stored.table]
+    assert _file_order(stored.path) == ["z", "m", "a"] != sorted(names)
+    assert stored.table == [("z", "float32", [2, 2]), ("m", "bfloat16", [4]),
+                            ("a", "float32", [3])]  # fmt: skip
     with stored.reading(CPU) as read:
-        assert [read(name).dtype for name, _, _ in stored.table] == [
-            torch.bfloat16 if name == "m" else torch.float32 for name, _, _ in stored.table
-        ]
+        for name, tensor in FILE_ORDER:
+            assert torch.equal(read(name), tensor)
 
 
 def test_a_stored_checkpoint_is_copied_into_targets_of_another_dtype(stored):
-    targets = {"z": torch.zeros(2, 2, dtype=torch.bfloat16), "m": torch.zeros(3)}
+    targets = {"z": torch.zeros(2, 2, dtype=torch.bfloat16), "m": torch.zeros(4),
+               "a": torch.zeros(3, dtype=torch.float64)}  # fmt: skip
     stored.copy_into(targets, CPU)
     whole = read_checkpoint(stored.path)
     for name, target in targets.items():
@@ -266,4 +293,4 @@ def test_a_stored_checkpoint_is_copied_into_targets_of_another_dtype(stored):
 
 def test_a_stored_checkpoint_that_does_not_fit_raises(stored):
     with pytest.raises(RuntimeError):
-        stored.copy_into({"z": torch.zeros(4), "m": torch.zeros(3)}, CPU)
+        stored.copy_into({"z": torch.zeros(4), "m": torch.zeros(4), "a": torch.zeros(3)}, CPU)
