@@ -251,8 +251,8 @@ def render(r: dict[str, Any]) -> list[str]:
         f"{master['bytes'] / 1e6:.2f} MB).",
         f"- An out-of-memory error injected above {oom['widest'] // 3:,} tokens "
         f"({oom['batches']} batches, the widest {oom['widest']:,} tokens): the first pass took "
-        f"{oom['forwards_first']} forwards ({oom['errors_first']} of them failed) and kept a "
-        f"limit of {oom['token_limit']:,} tokens; the next pass took {oom['forwards_next']} "
+        f"{oom['forwards_first']} forwards ({oom['errors_first']} of them out of memory) and "
+        f"kept a limit of {oom['token_limit']:,} tokens; the next pass took {oom['forwards_next']} "
         "forwards and no error. Losses against a pass without the error: max difference "
         f"{oom['max_diff']:.1e}.",
         "",
