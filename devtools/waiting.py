@@ -28,12 +28,13 @@ def wait_until(
     check: Callable[[], T | None],
     what: str,
     *watched: Watched,
-    timeout: float = 120,
+    timeout: float = 300,
     every: float = 0.02,
     most_every: float | None = None,
 ) -> T:
     """check()'s first truthy value, polled every `every` seconds (doubling up to most_every
-    when given: for checks that cost the watched process time)."""
+    when given: for checks that cost the watched process time). timeout only ends a wait for
+    something stuck: generous, since a busy 2-core machine starts a process in minutes."""
 
     def attempt() -> T | None:
         for item in watched:

@@ -90,7 +90,7 @@ def intake_upload(intake, messages) -> dict:
     return sent[0]
 
 
-def until_registered(ask: Callable[[], dict], timeout: float = 120) -> dict:
+def until_registered(ask: Callable[[], dict], timeout: float = 300) -> dict:
     """The reply to a hello, asked again while the scorer prepares the run (`registering`)."""
 
     def settled() -> dict | None:
@@ -112,7 +112,7 @@ def send_checkpoint(url: str, run_id: str, step: int, update_index: int, tensors
     return zmq_upload(url, messages)
 
 
-def settled_weights(scorer: ScorerProcess, run_id: str, step: int, timeout=120) -> httpx.Response:
+def settled_weights(scorer: ScorerProcess, run_id: str, step: int, timeout=300) -> httpx.Response:
     """The first /weights answer for step that is not 202 (scored, failed or unknown)."""
 
     def settled() -> httpx.Response | None:
@@ -125,7 +125,7 @@ def settled_weights(scorer: ScorerProcess, run_id: str, step: int, timeout=120) 
     return wait_until(settled, f"step {step} of {run_id} scored", scorer, timeout=timeout)
 
 
-def wait_weights(scorer: ScorerProcess, run_id: str, step: int, timeout=120) -> dict:
+def wait_weights(scorer: ScorerProcess, run_id: str, step: int, timeout=300) -> dict:
     r = settled_weights(scorer, run_id, step, timeout)
     assert r.status_code == 200, r.text
     return r.json()
@@ -146,7 +146,7 @@ def checkpoints(scorer: ScorerProcess, run_id: str) -> list[dict]:
     return r.json()["checkpoints"]
 
 
-def settled_checkpoints(scorer: ScorerProcess, run_id: str, expected: int, *watched, timeout=120):
+def settled_checkpoints(scorer: ScorerProcess, run_id: str, expected: int, *watched, timeout=300):
     """The run's checkpoints once at least `expected` exist and none is pending (each scored,
     failed, or superseded by a newer one of its async run)."""
 
