@@ -206,7 +206,7 @@ def test_full_finetuning_of_a_bfloat16_model_keeps_float32_master_weights(
     base = AutoModelForCausalLM.from_pretrained(tiny_bf16_model)
     before = dict(base.named_parameters())
     moved = [
-        float((p.detach().float() - before[n].float()).abs().max())
+        float((p.detach().float() - before[n].detach().float()).abs().max())
         for n, p in recipe.model.named_parameters()
     ]
     assert max(moved) > 0
