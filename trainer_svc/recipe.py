@@ -21,7 +21,7 @@ import torch
 from transformers import AutoTokenizer, TrainingArguments, set_seed
 from transformers.trainer_utils import TrainOutput
 
-from common.errors import ProtocolError
+from common.errors import ProtocolError, RunMismatch
 from common.hello import build_hello
 from common.launch import Launch
 from common.model_spec import (
@@ -82,6 +82,7 @@ class DeltaLossRecipe:
         self.spec = model_spec(self.cfg)
         self.schedule = loaded.schedule()
         self.upcast: dict[str, torch.dtype] = {}  # trainable tensors made float32, as loaded
+        self.refused = False  # the scorer refused the run (another run holds its id, ...)
 
     # ---- setup ----
     def setup(self) -> None:
@@ -97,6 +98,8 @@ class DeltaLossRecipe:
         self._warn_empty_labels()
         self.model = self._load_model()
         self._connect_scorer_once()
+        if main:
+            self._record_identity()
         self._build_trainer()
 
     def _run_identity(self) -> tuple[str, str]:
@@ -117,9 +120,17 @@ class DeltaLossRecipe:
             )
         same_run = kept.get("run_id") == run_id and kept.get("run_token")
         run_token = kept["run_token"] if same_run else secrets.token_hex(16)
-        run_file.write_text(json.dumps({"run_id": run_id, "run_token": run_token}) + "\n")
         logger.info("run id %s", run_id)
         return run_id, run_token
+
+    def _record_identity(self) -> None:
+        """run.json, written once the scorer has not refused the run: a start refused for
+        reusing another run's id leaves that run's run.json, and so its resume, as it was."""
+        run_file = self.output_dir / RUN_FILE
+        if self.refused:
+            logger.warning("%s left as it was: the scorer refused run %s", run_file, self.run_id)
+            return
+        run_file.write_text(json.dumps({"run_id": self.run_id, "run_token": self.run_token}) + "\n")
 
     def _warn_empty_labels(self) -> None:
         empty = [i for i, s in enumerate(self.encoded) if s.n_label_tokens == 0]
@@ -218,6 +229,7 @@ class DeltaLossRecipe:
             self.scorer.register(self.hello())
             self.registered = True
         except ProtocolError as exc:
+            self.refused = isinstance(exc, RunMismatch)
             scorer_failed(
                 self.cfg.on_scorer_failure,
                 f"registering run {self.run_id} with the scorer at {self.cfg.scorer_zmq_url}",

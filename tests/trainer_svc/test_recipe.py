@@ -81,6 +81,10 @@ class RefusingRegistration(FakeScorer):
 def test_a_refused_registration_stops_or_goes_on_as_configured(
     tiny_model, demo_file, tmp_path, caplog
 ):
+    kept = json.dumps({"run_id": "earlier-run", "run_token": "its-token"}) + "\n"
+    for folder in ("fail", "uniform"):  # an earlier run's identity, which a resume needs
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "run.json").write_text(kept)
     scorer = RefusingRegistration(32)
     with pytest.raises(ScorerFailure) as info:
         run(config(tiny_model, demo_file, tmp_path / "fail"), scorer=scorer)
@@ -95,6 +99,9 @@ def test_a_refused_registration_stops_or_goes_on_as_configured(
     assert "!!! SCORER FAILURE: registering run" in caplog.text
     assert [c.step for c in scorer.checkpoints] == [2, 4, 6, 10]  # training went on
     assert len(read_jsonl(out / "trained_samples.jsonl")) == 12
+    for folder in ("fail", "uniform"):  # a refused start leaves the earlier run resumable
+        assert (tmp_path / folder / "run.json").read_text() == kept
+    assert "run.json left as it was: the scorer refused run" in caplog.text
 
 
 class DownFromTheStart(FakeScorer):
