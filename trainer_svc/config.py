@@ -2,7 +2,8 @@
 
 `load_config` reads the YAML (and `key=value` overrides), warns once about unknown keys, and
 raises one `ConfigError` that names every bad key: wrong types and ranges, impossible
-combinations, a window_size outside [0, 1], warmup or update segments larger than the data.
+combinations, a window_size outside [0, 1], warmup or update segments larger than the data,
+a report_to tracker that is unknown or whose package is not installed.
 A value is checked by its field; the combinations of keys and the segment sizes are checked
 on the typed config (the bad keys at their defaults, so that all problems come at once).
 scorer_token is filled from $SCORER_TOKEN, or the file $SCORER_TOKEN_FILE names, here, when
@@ -118,7 +119,8 @@ class TrainConfig(BaseModel):
     save_total_limit: int | None = Field(None, ge=1)
     overwrite_output_dir: bool = False
     resume_from_checkpoint: str | None = None
-    report_to: str | list[str] = "none"
+    # trackers, a list or one string with commas: [] for "none", ["all"] for every one installed
+    report_to: list[str] = Field(default_factory=list)
     # optimisation
     per_device_train_batch_size: int = Field(1, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
@@ -174,6 +176,33 @@ class TrainConfig(BaseModel):
             )
         return value
 
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _tracker_list(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            return [name.strip() for item in value for name in item.split(",") if name.strip()]
+        return value
+
+    @field_validator("report_to")
+    @classmethod
+    def _trackers(cls, value: list[str]) -> list[str]:
+        names = list(dict.fromkeys(value))
+        if names == ["none"]:
+            return []
+        if len(names) > 1 and {"none", "all"} & set(names):
+            raise ValueError(
+                f"{', '.join(names)}: 'none' and 'all' stand alone; give one of them or "
+                "tracker names"
+            )
+        problems = [tracker_problem(name) for name in names if name != "all"]
+        if said := [problem for problem in problems if problem]:
+            raise ValueError("; ".join(said))
+        return names
+
     @field_validator("scorer_http_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
@@ -215,6 +244,60 @@ class TrainConfig(BaseModel):
     @property
     def alpha(self) -> float:
         return self.lora_alpha if self.lora_alpha is not None else 2.0 * self.lora_rank
+
+
+# The trackers report_to can name (transformers' integrations) and the pip packages each needs;
+# "none" (no tracker) and "all" (every tracker installed) are accepted as well, alone.
+TRACKERS: dict[str, tuple[str, ...]] = {
+    "tensorboard": ("tensorboard",),
+    "wandb": ("wandb",),
+    "mlflow": ("mlflow",),
+    "swanlab": ("swanlab",),
+    "trackio": ("trackio",),
+    "comet_ml": ("comet-ml",),
+    "clearml": ("clearml",),
+    "dvclive": ("dvclive",),
+    "neptune": ("neptune",),
+    "codecarbon": ("codecarbon",),
+    "dagshub": ("dagshub", "mlflow"),
+    "azure_ml": ("azureml-sdk",),
+    "flyte": ("flytekit",),
+    "kubeflow": (),  # no package: it reports to the server $KUBEFLOW_TRAINER_SERVER_URL names
+}
+# The modules a pip package installs where its name does not say them (any one of them will do).
+PACKAGE_MODULES = {
+    "tensorboard": ("tensorboard", "tensorboardX"),
+    "comet-ml": ("comet_ml",),
+    "azureml-sdk": ("azureml",),
+}
+
+
+def tracker_problem(name: str) -> str | None:
+    """What stops report_to's tracker `name` from starting in this environment, if anything."""
+    if name not in TRACKERS:
+        near = difflib.get_close_matches(name.lower(), TRACKERS, n=1, cutoff=0.7)
+        said = f"did you mean {near[0]}? " if near else ""
+        return (
+            f"{name!r} is not a tracker: {said}give none, all, or trackers among "
+            f"{', '.join(TRACKERS)}"
+        )
+    missing = [
+        package
+        for package in TRACKERS[name]
+        if not any(
+            importlib.util.find_spec(module) is not None
+            for module in PACKAGE_MODULES.get(package, (package,))
+        )
+    ]
+    if missing:
+        packages = " ".join(missing)
+        return (
+            f"{name} needs {packages}, not installed here: pip install {packages} "
+            f"(or remove {name})"
+        )
+    if name == "kubeflow" and not os.environ.get("KUBEFLOW_TRAINER_SERVER_URL"):
+        return "kubeflow reports to $KUBEFLOW_TRAINER_SERVER_URL, which is unset"
+    return None
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The command line: a bad config stops before any model is loaded, naming every bad key; the
 exit status says how a run ended."""
 
+import importlib.util
 import signal
 from pathlib import Path
 from types import SimpleNamespace
@@ -129,6 +130,20 @@ def test_a_good_config_under_force_torchrun_is_relaunched(good_config, monkeypat
     monkeypatch.setattr(cli, "relaunch_under_torchrun", lambda *a: launched.append(a) or 143)
     assert cli.main(["train", good_config]) == 143  # the launcher's status is the command's
     assert launched and launched[0][0] == good_config
+
+
+def test_a_tracker_not_installed_exits_2_before_the_run_starts(
+    tiny_model, demo_file, tmp_path, monkeypatch, caplog
+):
+    if importlib.util.find_spec("swanlab") is not None:
+        pytest.skip("swanlab is installed here")
+    started = []
+    monkeypatch.setattr("trainer_svc.recipe.run", lambda *a, **k: started.append(a))
+    path = tmp_path / "c.yaml"
+    keys = trainer_config(tiny_model, demo_file, tmp_path / "out", report_to="tensorboard,swanlab")
+    path.write_text(yaml.safe_dump(keys))
+    assert cli.main(["train", str(path)]) == 2  # a config error, not a scorer's failure
+    assert "pip install swanlab" in caplog.text and not started  # nothing registered
 
 
 def test_report_of_a_folder_that_holds_no_run_says_so(tmp_path, caplog):

@@ -50,6 +50,65 @@ def test_comma_lora_target_becomes_a_list(demo_file, tmp_path):
     assert cfg.target_modules == ["q_proj", "v_proj"]
 
 
+def installed(tmp_path, monkeypatch, *modules):
+    """Makes each module importable (an empty package), as if its tracker were installed."""
+    for module in modules:
+        (tmp_path / "site" / module).mkdir(parents=True)
+        (tmp_path / "site" / module / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+
+
+def test_comma_report_to_becomes_a_list_for_training_arguments(demo_file, tmp_path, monkeypatch):
+    from transformers import TrainingArguments
+
+    installed(tmp_path, monkeypatch, "tensorboard", "wandb")
+    cfg = parse_config(base(demo_file, tmp_path, report_to=" tensorboard, wandb ,")).config
+    assert cfg.report_to == ["tensorboard", "wandb"]
+    assert parse_config(base(demo_file, tmp_path, report_to=["tensorboard"])).config.report_to == [
+        "tensorboard"
+    ]
+    for none in ("none", ["none"], None):
+        assert parse_config(base(demo_file, tmp_path, report_to=none)).config.report_to == []
+    assert parse_config(base(demo_file, tmp_path)).config.report_to == []
+    assert parse_config(base(demo_file, tmp_path, report_to="all")).config.report_to == ["all"]
+    for report_to in (cfg.report_to, []):  # as the recipe hands them on
+        args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=report_to)
+        assert args.report_to == report_to
+
+
+@pytest.mark.parametrize(("tracker", "package"), [("swanlab", "swanlab"), ("wandb", "wandb")])
+def test_a_tracker_not_installed_is_refused_naming_its_package(
+    demo_file, tmp_path, tracker, package
+):
+    if importlib.util.find_spec(package) is not None:
+        pytest.skip(f"{package} is installed here")
+    with pytest.raises(ConfigError) as info:
+        parse_config(base(demo_file, tmp_path, report_to=f"tensorboard,{tracker}", update_step=0))
+    assert set(info.value.problems) == {"report_to", "update_step"}  # with the others, at once
+    assert f"pip install {package}" in info.value.problems["report_to"]
+
+
+@pytest.mark.parametrize(
+    ("report_to", "message"),
+    [
+        ("tensorbaord", "did you mean tensorboard?"),
+        (["tensorboard", "sheets"], "'sheets' is not a tracker"),
+        ("none,tensorboard", "'none' and 'all' stand alone"),
+        ("all, wandb", "'none' and 'all' stand alone"),
+        ([3], "valid string"),
+    ],
+)
+def test_an_unknown_tracker_is_refused_naming_the_accepted_ones(
+    demo_file, tmp_path, report_to, message
+):
+    with pytest.raises(ConfigError) as info:
+        parse_config(base(demo_file, tmp_path, report_to=report_to))
+    problem = info.value.problems["report_to"]
+    assert message in problem
+    if "not a tracker" in message:
+        assert "give none, all, or trackers among tensorboard, wandb, mlflow, swanlab" in problem
+
+
 def test_unknown_keys_are_refused_with_the_nearest_known_key(demo_file, tmp_path):
     raw = base(
         demo_file, tmp_path, lora_rnak=8, enable_liger_kernel=True, warmup_steps=5, max_steps=9
