@@ -16,6 +16,7 @@ from typing import Self
 
 import httpx
 
+from devtools.children import die_with_parent
 from devtools.waiting import wait_until
 
 
@@ -83,7 +84,7 @@ class ScorerProcess:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def start(self, timeout: float = 90) -> Self:
+    def start(self, timeout: float = 300) -> Self:
         """Start and wait until /healthz answers."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,7 +97,9 @@ class ScorerProcess:
         ]  # fmt: skip
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+            self.proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent
+            )
 
         def healthy() -> bool:
             try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,10 +13,38 @@ import pytest
 
 from devtools.scorer_process import ScorerProcess
 from devtools.tiny_model import build_tiny_model
+from devtools.waiting import wait_until
+from tests.support import leftovers
 from tests.support.data import write_samples
 from tests.support.postgres import PostgresCluster, postgres_bindir
 
 ROOT = Path(__file__).resolve().parents[1]
+LEFTOVER_WAIT_S = 60  # for processes told to stop at the end of the last test
+
+
+def pytest_configure(config) -> None:
+    """Every process the suite starts carries this run's mark (tests.support.leftovers)."""
+    os.environ.setdefault(leftovers.MARK, f"{os.getpid()}-{time.time_ns()}")
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """The run fails when a process it started is still alive once its tests are done (each
+    is given LEFTOVER_WAIT_S to finish stopping); those are named and killed."""
+    mark = os.environ.get(leftovers.MARK)
+    if not mark or not sys.platform.startswith("linux"):
+        return
+    try:
+        wait_until(lambda: not leftovers.marked(mark), "processes the tests started to end",
+                   timeout=LEFTOVER_WAIT_S, every=0.2)  # fmt: skip
+    except TimeoutError:
+        alive = leftovers.marked(mark)
+        leftovers.kill(alive)
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        lines = [f"  {pid}: {command[:300]}" for pid, command in sorted(alive.items())]
+        message = "processes the tests started were still running (killed now):"
+        if reporter is not None:
+            reporter.write_line("\n".join([message, *lines]), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from devtools.children import die_with_parent
 from devtools.demo_data import write_dataset
 from devtools.scorer_process import ScorerProcess
 from trainer_svc.records import read_jsonl
@@ -70,8 +71,9 @@ class TrainerProcess:
         cmd = [sys.executable, "-m", "trainer_svc", "train", str(config), *overrides]
         with open(log, "ab") as handle:
             self.proc = subprocess.Popen(
-                cmd, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, env=env
-            )
+                cmd, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, env=env,
+                preexec_fn=die_with_parent,
+            )  # fmt: skip
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -1,0 +1,26 @@
+"""The end-of-run check finds a process the suite started and left running."""
+
+import os
+import subprocess
+import sys
+
+from devtools.waiting import wait_until
+from tests.support import leftovers
+
+
+def test_a_marked_process_is_found_until_it_is_killed():
+    value = f"probe-{os.getpid()}"
+    env = {**os.environ, leftovers.MARK: value}
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time\nwhile True: time.sleep(1)"], env=env
+    )
+    try:
+        found = wait_until(lambda: leftovers.marked(value), "the probe to be listed")
+        assert list(found) == [child.pid] and "time.sleep" in found[child.pid]
+        assert os.environ[leftovers.MARK] != value  # the run's own mark is another
+        leftovers.kill(found)
+        child.wait()
+        assert leftovers.marked(value) == {}
+    finally:
+        child.kill()
+        child.wait()
