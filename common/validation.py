@@ -79,6 +79,25 @@ def check_run_id(value: str) -> str:
 RunId = Annotated[str, AfterValidator(check_run_id)]
 
 
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode's category Cc
+
+
+def check_no_control_chars(value: str) -> str:
+    """Text that names a path, a model or a dataset: no control character (NUL, a newline, an
+    escape), which no such name holds and which the operating system refuses or misreads."""
+    found = CONTROL_CHARS.search(value)
+    if found is not None:
+        raise ValueError(
+            f"holds the control character {found.group()!r} at position {found.start()}; "
+            "a path or a name holds none"
+        )
+    return value
+
+
+# A path or a name that a peer sends: no control characters.
+PlainText = Annotated[str, AfterValidator(check_no_control_chars)]
+
+
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 

@@ -88,3 +88,22 @@ def test_run_ids_that_could_escape_or_hide_are_refused(run_id):
 
     with pytest.raises(ValueError, match="not allowed"):
         check_run_id(run_id)
+
+
+@pytest.mark.parametrize("text", ["/models/tiny", "a,b", "données/é", "C:\\data", "a b"])
+def test_paths_and_names_without_control_characters_pass(text):
+    from common.validation import check_no_control_chars
+
+    assert check_no_control_chars(text) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [("/m\0x", r"'\\x00' at position 2"), ("a\tb", r"'\\t' at position 1"),
+     ("\x7f", r"'\\x7f' at position 0"), ("x\x9f", r"'\\x9f' at position 1")],
+)  # fmt: skip
+def test_control_characters_are_refused_saying_which_and_where(text, shown):
+    from common.validation import check_no_control_chars
+
+    with pytest.raises(ValueError, match=shown):
+        check_no_control_chars(text)
