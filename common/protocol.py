@@ -32,7 +32,15 @@ from typing import Annotated, Any, Literal
 
 import torch
 import xxhash
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
 from common import dtypes
 from common.errors import (
@@ -43,7 +51,7 @@ from common.errors import (
     VersionMismatch,
 )
 from common.tokenization import TEMPLATE_NAMES
-from common.validation import RunId, describe_errors, one_of
+from common.validation import PlainText, RunId, describe_errors, one_of
 
 PROTOCOL_VERSION = 4
 FRAME_BYTES = 16 << 20  # the largest payload frame, and the chunk size trainers use
@@ -63,8 +71,8 @@ MAX_NAME_CHARS = 256
 MAX_TARGET_MODULES = 256
 MAX_DIMS = 64  # dimensions of one tensor
 
-PathText = Annotated[str, Field(min_length=1, max_length=MAX_PATH_CHARS)]
-Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
+PathText = Annotated[PlainText, Field(min_length=1, max_length=MAX_PATH_CHARS)]
+Name = Annotated[PlainText, Field(min_length=1, max_length=MAX_NAME_CHARS)]
 
 Frame = bytes | memoryview | Any  # anything exposing the buffer protocol
 
@@ -78,12 +86,27 @@ class _Header(BaseModel):
     token: str | None = None
 
 
+def _one_or_list(value: Any) -> str:
+    return "name" if isinstance(value, str) else "list"
+
+
+# One module name ("all-linear") or a list of them; an error's location says which was read
+# (lora.target_modules.list.2), not how the validators are built.
+TargetModules = Annotated[
+    Annotated[
+        Annotated[list[Name], Field(min_length=1, max_length=MAX_TARGET_MODULES)], Tag("list")
+    ]
+    | Annotated[Name, Tag("name")],
+    Discriminator(_one_or_list),
+]
+
+
 class LoraSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     r: int = Field(gt=0, le=MAX_LORA_RANK)
     alpha: float = Field(gt=0, le=1e6)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: Annotated[list[Name], Field(min_length=1, max_length=MAX_TARGET_MODULES)] | Name
+    target_modules: TargetModules
 
 
 class TokenizationSpec(BaseModel):

@@ -304,3 +304,23 @@ def test_the_upload_id_of_a_header_refused_as_a_whole_is_still_read():
     assert upload_id_of(huge) == begin["upload"]
     assert upload_id_of(b"not json") is None
     assert upload_id_of(json.dumps({"upload": "../x"}).encode()) is None
+
+
+@pytest.mark.parametrize("char", ["\0", "\n", "\x1b", "\x7f", "\x85"])
+@pytest.mark.parametrize("field", ["base_model", "dataset", "dataset_dir", "lora.target_modules"])
+def test_a_control_character_in_a_path_or_name_of_the_hello_is_malformed(field, char):
+    obj = json.loads(encode_hello(_hello(dataset_dir="/data"))[0])
+    if field == "lora.target_modules":
+        obj["lora"]["target_modules"] = ["q_proj", f"v{char}proj"]
+    else:
+        obj[field] = f"/data/a{char}b"
+    with pytest.raises(errors.MalformedMessage, match="control character") as e:
+        decode_request([json.dumps(obj).encode()])
+    assert f"hello header: {field}" in str(e.value)
+
+
+def test_a_single_target_module_with_a_control_character_is_malformed():
+    obj = json.loads(encode_hello(_hello())[0])
+    obj["lora"]["target_modules"] = "all\0linear"
+    with pytest.raises(errors.MalformedMessage, match=r"lora\.target_modules\.name: .*control"):
+        decode_request([json.dumps(obj).encode()])
