@@ -435,13 +435,30 @@ def _check_table(header: CheckpointHeader, max_bytes: int) -> None:
         )
 
 
+MESSAGE_TYPES = "'hello', 'checkpoint', 'chunk' or 'commit'"
+
+
+def _message_type(obj: dict[str, Any]) -> str:
+    """The header's type, checked to be a string before anything looks it up."""
+    if "type" not in obj:
+        raise MalformedMessage(f"the header has no type; expected {MESSAGE_TYPES}")
+    kind = obj["type"]
+    if not isinstance(kind, str):
+        shown = json.dumps(kind)
+        shown = shown if len(shown) <= 64 else shown[:61] + "..."
+        raise MalformedMessage(
+            f"the header's type must be one of the strings {MESSAGE_TYPES}; got {shown}"
+        )
+    return kind
+
+
 def decode_request(frames: Sequence[Frame], *, max_bytes: int = 1 << 34) -> Request:
     """Validate a message's framing, header and (for a checkpoint) table. A chunk's digest is
     checked by `check_chunk`, against the upload it belongs to."""
     if not frames:
         raise MalformedMessage("empty message")
     obj = _parse_header(frames[0])
-    kind = obj.get("type")
+    kind = _message_type(obj)
     single: dict[str, type[BaseModel]] = {
         "hello": Hello,
         "checkpoint": CheckpointHeader,
@@ -460,9 +477,7 @@ def decode_request(frames: Sequence[Frame], *, max_bytes: int = 1 << 34) -> Requ
         if memoryview(frames[1]).nbytes > FRAME_BYTES:
             raise MalformedMessage(f"a payload frame holds more than {FRAME_BYTES} bytes")
         return Chunk(header=_validate(ChunkHeader, obj), data=frames[1])
-    raise MalformedMessage(
-        f"unknown message type {kind!r}; expected 'hello', 'checkpoint', 'chunk' or 'commit'"
-    )
+    raise MalformedMessage(f"unknown message type {kind[:64]!r}; expected {MESSAGE_TYPES}")
 
 
 def check_chunk(begin: CheckpointHeader, chunk: Chunk, expected_index: int) -> None:

@@ -306,6 +306,25 @@ def test_the_upload_id_of_a_header_refused_as_a_whole_is_still_read():
     assert upload_id_of(json.dumps({"upload": "../x"}).encode()) is None
 
 
+@pytest.mark.parametrize(
+    ("kind", "shown"),
+    [([], "got []"), ({}, "got {}"), (5, "got 5"), (None, "got null"), ([1] * 100, "...")],
+    ids=["list", "object", "number", "null", "long list"],
+)
+def test_a_type_that_is_not_a_string_is_malformed_naming_the_field(kind, shown):
+    for header in (json.loads(encode_hello(_hello())[0]), json.loads(_frames()[0])):
+        with pytest.raises(errors.MalformedMessage, match="type must be one of the strings") as e:
+            decode_request([json.dumps({**header, "type": kind}).encode()])
+        assert str(e.value).endswith(shown) and len(str(e.value)) < 200
+
+
+def test_a_header_without_a_type_is_malformed_naming_the_field():
+    header = json.loads(encode_hello(_hello())[0])
+    del header["type"]
+    with pytest.raises(errors.MalformedMessage, match="has no type"):
+        decode_request([json.dumps(header).encode()])
+
+
 @pytest.mark.parametrize("char", ["\0", "\n", "\x1b", "\x7f", "\x85"])
 @pytest.mark.parametrize("field", ["base_model", "dataset", "dataset_dir", "lora.target_modules"])
 def test_a_control_character_in_a_path_or_name_of_the_hello_is_malformed(field, char):
