@@ -7,7 +7,7 @@ import httpx
 import pytest
 import torch
 
-from common.protocol import chunk_digest, encode_checkpoint
+from common.protocol import chunk_digest, encode_checkpoint, encode_hello
 from devtools.scorer_process import ScorerProcess
 from tests.support.scorer import (
     WritesFile,
@@ -16,6 +16,7 @@ from tests.support.scorer import (
     register,
     settled_weights,
     wait_weights,
+    zmq_request,
     zmq_upload,
 )
 from tests.support.wire import as_bytes
@@ -134,6 +135,36 @@ def test_each_bad_request_gets_one_error_reply_and_stores_nothing(live):
     assert not list((root / "scorer" / "checkpoints").rglob("*.*"))  # no file kept, none half
 
 
+def _runs(scorer):
+    return [r["run_id"] for r in httpx.get(f"{scorer.base_url}/v1/runs").json()["runs"]]
+
+
+def _odd_hellos(hello, root):
+    """Hellos (a new run id each) whose header is malformed, and the field each one names."""
+    fields = json.loads(encode_hello(hello)[0])
+    for kind in ([], {}, 5, None):
+        yield "type", {**fields, "run_id": "run-t", "type": kind}
+    for field in ("base_model", "dataset", "dataset_dir"):
+        yield field, {**fields, "run_id": "run-n", field: f"{root}/a\0b"}
+    lora = {**fields["lora"], "target_modules": ["q_proj", "v\0proj"]}
+    yield "target_modules", {**fields, "run_id": "run-n", "lora": lora}
+
+
+def test_odd_headers_are_malformed_naming_the_field_and_store_nothing(live):
+    scorer, hello, tensors, root = live
+    runs, checkpoints = _runs(scorer), _checkpoints(scorer)
+    tracebacks = scorer.log().count("Traceback")
+    begin = json.loads(_upload(tensors)[0][0])
+    odd = [*_odd_hellos(hello, root)]
+    odd += [("type", {**begin, "type": kind}) for kind in ([], {}, 5, None)]
+    for field, header in odd:
+        reply = zmq_request(scorer.zmq_url, [json.dumps(header).encode()])
+        assert reply["ok"] is False and reply["code"] == "malformed", (field, header, reply)
+        assert field in reply["reason"], (field, reply)
+    assert _runs(scorer) == runs and _checkpoints(scorer) == checkpoints
+    assert scorer.log().count("Traceback") == tracebacks
+
+
 def test_checkpoint_before_initial_update_is_refused(live):
     scorer, _, tensors, _ = live
     reply = zmq_upload(scorer.zmq_url, _upload(tensors, step=4, update_index=2))
@@ -197,7 +228,7 @@ def test_checkpoint_without_any_finite_loss_fails_with_409_and_can_be_sent_again
         ({"vocab_size": 999}, "tokenizer vocabulary: trainer 999, scorer 384"),
         ({"model_digest": "1" * 64}, "other tensor names or shapes"),
         # paths under the scorer's roots that it cannot read
-        ({"base_model": "{root}/nonexistent/model"}, "cannot load the tokenizer of {root}"),
+        ({"base_model": "{root}/nonexistent/model"}, "is not a folder on this scorer's disk"),
         ({"dataset": "{root}/nonexistent/train.json"}, "cannot read the dataset"),
     ],
 )
