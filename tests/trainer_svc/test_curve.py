@@ -60,5 +60,8 @@ def test_run_over_curve_and_unknown_key_refused(tiny_model, tmp_path):
             publisher.close()
             runs = [r["run_id"] for r in httpx.get(f"{scorer.base_url}/v1/runs").json()["runs"]]
             assert runs == [run_id], what
+        stranger = load_client_keys(stranger_secret, keys / "scorer.key").public
+        logged = f"CURVE key {stranger.decode()[:8]}... is not among the authorized keys"
+        assert f"refused a ZeroMQ peer in the handshake: {logged}" in scorer.log()
     finally:
         scorer.stop()
