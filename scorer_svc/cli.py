@@ -13,6 +13,7 @@ import zmq
 from pydantic_settings import CliSettingsSource
 
 from common.launch import Launch
+from scorer_svc.access import stay_off_the_hub
 from scorer_svc.config import (
     Settings,
     SettingsError,
@@ -92,8 +93,26 @@ def serve_settings(args: argparse.Namespace, flags: CliSettingsSource[Settings])
             "token is not a flag, since a command line shows in ps: set SCORER_TOKEN, "
             "token in the --config file, or --token-file"
         )
+    if has_password(getattr(args, "database_url", None)):
+        raise SettingsError(
+            "a database_url with a password is not a flag, since a command line shows in ps: "
+            "set SCORER_DATABASE_URL, database_url in the --config file, or --database-url-file"
+        )
     file_values = config_file_values(args.config) if args.config is not None else {}
     return load_settings(file_values, flags(parsed_args=args))
+
+
+def has_password(url: str | None) -> bool:
+    """Whether a database URL carries a password (one SQLAlchemy cannot parse: no)."""
+    if not url:
+        return False
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).password is not None
+    except ArgumentError:
+        return False
 
 
 def _server_class():  # type: ignore[no-untyped-def]
@@ -265,6 +284,7 @@ START_ERRORS = (
 
 
 def main(argv: list[str] | None = None) -> int:
+    stay_off_the_hub()  # before anything imports huggingface_hub, which reads it once
     parser, flags = build_parser()
     args = parser.parse_args(argv)
     if args.command == "runs":

@@ -73,7 +73,12 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None,
         description="a SQLAlchemy URL: sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DB "
-        "(the postgres extra); null: sqlite:///DATA_DIR/scorer.db",
+        "(the postgres extra; a URL with a password not as a flag, since a command line shows "
+        "in ps: SCORER_DATABASE_URL, the --config file or database_url_file); null: "
+        "sqlite:///DATA_DIR/scorer.db",
+    )
+    database_url_file: Path | None = Field(
+        None, description="a file holding database_url (instead of database_url itself)"
     )
     instance_id: str | None = Field(
         None,
@@ -168,6 +173,13 @@ class Settings(BaseSettings):
             raise ValueError("set token or token_file, not both")
         if self.token_file is not None and not self.token_file.is_file():
             raise ValueError(f"token_file {self.token_file} does not exist")
+        if self.database_url is not None and self.database_url_file is not None:
+            raise ValueError("set database_url or database_url_file, not both")
+        if self.database_url_file is not None:
+            if not self.database_url_file.is_file():
+                raise ValueError(f"database_url_file {self.database_url_file} does not exist")
+            if not self.database_url_file.read_text(encoding="utf-8").strip():
+                raise ValueError(f"database_url_file {self.database_url_file} is empty")
         curve = (self.curve_secret_key_file, self.curve_authorized_keys_dir)
         if (curve[0] is None) != (curve[1] is None):
             raise ValueError("CURVE needs both curve_secret_key_file and curve_authorized_keys_dir")
@@ -208,6 +220,8 @@ class Settings(BaseSettings):
         """database_url, else SQLite in the data_dir. A PostgreSQL URL without a driver gets
         psycopg 3's (the `postgres` extra), not SQLAlchemy's default psycopg2."""
         url = self.database_url or f"sqlite:///{self.data_dir / 'scorer.db'}"
+        if self.database_url_file is not None:  # checked not empty at start
+            url = self.database_url_file.read_text(encoding="utf-8").strip()
         for bare in ("postgresql://", "postgres://"):
             if url.startswith(bare):
                 return "postgresql+psycopg://" + url[len(bare) :]

@@ -46,6 +46,36 @@ def test_the_token_is_refused_as_a_flag():
         serve_settings(args, flags)
 
 
+def test_a_database_password_is_refused_as_a_flag_and_read_from_a_file(tmp_path, monkeypatch):
+    """A command line shows in ps: a URL with a password comes from SCORER_DATABASE_URL, the
+    --config file or --database-url-file, never a flag (one without a password may be)."""
+    parser, flags = build_parser()
+    secret = "postgresql://scorer:s3cret@db-host:5432/deltaloss"
+    args = parser.parse_args(["serve", "--database-url", secret])
+    with pytest.raises(SettingsError, match="password is not a flag.*--database-url-file"):
+        serve_settings(args, flags)
+    url_file = tmp_path / "database_url"
+    url_file.write_text(secret + "\n")
+    args = parser.parse_args(["serve", "--database-url-file", str(url_file)])
+    settings = serve_settings(args, flags)
+    assert (
+        settings.resolved_database_url
+        == "postgresql+psycopg://scorer:s3cret@db-host:5432/deltaloss"
+    )
+    assert "s3cret" not in settings.database_for_logs
+    monkeypatch.setenv("SCORER_DATABASE_URL", secret)
+    args = parser.parse_args(["serve", "--data-dir", str(tmp_path)])
+    assert serve_settings(args, flags).database_url == secret
+    both = parser.parse_args(["serve", "--database-url-file", str(url_file)])
+    with pytest.raises(SettingsError, match="database_url or database_url_file, not both"):
+        serve_settings(both, flags)
+    url_file.write_text("\n")
+    monkeypatch.delenv("SCORER_DATABASE_URL")
+    with pytest.raises(SettingsError, match="database_url_file .* is empty"):
+        serve_settings(parser.parse_args(["serve", "--database-url-file", str(url_file)]), flags)
+    assert serve_settings(parser.parse_args(["serve", "--database-url", "sqlite:///x.db"]), flags)
+
+
 def test_a_damaged_database_stops_the_scorer_at_start_in_one_line(tmp_path, capsys):
     from scorer_svc.cli import main
 
@@ -97,11 +127,13 @@ def test_an_address_in_use_stops_the_scorer_at_start_in_one_line(tmp_path, capsy
     ],
     ids=["driver missing", "unknown backend"],
 )  # fmt: skip
-def test_a_database_url_the_scorer_cannot_use_stops_it_in_one_line(tmp_path, capsys, url, words):
+def test_a_database_url_the_scorer_cannot_use_stops_it_in_one_line(
+    tmp_path, capsys, monkeypatch, url, words
+):
     from scorer_svc.cli import main
 
-    argv = ["serve", "--data-dir", str(tmp_path), "--device", "cpu", "--database-url", url]
-    assert main(argv) == 2
+    monkeypatch.setenv("SCORER_DATABASE_URL", url)  # with a password: not a flag
+    assert main(["serve", "--data-dir", str(tmp_path), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("scorer-svc: ") and words in err, err
     assert "s3cret" not in err and len(err.strip().splitlines()) == 1
@@ -115,7 +147,7 @@ def test_a_bare_postgresql_url_uses_psycopg_3():
 
 
 def test_a_database_server_that_cannot_be_used_stops_the_scorer_in_one_line(
-    tmp_path, capsys, postgres_cluster
+    tmp_path, capsys, monkeypatch, postgres_cluster
 ):
     from devtools.scorer_process import free_port
     from scorer_svc.cli import main
@@ -123,8 +155,8 @@ def test_a_database_server_that_cannot_be_used_stops_the_scorer_in_one_line(
     closed = f"postgresql://scorer:s3cret-pw@127.0.0.1:{free_port()}/runs"
     missing = f"postgresql://postgres:s3cret-pw@127.0.0.1:{postgres_cluster.port}/no_such_db"
     for url, words in ((closed, "Connection refused"), (missing, "no_such_db")):
-        argv = ["serve", "--data-dir", str(tmp_path), "--device", "cpu", "--database-url", url]
-        assert main(argv) == 2
+        monkeypatch.setenv("SCORER_DATABASE_URL", url)
+        assert main(["serve", "--data-dir", str(tmp_path), "--device", "cpu"]) == 2
         err = capsys.readouterr().err
         assert err.startswith("scorer-svc: cannot use the database postgresql+psycopg://"), err
         assert words in err and "***" in err and "s3cret-pw" not in err, err
