@@ -105,13 +105,19 @@ class ModelSpec:
     def quantized(self) -> bool:
         return self.quantization_bit is not None
 
-    def build(self, *, dtype: torch.dtype | None = None) -> torch.nn.Module:
+    def build(
+        self, *, dtype: torch.dtype | None = None, local_files_only: bool = False
+    ) -> torch.nn.Module:
         """The base model with its weights (in dtype, or as transformers loads it by default),
         LoRA-wrapped for a LoRA run. A quantized base is placed on the current CUDA device as
-        it loads (bitsandbytes' layers cannot be moved afterwards)."""
+        it loads (bitsandbytes' layers cannot be moved afterwards). local_files_only: read a
+        folder on disk (or the local Hugging Face cache), never ask a hub."""
         from transformers import AutoModelForCausalLM
 
         extra: dict[str, Any] = {} if dtype is None else {"dtype": dtype}
+        if local_files_only:
+            # transformers' check for a PEFT adapter in the folder goes by adapter_kwargs alone
+            extra.update(local_files_only=True, adapter_kwargs={"local_files_only": True})
         if self.attn_implementation is not None:
             extra["attn_implementation"] = self.attn_implementation
         if self.quantization_bit is not None:
@@ -142,9 +148,15 @@ class ModelSpec:
             self.attn_implementation, cuda
         )
 
-    def skeleton(self) -> torch.nn.Module:
+    def skeleton(self, *, local_files_only: bool = False) -> torch.nn.Module:
         """The same model without weights (meta device, no memory): names and shapes only."""
-        return self._wrap(empty_model(self.base_model, trust_remote_code=self.trust_remote_code))
+        return self._wrap(
+            empty_model(
+                self.base_model,
+                trust_remote_code=self.trust_remote_code,
+                local_files_only=local_files_only,
+            )
+        )
 
     def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         if self.lora is None:
@@ -178,14 +190,20 @@ def attention_problem(implementation: str | None, cuda: bool) -> str | None:
 
 
 def empty_model(
-    base_model: str, *, trust_remote_code: bool = False, config: Any = None
+    base_model: str,
+    *,
+    trust_remote_code: bool = False,
+    config: Any = None,
+    local_files_only: bool = False,
 ) -> torch.nn.Module:
     """The base model's module tree on the meta device, built from its config alone (read
-    from base_model unless given)."""
+    from base_model unless given; local_files_only: never from a hub)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if config is None:
-        config = AutoConfig.from_pretrained(base_model, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(
+            base_model, trust_remote_code=trust_remote_code, local_files_only=local_files_only
+        )
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
 

@@ -6,18 +6,38 @@ the only one. Model code shipped with a model folder (`auto_map`) runs only when
 own trust_remote_code setting allows it: a hello asking for it is loaded without it otherwise.
 A refusal says which setting to change and nothing about the file named: the check looks at
 the path's text (symlinks resolved), never at whether or what it is.
+
+The scorer never asks a model hub for anything: a base model under the roots that is no folder
+on disk (a hub repository's name, relative to the scorer's working folder) is refused, every
+model and tokenizer is read from local files only, and the scorer's command puts
+huggingface_hub and transformers in offline mode before they are imported.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from common.datasets import is_path
-from common.errors import Forbidden
+from common.errors import Forbidden, RunMismatch
 from common.protocol import Hello
+
+# What huggingface_hub (and transformers through it) read, once, when imported.
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def stay_off_the_hub() -> None:
+    """Offline mode for this process and those it starts, whatever the environment said:
+    huggingface_hub refuses every request. Set before huggingface_hub is imported, which
+    reads the variables then; where it was imported already, its constant is set too."""
+    for name in OFFLINE_VARIABLES:
+        os.environ[name] = "1"
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:
+        constants.HF_HUB_OFFLINE = True  # type: ignore[attr-defined]
 
 
 def _real(path: str | Path) -> Path:
@@ -86,6 +106,23 @@ class AccessPolicy:
                     f"run {hello.run_id} refused: its dataset {item} is a name, which needs "
                     "the dataset_dir whose dataset_info.json lists it"
                 )
+
+    def check_model_folder(self, hello: Hello) -> None:
+        """Refuse a base model that is no folder on disk: transformers would take its name for
+        a hub repository's. Only after check_hello: the path lies under the roots, so telling
+        what it is tells nothing of what lies outside them."""
+        if os.path.isdir(hello.base_model):
+            return
+        name = hello.base_model
+        real = _real(name)
+        shown = name if str(real) == name else f"{name} ({real})"
+        roots = ", ".join(str(f) for f in self.models.folders)
+        raise RunMismatch(
+            f"run {hello.run_id} refused: its base model {shown} is not a folder on this "
+            "scorer's disk; the scorer loads base models only from local folders under its "
+            f"model roots ({roots}), never from a model hub: put the model's folder under one "
+            "and name that folder as the base model"
+        )
 
     def trusts(self, hello: Hello) -> bool:
         """Whether this run's model code may run: asked for, and allowed by the scorer."""

@@ -129,8 +129,10 @@ class Registry:
         return replace(ModelSpec.from_hello(hello), trust_remote_code=self.access.trusts(hello))
 
     def check_loadable(self, hello: Hello) -> None:
-        """Refuse a run whose model this scorer cannot build as the trainer does (its
-        quantization or attention needs a GPU or a package this scorer lacks)."""
+        """Refuse a run whose model this scorer cannot build as the trainer does: no folder
+        on its disk (the scorer never asks a hub), or quantization or attention that needs a
+        GPU or a package this scorer lacks."""
+        self.access.check_model_folder(hello)
         problem = self._spec(hello).load_problem(cuda=self.device.type == "cuda")
         if problem is not None:
             raise RunMismatch(
@@ -195,9 +197,10 @@ class Registry:
     def _tokenize(self, hello: Hello) -> RunData:
         from transformers import AutoTokenizer
 
+        self.access.check_model_folder(hello)  # never a hub's repository of that name
         try:
             tokenizer = AutoTokenizer.from_pretrained(
-                hello.base_model, trust_remote_code=self.access.trusts(hello)
+                hello.base_model, trust_remote_code=self.access.trusts(hello), local_files_only=True
             )
         except (OSError, ValueError) as exc:
             raise RunMismatch(
@@ -268,8 +271,9 @@ class Registry:
         return manifest
 
     def _build_manifest(self, spec: ModelSpec, hello: Hello) -> Manifest:
+        self.access.check_model_folder(hello)
         try:
-            skeleton = spec.skeleton()
+            skeleton = spec.skeleton(local_files_only=True)
         except (OSError, ValueError) as exc:
             raise RunMismatch(
                 f"run {hello.run_id} refused: the scorer cannot build {spec.base_model} "
@@ -281,6 +285,7 @@ class Registry:
         """The scoring model for this run's configuration, kept loaded with others within
         settings.model_cache_bytes (used by the worker)."""
         spec = self._spec(hello)
+        self.access.check_model_folder(hello)
         with self._model_lock:
             return self.models.get(spec)
 
@@ -290,4 +295,4 @@ class Registry:
 
     def _estimate_bytes(self, spec: ModelSpec) -> int:
         itemsize = torch.empty((), dtype=self.dtype).element_size()
-        return model_bytes(spec.skeleton(), itemsize)
+        return model_bytes(spec.skeleton(local_files_only=True), itemsize)

@@ -240,13 +240,15 @@ class ScoringModel:
 
     @classmethod
     def load(cls, spec: ModelSpec, *, device: torch.device, dtype: torch.dtype) -> ScoringModel:
+        """The run's model from its folder on disk: the scorer never asks a hub for one."""
         autocast = uses_autocast(device, dtype)
         if spec.quantized:
             with torch.cuda.device(device):
-                return cls(
-                    spec.build(dtype=dtype), device, spec.kind, placed=True, autocast=autocast
-                )
-        return cls(spec.build(dtype=dtype), device, spec.kind, autocast=autocast)
+                model = spec.build(dtype=dtype, local_files_only=True)
+                return cls(model, device, spec.kind, placed=True, autocast=autocast)
+        return cls(
+            spec.build(dtype=dtype, local_files_only=True), device, spec.kind, autocast=autocast
+        )
 
     @torch.no_grad()
     def apply(self, tensors: dict[str, torch.Tensor]) -> None:

@@ -15,6 +15,7 @@ from common.model_spec import (
     quantization_problem,
 )
 from common.protocol import LoraSpec
+from tests.support.hub import FakeHub, aim_at
 
 LORA = LoraSettings(r=4, alpha=8.0, dropout=0.1, target_modules=("q_proj", "v_proj"))
 
@@ -76,6 +77,28 @@ def test_empty_model_takes_no_memory_and_matches_the_real_one(tiny_model):
         n: p.shape for n, p in real.named_parameters()
     }
     assert {p.device.type for p in skeleton.parameters()} == {"meta"}
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """A fake hub this process's huggingface_hub asks, and a working folder without models."""
+    monkeypatch.chdir(tmp_path)
+    with FakeHub() as hub:
+        aim_at(hub, monkeypatch)
+        yield hub
+
+
+@pytest.mark.parametrize("build", ["build", "skeleton"])
+def test_a_spec_built_from_local_files_only_never_asks_a_hub_for_the_model(hub, build):
+    """huggingface_hub may still fetch its list of agents, whatever local_files_only says:
+    only offline mode stops that (the scorer's command sets it)."""
+    spec = ModelSpec("ws/evil-org-model", "lora", LORA)  # a hub repository's name
+    with pytest.raises(OSError):
+        getattr(spec, build)(local_files_only=True)
+    assert [r for r in hub.requests if "evil-org-model" in r] == []
+    with pytest.raises(OSError):  # by default (the trainer's loading) a hub may be asked
+        getattr(spec, build)()
+    assert [r for r in hub.requests if "evil-org-model" in r]
 
 
 class _Tok:

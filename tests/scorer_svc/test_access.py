@@ -3,18 +3,25 @@ model's own code only when the scorer's setting allows it. A refusal reveals not
 file it names."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
+from common.errors import RunMismatch
 from common.protocol import encode_hello
+from devtools.scorer_process import ScorerProcess
 from scorer_svc import crud
+from scorer_svc.access import stay_off_the_hub
 from scorer_svc.config import Settings
 from scorer_svc.db import make_engine, make_sessionmaker
 from scorer_svc.intake import Intake
 from scorer_svc.registry import Registry
 from tests.support.data import write_samples
-from tests.support.scorer import make_hello, until_registered
+from tests.support.hub import FakeHub, aim_at, process_environment
+from tests.support.scorer import make_hello, register, until_registered
 
 # A model module that leaves a file behind when it is imported.
 EVIL = """\
@@ -192,3 +199,100 @@ def test_without_roots_only_the_data_dir_is_open(place):
     reply = ask(intake, make_hello(place["models"] / "tiny", place["dataset"]))
     assert reply["code"] == "forbidden"
     assert f"({(place['tmp'] / 'scorer').resolve()})" in reply["reason"]
+
+
+# A hub repository's name: relative, so under the model root a scorer runs in, yet no folder.
+HUB_NAME = "ws/evil-org-model"
+
+
+@pytest.fixture
+def hub(place, monkeypatch):
+    """A fake hub this process's huggingface_hub asks; the working folder is the model root."""
+    monkeypatch.chdir(place["models"])
+    with FakeHub() as hub:
+        aim_at(hub, monkeypatch)
+        yield hub
+
+
+def no_folder_refusal(place) -> str:
+    return (
+        f"run run-a refused: its base model {HUB_NAME} ({place['models'] / HUB_NAME}) is not "
+        "a folder on this scorer's disk; the scorer loads base models only from local "
+        f"folders under its model roots ({place['models']}), never from a model hub: put the "
+        "model's folder under one and name that folder as the base model"
+    )
+
+
+def test_a_model_that_is_no_folder_under_the_roots_is_refused_without_asking_a_hub(place, hub):
+    intake = intake_for(place)
+    hello = make_hello(place["models"] / "tiny", place["dataset"], base_model=HUB_NAME)
+    reply = ask(intake, hello)
+    assert hub.requests == []
+    assert reply["code"] == "mismatch" and reply["reason"] == no_folder_refusal(place)
+    assert stored_runs(intake) == []
+
+
+def test_a_model_under_the_roots_is_registered_without_asking_a_hub(place, hub):
+    intake = intake_for(place)
+    hello = make_hello(place["models"] / "tiny", place["dataset"], base_model="tiny")
+    assert ask(intake, hello)["status"] == "registered"
+    assert hub.requests == []
+
+
+def test_a_stored_run_whose_model_is_no_folder_is_refused_without_asking_a_hub(place, hub):
+    """Tokenizer, skeleton and weights of a run stored before: none is looked for on a hub."""
+    registry = intake_for(place).registry
+    hello = make_hello(place["models"] / "tiny", place["dataset"], base_model=HUB_NAME)
+    for load in (registry.prepare, registry.manifest, registry.model):
+        with pytest.raises(RunMismatch) as refused:
+            load(hello)
+        assert str(refused.value) == no_folder_refusal(place)
+    assert hub.requests == []
+
+
+def test_a_scorer_process_refuses_a_hub_model_without_asking_a_hub(place, monkeypatch):
+    monkeypatch.chdir(place["models"])  # the scorer's working folder: HUB_NAME lies under it
+    with FakeHub() as hub:
+        scorer = ScorerProcess(
+            place["tmp"] / "scorer",
+            "--model-root", str(place["models"]), "--data-root", str(place["data"]),
+            env=process_environment(hub),
+        )  # fmt: skip
+        with scorer:
+            hello = make_hello(place["models"] / "tiny", place["dataset"], base_model=HUB_NAME)
+            reply = register(scorer.zmq_url, hello)
+        assert hub.requests == []
+    assert reply["code"] == "mismatch" and reply["reason"] == no_folder_refusal(place)
+
+
+def test_the_scorer_goes_offline_before_the_hub_library_is_imported():
+    """huggingface_hub reads HF_HUB_OFFLINE once, when imported: the scorer's command sets it
+    first, for itself and every process it starts."""
+    script = (
+        "import os, sys\n"
+        "from scorer_svc.cli import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "assert 'huggingface_hub' not in sys.modules\n"
+        "from huggingface_hub import constants\n"
+        "print(os.environ['HF_HUB_OFFLINE'], os.environ['TRANSFORMERS_OFFLINE'],"
+        " constants.HF_HUB_OFFLINE)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True
+    )
+    assert done.stdout.splitlines()[-1] == "1 1 True"
+
+
+def test_going_offline_reaches_a_hub_library_already_imported(monkeypatch):
+    from huggingface_hub import constants
+
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.setenv(name, "0")  # restored after the test
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    stay_off_the_hub()
+    assert constants.is_offline_mode()
+    assert (os.environ["HF_HUB_OFFLINE"], os.environ["TRANSFORMERS_OFFLINE"]) == ("1", "1")

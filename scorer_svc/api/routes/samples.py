@@ -178,7 +178,7 @@ def _fingerprint(hello: Hello, access: AccessPolicy, rows: list[Row]) -> str:
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(
-            hello.base_model, trust_remote_code=access.trusts(hello)
+            hello.base_model, trust_remote_code=access.trusts(hello), local_files_only=True
         )
         settings = TokenizationSettings(**hello.tokenization.model_dump())
         encoded = encode_dataset(tokenizer, [row.sample for row in rows], settings)
