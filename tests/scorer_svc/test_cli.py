@@ -15,6 +15,22 @@ ROOT = Path(__file__).resolve().parents[2]
 SECRETS = {"token"}
 
 
+@pytest.fixture(autouse=True)
+def _offline_mode_stays_here(monkeypatch):
+    """main() turns this process offline (HF_HUB_OFFLINE); undone after each test, so the
+    tests that follow, and the processes they start, see the environment they were given."""
+    import huggingface_hub.constants as hub
+
+    from scorer_svc.access import OFFLINE_VARIABLES
+
+    for name in OFFLINE_VARIABLES:  # setenv records each one's state, absent included
+        before = os.environ.get(name)
+        monkeypatch.setenv(name, before or "")
+        if before is None:
+            monkeypatch.delenv(name)
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", hub.HF_HUB_OFFLINE)
+
+
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
