@@ -24,3 +24,13 @@ def test_a_marked_process_is_found_until_it_is_killed():
     finally:
         child.kill()
         child.wait()
+
+
+def test_this_processs_multiprocessing_helper_is_not_a_leftover():
+    """The resource tracker multiprocessing starts for the test process ends with it."""
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+    tracker = resource_tracker._resource_tracker._pid
+    assert tracker is not None
+    assert tracker not in leftovers.marked(os.environ[leftovers.MARK])

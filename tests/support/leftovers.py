@@ -10,6 +10,8 @@ import signal
 from pathlib import Path
 
 MARK = "DELTA_LOSS_TEST_RUN"
+# multiprocessing's helpers of this process: they end when it does, reading its pipe
+OWN_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
 
 
 def marked(value: str) -> dict[int, str]:
@@ -23,11 +25,12 @@ def marked(value: str) -> dict[int, str]:
         try:
             if wanted not in (entry / "environ").read_bytes().split(b"\0"):
                 continue
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            state, parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
             command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:  # gone meanwhile, or not ours to read
             continue
-        if state != "Z":
+        own_helper = int(parent) == os.getpid() and any(h in command for h in OWN_HELPERS)
+        if state != "Z" and not own_helper:
             found[int(entry.name)] = command.strip()
     return found
 
