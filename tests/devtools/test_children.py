@@ -9,15 +9,14 @@ from pathlib import Path
 from devtools.waiting import wait_until
 
 PARENT = """
-import subprocess, sys, time
+import signal, subprocess, sys
 from devtools.children import die_with_parent
 child = subprocess.Popen(
-    [sys.executable, "-c", "import time\\nwhile True: time.sleep(1)"],
+    [sys.executable, "-c", "import signal; signal.pause()"],  # idle until a signal
     preexec_fn=die_with_parent if sys.argv[1] == "yes" else None,
 )
 print(child.pid, flush=True)
-while True:
-    time.sleep(1)
+signal.pause()
 """
 
 
