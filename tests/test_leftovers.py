@@ -11,9 +11,7 @@ from tests.support import leftovers
 def test_a_marked_process_is_found_until_it_is_killed():
     value = f"probe-{os.getpid()}"
     env = {**os.environ, leftovers.MARK: value}
-    child = subprocess.Popen(
-        [sys.executable, "-c", "import signal; signal.pause()"], env=env
-    )
+    child = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"], env=env)
     try:
         found = wait_until(lambda: leftovers.marked(value), "the probe to be listed")
         assert list(found) == [child.pid] and "signal.pause" in found[child.pid]
