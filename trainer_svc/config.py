@@ -683,7 +683,7 @@ def _world_size(raw: dict[str, Any], cfg: TrainConfig, problems: dict[str, str])
         if raw.get(key):
             problems[key] = (
                 "FSDP is not supported: remove it; several GPUs train with data-parallel DDP "
-                "under torchrun (FORCE_TORCHRUN=1, see the README), or DeepSpeed ZeRO 0-2"
+                "under torchrun (FORCE_TORCHRUN=1, see docs/GPUS.md), or DeepSpeed ZeRO 0-2"
             )
     wait = getattr(cfg, "scorer_wait_seconds", 600.0)
     needed = 2 * wait + 120  # an update sends (up to the wait), then waits for weights (again)
