@@ -34,7 +34,8 @@ def postgres_bindir() -> Path | None:
 
 
 class PostgresCluster:
-    """start() makes and starts it; url(name) is a new database's SQLAlchemy URL; stop()."""
+    """start() makes and starts it; url(name) is a new database's SQLAlchemy URL; halt() and
+    resume() stop and start its server (a restart); stop() removes it."""
 
     def __init__(self, bindir: Path, *, durable: bool = False):
         """durable: fsync as a real server does (the benchmarks); else fsync=off (the tests)."""
@@ -60,11 +61,20 @@ class PostgresCluster:
         if self._as_postgres:
             shutil.chown(self.root, "postgres", "postgres")
         self._run("initdb", "-D", str(self.data), "--auth=trust", "-U", "postgres", "-E", "UTF8")
+        self.resume()
+        return self
+
+    def halt(self) -> None:
+        """Stop the server as an administrator does (pg_ctl -m fast: its sessions end with an
+        administrator shutdown, 57P01), keeping the cluster; resume() starts it again."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def resume(self) -> None:
+        """Start the server (again) on its port, waiting until it takes connections."""
         options = f"-p {self.port} -h 127.0.0.1 -k {self.root}"
         if not self.durable:
             options += " -c fsync=off"
         self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.log), "-w", "start")
-        return self
 
     def url(self, name: str | None = None) -> str:
         """A new, empty database's URL (psycopg 3)."""

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 from sqlalchemy import case, delete, func, insert, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from common.budget import Estimates
@@ -528,6 +530,7 @@ def insert_losses_copy(
         keep[null, -_LOSS_ROW["loss"].itemsize :] = False
         stream = stream[keep.reshape(-1)]
     with (
+        _driver_errors(session, "COPY losses FROM STDIN"),
         _driver_cursor(session) as cursor,
         cursor.copy(
             "COPY losses (run_pk, step, sample_index, loss) FROM STDIN (FORMAT BINARY)"
@@ -556,6 +559,25 @@ def _sample_indices(n: int, indices: np.ndarray | None) -> np.ndarray:
 def _driver_cursor(session: Session, **options: object) -> Any:
     """A cursor of the driver's own connection that the session holds, in its transaction."""
     return session.connection().connection.dbapi_connection.cursor(**options)  # type: ignore[union-attr]
+
+
+@contextmanager
+def _driver_errors(session: Session, statement: str) -> Iterator[None]:
+    """The driver's errors raised by work on its own cursor, as SQLAlchemy raises them for its
+    statements (a DBAPIError subclass, the driver's error as orig): a connection the driver
+    lost is invalidated, so that the pool replaces it, and says connection_invalidated."""
+    connection = session.connection()
+    dialect = connection.dialect
+    dbapi_error = dialect.loaded_dbapi.Error
+    try:
+        yield
+    except dbapi_error as error:
+        lost = dialect.is_disconnect(error, connection.connection.dbapi_connection, None)
+        if lost:
+            connection.invalidate(error)
+        raise DBAPIError.instance(
+            statement, None, error, dbapi_error, connection_invalidated=lost, dialect=dialect
+        ) from error
 
 
 def insert_losses_sqlite(
@@ -612,16 +634,13 @@ def losses_at(session: Session, *, run: Run, step: int) -> np.ndarray:
 def losses_at_sqlite(session: Session, *, run: Run, step: int) -> np.ndarray:
     """Read straight from the driver's cursor into numpy (no Row objects): NULL comes back as
     +inf (9e999), which no stored loss can be, since only finite losses are stored."""
-    cursor = session.connection().connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        cursor.execute(
-            "SELECT sample_index, coalesce(loss, 9e999) FROM losses "
-            "WHERE run_pk = ? AND step = ? ORDER BY sample_index",
-            (run.id, step),
-        )
+    statement = (
+        "SELECT sample_index, coalesce(loss, 9e999) FROM losses "
+        "WHERE run_pk = ? AND step = ? ORDER BY sample_index"
+    )
+    with _driver_errors(session, statement), closing(_driver_cursor(session)) as cursor:
+        cursor.execute(statement, (run.id, step))
         rows = np.fromiter(iter(cursor.fetchall()), dtype=np.dtype([("i", "<i8"), ("v", "<f8")]))
-    finally:
-        cursor.close()
     out = np.full(run.n_samples, np.nan)
     values = rows["v"]
     values[np.isinf(values)] = np.nan
@@ -640,12 +659,12 @@ def losses_at_postgresql(session: Session, *, run: Run, step: int) -> np.ndarray
     loss makes its row's piece NULL, which string_agg leaves out: that sample stays NaN, as
     do samples without a row. The rows come in any order; each lands at its index.
     N = 200,000 (2 cores, shared): about 0.04 s, the ORM's rows took 0.57-1.0 s."""
-    with _driver_cursor(session, binary=True) as cursor:
-        cursor.execute(
-            "SELECT string_agg(int4send(sample_index) || float8send(loss), '') FROM losses "
-            "WHERE run_pk = %s AND step = %s",
-            (run.id, step),
-        )
+    statement = (
+        "SELECT string_agg(int4send(sample_index) || float8send(loss), '') FROM losses "
+        "WHERE run_pk = %s AND step = %s"
+    )
+    with _driver_errors(session, statement), _driver_cursor(session, binary=True) as cursor:
+        cursor.execute(statement, (run.id, step))
         row = cursor.fetchone()
     out = np.full(run.n_samples, np.nan)
     if row is not None and row[0] is not None:

@@ -13,6 +13,7 @@ from common.datasets import Row, rows_size
 from scorer_svc.config import Settings
 from scorer_svc.failures import UnrecordedFailures
 from scorer_svc.metrics import ScorerMetrics
+from scorer_svc.outages import DatabaseStatus, status_of
 from scorer_svc.progress import ScoringProgress
 from scorer_svc.ranks import RankGroup
 from scorer_svc.weights import RunKey, WeightsCache
@@ -43,5 +44,9 @@ class ApiState:
         default_factory=lambda: TTLCache(maxsize=256, ttl=30.0)
     )
 
+    # what the API, the worker and the intake have lately seen of the database (its errors)
+    database: DatabaseStatus = field(init=False)
+
     def __post_init__(self) -> None:
+        self.database = status_of(self.sessions)
         self.metrics.watch_database(self.sessions, self.instance)

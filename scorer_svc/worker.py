@@ -3,12 +3,14 @@ losses (every sample's, or under a scoring budget those common.budget chooses)."
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
@@ -19,7 +21,8 @@ from common.selection import Window
 from scorer_svc import crud
 from scorer_svc.failures import UnrecordedFailures
 from scorer_svc.metrics import ScorerMetrics
-from scorer_svc.models import CheckpointRow, Run
+from scorer_svc.models import SCORED, SCORING, CheckpointRow, Run
+from scorer_svc.outages import DatabaseOutageTooLong, status_of, through_outages
 from scorer_svc.progress import ScoringProgress
 from scorer_svc.ranking import budget_plan, measured_window
 from scorer_svc.ranks import RankGroup, RankLost
@@ -31,6 +34,7 @@ from scorer_svc.superseding import discard_superseded
 from scorer_svc.weights import WeightsCache, served_weights
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 IDLE_WAIT_S = 0.5
 
@@ -38,7 +42,9 @@ IDLE_WAIT_S = 0.5
 @dataclass(eq=False)
 class Worker:
     """Scores acknowledged checkpoints in order, in its own thread. failures: where a failure
-    the database cannot take is kept (the API reads it)."""
+    the database cannot take is kept (the API reads it). Its reads and writes are tried again
+    through a database outage (outages.through_outages) for up to database_outage_seconds: a
+    PostgreSQL restart pauses the scoring, and fails a checkpoint only when it lasts longer."""
 
     sessions: sessionmaker[Session]
     registry: Registry
@@ -81,6 +87,9 @@ class Worker:
         while not self._stop.is_set():
             try:
                 worked = self.run_once()
+            except DatabaseOutageTooLong as exc:  # nothing was being scored: try again later
+                log.error("%s; looking again", exc)
+                worked = False
             except Exception:
                 log.exception("scoring loop error")
                 worked = False
@@ -105,25 +114,15 @@ class Worker:
             return False
         self._record_failures()
         with self.sessions() as session:
-            if not self._released:
-                released = crud.release_cut_off(session, instance=self.instance)
-                if released:
-                    log.info("%d checkpoint(s) cut off while scoring are scored again", released)
-                for run in crud.async_runs(session, instance=self.instance):
-                    discard_superseded(session, run, keep=self.keep_checkpoints)
-                self._released = True
-            queued = crud.pending(
-                session, instance=self.instance, skip=self.failures.pending().keys()
+            checkpoint_id = self._database(
+                session, lambda: self._next(session), "looking for a checkpoint to score"
             )
-            checkpoint_id = next_turn(queued, self._last_served)
             if checkpoint_id is None:
                 return False
             try:
-                checkpoint = crud.claim(
-                    session, checkpoint_id=checkpoint_id, instance=self.instance
-                )
-            except SQLAlchemyError as error:  # the database takes no write: fail it in memory
-                session.rollback()
+                checkpoint = self._claim(session, checkpoint_id)
+            except (SQLAlchemyError, DatabaseOutageTooLong) as error:  # no write taken:
+                session.rollback()  # fail it in memory
                 log.error("cannot claim checkpoint %d (%s)", checkpoint_id, type(error).__name__)
                 self.failures.record(checkpoint_id, f"{type(error).__name__}: {error}")
                 if self.metrics is not None:
@@ -140,6 +139,69 @@ class Worker:
                 if self.progress is not None:
                     self.progress.finish(checkpoint_id)
             return True
+
+    def _next(self, session: Session) -> int | None:
+        """The checkpoint whose turn it is (released cut-off ones first, at the first round)."""
+        if not self._released:
+            released = crud.release_cut_off(session, instance=self.instance)
+            if released:
+                log.info("%d checkpoint(s) cut off while scoring are scored again", released)
+            for run in crud.async_runs(session, instance=self.instance):
+                discard_superseded(session, run, keep=self.keep_checkpoints)
+            self._released = True
+        queued = crud.pending(session, instance=self.instance, skip=self.failures.pending().keys())
+        return next_turn(queued, self._last_served)
+
+    def _claim(self, session: Session, checkpoint_id: int) -> CheckpointRow | None:
+        tries = 0
+
+        def claim() -> CheckpointRow | None:
+            nonlocal tries
+            tries += 1
+            claimed = crud.claim(session, checkpoint_id=checkpoint_id, instance=self.instance)
+            if claimed is None and tries > 1:  # the claim lost with its connection may hold
+                row = session.get(CheckpointRow, checkpoint_id, populate_existing=True)
+                if row is not None and row.status == SCORING:  # this instance's one process
+                    return row
+            return claimed
+
+        return self._database(session, claim, f"claiming checkpoint {checkpoint_id}")
+
+    def _database(self, session: Session, work: Callable[[], T], what: str) -> T:
+        """work() on the session, tried again (after a rollback) through a database outage
+        for up to database_outage_seconds (outages.through_outages)."""
+
+        def rollback() -> None:
+            with contextlib.suppress(SQLAlchemyError):  # the next try finds the database or not
+                session.rollback()
+
+        return through_outages(
+            work,
+            seconds=self.registry.settings.database_outage_seconds,
+            status=status_of(self.sessions),
+            what=what,
+            before_retry=rollback,
+            retry_while=lambda: not self._stop.is_set(),  # a stop does not wait out an outage
+        )
+
+    def _store(self, session: Session, checkpoint_id: int, store: Callable[[], None]) -> None:
+        """store() (crud.store_scores), tried again through an outage; a commit whose answer
+        was lost with the connection is found stored, not taken for a deleted checkpoint."""
+        tries = 0
+
+        def attempt() -> None:
+            nonlocal tries
+            tries += 1
+            try:
+                store()
+            except crud.CheckpointGone:
+                if tries > 1:
+                    row = session.get(CheckpointRow, checkpoint_id, populate_existing=True)
+                    if row is not None and row.status == SCORED:
+                        return
+                raise
+
+        self._database(session, attempt, f"storing the losses of checkpoint {checkpoint_id}")
 
     def _fail(self, session: Session, checkpoint_id: int, error: str, path: str) -> None:
         """Record the failure; its tensors go once it is recorded (a step sent again brings
@@ -171,16 +233,24 @@ class Worker:
                 self._discard(row.path)
 
     def _score(self, session: Session, checkpoint: CheckpointRow) -> None:
-        run = session.get(Run, checkpoint.run_pk)
+        checkpoint_id, path = checkpoint.id, checkpoint.path  # read before any rollback
+        try:
+            run = self._database(
+                session, lambda: session.get(Run, checkpoint.run_pk), "reading a run"
+            )
+        except DatabaseOutageTooLong as error:
+            self._fail(session, checkpoint_id, f"{type(error).__name__}: {error}", path)
+            return
         assert run is not None
         label = f"run {run.run_id} step {checkpoint.step}"
-        checkpoint_id, path = checkpoint.id, checkpoint.path  # read before any rollback
         try:
             hello = self.registry.hello_of(run.run_id, run.config)
             data = self.registry.prepare(hello)
             model = self.registry.model(hello)
             stored = StoredCheckpoint.open(path)  # its table; the tensors are streamed
-            plan = budget_plan(session, run, checkpoint)
+            plan = self._database(
+                session, lambda: budget_plan(session, run, checkpoint), f"planning {label}"
+            )
             samples = None if plan is None else plan.measured
             batches = (
                 data.batches
@@ -215,11 +285,19 @@ class Worker:
                 window, ranking = plan.window(estimates)
                 deltas = estimates.delta
             elif run.has_window(checkpoint.step):
-                window, ranking, deltas = measured_window(session, run, checkpoint, losses)
+                window, ranking, deltas = self._database(
+                    session,
+                    lambda: measured_window(session, run, checkpoint, losses),
+                    f"reading the losses {label}'s window starts from",
+                )
             writing = time.perf_counter()
-            crud.store_scores(
-                session, checkpoint=checkpoint, losses=losses, window=window, seconds=seconds,
-                measured=samples, estimates=estimates,
+            self._store(
+                session,
+                checkpoint_id,
+                lambda: crud.store_scores(
+                    session, checkpoint=checkpoint, losses=losses, window=window,
+                    seconds=seconds, measured=samples, estimates=estimates,
+                ),
             )  # fmt: skip
             if self.metrics is not None:
                 self.metrics.scored(
@@ -234,13 +312,18 @@ class Worker:
             return
         except ScoringAborted:
             session.rollback()
-            crud.mark_received(session, checkpoint_id=checkpoint_id)
+            self._mark_received(session, checkpoint_id)
             log.warning("stopped while scoring %s; it will be scored on restart", label)
             return
         except RankLost as exc:  # not the checkpoint's fault: it waits for the restart
             session.rollback()
-            crud.mark_received(session, checkpoint_id=checkpoint_id)
+            self._mark_received(session, checkpoint_id)
             log.error("%s; %s stays pending and is scored after the restart", exc, label)
+            return
+        except DatabaseOutageTooLong as error:  # said in full by its message
+            session.rollback()
+            log.error("scoring %s failed: %s", label, error)
+            self._fail(session, checkpoint_id, f"{type(error).__name__}: {error}", path)
             return
         except Exception as error:
             session.rollback()
@@ -261,6 +344,15 @@ class Worker:
             scored / seconds if seconds else float("inf"),
         )
         self._discard(path)
+
+    def _mark_received(self, session: Session, checkpoint_id: int) -> None:
+        """Waiting again (scored after the restart); through an outage it stays `scoring`,
+        which the next start releases."""
+        self._database(
+            session,
+            lambda: crud.mark_received(session, checkpoint_id=checkpoint_id),
+            f"putting checkpoint {checkpoint_id} back in the queue",
+        )
 
     def _advance(self, checkpoint_id: int) -> Callable[[int, int], None] | None:
         progress = self.progress

@@ -12,7 +12,7 @@ from common.api_schemas import ErrorBody, Pending
 from common.errors import UnknownRun
 from common.protocol import MAX_STEP
 from scorer_svc import crud
-from scorer_svc.api.errors import NotScoredYet
+from scorer_svc.api.errors import DatabaseRefused, NotScoredYet
 from scorer_svc.failures import UnrecordedFailures
 from scorer_svc.models import FAILED, SCORED, SUPERSEDED, CheckpointRow, Run
 from scorer_svc.state import ApiState
@@ -27,6 +27,10 @@ ApiDep = Annotated[ApiState, Depends(get_api)]
 
 
 def get_session(api: ApiDep) -> Iterator[Session]:
+    """A session; none while the database gave a damaged read lately (503 at once)."""
+    refused = api.database.refusing()
+    if refused is not None:
+        raise DatabaseRefused(refused)
     with api.sessions() as session:
         yield session
 

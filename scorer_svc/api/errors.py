@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -13,9 +14,23 @@ from common.errors import UnknownRun
 from common.selection import SelectionError
 from common.validation import describe_errors
 from scorer_svc.config import Settings
+from scorer_svc.outages import DatabaseStatus, Trouble
 from scorer_svc.progress import Progress
 
 log = logging.getLogger(__name__)
+
+
+class DatabaseRefused(Exception):
+    """The database gave a damaged read lately: the request is refused without reading it."""
+
+    def __init__(self, trouble: Trouble) -> None:
+        super().__init__(trouble.advice)
+        self.trouble = trouble
+
+
+def database_detail(error_name: str, trouble: Trouble) -> str:
+    """The detail of a 503 for a database error: what failed and what to do."""
+    return f"the scorer's database is unavailable: {error_name} ({trouble.kind}): {trouble.advice}"
 
 
 class NotScoredYet(Exception):
@@ -67,11 +82,29 @@ def add_error_handlers(app: FastAPI, settings: Settings) -> None:
     async def no_weights(_: Request, exc: SelectionError) -> JSONResponse:
         return JSONResponse(status_code=409, content={"detail": f"no weights: {exc}"})
 
+    # The driver's own errors too (sqlite3.DatabaseError is no SQLAlchemyError), should one
+    # come through a cursor used directly. A run of them is logged by the DatabaseStatus: a
+    # line at once, then one a minute with a count.
     @app.exception_handler(SQLAlchemyError)
-    async def database(_: Request, exc: SQLAlchemyError) -> JSONResponse:
-        log.error("database error while serving a request: %s", exc)
+    @app.exception_handler(sqlite3.Error)
+    async def database(request: Request, exc: Exception) -> JSONResponse:
+        where = f"serving {request.method} {request.url.path}"
+        trouble = _status(request).failed(exc, where)
         return JSONResponse(
             status_code=503,
-            content={"detail": f"the scorer's database is unavailable: {type(exc).__name__}"},
+            content={"detail": database_detail(type(exc).__name__, trouble)},
             headers=retry_after,
         )
+
+    @app.exception_handler(DatabaseRefused)
+    async def refused(_: Request, exc: DatabaseRefused) -> JSONResponse:
+        return JSONResponse(
+            status_code=503,
+            content={"detail": database_detail("DatabaseError", exc.trouble)},
+            headers=retry_after,
+        )
+
+
+def _status(request: Request) -> DatabaseStatus:
+    api = getattr(request.app.state, "api", None)
+    return api.database if api is not None else DatabaseStatus()

@@ -1,9 +1,10 @@
 """Loss history: a checkpoint's loss vector, samples across checkpoints, and a run's whole
 history as a CSV or Parquet file."""
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi import Path as PathParam
@@ -34,6 +35,7 @@ from scorer_svc.models import Run
 from scorer_svc.state import ApiState
 
 router = APIRouter(prefix="/v1/runs/{run_id}", tags=["losses"])
+T = TypeVar("T")
 
 MAX_QUERY_INDICES = 1000  # in a URL; POST takes up to HistoryRequest's bound
 NOT_A_SAMPLE: dict[int | str, dict[str, Any]] = {
@@ -131,14 +133,21 @@ def download(
     run_id = run.run_id
     headers = {"Content-Disposition": f'attachment; filename="{run_id}-losses.{format}"'}
     session.close()  # the file is read in transactions of its own, a checkpoint at a time
-    if format == "parquet":
-        chunks = losses_parquet(api.sessions, run_id, spool=_spool(api))
+    if format == "parquet":  # the whole file is read before its first chunk: a 503 then
+        chunks = _begun(losses_parquet(api.sessions, run_id, spool=_spool(api)), 1)
         return StreamingResponse(
             chunks, media_type="application/vnd.apache.parquet", headers=headers
         )
-    return StreamingResponse(
-        losses_csv(api.sessions, run_id), media_type="text/csv", headers=headers
-    )
+    # the header, then the first checkpoint's rows read before the answer starts
+    lines = _begun(losses_csv(api.sessions, run_id), 2)
+    return StreamingResponse(lines, media_type="text/csv", headers=headers)
+
+
+def _begun(chunks: Iterator[T], n: int) -> Iterator[T]:
+    """chunks, its first n taken now: a database error there is raised before the response
+    starts (a 503); past them, it can only cut the response short."""
+    first = list(itertools.islice(chunks, n))
+    return itertools.chain(first, chunks)
 
 
 def _spool(api: ApiState) -> Path | None:
