@@ -7,6 +7,9 @@ the scorer's `detail`.
             print(run.run_id, run.status, run.last_step)
         weights = api.weights("my-run", step=40)  # NotScoredYet while it is being scored
 
+The routes that change a run (its end, its deletion) need, on a scorer without a token, the
+run's own token: `run_token=` (the run_token of the trainer's run.json).
+
 Transport failures (no answer, a refused certificate) are httpx's own exceptions. Retrying is
 the caller's business: the trainer retries under its policy (trainer_svc.weights_client).
 """
@@ -23,6 +26,7 @@ from pydantic import BaseModel
 from common.api_schemas import (
     CheckpointInfo,
     CheckpointPage,
+    DeletedRun,
     DeltaPage,
     Health,
     LossPage,
@@ -39,6 +43,9 @@ from common.errors import ProtocolError
 
 Model = TypeVar("Model", bound=BaseModel)
 MAX_GET_INDICES = 200  # more are POSTed: a URL stays well under proxies' 8 KiB
+# the header carrying a run's own token, which lets a request change that run on a scorer
+# without a token
+RUN_TOKEN_HEADER = "X-Run-Token"
 
 
 class ApiError(ProtocolError):
@@ -217,19 +224,30 @@ class ScorerApi:
         status: RunEnding,
         detail: str | None = None,
         *,
+        run_token: str | None = None,
         timeout: float | None = None,
     ) -> RunInfo:
-        """Report that the run finished or failed."""
+        """Report that the run finished or failed. run_token: the run's own token, which a
+        scorer without a token asks for."""
         body = RunEnd(status=status, detail=None if detail is None else detail[:4000])
         path, payload = f"/v1/runs/{run_id}/end", body.model_dump()
-        if timeout is None:
-            response = self.http.post(path, json=payload)
-        else:
-            response = self.http.post(path, json=payload, timeout=timeout)
-        return _read(RunInfo, response)
+        extra: dict[str, Any] = {"headers": _run_token(run_token)}
+        if timeout is not None:
+            extra["timeout"] = timeout
+        return _read(RunInfo, self.http.post(path, json=payload, **extra))
+
+    def delete_run(self, run_id: str, *, run_token: str | None = None) -> DeletedRun:
+        """Remove the run's history and checkpoint files. run_token: the run's own token,
+        which a scorer without a token asks for."""
+        response = self.http.delete(f"/v1/runs/{run_id}", headers=_run_token(run_token))
+        return _read(DeletedRun, response)
 
     def _get(self, model: type[Model], path: str, **kwargs: Any) -> Model:
         return _read(model, self.http.get(path, **kwargs))
+
+
+def _run_token(run_token: str | None) -> dict[str, str]:
+    return {} if run_token is None else {RUN_TOKEN_HEADER: run_token}
 
 
 def _step(step: int | None) -> dict[str, int]:

@@ -1,12 +1,16 @@
-"""The optional shared token: checked on every ZeroMQ request and every REST call."""
+"""The optional shared token: checked on every ZeroMQ request and every REST call. Without
+one, the REST routes that change a run (its end, its deletion) take that run's own token: the
+secret its trainer sent in the hello (run_token), which only that training run knows."""
 
 from __future__ import annotations
 
 import hmac
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from common.errors import Unauthorized
+from scorer_svc.config import Settings
 
 # Liveness, the API's own description and the dashboard page stay open: they reveal no run
 # data (the page reads the API with the token its user types in), and health checks
@@ -20,6 +24,19 @@ OPEN_PREFIXES = ("/docs-assets/", "/ui/assets/")
 
 def same_token(given: str | None, expected: str) -> bool:
     return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+
+
+def has_shared_token(settings: Settings) -> bool:
+    """Whether the scorer was given a token, and so checks every REST call's bearer token
+    (the app refuses to start when the token_file is empty)."""
+    return settings.token is not None or settings.token_file is not None
+
+
+def is_runs_token(run_config: Mapping[str, Any], given: str | None) -> bool:
+    """Whether `given` is the run token stored at the run's registration; a run registered
+    without one has none to match."""
+    stored = run_config.get("run_token")
+    return isinstance(stored, str) and bool(stored) and same_token(given, stored)
 
 
 def check_request_token(frame0: Any, expected: str | None) -> None:

@@ -7,7 +7,8 @@ newest weights already available, or None. Network errors and other answers are 
 the trainer's retry policy (trainer_svc.retry) up to the configured wait; then
 `ScorerUnavailable` says what to check. 409 (scoring failed), 401, a 404 for an unknown run
 (`UnknownRun`) and an HTTPS certificate that does not verify are not retried. `ping` asks
-/healthz once.
+/healthz once. `end` reports the run's end with the run's own token (`run_token`, from its
+hello), which a scorer without a token asks for.
 """
 
 from __future__ import annotations
@@ -93,14 +94,17 @@ class WeightsClient:
         *,
         wait_seconds: float,
         token: str | None = None,
+        run_token: str | None = None,
         ca_file: str | None = None,
         client: httpx.Client | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ):
-        """ca_file: the CA bundle (PEM) an https scorer's certificate must verify against;
-        None: httpx's default bundle (certifi)."""
+        """run_token: the run's own token, as its hello carries it (None: unknown yet).
+        ca_file: the CA bundle (PEM) an https scorer's certificate must verify against; None:
+        httpx's default bundle (certifi)."""
         self.base_url = base_url.rstrip("/")
         self.run_id = run_id
+        self.run_token = run_token
         self.ca_file = ca_file
         self.retry = RetryPolicy(wait_seconds, sleep=sleep)
         self.api = ScorerApi(
@@ -132,7 +136,13 @@ class WeightsClient:
         """Tell the scorer how the run ended (once, not retried: the run's end must not wait
         on the scorer); a failure to tell it is logged."""
         try:
-            self.api.end_run(self.run_id, status, detail, timeout=END_TIMEOUT_SECONDS)
+            self.api.end_run(
+                self.run_id,
+                status,
+                detail,
+                run_token=self.run_token,
+                timeout=END_TIMEOUT_SECONDS,
+            )
         except Exception as exc:  # an old scorer, a proxy's page: the run has ended all the same
             logger.warning(
                 "could not tell the scorer at %s that run %s %s: %s",

@@ -18,11 +18,13 @@ from common.scorer_api import (
     NotScoredYet,
     ScorerApi,
 )
+from scorer_svc import crud
 from scorer_svc.main import create_app
 from tests.scorer_svc.test_api import (
     FAILED_STEP,
     LOSSES,
     RETRY_AFTER,
+    RUN_TOKEN,
     SCORED,
     SCORING_STEP,
     TOKEN,
@@ -36,6 +38,11 @@ from tests.scorer_svc.test_api import (
 @pytest.fixture
 def api(tmp_path) -> Iterator[ScorerApi]:
     with seeded_state(tmp_path) as state:
+        with state.sessions() as session:  # as registered by trainers that sent their tokens
+            for run_id in ("run-a", "run-empty"):
+                run = crud.get_run(session, run_id=run_id)
+                run.config = {**run.config, "run_token": RUN_TOKEN}
+            session.commit()
         writable = replace(state, instance="scorer-t")
         with TestClient(create_app(state.settings, writable)) as http:
             yield ScorerApi("http://testserver", client=http)
@@ -94,12 +101,26 @@ def test_histories_are_asked_in_the_url_or_posted(api, monkeypatch):
 
 
 def test_a_run_ends_and_downloads(api):
-    ended = api.end_run("run-a", "finished", "trained 12 steps")
+    with pytest.raises(ApiError) as refused:  # a scorer without a token: the run's is needed
+        api.end_run("run-a", "finished", "trained 12 steps")
+    assert refused.value.status == 403 and "X-Run-Token" in refused.value.detail
+    ended = api.end_run("run-a", "finished", "trained 12 steps", run_token=RUN_TOKEN)
     assert (ended.status, ended.end_detail) == ("finished", "trained 12 steps")
     csv = api.download("run-a").decode()
     assert csv.splitlines()[0] == "step,update_index,sample_index,loss,delta"
     assert len(csv.splitlines()) == 1 + N * len(SCORED)
     assert api.plot_deltas("run-a").startswith(b"\x89PNG")
+
+
+def test_a_run_is_deleted_with_its_own_token(api):
+    with pytest.raises(ApiError) as refused:
+        api.delete_run("run-empty")
+    assert refused.value.status == 403 and "X-Run-Token" in refused.value.detail
+    with pytest.raises(Conflict, match="queued or being scored"):  # allowed, but busy
+        api.delete_run("run-a", run_token=RUN_TOKEN)
+    deleted = api.delete_run("run-empty", run_token=RUN_TOKEN)
+    assert (deleted.run_id, deleted.checkpoints, deleted.losses) == ("run-empty", 0, 0)
+    assert [r.run_id for r in api.all_runs()] == ["run-a"]
 
 
 def test_a_missing_token_is_its_own_error(tmp_path):

@@ -27,6 +27,7 @@ from tests.support.scorer import (
 
 ME = "scorer-a"
 WAIT_SECONDS = 120
+RUN_TOKEN = "5" * 32
 
 
 @pytest.fixture
@@ -129,7 +130,8 @@ def health(scorer: ScorerProcess) -> subprocess.CompletedProcess:
 def test_a_scorer_exits_by_itself_once_its_run_has_ended(tiny_model, dataset_file, tmp_path):
     scorer = ScorerProcess(tmp_path / "scorer", "--exit-after-runs", "1").start()
     try:
-        assert register(scorer.zmq_url, make_hello(tiny_model, dataset_file))["ok"]
+        hello = make_hello(tiny_model, dataset_file, run_token=RUN_TOKEN)
+        assert register(scorer.zmq_url, hello)["ok"]
         (tensors,) = lora_checkpoints(tiny_model, 1)
         assert send_checkpoint(scorer.zmq_url, "run-a", 2, 1, tensors)["status"] == "queued"
         wait_weights(scorer, "run-a", 2)
@@ -140,7 +142,9 @@ def test_a_scorer_exits_by_itself_once_its_run_has_ended(tiny_model, dataset_fil
         assert scorer.proc is not None and scorer.proc.poll() is None  # the run is not over
 
         ended = httpx.post(
-            f"{scorer.base_url}/v1/runs/run-a/end", json={"status": "finished", "detail": None}
+            f"{scorer.base_url}/v1/runs/run-a/end",
+            json={"status": "finished", "detail": None},
+            headers={"X-Run-Token": RUN_TOKEN},  # as its trainer reports it
         )
         assert ended.status_code == 200, ended.text
         assert scorer.proc.wait(WAIT_SECONDS) == 0, scorer.log()

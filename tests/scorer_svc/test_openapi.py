@@ -1,6 +1,7 @@
 """The OpenAPI document against the API as it answers: schemathesis generates requests for
 every operation from /openapi.json and checks each answer (no server error; status, headers,
-content type and body as documented), with and without a token."""
+content type and body as documented), with and without a token; without one, no generated
+request ends or deletes a run."""
 
 from dataclasses import replace
 
@@ -8,6 +9,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
+from scorer_svc import crud
 from scorer_svc.main import create_app
 from tests.scorer_svc.test_api import TOKEN, seeded_state
 
@@ -45,6 +47,13 @@ def test_every_operation_answers_as_documented(tmp_path, token):
             except Exception as exc:  # every operation's failure, not only the first
                 failures[operation.label] = str(exc)[:2000]
         assert not failures, "\n\n".join(f"{k}:\n{v}" for k, v in failures.items())
+        if token is None:  # no request showed a run's token: none was ended or deleted
+            with state.sessions() as session:
+                runs = crud.list_runs(session)
+                assert [(r.run_id, r.end_status) for r in runs] == [
+                    (RUN, None), ("run-empty", None),
+                ]  # fmt: skip
+                assert len(crud.list_checkpoints(session, run=runs[0], limit=100)) == 6
 
 
 def test_every_route_parameter_and_field_is_described(tmp_path):

@@ -49,6 +49,16 @@ def test_remote_scorer_registers_and_sends_over_one_socket(router, tiny_hello):
     assert [type(r).__name__ for r in server.requests] == ["Hello", "ReceivedCheckpoint"]
 
 
+def test_registering_gives_the_runs_token_to_its_end_report(router, tiny_hello):
+    server = router(lambda req: ack(status="registered"))
+    scorer = remote(server.url)
+    assert scorer.weights.run_token is None
+    hello = tiny_hello.model_copy(update={"run_token": "cd" * 16})
+    scorer.register(hello)
+    scorer.close()
+    assert scorer.weights.run_token == "cd" * 16  # sent with the run's end (POST /end)
+
+
 def test_registration_stops_waiting_when_a_stop_is_requested(router, tiny_hello):
     def no_pause(seconds):
         pytest.fail("paused for another attempt after a stop request")

@@ -154,3 +154,13 @@ def test_telling_the_scorer_the_run_ended_never_fails_the_run(answer, caplog):
         wc.end("finished", "trained 12 steps")
     assert [(r.method, r.url.path) for r in seen] == [("POST", "/v1/runs/r/end")]
     assert "could not tell the scorer at http://scorer that run r finished" in caplog.text
+
+
+def test_the_runs_end_carries_the_runs_own_token():
+    """A scorer without a token takes a run's end only with that run's token."""
+    ended = {"detail": "ended"}
+    wc, seen, _ = client([(200, ended, {}), (200, ended, {})])
+    wc.end("finished")  # registration has not told it the run's token
+    wc.run_token = "ab" * 16
+    wc.end("failed", "OOM")
+    assert [r.headers.get("x-run-token") for r in seen] == [None, "ab" * 16]
