@@ -285,15 +285,30 @@ def sources(spec: DatasetSpec, guard: Guard = _unguarded) -> list[Source]:
     item is a name."""
     info: dict[str, Any] | None = None
     found = []
+    read_by: dict[Path, str] = {}  # each file, resolved, and the item that reads it
     for item in dataset_items(spec.names):
         if is_path(item):
             path = _path_item(item, spec.directory, guard)
-            found.append(Source(f"file {path}", (path,), AlpacaColumns()))
-            continue
-        if info is None:
-            info = read_dataset_info(spec.directory, item, guard)
-        found.append(entry_source(item, info, spec.directory, guard))
+            source = Source(f"file {path}", (path,), AlpacaColumns())
+        else:
+            if info is None:
+                info = read_dataset_info(spec.directory, item, guard)
+            source = entry_source(item, info, spec.directory, guard)
+        _refuse_reread(source, item, read_by)
+        found.append(source)
     return found
+
+
+def _refuse_reread(source: Source, item: str, read_by: dict[Path, str]) -> None:
+    """Refuse an item whose file an earlier item reads already (another spelling of its path,
+    or another name for it): each file is read once, before any row of it is."""
+    for path in source.files:
+        earlier = read_by.setdefault(path, item)
+        if earlier != item:
+            raise DatasetError(
+                f"dataset items '{earlier}' and '{item}' both read {path} (one file under two "
+                "names or spellings); list each dataset once"
+            )
 
 
 def is_path(item: str) -> bool:

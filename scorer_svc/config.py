@@ -128,6 +128,13 @@ class Settings(BaseSettings):
     database_busy_timeout_seconds: float = Field(
         30.0, gt=0, description="how long SQLite waits for a lock before a write fails"
     )
+    database_outage_seconds: float = Field(
+        120.0,
+        ge=0,
+        description="how long the worker and the intake try again, with growing pauses, a "
+        "database that stopped answering (PostgreSQL restarting or failing over, a lost "
+        "connection) before the checkpoint at hand fails; 0: not tried again",
+    )
     exit_after_runs: int | None = Field(
         None,
         ge=1,
@@ -148,6 +155,12 @@ class Settings(BaseSettings):
     )
     token_file: Path | None = Field(
         None, description="a file holding the token (instead of token itself)"
+    )
+    allow_unauthenticated_writes: bool = Field(
+        False,
+        description="with no token set: let any REST client that reaches the scorer delete "
+        "runs and report their end (DELETE /v1/runs/RUN, POST /v1/runs/RUN/end) without the "
+        "run's own token (X-Run-Token); with a token set, the token is needed all the same",
     )
     curve_secret_key_file: Path | None = Field(
         None,

@@ -33,9 +33,10 @@ from common.protocol import (
     upload_id_of,
 )
 from scorer_svc import crud
-from scorer_svc.auth import check_request_token
+from scorer_svc.auth import check_request_token, same_token
 from scorer_svc.config import Settings
 from scorer_svc.models import FAILED, Run
+from scorer_svc.outages import in_sessions_through_outages
 from scorer_svc.registration import Registrations
 from scorer_svc.registry import Registry, differences, identity
 from scorer_svc.store import CheckpointWriter, checkpoint_path
@@ -50,6 +51,17 @@ SWEEP_SECONDS = 10.0  # how often uploads left idle are looked for
 # Messages libzmq queues per peer before it stops reading that peer's socket (so the trainer's
 # sends wait): at most this many chunks of one upload are held in memory at once.
 RECEIVE_QUEUE = 4
+# Without a token a peer's frames are read before anything is checked, and libzmq bounds only
+# each frame (MAXMSGSIZE), not a multipart message's frame count, nor the connections it
+# takes. What a peer that stops part way holds is freed when it is dropped:
+# - one that does not finish its handshake in HANDSHAKE_SECONDS (libzmq's default is 30 s),
+#   e.g. inside a handshake command that declared a frame of up to max_frame_bytes;
+# - one that sends nothing for HEARTBEAT_TIMEOUT_SECONDS after a ping (sent every
+#   HEARTBEAT_SECONDS), e.g. in the middle of a multipart message. libzmq peers answer pings
+#   by themselves, so an idle trainer stays connected.
+HANDSHAKE_SECONDS = 5
+HEARTBEAT_SECONDS = 5
+HEARTBEAT_TIMEOUT_SECONDS = 30
 
 
 @dataclass(eq=False)
@@ -76,22 +88,29 @@ class Intake:
         self.registrations.close()
         self.uploads.close()
 
-    def handle(self, frames: list[Any]) -> list[bytes] | None:
+    def handle(self, frames: list[Any], client: str = "") -> list[bytes] | None:
         """The reply to a message, or None when it gets none (a chunk, or anything for an
-        upload already answered)."""
+        upload already answered). client: who sent it (IntakeServer.client_of), for the
+        per-client limits on registrations and uploads."""
         upload_id = None
         try:
             check_request_token(frames[0] if frames else b"", self.header_token)
             message = decode_request(frames, max_bytes=self.settings.max_checkpoint_bytes)
             if isinstance(message, Hello):
-                with self.sessions() as session:
-                    return self.hello(session, message)
+                hello = message
+                return in_sessions_through_outages(
+                    self.sessions, lambda session: self.hello(session, hello, client),
+                    seconds=self.settings.database_outage_seconds, what="registering a run",
+                )  # fmt: skip
             upload_id = message.header.upload if isinstance(message, Chunk) else message.upload
             if self.uploads.is_closed(upload_id):
                 return None
             if isinstance(message, CheckpointHeader):
-                with self.sessions() as session:
-                    return self.begin(session, message)
+                header = message
+                return in_sessions_through_outages(
+                    self.sessions, lambda session: self.begin(session, header, client),
+                    seconds=self.settings.database_outage_seconds, what="opening an upload",
+                )  # fmt: skip
             upload = self.uploads.get(upload_id)
             if upload is None:
                 raise UploadLost(
@@ -102,8 +121,13 @@ class Intake:
                 self.uploads.add(upload, message)
                 return None
             assert isinstance(message, CommitHeader)
-            with self.sessions() as session:
-                return self.commit(session, upload, message)
+            commit = message
+            return in_sessions_through_outages(
+                self.sessions, lambda session: self.commit(session, upload, commit),
+                seconds=self.settings.database_outage_seconds, what="storing a checkpoint",
+                # tried again only while nothing is stored: its file not yet put in place
+                retry_while=lambda: self.uploads.get(upload.begin.upload) is upload,
+            )  # fmt: skip
         except ProtocolError as error:
             log.warning("refused request: %s: %s", error.code, error)
             return self._refuse(upload_id, error, frames)
@@ -131,7 +155,7 @@ class Intake:
     def sweep(self) -> None:
         self.uploads.sweep()
 
-    def hello(self, session: Session, hello: Hello) -> list[bytes]:
+    def hello(self, session: Session, hello: Hello, client: str = "") -> list[bytes]:
         self.registry.access.check_hello(hello)  # before any file is looked at
         run = crud.get_run(session, run_id=hello.run_id)
         if run is not None:
@@ -148,7 +172,7 @@ class Intake:
             crud.reopen_run(session, run=run, settings=resumed)  # resumed: training again
             status = "already_registered"
         else:
-            n_no_labels = self.registrations.poll(hello)
+            n_no_labels = self.registrations.poll(hello, client)
             if n_no_labels is None:
                 return ack(status="registering", run_id=hello.run_id)
             config = {**hello.model_dump(exclude={"token"}), **identity(hello)}
@@ -187,7 +211,7 @@ class Intake:
         """A run id registered by one training run is not taken over by another: its windows
         would come from that run's losses. A resume carries the run's own token."""
         stored = run.config.get("run_token")
-        if stored is not None and stored != hello.run_token:
+        if stored is not None and not same_token(hello.run_token, stored):
             raise RunMismatch(
                 f"run {run.run_id} is already registered by another training run (another "
                 "output_dir, or one started afresh), and its selections come from that run's "
@@ -195,7 +219,9 @@ class Intake:
                 "(resume_from_checkpoint)"
             )
 
-    def begin(self, session: Session, header: CheckpointHeader) -> list[bytes] | None:
+    def begin(
+        self, session: Session, header: CheckpointHeader, client: str = ""
+    ) -> list[bytes] | None:
         """Opens the upload (no reply yet), or answers it at once: a duplicate, a refusal."""
         run = self._run_of(session, header)
         existing = crud.get_checkpoint(session, run=run, step=header.step)
@@ -210,7 +236,7 @@ class Intake:
         manifest.check([(e.name, e.dtype, e.shape) for e in header.tensors])
         path = checkpoint_path(self.settings.data_dir, run.run_id, header.step)
         table = [(e.name, e.dtype, e.shape, e.length) for e in header.tensors]
-        self.uploads.open(header, lambda: CheckpointWriter(path, table))
+        self.uploads.open(header, lambda: CheckpointWriter(path, table), client)
         return None
 
     def commit(self, session: Session, upload: Upload, commit: CommitHeader) -> list[bytes]:
@@ -301,6 +327,7 @@ class IntakeServer:
         curve_authorized_keys_dir: Path | None = None,
     ) -> None:
         self.intake = intake
+        self.curve = curve_secret_key_file is not None and curve_authorized_keys_dir is not None
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.LINGER, 0)
@@ -308,6 +335,9 @@ class IntakeServer:
         # allocates it, and drops a peer that declares more.
         self._socket.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
         self._socket.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE)
+        self._socket.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_SECONDS * 1000)
+        self._socket.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_SECONDS * 1000)
+        self._socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_SECONDS * 1000)
         self._auth = secure_server(
             self._context,
             self._socket,
@@ -342,6 +372,18 @@ class IntakeServer:
             self._auth.stop()
         self._context.term()
 
+    def client_of(self, frames: list[zmq.Frame]) -> str:
+        """Who sent a message: its CURVE key where the scorer checks keys (the ZAP handler's
+        user id), else its IP address (every process of one host is one client)."""
+        if not frames:
+            return ""
+        try:
+            if self.curve:
+                return f"key {frames[0].get('User-Id')}"
+            return f"address {frames[0].get('Peer-Address')}"
+        except zmq.ZMQError:  # no such property (a transport without addresses)
+            return ""
+
     def _serve(self) -> None:
         poller = zmq.Poller()
         poller.register(self._socket, zmq.POLLIN)
@@ -355,7 +397,7 @@ class IntakeServer:
             try:
                 frames = self._socket.recv_multipart(copy=False)
                 identity, body = frames[0], [f.buffer for f in frames[1:]]
-                reply = self.intake.handle(body)
+                reply = self.intake.handle(body, self.client_of(frames[1:]))
                 if reply is not None:
                     self._socket.send_multipart([identity.bytes, *reply])
             except Exception:  # keep serving: one bad exchange must not stop the intake

@@ -219,6 +219,12 @@ class Registry:
                 f"run {hello.run_id} refused: the scorer cannot read the dataset: {exc}; "
                 "the scorer must see the dataset at the path the trainer names"
             ) from exc
+        if len(samples) != hello.n_samples:  # before any sample is tokenized
+            raise RunMismatch(
+                f"run {hello.run_id} refused: the trainer has {hello.n_samples} samples, the "
+                f"scorer reads {len(samples)} from {hello.dataset}; check that both read the "
+                "same dataset, max_samples and val_size"
+            )
         encoded = encode_dataset(
             tokenizer, samples, TokenizationSettings(**hello.tokenization.model_dump())
         )
@@ -235,8 +241,6 @@ class Registry:
     @staticmethod
     def _check_agreement(hello: Hello, encoded: list[EncodedSample], vocab: int) -> None:
         problems = []
-        if len(encoded) != hello.n_samples:
-            problems.append(f"N: trainer has {hello.n_samples} samples, scorer {len(encoded)}")
         if hello.vocab_size is not None and hello.vocab_size != vocab:
             problems.append(f"tokenizer vocabulary: trainer {hello.vocab_size}, scorer {vocab}")
         ours = fingerprint(encoded)

@@ -4,8 +4,13 @@ arrive (common.protocol describes the upload), so the scorer never holds a paylo
 An upload is open from its `checkpoint` message to its `commit`. An upload id that was refused,
 committed or dropped is remembered as closed, and whatever else arrives for it is dropped
 without a reply (the trainer had its one reply). Another upload of the same run and step
-replaces an open one (the trainer started again); one idle for `idle_seconds` is dropped; at
-most `max_open` are open at once.
+replaces an open one (the trainer started again); one idle for `idle_seconds` is dropped.
+
+At most `max_open` are open at once, and at most `per_client` from one client (its CURVE key
+where it has one, else its address). When a new upload finds no room, the upload idle longest
+gives up its slot if it has been idle for `stale_seconds` (a client's own first, when the
+client is at its limit): partial uploads left hanging hold no other trainer's upload up for
+longer than that. Otherwise the new one is answered `busy` (the trainer sends it again).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from common.errors import Busy, IntegrityError, MalformedMessage
@@ -22,8 +27,10 @@ from scorer_svc.store import CheckpointWriter
 
 log = logging.getLogger(__name__)
 
-IDLE_SECONDS = 300.0
+IDLE_SECONDS = 60.0
+STALE_SECONDS = 5.0
 MAX_OPEN = 8
+PER_CLIENT = 4
 CLOSED_REMEMBERED = 4096
 
 
@@ -32,6 +39,7 @@ class Upload:
     begin: CheckpointHeader
     writer: CheckpointWriter
     last_seen: float
+    client: str = ""
     digests: list[str] = field(default_factory=list)
 
     @property
@@ -44,11 +52,15 @@ class Uploads:
         self,
         *,
         idle_seconds: float = IDLE_SECONDS,
+        stale_seconds: float = STALE_SECONDS,
         max_open: int = MAX_OPEN,
+        per_client: int = PER_CLIENT,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.idle_seconds = idle_seconds
+        self.stale_seconds = stale_seconds
         self.max_open = max_open
+        self.per_client = per_client
         self.clock = clock
         self._open: dict[str, Upload] = {}
         self._closed: OrderedDict[str, None] = OrderedDict()
@@ -71,7 +83,10 @@ class Uploads:
         while len(self._closed) > CLOSED_REMEMBERED:
             self._closed.popitem(last=False)
 
-    def open(self, begin: CheckpointHeader, writer: Callable[[], CheckpointWriter]) -> Upload:
+    def open(
+        self, begin: CheckpointHeader, writer: Callable[[], CheckpointWriter], client: str = ""
+    ) -> Upload:
+        """A new upload from `client`, once there is room for it (else Busy)."""
         if begin.upload in self._open:  # each attempt of a trainer's has a new id
             raise MalformedMessage(f"upload {begin.upload} is open already: use a new id")
         for other in list(self._open.values()):
@@ -83,13 +98,36 @@ class Uploads:
                     begin.step,
                 )
                 self.refuse(other.begin.upload)
-        if len(self._open) >= self.max_open:
+        mine = [u for u in self._open.values() if u.client == client]
+        if len(mine) >= self.per_client and not self._free_stale(mine):
+            raise Busy(
+                f"this client is sending {len(mine)} checkpoints to the scorer already, the "
+                "most one client may at once; send it again"
+            )
+        if len(self._open) >= self.max_open and not self._free_stale(self._open.values()):
             raise Busy(
                 f"the scorer is receiving {len(self._open)} checkpoints already; send it again"
             )
-        upload = Upload(begin, writer(), self.clock())
+        upload = Upload(begin, writer(), self.clock(), client)
         self._open[begin.upload] = upload
         return upload
+
+    def _free_stale(self, among: Iterable[Upload]) -> bool:
+        """Drop the upload idle longest among `among` if it is stale; whether one was."""
+        oldest = min(among, key=lambda u: u.last_seen, default=None)
+        if oldest is None or self.clock() - oldest.last_seen < self.stale_seconds:
+            return False
+        log.info(
+            "run %s step %d: upload dropped, idle for %.0f s (%d of %d chunks received), to "
+            "make room for another",
+            oldest.begin.run_id,
+            oldest.begin.step,
+            self.clock() - oldest.last_seen,
+            len(oldest.digests),
+            oldest.begin.n_chunks,
+        )
+        self.refuse(oldest.begin.upload)
+        return True
 
     def add(self, upload: Upload, chunk: Chunk) -> None:
         """Check the chunk and write it; a bad one raises (the caller refuses the upload)."""

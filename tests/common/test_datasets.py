@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from common import datasets as datasets_module
 from common.datasets import (
     DEFAULT_DATASET_DIR,
     MAX_FIELD_NAME,
@@ -101,6 +102,23 @@ def test_empty_and_repeated_items_are_refused(tmp_path):
     assert "lists a.json more than once" in message and "list each dataset once" in message
 
 
+def test_one_file_under_two_spellings_or_names_is_refused_before_any_row_is_read(
+    tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "a.json", rows(("a", "1")))
+    (tmp_path / "link.json").symlink_to(tmp_path / "a.json")
+    info(tmp_path, {"alias": {"file_name": "./a.json"}})
+    reads = []
+    monkeypatch.setattr(datasets_module, "read_rows", lambda path: reads.append(path) or [])
+    spellings = [f"{tmp_path}//a.json", "./a.json", "link.json", "alias"]
+    for other in spellings:
+        message = refusal(f"a.json,{other}", tmp_path)
+        assert f"'a.json' and '{other}' both read {tmp_path / 'a.json'}" in message
+        assert "list each dataset once" in message
+    assert reads == []
+
+
 def test_a_bare_path_needs_no_dataset_info(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write(tmp_path / "here.json", rows(("q", "a")))
@@ -189,11 +207,12 @@ def test_file_name_problems(tmp_path):
 def test_files_lists_every_data_file_resolved_and_once(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write(tmp_path / "d" / "a.json", rows(("a", "1")))
-    info(tmp_path / "d", {"a": {"file_name": "a.json"}})
-    got = files(DatasetSpec("a,d/a.json", "d"))
-    assert got == [(tmp_path / "d" / "a.json").resolve()] and got[0].is_absolute()
-    # both items are read, so the samples come twice
-    assert len(load_samples(DatasetSpec("a,d/a.json", "d"))) == 2
+    write(tmp_path / "d" / "b" / "b1.json", rows(("b", "1")))
+    info(tmp_path / "d", {"a": {"file_name": "a.json"}, "b": {"file_name": "b"}})
+    got = files(DatasetSpec("a,d/b/../b/b1.json", "d"))
+    assert got == [(tmp_path / "d" / p).resolve() for p in ("a.json", "b/b1.json")]
+    assert all(path.is_absolute() for path in got)
+    assert len(load_samples(DatasetSpec("a,d/b/../b/b1.json", "d"))) == 2
 
 
 def test_absolute_spec_reads_the_same_from_another_directory(tmp_path, monkeypatch):

@@ -224,7 +224,7 @@ def test_checkpoint_without_any_finite_loss_fails_with_409_and_can_be_sent_again
 @pytest.mark.parametrize(
     ("change", "words"),
     [
-        ({"n_samples": 13}, "N: trainer has 13 samples, scorer 12"),
+        ({"n_samples": 13}, "the trainer has 13 samples, the scorer reads 12"),
         ({"vocab_size": 999}, "tokenizer vocabulary: trainer 999, scorer 384"),
         ({"model_digest": "1" * 64}, "other tensor names or shapes"),
         # paths under the scorer's roots that it cannot read

@@ -26,10 +26,11 @@ class Clock:
         return self.now
 
 
-def _open(uploads, messages, tmp_path):
+def _open(uploads, messages, tmp_path, client=""):
     begin = decode_request(messages[0])
     path = tmp_path / f"{begin.upload}.safetensors"
-    return uploads.open(begin, lambda: CheckpointWriter(path, [("w", "float32", [10], 40)]))
+    writer = lambda: CheckpointWriter(path, [("w", "float32", [10], 40)])  # noqa: E731
+    return uploads.open(begin, writer, client)
 
 
 def test_an_upload_is_checked_and_written_chunk_by_chunk_then_committed(tmp_path):
@@ -74,6 +75,35 @@ def test_idle_uploads_are_dropped_and_open_ones_are_bounded(tmp_path):
     clock.now = 11
     assert {u.begin.upload for u in uploads.sweep()} >= {a.begin.upload}
     assert uploads.get(a.begin.upload) is None and not list(tmp_path.glob("*.partial"))
+
+
+def test_one_client_holds_at_most_its_share_and_stale_uploads_give_up_their_slot(tmp_path):
+    clock = Clock()
+    uploads = Uploads(max_open=4, per_client=2, stale_seconds=5, clock=clock)
+    hostile = [_open(uploads, _upload(step=2 * i), tmp_path, "address 10.0.0.9") for i in (1, 2)]
+    with pytest.raises(Busy, match="this client is sending 2 checkpoints"):
+        _open(uploads, _upload(step=6), tmp_path, "address 10.0.0.9")
+    # another client is not held up by the first one's partial uploads
+    sent = [_upload(step=2 * i) for i in (4, 5)]
+    mine = [_open(uploads, messages, tmp_path, "address 10.0.0.1") for messages in sent]
+    assert len(uploads._open) == 4
+    with pytest.raises(Busy, match="receiving 4 checkpoints"):
+        _open(uploads, _upload(step=12), tmp_path, "address 10.0.0.2")
+    # left hanging for stale_seconds: the one idle longest gives up its slot to a newcomer
+    clock.now = 5
+    uploads.add(mine[0], decode_request(sent[0][1]))  # still sending: not stale
+    clock.now = 6
+    newcomer = _open(uploads, _upload(step=12), tmp_path, "address 10.0.0.2")
+    assert uploads.get(hostile[0].begin.upload) is None
+    assert uploads.is_closed(hostile[0].begin.upload)  # what else comes for it is dropped
+    # a client at its share makes room among its own first
+    again = _open(uploads, _upload(step=14), tmp_path, "address 10.0.0.1")
+    assert uploads.get(mine[1].begin.upload) is None and uploads.get(mine[0].begin.upload)
+    assert {u.begin.upload for u in uploads._open.values()} == {
+        hostile[1].begin.upload, mine[0].begin.upload, newcomer.begin.upload,
+        again.begin.upload,
+    }  # fmt: skip
+    assert len(list(tmp_path.glob("*.partial"))) == 4  # the dropped ones' files are removed
 
 
 def test_closed_ids_are_remembered_up_to_a_bound(tmp_path):

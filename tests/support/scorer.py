@@ -64,7 +64,7 @@ def zmq_request(url: str, frames: list, timeout_ms: int = 60_000) -> dict:
 def zmq_upload(url: str, messages: list[list], timeout_ms: int = 60_000) -> dict:
     """Send an upload's messages over a fresh DEALER, as the trainer does (stopping at an
     early reply); return the one reply's JSON."""
-    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(url)
     try:
