@@ -36,9 +36,9 @@ COPY pyproject.toml README.md ./
 COPY common ./common
 COPY scorer_svc ./scorer_svc
 COPY trainer_svc ./trainer_svc
-COPY devtools ./devtools
+COPY delta_loss_devtools ./delta_loss_devtools
 RUN pip install --no-deps --no-build-isolation . \
- && python -c "import torch, scorer_svc.main, trainer_svc.recipe, devtools.demo; print('torch', torch.__version__)"
+ && python -c "import torch, scorer_svc.main, trainer_svc.training.recipe, delta_loss_devtools.demo; print('torch', torch.__version__)"
 
 # The user the services run as, and the folders they write. Declared here, so that other ids
 # rebuild only the layers from here on.

@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml docker/requirements.lock
 venv: $(VENV)/.installed
 
 demo: venv
-	$(PY) -m devtools.demo --out $(DEMO_OUT)
+	$(PY) -m delta_loss_devtools.demo --out $(DEMO_OUT)
 
 # The code must run on the oldest Python pyproject accepts (requires-python).
 PY_FLOOR := $(shell sed -n 's/^requires-python = ">=\([0-9.]*\)"/\1/p' pyproject.toml)
@@ -28,14 +28,14 @@ lint: venv
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 	$(VENV)/bin/vermin --no-tips -q --eval-annotations --violations -t=$(PY_FLOOR)- \
-		common scorer_svc trainer_svc devtools bench tests
+		common scorer_svc trainer_svc delta_loss_devtools bench tests
 
 test: lint
-	$(PY) -m pytest -q --durations=10
+	$(PY) -m pytest -q --durations=25
 
-# Unit and in-process tests only: no scorer or trainer process is started.
+# Unit and in-process tests only: no scorer or trainer process is started, no Docker tool used.
 test-fast: lint
-	$(PY) -m pytest -q -m "not slow" --durations=5
+	$(PY) -m pytest -q -m "not slow and not docker" --durations=25
 
 bench: venv
 	$(PY) -m bench

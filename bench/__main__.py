@@ -35,8 +35,8 @@ from pathlib import Path
 
 import torch
 
-from devtools.demo_data import write_dataset
-from devtools.tiny_model import build_tiny_model
+from delta_loss_devtools.demo_data import write_dataset
+from delta_loss_devtools.tiny_model import build_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "BENCHMARKS.md"
@@ -183,7 +183,8 @@ def render(r: dict, total: float, *, toy: bool = False) -> str:
         f"torch {torch.__version__}, {gpu}.",
         "Trainer side pinned to core 0 and scorer side to core 1 (taskset for the scorer "
         "process, sched_setaffinity in the bench process), one torch thread each. Model: the "
-        "tiny random Llama of `devtools.tiny_model` (hidden 64, 2 layers, byte vocabulary 384) "
+        "tiny random Llama of `delta_loss_devtools.tiny_model` (hidden 64, 2 layers, byte "
+        "vocabulary 384) "
         "with LoRA r=8 on all linear layers; data: alpaca_en_demo.json (999 samples) unless "
         "said otherwise. Ratios are taken per repeat between runs made side by side in the "
         "same invocation, then the median. Load average (1, 5, 15 min) before the run: "

@@ -27,7 +27,7 @@ import httpx  # noqa: E402
 import torch  # noqa: E402
 
 from bench.util import ALPACA, LORA_RUN, TRAINER_CORE, Scorer, pin_self  # noqa: E402
-from devtools.waiting import wait_until  # noqa: E402
+from delta_loss_devtools.waiting import wait_until  # noqa: E402
 
 SECTION = "## 14. The published cadence: keeping up"
 # (strategy, selection_mode, score_budget, updates as a multiple of the size's); mode None:
@@ -49,9 +49,9 @@ TOY = dict(updates=5, every=2, batch=2, cutoff=64)
 
 
 def measure(work: Path, model_dir: Path, *, toy: bool = False) -> dict[str, Any]:
-    from trainer_svc.config import load_config
-    from trainer_svc.recipe import run
-    from trainer_svc.uniform import UniformSelection
+    from trainer_svc.config.train_config import load_config
+    from trainer_svc.scorer.uniform import UniformSelection
+    from trainer_svc.training.recipe import run
 
     pin_self(TRAINER_CORE)
     torch.set_num_threads(1)

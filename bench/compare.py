@@ -23,8 +23,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import torch  # noqa: E402
 
 from bench.util import ALPACA, ROOT, TRAINER_CORE, Scorer, pin_self  # noqa: E402
-from devtools.tiny_model import build_tiny_model  # noqa: E402
-from trainer_svc.compare import summary_tables  # noqa: E402
+from delta_loss_devtools.tiny_model import build_tiny_model  # noqa: E402
+from trainer_svc.tools.compare import summary_tables  # noqa: E402
 
 SEEDS = (42, 43, 44)
 STRATEGIES = ("delta_sync", "delta_async", "delta_sync@0.1", "delta_async@0.1", "uniform")
@@ -81,7 +81,7 @@ def measure(
     6 steps of short samples."""
     if toy:
         return measure(work, model_dir, seeds=SEEDS[:1], every=2, update_times=2, cutoff=64)
-    from trainer_svc.compare import compare
+    from trainer_svc.tools.compare import compare
 
     pin_self(TRAINER_CORE)
     torch.set_num_threads(1)  # one core, one thread, as every trainer-side benchmark

@@ -217,7 +217,7 @@ PLOT = ROOT / "docs" / "budget_fidelity.png"
 
 
 def measure(work: Path, model_dir: Path, *, toy: bool = False) -> dict[str, Any]:
-    from devtools.demo_data import write_dataset
+    from delta_loss_devtools.demo_data import write_dataset
 
     size = TOY if toy else FULL
     demo = write_dataset(work / "fidelity-demo.json", n=40 if toy else 320, seed=0)
@@ -257,7 +257,7 @@ def plot_series(series: dict[str, list[float]], path: Path) -> None:
     """Jaccard against full scoring at each budgeted checkpoint, one line per budget."""
     from matplotlib.figure import Figure
 
-    from common.plots import png
+    from common.api.plots import png
 
     figure = Figure(figsize=(7, 3.6))
     ax = figure.subplots()

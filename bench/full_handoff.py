@@ -19,9 +19,9 @@ from transformers import AutoModelForCausalLM
 from bench import overhead
 from bench.util import TRAINER_CORE, Scorer, median, pin_self
 from common.model_spec import checkpoint_tensors
-from devtools.demo_data import write_dataset
-from devtools.tiny_model import build_tiny_model
-from trainer_svc.snapshot import CheckpointUpload, Snapshot
+from delta_loss_devtools.demo_data import write_dataset
+from delta_loss_devtools.tiny_model import build_tiny_model
+from trainer_svc.training.snapshot import CheckpointUpload, Snapshot
 
 MODES = ("uniform", "async")
 GIB_MODEL = dict(hidden_size=1024, layers=20, heads=16, intermediate_size=2816)

@@ -37,9 +37,9 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
-from common.tokenization import IGNORE_INDEX, EncodedSample
-from scorer_svc.batching import Batch, make_batches
-from scorer_svc.scoring import (
+from common.data.tokenization import IGNORE_INDEX, EncodedSample
+from scorer_svc.scoring.batches import Batch, make_batches
+from scorer_svc.scoring.model import (
     ScoringModel,
     ScoringOutOfMemory,
     first_label_position,

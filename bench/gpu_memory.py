@@ -12,13 +12,13 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from common.tokenization import IGNORE_INDEX, EncodedSample
-from devtools.tiny_model import build_tiny_model
-from scorer_svc.batching import make_batches
-from scorer_svc.memory import TokenCost
-from scorer_svc.model_cache import GPU_SHARE
-from scorer_svc.scoring import ScoringModel
-from trainer_svc.precision import upcast_trainable
+from common.data.tokenization import IGNORE_INDEX, EncodedSample
+from delta_loss_devtools.tiny_model import build_tiny_model
+from scorer_svc.scoring.batches import make_batches
+from scorer_svc.scoring.memory import TokenCost
+from scorer_svc.scoring.model import ScoringModel
+from scorer_svc.scoring.model_cache import GPU_SHARE
+from trainer_svc.training.precision import upcast_trainable
 
 SECTION = "## 15. Memory on the first GPU: the old code paths and the current ones"
 GB = 1e9

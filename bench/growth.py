@@ -11,10 +11,10 @@ import numpy as np
 import torch
 
 from bench.util import SCORER_CORE, pin_self
+from common.data.tokenization import IGNORE_INDEX, EncodedSample
 from common.model_spec import LoraSettings, ModelSpec
-from common.tokenization import IGNORE_INDEX, EncodedSample
-from scorer_svc.batching import make_batches
-from scorer_svc.scoring import ScoringModel
+from scorer_svc.scoring.batches import make_batches
+from scorer_svc.scoring.model import ScoringModel
 
 PLOT = Path(__file__).resolve().parents[1] / "docs" / "scoring_growth.png"
 

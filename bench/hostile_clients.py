@@ -23,13 +23,13 @@ from pathlib import Path
 import zmq
 
 from bench.util import ALPACA, ScorerProcess, rss_bytes
-from common.datasets import DatasetSpec, load_samples
-from common.hello import build_hello
+from common.data.datasets import DatasetSpec, load_samples
+from common.data.tokenization import TokenizationSettings, encode_dataset
 from common.model_spec import LoraSettings, ModelSpec
-from common.protocol import Hello, encode_checkpoint, encode_hello
-from common.tokenization import TokenizationSettings, encode_dataset
-from devtools.demo_data import write_dataset
-from devtools.tiny_model import build_tiny_model
+from common.wire.hello import build_hello
+from common.wire.protocol import Hello, encode_checkpoint, encode_hello
+from delta_loss_devtools.demo_data import write_dataset
+from delta_loss_devtools.tiny_model import build_tiny_model
 
 SETTINGS = TokenizationSettings(template="auto", cutoff_len=256)
 LORA = LoraSettings(r=4, alpha=8, dropout=0.0, target_modules="all-linear")

@@ -30,16 +30,16 @@ from pathlib import Path
 
 import zmq
 
-from common.protocol import FRAME_BYTES, PROTOCOL_VERSION
-from devtools.scorer_process import ScorerProcess, memory_bytes
-from devtools.waiting import wait_until
+from common.wire.protocol import FRAME_BYTES, PROTOCOL_VERSION
+from delta_loss_devtools.scorer_process import ScorerProcess, memory_bytes
+from delta_loss_devtools.waiting import wait_until
 
 MB = 1e6
 # Runs `python -m scorer_svc ...` (its argv after this) with the intake's handshake interval
 # and heartbeats at libzmq's defaults.
 LIBZMQ_DEFAULTS = """
 import runpy, sys
-import scorer_svc.intake as intake
+import scorer_svc.intake.server as intake
 intake.HANDSHAKE_SECONDS, intake.HEARTBEAT_SECONDS, intake.HEARTBEAT_TIMEOUT_SECONDS = 30, 0, 0
 sys.argv = sys.argv[3:]
 runpy.run_module("scorer_svc", run_name="__main__", alter_sys=True)

@@ -41,10 +41,10 @@ def run_fully_scored(
     from sqlalchemy import create_engine, select
     from sqlalchemy.orm import Session
 
-    from scorer_svc import crud
-    from scorer_svc.models import CheckpointRow
-    from trainer_svc.config import load_config
-    from trainer_svc.recipe import run
+    from scorer_svc.storage import crud
+    from scorer_svc.storage.tables import CheckpointRow
+    from trainer_svc.config.train_config import load_config
+    from trainer_svc.training.recipe import run
 
     pin_self(TRAINER_CORE)
     torch.set_num_threads(1)

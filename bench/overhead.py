@@ -2,9 +2,9 @@
 
 All four variants run DeltaLossRecipe (trainer_svc, unmodified) in this process, pinned to
 the trainer's core with one thread, interleaved in each repeat:
-- uniform: no scorer and no hand-off (nothing copied, nothing sent); the fake scorer (devtools)
-  gives uniform weights (update 1 draws randperm, later updates multinomial over equal
-  weights, as without scoring);
+- uniform: no scorer and no hand-off (nothing copied, nothing sent); the fake scorer
+  (delta_loss_devtools) gives uniform weights (update 1 draws randperm, later updates
+  multinomial over equal weights, as without scoring);
 - async / sync: the real scorer in its own process on the other core (ZeroMQ + REST);
 - inprocess: the published method: at each update the trainer pauses and scores all N
   samples itself with its own model, one sample at a time, then applies the same rule.
@@ -24,13 +24,13 @@ import torch
 
 from bench.util import ALPACA, ROOT, TRAINER_CORE, Scorer, median, pin_self
 from common.selection import delta_weights, uniform_weights
-from devtools.fake_scorer import FakeScorer
-from devtools.fake_scorer import uniform_weights as fake_uniform
-from trainer_svc.config import load_config
-from trainer_svc.publisher import CheckpointUpload
-from trainer_svc.recipe import DeltaLossRecipe
-from trainer_svc.sender import BackgroundSender, Handoff
-from trainer_svc.weights_client import ScorerWeights
+from delta_loss_devtools.fake_scorer import FakeScorer
+from delta_loss_devtools.fake_scorer import uniform_weights as fake_uniform
+from trainer_svc.config.train_config import load_config
+from trainer_svc.scorer.publisher import CheckpointUpload
+from trainer_svc.scorer.sender import BackgroundSender, Handoff
+from trainer_svc.scorer.weights import ScorerWeights
+from trainer_svc.training.recipe import DeltaLossRecipe
 
 MODES = ("uniform", "async", "sync", "inprocess")
 
@@ -219,7 +219,7 @@ def measure(
 
 
 if __name__ == "__main__":
-    from devtools.tiny_model import build_tiny_model
+    from delta_loss_devtools.tiny_model import build_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_tiny_model(Path(tmp) / "tiny", seed=0)

@@ -16,7 +16,7 @@ import httpx
 
 from bench.scorer_eff import lora_hello, perturbed
 from bench.util import ALPACA, SCORER_CORE, TRAINER_CORE, Scorer, median, pin_self, wait_scored
-from trainer_svc.publisher import CheckpointPublisher, CheckpointUpload
+from trainer_svc.scorer.publisher import CheckpointPublisher, CheckpointUpload
 
 CHECKPOINTS = 5
 

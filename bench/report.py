@@ -294,7 +294,8 @@ def overhead(r: dict) -> list[str]:
     ]
     out += [
         "uniform: the fake scorer keeps the checkpoint in memory and serves equal weights "
-        "(`devtools.fake_scorer.FakeScorer`); in-process: at each update the trainer's own model "
+        "(`delta_loss_devtools.fake_scorer.FakeScorer`); in-process: at each update the "
+        "trainer's own model "
         "scores every sample alone, then `common.selection` gives the weights "
         "(`bench/overhead.py: InProcess`). async copies the checkpoint into the trainer's "
         "snapshot buffer, hands it to the background sender and takes the newest weights "

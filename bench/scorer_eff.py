@@ -18,13 +18,13 @@ import torch
 from transformers import AutoTokenizer
 
 from bench.util import ALPACA, SCORER_CORE, Scorer, median, pin_self, wait_scored
-from common.datasets import DatasetSpec, load_samples
-from common.hello import build_hello
+from common.data.datasets import DatasetSpec, load_samples
+from common.data.tokenization import TokenizationSettings, encode_dataset
 from common.model_spec import LoraSettings, ModelSpec, checkpoint_digest, checkpoint_tensors, pad_id
-from common.tokenization import TokenizationSettings, encode_dataset
-from scorer_svc.batching import make_batches
-from scorer_svc.scoring import ScoringModel
-from trainer_svc.publisher import CheckpointPublisher, CheckpointUpload
+from common.wire.hello import build_hello
+from scorer_svc.scoring.batches import make_batches
+from scorer_svc.scoring.model import ScoringModel
+from trainer_svc.scorer.publisher import CheckpointPublisher, CheckpointUpload
 
 LORA = LoraSettings(r=8, alpha=16, dropout=0.0, target_modules="all-linear")
 
@@ -182,7 +182,7 @@ if __name__ == "__main__":
     import json
     import sys
 
-    from devtools.tiny_model import build_tiny_model
+    from delta_loss_devtools.tiny_model import build_tiny_model
 
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 3
     with tempfile.TemporaryDirectory() as tmp:

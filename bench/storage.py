@@ -1,6 +1,6 @@
 """One checkpoint's N losses written to SQLite, then a real scorer process serving
 /losses, /samples/{i}/losses and /weights (octet-stream) from that database; the same on
-PostgreSQL when a server can be started here (devtools.postgres: a throwaway cluster)."""
+PostgreSQL when a server can be started here (delta_loss_devtools.postgres: a throwaway cluster)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import numpy as np
 
 from bench.util import Scorer, median
 from common.selection import delta_window
-from devtools.postgres import PostgresCluster, postgres_bindir
-from scorer_svc import crud
-from scorer_svc.db import make_engine, make_sessionmaker
+from delta_loss_devtools.postgres import PostgresCluster, postgres_bindir
+from scorer_svc.storage import crud
+from scorer_svc.storage.db import make_engine, make_sessionmaker
 
 FAKE_HELLO = {
     "run_id": "bench",

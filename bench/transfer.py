@@ -24,7 +24,7 @@ import xxhash
 import zmq
 
 from bench.util import free_port, median, rss_bytes
-from common.protocol import (
+from common.wire.protocol import (
     FRAME_BYTES,
     CheckpointHeader,
     Chunk,
@@ -35,10 +35,10 @@ from common.protocol import (
     decode_request,
     payload_digest,
 )
-from scorer_svc.intake import RECEIVE_QUEUE
-from scorer_svc.store import CheckpointWriter
-from trainer_svc.publisher import CheckpointPublisher
-from trainer_svc.snapshot import CheckpointUpload, Snapshot
+from scorer_svc.intake.server import RECEIVE_QUEUE
+from scorer_svc.storage.checkpoint_files import CheckpointWriter
+from trainer_svc.scorer.publisher import CheckpointPublisher
+from trainer_svc.training.snapshot import CheckpointUpload, Snapshot
 
 GIB = 1 << 30
 

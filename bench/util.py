@@ -14,12 +14,12 @@ from typing import Any
 
 import httpx
 
-from devtools.scorer_process import (  # noqa: F401 - re-exported
+from delta_loss_devtools.scorer_process import (  # noqa: F401 - re-exported
     ScorerProcess,
     free_port,
 )
-from devtools.scorer_process import memory_bytes as rss_bytes
-from devtools.waiting import wait_until
+from delta_loss_devtools.scorer_process import memory_bytes as rss_bytes
+from delta_loss_devtools.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 

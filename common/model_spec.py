@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from common.protocol import Hello, Kind, LoraSpec, shapes_digest
+from common.wire.protocol import Hello, Kind, LoraSpec, shapes_digest
 
 if TYPE_CHECKING:
     from peft import LoraConfig

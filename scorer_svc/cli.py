@@ -13,7 +13,6 @@ import zmq
 from pydantic_settings import CliSettingsSource
 
 from common.launch import Launch
-from scorer_svc.access import stay_off_the_hub
 from scorer_svc.config import (
     Settings,
     SettingsError,
@@ -21,13 +20,14 @@ from scorer_svc.config import (
     load_settings,
     warn_unknown_environment,
 )
-from scorer_svc.db import (
+from scorer_svc.security.policy import stay_off_the_hub
+from scorer_svc.storage.db import (
     DatabaseDamaged,
     DatabaseDriverMissing,
     DatabaseUnavailable,
     check_database,
 )
-from scorer_svc.instance import InstanceError, InstanceInUse, check_instance_free
+from scorer_svc.storage.instance import InstanceError, InstanceInUse, check_instance_free
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, CliSettingsSource[Settings]]:
@@ -208,10 +208,10 @@ def probe_health(settings: Settings, timeout: float) -> tuple[bool, str]:
 
 def upkeep(args: argparse.Namespace) -> int:
     """`scorer-svc runs list|delete`: on the database and data_dir of a stopped scorer."""
-    from scorer_svc import crud
-    from scorer_svc.db import make_engine, make_sessionmaker
-    from scorer_svc.instance import InstanceLock, serving
-    from scorer_svc.retention import NotOwner, RunBusy, delete_run
+    from scorer_svc.storage import crud
+    from scorer_svc.storage.db import make_engine, make_sessionmaker
+    from scorer_svc.storage.instance import InstanceLock, serving
+    from scorer_svc.storage.retention import NotOwner, RunBusy, delete_run
 
     file_values = config_file_values(args.config) if args.config is not None else {}
     settings = load_settings(file_values)
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         print(answer)
         return 0 if healthy else 1
     if args.command == "keys":
-        from common.curve import create_keys
+        from common.wire.curve import create_keys
 
         public, secret = create_keys(args.directory, args.name)
         print(f"public key (give to peers): {public}\nsecret key (keep): {secret}")
@@ -333,16 +333,16 @@ def main(argv: list[str] | None = None) -> int:
     warn_unknown_environment(os.environ)
     group = None
     if world > 1:
-        from scorer_svc.ranks import RankGroup
-        from scorer_svc.registry import Registry
-        from scorer_svc.scoring import resolve_device
+        from scorer_svc.scoring.model import resolve_device
+        from scorer_svc.scoring.ranks import RankGroup
+        from scorer_svc.scoring.registry import Registry
 
         group = RankGroup.start(resolve_device(settings.device), settings.rank_timeout_seconds)
         if rank != 0:
             return group.follow(Registry(settings))
     import uvicorn
 
-    from scorer_svc.access_log import quiet_polls
+    from scorer_svc.api.access_log import quiet_polls
     from scorer_svc.main import create_app
 
     _Server = _server_class()

@@ -19,7 +19,7 @@ from pydantic_settings import (
 
 from common.dtypes import COMPUTE_DTYPES
 from common.validation import ZmqUrl, describe_errors, is_loopback, one_of
-from scorer_svc.db import masked
+from scorer_svc.storage.db import masked
 
 log = logging.getLogger(__name__)
 

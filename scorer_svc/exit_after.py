@@ -12,8 +12,8 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from scorer_svc import crud
-from scorer_svc.models import PENDING, Run
+from scorer_svc.storage import crud
+from scorer_svc.storage.tables import PENDING, Run
 
 log = logging.getLogger(__name__)
 

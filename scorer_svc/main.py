@@ -12,8 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
-from common.protocol import FRAME_BYTES, MAX_HEADER_BYTES
-from scorer_svc import crud
+from common.wire.protocol import FRAME_BYTES, MAX_HEADER_BYTES
 from scorer_svc.api.docs import serve_docs
 from scorer_svc.api.errors import add_error_handlers
 from scorer_svc.api.openapi import COMMON_RESPONSES, describe
@@ -28,21 +27,22 @@ from scorer_svc.api.routes import (
     samples,
     weights,
 )
-from scorer_svc.auth import OPEN_PATHS, OPEN_PREFIXES, bearer, same_token
+from scorer_svc.api.state import ApiState
 from scorer_svc.config import Settings
-from scorer_svc.db import make_engine, make_sessionmaker
 from scorer_svc.exit_after import ExitAfterRuns
-from scorer_svc.failures import UnrecordedFailures
-from scorer_svc.instance import InstanceLock
-from scorer_svc.intake import Intake, IntakeServer
+from scorer_svc.intake.server import Intake, IntakeServer
 from scorer_svc.metrics import ScorerMetrics
-from scorer_svc.progress import ScoringProgress
-from scorer_svc.ranks import RankGroup
-from scorer_svc.registry import Registry
-from scorer_svc.state import ApiState
-from scorer_svc.store import remove_partial_files
-from scorer_svc.weights import WeightsCache
-from scorer_svc.worker import Worker
+from scorer_svc.scoring.progress import ScoringProgress
+from scorer_svc.scoring.ranks import RankGroup
+from scorer_svc.scoring.registry import Registry
+from scorer_svc.scoring.weights import WeightsCache
+from scorer_svc.scoring.worker import Worker
+from scorer_svc.security.tokens import OPEN_PATHS, OPEN_PREFIXES, bearer, same_token
+from scorer_svc.storage import crud
+from scorer_svc.storage.checkpoint_files import remove_partial_files
+from scorer_svc.storage.db import make_engine, make_sessionmaker
+from scorer_svc.storage.failures import UnrecordedFailures
+from scorer_svc.storage.instance import InstanceLock
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from scorer_svc import crud
-from scorer_svc.models import STATUSES
+from scorer_svc.storage import crud
+from scorer_svc.storage.tables import STATUSES
 
 # scoring one checkpoint: from a second (a small run) to an hour (100k samples of a 7B model)
 SCORING_BUCKETS = (1, 2, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from devtools.scorer_process import ScorerProcess
-from devtools.tiny_model import build_tiny_model
-from devtools.waiting import wait_until
+from delta_loss_devtools.scorer_process import ScorerProcess
+from delta_loss_devtools.tiny_model import build_tiny_model
+from delta_loss_devtools.waiting import wait_until
 from tests.support import leftovers
 from tests.support.data import write_samples
 from tests.support.postgres import PostgresCluster, postgres_bindir

@@ -21,8 +21,10 @@ from typing import Any
 import pytest
 import yaml
 
-from devtools.scorer_process import free_port
-from devtools.waiting import wait_until
+from delta_loss_devtools.scorer_process import free_port
+from delta_loss_devtools.waiting import wait_until
+
+pytestmark = pytest.mark.docker  # docker-compose, a Docker daemon or its build tools
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"

@@ -17,10 +17,12 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+pytestmark = pytest.mark.docker  # docker-compose, a Docker daemon or its build tools
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
 LOCK = ROOT / "docker" / "requirements.lock"
-PACKAGES = ("common", "scorer_svc", "trainer_svc", "devtools")
+PACKAGES = ("common", "scorer_svc", "trainer_svc", "delta_loss_devtools")
 # What the base image brings (docker/base-image.txt) and the lock leaves out.
 FROM_BASE_IMAGE = re.compile(r"^(torch|triton|nvidia-.*)$")
 # Debian's docker-compose runs on docker-py, whose exclude_paths is how it sends a context.

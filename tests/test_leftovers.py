@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from devtools.waiting import wait_until
+from delta_loss_devtools.waiting import wait_until
 from tests.support import leftovers
 
 

@@ -5,8 +5,8 @@ for both runs (another's read-only)."""
 import httpx
 import pytest
 
-from devtools.demo_data import write_dataset
-from devtools.scorer_process import ScorerProcess
+from delta_loss_devtools.demo_data import write_dataset
+from delta_loss_devtools.scorer_process import ScorerProcess
 from tests.support.scorer import settled_checkpoints
 from tests.support.trainer import (
     RUN_SAMPLES,

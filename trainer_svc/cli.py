@@ -24,9 +24,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from trainer_svc.compare import DEFAULT_STRATEGIES, STRATEGIES, parse_seeds, parse_strategies
-from trainer_svc.config import ConfigError, load_config
-from trainer_svc.retry import ScorerFailure, StopRequested
+from trainer_svc.config.train_config import ConfigError, load_config
+from trainer_svc.scorer.retry import ScorerFailure, StopRequested
+from trainer_svc.tools.compare import DEFAULT_STRATEGIES, STRATEGIES, parse_seeds, parse_strategies
 
 logger = logging.getLogger("trainer_svc")
 
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if forced_torchrun(os.environ):
         return relaunch_under_torchrun(args.config, args.overrides, os.environ)
-    from trainer_svc.recipe import run  # heavy imports only once the config is valid
+    from trainer_svc.training.recipe import run  # heavy imports only once the config is valid
 
     try:
         recipe = run(loaded, handle_sigterm=True)
@@ -208,8 +208,8 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT)
 
 
 def export(path: str, overrides: list[str]) -> int:
-    from trainer_svc.export import export as run_export
-    from trainer_svc.export import load_export_config
+    from trainer_svc.tools.merge import export as run_export
+    from trainer_svc.tools.merge import load_export_config
 
     try:
         cfg = load_export_config(path, overrides)
@@ -234,7 +234,7 @@ def compare(
     seeds: Sequence[int],
     group_by: str | None,
 ) -> int:
-    from trainer_svc.compare import compare as run_compare
+    from trainer_svc.tools.compare import compare as run_compare
 
     try:
         summary = run_compare(
@@ -263,7 +263,7 @@ def report(
     1 when the scorer cannot be reached."""
     import httpx
 
-    from trainer_svc.report import ReportError, write_report
+    from trainer_svc.tools.report import ReportError, write_report
 
     try:
         page = write_report(

@@ -8,15 +8,15 @@ from typing import Annotated, Any
 from fastapi import Depends, HTTPException, Path, Query, Request
 from sqlalchemy.orm import Session
 
-from common.api_schemas import ErrorBody, Pending
-from common.errors import UnknownRun
-from common.protocol import MAX_STEP
-from scorer_svc import crud
+from common.api.schemas import ErrorBody, Pending
+from common.wire.errors import UnknownRun
+from common.wire.protocol import MAX_STEP
 from scorer_svc.api.errors import DatabaseRefused, NotScoredYet
-from scorer_svc.failures import UnrecordedFailures
-from scorer_svc.models import FAILED, SCORED, SUPERSEDED, CheckpointRow, Run
-from scorer_svc.state import ApiState
-from scorer_svc.weights import WeightsCache
+from scorer_svc.api.state import ApiState
+from scorer_svc.scoring.weights import WeightsCache
+from scorer_svc.storage import crud
+from scorer_svc.storage.failures import UnrecordedFailures
+from scorer_svc.storage.tables import FAILED, SCORED, SUPERSEDED, CheckpointRow, Run
 
 
 def get_api(request: Request) -> ApiState:

@@ -10,12 +10,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
-from common.errors import UnknownRun
 from common.selection import SelectionError
 from common.validation import describe_errors
+from common.wire.errors import UnknownRun
 from scorer_svc.config import Settings
-from scorer_svc.outages import DatabaseStatus, Trouble
-from scorer_svc.progress import Progress
+from scorer_svc.scoring.progress import Progress
+from scorer_svc.storage.outages import DatabaseStatus, Trouble
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from common.api_schemas import ErrorBody
-from scorer_svc.auth import OPEN_PATHS, OPEN_PREFIXES
+from common.api.schemas import ErrorBody
+from scorer_svc.security.tokens import OPEN_PATHS, OPEN_PREFIXES
 
 SCHEME = "bearerAuth"
 

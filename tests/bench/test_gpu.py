@@ -7,8 +7,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from bench import gpu, report
 from bench.util import python_env
-from common.tokenization import IGNORE_INDEX, EncodedSample
-from scorer_svc.batching import make_batches
+from common.data.tokenization import IGNORE_INDEX, EncodedSample
+from scorer_svc.scoring.batches import make_batches
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from devtools.demo_data import write_dataset
+from delta_loss_devtools.demo_data import write_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADINGS = ["## Summary", *(f"## {i}. " for i in range(1, 15))]  # as bench/report.py writes them

@@ -14,7 +14,7 @@ from common.model_spec import (
     pad_id,
     quantization_problem,
 )
-from common.protocol import LoraSpec
+from common.wire.protocol import LoraSpec
 from tests.support.hub import FakeHub, aim_at
 
 LORA = LoraSettings(r=4, alpha=8.0, dropout=0.1, target_modules=("q_proj", "v_proj"))

@@ -21,7 +21,7 @@ def _offline_mode_stays_here(monkeypatch):
     tests that follow, and the processes they start, see the environment they were given."""
     import huggingface_hub.constants as hub
 
-    from scorer_svc.access import OFFLINE_VARIABLES
+    from scorer_svc.security.policy import OFFLINE_VARIABLES
 
     for name in OFFLINE_VARIABLES:  # setenv records each one's state, absent included
         before = os.environ.get(name)
@@ -109,7 +109,7 @@ def test_an_address_in_use_stops_the_scorer_at_start_in_one_line(tmp_path, capsy
 
     import zmq
 
-    from devtools.scorer_process import free_port
+    from delta_loss_devtools.scorer_process import free_port
     from scorer_svc.cli import main
 
     url = f"tcp://127.0.0.1:{free_port()}"
@@ -165,7 +165,7 @@ def test_a_bare_postgresql_url_uses_psycopg_3():
 def test_a_database_server_that_cannot_be_used_stops_the_scorer_in_one_line(
     tmp_path, capsys, monkeypatch, postgres_cluster
 ):
-    from devtools.scorer_process import free_port
+    from delta_loss_devtools.scorer_process import free_port
     from scorer_svc.cli import main
 
     closed = f"postgresql://scorer:s3cret-pw@127.0.0.1:{free_port()}/runs"
@@ -180,9 +180,9 @@ def test_a_database_server_that_cannot_be_used_stops_the_scorer_in_one_line(
 
 
 def test_a_second_scorer_on_a_data_dir_stops_at_start_in_one_line(tmp_path, capsys):
-    from devtools.scorer_process import free_port
+    from delta_loss_devtools.scorer_process import free_port
     from scorer_svc.cli import main
-    from scorer_svc.instance import InstanceLock
+    from scorer_svc.storage.instance import InstanceLock
 
     running = InstanceLock(Settings(data_dir=tmp_path, instance_id="first"))
     ports = ["--http-port", str(free_port()), "--zmq-url", f"tcp://127.0.0.1:{free_port()}"]
@@ -217,7 +217,7 @@ def test_health_is_false_with_the_scorers_reason_when_its_worker_stopped(tmp_pat
     from dataclasses import replace
 
     from scorer_svc.main import create_app
-    from tests.scorer_svc.test_api import seeded_state
+    from tests.scorer_svc.api.test_api import seeded_state
     from tests.support.serving import serving
 
     # a container may be given a proxy: the probe of loopback never goes through it

@@ -120,7 +120,7 @@ def test_unknown_scorer_variables_are_warned_about_by_name(caplog):
 
 
 def test_curve_needs_both_the_secret_key_and_the_authorized_keys(tmp_path):
-    from common.curve import create_keys
+    from common.wire.curve import create_keys
 
     _, secret = create_keys(tmp_path, "scorer")
     with pytest.raises(SettingsError, match="needs both"):

@@ -7,8 +7,8 @@ import signal
 import httpx
 import pytest
 
-from common.protocol import encode_checkpoint
-from devtools.scorer_process import ScorerProcess
+from common.wire.protocol import encode_checkpoint
+from delta_loss_devtools.scorer_process import ScorerProcess
 from tests.support.data import make_samples
 from tests.support.scorer import (
     all_losses,

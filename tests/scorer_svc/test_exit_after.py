@@ -12,10 +12,10 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from devtools.scorer_process import ScorerProcess
-from scorer_svc import crud
-from scorer_svc.db import make_engine, make_sessionmaker
+from delta_loss_devtools.scorer_process import ScorerProcess
 from scorer_svc.exit_after import ExitAfterRuns, work_done
+from scorer_svc.storage import crud
+from scorer_svc.storage.db import make_engine, make_sessionmaker
 from tests.support.scorer import (
     lora_checkpoints,
     make_hello,

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from common.protocol import encode_checkpoint
 from common.selection import delta_weights
-from devtools.scorer_process import ScorerProcess
+from common.wire.protocol import encode_checkpoint
+from delta_loss_devtools.scorer_process import ScorerProcess
 from tests.support.scorer import (
     all_losses,
     lora_checkpoints,

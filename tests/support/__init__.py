@@ -1,2 +1,3 @@
 """Support shared by the tests: sample data, a live scorer's requests and checks, the trainer
-YAML builder and process. Waiting goes through devtools.waiting.wait_until, never a sleep."""
+YAML builder and process. Waiting goes through delta_loss_devtools.waiting.wait_until, never a
+sleep."""

@@ -6,8 +6,8 @@ import json
 import random
 from pathlib import Path
 
-from common.datasets import alpaca_columns, alpaca_sample
-from common.samples import Sample
+from common.data.datasets import alpaca_columns, alpaca_sample
+from common.data.samples import Sample
 
 
 def make_samples(n: int, seed: int = 0) -> list[dict[str, str]]:

@@ -14,13 +14,13 @@ import torch
 import zmq
 from transformers import AutoTokenizer
 
-from common.datasets import DatasetSpec, load_samples
-from common.hello import build_hello
+from common.data.datasets import DatasetSpec, load_samples
+from common.data.tokenization import TokenizationSettings, encode_dataset
 from common.model_spec import LoraSettings, ModelSpec, checkpoint_tensors
-from common.protocol import Hello, encode_checkpoint, encode_hello
-from common.tokenization import TokenizationSettings, encode_dataset
-from devtools.scorer_process import ScorerProcess
-from devtools.waiting import wait_until
+from common.wire.hello import build_hello
+from common.wire.protocol import Hello, encode_checkpoint, encode_hello
+from delta_loss_devtools.scorer_process import ScorerProcess
+from delta_loss_devtools.waiting import wait_until
 
 LORA = LoraSettings(r=4, alpha=8, dropout=0.0, target_modules="all-linear")
 SETTINGS = TokenizationSettings(template="auto", cutoff_len=256)

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import uvicorn
 from fastapi import FastAPI
 
-from devtools.waiting import wait_until
+from delta_loss_devtools.waiting import wait_until
 
 WAIT_SECONDS = 60
 

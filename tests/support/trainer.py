@@ -12,10 +12,10 @@ from typing import Any
 
 import yaml
 
-from devtools.children import die_with_parent
-from devtools.demo_data import write_dataset
-from devtools.scorer_process import ScorerProcess
-from trainer_svc.records import read_jsonl
+from delta_loss_devtools.children import die_with_parent
+from delta_loss_devtools.demo_data import write_dataset
+from delta_loss_devtools.scorer_process import ScorerProcess
+from trainer_svc.training.records import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from common.errors import IntegrityError
-from common.protocol import (
+from common.wire.errors import IntegrityError
+from common.wire.protocol import (
     CheckpointHeader,
     Chunk,
     CommitHeader,

@@ -1,6 +1,6 @@
 """Fixtures for trainer_svc tests: a small demo dataset, a clock that moves only when slept
 on, a ZeroMQ ROUTER standing in for the scorer, a hello (the fake scorer for the recipe is
-devtools.fake_scorer.FakeScorer)."""
+delta_loss_devtools.fake_scorer.FakeScorer)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pytest
 import zmq
 
-from common.protocol import (
+from common.wire.protocol import (
     PROTOCOL_VERSION,
     CheckpointHeader,
     Chunk,
@@ -19,9 +19,9 @@ from common.protocol import (
     decode_request,
     decode_tensors,
 )
-from devtools.demo_data import write_dataset
+from delta_loss_devtools.demo_data import write_dataset
 from tests.support.wire import assemble
-from trainer_svc.retry import RetryPolicy
+from trainer_svc.scorer.retry import RetryPolicy
 
 
 @pytest.fixture

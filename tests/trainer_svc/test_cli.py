@@ -11,7 +11,7 @@ import yaml
 
 from tests.support.trainer import trainer_config
 from trainer_svc import cli
-from trainer_svc.retry import ScorerFailure, StopRequested
+from trainer_svc.scorer.retry import ScorerFailure, StopRequested
 
 
 def test_bad_config_exits_2_naming_every_key(tmp_path, caplog, monkeypatch):
@@ -61,7 +61,7 @@ def ended(monkeypatch, *, stopped_by=None, raises=None):
             stop_checkpoint=Path("out/checkpoint-4"),
         )
 
-    monkeypatch.setattr("trainer_svc.recipe.run", run)
+    monkeypatch.setattr("trainer_svc.training.recipe.run", run)
 
 
 @pytest.fixture
@@ -138,7 +138,7 @@ def test_a_tracker_not_installed_exits_2_before_the_run_starts(
     if importlib.util.find_spec("swanlab") is not None:
         pytest.skip("swanlab is installed here")
     started = []
-    monkeypatch.setattr("trainer_svc.recipe.run", lambda *a, **k: started.append(a))
+    monkeypatch.setattr("trainer_svc.training.recipe.run", lambda *a, **k: started.append(a))
     path = tmp_path / "c.yaml"
     keys = trainer_config(tiny_model, demo_file, tmp_path / "out", report_to="tensorboard,swanlab")
     path.write_text(yaml.safe_dump(keys))

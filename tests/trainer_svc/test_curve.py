@@ -6,13 +6,13 @@ import shutil
 import httpx
 import pytest
 
-from common.curve import create_keys, load_client_keys
-from common.errors import Unauthorized
-from common.protocol import PROTOCOL_VERSION, Hello
-from devtools.scorer_process import ScorerProcess
+from common.wire.curve import create_keys, load_client_keys
+from common.wire.errors import Unauthorized
+from common.wire.protocol import PROTOCOL_VERSION, Hello
+from delta_loss_devtools.scorer_process import ScorerProcess
 from tests.support.scorer import settled_checkpoints
 from tests.support.trainer import run_trainer
-from trainer_svc.publisher import CheckpointPublisher
+from trainer_svc.scorer.publisher import CheckpointPublisher
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from common.scorer_api import ScorerApi
+from common.api.client import ScorerApi
 from tests.support.scorer import checkpoints, settled_checkpoints
 from tests.support.trainer import (
     RUN_SAMPLES,
@@ -17,8 +17,8 @@ from tests.support.trainer import (
     write_config,
 )
 from trainer_svc.cli import main as cli_main
-from trainer_svc.records import read_jsonl
-from trainer_svc.schedule import draw_warmup, training_order
+from trainer_svc.training.records import read_jsonl
+from trainer_svc.training.schedule import draw_warmup, training_order
 
 pytestmark = pytest.mark.slow
 

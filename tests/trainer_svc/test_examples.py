@@ -5,10 +5,10 @@ import sys
 
 import pytest
 
-from devtools.demo_data import write_dataset
+from delta_loss_devtools.demo_data import write_dataset
 from tests.conftest import ROOT
-from trainer_svc.config import load_config
-from trainer_svc.records import read_jsonl
+from trainer_svc.config.train_config import load_config
+from trainer_svc.training.records import read_jsonl
 
 
 def local(tiny_model, data, out):
@@ -37,7 +37,9 @@ def test_seed_yaml_parses_with_the_seed_values(tiny_model, tmp_path):
 
 def test_demo_yaml_parses(tiny_model, tmp_path):
     data = write_dataset(tmp_path / "d.json", n=320)
-    loaded = load_config(ROOT / "devtools" / "demo.yaml", local(tiny_model, data, tmp_path)[:3])
+    loaded = load_config(
+        ROOT / "delta_loss_devtools" / "demo.yaml", local(tiny_model, data, tmp_path)[:3]
+    )
     assert loaded.config.update_times == 5 and loaded.batch == 4
     assert loaded.eval_dataset.names == str(data.resolve())
 

@@ -16,8 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from devtools.scorer_process import ScorerProcess
-from devtools.waiting import wait_until
+from delta_loss_devtools.scorer_process import ScorerProcess
+from delta_loss_devtools.waiting import wait_until
 from tests.support.data import write_samples
 from tests.support.scorer import checkpoints, db_status, stored_losses
 from tests.support.trainer import (
@@ -29,7 +29,7 @@ from tests.support.trainer import (
     train,
 )
 from tests.support.trainer import write_config as _write_config
-from trainer_svc.records import read_jsonl
+from trainer_svc.training.records import read_jsonl
 
 pytestmark = pytest.mark.slow
 

@@ -7,13 +7,13 @@ import signal
 import pytest
 import torch
 
-from devtools.demo_data import write_dataset
-from devtools.scorer_process import ScorerProcess, free_port
-from devtools.waiting import wait_until
+from delta_loss_devtools.demo_data import write_dataset
+from delta_loss_devtools.scorer_process import ScorerProcess, free_port
+from delta_loss_devtools.waiting import wait_until
 from tests.support.scorer import checkpoints, db_status
 from tests.support.trainer import STEPS, TrainerProcess, run_id_of, scorer_keys, write_config
-from trainer_svc.records import SELECTIONS, TRAINED, read_jsonl
-from trainer_svc.schedule import Schedule, training_order
+from trainer_svc.training.records import SELECTIONS, TRAINED, read_jsonl
+from trainer_svc.training.schedule import Schedule, training_order
 
 pytestmark = pytest.mark.slow
 

@@ -1,6 +1,6 @@
 """The dashboard: one page and its script and style, all served from the package, so that it
 works on a host without internet. The page holds no data: it reads the REST API with the
-token the user gives it, so it and its assets are open (scorer_svc.auth)."""
+token the user gives it, so it and its assets are open (scorer_svc.security.tokens)."""
 
 from importlib.resources import files
 
@@ -10,7 +10,7 @@ from fastapi.responses import RedirectResponse, Response
 router = APIRouter(include_in_schema=False)
 
 PAGE = "/ui"
-PACKAGE = "scorer_svc.dashboard"
+PACKAGE = "scorer_svc.api.dashboard"
 ASSETS = {
     "dashboard.js": "text/javascript; charset=utf-8",
     "dashboard.css": "text/css; charset=utf-8",

@@ -7,9 +7,8 @@ import numpy as np
 from fastapi import APIRouter, Depends, Query
 from sqlalchemy.orm import Session
 
-from common.api_schemas import DeltaPage, RankedSample, WindowInfo
+from common.api.schemas import DeltaPage, RankedSample, WindowInfo
 from common.selection import rank_by_delta
-from scorer_svc import crud
 from scorer_svc.api.deps import (
     SCORED_CHECKPOINT_RESPONSES,
     PageToken,
@@ -19,8 +18,9 @@ from scorer_svc.api.deps import (
     page_position,
     scored_checkpoint,
 )
-from scorer_svc.models import CheckpointRow, Run
-from scorer_svc.weights import WeightsCache
+from scorer_svc.scoring.weights import WeightsCache
+from scorer_svc.storage import crud
+from scorer_svc.storage.tables import CheckpointRow, Run
 
 router = APIRouter(prefix="/v1/runs/{run_id}", tags=["losses"])
 

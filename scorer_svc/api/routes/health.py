@@ -5,10 +5,10 @@ lost a rank, is not healthy."""
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from common.api_schemas import Health
-from scorer_svc import crud
+from common.api.schemas import Health
 from scorer_svc.api.deps import ApiDep, SessionDep
 from scorer_svc.api.errors import database_detail
+from scorer_svc.storage import crud
 
 router = APIRouter(tags=["health"])
 

@@ -11,7 +11,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
-from common.api_schemas import (
+from common.api.schemas import (
     ErrorBody,
     HistoryRequest,
     LossPage,
@@ -19,8 +19,7 @@ from common.api_schemas import (
     SampleHistories,
     SampleHistory,
 )
-from common.protocol import MAX_STEP
-from scorer_svc import crud
+from common.wire.protocol import MAX_STEP
 from scorer_svc.api.deps import (
     RUN_RESPONSES,
     SCORED_CHECKPOINT_RESPONSES,
@@ -30,9 +29,10 @@ from scorer_svc.api.deps import (
     ScoredPagedCheckpointDep,
     SessionDep,
 )
-from scorer_svc.exports import losses_csv, losses_parquet
-from scorer_svc.models import Run
-from scorer_svc.state import ApiState
+from scorer_svc.api.state import ApiState
+from scorer_svc.storage import crud
+from scorer_svc.storage.downloads import losses_csv, losses_parquet
+from scorer_svc.storage.tables import Run
 
 router = APIRouter(prefix="/v1/runs/{run_id}", tags=["losses"])
 T = TypeVar("T")

@@ -11,11 +11,10 @@ import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from sqlalchemy.orm import Session
 
-from common.api_schemas import ErrorBody
-from common.datasets import MAX_FIELD_NAME, Row, Scalar
-from common.plots import deltas_by_rank, png, trajectories
+from common.api.plots import deltas_by_rank, png, trajectories
+from common.api.schemas import ErrorBody
+from common.data.datasets import MAX_FIELD_NAME, Row, Scalar
 from common.selection import rank_by_delta
-from scorer_svc import crud
 from scorer_svc.api.deps import (
     SCORED_CHECKPOINT_RESPONSES,
     ApiDep,
@@ -28,8 +27,9 @@ from scorer_svc.api.deps import (
 )
 from scorer_svc.api.routes.deltas import ranked_deltas
 from scorer_svc.api.routes.samples import DATASET_RESPONSES, run_rows
-from scorer_svc.models import CheckpointRow, Run
-from scorer_svc.weights import WeightsCache
+from scorer_svc.scoring.weights import WeightsCache
+from scorer_svc.storage import crud
+from scorer_svc.storage.tables import CheckpointRow, Run
 
 router = APIRouter(prefix="/v1/runs/{run_id}/plots", tags=["plots"])
 

@@ -6,7 +6,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, HTTPException
 from sqlalchemy.orm import Session
 
-from common.api_schemas import (
+from common.api.client import RUN_TOKEN_HEADER
+from common.api.schemas import (
     CheckpointInfo,
     CheckpointPage,
     DeletedRun,
@@ -16,14 +17,13 @@ from common.api_schemas import (
     RunPage,
     RunStatus,
 )
-from common.scorer_api import RUN_TOKEN_HEADER
-from scorer_svc import crud
 from scorer_svc.api.deps import RUN_RESPONSES, ApiDep, Page, RunDep, SessionDep, paged
-from scorer_svc.auth import has_shared_token, is_runs_token
+from scorer_svc.api.state import ApiState
 from scorer_svc.config import Settings
-from scorer_svc.models import Run
-from scorer_svc.retention import NotOwner, RunBusy, delete_run
-from scorer_svc.state import ApiState
+from scorer_svc.security.tokens import has_shared_token, is_runs_token
+from scorer_svc.storage import crud
+from scorer_svc.storage.retention import NotOwner, RunBusy, delete_run
+from scorer_svc.storage.tables import Run
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 

@@ -18,18 +18,18 @@ from fastapi import APIRouter, HTTPException
 from fastapi import Path as PathParam
 from pydantic import ValidationError
 
-from common.api_schemas import ErrorBody, SampleText, Turn
-from common.datasets import DatasetError, DatasetSpec, Row, training_rows
-from common.errors import Forbidden
-from common.protocol import MAX_STEP, Hello
-from common.tokenization import TokenizationSettings, encode_dataset, fingerprint
+from common.api.schemas import ErrorBody, SampleText, Turn
+from common.data.datasets import DatasetError, DatasetSpec, Row, training_rows
+from common.data.tokenization import TokenizationSettings, encode_dataset, fingerprint
 from common.validation import describe_errors
-from scorer_svc.access import AccessPolicy
+from common.wire.errors import Forbidden
+from common.wire.protocol import MAX_STEP, Hello
 from scorer_svc.api.deps import ApiDep, RunDep
+from scorer_svc.api.state import ApiState
 from scorer_svc.config import Settings
-from scorer_svc.models import Run
-from scorer_svc.state import ApiState
-from scorer_svc.weights import run_key
+from scorer_svc.scoring.weights import run_key
+from scorer_svc.security.policy import AccessPolicy
+from scorer_svc.storage.tables import Run
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, Header, Response
 
-from common.api_schemas import WeightsBody, WindowInfo
+from common.api.schemas import WeightsBody, WindowInfo
 from scorer_svc.api.deps import (
     SCORED_CHECKPOINT_RESPONSES,
     RunDep,
@@ -13,8 +13,8 @@ from scorer_svc.api.deps import (
     SessionDep,
     WeightsCacheDep,
 )
-from scorer_svc.models import Run
-from scorer_svc.weights import ServedWeights
+from scorer_svc.scoring.weights import ServedWeights
+from scorer_svc.storage.tables import Run
 
 router = APIRouter(prefix="/v1/runs/{run_id}", tags=["weights"])
 

@@ -1,0 +1,1 @@
+"""Reading the training data as both services must: datasets, templates, tokenization, batches."""

@@ -1,0 +1,1 @@
+"""What travels between the services over ZeroMQ: messages, hello, handshake, error codes."""

@@ -1,0 +1,1 @@
+"""Receiving runs and checkpoints over ZeroMQ: the socket, registrations and uploads."""

@@ -1,0 +1,123 @@
+"""New runs are prepared off the intake thread: the dataset tokenized and checked against the
+trainer's fingerprint, the model's tensor names and shapes built. Until that is done the intake
+answers the run's hello `registering`, and goes on answering every other request.
+
+Only the intake thread calls `poll`; PREPARERS background threads prepare runs, so one run
+whose model or dataset is slow to read holds up no other run's registration either. A client
+(its CURVE key where it has one, else its address: IntakeServer.client_of) has at most
+PER_CLIENT runs being prepared at once, so no client takes every preparer.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from common.wire.errors import Busy, RunMismatch
+from common.wire.protocol import Hello
+from scorer_svc.scoring.registry import Registry
+
+log = logging.getLogger(__name__)
+
+MAX_PENDING = 32  # runs being prepared or prepared and not yet claimed by their hello
+PREPARERS = 3
+PER_CLIENT = 1  # runs one client may have being prepared at once
+
+
+_IMPORTING = threading.Lock()
+
+
+def _import_transformers() -> None:
+    """Import what preparing a run uses from transformers, one thread at a time: its lazy
+    module resolves names unsafely when threads first ask for them together (ImportError)."""
+    with _IMPORTING:
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
+
+@dataclass(frozen=True)
+class _Pending:
+    identity: dict
+    client: str
+    prepared: Future[int]  # the run's number of samples without label tokens
+
+
+class Registrations:
+    def __init__(
+        self, registry: Registry, max_pending: int = MAX_PENDING, per_client: int = PER_CLIENT
+    ) -> None:
+        self.registry = registry
+        self.max_pending = max_pending
+        self.per_client = per_client
+        self._pending: dict[str, _Pending] = {}
+        self._jobs: queue.SimpleQueue[tuple[Hello, Future[int]] | None] = queue.SimpleQueue()
+        # Daemon threads: a scorer told to stop does not wait for a run being prepared.
+        for n in range(PREPARERS):
+            threading.Thread(target=self._serve, name=f"registration-{n}", daemon=True).start()
+
+    def poll(self, hello: Hello, client: str = "") -> int | None:
+        """The run's n_no_labels once it is prepared, None while it is being prepared; raises
+        what preparing it raised (and forgets it, so a later hello tries again). client: who
+        sent the hello, for the per-client limit."""
+        entry = self._pending.get(hello.run_id)
+        wanted = hello.model_dump(exclude={"token", "run_token"})
+        if entry is not None and entry.identity != wanted:
+            if not entry.prepared.done():
+                raise RunMismatch(
+                    f"run {hello.run_id} is being registered with other settings: use another "
+                    "run id for a different run"
+                )
+            del self._pending[hello.run_id]
+            entry = None
+        if entry is None:
+            entry = _Pending(wanted, client, self._start(hello, client))
+            self._pending[hello.run_id] = entry
+        if not entry.prepared.done():
+            return None
+        del self._pending[hello.run_id]
+        return entry.prepared.result()
+
+    def _start(self, hello: Hello, client: str) -> Future[int]:
+        mine = [r for r, e in self._pending.items() if e.client == client and not e.prepared.done()]
+        if len(mine) >= self.per_client:
+            raise Busy(
+                f"this client has {len(mine)} run(s) being registered already ({', '.join(mine)})"
+                f", the most one client may at once; send the hello of run {hello.run_id} again "
+                "once that one is registered"
+            )
+        if len(self._pending) >= self.max_pending:
+            for run_id in [r for r, e in self._pending.items() if e.prepared.done()]:
+                del self._pending[run_id]  # prepared, and their trainers never came back
+        if len(self._pending) >= self.max_pending:
+            raise Busy(
+                f"{len(self._pending)} runs are being registered already; send the hello again "
+                "in a while"
+            )
+        log.info("registering run %s: tokenizing its dataset, building its model", hello.run_id)
+        prepared: Future[int] = Future()
+        self._jobs.put((hello, prepared))
+        return prepared
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            hello, prepared = job
+            if not prepared.set_running_or_notify_cancel():
+                continue
+            try:
+                _import_transformers()
+                self.registry.check_loadable(hello)
+                data = self.registry.prepare(hello)
+                self.registry.manifest(hello)  # the base model must build as the trainer says
+            except BaseException as exc:
+                prepared.set_exception(exc)
+            else:
+                prepared.set_result(data.n_no_labels)
+
+    def close(self) -> None:
+        """Runs not yet started are dropped; those being prepared end with the process."""
+        for entry in list(self._pending.values()):
+            entry.prepared.cancel()
+        for _ in range(PREPARERS):
+            self._jobs.put(None)

@@ -1,0 +1,176 @@
+"""Checkpoint uploads in progress: each one's chunks checked and written to its file as they
+arrive (common.wire.protocol describes the upload), so the scorer never holds a payload whole.
+
+An upload is open from its `checkpoint` message to its `commit`. An upload id that was refused,
+committed or dropped is remembered as closed, and whatever else arrives for it is dropped
+without a reply (the trainer had its one reply). Another upload of the same run and step
+replaces an open one (the trainer started again); one idle for `idle_seconds` is dropped.
+
+At most `max_open` are open at once, and at most `per_client` from one client (its CURVE key
+where it has one, else its address). When a new upload finds no room, the upload idle longest
+gives up its slot if it has been idle for `stale_seconds` (a client's own first, when the
+client is at its limit): partial uploads left hanging hold no other trainer's upload up for
+longer than that. Otherwise the new one is answered `busy` (the trainer sends it again).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from common.wire.errors import Busy, IntegrityError, MalformedMessage
+from common.wire.protocol import CheckpointHeader, Chunk, CommitHeader, check_chunk, payload_digest
+from scorer_svc.storage.checkpoint_files import CheckpointWriter
+
+log = logging.getLogger(__name__)
+
+IDLE_SECONDS = 60.0
+STALE_SECONDS = 5.0
+MAX_OPEN = 8
+PER_CLIENT = 4
+CLOSED_REMEMBERED = 4096
+
+
+@dataclass(eq=False)
+class Upload:
+    begin: CheckpointHeader
+    writer: CheckpointWriter
+    last_seen: float
+    client: str = ""
+    digests: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.digests) == self.begin.n_chunks
+
+
+class Uploads:
+    def __init__(
+        self,
+        *,
+        idle_seconds: float = IDLE_SECONDS,
+        stale_seconds: float = STALE_SECONDS,
+        max_open: int = MAX_OPEN,
+        per_client: int = PER_CLIENT,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.idle_seconds = idle_seconds
+        self.stale_seconds = stale_seconds
+        self.max_open = max_open
+        self.per_client = per_client
+        self.clock = clock
+        self._open: dict[str, Upload] = {}
+        self._closed: OrderedDict[str, None] = OrderedDict()
+
+    def is_closed(self, upload_id: str) -> bool:
+        return upload_id in self._closed
+
+    def get(self, upload_id: str) -> Upload | None:
+        return self._open.get(upload_id)
+
+    def refuse(self, upload_id: str) -> None:
+        """The upload was answered: whatever else comes for it is dropped."""
+        upload = self._open.pop(upload_id, None)
+        if upload is not None:
+            upload.writer.abort()
+        self._close(upload_id)
+
+    def _close(self, upload_id: str) -> None:
+        self._closed[upload_id] = None
+        while len(self._closed) > CLOSED_REMEMBERED:
+            self._closed.popitem(last=False)
+
+    def open(
+        self, begin: CheckpointHeader, writer: Callable[[], CheckpointWriter], client: str = ""
+    ) -> Upload:
+        """A new upload from `client`, once there is room for it (else Busy)."""
+        if begin.upload in self._open:  # each attempt of a trainer's has a new id
+            raise MalformedMessage(f"upload {begin.upload} is open already: use a new id")
+        for other in list(self._open.values()):
+            same = (other.begin.run_id, other.begin.step) == (begin.run_id, begin.step)
+            if same:
+                log.info(
+                    "run %s step %d: a new upload replaces the one left unfinished",
+                    begin.run_id,
+                    begin.step,
+                )
+                self.refuse(other.begin.upload)
+        mine = [u for u in self._open.values() if u.client == client]
+        if len(mine) >= self.per_client and not self._free_stale(mine):
+            raise Busy(
+                f"this client is sending {len(mine)} checkpoints to the scorer already, the "
+                "most one client may at once; send it again"
+            )
+        if len(self._open) >= self.max_open and not self._free_stale(self._open.values()):
+            raise Busy(
+                f"the scorer is receiving {len(self._open)} checkpoints already; send it again"
+            )
+        upload = Upload(begin, writer(), self.clock(), client)
+        self._open[begin.upload] = upload
+        return upload
+
+    def _free_stale(self, among: Iterable[Upload]) -> bool:
+        """Drop the upload idle longest among `among` if it is stale; whether one was."""
+        oldest = min(among, key=lambda u: u.last_seen, default=None)
+        if oldest is None or self.clock() - oldest.last_seen < self.stale_seconds:
+            return False
+        log.info(
+            "run %s step %d: upload dropped, idle for %.0f s (%d of %d chunks received), to "
+            "make room for another",
+            oldest.begin.run_id,
+            oldest.begin.step,
+            self.clock() - oldest.last_seen,
+            len(oldest.digests),
+            oldest.begin.n_chunks,
+        )
+        self.refuse(oldest.begin.upload)
+        return True
+
+    def add(self, upload: Upload, chunk: Chunk) -> None:
+        """Check the chunk and write it; a bad one raises (the caller refuses the upload)."""
+        check_chunk(upload.begin, chunk, len(upload.digests))
+        upload.writer.write(chunk.data)
+        upload.digests.append(chunk.header.digest)
+        upload.last_seen = self.clock()
+
+    def check_commit(self, upload: Upload, commit: CommitHeader) -> None:
+        begin = upload.begin
+        if not upload.complete:
+            raise IntegrityError(
+                f"upload {begin.upload} is committed after {len(upload.digests)} of its "
+                f"{begin.n_chunks} chunks: chunks were lost in transit; send it again"
+            )
+        actual = payload_digest(upload.digests)
+        if actual != commit.digest:
+            raise IntegrityError(
+                f"checkpoint step {begin.step} has digest {actual}, its commit declares "
+                f"{commit.digest}: the checkpoint was corrupted in transit; send it again"
+            )
+
+    def finish(self, upload: Upload) -> None:
+        """Committed: closed, its file kept."""
+        self._open.pop(upload.begin.upload, None)
+        self._close(upload.begin.upload)
+
+    def sweep(self) -> list[Upload]:
+        """Drop the uploads idle for longer than idle_seconds; the dropped ones."""
+        now = self.clock()
+        idle = [u for u in self._open.values() if now - u.last_seen > self.idle_seconds]
+        for upload in idle:
+            log.warning(
+                "run %s step %d: upload dropped after %.0f s without a chunk (%d of %d received)",
+                upload.begin.run_id,
+                upload.begin.step,
+                self.idle_seconds,
+                len(upload.digests),
+                upload.begin.n_chunks,
+            )
+            self.refuse(upload.begin.upload)
+        return idle
+
+    def close(self) -> None:
+        for upload_id in list(self._open):
+            self.refuse(upload_id)

@@ -1,2 +1,0 @@
-"""The scorer's database schema history (Alembic): `scorer_svc.db.upgrade` brings a database
-made by any release to the current schema when the scorer starts."""

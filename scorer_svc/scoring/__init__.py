@@ -1,0 +1,1 @@
+"""Scoring checkpoints: the worker, the scoring model, batches, ranks and the budget."""

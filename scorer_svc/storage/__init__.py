@@ -1,0 +1,1 @@
+"""What the scorer keeps: the database (tables, queries, migrations) and checkpoint files."""

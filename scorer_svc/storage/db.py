@@ -1,0 +1,166 @@
+"""Database engine and sessions: SQLite in WAL mode by default, or PostgreSQL; the schema kept
+current by its migrations."""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, inspect, make_url, text
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+
+def make_engine(url: str, *, busy_timeout_seconds: float = 30.0) -> Engine:
+    """An engine whose tables exist; SQLite waits busy_timeout_seconds for a lock, then fails."""
+    if url.startswith("sqlite:///"):
+        database = make_url(url).database or ""
+        if database and not database.startswith("file:") and database != ":memory:":
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": busy_timeout_seconds}
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    upgrade(engine)
+    return engine
+
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+FIRST_REVISION = "0001"  # the schema the releases before migrations made
+MIGRATION_LOCK = 0x5C0_4E55  # PostgreSQL advisory lock key: one scorer migrates at a time
+
+
+def upgrade(engine: Engine) -> None:
+    """Bring the database to the current schema with its migrations (scorer_svc/storage/migrations).
+    A database made by a release before migrations (its tables, no alembic_version) is taken
+    as the first revision, then upgraded in place; a new one is made from nothing."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":  # two scorers starting on one database
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+        config.attributes["connection"] = connection
+        tables = set(inspect(connection).get_table_names())
+        if "runs" in tables and "alembic_version" not in tables:
+            command.stamp(config, FIRST_REVISION)
+        command.upgrade(config, "head")
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")  # an acknowledged checkpoint survives power loss
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+class DatabaseDamaged(RuntimeError):
+    """The database file fails SQLite's integrity check (the message says what to do)."""
+
+
+class DatabaseDriverMissing(RuntimeError):
+    """The database URL names a driver that is not installed (the message names the extra)."""
+
+
+def check_driver(url: str) -> None:
+    """The URL's database driver imports; else one message naming what to install (the URL's
+    password masked)."""
+    try:
+        parsed = make_url(url)
+        dialect = parsed.get_dialect()
+        dialect.import_dbapi()
+    except (ArgumentError, NoSuchModuleError) as exc:
+        raise DatabaseDriverMissing(
+            f"database_url is not a URL SQLAlchemy can use ({exc}): use sqlite:///PATH or "
+            "postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE"
+        ) from None
+    except ImportError as exc:
+        shown = parsed.render_as_string(hide_password=True)
+        hint = (
+            "install the postgres extra: pip install 'delta-loss-selector[postgres]' "
+            "(psycopg 3; a postgresql:// URL uses it)"
+            if parsed.get_backend_name() == "postgresql"
+            else f"install the Python driver of {parsed.drivername}"
+        )
+        raise DatabaseDriverMissing(
+            f"the database driver for {shown} is not installed ({exc}): {hint}"
+        ) from None
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database server cannot be reached or refuses the scorer (password masked)."""
+
+
+def masked(url: str) -> str:
+    """The URL as logs and errors show it: any password as ***."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<a database URL SQLAlchemy cannot read>"
+
+
+def without_secret(url: str, text_: str) -> str:
+    """text_ with the URL's password, if any, replaced by ***."""
+    try:
+        password = make_url(url).password
+    except ArgumentError:
+        return text_
+    # a short password would mask ordinary words; no driver message quotes one anyway
+    return text_.replace(str(password), "***") if password and len(str(password)) >= 4 else text_
+
+
+def check_reachable(url: str) -> None:
+    """A server database answers a connection before the scorer starts: else one message
+    naming the (masked) URL and the server's reason."""
+    if url.startswith("sqlite"):
+        return
+    timeout = {"connect_timeout": 10} if make_url(url).get_backend_name() == "postgresql" else {}
+    engine = create_engine(url, connect_args=timeout)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+        raise DatabaseUnavailable(
+            f"cannot use the database {masked(url)}: {without_secret(url, reason)}; "
+            "check that the server runs, and the host, port, user, password and database name"
+        ) from None
+    finally:
+        engine.dispose()
+
+
+def check_database(url: str) -> None:
+    """Everything about the database that can stop the scorer at start, in one line each: the
+    driver, an existing SQLite file's integrity, a server's answer."""
+    check_driver(url)
+    check_integrity(url)
+    check_reachable(url)
+
+
+def check_integrity(url: str) -> None:
+    """An existing SQLite database must pass `PRAGMA quick_check` before the scorer serves it."""
+    if not url.startswith("sqlite:///"):
+        return
+    database = make_url(url).database or ""
+    path = Path(database).expanduser()
+    if not database or database == ":memory:" or database.startswith("file:") or not path.exists():
+        return
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            rows = [row[0] for row in conn.execute("PRAGMA quick_check")]
+    except sqlite3.DatabaseError as exc:
+        rows = [str(exc)]
+    if rows != ["ok"]:
+        raise DatabaseDamaged(
+            f"the database {path} is damaged ({'; '.join(rows[:3])}): restore it from a "
+            "backup, or move it away to start a new history"
+        )

@@ -1,0 +1,170 @@
+"""One client cannot hold another up: what a hello costs is bounded before any sample is
+tokenized, and each client (here told apart by source address on loopback) has its own share
+of the registrations and uploads in flight. Real ZeroMQ sockets against a real intake."""
+
+import json
+import threading
+
+import pytest
+import zmq
+
+from common.wire.protocol import encode_checkpoint, encode_hello
+from delta_loss_devtools.scorer_process import free_port
+from delta_loss_devtools.waiting import wait_until
+from scorer_svc.config import Settings
+from scorer_svc.intake.server import Intake, IntakeServer
+from scorer_svc.main import MAX_FRAME_BYTES
+from scorer_svc.scoring import registry as registry_module
+from scorer_svc.scoring.registry import Registry
+from scorer_svc.storage.db import make_engine, make_sessionmaker
+from tests.support.data import write_samples
+from tests.support.scorer import (
+    lora_checkpoints,
+    make_hello,
+    register,
+    zmq_request,
+    zmq_upload,
+)
+
+OTHER_HOST = "127.0.0.2"  # a second client: the same loopback, another source address
+
+
+def from_host(url: str, host: str) -> str:
+    """url connected from the source address host (libzmq's "source;destination" form)."""
+    return url.replace("tcp://", f"tcp://{host}:0;", 1)
+
+
+@pytest.fixture
+def served(tmp_path, monkeypatch):
+    """A real intake on a loopback port; runs named "slow..." are prepared only once released.
+    Yields (url, release, intake, tokenized): the run ids whose samples were tokenized."""
+    config = Settings(data_dir=tmp_path / "scorer", device="cpu")
+    registry = Registry(config)
+    release = threading.Event()
+    tokenized: list[str] = []
+    encode = registry_module.encode_dataset
+    monkeypatch.setattr(
+        registry_module,
+        "encode_dataset",
+        lambda tokenizer, samples, settings: (
+            tokenized.append(len(samples)) or encode(tokenizer, samples, settings)
+        ),
+    )
+    tokenize = registry._tokenize
+
+    def held(hello):
+        if hello.run_id.startswith("slow"):
+            assert release.wait(300), "never released"
+        return tokenize(hello)
+
+    registry._tokenize = held  # type: ignore[method-assign]
+    sessions = make_sessionmaker(make_engine(config.resolved_database_url))
+    intake = Intake(config, sessions, registry, on_queued=lambda: None, instance="here")
+    server = IntakeServer(f"tcp://127.0.0.1:{free_port()}", intake, max_frame_bytes=MAX_FRAME_BYTES)
+    server.start()
+    yield server.url, release, intake, tokenized
+    release.set()
+    server.stop()
+
+
+def test_one_file_listed_under_many_spellings_is_refused_before_tokenizing(
+    served, tiny_model, tmp_path
+):
+    url, _, _, tokenized = served
+    data = write_samples(tmp_path / "d.json", 6)
+    spellings = [f"{tmp_path}/{'./' * i}d.json" for i in range(16)]
+    spellings += [f"{tmp_path}{'/' * i}d.json" for i in range(2, 16)]
+    hostile = make_hello(tiny_model, data, run_id="many", dataset=",".join(spellings))
+    reply = register(url, hostile)
+    assert reply["code"] == "mismatch" and "both read" in reply["reason"], reply
+    assert "list each dataset once" in reply["reason"]
+    # the same file once, but more rows than the trainer declares: counted, not tokenized
+    wrong_count = make_hello(tiny_model, data, run_id="count", n_samples=5)
+    reply = register(url, wrong_count)
+    assert reply["code"] == "mismatch", reply
+    assert "the trainer has 5 samples, the scorer reads 6" in reply["reason"]
+    assert tokenized == []
+    assert register(url, make_hello(tiny_model, data, run_id="fine"))["status"] == "registered"
+    assert tokenized == [6]
+
+
+def test_a_client_has_one_registration_in_flight_and_others_are_not_held_up(
+    served, tiny_model, tmp_path
+):
+    url, release, _, _ = served
+    data = write_samples(tmp_path / "d.json", 6)
+    first = zmq_request(url, encode_hello(make_hello(tiny_model, data, run_id="slow-1")))
+    assert first["status"] == "registering"
+    second = zmq_request(url, encode_hello(make_hello(tiny_model, data, run_id="slow-2")))
+    assert second["code"] == "busy" and "being registered already (slow-1)" in second["reason"]
+    # polling for its own run is not a new registration
+    again = zmq_request(url, encode_hello(make_hello(tiny_model, data, run_id="slow-1")))
+    assert again["status"] == "registering"
+    # another client registers at once while the first one's is held
+    other = register(from_host(url, OTHER_HOST), make_hello(tiny_model, data, run_id="other"))
+    assert other["status"] == "registered" and not release.is_set()
+    release.set()
+    for run_id in ("slow-1", "slow-2"):
+        hello = make_hello(tiny_model, data, run_id=run_id)
+        assert register(url, hello)["status"] == "registered"
+
+
+def _partial_upload(url: str, messages: list) -> zmq.Socket:
+    """A DEALER that sends an upload's header and first chunk, then nothing: left open."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(url)
+    for frames in messages[:2]:
+        sock.send_multipart(frames, copy=False)
+    return sock
+
+
+def _replies(socks: list[zmq.Socket], replies: dict[int, dict]) -> dict[int, dict]:
+    """replies, with the reply each socket has received since, by position."""
+    for i, sock in enumerate(socks):
+        if i not in replies and sock.poll(0):
+            replies[i] = json.loads(sock.recv_multipart()[0])
+    return replies
+
+
+def test_partial_uploads_of_one_client_leave_room_for_others(served, tiny_model, tmp_path):
+    url, _, intake, _ = served
+    data = write_samples(tmp_path / "d.json", 6)
+    assert register(url, make_hello(tiny_model, data, run_id="run-u"))["status"] == "registered"
+    tensors = lora_checkpoints(tiny_model, 1)[0]
+
+    def upload(step: int) -> list:
+        return encode_checkpoint(
+            run_id="run-u", step=step, update_index=1, kind="lora", tensors=tensors,
+            chunk_bytes=1024,
+        )  # fmt: skip
+
+    share = intake.uploads.per_client
+    held = [_partial_upload(from_host(url, OTHER_HOST), upload(100 + i)) for i in range(60)]
+    try:
+        # each hostile upload beyond the client's share is answered busy; the rest stay open
+        replies: dict[int, dict] = {}
+        wait_until(lambda: len(_replies(held, replies)) == 60 - share, "busy replies to the excess")
+        assert all(r["code"] == "busy" and "this client is sending" in r["reason"]
+                   for r in replies.values())  # fmt: skip
+        # another client's upload goes through at its first try
+        assert zmq_upload(url, upload(2))["status"] == "queued"
+        # the same client's partial uploads, once stale, give up their slots to a new one
+        intake.uploads.stale_seconds = 1.0
+        mine = [_partial_upload(url, upload(200 + i)) for i in range(share)]
+        wait_until(lambda: len(intake.uploads._open) == 2 * share, "the partial uploads open")
+        tries = []
+
+        def sent() -> bool:
+            tries.append(zmq_upload(url, upload(4)))
+            return tries[-1].get("status") == "queued"
+
+        wait_until(sent, "the new upload to find room")
+        assert all(r["code"] == "busy" for r in tries[:-1])
+        assert _replies(held, replies) and len(replies) == 60 - share  # no other reply owed
+        assert sum(u.client == "address 127.0.0.1" for u in intake.uploads._open.values()) < share
+        for sock in mine:
+            sock.close(0)
+    finally:
+        for sock in held:
+            sock.close(0)

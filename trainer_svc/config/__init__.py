@@ -1,0 +1,1 @@
+"""The trainer's configuration: the YAML keys, checked at start."""

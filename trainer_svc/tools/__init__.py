@@ -1,0 +1,1 @@
+"""Commands beside training: compare strategies, report a run, merge a LoRA adapter."""

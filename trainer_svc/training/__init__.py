@@ -1,0 +1,1 @@
+"""Training under Delta Loss selection: the Trainer, its schedule, updates and snapshots."""
