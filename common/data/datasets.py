@@ -303,12 +303,18 @@ def _refuse_reread(source: Source, item: str, read_by: dict[Path, str]) -> None:
     """Refuse an item whose file an earlier item reads already (another spelling of its path,
     or another name for it): each file is read once, before any row of it is."""
     for path in source.files:
-        earlier = read_by.setdefault(path, item)
-        if earlier != item:
-            raise DatasetError(
-                f"dataset items '{earlier}' and '{item}' both read {path} (one file under two "
-                "names or spellings); list each dataset once"
+        if path in read_by:
+            earlier = read_by[path]
+            both = (
+                f"dataset item '{item}' reads"
+                if earlier == item
+                else (f"dataset items '{earlier}' and '{item}' both read")
             )
+            raise DatasetError(
+                f"{both} {path} (one file under two names or spellings, or a link to it); "
+                "list each dataset once"
+            )
+        read_by[path] = item
 
 
 def is_path(item: str) -> bool:

@@ -7,15 +7,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 from typing import Any
 
 import zmq
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.wire.errors import (
+    Busy,
     CheckpointRejected,
     ProtocolError,
     RunMismatch,
@@ -41,7 +44,7 @@ from scorer_svc.security.tokens import check_request_token, same_token
 from scorer_svc.security.zap import secure_server
 from scorer_svc.storage import crud
 from scorer_svc.storage.checkpoint_files import CheckpointWriter, checkpoint_path
-from scorer_svc.storage.outages import in_sessions_through_outages
+from scorer_svc.storage.outages import is_transient, status_of
 from scorer_svc.storage.superseding import discard_superseded
 from scorer_svc.storage.tables import FAILED, Run
 
@@ -60,9 +63,14 @@ RECEIVE_QUEUE = 4
 # - one that sends nothing for HEARTBEAT_TIMEOUT_SECONDS after a ping (sent every
 #   HEARTBEAT_SECONDS), e.g. in the middle of a multipart message. libzmq peers answer pings
 #   by themselves, so an idle trainer stays connected.
+SLOW_REQUEST_SECONDS = 1.0  # a request that held the intake longer is not held against uploads
 HANDSHAKE_SECONDS = 5
 HEARTBEAT_SECONDS = 5
 HEARTBEAT_TIMEOUT_SECONDS = 30
+
+
+class DatabaseUnavailable(Busy):
+    """The database did not answer this request: the trainer sends it again (`busy`)."""
 
 
 @dataclass(eq=False)
@@ -84,6 +92,7 @@ class Intake:
         self.header_token = self.token if self.settings.curve_secret_key_file else None
         self.registrations = Registrations(self.registry)
         self.uploads = Uploads()
+        self.database = status_of(self.sessions)
 
     def close(self) -> None:
         self.registrations.close()
@@ -98,39 +107,29 @@ class Intake:
             check_request_token(frames[0] if frames else b"", self.header_token)
             message = decode_request(frames, max_bytes=self.settings.max_checkpoint_bytes)
             if isinstance(message, Hello):
-                hello = message
-                return in_sessions_through_outages(
-                    self.sessions, lambda session: self.hello(session, hello, client),
-                    seconds=self.settings.database_outage_seconds, what="registering a run",
-                )  # fmt: skip
+                with self._session("registering a run") as session:
+                    return self.hello(session, message, client)
             upload_id = message.header.upload if isinstance(message, Chunk) else message.upload
             if self.uploads.is_closed(upload_id):
                 return None
             if isinstance(message, CheckpointHeader):
-                header = message
-                return in_sessions_through_outages(
-                    self.sessions, lambda session: self.begin(session, header, client),
-                    seconds=self.settings.database_outage_seconds, what="opening an upload",
-                )  # fmt: skip
+                with self._session("opening an upload") as session:
+                    return self.begin(session, message, client)
             upload = self.uploads.get(upload_id)
             if upload is None:
                 raise UploadLost(
                     f"this scorer holds no upload {upload_id} (it restarted, or dropped the "
-                    "upload after it went idle): send the checkpoint again"
+                    "upload after it stalled): send the checkpoint again"
                 )
             if isinstance(message, Chunk):
                 self.uploads.add(upload, message)
                 return None
             assert isinstance(message, CommitHeader)
-            commit = message
-            return in_sessions_through_outages(
-                self.sessions, lambda session: self.commit(session, upload, commit),
-                seconds=self.settings.database_outage_seconds, what="storing a checkpoint",
-                # tried again only while nothing is stored: its file not yet put in place
-                retry_while=lambda: self.uploads.get(upload.begin.upload) is upload,
-            )  # fmt: skip
+            with self._session("storing a checkpoint") as session:
+                return self.commit(session, upload, message)
         except ProtocolError as error:
-            log.warning("refused request: %s: %s", error.code, error)
+            if not isinstance(error, DatabaseUnavailable):  # logged once a minute, there
+                log.warning("refused request: %s: %s", error.code, error)
             return self._refuse(upload_id, error, frames)
         except Exception as error:  # a reply is owed even when the scorer itself fails
             log.exception("request failed inside the scorer")
@@ -142,6 +141,24 @@ class Intake:
                 ),
                 frames,
             )
+
+    @contextmanager
+    def _session(self, what: str) -> Iterator[Session]:
+        """A session for one request. The intake never waits out a database outage (it
+        answers every trainer from one thread): a transient error is answered `busy`, and the
+        trainer sends the request again while the database comes back."""
+        with self.sessions() as session:
+            try:
+                yield session
+            except SQLAlchemyError as error:
+                if not is_transient(error):
+                    raise
+                session.rollback()
+                trouble = self.database.failed(error, f"{what} (answered busy)")
+                raise DatabaseUnavailable(
+                    f"the scorer's database is {trouble.kind} for now; send it again shortly"
+                ) from error
+        self.database.answered()
 
     def _refuse(
         self, upload_id: str | None, error: ProtocolError, frames: list[Any]
@@ -260,12 +277,20 @@ class Intake:
                 crud.requeue(session, checkpoint=existing, received=received)
             else:
                 crud.add_checkpoint(session, run=run, received=received)
-            if run.is_async:  # the trainer draws from the newest: older waiting ones go
-                discard_superseded(session, run, keep=self.settings.keep_checkpoints)
-        except Exception:
+        except Exception as error:
             session.rollback()
-            path.unlink(missing_ok=True)
+            # A lost connection may have lost only the answer to a stored row: the file
+            # stays, for the row or for the trainer's next upload, which is told `duplicate`
+            # or writes it again.
+            if not (isinstance(error, SQLAlchemyError) and is_transient(error)):
+                path.unlink(missing_ok=True)
             raise
+        if run.is_async:  # the trainer draws from the newest: older waiting ones go
+            try:
+                discard_superseded(session, run, keep=self.settings.keep_checkpoints)
+            except SQLAlchemyError as error:  # stored all the same; the worker discards them
+                session.rollback()
+                log.warning("run %s: superseded checkpoints left for later: %s", run.run_id, error)
         log.info(
             "queued run %s step %d (update %d, %d bytes)",
             run.run_id,
@@ -398,7 +423,11 @@ class IntakeServer:
             try:
                 frames = self._socket.recv_multipart(copy=False)
                 identity, body = frames[0], [f.buffer for f in frames[1:]]
+                started = time.monotonic()
                 reply = self.intake.handle(body, self.client_of(frames[1:]))
+                took = time.monotonic() - started
+                if took > SLOW_REQUEST_SECONDS:  # no upload was read meanwhile
+                    self.intake.uploads.shift(took)
                 if reply is not None:
                     self._socket.send_multipart([identity.bytes, *reply])
             except Exception:  # keep serving: one bad exchange must not stop the intake

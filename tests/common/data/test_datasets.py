@@ -117,6 +117,13 @@ def test_one_file_under_two_spellings_or_names_is_refused_before_any_row_is_read
         assert f"'a.json' and '{other}' both read {tmp_path / 'a.json'}" in message
         assert "list each dataset once" in message
     assert reads == []
+    # a folder holding the file and a link to it reads it twice: refused as well
+    (tmp_path / "folder").mkdir()
+    write(tmp_path / "folder" / "a.json", rows(("a", "1")))
+    (tmp_path / "folder" / "b.json").symlink_to(tmp_path / "folder" / "a.json")
+    info(tmp_path, {"linked": {"file_name": "folder"}})
+    message = refusal("linked", tmp_path)
+    assert f"dataset item 'linked' reads {tmp_path / 'folder' / 'a.json'}" in message
 
 
 def test_a_bare_path_needs_no_dataset_info(tmp_path, monkeypatch):

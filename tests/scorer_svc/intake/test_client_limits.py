@@ -88,24 +88,24 @@ def test_one_file_listed_under_many_spellings_is_refused_before_tokenizing(
     assert tokenized == [6]
 
 
-def test_a_client_has_one_registration_in_flight_and_others_are_not_held_up(
-    served, tiny_model, tmp_path
-):
-    url, release, _, _ = served
+def test_clients_take_turns_and_one_client_never_holds_every_preparer(served, tiny_model, tmp_path):
+    url, release, intake, _ = served
+    intake.registrations.per_client = 3
     data = write_samples(tmp_path / "d.json", 6)
-    first = zmq_request(url, encode_hello(make_hello(tiny_model, data, run_id="slow-1")))
-    assert first["status"] == "registering"
-    second = zmq_request(url, encode_hello(make_hello(tiny_model, data, run_id="slow-2")))
-    assert second["code"] == "busy" and "being registered already (slow-1)" in second["reason"]
+    for i in range(3):  # more runs than the preparers a client may hold
+        hello = make_hello(tiny_model, data, run_id=f"slow-{i}")
+        assert zmq_request(url, encode_hello(hello))["status"] == "registering"
+    beyond = zmq_request(url, encode_hello(make_hello(tiny_model, data, run_id="slow-3")))
+    assert beyond["code"] == "busy" and "3 runs being registered already" in beyond["reason"]
     # polling for its own run is not a new registration
-    again = zmq_request(url, encode_hello(make_hello(tiny_model, data, run_id="slow-1")))
+    again = zmq_request(url, encode_hello(make_hello(tiny_model, data, run_id="slow-0")))
     assert again["status"] == "registering"
-    # another client registers at once while the first one's is held
+    # another client registers at once while the first one's runs are held
     other = register(from_host(url, OTHER_HOST), make_hello(tiny_model, data, run_id="other"))
     assert other["status"] == "registered" and not release.is_set()
     release.set()
-    for run_id in ("slow-1", "slow-2"):
-        hello = make_hello(tiny_model, data, run_id=run_id)
+    for i in range(4):
+        hello = make_hello(tiny_model, data, run_id=f"slow-{i}")
         assert register(url, hello)["status"] == "registered"
 
 

@@ -95,7 +95,8 @@ def test_one_client_holds_at_most_its_share_and_stale_uploads_give_up_their_slot
     clock.now = 6
     newcomer = _open(uploads, _upload(step=12), tmp_path, "address 10.0.0.2")
     assert uploads.get(hostile[0].begin.upload) is None
-    assert uploads.is_closed(hostile[0].begin.upload)  # what else comes for it is dropped
+    # not closed: its next chunk finds no upload, and its trainer is told upload_lost
+    assert not uploads.is_closed(hostile[0].begin.upload)
     # a client at its share makes room among its own first
     again = _open(uploads, _upload(step=14), tmp_path, "address 10.0.0.1")
     assert uploads.get(mine[1].begin.upload) is None and uploads.get(mine[0].begin.upload)
@@ -104,6 +105,26 @@ def test_one_client_holds_at_most_its_share_and_stale_uploads_give_up_their_slot
         again.begin.upload,
     }  # fmt: skip
     assert len(list(tmp_path.glob("*.partial"))) == 4  # the dropped ones' files are removed
+
+
+def test_an_upload_trickling_in_gives_way_and_only_its_own_client_replaces_it(tmp_path):
+    clock = Clock()
+    uploads = Uploads(max_open=2, per_client=2, stale_seconds=5, clock=clock)
+    trickle = _upload(step=2)
+    slow = _open(uploads, trickle, tmp_path, "address 10.0.0.9")
+    clock.now = 4  # a chunk every 4 s: never idle for 5 s, but far below 1 MiB/s
+    uploads.add(slow, decode_request(trickle[1]))
+    clock.now = 4.5
+    _open(uploads, _upload(step=4), tmp_path, "address 10.0.0.1")
+    # another client's header for the same run and step does not replace it
+    with pytest.raises(Busy, match="receiving 2 checkpoints"):
+        _open(uploads, _upload(step=2), tmp_path, "address 10.0.0.1")
+    assert uploads.get(slow.begin.upload) is slow
+    clock.now = 8
+    uploads.add(slow, decode_request(trickle[2]))
+    clock.now = 9  # open for 9 s at 4 bytes a second: it gives way to a newcomer
+    newcomer = _open(uploads, _upload(step=6), tmp_path, "address 10.0.0.2")
+    assert uploads.get(slow.begin.upload) is None and uploads.get(newcomer.begin.upload)
 
 
 def test_closed_ids_are_remembered_up_to_a_bound(tmp_path):
