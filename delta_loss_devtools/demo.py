@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # each row carries its group as a column: the loss reductions by rank show the groups
         page = write_report(out / "run", scorer.base_url, color_by="group")
-        print(f"\nreport (the pictures of the selection; see the README): {page}")
+        print(f"\nreport (the pictures; docs/REPORT.md says what each shows): {page}")
         compare_with_uniform(args.config, overrides, out, delta_seconds)
     finally:
         scorer.stop()

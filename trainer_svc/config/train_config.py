@@ -399,7 +399,7 @@ def unknown_key(key: str, known: set[str]) -> str:
         near = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.85)
         advice = f"did you mean {near[0]}?" if near else ""
     said = f"{advice} " if advice else ""
-    return f"not a key this tool reads: {said}remove it (see the README's config keys)"
+    return f"not a key this tool reads: {said}remove it (the keys: docs/CONFIGURATION.md)"
 
 
 def parse_config(raw: dict[str, Any], base_dir: Path | None = None) -> LoadedConfig:
