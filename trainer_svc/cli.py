@@ -6,6 +6,8 @@ pictures and a page, in OUTPUT_DIR/report.
 [--seeds 42,43,44] [--group-by FIELD]`: the config trained once per strategy and seed, the eval
 losses compared in OUTPUT_DIR/compare (exits 0 when every run finished, 2 on a bad config, 1
 when a run failed).
+`trainer-svc keys [--format markdown]`: every key of the train YAML, by group, with its type,
+its default and its meaning.
 
 train exits 0 when the run finished, 2 on a bad config, 1 when the scorer failed
 (on_scorer_failure: fail), and 143 (128 + SIGTERM) when SIGTERM stopped it before its end,
@@ -24,7 +26,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from trainer_svc.config.train_config import ConfigError, load_config
+from trainer_svc.config.reference import FORMATS, render
+from trainer_svc.config.train_config import KEY_GROUPS, ConfigError, load_config
 from trainer_svc.scorer.retry import ScorerFailure, StopRequested
 from trainer_svc.tools.compare import DEFAULT_STRATEGIES, STRATEGIES, parse_seeds, parse_strategies
 
@@ -80,6 +83,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="report the share of each value of this column of the dataset's rows among the "
         "samples each strategy trained",
     )
+    keys = commands.add_parser(
+        "keys",
+        help="print every key of the train YAML: its type, default and meaning",
+        description=f"Print every key the train YAML takes, by group "
+        f"({', '.join(group for group, _ in KEY_GROUPS)}), with its type, its default and "
+        "what it does.",
+    )
+    keys.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="text",
+        help="text, wrapped for this terminal (default), or markdown: a table per group",
+    )
     return parser
 
 
@@ -113,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
+    if args.command == "keys":
+        print(render(args.format), end="")
+        return 0
     if args.command == "export":
         return export(args.config, args.overrides)
     if args.command == "report":

@@ -2,6 +2,7 @@
 exit status says how a run ended."""
 
 import importlib.util
+import re
 import signal
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,6 +12,7 @@ import yaml
 
 from tests.support.trainer import trainer_config
 from trainer_svc import cli
+from trainer_svc.config.train_config import KEY_GROUPS, TrainConfig
 from trainer_svc.scorer.retry import ScorerFailure, StopRequested
 
 
@@ -151,3 +153,60 @@ def test_report_of_a_folder_that_holds_no_run_says_so(tmp_path, caplog):
 
     assert main(["report", str(tmp_path)]) == 2
     assert "holds no selections.jsonl" in caplog.text and "Traceback" not in caplog.text
+
+
+def markdown_tables(text):
+    """{heading: [row cells, ...]} of the `### heading` + table blocks of a markdown text,
+    checking that each is a table: a header, a separator, rows of as many cells."""
+    tables, heading = {}, None
+    for block in text.strip().split("\n\n"):
+        lines = block.splitlines()
+        if len(lines) == 1 and lines[0].startswith("### "):
+            heading = lines[0][4:]
+            continue
+        header, separator, *rows = lines
+        cells = [split_row(line) for line in (header, *rows)]
+        assert set(separator.strip("|").split("|")) == {"---"} and heading is not None
+        assert all(len(row) == len(cells[0]) for row in cells), block
+        assert cells[0] == ["key", "type", "default", "meaning"]
+        tables[heading] = cells[1:]
+    return tables
+
+
+def split_row(line):
+    assert line.startswith("| ") and line.endswith(" |"), line
+    return [cell.strip().replace("\\|", "|") for cell in re.split(r"(?<!\\)\|", line[1:-1])]
+
+
+def test_keys_prints_every_key_with_its_description(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    assert cli.main(["keys"]) == 0
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 100
+    flat = " ".join(out.split())
+    for group, keys in KEY_GROUPS:
+        assert f"\n{group.upper()}\n" in f"\n{out}"
+        for name, field in keys.model_fields.items():
+            assert f"\n  {name}  (" in out, name
+            assert " ".join(field.description.split()) in flat, name
+
+
+def test_keys_as_markdown_is_a_table_per_group_with_a_row_per_key(capsys):
+    assert cli.main(["keys", "--format", "markdown"]) == 0
+    tables = markdown_tables(capsys.readouterr().out)
+    assert list(tables) == [group.capitalize() for group, _ in KEY_GROUPS]
+    for group, keys in KEY_GROUPS:
+        rows = tables[group.capitalize()]
+        assert [row[0] for row in rows] == [f"`{name}`" for name in keys.model_fields]
+        for row, field in zip(rows, keys.model_fields.values(), strict=True):
+            assert row[3] == field.description
+    rows = {row[0]: row for table in tables.values() for row in table}
+    assert len(rows) == len(TrainConfig.model_fields)
+    assert rows["`selection_mode`"][1:3] == ["sync | async", "sync"]
+    assert rows["`output_dir`"][2] == "required"
+
+
+def test_keys_refuses_an_unknown_format(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["keys", "--format", "html"])
+    assert "invalid choice" in capsys.readouterr().err

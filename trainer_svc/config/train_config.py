@@ -1,5 +1,9 @@
 """The training config: the seed's YAML keys plus the scorer's, validated before any heavy work.
 
+The keys come in groups (KEY_GROUPS: model, data, training, evaluation and output, selection,
+scorer), one pydantic model each with a description per key; TrainConfig inherits them all, so
+the YAML stays flat and one validation reports every bad key. `trainer-svc keys` prints them.
+
 `load_config` reads the YAML (and `key=value` overrides), warns once about unknown keys, and
 raises one `ConfigError` that names every bad key: wrong types and ranges, impossible
 combinations, a window_size outside [0, 1], warmup or update segments larger than the data,
@@ -71,110 +75,314 @@ class ConfigError(ValueError):
         super().__init__(f"invalid config ({len(self.problems)} key(s) to fix):\n{lines}")
 
 
-class TrainConfig(BaseModel):
-    """Every key the trainer reads, with its default; the single place defaults live."""
+# The trackers report_to can name (transformers' integrations) and the pip packages each needs;
+# "none" (no tracker) and "all" (every tracker installed) are accepted as well, alone.
+TRACKERS: dict[str, tuple[str, ...]] = {
+    "tensorboard": ("tensorboard",),
+    "wandb": ("wandb",),
+    "mlflow": ("mlflow",),
+    "swanlab": ("swanlab",),
+    "trackio": ("trackio",),
+    "comet_ml": ("comet-ml",),
+    "clearml": ("clearml",),
+    "dvclive": ("dvclive",),
+    "neptune": ("neptune",),
+    "codecarbon": ("codecarbon",),
+    "dagshub": ("dagshub", "mlflow"),
+    "azure_ml": ("azureml-sdk",),
+    "flyte": ("flytekit",),
+    "kubeflow": (),  # no package: it reports to the server $KUBEFLOW_TRAINER_SERVER_URL names
+}
+# The modules a pip package installs where its name does not say them (any one of them will do).
+PACKAGE_MODULES = {
+    "tensorboard": ("tensorboard", "tensorboardX"),
+    "comet-ml": ("comet_ml",),
+    "azureml-sdk": ("azureml",),
+}
+
+
+class Keys(BaseModel):
+    """A group of the trainer's keys; TrainConfig joins the groups into one flat set of keys."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    # model and method
-    model_name_or_path: str = Field(min_length=1)
-    trust_remote_code: bool = False
-    stage: Literal["sft"] = "sft"
-    do_train: Literal[True] = True
-    finetuning_type: Kind = "lora"
-    lora_target: str = "all"
-    lora_rank: int = Field(8, ge=1, le=MAX_LORA_RANK)
-    lora_alpha: float | None = Field(None, gt=0, le=1e6, allow_inf_nan=False)  # None: 2 x rank
-    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    flash_attn: Literal["auto", "disabled", "sdpa", "fa2", "fa3"] = "auto"  # attn_implementation
-    quantization_bit: Literal[4, 8] | None = None  # bitsandbytes, LoRA only, on a CUDA GPU
-    quantization_method: Literal["bnb", "bitsandbytes"] = "bnb"
-    # data
-    dataset: str = Field(min_length=1)
-    dataset_dir: str | None = None
-    eval_dataset: str | None = None  # an evaluation loss before, during and after training
-    eval_steps: int | None = Field(None, ge=1)  # None: only before and after training
-    eval_strategy: Literal["no", "steps"] | None = None  # "no": no evaluation at all
-    metric_for_best_model: str | None = None
-    greater_is_better: bool | None = None
-    load_best_model_at_end: bool = False
-    per_device_eval_batch_size: int = Field(8, ge=1)
-    do_eval: bool = False  # accepted; eval_dataset alone turns evaluation on
-    template: Annotated[str, one_of(TEMPLATE_NAMES)] = "auto"
-    cutoff_len: int = Field(1024, ge=2)
-    max_samples: int | None = Field(None, ge=1)  # the first max_samples rows of each dataset
-    val_size: float = Field(0.0, ge=0.0)  # a held-out share (< 1) or count (>= 1) for eval
-    packing: bool | None = None  # refused when true: every sample is scored on its own
-    neat_packing: bool = False  # refused when true, as packing
-    overwrite_cache: bool = False  # accepted, no effect: tokenization is not cached
-    preprocessing_num_workers: int | None = Field(None, ge=1)  # accepted, no effect
-    dataloader_num_workers: Literal[0] = 0  # workers prefetch ahead of the schedule
-    seed: int = 42
-    # output
-    output_dir: str = Field(min_length=1)
-    logging_steps: float = Field(10, gt=0)
-    save_steps: float = Field(500, gt=0)
-    plot_loss: bool = False
-    save_only_model: bool = False
-    save_total_limit: int | None = Field(None, ge=1)
-    overwrite_output_dir: bool = False
-    resume_from_checkpoint: str | None = None
-    # trackers, a list or one string with commas: [] for "none", ["all"] for every one installed
-    report_to: list[str] = Field(default_factory=list)
-    # optimisation
-    per_device_train_batch_size: int = Field(1, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    learning_rate: float = Field(1e-4, gt=0)
-    num_train_epochs: float = Field(1.0, gt=0)
-    lr_scheduler_type: Annotated[str, one_of(SCHEDULERS)] = "cosine"
-    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
-    max_grad_norm: float = Field(1.0, ge=0.0)  # 0: no clipping
-    weight_decay: float = Field(0.0, ge=0.0)
-    adam_beta1: float = Field(0.9, ge=0.0, lt=1.0)
-    adam_beta2: float = Field(0.999, ge=0.0, lt=1.0)
-    adam_epsilon: float = Field(1e-8, gt=0.0)
-    optim: Annotated[str, one_of(OPTIMIZERS)] = "adamw_torch"
-    gradient_checkpointing: bool = False
-    deepspeed: str | None = None  # a DeepSpeed JSON config (ZeRO stage 0-2), passed to Trainer
-    bf16: bool = False
-    fp16: bool = False
-    # bfloat16 weights and optimizer states, no float32 master copy (trainer_svc.training.precision)
-    pure_bf16: bool = False
-    ddp_timeout: int = Field(1800, ge=1)
-    # dynamic selection (DataFlex keys)
-    train_type: Literal["dynamic_select"] = "dynamic_select"
-    components_cfg_file: str | None = None
-    component_name: Literal["delta_loss"] = "delta_loss"
-    warmup_step: int = Field(10, ge=0)
-    update_step: int = Field(10, ge=1)
-    update_times: int = Field(2, ge=1, le=MAX_UPDATES)
-    train_step: int = Field(0, ge=0)  # > 0: the run's optimizer steps, num_train_epochs ignored
-    # the scorer (ours)
-    run_id: RunId | None = None
-    scorer_zmq_url: ZmqUrl = "tcp://127.0.0.1:5555"
-    scorer_http_url: str = "http://127.0.0.1:8000"
-    # unset: $SCORER_TOKEN, else the contents of the file $SCORER_TOKEN_FILE names
-    scorer_token: str | None = Field(None, validate_default=True)
-    scorer_ca_file: str | None = None  # the CA an https scorer_http_url's certificate verifies by
-    # CURVE (links across hosts): this trainer's secret key file and the scorer's public key.
-    scorer_curve_secret_key_file: str | None = None
-    scorer_curve_server_key_file: str | None = None
-    selection_mode: Literal["sync", "async"] = "sync"
-    # the samples the scorer measures at each checkpoint after the first with a window: a
-    # fraction in (0, 1] or a number of samples; 1.0, every sample, is the published method
-    score_budget: float = Field(1.0, gt=0.0, allow_inf_nan=False)
-    scorer_wait_seconds: float = Field(600.0, gt=0)
-    on_scorer_failure: OnFailure = "fail"
 
-    @field_validator("score_budget")
-    @classmethod
-    def _budget(cls, value: float) -> float:
-        if value > 1 and value != int(value):
-            raise ValueError(
-                f"{value} is above 1 but not a whole number: give a fraction in (0, 1] (0.1: "
-                "a tenth of the samples at each checkpoint) or a number of samples (500)"
-            )
-        return value
+class ModelKeys(Keys):
+    """The base model and how it is fine-tuned."""
+
+    model_name_or_path: str = Field(
+        min_length=1,
+        description="the base model: a local folder holding its config.json, or a hub id "
+        "(org/name) already in the Hugging Face cache; nothing is downloaded at run time",
+    )
+    trust_remote_code: bool = Field(
+        False,
+        description="let the model folder run its own code (auto_map) when the trainer loads "
+        "it; the scorer decides for itself (its --trust-remote-code)",
+    )
+    stage: Literal["sft"] = Field(
+        "sft", description="the training stage; only sft (supervised fine-tuning) is accepted"
+    )
+    do_train: Literal[True] = Field(True, description="accepted only when true")
+    finetuning_type: Kind = Field(
+        "lora", description="lora (train a LoRA adapter) or full (train every weight)"
+    )
+    lora_target: str = Field(
+        "all",
+        description=f"the modules LoRA adapts: all (every linear layer) or a comma list of "
+        f"module names (at most {MAX_TARGET_MODULES}, each at most {MAX_NAME_CHARS} characters)",
+    )
+    lora_rank: int = Field(
+        8, ge=1, le=MAX_LORA_RANK, description=f"the LoRA rank r, 1 to {MAX_LORA_RANK}"
+    )
+    lora_alpha: float | None = Field(
+        None,
+        gt=0,
+        le=1e6,
+        allow_inf_nan=False,
+        description="the LoRA scaling alpha, above 0 and at most 1e6; null: 2 x lora_rank",
+    )
+    lora_dropout: float = Field(
+        0.0, ge=0.0, lt=1.0, description="the dropout on LoRA's inputs, in [0, 1)"
+    )
+    flash_attn: Literal["auto", "disabled", "sdpa", "fa2", "fa3"] = Field(
+        "auto",
+        description="the attention implementation (attn_implementation): auto (transformers' "
+        "choice), disabled (eager), sdpa, fa2 or fa3 (flash attention 2 or 3: a CUDA GPU and "
+        "the flash_attn or flash_attn_interface package); the scorer builds the same",
+    )
+    quantization_bit: Literal[4, 8] | None = Field(
+        None,
+        description="load the base in 4 or 8 bits with bitsandbytes (QLoRA; 4 bits: NF4 with "
+        "double quantization): LoRA only, on a CUDA GPU with bitsandbytes installed; null: "
+        "not quantized",
+    )
+    quantization_method: Literal["bnb", "bitsandbytes"] = Field(
+        "bnb", description="the quantization library: bnb (bitsandbytes, the only one)"
+    )
+
+    @property
+    def target_modules(self) -> str | list[str]:
+        if self.lora_target.strip() == "all":
+            return "all-linear"
+        return [name.strip() for name in self.lora_target.split(",") if name.strip()]
+
+    @property
+    def alpha(self) -> float:
+        return self.lora_alpha if self.lora_alpha is not None else 2.0 * self.lora_rank
+
+
+class DataKeys(Keys):
+    """The training data, how it is read and tokenized, and the evaluation data."""
+
+    dataset: str = Field(
+        min_length=1,
+        description="the training data: a comma list of names in "
+        "dataset_dir/dataset_info.json and .json/.jsonl paths, concatenated in order",
+    )
+    dataset_dir: str | None = Field(
+        None,
+        description="the folder of dataset_info.json and of the files its entries name; "
+        "null: data (as LLaMA-Factory), from the working directory",
+    )
+    eval_dataset: str | None = Field(
+        None,
+        description="the evaluation data, named as dataset: an evaluation loss before, during "
+        "(every eval_steps) and after training; not with val_size; null: no evaluation set",
+    )
+    val_size: float = Field(
+        0.0,
+        ge=0.0,
+        description="hold out part of the training data, seeded by seed, as the evaluation "
+        "set: a fraction below 1 or a number of samples (1 or more); 0: none; not with "
+        "eval_dataset",
+    )
+    max_samples: int | None = Field(
+        None, ge=1, description="read only the first max_samples rows of each dataset; null: all"
+    )
+    template: Annotated[str, one_of(TEMPLATE_NAMES)] = Field(
+        "auto",
+        description=f"the prompt format: auto (the tokenizer's chat template, else plain), chat "
+        f"(the tokenizer's chat template, required), or a built-in as LLaMA-Factory's: "
+        f"{', '.join(TEMPLATE_NAMES[2:])}",
+    )
+    cutoff_len: int = Field(
+        1024,
+        ge=2,
+        description="the most tokens of a sample, 2 or more; a longer one is cut turn by turn, "
+        "prompt and response sharing what is left in proportion (LLaMA-Factory's infer_seqlen)",
+    )
+    packing: bool | None = Field(
+        None,
+        description="accepted only when false or null: every sample is scored on its own, "
+        "so samples are never packed",
+    )
+    neat_packing: bool = Field(False, description="accepted only when false, as packing")
+    overwrite_cache: bool = Field(
+        False, description="accepted, no effect: tokenization is not cached"
+    )
+    preprocessing_num_workers: int | None = Field(
+        None, ge=1, description="accepted, no effect: tokenization runs in the trainer's process"
+    )
+    dataloader_num_workers: Literal[0] = Field(
+        0,
+        description="accepted only as 0: workers would read batches ahead of the update that "
+        "chooses them",
+    )
+
+
+class TrainingKeys(Keys):
+    """The optimisation: batch, learning rate, precision, processes."""
+
+    per_device_train_batch_size: int = Field(
+        1, ge=1, description="training samples per step on each process, 1 or more"
+    )
+    gradient_accumulation_steps: int = Field(
+        1,
+        ge=1,
+        description="steps whose gradients add up to one optimizer step, 1 or more; the batch "
+        "B of an optimizer step is per_device_train_batch_size x this x the processes",
+    )
+    learning_rate: float = Field(1e-4, gt=0, description="the peak learning rate, above 0")
+    num_train_epochs: float = Field(
+        1.0,
+        gt=0,
+        description="epochs of the schedule, above 0 (a fraction allowed): an epoch is "
+        "warmup_step + update_step x update_times optimizer steps; ignored when train_step is "
+        "above 0",
+    )
+    lr_scheduler_type: Annotated[str, one_of(SCHEDULERS)] = Field(
+        "cosine",
+        description=f"the learning-rate schedule, one of transformers': {', '.join(SCHEDULERS)}",
+    )
+    warmup_ratio: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="the share of the optimizer steps the learning rate warms up over, in "
+        "[0, 1) (not the selection's warmup_step)",
+    )
+    max_grad_norm: float = Field(
+        1.0, ge=0.0, description="clip the gradients to this norm; 0: no clipping"
+    )
+    weight_decay: float = Field(0.0, ge=0.0, description="the optimizer's weight decay, 0 or more")
+    adam_beta1: float = Field(0.9, ge=0.0, lt=1.0, description="Adam's beta1, in [0, 1)")
+    adam_beta2: float = Field(0.999, ge=0.0, lt=1.0, description="Adam's beta2, in [0, 1)")
+    adam_epsilon: float = Field(1e-8, gt=0.0, description="Adam's epsilon, above 0")
+    optim: Annotated[str, one_of(OPTIMIZERS)] = Field(
+        "adamw_torch",
+        description="the optimizer, by its transformers name (adamw_torch, adamw_torch_fused, "
+        "sgd, adafactor, ...); an unknown name is refused with the list",
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="recompute activations in the backward pass to save memory "
+        "(non-reentrant); off unless set, unlike LLaMA-Factory",
+    )
+    deepspeed: str | None = Field(
+        None,
+        description="a DeepSpeed JSON config file passed to the Trainer (the deepspeed package "
+        "installed); ZeRO stage 0, 1 or 2 only: each checkpoint sent to the scorer needs whole "
+        "parameters; null: no DeepSpeed",
+    )
+    bf16: bool = Field(False, description="bfloat16 mixed precision; not with fp16")
+    fp16: bool = Field(False, description="float16 mixed precision; not with bf16 or pure_bf16")
+    pure_bf16: bool = Field(
+        False,
+        description="bfloat16 weights and optimizer states, with no float32 master copy "
+        "(less memory); not with fp16",
+    )
+    ddp_timeout: int = Field(
+        1800,
+        ge=1,
+        description="seconds a collective between processes may wait under torchrun; it must "
+        "exceed 2 x scorer_wait_seconds + 120 when several processes train",
+    )
+    seed: int = Field(
+        42,
+        description="the run's seed (transformers' set_seed), the order each segment's draw "
+        "is trained in, and the val_size split; runs with the same config and seed are "
+        "repeatable",
+    )
+
+
+class OutputKeys(Keys):
+    """Evaluation, checkpoints, logs and trackers."""
+
+    eval_steps: int | None = Field(
+        None,
+        ge=1,
+        description="evaluate every eval_steps optimizer steps, 1 or more (needs eval_dataset "
+        "or val_size); null: only before and after training",
+    )
+    eval_strategy: Literal["no", "steps"] | None = Field(
+        None,
+        description="no (no evaluation at all, even with an evaluation set) or steps; null: "
+        "steps when there is an evaluation set",
+    )
+    per_device_eval_batch_size: int = Field(
+        8, ge=1, description="evaluation samples per step on each process, 1 or more"
+    )
+    metric_for_best_model: str | None = Field(
+        None,
+        description="the metric load_best_model_at_end compares (transformers'); null: the "
+        "evaluation loss",
+    )
+    greater_is_better: bool | None = Field(
+        None,
+        description="whether a greater metric_for_best_model is better (transformers'); null: "
+        "transformers' choice from the metric",
+    )
+    load_best_model_at_end: bool = Field(
+        False,
+        description="end with the checkpoint of the best evaluation: needs an evaluation set, "
+        "eval_steps, and save_steps a multiple of eval_steps",
+    )
+    do_eval: bool = Field(
+        False, description="accepted, no effect: eval_dataset or val_size turns evaluation on"
+    )
+    output_dir: str = Field(
+        min_length=1,
+        description="the folder of the run's checkpoints, model, selections.jsonl and logs; "
+        "one that already holds a run needs overwrite_output_dir or resume_from_checkpoint",
+    )
+    logging_steps: float = Field(
+        10,
+        gt=0,
+        description="log the loss every logging_steps optimizer steps (below 1: that share "
+        "of the run's steps)",
+    )
+    save_steps: float = Field(
+        500,
+        gt=0,
+        description="save a checkpoint every save_steps optimizer steps (below 1: that share "
+        "of the run's steps)",
+    )
+    plot_loss: bool = Field(
+        False, description="draw the training loss into output_dir/training_loss.png"
+    )
+    save_only_model: bool = Field(
+        False,
+        description="checkpoints hold the model only, without optimizer and scheduler states "
+        "(a run cannot resume from them)",
+    )
+    save_total_limit: int | None = Field(
+        None, ge=1, description="keep at most this many checkpoints, 1 or more; null: all"
+    )
+    overwrite_output_dir: bool = Field(
+        False, description="train afresh into an output_dir that already holds a run"
+    )
+    resume_from_checkpoint: str | None = Field(
+        None,
+        description="resume the run from this checkpoint folder (OUTPUT_DIR/checkpoint-N); "
+        "null: start afresh",
+    )
+    report_to: list[str] = Field(
+        default_factory=list,
+        description=f"the trackers the Trainer logs to: none, all (every one installed), or "
+        f"tracker names as a YAML list or one string with commas, among {', '.join(TRACKERS)}; "
+        "a tracker whose package is not installed is refused",
+    )
 
     @field_validator("report_to", mode="before")
     @classmethod
@@ -202,6 +410,123 @@ class TrainConfig(BaseModel):
         if said := [problem for problem in problems if problem]:
             raise ValueError("; ".join(said))
         return names
+
+
+class SelectionKeys(Keys):
+    """Dynamic selection (DataFlex's keys): the schedule of the updates."""
+
+    train_type: Literal["dynamic_select"] = Field(
+        "dynamic_select", description="accepted only as dynamic_select"
+    )
+    components_cfg_file: str | None = Field(
+        None,
+        description="a DataFlex components YAML file; the entry component_name names gives "
+        f"params.window_size, in [0, 1]; null: window_size {DEFAULT_WINDOW_SIZE}",
+    )
+    component_name: Literal["delta_loss"] = Field(
+        "delta_loss", description="the selection component: delta_loss only"
+    )
+    warmup_step: int = Field(
+        10,
+        ge=0,
+        description="optimizer steps at the start of each epoch, 0 or more, trained on B x "
+        "warmup_step samples drawn uniformly before the epoch's first update; they must fit "
+        "in the dataset",
+    )
+    update_step: int = Field(
+        10,
+        ge=1,
+        description="optimizer steps each update's draw of B x update_step samples trains, "
+        "1 or more; they must fit in the dataset",
+    )
+    update_times: int = Field(
+        2,
+        ge=1,
+        le=MAX_UPDATES,
+        description=f"updates of the selection per epoch, 1 to {MAX_UPDATES}: at each the "
+        "trainer sends a checkpoint to the scorer and draws the next samples by its weights",
+    )
+    train_step: int = Field(
+        0,
+        ge=0,
+        description="above 0: the run's optimizer steps, and num_train_epochs is ignored; 0: "
+        "the steps follow from num_train_epochs",
+    )
+
+
+class ScorerKeys(Keys):
+    """The scorer this trainer sends its checkpoints to (this tool's own keys)."""
+
+    run_id: RunId | None = Field(
+        None,
+        description="the run's name at the scorer: 1 to 128 letters, digits, '.', '_' or '-', "
+        "starting with a letter or digit, no '..'; kept in output_dir/run.json for resumes; "
+        "null: made from output_dir's name",
+    )
+    scorer_zmq_url: ZmqUrl = Field(
+        "tcp://127.0.0.1:5555",
+        description="where checkpoints go: the scorer's ZeroMQ address, tcp://HOST:PORT or "
+        "ipc://PATH",
+    )
+    scorer_http_url: str = Field(
+        "http://127.0.0.1:8000",
+        description="where weights come from: the scorer's REST URL, http:// or https://",
+    )
+    scorer_token: str | None = Field(
+        None,
+        validate_default=True,
+        description="the scorer's shared token, if it has one; null: $SCORER_TOKEN, else the "
+        "contents of the file $SCORER_TOKEN_FILE names",
+    )
+    scorer_ca_file: str | None = Field(
+        None,
+        description="the CA file (PEM) an https scorer_http_url's certificate must verify "
+        "against; null: httpx's default CA bundle (certifi)",
+    )
+    scorer_curve_secret_key_file: str | None = Field(
+        None,
+        description="ZeroMQ CURVE, for links across hosts: this trainer's secret key file "
+        "(NAME.key_secret), with scorer_curve_server_key_file; null: no CURVE",
+    )
+    scorer_curve_server_key_file: str | None = Field(
+        None,
+        description="ZeroMQ CURVE: the scorer's public key file (NAME.key), with "
+        "scorer_curve_secret_key_file",
+    )
+    selection_mode: Literal["sync", "async"] = Field(
+        "sync",
+        description="sync waits for the weights of the checkpoint just sent (the published "
+        "method); async trains on the newest weights available, so sending and scoring "
+        "overlap training",
+    )
+    score_budget: float = Field(
+        1.0,
+        gt=0.0,
+        allow_inf_nan=False,
+        description="the samples the scorer measures at each checkpoint after the first with "
+        "a window: a fraction in (0, 1] (0.1: a tenth) or a whole number of samples (500); "
+        "the others are ranked on estimates; 1.0, every sample, is the published method",
+    )
+    scorer_wait_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="seconds to retry the scorer (with backoff, logged) before giving up, above 0",
+    )
+    on_scorer_failure: OnFailure = Field(
+        "fail",
+        description="fail: save a checkpoint and stop, saying what to check and how to "
+        "resume; uniform: go on with uniform weights, logged and recorded",
+    )
+
+    @field_validator("score_budget")
+    @classmethod
+    def _budget(cls, value: float) -> float:
+        if value > 1 and value != int(value):
+            raise ValueError(
+                f"{value} is above 1 but not a whole number: give a fraction in (0, 1] (0.1: "
+                "a tenth of the samples at each checkpoint) or a number of samples (500)"
+            )
+        return value
 
     @field_validator("scorer_http_url")
     @classmethod
@@ -235,41 +560,33 @@ class TrainConfig(BaseModel):
             raise ValueError(f"SCORER_TOKEN_FILE {path} is empty")
         return token
 
-    @property
-    def target_modules(self) -> str | list[str]:
-        if self.lora_target.strip() == "all":
-            return "all-linear"
-        return [name.strip() for name in self.lora_target.split(",") if name.strip()]
 
-    @property
-    def alpha(self) -> float:
-        return self.lora_alpha if self.lora_alpha is not None else 2.0 * self.lora_rank
+# The groups of keys, in the order the reference (trainer-svc keys) and docs/CONFIGURATION.md
+# give them. TrainConfig inherits them all: its keys stay flat in the YAML, and one validation
+# reports every bad key at once.
+KEY_GROUPS: tuple[tuple[str, type[Keys]], ...] = (
+    ("model", ModelKeys),
+    ("data", DataKeys),
+    ("training", TrainingKeys),
+    ("evaluation and output", OutputKeys),
+    ("selection", SelectionKeys),
+    ("scorer", ScorerKeys),
+)
 
 
-# The trackers report_to can name (transformers' integrations) and the pip packages each needs;
-# "none" (no tracker) and "all" (every tracker installed) are accepted as well, alone.
-TRACKERS: dict[str, tuple[str, ...]] = {
-    "tensorboard": ("tensorboard",),
-    "wandb": ("wandb",),
-    "mlflow": ("mlflow",),
-    "swanlab": ("swanlab",),
-    "trackio": ("trackio",),
-    "comet_ml": ("comet-ml",),
-    "clearml": ("clearml",),
-    "dvclive": ("dvclive",),
-    "neptune": ("neptune",),
-    "codecarbon": ("codecarbon",),
-    "dagshub": ("dagshub", "mlflow"),
-    "azure_ml": ("azureml-sdk",),
-    "flyte": ("flytekit",),
-    "kubeflow": (),  # no package: it reports to the server $KUBEFLOW_TRAINER_SERVER_URL names
-}
-# The modules a pip package installs where its name does not say them (any one of them will do).
-PACKAGE_MODULES = {
-    "tensorboard": ("tensorboard", "tensorboardX"),
-    "comet-ml": ("comet_ml",),
-    "azureml-sdk": ("azureml",),
-}
+# Bases in reverse: pydantic orders the fields from the last base to the first.
+class TrainConfig(ScorerKeys, SelectionKeys, OutputKeys, TrainingKeys, DataKeys, ModelKeys):
+    """Every key the trainer reads, with its default; the single place defaults live."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+def key_group(name: str) -> str:
+    """The group of TrainConfig's key `name`."""
+    for group, keys in KEY_GROUPS:
+        if name in keys.model_fields:
+            return group
+    raise KeyError(name)
 
 
 def tracker_problem(name: str) -> str | None:
@@ -357,15 +674,21 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 M = TypeVar("M", bound=BaseModel)
 
+# Where an unknown key's message sends the reader for the keys there are.
+KEYS_DOCUMENTED = "the keys: docs/CONFIGURATION.md"
+TRAINER_KEYS_DOCUMENTED = "trainer-svc keys lists the keys; docs/CONFIGURATION.md explains them"
 
-def validate_keys(model: type[M], raw: dict[str, Any]) -> tuple[M, dict[str, str]]:
+
+def validate_keys(
+    model: type[M], raw: dict[str, Any], where: str = KEYS_DOCUMENTED
+) -> tuple[M, dict[str, str]]:
     """The keys model knows, validated: (the config, problems by key). A key the model does not
     know is a problem too (with the nearest known key, if one is near): a key left unread would
     let the run differ from what its config says. With problems the config is partial, for the
     checks that follow to name theirs too: the valid keys, defaults for the others, a required
-    key that failed left unset (read it with getattr)."""
+    key that failed left unset (read it with getattr). `where` says where the keys are listed."""
     known = set(model.model_fields)
-    problems = {key: unknown_key(key, known) for key in sorted(set(raw) - known)}
+    problems = {key: unknown_key(key, known, where) for key in sorted(set(raw) - known)}
     values = {k: v for k, v in raw.items() if k in known}
     try:
         return model.model_validate(values), problems
@@ -393,19 +716,19 @@ KEY_ADVICE = {
 }
 
 
-def unknown_key(key: str, known: set[str]) -> str:
+def unknown_key(key: str, known: set[str], where: str = KEYS_DOCUMENTED) -> str:
     advice = KEY_ADVICE.get(key)
     if advice is None:
         near = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.85)
         advice = f"did you mean {near[0]}?" if near else ""
     said = f"{advice} " if advice else ""
-    return f"not a key this tool reads: {said}remove it (the keys: docs/CONFIGURATION.md)"
+    return f"not a key this tool reads: {said}remove it ({where})"
 
 
 def parse_config(raw: dict[str, Any], base_dir: Path | None = None) -> LoadedConfig:
     """Validate everything that can be checked without a model; one error for all problems:
     files are read and keys checked together also when some keys are bad alone."""
-    cfg, problems = validate_keys(TrainConfig, raw)
+    cfg, problems = validate_keys(TrainConfig, raw, TRAINER_KEYS_DOCUMENTED)
     window_size = _window_size(cfg, base_dir, problems)
     world_size = _world_size(raw, cfg, problems)
     deepspeed = _deepspeed(cfg, base_dir, problems)

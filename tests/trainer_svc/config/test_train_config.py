@@ -124,6 +124,7 @@ def test_unknown_keys_are_refused_with_the_nearest_known_key(demo_file, tmp_path
     assert set(problems) == {"lora_rnak", "enable_liger_kernel", "warmup_steps", "max_steps"}
     assert "did you mean lora_rank?" in problems["lora_rnak"]
     assert "not a key this tool reads: remove it" in problems["enable_liger_kernel"]
+    assert "trainer-svc keys lists the keys" in problems["enable_liger_kernel"]
     # keys that mean something else here get the key that means it, not the nearest name
     assert "warmup_ratio" in problems["warmup_steps"] and "did you" not in problems["warmup_steps"]
     assert "give train_step" in problems["max_steps"]
