@@ -84,12 +84,14 @@ def add_error_handlers(app: FastAPI, settings: Settings) -> None:
 
     # The driver's own errors too (sqlite3.DatabaseError is no SQLAlchemyError), should one
     # come through a cursor used directly. A run of them is logged by the DatabaseStatus: a
-    # line at once, then one a minute with a count.
+    # line at once, then one a minute with a count. One that is no outage, damage or refusal
+    # (kind `error`: a query, a statement or the session at fault) has its traceback logged,
+    # the first of a run: a mistake in a route is not hidden behind 503s.
     @app.exception_handler(SQLAlchemyError)
     @app.exception_handler(sqlite3.Error)
     async def database(request: Request, exc: Exception) -> JSONResponse:
         where = f"serving {request.method} {request.url.path}"
-        trouble = _status(request).failed(exc, where)
+        trouble = _status(request).failed(exc, where, traceback=True)
         return JSONResponse(
             status_code=503,
             content={"detail": database_detail(type(exc).__name__, trouble)},

@@ -29,9 +29,15 @@ from scorer_svc.scoring.weights import WeightsCache, served_weights
 from scorer_svc.storage import crud
 from scorer_svc.storage.checkpoint_files import StoredCheckpoint
 from scorer_svc.storage.failures import UnrecordedFailures
-from scorer_svc.storage.outages import DatabaseOutageTooLong, status_of, through_outages
+from scorer_svc.storage.outages import (
+    DatabaseOutageTooLong,
+    first_line,
+    is_transient,
+    status_of,
+    through_outages,
+)
 from scorer_svc.storage.superseding import discard_superseded
-from scorer_svc.storage.tables import SCORED, SCORING, CheckpointRow, Run
+from scorer_svc.storage.tables import PENDING, SCORED, SCORING, CheckpointRow, Run
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -39,12 +45,20 @@ T = TypeVar("T")
 IDLE_WAIT_S = 0.5
 
 
+class StoppedInOutage(Exception):
+    """The worker was stopped while the database did not answer: what it was doing is left as
+    a restart finds it (a checkpoint left `scoring` is put back in the queue at the start)."""
+
+
 @dataclass(eq=False)
 class Worker:
     """Scores acknowledged checkpoints in order, in its own thread. failures: where a failure
     the database cannot take is kept (the API reads it). Its reads and writes are tried again
     through a database outage (outages.through_outages) for up to database_outage_seconds: a
-    PostgreSQL restart pauses the scoring, and fails a checkpoint only when it lasts longer."""
+    PostgreSQL restart pauses the scoring, and fails a checkpoint only when it lasts longer,
+    and not then when it cut off the claim or the store of the checkpoint (either may have
+    been taken, its answer lost): the checkpoint is looked at again once the database answers.
+    A stop during an outage leaves the checkpoint to be scored after the restart."""
 
     sessions: sessionmaker[Session]
     registry: Registry
@@ -60,7 +74,13 @@ class Worker:
     progress: ScoringProgress | None = None  # how far the checkpoint being scored is (API)
 
     def __post_init__(self) -> None:
-        self._released = False  # checkpoints a previous process left `scoring` made to wait
+        # checkpoints left `scoring` (by a previous process, or by a claim or store of this
+        # one an outage left unanswered) made to wait again: False until done
+        self._released = False
+        # checkpoints whose losses were being stored when the database stopped answering for
+        # longer than database_outage_seconds: id -> their tensors' path (_settle)
+        self._unsettled: dict[int, str] = {}
+        self._database_failing = False  # the last round met a database error (_loop)
         self._turns = 0
         self._last_served: dict[int, int] = {}  # run pk -> the turn it was last served
         self._stop = threading.Event()
@@ -85,14 +105,26 @@ class Worker:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            failing = False
             try:
                 worked = self.run_once()
+            except StoppedInOutage as exc:  # no traceback: a restart takes it up again
+                log.warning("%s; left for the restart", exc)
+                worked = False
             except DatabaseOutageTooLong as exc:  # nothing was being scored: try again later
                 log.error("%s; looking again", exc)
                 worked = False
+            except SQLAlchemyError as error:  # one line at once, then one a minute
+                status_of(self.sessions).failed(
+                    error, "looking for a checkpoint to score", traceback=True
+                )
+                worked, failing = False, True
             except Exception:
                 log.exception("scoring loop error")
                 worked = False
+            if self._database_failing and not failing:
+                status_of(self.sessions).answered()
+            self._database_failing = failing
             if not worked:
                 if self.group is not None:
                     self._heartbeat(self.group)
@@ -113,6 +145,7 @@ class Worker:
         if self.group is not None and self.group.lost is not None:
             return False
         self._record_failures()
+        self._settle()
         with self.sessions() as session:
             checkpoint_id = self._database(
                 session, lambda: self._next(session), "looking for a checkpoint to score"
@@ -121,8 +154,12 @@ class Worker:
                 return False
             try:
                 checkpoint = self._claim(session, checkpoint_id)
-            except (SQLAlchemyError, DatabaseOutageTooLong) as error:  # no write taken:
-                session.rollback()  # fail it in memory
+            except DatabaseOutageTooLong:  # nothing done to it, but the claim may be taken:
+                self._rollback(session)  # it is looked at again on the next round, and put
+                self._released = False  # back in the queue if it was left `scoring`
+                raise
+            except SQLAlchemyError as error:  # no write taken: fail it in memory
+                self._rollback(session)
                 log.error("cannot claim checkpoint %d (%s)", checkpoint_id, type(error).__name__)
                 self.failures.record(checkpoint_id, f"{type(error).__name__}: {error}")
                 if self.metrics is not None:
@@ -171,18 +208,29 @@ class Worker:
         """work() on the session, tried again (after a rollback) through a database outage
         for up to database_outage_seconds (outages.through_outages)."""
 
-        def rollback() -> None:
-            with contextlib.suppress(SQLAlchemyError):  # the next try finds the database or not
-                session.rollback()
+        try:
+            return through_outages(
+                work,
+                seconds=self.registry.settings.database_outage_seconds,
+                status=status_of(self.sessions),
+                what=what,
+                before_retry=lambda: self._rollback(session),
+                retry_while=lambda: not self._stop.is_set(),  # a stop does not wait it out
+            )
+        except SQLAlchemyError as error:
+            if self._stop.is_set() and is_transient(error):
+                raise StoppedInOutage(
+                    f"stopped while {what}, the database not answering: "
+                    f"{type(error).__name__}: {first_line(error)}"
+                ) from error
+            raise
 
-        return through_outages(
-            work,
-            seconds=self.registry.settings.database_outage_seconds,
-            status=status_of(self.sessions),
-            what=what,
-            before_retry=rollback,
-            retry_while=lambda: not self._stop.is_set(),  # a stop does not wait out an outage
-        )
+    @staticmethod
+    def _rollback(session: Session) -> None:
+        """The session's transaction ended, whether the database answers or not (the next use
+        finds it or not)."""
+        with contextlib.suppress(SQLAlchemyError):
+            session.rollback()
 
     def _store(self, session: Session, checkpoint_id: int, store: Callable[[], None]) -> None:
         """store() (crud.store_scores), tried again through an outage; a commit whose answer
@@ -209,7 +257,11 @@ class Worker:
         if self.metrics is not None:
             self.metrics.failed()
         try:
-            crud.mark_failed(session, checkpoint_id=checkpoint_id, error=error)
+            if not crud.mark_failed(session, checkpoint_id=checkpoint_id, error=error):
+                log.warning(
+                    "checkpoint %d no longer waits for its scores (stored, or deleted): its "
+                    "failure is not recorded (%s)", checkpoint_id, error,
+                )  # fmt: skip
             self._discard(path)
         except SQLAlchemyError as db_error:
             session.rollback()
@@ -232,18 +284,37 @@ class Worker:
             if row is not None:
                 self._discard(row.path)
 
+    def _settle(self) -> None:
+        """The checkpoints whose store was cut off by an outage longer than
+        database_outage_seconds, looked at once the database answers: the commit may have
+        been taken, its answer lost with the connection. One stored (or gone) has its tensors
+        go; one still waiting is put back in the queue (as at a restart) and scored again."""
+        for checkpoint_id, path in list(self._unsettled.items()):
+            try:
+                with self.sessions() as session:
+                    row = session.get(CheckpointRow, checkpoint_id)
+                    status = None if row is None else row.status
+            except SQLAlchemyError:
+                return  # still unavailable; look again on the next round
+            del self._unsettled[checkpoint_id]
+            if status in PENDING:
+                log.info("checkpoint %d's losses were not stored: it is scored again",
+                         checkpoint_id)  # fmt: skip
+                self._released = False
+            else:
+                log.info("checkpoint %d is %s after all", checkpoint_id, status or "deleted")
+                self._discard(path)
+
     def _score(self, session: Session, checkpoint: CheckpointRow) -> None:
         checkpoint_id, path = checkpoint.id, checkpoint.path  # read before any rollback
+        label = f"checkpoint {checkpoint_id} (step {checkpoint.step})"
+        storing = False  # the losses are being stored: an outage leaves it unknown whether
         try:
             run = self._database(
                 session, lambda: session.get(Run, checkpoint.run_pk), "reading a run"
             )
-        except DatabaseOutageTooLong as error:
-            self._fail(session, checkpoint_id, f"{type(error).__name__}: {error}", path)
-            return
-        assert run is not None
-        label = f"run {run.run_id} step {checkpoint.step}"
-        try:
+            assert run is not None
+            label = f"run {run.run_id} step {checkpoint.step}"
             hello = self.registry.hello_of(run.run_id, run.config)
             data = self.registry.prepare(hello)
             model = self.registry.model(hello)
@@ -291,6 +362,7 @@ class Worker:
                     f"reading the losses {label}'s window starts from",
                 )
             writing = time.perf_counter()
+            storing = True
             self._store(
                 session,
                 checkpoint_id,
@@ -306,27 +378,40 @@ class Worker:
                     write_seconds=time.perf_counter() - writing,
                 )
         except crud.CheckpointGone:
-            session.rollback()
+            self._rollback(session)
             log.warning("%s was deleted while it was scored: its losses are not stored", label)
             self._discard(path)
             return
         except ScoringAborted:
-            session.rollback()
+            self._rollback(session)
             self._mark_received(session, checkpoint_id)
             log.warning("stopped while scoring %s; it will be scored on restart", label)
             return
+        except StoppedInOutage as exc:  # as a stop while scoring: no failure, no traceback
+            self._rollback(session)
+            self._mark_received(session, checkpoint_id)
+            log.warning("%s; %s will be scored on restart", exc, label)
+            return
         except RankLost as exc:  # not the checkpoint's fault: it waits for the restart
-            session.rollback()
+            self._rollback(session)
             self._mark_received(session, checkpoint_id)
             log.error("%s; %s stays pending and is scored after the restart", exc, label)
             return
         except DatabaseOutageTooLong as error:  # said in full by its message
-            session.rollback()
+            self._rollback(session)  # else the failure cannot be written on this session
+            if storing:  # the commit may have been taken, its answer lost: no failure
+                log.error(
+                    "storing %s: %s; whether its losses were stored is looked at once the "
+                    "database answers (if not, it is scored again)", label, error,
+                )  # fmt: skip
+                self._unsettled[checkpoint_id] = path
+                self._released = False
+                return
             log.error("scoring %s failed: %s", label, error)
             self._fail(session, checkpoint_id, f"{type(error).__name__}: {error}", path)
             return
         except Exception as error:
-            session.rollback()
+            self._rollback(session)
             log.exception("scoring %s failed", label)
             self._fail(session, checkpoint_id, f"{type(error).__name__}: {error}", path)
             return
@@ -346,13 +431,19 @@ class Worker:
         self._discard(path)
 
     def _mark_received(self, session: Session, checkpoint_id: int) -> None:
-        """Waiting again (scored after the restart); through an outage it stays `scoring`,
-        which the next start releases."""
-        self._database(
-            session,
-            lambda: crud.mark_received(session, checkpoint_id=checkpoint_id),
-            f"putting checkpoint {checkpoint_id} back in the queue",
-        )
+        """Waiting again (scored after the restart), unless its losses were stored after all;
+        through an outage (or a stop during one) it stays `scoring`, which the next start
+        releases."""
+        try:
+            self._database(
+                session,
+                lambda: crud.mark_received(session, checkpoint_id=checkpoint_id),
+                f"putting checkpoint {checkpoint_id} back in the queue",
+            )
+        except (DatabaseOutageTooLong, StoppedInOutage) as exc:
+            self._rollback(session)
+            log.warning("%s; checkpoint %d is put back in the queue at the next start",
+                        exc, checkpoint_id)  # fmt: skip
 
     def _advance(self, checkpoint_id: int) -> Callable[[int, int], None] | None:
         progress = self.progress

@@ -328,8 +328,9 @@ def claim(session: Session, *, checkpoint_id: int, instance: str) -> CheckpointR
 def release_cut_off(session: Session, *, instance: str) -> int:
     """This instance's checkpoints left `scoring` by a process of it that stopped: waiting
     again (received), to be claimed and scored afresh; how many. Only the one live process of
-    an instance (scorer_svc.storage.instance.InstanceLock) may call it, before it claims
-    anything."""
+    an instance (scorer_svc.storage.instance.InstanceLock) may call it, while it scores
+    nothing: before it claims anything, or after an outage left a claim or a store of its
+    unanswered."""
     cut_off = (
         select(CheckpointRow.id)
         .join(Run, Run.id == CheckpointRow.run_pk)
@@ -354,22 +355,29 @@ def mark_scoring(session: Session, *, checkpoint: CheckpointRow) -> None:
     session.commit()
 
 
-def mark_received(session: Session, *, checkpoint_id: int) -> None:
-    session.execute(
+def mark_received(session: Session, *, checkpoint_id: int) -> bool:
+    """A checkpoint being scored waits again (received), to be scored afresh; whether it was
+    still being scored (one whose losses are stored, or gone, is left as it is)."""
+    done = session.execute(
         update(CheckpointRow)
-        .where(CheckpointRow.id == checkpoint_id)
+        .where(CheckpointRow.id == checkpoint_id, CheckpointRow.status == SCORING)
         .values(status=RECEIVED, started_at=None)
     )
     session.commit()
+    return bool(done.rowcount)  # type: ignore[attr-defined]
 
 
-def mark_failed(session: Session, *, checkpoint_id: int, error: str) -> None:
-    session.execute(
+def mark_failed(session: Session, *, checkpoint_id: int, error: str) -> bool:
+    """A checkpoint still waiting or being scored failed (error); whether it was. One scored
+    meanwhile keeps its losses (a store whose answer was lost with its connection may have
+    been committed), and one gone stays gone."""
+    done = session.execute(
         update(CheckpointRow)
-        .where(CheckpointRow.id == checkpoint_id)
+        .where(CheckpointRow.id == checkpoint_id, CheckpointRow.status.in_(PENDING))
         .values(status=FAILED, error=error, finished_at=now())
     )
     session.commit()
+    return bool(done.rowcount)  # type: ignore[attr-defined]
 
 
 class CheckpointGone(LookupError):

@@ -25,9 +25,33 @@ def make_engine(url: str, *, busy_timeout_seconds: float = 30.0) -> Engine:
         )
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
-        engine = create_engine(url, pool_pre_ping=True)
+        engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args_of(url))
     upgrade(engine)
     return engine
+
+
+# libpq's (psycopg's) connection settings: a try to connect gives up after CONNECT_TIMEOUT_S,
+# and a connection whose server went silent (a host down, a network cut) is found dead
+# within keepalives_idle + keepalives_interval * keepalives_count seconds (about a minute),
+# so that no single try outlasts database_outage_seconds waiting on a dead peer.
+CONNECT_TIMEOUT_S = 10
+LIBPQ_CONNECT_ARGS: dict[str, int] = {
+    "connect_timeout": CONNECT_TIMEOUT_S,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+LIBPQ_DRIVERS = frozenset({"psycopg", "psycopg2"})
+
+
+def connect_args_of(url: str) -> dict[str, int]:
+    """The connect_args of a server database's engine: libpq's timeouts for PostgreSQL through
+    psycopg (LIBPQ_CONNECT_ARGS), nothing for another driver."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in LIBPQ_DRIVERS:
+        return dict(LIBPQ_CONNECT_ARGS)
+    return {}
 
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -123,8 +147,7 @@ def check_reachable(url: str) -> None:
     naming the (masked) URL and the server's reason."""
     if url.startswith("sqlite"):
         return
-    timeout = {"connect_timeout": 10} if make_url(url).get_backend_name() == "postgresql" else {}
-    engine = create_engine(url, connect_args=timeout)
+    engine = create_engine(url, connect_args=connect_args_of(url))
     try:
         with engine.connect() as connection:
             connection.execute(text("SELECT 1"))

@@ -33,32 +33,87 @@ T = TypeVar("T")
 # exceptions).
 TRANSIENT_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "40001", "40P01"})
 
+# PostgreSQL SQLSTATEs of a server that refuses the scorer for good: class 28 (invalid
+# authorization: a wrong password, an unknown role) and 3D000 (no such database).
+REFUSED_SQLSTATE_CLASSES = ("28",)
+REFUSED_SQLSTATES = frozenset({"3D000"})
+
+# psycopg raises every failed connection as OperationalError("connection failed: ...") with no
+# SQLSTATE: the server's refusals are told from an outage by libpq's wording.
+REFUSED_CONNECTION_WORDS = (
+    "authentication failed",  # password, ident, peer, gss, sspi, ldap, radius, cert
+    "no password supplied",
+    "no pg_hba.conf entry",
+    "pg_hba.conf rejects connection",
+    "does not exist",  # role "x" does not exist, database "x" does not exist
+    "is not permitted to log in",
+    "permission denied for database",
+)
+
+
+def sqlstate_of(error: BaseException) -> str | None:
+    """The SQLSTATE of a PostgreSQL driver's error (psycopg's sqlstate, or its diagnostic's),
+    None when it has none or is no PostgreSQL driver's."""
+    orig = error.orig if isinstance(error, DBAPIError) else error
+    state = getattr(orig, "sqlstate", None)
+    if state is None:
+        state = getattr(getattr(orig, "diag", None), "sqlstate", None)
+    return state if isinstance(state, str) else None
+
+
+def _is_postgres_driver_error(error: BaseException) -> bool:
+    orig = error.orig if isinstance(error, DBAPIError) else error
+    return hasattr(orig, "sqlstate")  # psycopg's errors have it
+
+
+def is_refused(error: BaseException) -> bool:
+    """Whether the database server refuses the scorer for good: a wrong password or user, a
+    database that does not exist, no pg_hba.conf entry for it; trying again changes nothing."""
+    if not isinstance(error, DBAPIError) or not _is_postgres_driver_error(error):
+        return False
+    state = sqlstate_of(error)
+    if state is not None:
+        return state.startswith(REFUSED_SQLSTATE_CLASSES) or state in REFUSED_SQLSTATES
+    text_ = str(error.orig).lower()
+    return any(words in text_ for words in REFUSED_CONNECTION_WORDS)
+
 
 def is_transient(error: BaseException) -> bool:
     """Whether a database error passes by itself, so that the same work may be tried again:
     a connection SQLAlchemy found lost (and invalidated), or a PostgreSQL driver error that is
-    about the connection (no SQLSTATE: refused, reset, closed) or carries a transient SQLSTATE.
+    about the connection (no SQLSTATE: refused, reset, closed) or carries a transient SQLSTATE;
+    not a server's refusal of the scorer (is_refused: a wrong password, user or database name).
     SQLite's errors (a lock held past the busy timeout, a read-only or damaged file) are not."""
+    if is_refused(error):
+        return False
     if isinstance(error, DBAPIError) and error.connection_invalidated:
         return True
     if not isinstance(error, OperationalError | InterfaceError):
         return False
-    if not hasattr(error.orig, "sqlstate"):  # not a PostgreSQL driver's (psycopg's have it)
+    if not _is_postgres_driver_error(error):
         return False
-    state = getattr(error.orig, "sqlstate", None)
+    state = sqlstate_of(error)
     return state is None or state.startswith("08") or state in TRANSIENT_SQLSTATES
 
 
 @dataclass(frozen=True)
 class Trouble:
     """What a database error means for whoever meets it: damaged (the file must be restored),
-    disk, unavailable (it should pass), or error; and what to do."""
+    disk, unavailable (it should pass), misconfigured (the server refuses the scorer's user or
+    database), or error; and what to do."""
 
     kind: str
     advice: str
 
 
 def trouble_of(error: BaseException) -> Trouble:
+    if is_refused(error):
+        return Trouble(
+            "misconfigured",
+            "the database server refuses the scorer (authentication, or no such database): "
+            "check the database URL's user, password and database name (and the server's "
+            "pg_hba.conf), then restart the scorer",
+        )
     if is_transient(error):
         return Trouble(
             "unavailable",
@@ -119,9 +174,13 @@ class DatabaseStatus:
     _unlogged: int = 0  # errors and refusals since the last line
     _damaged_at: float | None = None
     _damage: Trouble | None = None
+    _traced: bool = False  # an error of kind `error` was logged with its traceback in the run
 
-    def failed(self, error: BaseException, where: str) -> Trouble:
-        """A database error met while `where` (what was being done); what it means."""
+    def failed(self, error: BaseException, where: str, *, traceback: bool = False) -> Trouble:
+        """A database error met while `where` (what was being done); what it means.
+        traceback: an error of kind `error` (no outage, damage or refusal: a query or the
+        scorer at fault) is logged with its traceback, the first of a run; those after it
+        are rate-limited as any other."""
         trouble = trouble_of(error)
         with self._lock:
             now = self.clock()
@@ -129,11 +188,16 @@ class DatabaseStatus:
             self._errors += 1
             if trouble.kind == "damaged":
                 self._damaged_at, self._damage = now, trouble
-            if self._since is None:
-                self._since, self._logged_at, self._unlogged = now, now, 0
+            traced = traceback and trouble.kind == "error" and not self._traced
+            if traced:
+                self._traced = True
+            if self._since is None or traced:
+                if self._since is None:
+                    self._since, self._logged_at, self._unlogged = now, now, 0
                 log.error(
                     "database %s while %s: %s: %s; %s",
                     trouble.kind, where, type(error).__name__, first_line(error), trouble.advice,
+                    exc_info=error if traced else None,
                 )  # fmt: skip
                 return trouble
             self._unlogged += 1
@@ -166,6 +230,7 @@ class DatabaseStatus:
             )
             self._since, self._last, self._errors, self._unlogged = None, None, 0, 0
             self._damaged_at = self._damage = None
+            self._traced = False
 
     def trouble(self) -> Trouble | None:
         """The run of errors going on, if any: its last error's meaning."""
@@ -264,23 +329,3 @@ def through_outages(
     if failed_tries:
         status.answered()
     return result
-
-
-def in_sessions_through_outages(
-    sessions: sessionmaker[Session],
-    work: Callable[[Session], T],
-    *,
-    seconds: float,
-    what: str,
-    retry_while: Callable[[], bool] | None = None,
-) -> T:
-    """work(a new session), each try in a session of its own, through a database outage for
-    up to `seconds` (through_outages, logged through the sessions' status_of)."""
-
-    def attempt() -> T:
-        with sessions() as session:
-            return work(session)
-
-    return through_outages(
-        attempt, seconds=seconds, status=status_of(sessions), what=what, retry_while=retry_while
-    )

@@ -1,25 +1,30 @@
 """The worker on a real SQLite file: cut-off checkpoints are re-scored, a stop stores nothing."""
 
 import json
+import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from common.selection import delta_weights
 from common.wire.protocol import encode_checkpoint, encode_hello
+from delta_loss_devtools.waiting import wait_until
 from scorer_svc.config import Settings
 from scorer_svc.intake.server import Intake
 from scorer_svc.metrics import ScorerMetrics
 from scorer_svc.scoring.progress import ScoringProgress
 from scorer_svc.scoring.registry import Registry
 from scorer_svc.scoring.weights import WeightsCache, build_weights
-from scorer_svc.scoring.worker import Worker
+from scorer_svc.scoring.worker import StoppedInOutage, Worker
 from scorer_svc.storage import crud
 from scorer_svc.storage.db import make_engine, make_sessionmaker
 from scorer_svc.storage.failures import UnrecordedFailures
-from scorer_svc.storage.tables import RECEIVED, SCORED, SCORING, CheckpointRow, Loss
+from scorer_svc.storage.outages import DatabaseOutageTooLong, status_of
+from scorer_svc.storage.tables import FAILED, RECEIVED, SCORED, SCORING, CheckpointRow, Loss
 from tests.support.data import make_samples
 from tests.support.scorer import intake_upload, lora_checkpoints, make_hello, until_registered
 
@@ -283,3 +288,231 @@ def test_the_worker_reports_its_progress_batch_by_batch(queued):
     with sessions() as session:
         checkpoint = session.scalar(select(CheckpointRow))
     assert progress.get(checkpoint.id) is None  # done: nothing left to report
+
+
+# A database that stops answering, without a server to stop: what the worker meets when its
+# connection is lost (a PostgreSQL restart, a failover) is the driver's error on a connection
+# SQLAlchemy takes for lost (invalidated): is_transient.
+
+
+def lost_connection() -> OperationalError:
+    """The error of a statement whose connection was lost: it may or may not have been done
+    (a COMMIT taken by the server whose answer never came back)."""
+    return OperationalError(
+        "COMMIT", None, ConnectionError("server closed the connection unexpectedly"),
+        connection_invalidated=True,
+    )  # fmt: skip
+
+
+class LostConnections:
+    """While entered, every statement `matching` (its SQL) fails on the engine as one whose
+    connection was lost: the driver's own OperationalError, taken for a disconnect, so that
+    the connection is invalidated and the session's transaction with it, as in an outage.
+    on_failure() runs at each."""
+
+    def __init__(
+        self,
+        sessions,
+        matching: Callable[[str], bool],
+        on_failure: Callable[[], None] | None = None,
+    ):
+        self.engine = sessions.kw["bind"]
+        self.matching = matching
+        self.on_failure = on_failure
+        self.failed = 0
+
+    def _before(self, conn, cursor, statement, parameters, context, executemany):
+        if self.matching(statement):
+            self.failed += 1
+            if self.on_failure is not None:
+                self.on_failure()
+            dbapi = self.engine.dialect.loaded_dbapi
+            raise dbapi.OperationalError("server closed the connection unexpectedly")
+
+    def _disconnect(self, context):
+        if self.failed and "server closed the connection" in str(context.original_exception):
+            context.is_disconnect = True
+
+    def __enter__(self):
+        event.listen(self.engine, "before_cursor_execute", self._before)
+        event.listen(self.engine, "handle_error", self._disconnect)
+        return self
+
+    def __exit__(self, *_):
+        event.remove(self.engine, "before_cursor_execute", self._before)
+        event.remove(self.engine, "handle_error", self._disconnect)
+
+
+def reading_a_run(statement: str) -> bool:
+    """The worker's read of the run of the checkpoint it claimed (session.get)."""
+    return "FROM runs" in statement and "WHERE runs.id = " in statement
+
+
+def no_retry(settings: Settings) -> Settings:
+    """database_outage_seconds 0: the first lost connection outlasts the setting."""
+    return settings.model_copy(update={"database_outage_seconds": 0})
+
+
+def tracebacks(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.exc_info is not None]
+
+
+@pytest.mark.parametrize("taken", [False, True], ids=["claim-lost", "claim-taken-answer-lost"])
+def test_an_outage_at_claim_time_fails_nothing_and_the_checkpoint_is_scored_after_it(
+    queued, monkeypatch, taken
+):
+    settings, sessions = queued
+    worker = worker_for(no_retry(settings), sessions)
+    real_claim = crud.claim
+
+    def claim(session, **where):
+        if taken:
+            real_claim(session, **where)
+        raise lost_connection()
+
+    monkeypatch.setattr(crud, "claim", claim)
+    with pytest.raises(DatabaseOutageTooLong):  # the loop looks again a little later
+        worker.run_once()
+    assert worker.failures.pending() == {}  # no 409 for a checkpoint never scored
+    assert _status_and_rows(sessions)[:2] == (SCORING if taken else RECEIVED, 0)
+
+    monkeypatch.setattr(crud, "claim", real_claim)  # the database answers again
+    assert worker.run_once() is True
+    status, n_rows, path = _status_and_rows(sessions)
+    assert (status, n_rows) == (SCORED, 10)
+    assert not Path(path).exists()
+    assert worker.run_once() is False
+
+
+@pytest.mark.parametrize("taken", [False, True], ids=["store-lost", "store-taken-answer-lost"])
+def test_an_outage_while_storing_fails_nothing_and_the_checkpoint_is_settled_after_it(
+    queued, monkeypatch, taken
+):
+    """The commit of the losses may have been taken when its answer was lost: a failure
+    written then would overwrite stored losses. The checkpoint is looked at again once the
+    database answers: its tensors go if its losses are stored, else it is scored again."""
+    settings, sessions = queued
+    worker = worker_for(no_retry(settings), sessions)
+    real_store = crud.store_scores
+
+    def store(session, **what):
+        if taken:
+            real_store(session, **what)
+        raise lost_connection()
+
+    monkeypatch.setattr(crud, "store_scores", store)
+    assert worker.run_once() is True
+    assert worker.failures.pending() == {}
+    status, n_rows, path = _status_and_rows(sessions)
+    assert (status, n_rows) == ((SCORED, 10) if taken else (SCORING, 0))
+    assert Path(path).exists()  # kept until what became of the store is known
+
+    monkeypatch.setattr(crud, "store_scores", real_store)  # the database answers again
+    assert worker.run_once() is (not taken)  # scored again only if not stored
+    assert _status_and_rows(sessions)[:2] == (SCORED, 10)
+    assert not Path(path).exists()
+    assert worker.run_once() is False and worker.failures.pending() == {}
+
+
+def test_an_outage_reading_the_run_fails_the_checkpoint_in_the_database(queued, caplog):
+    """The session of the give-up is rolled back before the failure is written on it: the
+    database, answering again, takes the failure (no failure served from memory)."""
+    settings, sessions = queued
+    caplog.set_level(logging.INFO)
+    worker = worker_for(no_retry(settings), sessions)
+    with LostConnections(sessions, reading_a_run) as lost:
+        assert worker.run_once() is True
+    assert lost.failed == 1
+    assert worker.failures.pending() == {}
+    with sessions() as session:
+        checkpoint = session.scalar(select(CheckpointRow))
+        assert checkpoint.status == FAILED
+        assert "DatabaseOutageTooLong" in checkpoint.error
+        assert "database_outage_seconds (0)" in checkpoint.error
+    assert not Path(checkpoint.path).exists()
+    assert not [r for r in caplog.records if "cannot record" in r.getMessage()]
+    assert tracebacks(caplog) == []
+
+
+def test_a_stop_during_an_outage_leaves_the_checkpoint_for_the_restart(queued, caplog):
+    """As a stop while scoring: the checkpoint waits again, its tensors kept, no failure and
+    no traceback, the outage not waited out."""
+    settings, sessions = queued
+    caplog.set_level(logging.INFO)
+    worker = worker_for(settings, sessions)
+    assert settings.database_outage_seconds > 0
+    with LostConnections(sessions, reading_a_run, on_failure=worker._stop.set) as lost:
+        assert worker.run_once() is True
+    assert lost.failed == 1  # not tried again once stopped
+    assert worker.failures.pending() == {}
+    status, n_rows, path = _status_and_rows(sessions)
+    assert (status, n_rows) == (RECEIVED, 0)
+    assert Path(path).exists()
+    assert tracebacks(caplog) == []
+    assert any("scored on restart" in r.getMessage() for r in caplog.records)
+
+
+def test_a_stop_during_an_outage_keeps_losses_whose_store_was_taken(queued, monkeypatch, caplog):
+    settings, sessions = queued
+    caplog.set_level(logging.INFO)
+    worker = worker_for(settings, sessions)
+    real_store = crud.store_scores
+
+    def store(session, **what):
+        real_store(session, **what)  # taken; its answer lost, and the scorer told to stop
+        worker._stop.set()
+        raise lost_connection()
+
+    monkeypatch.setattr(crud, "store_scores", store)
+    assert worker.run_once() is True
+    assert worker.failures.pending() == {}
+    assert _status_and_rows(sessions)[:2] == (SCORED, 10)  # not put back in the queue
+    assert tracebacks(caplog) == []
+
+
+def test_a_stop_during_an_outage_at_claim_time_ends_the_loop_quietly(queued, monkeypatch, caplog):
+    settings, sessions = queued
+    caplog.set_level(logging.INFO)
+    worker = worker_for(settings, sessions)
+
+    def claim(session, **where):
+        worker._stop.set()
+        raise lost_connection()
+
+    monkeypatch.setattr(crud, "claim", claim)
+    worker.start()
+    worker.stop(timeout=300)
+    assert not worker._thread.is_alive()
+    assert worker.failures.pending() == {}
+    assert _status_and_rows(sessions)[0] == RECEIVED
+    assert tracebacks(caplog) == []
+    with pytest.raises(StoppedInOutage):
+        worker.run_once()
+
+
+def test_a_database_error_in_the_loop_is_logged_once_with_its_traceback(
+    queued, monkeypatch, caplog
+):
+    """Not an outage (not tried again), met at every round: one line with the traceback,
+    then the DatabaseStatus's one a minute (its clock stands still here), not one a round."""
+    settings, sessions = queued
+    caplog.set_level(logging.INFO)
+    worker = worker_for(settings, sessions)
+    status_of(sessions).clock = lambda: 1000.0
+    rounds = []
+
+    def pending(session, **where):
+        rounds.append(1)
+        raise ProgrammingError("SELECT", None, ValueError("a query at fault"))
+
+    monkeypatch.setattr(crud, "pending", pending)
+    worker.start()
+    try:
+        wait_until(lambda: len(rounds) >= 3, "the worker to meet the error three times")
+    finally:
+        worker.stop(timeout=300)
+    assert not worker._thread.is_alive()
+    logged = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(logged) == 1, [r.getMessage() for r in logged]
+    assert logged[0].exc_info is not None
+    assert "database error while looking for a checkpoint" in logged[0].getMessage()

@@ -1,6 +1,7 @@
 """A SQLite file damaged under a running scorer: every route that reads the database answers
 503 with a JSON detail saying what to do (no 500, no plain text), /healthz included, and the
-log says so once (then at most once a minute), not a traceback per request."""
+log says so once (then at most once a minute, on the status's clock, which the test moves),
+not a traceback per request."""
 
 import logging
 import re
@@ -17,11 +18,13 @@ from scorer_svc.main import create_app
 from scorer_svc.storage import crud
 from scorer_svc.storage.db import make_engine, make_sessionmaker
 from scorer_svc.storage.failures import UnrecordedFailures
+from scorer_svc.storage.outages import LOG_EVERY_SECONDS
 from tests.support.scorer import stored_run_config
 from tests.support.serving import serving
 
 N, STEPS, UPDATE_TIMES = 4000, 6, 6
 PAGE = 4096
+OUTAGES = "scorer_svc.storage.outages"  # the logger of the DatabaseStatus
 
 
 def seed(state: ApiState) -> None:
@@ -76,11 +79,23 @@ def get_paths(app) -> list[str]:
 NOT_READING = {"/metrics"}
 
 
+class Clock:
+    """The DatabaseStatus's clock: it stands still until the test moves it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_a_damaged_database_answers_503_json_on_every_route(tmp_path, caplog):
     caplog.set_level(logging.INFO)
     settings = Settings(data_dir=tmp_path / "data", retry_after_seconds=3)
     engine = make_engine(settings.resolved_database_url)
     state = ApiState(settings, make_sessionmaker(engine), UnrecordedFailures())
+    clock = Clock()
+    state.database.clock = clock  # the line a minute is the test's to bring about
     seed(state)
     app = create_app(settings, state)
     try:
@@ -99,6 +114,9 @@ def test_a_damaged_database_answers_503_json_on_every_route(tmp_path, caplog):
             for _ in range(3):  # again and again: the log does not grow with them
                 for path in paths:
                     answers[path] = client.get(path)
+            at_first = [r.getMessage() for r in caplog.records if r.name == OUTAGES]
+            clock.now += LOG_EVERY_SECONDS  # a minute on: one line more, with a count
+            a_minute_on = client.get("/v1/runs/run-d/weights")
     finally:
         engine.dispose()
     for path, response in answers.items():
@@ -112,8 +130,13 @@ def test_a_damaged_database_answers_503_json_on_every_route(tmp_path, caplog):
     assert answers["/metrics"].status_code == 200
     assert "scorer_database_up" in answers["/metrics"].text
 
+    assert a_minute_on.status_code == 503 and "damaged" in a_minute_on.json()["detail"]
+
     assert [r.getMessage() for r in caplog.records if r.exc_info is not None] == []
-    database = [r.getMessage() for r in caplog.records if r.name == "scorer_svc.storage.outages"]
-    assert len(database) == 1, database  # the first at once; the next after a minute
-    assert re.match(r"database damaged while serving GET /v1/runs/run-d/weights", database[0])
-    assert "restore the file from a backup" in database[0]
+    assert len(at_first) == 1, at_first  # the first at once; the next after a minute
+    assert re.match(r"database damaged while serving GET /v1/runs/run-d/weights", at_first[0])
+    assert "restore the file from a backup" in at_first[0]
+    database = [r.getMessage() for r in caplog.records if r.name == OUTAGES]
+    assert len(database) == 2, database
+    assert database[1].startswith("database still damaged"), database[1]
+    assert re.search(r"\d+ more error\(s\) or refusal\(s\)", database[1]), database[1]

@@ -1,6 +1,7 @@
 """PostgreSQL restarted under a scoring worker: the worker waits for it (database_outage_seconds)
 and stores the checkpoint's losses once it is back, as an uninterrupted run stores them; an
-outage longer than the setting fails the checkpoint with an error naming it."""
+outage longer than the setting while the losses are stored fails nothing (the commit may have
+been taken): the checkpoint is looked at again once the database answers, and scored again."""
 
 import contextlib
 import json
@@ -183,9 +184,12 @@ def stored_status_unknown(sessions, checkpoint_id: int) -> bool:
     return status_when_up(sessions, checkpoint_id) is None
 
 
-def test_an_outage_longer_than_the_setting_fails_the_checkpoint_naming_it(
+def test_an_outage_longer_than_the_setting_while_storing_fails_nothing(
     running, tiny_model, tmp_path, tensors, caplog
 ):
+    """The losses' commit may have been taken when its answer was lost with the connection: no
+    failure is recorded (it could overwrite stored losses), the tensors stay, and once the
+    database answers the checkpoint is looked at again: not stored, it is scored again."""
     caplog.set_level(logging.INFO)
     settings = Settings(
         data_dir=tmp_path / "data", device="cpu", database_url=running.url(),
@@ -199,17 +203,25 @@ def test_an_outage_longer_than_the_setting_fails_the_checkpoint_naming_it(
         assert progress.scoring.wait(GATE_SECONDS), "the checkpoint was never scored"
         running.halt()
         progress.gate.set()
-        # the database takes no write: the failure is held in memory, served by the API
-        error = wait_until(lambda: worker.failures.get(checkpoint_id),
-                           "the checkpoint to fail", timeout=GATE_SECONDS)  # fmt: skip
-        assert "database_outage_seconds (0.5)" in error
+        wait_until(lambda: gave_up_storing(caplog) or worker.failures.pending(),
+                   "the worker to give up storing", timeout=GATE_SECONDS)  # fmt: skip
+        assert worker.failures.pending() == {}  # no failure, not even served from memory
+        gave_up = gave_up_storing(caplog)
+        assert gave_up is not None and "database_outage_seconds (0.5)" in gave_up
         running.resume()
-        wait_until(lambda: status_when_up(sessions, checkpoint_id) == FAILED,
-                   "the failure to be recorded", timeout=GATE_SECONDS)  # fmt: skip
+        wait_until(lambda: status_when_up(sessions, checkpoint_id) == SCORED,
+                   "the checkpoint to be scored again", timeout=GATE_SECONDS)  # fmt: skip
     finally:
         progress.gate.set()
         worker.stop()
-    status, error, _ = stored(sessions, checkpoint_id)
-    assert status == FAILED
-    assert "DatabaseOutageTooLong" in error and "database_outage_seconds (0.5)" in error
+    status, error, losses = stored(sessions, checkpoint_id)
+    assert (status, error) == (SCORED, None) and losses is not None
+    assert worker.failures.pending() == {}
     assert tracebacks(caplog) == []
+
+
+def gave_up_storing(caplog) -> str | None:
+    for record in list(caplog.records):
+        if "whether its losses were stored" in record.getMessage():
+            return record.getMessage()
+    return None

@@ -1,0 +1,72 @@
+"""A database error that is no outage, no damage and no refusal (a query, a statement or the
+scorer at fault: kind `error`) is still answered 503 JSON by the API, but the first of a run
+is logged with its traceback, so that a mistake is not hidden; the next ones are rate-limited
+as any database error (the status's clock is the test's: no wall time involved)."""
+
+import logging
+
+import httpx
+import numpy as np
+from sqlalchemy import text
+
+from scorer_svc.api.state import ApiState
+from scorer_svc.config import Settings
+from scorer_svc.main import create_app
+from scorer_svc.storage import crud
+from scorer_svc.storage.db import make_engine, make_sessionmaker
+from scorer_svc.storage.failures import UnrecordedFailures
+from scorer_svc.storage.outages import LOG_EVERY_SECONDS
+from tests.support.scorer import stored_run_config
+from tests.support.serving import serving
+
+N = 16
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_database_error_of_the_scorers_own_is_logged_with_its_traceback(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    settings = Settings(data_dir=tmp_path / "data", retry_after_seconds=3)
+    engine = make_engine(settings.resolved_database_url)
+    state = ApiState(settings, make_sessionmaker(engine), UnrecordedFailures())
+    clock = Clock()
+    state.database.clock = clock
+    with state.sessions() as session:
+        run = crud.create_run(session, config=stored_run_config("run-e", N), n_no_labels=0)
+        received = crud.Received(2, 1, "lora", "0" * 64, "step-2", 100)
+        checkpoint = crud.add_checkpoint(session, run=run, received=received)
+        crud.store_scores(
+            session, checkpoint=checkpoint, losses=np.linspace(1, 2, N), window=None, seconds=1
+        )
+    with engine.begin() as connection:  # what a query meets that names a table not there
+        connection.execute(text("DROP TABLE losses"))
+    app = create_app(settings, state)
+    try:
+        with serving(app) as base, httpx.Client(base_url=base, timeout=60) as client:
+            caplog.clear()
+            answers = [client.get("/v1/runs/run-e/weights") for _ in range(3)]
+            first = [r for r in caplog.records if r.name == "scorer_svc.storage.outages"]
+            clock.now += LOG_EVERY_SECONDS
+            answers.append(client.get("/v1/runs/run-e/weights"))
+    finally:
+        engine.dispose()
+    for answer in answers:
+        assert answer.status_code == 503, answer.text[:300]
+        assert answer.headers["content-type"] == "application/json"
+        assert "(error)" in answer.json()["detail"]
+
+    assert len(first) == 1, [r.getMessage() for r in first]
+    assert first[0].getMessage().startswith("database error while serving GET /v1/runs/")
+    assert first[0].exc_info is not None  # the traceback of the first
+    assert "no such table: losses" in str(first[0].exc_info[1])
+    logged = [r for r in caplog.records if r.name == "scorer_svc.storage.outages"]
+    assert len(logged) == 2, [r.getMessage() for r in logged]
+    assert logged[1].getMessage().startswith("database still error")
+    assert "3 more error(s)" in logged[1].getMessage()
+    assert logged[1].exc_info is None  # one traceback per run of errors
