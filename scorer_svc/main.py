@@ -128,7 +128,7 @@ def build_service(
         api = ApiState(
             settings, sessions, failures=failures, weights=weights, group=group,
             instance=lock.name, metrics=scoring_metrics, progress=progress,
-            worker_alive=worker.is_alive,
+            worker_alive=worker.is_alive, datasets=registry.datasets,
         )  # fmt: skip
         undo.pop_all()  # built: the Background gives them back when it stops
         return api, Background(engine, worker, intake, lock)

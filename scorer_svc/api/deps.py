@@ -1,5 +1,5 @@
-"""Typed dependencies: the API state, a database session per request, the run in the path and
-the scored checkpoint a request names."""
+"""Typed dependencies: the API state and the services it holds, a database session per request,
+the run in the path and the scored checkpoint a request names."""
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -12,6 +12,8 @@ from common.api.schemas import ErrorBody, Pending
 from common.wire.errors import UnknownRun
 from common.wire.protocol import MAX_STEP
 from scorer_svc.api.errors import DatabaseRefused, NotScoredYet
+from scorer_svc.api.rankings import Rankings
+from scorer_svc.api.run_texts import RunTexts
 from scorer_svc.api.state import ApiState
 from scorer_svc.scoring.weights import WeightsCache
 from scorer_svc.storage import crud
@@ -43,6 +45,20 @@ def get_weights_cache(api: ApiDep) -> WeightsCache:
 
 
 WeightsCacheDep = Annotated[WeightsCache, Depends(get_weights_cache)]
+
+
+def get_run_texts(api: ApiDep) -> RunTexts:
+    return api.run_texts
+
+
+RunTextsDep = Annotated[RunTexts, Depends(get_run_texts)]
+
+
+def get_rankings(api: ApiDep) -> Rankings:
+    return api.rankings
+
+
+RankingsDep = Annotated[Rankings, Depends(get_rankings)]
 
 
 def get_failures(api: ApiDep) -> UnrecordedFailures:

@@ -5,21 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Collection, Iterator
-from contextlib import contextmanager
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from cachetools import LRUCache
 
-from common.data.datasets import DatasetError, DatasetSpec, load_samples, split_validation
-from common.data.tokenization import (
-    EncodedSample,
-    TokenizationSettings,
-    encode_dataset,
-    fingerprint,
-)
+from common.data.datasets import DatasetError
+from common.data.tokenization import EncodedSample
 from common.dtypes import compute_dtype
 from common.model_spec import ModelSpec, pad_id
 from common.wire.errors import RunMismatch
@@ -28,7 +22,8 @@ from scorer_svc.config import Settings
 from scorer_svc.scoring.batches import Batch, make_batches, subset_batches
 from scorer_svc.scoring.model import Manifest, ScoringModel, resolve_device
 from scorer_svc.scoring.model_cache import ModelCache, default_budget, model_bytes
-from scorer_svc.security.policy import AccessPolicy
+from scorer_svc.scoring.run_dataset import DatasetReader
+from scorer_svc.scoring.single_flight import SingleFlight
 
 log = logging.getLogger(__name__)
 
@@ -100,18 +95,15 @@ class Registry:
     Sharing is safe because every checkpoint carries all the tensors it changes. Run data
     stays within settings.max_run_data_bytes: the least recently used runs' are dropped and
     tokenized again (and checked again against the trainer's fingerprint) when next needed.
+    A run's dataset is read through `datasets`, which the API's sample texts read it with too.
     """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.device = resolve_device(settings.device)
         self.dtype = compute_dtype(settings.dtype, self.device)
-        self.access = AccessPolicy.of(
-            model_roots=settings.model_root,
-            data_roots=settings.data_root,
-            data_dir=settings.data_dir,
-            trust_remote_code=settings.trust_remote_code,
-        )
+        self.datasets = DatasetReader.of(settings)
+        self.access = self.datasets.access
         self._data: LRUCache[str, RunData] = LRUCache(
             settings.max_run_data_bytes, getsizeof=lambda data: data.nbytes
         )
@@ -120,7 +112,7 @@ class Registry:
         self.models = ModelCache(budget, self._load_model, self._estimate_bytes)
         self._manifests: LRUCache[ModelSpec, Manifest] = LRUCache(MAX_MANIFESTS)
         self._lock = threading.RLock()  # the caches only; never held while computing
-        self._builders: dict[object, tuple[threading.Lock, int]] = {}
+        self._building = SingleFlight()  # held while a key is computed
         self._model_lock = threading.Lock()
 
     def _spec(self, hello: Hello) -> ModelSpec:
@@ -171,23 +163,6 @@ class Registry:
             )
             return data
 
-    @contextmanager
-    def _building(self, key: object) -> Iterator[None]:
-        """Held while `key` is computed: the same work is done once, other work goes on."""
-        with self._lock:
-            lock, users = self._builders.get(key, (threading.Lock(), 0))
-            self._builders[key] = (lock, users + 1)
-        try:
-            with lock:
-                yield
-        finally:
-            with self._lock:
-                lock, users = self._builders[key]
-                if users == 1:
-                    del self._builders[key]
-                else:
-                    self._builders[key] = (lock, users - 1)
-
     @property
     def run_data_bytes(self) -> int:
         """The memory the cached run data holds."""
@@ -195,13 +170,9 @@ class Registry:
             return int(self._data.currsize)
 
     def _tokenize(self, hello: Hello) -> RunData:
-        from transformers import AutoTokenizer
-
         self.access.check_model_folder(hello)  # never a hub's repository of that name
         try:
-            tokenizer = AutoTokenizer.from_pretrained(
-                hello.base_model, trust_remote_code=self.access.trusts(hello), local_files_only=True
-            )
+            tokenizer = self.datasets.tokenizer(hello)
         except (OSError, ValueError) as exc:
             raise RunMismatch(
                 f"run {hello.run_id} refused: the scorer cannot load the tokenizer of "
@@ -209,11 +180,8 @@ class Registry:
                 "must see the base model at the path the trainer names"
             ) from exc
         try:
-            spec = DatasetSpec(hello.dataset, hello.dataset_dir, hello.max_samples)
-            # every path is checked against the roots before it is looked at
-            samples = load_samples(spec, lambda path: self.access.check_dataset_file(hello, path))
-            if hello.val_size:  # the trainer's training part only
-                samples = split_validation(samples, hello.val_size, hello.split_seed or 0)[0]
+            # the trainer's training part only, every path checked against the roots first
+            samples = [row.sample for row in self.datasets.training_rows(hello)]
         except (DatasetError, OSError) as exc:
             raise RunMismatch(
                 f"run {hello.run_id} refused: the scorer cannot read the dataset: {exc}; "
@@ -225,9 +193,7 @@ class Registry:
                 f"scorer reads {len(samples)} from {hello.dataset}; check that both read the "
                 "same dataset, max_samples and val_size"
             )
-        encoded = encode_dataset(
-            tokenizer, samples, TokenizationSettings(**hello.tokenization.model_dump())
-        )
+        encoded = self.datasets.encode(hello, tokenizer, samples)
         self._check_agreement(hello, encoded, len(tokenizer))
         padding = pad_id(tokenizer)
         batches = make_batches(
@@ -243,7 +209,7 @@ class Registry:
         problems = []
         if hello.vocab_size is not None and hello.vocab_size != vocab:
             problems.append(f"tokenizer vocabulary: trainer {hello.vocab_size}, scorer {vocab}")
-        ours = fingerprint(encoded)
+        ours = DatasetReader.fingerprint(encoded)
         if ours != hello.fingerprint:
             problems.append(f"dataset fingerprint: trainer {hello.fingerprint}, scorer {ours}")
         if problems:

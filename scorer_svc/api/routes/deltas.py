@@ -5,22 +5,20 @@ from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query
-from sqlalchemy.orm import Session
 
 from common.api.schemas import DeltaPage, RankedSample, WindowInfo
 from common.selection import rank_by_delta
 from scorer_svc.api.deps import (
     SCORED_CHECKPOINT_RESPONSES,
     PageToken,
+    RankingsDep,
     RunDep,
     SessionDep,
     WeightsCacheDep,
     page_position,
     scored_checkpoint,
 )
-from scorer_svc.scoring.weights import WeightsCache
-from scorer_svc.storage import crud
-from scorer_svc.storage.tables import CheckpointRow, Run
+from scorer_svc.storage.tables import CheckpointRow
 
 router = APIRouter(prefix="/v1/runs/{run_id}", tags=["losses"])
 
@@ -57,6 +55,7 @@ CheckpointDep = Annotated[CheckpointRow, Depends(scored_checkpoint(after=get_que
 def deltas(
     session: SessionDep,
     cache: WeightsCacheDep,
+    rankings: RankingsDep,
     run: RunDep,
     checkpoint: CheckpointDep,
     query: QueryDep,
@@ -68,8 +67,8 @@ def deltas(
     estimated reductions: their loss is null and their age above 0."""
     offset = page_position(query.page_token) or 0
     served = cache.get(session, run, checkpoint)
-    initial, current = checkpoint_losses(session, cache, run, checkpoint)
-    delta, age = ranked_deltas(session, cache, run, checkpoint)
+    initial, current = rankings.losses(session, run, checkpoint)
+    delta, age = rankings.deltas(session, run, checkpoint)
     ranking = rank_by_delta(delta)
     window = served.window
     in_window = np.zeros(run.n_samples, dtype=bool)
@@ -105,28 +104,3 @@ def deltas(
         items=items,
         next_page_token=str(following) if following < ranking.size else None,
     )
-
-
-def checkpoint_losses(
-    session: Session, cache: WeightsCache, run: Run, checkpoint: CheckpointRow
-) -> tuple[np.ndarray, np.ndarray]:
-    """(initial, current) losses of a scored checkpoint (the same for the run's first); the
-    initial ones from the cache the weights keep them in."""
-    current = crud.losses_at(session, run=run, step=checkpoint.step)
-    if run.initial_step is None or run.initial_step == checkpoint.step:
-        return current, current
-    return cache.initial_losses(session, run, run.initial_step), current
-
-
-def ranked_deltas(
-    session: Session, cache: WeightsCache, run: Run, checkpoint: CheckpointRow
-) -> tuple[np.ndarray, np.ndarray]:
-    """The loss reductions that ranked a scored checkpoint's samples, and their ages in scored
-    checkpoints: measured (age 0) for every sample, or under a scoring budget the stored
-    estimates."""
-    if checkpoint.n_measured is not None:  # under a scoring budget
-        estimates = crud.get_estimates(session, run=run, step=checkpoint.step)
-        if estimates is not None:
-            return estimates.delta, estimates.age
-    initial, current = checkpoint_losses(session, cache, run, checkpoint)
-    return initial - current, np.zeros(run.n_samples, dtype=np.int32)

@@ -14,20 +14,20 @@ from sqlalchemy.orm import Session
 from common.api.plots import deltas_by_rank, png, trajectories
 from common.api.schemas import ErrorBody
 from common.data.datasets import MAX_FIELD_NAME, Row, Scalar
-from common.selection import rank_by_delta
 from scorer_svc.api.deps import (
     SCORED_CHECKPOINT_RESPONSES,
     ApiDep,
     FailuresDep,
+    RankingsDep,
     RunDep,
+    RunTextsDep,
     SessionDep,
     StepDep,
     WeightsCacheDep,
     scored_checkpoint,
 )
-from scorer_svc.api.routes.deltas import ranked_deltas
-from scorer_svc.api.routes.samples import DATASET_RESPONSES, run_rows
-from scorer_svc.scoring.weights import WeightsCache
+from scorer_svc.api.rankings import Rankings
+from scorer_svc.api.run_texts import DATASET_RESPONSES
 from scorer_svc.storage import crud
 from scorer_svc.storage.tables import CheckpointRow, Run
 
@@ -70,9 +70,10 @@ def get_color_by(
     },
 )
 def plot_deltas(
-    api: ApiDep,
+    texts: RunTextsDep,
     session: SessionDep,
     cache: WeightsCacheDep,
+    rankings: RankingsDep,
     run: RunDep,
     checkpoint: Annotated[CheckpointRow, Depends(scored_checkpoint(after=get_color_by))],
     color_by: Annotated[str | None, Depends(get_color_by)],
@@ -82,13 +83,12 @@ def plot_deltas(
     the value of that column of its dataset row (the ten most frequent values named, the rest
     grey as "other")."""
     served = cache.get(session, run, checkpoint)
-    delta, _ = ranked_deltas(session, cache, run, checkpoint)
-    ranking = rank_by_delta(delta)
+    delta, ranking = rankings.ranking(session, run, checkpoint)
     window = served.window
     title = f"run {run.run_id}, step {checkpoint.step} (update {checkpoint.update_index})"
     groups = None
     if color_by is not None:
-        labels = field_labels(run_rows(api, run), color_by, run.run_id)
+        labels = field_labels(texts.rows(run), color_by, run.run_id)
         groups = [labels[i] for i in ranking]
         title += f", by {color_by}"
     figure = deltas_by_rank(
@@ -171,7 +171,7 @@ def get_chosen(
 def plot_trajectories(
     api: ApiDep,
     session: SessionDep,
-    cache: WeightsCacheDep,
+    rankings: RankingsDep,
     failures: FailuresDep,
     run: RunDep,
     chosen: Annotated[Chosen, Depends(get_chosen)],
@@ -193,7 +193,7 @@ def plot_trajectories(
         checkpoint = scored_checkpoint()(
             session=session, run=run, failures=failures, step=step, api=api, _=None
         )
-        labels = {**_ends(session, cache, run, checkpoint, chosen), **labels}
+        labels = {**_ends(session, rankings, run, checkpoint, chosen), **labels}
         title = f"run {run.run_id}: loss fell most and least by step {checkpoint.step}"
         if chosen.indices:
             title += ", and the samples chosen"
@@ -206,11 +206,11 @@ def plot_trajectories(
 
 
 def _ends(
-    session: Session, cache: WeightsCache, run: Run, checkpoint: CheckpointRow, chosen: Chosen
+    session: Session, rankings: Rankings, run: Run, checkpoint: CheckpointRow, chosen: Chosen
 ) -> dict[int, str]:
     """The samples whose loss fell most (chosen.top) and least (chosen.bottom) by the
     checkpoint, labelled; a sample on both ends once."""
-    ranking = rank_by_delta(ranked_deltas(session, cache, run, checkpoint)[0])
+    _, ranking = rankings.ranking(session, run, checkpoint)
     labels = {int(i): f"#{i} (fell most)" for i in ranking[: chosen.top]}
     for i in ranking[::-1][: chosen.bottom]:
         labels.setdefault(int(i), f"#{i} (fell least)")

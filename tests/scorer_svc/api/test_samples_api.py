@@ -23,7 +23,7 @@ from common.model_spec import ModelSpec
 from common.selection import delta_window, rank_by_delta
 from common.wire.hello import build_hello
 from scorer_svc.api.routes import plots as plot_routes
-from scorer_svc.api.routes import samples as samples_routes
+from scorer_svc.api.run_texts import RunTexts
 from scorer_svc.api.state import ApiState
 from scorer_svc.config import Settings
 from scorer_svc.main import create_app
@@ -406,12 +406,8 @@ def test_a_refused_dataset_is_not_read_again_at_each_click(
 ):
     data_file.write_text("[]", encoding="utf-8")
     reads = []
-    original = samples_routes.read_checked_rows
-    monkeypatch.setattr(
-        samples_routes,
-        "read_checked_rows",
-        lambda *args: reads.append(1) or original(*args),
-    )
+    original = RunTexts.read
+    monkeypatch.setattr(RunTexts, "read", lambda *args: reads.append(1) or original(*args))
     with serving(tmp_path, config) as client:
         answers = [client.get("/v1/runs/run-t/samples/0") for _ in range(3)]
     assert [a.status_code for a in answers] == [409] * 3
