@@ -39,9 +39,10 @@ def run_fully_scored(
     checkpoint's losses from the scorer's database."""
     import torch
     from sqlalchemy import create_engine, select
-    from sqlalchemy.orm import Session
 
-    from scorer_svc.storage import crud
+    from scorer_svc.storage import losses as loss_store
+    from scorer_svc.storage import runs as run_store
+    from scorer_svc.storage.db import make_sessionmaker
     from scorer_svc.storage.tables import CheckpointRow
     from trainer_svc.config.train_config import load_config
     from trainer_svc.training.recipe import run
@@ -72,15 +73,15 @@ def run_fully_scored(
         recipe = run(load_config(config))
         run_id = recipe.run_id
     engine = create_engine(f"sqlite:///{work / f'{name}-scorer' / 'scorer.db'}")
-    with Session(engine) as session:
-        db_run = crud.get_run(session, run_id=run_id)
+    with make_sessionmaker(engine)() as session:
+        db_run = run_store.get_run(session, run_id=run_id)
         assert db_run is not None
         rows = session.scalars(
             select(CheckpointRow)
             .where(CheckpointRow.run_pk == db_run.id)
             .order_by(CheckpointRow.step)
         ).all()
-        losses = np.stack([crud.losses_at(session, run=db_run, step=r.step) for r in rows])
+        losses = np.stack([loss_store.losses_at(session, run=db_run, step=r.step) for r in rows])
         index = np.array([r.update_index for r in rows])
         out = LossMatrix(losses, index, db_run.update_times, db_run.window_size)
     engine.dispose()

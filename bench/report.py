@@ -425,7 +425,7 @@ def storage(r: dict) -> list[str]:
     if "skipped" not in pg and "error" not in pg:
         backends.append(("PostgreSQL", pg))
     out += [
-        f"Through `crud.store_scores`, N = {s['n']:,} losses per checkpoint, "
+        f"Through `checkpoints.store_scores`, N = {s['n']:,} losses per checkpoint, "
         f"{s['checkpoints']} checkpoints, on each backend; then a real scorer process serving "
         "that database over HTTP (httpx client, latency per request). PostgreSQL: "
         + (
@@ -436,7 +436,7 @@ def storage(r: dict) -> list[str]:
             else "a throwaway server on this machine (PostgreSQL "
             f"{pg.get('server_version', '?')}, default settings, fsync on), through psycopg "
             "3: binary COPY for the writes, one packed bytea per read "
-            "(`crud.insert_losses_copy`, `crud.losses_at_postgresql`); not pinned to a core; "
+            "(`PsycopgQueries.insert_losses`, `PsycopgQueries.losses_at`); not pinned to a core; "
             "`VACUUM ANALYZE` after the writes (what autovacuum does a minute later), before "
             "the requests."
         ),

@@ -14,7 +14,9 @@ import numpy as np
 from bench.util import Scorer, median
 from common.selection import delta_window
 from delta_loss_devtools.postgres import PostgresCluster, postgres_bindir
-from scorer_svc.storage import crud
+from scorer_svc.storage import checkpoints as checkpoint_store
+from scorer_svc.storage import losses as loss_store
+from scorer_svc.storage import runs as run_store
 from scorer_svc.storage.db import make_engine, make_sessionmaker
 
 FAKE_HELLO = {
@@ -76,22 +78,22 @@ def measure_backend(
     writes, reads = [], []
     rng = np.random.default_rng(0)
     with sessions() as session:
-        run = crud.create_run(session, config={**FAKE_HELLO, "n_samples": n}, n_no_labels=0)
+        run = run_store.create_run(session, config={**FAKE_HELLO, "n_samples": n}, n_no_labels=0)
         initial = rng.random(n) * 3
         for k in range(1, checkpoints + 1):
-            received = crud.Received(k, k, "lora", "0" * 64, "-", 0)
-            checkpoint = crud.add_checkpoint(session, run=run, received=received)
+            received = checkpoint_store.Received(k, k, "lora", "0" * 64, "-", 0)
+            checkpoint = checkpoint_store.add_checkpoint(session, run=run, received=received)
             losses = initial if k == 1 else initial - rng.random(n) * 0.1 * k
             window = None
             if k >= 2:
                 window, _ = delta_window(initial, losses, k, checkpoints, 0.2)
             start = time.perf_counter()
-            crud.store_scores(
+            checkpoint_store.store_scores(
                 session, checkpoint=checkpoint, losses=losses, window=window, seconds=1.0
             )
             writes.append(time.perf_counter() - start)
             start = time.perf_counter()
-            got = crud.losses_at(session, run=run, step=k)
+            got = loss_store.losses_at(session, run=run, step=k)
             reads.append(time.perf_counter() - start)
             assert np.array_equal(got, losses)
     if engine.dialect.name == "postgresql":

@@ -208,7 +208,8 @@ def probe_health(settings: Settings, timeout: float) -> tuple[bool, str]:
 
 def upkeep(args: argparse.Namespace) -> int:
     """`scorer-svc runs list|delete`: on the database and data_dir of a stopped scorer."""
-    from scorer_svc.storage import crud
+    from scorer_svc.storage import checkpoints as checkpoint_store
+    from scorer_svc.storage import runs as run_store
     from scorer_svc.storage.db import make_engine, make_sessionmaker
     from scorer_svc.storage.instance import InstanceLock, serving
     from scorer_svc.storage.retention import NotOwner, RunBusy, delete_run
@@ -242,11 +243,11 @@ def upkeep(args: argparse.Namespace) -> int:
         name = lock.name
         with make_sessionmaker(engine)() as session:
             if args.action == "list":
-                for run in crud.list_runs(session):
-                    n = len(crud.list_checkpoints(session, run=run))
+                for run in run_store.list_runs(session):
+                    n = len(checkpoint_store.list_checkpoints(session, run=run))
                     print(f"{run.run_id}\tinstance {run.instance}\t{n} checkpoints")
                 return 0
-            found = crud.get_run(session, run_id=args.run_id)
+            found = run_store.get_run(session, run_id=args.run_id)
             if found is None:
                 raise UpkeepError(f"no run {args.run_id!r} in {settings.database_for_logs}")
             owner = found.instance

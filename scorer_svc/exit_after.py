@@ -12,8 +12,8 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from scorer_svc.storage import crud
-from scorer_svc.storage.tables import PENDING, Run
+from scorer_svc.storage import checkpoints as checkpoint_store
+from scorer_svc.storage.tables import PENDING, Run, now
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def work_done(session: Session, *, instance: str, since: datetime, runs: int) ->
     queued or being scored."""
     if ended_runs(session, instance=instance, since=since) < runs:
         return False
-    counts = crud.count_checkpoints(session, instance=instance)
+    counts = checkpoint_store.count_checkpoints(session, instance=instance)
     return not any(counts.get(status, 0) for status in PENDING)
 
 
@@ -54,7 +54,7 @@ class ExitAfterRuns:
         self.on_done = on_done
         self.worker_alive = worker_alive
         self.poll_seconds = poll_seconds
-        self.since = crud.now()
+        self.since = now()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="exit-after-runs", daemon=True)
 

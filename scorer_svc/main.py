@@ -38,7 +38,7 @@ from scorer_svc.scoring.registry import Registry
 from scorer_svc.scoring.weights import WeightsCache
 from scorer_svc.scoring.worker import Worker
 from scorer_svc.security.tokens import OPEN_PATHS, OPEN_PREFIXES, bearer, same_token
-from scorer_svc.storage import crud
+from scorer_svc.storage import runs as run_store
 from scorer_svc.storage.checkpoint_files import remove_partial_files
 from scorer_svc.storage.db import make_engine, make_sessionmaker
 from scorer_svc.storage.failures import UnrecordedFailures
@@ -99,7 +99,7 @@ def build_service(
         lock.hold_name(engine)
         sessions = make_sessionmaker(engine)
         with sessions() as session:
-            adopted = crud.adopt_unowned_runs(session, instance=lock.name)
+            adopted = run_store.adopt_unowned_runs(session, instance=lock.name)
         if adopted:
             log.info("runs made before runs named their scorer: %d taken as %s", adopted, lock.name)
         registry = Registry(settings)

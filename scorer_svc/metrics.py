@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from scorer_svc.storage import crud
+from scorer_svc.storage import checkpoints as checkpoint_store
 from scorer_svc.storage.tables import STATUSES
 
 # scoring one checkpoint: from a second (a small run) to an hour (100k samples of a 7B model)
@@ -81,7 +81,7 @@ class _DatabaseView(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
             with self.sessions() as session:
-                counts = crud.count_checkpoints(session, instance=self.instance)
+                counts = checkpoint_store.count_checkpoints(session, instance=self.instance)
         except SQLAlchemyError:  # the worker's figures are still served, and this says why
             yield GaugeMetricFamily(
                 "scorer_database_up", "Whether the database answered this scrape", value=0

@@ -16,7 +16,8 @@ from scorer_svc.api.rankings import Rankings
 from scorer_svc.api.run_texts import RunTexts
 from scorer_svc.api.state import ApiState
 from scorer_svc.scoring.weights import WeightsCache
-from scorer_svc.storage import crud
+from scorer_svc.storage import checkpoints as checkpoint_store
+from scorer_svc.storage import runs as run_store
 from scorer_svc.storage.failures import UnrecordedFailures
 from scorer_svc.storage.tables import FAILED, SCORED, SUPERSEDED, CheckpointRow, Run
 
@@ -74,7 +75,7 @@ def get_run(
         str, Path(min_length=1, max_length=128, description="the run's id, as its trainer named it")
     ],
 ) -> Run:
-    run = crud.get_run(session, run_id=run_id)
+    run = run_store.get_run(session, run_id=run_id)
     if run is None:
         raise UnknownRun(f"no run '{run_id}'; GET /v1/runs lists the runs")  # 404, its code
     return run
@@ -201,11 +202,11 @@ RUN_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 def _named_checkpoint(session: Session, run: Run, step: int | None) -> CheckpointRow:
     if step is None:
-        latest = crud.latest_scored(session, run=run)
+        latest = checkpoint_store.latest_scored(session, run=run)
         if latest is None:
             raise HTTPException(404, detail=f"run {run.run_id} has no scored checkpoint yet")
         return latest
-    checkpoint = crud.get_checkpoint(session, run=run, step=step)
+    checkpoint = checkpoint_store.get_checkpoint(session, run=run, step=step)
     if checkpoint is None:
         raise HTTPException(
             404, detail=f"run {run.run_id} has no checkpoint at step {step}; see /checkpoints"

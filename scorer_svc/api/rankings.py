@@ -8,7 +8,8 @@ from sqlalchemy.orm import Session
 
 from common.selection import rank_by_delta
 from scorer_svc.scoring.weights import WeightsCache
-from scorer_svc.storage import crud
+from scorer_svc.storage import losses as loss_store
+from scorer_svc.storage import windows as window_store
 from scorer_svc.storage.tables import CheckpointRow, Run
 
 
@@ -23,7 +24,7 @@ class Rankings:
         self, session: Session, run: Run, checkpoint: CheckpointRow
     ) -> tuple[np.ndarray, np.ndarray]:
         """(initial, current) losses of a scored checkpoint (the same for the run's first)."""
-        current = crud.losses_at(session, run=run, step=checkpoint.step)
+        current = loss_store.losses_at(session, run=run, step=checkpoint.step)
         if run.initial_step is None or run.initial_step == checkpoint.step:
             return current, current
         return self.weights.initial_losses(session, run, run.initial_step), current
@@ -35,7 +36,7 @@ class Rankings:
         scored checkpoints: measured (age 0) for every sample, or under a scoring budget the
         stored estimates."""
         if checkpoint.n_measured is not None:  # under a scoring budget
-            estimates = crud.get_estimates(session, run=run, step=checkpoint.step)
+            estimates = window_store.get_estimates(session, run=run, step=checkpoint.step)
             if estimates is not None:
                 return estimates.delta, estimates.age
         initial, current = self.losses(session, run, checkpoint)

@@ -42,7 +42,8 @@ from scorer_svc.intake.uploads import Upload, Uploads
 from scorer_svc.scoring.registry import Registry, differences, identity
 from scorer_svc.security.tokens import check_request_token, same_token
 from scorer_svc.security.zap import secure_server
-from scorer_svc.storage import crud
+from scorer_svc.storage import checkpoints as checkpoint_store
+from scorer_svc.storage import runs as run_store
 from scorer_svc.storage.checkpoint_files import CheckpointWriter, checkpoint_path
 from scorer_svc.storage.outages import is_transient, status_of
 from scorer_svc.storage.superseding import discard_superseded
@@ -175,7 +176,7 @@ class Intake:
 
     def hello(self, session: Session, hello: Hello, client: str = "") -> list[bytes]:
         self.registry.access.check_hello(hello)  # before any file is looked at
-        run = crud.get_run(session, run_id=hello.run_id)
+        run = run_store.get_run(session, run_id=hello.run_id)
         if run is not None:
             self._check_owned(run)
             self._check_same_training_run(run, hello)
@@ -187,14 +188,14 @@ class Intake:
                     + ". Use a new run id for a different run."
                 )
             resumed = {"selection_mode": hello.selection_mode, "score_budget": hello.score_budget}
-            crud.reopen_run(session, run=run, settings=resumed)  # resumed: training again
+            run_store.reopen_run(session, run=run, settings=resumed)  # resumed: training again
             status = "already_registered"
         else:
             n_no_labels = self.registrations.poll(hello, client)
             if n_no_labels is None:
                 return ack(status="registering", run_id=hello.run_id)
             config = {**hello.model_dump(exclude={"token"}), **identity(hello)}
-            run = crud.create_run(
+            run = run_store.create_run(
                 session, config=config, n_no_labels=n_no_labels, instance=self.instance
             )
             status = "registered"
@@ -208,7 +209,7 @@ class Intake:
             status=status,
             run_id=run.run_id,
             n_samples=run.n_samples,
-            scored_steps=crud.scored_steps(session, run=run),
+            scored_steps=checkpoint_store.scored_steps(session, run=run),
         )
 
     def _check_owned(self, run: Run) -> None:
@@ -242,7 +243,7 @@ class Intake:
     ) -> list[bytes] | None:
         """Opens the upload (no reply yet), or answers it at once: a duplicate, a refusal."""
         run = self._run_of(session, header)
-        existing = crud.get_checkpoint(session, run=run, step=header.step)
+        existing = checkpoint_store.get_checkpoint(session, run=run, step=header.step)
         if existing is not None and existing.status != FAILED:
             self.uploads.refuse(header.upload)
             return self._duplicate(run, header, existing.update_index)
@@ -262,21 +263,21 @@ class Intake:
         header = upload.begin
         self.uploads.check_commit(upload, commit)
         run = self._run_of(session, header)
-        existing = crud.get_checkpoint(session, run=run, step=header.step)
+        existing = checkpoint_store.get_checkpoint(session, run=run, step=header.step)
         if existing is not None and existing.status != FAILED:  # stored since the upload began
             self.uploads.refuse(header.upload)
             return self._duplicate(run, header, existing.update_index)
         n_bytes = upload.writer.commit()
         self.uploads.finish(upload)
         path = upload.writer.path
-        received = crud.Received(
+        received = checkpoint_store.Received(
             header.step, header.update_index, header.kind, commit.digest, str(path), n_bytes
         )
         try:
             if existing is not None:  # a failed step sent again is scored again
-                crud.requeue(session, checkpoint=existing, received=received)
+                checkpoint_store.requeue(session, checkpoint=existing, received=received)
             else:
-                crud.add_checkpoint(session, run=run, received=received)
+                checkpoint_store.add_checkpoint(session, run=run, received=received)
         except Exception as error:
             session.rollback()
             # A lost connection may have lost only the answer to a stored row: the file
@@ -308,7 +309,7 @@ class Intake:
         )
 
     def _run_of(self, session: Session, header: CheckpointHeader) -> Run:
-        run = crud.get_run(session, run_id=header.run_id)
+        run = run_store.get_run(session, run_id=header.run_id)
         if run is None:
             raise UnknownRun(
                 f"no run '{header.run_id}' is registered with this scorer: send hello first"

@@ -12,7 +12,9 @@ from sqlalchemy.orm import Session
 
 from common.budget import Estimates, advance, choose, samples_per_checkpoint
 from common.selection import Window, delta_window, window_over
-from scorer_svc.storage import crud
+from scorer_svc.storage import checkpoints as checkpoint_store
+from scorer_svc.storage import losses as loss_store
+from scorer_svc.storage import windows as window_store
 from scorer_svc.storage.tables import FAILED, SCORED, CheckpointRow, Run
 
 log = logging.getLogger(__name__)
@@ -21,14 +23,14 @@ log = logging.getLogger(__name__)
 def initial_losses(session: Session, run: Run) -> np.ndarray:
     """The run's initial losses; RuntimeError when its initial checkpoint has none."""
     assert run.initial_step is not None
-    initial = crud.get_checkpoint(session, run=run, step=run.initial_step)
+    initial = checkpoint_store.get_checkpoint(session, run=run, step=run.initial_step)
     if initial is None or initial.status != SCORED:
         reason = initial.error if initial is not None and initial.status == FAILED else None
         raise RuntimeError(
             f"the initial checkpoint (step {run.initial_step}) has no losses"
             + (f": it failed with {reason}" if reason else "")
         )
-    return crud.losses_at(session, run=run, step=run.initial_step)
+    return loss_store.losses_at(session, run=run, step=run.initial_step)
 
 
 def measured_window(
@@ -75,13 +77,13 @@ def budget_plan(session: Session, run: Run, checkpoint: CheckpointRow) -> Budget
     checkpoint with a window, or a budget that covers every ranked sample."""
     if run.score_budget == 1.0 or not run.has_window(checkpoint.step):
         return None
-    previous = crud.last_windowed(session, run=run, before=checkpoint.step)
+    previous = checkpoint_store.last_windowed(session, run=run, before=checkpoint.step)
     if previous is None:
         return None
     init = initial_losses(session, run)
-    estimates = crud.get_estimates(session, run=run, step=previous.step)
+    estimates = window_store.get_estimates(session, run=run, step=previous.step)
     if estimates is None:  # measured in full
-        current = crud.losses_at(session, run=run, step=previous.step)
+        current = loss_store.losses_at(session, run=run, step=previous.step)
         estimates = Estimates.measured_all(init - current)
     n = int(np.isfinite(estimates.delta).sum())
     k = samples_per_checkpoint(run.score_budget, n)

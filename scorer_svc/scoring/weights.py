@@ -20,7 +20,8 @@ from common.selection import (
     uniform_weights,
     weights_from_window,
 )
-from scorer_svc.storage import crud
+from scorer_svc.storage import losses as loss_store
+from scorer_svc.storage import windows as window_store
 from scorer_svc.storage.tables import CheckpointRow, Run
 
 T = TypeVar("T")
@@ -86,7 +87,7 @@ class WeightsCache:
         return self._cached(
             self._initial,
             (run_key(run), step),
-            lambda: _read_only(crud.losses_at(session, run=run, step=step)),
+            lambda: _read_only(loss_store.losses_at(session, run=run, step=step)),
         )
 
     def _cached(
@@ -118,10 +119,10 @@ def build_weights(
     initial: Callable[[Session, Run, int], np.ndarray] | None = None,
 ) -> ServedWeights:
     """initial(session, run, step) reads the initial losses (a cache may answer)."""
-    current = crud.losses_at(session, run=run, step=checkpoint.step)
+    current = loss_store.losses_at(session, run=run, step=checkpoint.step)
     if not run.has_window(checkpoint.step):
         return served_weights(checkpoint, run.n_samples, current)
-    row = crud.get_window(session, run=run, step=checkpoint.step)
+    row = window_store.get_window(session, run=run, step=checkpoint.step)
     if row is None and checkpoint.update_index == 1:
         # scored before update 1 of a later epoch had a window: it was served uniform then
         return served_weights(checkpoint, run.n_samples, current)
@@ -139,11 +140,11 @@ def build_weights(
     )
     estimates = None
     if checkpoint.n_measured is not None:  # under a scoring budget: ranked on its estimates
-        estimates = crud.get_estimates(session, run=run, step=checkpoint.step)
+        estimates = window_store.get_estimates(session, run=run, step=checkpoint.step)
     if estimates is not None:
         deltas = estimates.delta
     elif initial is None:
-        deltas = crud.losses_at(session, run=run, step=run.initial_step) - current
+        deltas = loss_store.losses_at(session, run=run, step=run.initial_step) - current
     else:
         deltas = initial(session, run, run.initial_step) - current
     ranking = rank_by_delta(deltas)

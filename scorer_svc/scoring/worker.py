@@ -26,7 +26,7 @@ from scorer_svc.scoring.ranks import RankGroup, RankLost
 from scorer_svc.scoring.registry import Registry
 from scorer_svc.scoring.scheduling import next_turn
 from scorer_svc.scoring.weights import WeightsCache, served_weights
-from scorer_svc.storage import crud
+from scorer_svc.storage import checkpoints as checkpoint_store
 from scorer_svc.storage.checkpoint_files import StoredCheckpoint
 from scorer_svc.storage.failures import UnrecordedFailures
 from scorer_svc.storage.outages import (
@@ -180,13 +180,15 @@ class Worker:
     def _next(self, session: Session) -> int | None:
         """The checkpoint whose turn it is (released cut-off ones first, at the first round)."""
         if not self._released:
-            released = crud.release_cut_off(session, instance=self.instance)
+            released = checkpoint_store.release_cut_off(session, instance=self.instance)
             if released:
                 log.info("%d checkpoint(s) cut off while scoring are scored again", released)
-            for run in crud.async_runs(session, instance=self.instance):
+            for run in checkpoint_store.async_runs(session, instance=self.instance):
                 discard_superseded(session, run, keep=self.keep_checkpoints)
             self._released = True
-        queued = crud.pending(session, instance=self.instance, skip=self.failures.pending().keys())
+        queued = checkpoint_store.pending(
+            session, instance=self.instance, skip=self.failures.pending().keys()
+        )
         return next_turn(queued, self._last_served)
 
     def _claim(self, session: Session, checkpoint_id: int) -> CheckpointRow | None:
@@ -195,7 +197,9 @@ class Worker:
         def claim() -> CheckpointRow | None:
             nonlocal tries
             tries += 1
-            claimed = crud.claim(session, checkpoint_id=checkpoint_id, instance=self.instance)
+            claimed = checkpoint_store.claim(
+                session, checkpoint_id=checkpoint_id, instance=self.instance
+            )
             if claimed is None and tries > 1:  # the claim lost with its connection may hold
                 row = session.get(CheckpointRow, checkpoint_id, populate_existing=True)
                 if row is not None and row.status == SCORING:  # this instance's one process
@@ -233,8 +237,9 @@ class Worker:
             session.rollback()
 
     def _store(self, session: Session, checkpoint_id: int, store: Callable[[], None]) -> None:
-        """store() (crud.store_scores), tried again through an outage; a commit whose answer
-        was lost with the connection is found stored, not taken for a deleted checkpoint."""
+        """store() (scorer_svc.storage.checkpoints.store_scores), tried again through an
+        outage; a commit whose answer was lost with the connection is found stored, not taken
+        for a deleted checkpoint."""
         tries = 0
 
         def attempt() -> None:
@@ -242,7 +247,7 @@ class Worker:
             tries += 1
             try:
                 store()
-            except crud.CheckpointGone:
+            except checkpoint_store.CheckpointGone:
                 if tries > 1:
                     row = session.get(CheckpointRow, checkpoint_id, populate_existing=True)
                     if row is not None and row.status == SCORED:
@@ -257,7 +262,7 @@ class Worker:
         if self.metrics is not None:
             self.metrics.failed()
         try:
-            if not crud.mark_failed(session, checkpoint_id=checkpoint_id, error=error):
+            if not checkpoint_store.mark_failed(session, checkpoint_id=checkpoint_id, error=error):
                 log.warning(
                     "checkpoint %d no longer waits for its scores (stored, or deleted): its "
                     "failure is not recorded (%s)", checkpoint_id, error,
@@ -276,7 +281,7 @@ class Worker:
         for checkpoint_id, error in self.failures.pending().items():
             try:
                 with self.sessions() as session:
-                    crud.mark_failed(session, checkpoint_id=checkpoint_id, error=error)
+                    checkpoint_store.mark_failed(session, checkpoint_id=checkpoint_id, error=error)
                     row = session.get(CheckpointRow, checkpoint_id)
             except SQLAlchemyError:
                 return  # still unavailable; try again on the next round
@@ -366,7 +371,7 @@ class Worker:
             self._store(
                 session,
                 checkpoint_id,
-                lambda: crud.store_scores(
+                lambda: checkpoint_store.store_scores(
                     session, checkpoint=checkpoint, losses=losses, window=window,
                     seconds=seconds, measured=samples, estimates=estimates,
                 ),
@@ -377,7 +382,7 @@ class Worker:
                     samples=int(np.isfinite(losses).sum()),
                     write_seconds=time.perf_counter() - writing,
                 )
-        except crud.CheckpointGone:
+        except checkpoint_store.CheckpointGone:
             self._rollback(session)
             log.warning("%s was deleted while it was scored: its losses are not stored", label)
             self._discard(path)
@@ -437,7 +442,7 @@ class Worker:
         try:
             self._database(
                 session,
-                lambda: crud.mark_received(session, checkpoint_id=checkpoint_id),
+                lambda: checkpoint_store.mark_received(session, checkpoint_id=checkpoint_id),
                 f"putting checkpoint {checkpoint_id} back in the queue",
             )
         except (DatabaseOutageTooLong, StoppedInOutage) as exc:

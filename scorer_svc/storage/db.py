@@ -9,13 +9,17 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, inspect, make_url, text
+from sqlalchemy import Dialect, Engine, create_engine, event, inspect, make_url, text
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from scorer_svc.storage.engines import QUERIES_KEY, SUPPORTED, EngineQueries
+
 
 def make_engine(url: str, *, busy_timeout_seconds: float = 30.0) -> Engine:
-    """An engine whose tables exist; SQLite waits busy_timeout_seconds for a lock, then fails."""
+    """An engine whose tables exist; SQLite waits busy_timeout_seconds for a lock, then fails.
+    A database or driver the scorer has no queries for is refused (UnsupportedDatabase)."""
+    engine_queries(make_url(url).get_dialect())
     if url.startswith("sqlite:///"):
         database = make_url(url).database or ""
         if database and not database.startswith("file:") and database != ":memory:":
@@ -84,7 +88,11 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
+    """Sessions of the engine, each carrying its engine's queries (scorer_svc.storage.engines:
+    queries_of)."""
+    return sessionmaker(
+        engine, expire_on_commit=False, info={QUERIES_KEY: engine_queries(engine.dialect)}
+    )
 
 
 class DatabaseDamaged(RuntimeError):
@@ -95,9 +103,27 @@ class DatabaseDriverMissing(RuntimeError):
     """The database URL names a driver that is not installed (the message names the extra)."""
 
 
+class UnsupportedDatabase(DatabaseDriverMissing):
+    """The database URL names a database or driver the scorer has no queries for."""
+
+
+def engine_queries(dialect: Dialect | type[Dialect]) -> EngineQueries:
+    """The queries of an engine of this dialect (scorer_svc.storage.engines.SUPPORTED);
+    UnsupportedDatabase for any other database or driver, or a driver's asyncio form."""
+    queries = None if dialect.is_async else SUPPORTED.get((dialect.name, dialect.driver))
+    if queries is None:
+        form = " (asyncio)" if dialect.is_async else ""
+        raise UnsupportedDatabase(
+            f"the scorer does not support the database {dialect.name}+{dialect.driver}{form}: it "
+            "supports SQLite through Python's sqlite3 (sqlite:///PATH) and PostgreSQL through "
+            "psycopg 3 (postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE)"
+        )
+    return queries
+
+
 def check_driver(url: str) -> None:
     """The URL's database driver imports; else one message naming what to install (the URL's
-    password masked)."""
+    password masked). An installed driver the scorer has no queries for: UnsupportedDatabase."""
     try:
         parsed = make_url(url)
         dialect = parsed.get_dialect()
@@ -118,6 +144,7 @@ def check_driver(url: str) -> None:
         raise DatabaseDriverMissing(
             f"the database driver for {shown} is not installed ({exc}): {hint}"
         ) from None
+    engine_queries(dialect)
 
 
 class DatabaseUnavailable(RuntimeError):

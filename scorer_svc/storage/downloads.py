@@ -20,7 +20,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy.orm import Session, sessionmaker
 
-from scorer_svc.storage import crud
+from scorer_svc.storage import checkpoints as checkpoint_store
+from scorer_svc.storage import losses as loss_store
+from scorer_svc.storage import runs as run_store
 from scorer_svc.storage.tables import SCORED
 
 COLUMNS = ("step", "update_index", "sample_index", "loss", "delta")
@@ -42,20 +44,20 @@ def scored_losses(
     """(step, update_index, losses, deltas) of each scored checkpoint of the run, by step;
     nothing when the run does not exist (deleted meanwhile)."""
     with sessions() as session:
-        run = crud.get_run(session, run_id=run_id)
+        run = run_store.get_run(session, run_id=run_id)
         if run is None:
             return
         steps = [
             (c.step, c.update_index)
-            for c in crud.list_checkpoints(session, run=run)
+            for c in checkpoint_store.list_checkpoints(session, run=run)
             if c.status == SCORED
         ]
         initial = None
         if run.initial_step is not None and any(s == run.initial_step for s, _ in steps):
-            initial = crud.losses_at(session, run=run, step=run.initial_step)
+            initial = loss_store.losses_at(session, run=run, step=run.initial_step)
         session.commit()  # the connection goes back to the pool between checkpoints
         for step, update_index in steps:
-            losses = crud.losses_at(session, run=run, step=step)
+            losses = loss_store.losses_at(session, run=run, step=step)
             session.commit()
             deltas = initial - losses if initial is not None else np.full_like(losses, np.nan)
             yield step, update_index, losses, deltas

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from scorer_svc.storage import crud
+from scorer_svc.storage import runs as run_store
 from scorer_svc.storage.checkpoint_files import checkpoint_path
 from scorer_svc.storage.tables import Run
 
@@ -45,7 +45,7 @@ def delete_run(
             f"run {run_id} belongs to the scorer instance {run.instance!r} (this one is "
             f"{instance!r}): delete it there, where its checkpoint files are"
         )
-    removed = crud.delete_run(session, run=run, keep_pending=not force)
+    removed = run_store.delete_run(session, run=run, keep_pending=not force)
     if removed is None:
         raise RunBusy(
             f"run {run_id} has checkpoints queued or being scored: delete it once its trainer "

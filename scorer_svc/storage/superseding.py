@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from scorer_svc.storage import crud
+from scorer_svc.storage import checkpoints as checkpoint_store
 from scorer_svc.storage.tables import Run
 
 log = logging.getLogger(__name__)
@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 def discard_superseded(session: Session, run: Run, *, keep: bool) -> int:
     """Supersede an async run's checkpoints that a newer one replaced while they waited, and
     remove their tensors (unless kept on purpose); how many."""
-    paths = crud.supersede(session, run=run)
+    paths = checkpoint_store.supersede(session, run=run)
     if not keep:
         for path in paths:
             Path(path).unlink(missing_ok=True)

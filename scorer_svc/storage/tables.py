@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import (
     JSON,
@@ -32,6 +32,11 @@ ENDINGS = (FINISHED, FAILED)
 # come with a migration in scorer_svc/storage/migrations.
 Wide = BigInteger().with_variant(Integer(), "sqlite")
 PENDING = (RECEIVED, SCORING)
+
+
+def now() -> datetime:
+    """The time as the DateTime columns store it: UTC, without a time zone."""
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 class Base(DeclarativeBase):

@@ -14,8 +14,10 @@ import pytest
 
 from delta_loss_devtools.scorer_process import ScorerProcess
 from scorer_svc.exit_after import ExitAfterRuns, work_done
-from scorer_svc.storage import crud
+from scorer_svc.storage import checkpoints as checkpoint_store
+from scorer_svc.storage import runs as run_store
 from scorer_svc.storage.db import make_engine, make_sessionmaker
+from scorer_svc.storage.tables import now
 from tests.support.scorer import (
     lora_checkpoints,
     make_hello,
@@ -40,38 +42,38 @@ def sessions(tmp_path):
 
 
 def add_run(session, run_id: str, instance: str = ME):
-    return crud.create_run(session, config=stored_run_config(run_id, 4), n_no_labels=0,
-                           instance=instance)  # fmt: skip
+    config = stored_run_config(run_id, 4)
+    return run_store.create_run(session, config=config, n_no_labels=0, instance=instance)
 
 
 def add_checkpoint(session, run, step: int) -> int:
-    received = crud.Received(step, 1, "lora", f"{step:064d}", f"step-{step}", 100)
-    return crud.add_checkpoint(session, run=run, received=received).id
+    received = checkpoint_store.Received(step, 1, "lora", f"{step:064d}", f"step-{step}", 100)
+    return checkpoint_store.add_checkpoint(session, run=run, received=received).id
 
 
 def test_done_once_enough_runs_ended_since_the_start_and_nothing_waits(sessions):
     with sessions() as session:
-        since = crud.now()
+        since = now()
         old, a, b = add_run(session, "old"), add_run(session, "a"), add_run(session, "b")
         theirs = add_run(session, "theirs", instance="scorer-b")
-        crud.end_run(session, run=old, status="finished", detail=None)
+        run_store.end_run(session, run=old, status="finished", detail=None)
         old.ended_at = since - timedelta(seconds=5)  # ended before this scorer started
-        crud.end_run(session, run=theirs, status="finished", detail=None)  # not this scorer's
+        run_store.end_run(session, run=theirs, status="finished", detail=None)  # not this scorer's
         session.commit()
         assert not work_done(session, instance=ME, since=since, runs=1)
 
-        crud.end_run(session, run=a, status="finished", detail=None)
+        run_store.end_run(session, run=a, status="finished", detail=None)
         assert work_done(session, instance=ME, since=since, runs=1)
         assert not work_done(session, instance=ME, since=since, runs=2)
 
         waiting = add_checkpoint(session, a, step=2)  # queued after its run ended
         assert not work_done(session, instance=ME, since=since, runs=1)
-        crud.mark_failed(session, checkpoint_id=waiting, error="gave up")
+        checkpoint_store.mark_failed(session, checkpoint_id=waiting, error="gave up")
         assert work_done(session, instance=ME, since=since, runs=1)
 
-        crud.end_run(session, run=b, status="failed", detail="killed")
+        run_store.end_run(session, run=b, status="failed", detail="killed")
         assert work_done(session, instance=ME, since=since, runs=2)
-        crud.reopen_run(session, run=b)  # resumed: training again
+        run_store.reopen_run(session, run=b)  # resumed: training again
         assert not work_done(session, instance=ME, since=since, runs=2)
 
 
@@ -90,7 +92,7 @@ def test_the_watch_calls_on_done_once_when_the_runs_have_ended(sessions):
     try:
         assert not done.wait(0.3)  # polled several times: the run has not ended
         with sessions() as session:
-            crud.end_run(session, run=session.merge(run), status="finished", detail=None)
+            run_store.end_run(session, run=session.merge(run), status="finished", detail=None)
         assert done.wait(WAIT_SECONDS)
     finally:
         watch.stop()

@@ -209,7 +209,7 @@ class WritesFile:
 
 
 def stored_run_config(run_id: str, n_samples: int, **over) -> dict:
-    """The fields of a hello that crud.create_run stores."""
+    """The fields of a hello that runs.create_run stores."""
     config = {
         "run_id": run_id, "base_model": "none", "finetuning_type": "lora",
         "fingerprint": "0" * 64, "n_samples": n_samples, "window_size": 0.25, "update_times": 3,

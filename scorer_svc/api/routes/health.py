@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 from common.api.schemas import Health
 from scorer_svc.api.deps import ApiDep, SessionDep
 from scorer_svc.api.errors import database_detail
-from scorer_svc.storage import crud
+from scorer_svc.storage import runs as run_store
 
 router = APIRouter(tags=["health"])
 
@@ -29,7 +29,7 @@ def healthz(session: SessionDep, api: ApiDep) -> Health | JSONResponse:
     """200 when the database answers, the scoring worker runs and every scoring rank
     answers; 503 with what is wrong otherwise (a database error seen lately by a request or
     the worker included, until the database answers again). Open without a token."""
-    crud.list_runs(session, limit=1)  # a damaged or missing database answers 503
+    run_store.list_runs(session, limit=1)  # a damaged or missing database answers 503
     api.database.answered()  # an outage seen by any request or the worker ends here
     group = api.group
     named = {"instance": api.instance}

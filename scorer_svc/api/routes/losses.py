@@ -30,7 +30,7 @@ from scorer_svc.api.deps import (
     SessionDep,
 )
 from scorer_svc.api.state import ApiState
-from scorer_svc.storage import crud
+from scorer_svc.storage import losses as loss_store
 from scorer_svc.storage.downloads import losses_csv, losses_parquet
 from scorer_svc.storage.tables import Run
 
@@ -50,7 +50,7 @@ def losses_at_step(
     """Every sample's loss at a scored checkpoint (default the latest), by sample index, a
     page at a time."""
     first = page.start or 0
-    values = crud.loss_page(
+    values = loss_store.loss_page(
         session, run=run, step=checkpoint.step, offset=first, limit=page.max_results
     )
     following = first + page.max_results
@@ -72,7 +72,7 @@ def sample_losses(
 ) -> SampleHistory:
     """One sample's loss and loss reduction at every scored checkpoint, by step."""
     _check_indices(run, [index])
-    rows = crud.sample_history(session, run=run, sample_index=index)
+    rows = loss_store.sample_history(session, run=run, sample_index=index)
     return _history(run, index, rows)
 
 
@@ -169,7 +169,7 @@ def _check_indices(run: Run, indices: Sequence[int]) -> None:
 
 def _histories(session: Session, run: Run, indices: Sequence[int]) -> SampleHistories:
     _check_indices(run, indices)
-    rows = crud.sample_histories(session, run=run, sample_indices=indices)
+    rows = loss_store.sample_histories(session, run=run, sample_indices=indices)
     return SampleHistories(run_id=run.run_id, samples=[_history(run, i, rows[i]) for i in indices])
 
 

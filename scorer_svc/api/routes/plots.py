@@ -28,7 +28,7 @@ from scorer_svc.api.deps import (
 )
 from scorer_svc.api.rankings import Rankings
 from scorer_svc.api.run_texts import DATASET_RESPONSES
-from scorer_svc.storage import crud
+from scorer_svc.storage import losses as loss_store
 from scorer_svc.storage.tables import CheckpointRow, Run
 
 router = APIRouter(prefix="/v1/runs/{run_id}/plots", tags=["plots"])
@@ -197,7 +197,7 @@ def plot_trajectories(
         title = f"run {run.run_id}: loss fell most and least by step {checkpoint.step}"
         if chosen.indices:
             title += ", and the samples chosen"
-    rows = crud.sample_histories(session, run=run, sample_indices=list(labels))
+    rows = loss_store.sample_histories(session, run=run, sample_indices=list(labels))
     histories = {
         label: [(s, loss) for s, _, loss in rows[i] if loss is not None and np.isfinite(loss)]
         for i, label in labels.items()

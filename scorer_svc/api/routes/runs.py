@@ -21,7 +21,8 @@ from scorer_svc.api.deps import RUN_RESPONSES, ApiDep, Page, RunDep, SessionDep,
 from scorer_svc.api.state import ApiState
 from scorer_svc.config import Settings
 from scorer_svc.security.tokens import has_shared_token, is_runs_token
-from scorer_svc.storage import crud
+from scorer_svc.storage import checkpoints as checkpoint_store
+from scorer_svc.storage import runs as run_store
 from scorer_svc.storage.retention import NotOwner, RunBusy, delete_run
 from scorer_svc.storage.tables import Run
 
@@ -33,14 +34,11 @@ READ_ONLY = "this API serves a database read-only: it changes nothing"
 
 
 def run_infos(session: Session, runs: Sequence[Run]) -> list[RunInfo]:
-    progress = crud.run_progress(session, runs=runs)
-    return [_run_info(session, run, progress.get(run.id, crud.RunProgress())) for run in runs]
+    progress = run_store.run_progress(session, runs=runs)
+    return [_run_info(run, progress.get(run.id, run_store.RunProgress())) for run in runs]
 
 
-def _run_info(session: Session, run: Run, progress: crud.RunProgress) -> RunInfo:
-    n_invalid = None
-    if run.initial_step is not None and crud.count_losses(session, run=run, step=run.initial_step):
-        n_invalid = crud.count_null_at(session, run=run, step=run.initial_step)
+def _run_info(run: Run, progress: run_store.RunProgress) -> RunInfo:
     status: RunStatus = "registered" if progress.n_checkpoints == 0 else "training"
     if run.end_status is not None:
         status = "finished" if run.end_status == "finished" else "failed"
@@ -51,7 +49,7 @@ def _run_info(session: Session, run: Run, progress: crud.RunProgress) -> RunInfo
             # could take the run over as its resume
             "config": {k: v for k, v in run.config.items() if k != "run_token"},
             "status": status,
-            "n_invalid": n_invalid,
+            "n_invalid": progress.n_invalid,
             "n_checkpoints": progress.n_checkpoints,
             "last_step": progress.last_step,
             "last_scored_step": progress.last_scored_step,
@@ -64,7 +62,7 @@ def _run_info(session: Session, run: Run, progress: crud.RunProgress) -> RunInfo
 def list_runs(session: SessionDep, page: RunsPageDep) -> RunPage:
     """The runs in the order they were registered, with their status and last steps, a page
     at a time."""
-    runs = crud.list_runs(session, limit=page.max_results + 1, from_id=page.start)
+    runs = run_store.list_runs(session, limit=page.max_results + 1, from_id=page.start)
     following = runs[page.max_results] if len(runs) > page.max_results else None
     return RunPage(
         runs=run_infos(session, runs[: page.max_results]),
@@ -82,7 +80,9 @@ def get_run(session: SessionDep, run: RunDep) -> RunInfo:
 def list_checkpoints(session: SessionDep, run: RunDep, page: CheckpointsPageDep) -> CheckpointPage:
     """The run's checkpoints by step, with their status and scoring timings, a page at a
     time."""
-    rows = crud.list_checkpoints(session, run=run, from_step=page.start, limit=page.max_results + 1)
+    rows = checkpoint_store.list_checkpoints(
+        session, run=run, from_step=page.start, limit=page.max_results + 1
+    )
     following = rows[page.max_results] if len(rows) > page.max_results else None
     return CheckpointPage(
         checkpoints=[
@@ -169,7 +169,7 @@ def end_run(
     --allow-unauthenticated-writes."""
     _check_writable(run, api, there="report its end there")
     _check_authorized(run, api.settings, run_token, f"reporting the end of run {run.run_id}")
-    crud.end_run(session, run=run, status=body.status, detail=body.detail)
+    run_store.end_run(session, run=run, status=body.status, detail=body.detail)
     return run_infos(session, [run])[0]
 
 

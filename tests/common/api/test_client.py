@@ -19,7 +19,7 @@ from common.api.client import (
 )
 from common.api.schemas import RunInfo, WeightsBody
 from scorer_svc.main import create_app
-from scorer_svc.storage import crud
+from scorer_svc.storage import runs as run_store
 from tests.scorer_svc.api.test_api import (
     FAILED_STEP,
     LOSSES,
@@ -40,7 +40,7 @@ def api(tmp_path) -> Iterator[ScorerApi]:
     with seeded_state(tmp_path) as state:
         with state.sessions() as session:  # as registered by trainers that sent their tokens
             for run_id in ("run-a", "run-empty"):
-                run = crud.get_run(session, run_id=run_id)
+                run = run_store.get_run(session, run_id=run_id)
                 run.config = {**run.config, "run_token": RUN_TOKEN}
             session.commit()
         writable = replace(state, instance="scorer-t")

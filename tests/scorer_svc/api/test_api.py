@@ -1,8 +1,9 @@
-"""The REST API in-process: a TestClient on a SQLite file seeded through crud, no scorer
+"""The REST API in-process: a TestClient on a SQLite file seeded through the queries, no scorer
 process. Weights are compared with common.selection applied to the seeded losses."""
 
 import csv
 import io
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,14 +16,16 @@ import pyarrow.parquet
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import make_url
+from sqlalchemy import event, make_url
 
 from common.selection import delta_weights, delta_window, rank_by_delta, uniform_weights
 from scorer_svc.api.state import ApiState
 from scorer_svc.config import Settings
 from scorer_svc.main import build_service, create_app
 from scorer_svc.scoring.progress import ScoringProgress
-from scorer_svc.storage import crud
+from scorer_svc.storage import checkpoints as checkpoint_store
+from scorer_svc.storage import losses as loss_store
+from scorer_svc.storage import runs as run_store
 from scorer_svc.storage.db import make_engine, make_sessionmaker
 from scorer_svc.storage.failures import UnrecordedFailures
 from scorer_svc.storage.tables import STATUSES, CheckpointRow
@@ -50,23 +53,25 @@ def seed(state: ApiState) -> None:
     registered, nothing received."""
     config = stored_run_config("run-a", N, window_size=WINDOW_SIZE, update_times=UPDATE_TIMES)
     with state.sessions() as session:
-        run = crud.create_run(session, config=config, n_no_labels=1)
-        crud.create_run(session, config=stored_run_config("run-empty", 4), n_no_labels=0)
+        run = run_store.create_run(session, config=config, n_no_labels=1)
+        run_store.create_run(session, config=stored_run_config("run-empty", 4), n_no_labels=0)
 
         def add(step: int, k: int) -> CheckpointRow:
-            received = crud.Received(step, k, "lora", f"{step:064d}", f"step-{step}", 100 * step)
-            return crud.add_checkpoint(session, run=run, received=received)
+            received = checkpoint_store.Received(
+                step, k, "lora", f"{step:064d}", f"step-{step}", 100 * step
+            )
+            return checkpoint_store.add_checkpoint(session, run=run, received=received)
 
         for step, k in SCORED.items():
             window = None
             if k >= 2:
                 window, _ = delta_window(INITIAL, LOSSES[step], k, UPDATE_TIMES, WINDOW_SIZE)
-            crud.store_scores(
+            checkpoint_store.store_scores(
                 session, checkpoint=add(step, k), losses=LOSSES[step], window=window,
                 seconds=SCORE_SECONDS,
             )  # fmt: skip
-        crud.mark_failed(session, checkpoint_id=add(FAILED_STEP, 4).id, error=FAILURE)
-        crud.mark_scoring(session, checkpoint=add(SCORING_STEP, 5))
+        checkpoint_store.mark_failed(session, checkpoint_id=add(FAILED_STEP, 4).id, error=FAILURE)
+        checkpoint_store.mark_scoring(session, checkpoint=add(SCORING_STEP, 5))
         add(RECEIVED_STEP, 6)
 
 
@@ -133,8 +138,8 @@ def test_a_checkpoint_being_scored_answers_202_with_its_progress(state):
     now = [100.0]
     progress = ScoringProgress(clock=lambda: now[0])
     with state.sessions() as session:
-        run = crud.get_run(session, run_id="run-a")
-        scoring = crud.get_checkpoint(session, run=run, step=SCORING_STEP)
+        run = run_store.get_run(session, run_id="run-a")
+        scoring = checkpoint_store.get_checkpoint(session, run=run, step=SCORING_STEP)
     progress.start(scoring.id, N, total_tokens=100)
     with TestClient(create_app(state.settings, replace(state, progress=progress))) as client:
 
@@ -201,14 +206,54 @@ def test_runs_are_listed_with_their_settings_and_samples_without_loss(client):
     assert (empty["status"], empty["n_checkpoints"], empty["last_step"]) == ("registered", 0, None)
 
 
+def test_listed_runs_give_the_invalid_count_of_a_scan_without_reading_losses(client, state):
+    """n_invalid is the n_null stored with the run's initial checkpoint when it was scored:
+    what counting its NULL losses gives, with no query of the losses table."""
+    initial = np.array([np.nan, 1.0, np.inf, 2.0, np.nan, -np.inf])
+    with state.sessions() as session:
+        nulls = run_store.create_run(
+            session, config=stored_run_config("run-nulls", 6), n_no_labels=0
+        )
+        waiting = run_store.create_run(
+            session, config=stored_run_config("run-waiting", 4), n_no_labels=0
+        )
+        for run in (nulls, waiting):
+            received = checkpoint_store.Received(3, 1, "lora", "0" * 64, "step-3", 10)
+            checkpoint_store.add_checkpoint(session, run=run, received=received)
+        checkpoint_store.store_scores(
+            session, checkpoint=checkpoint_store.get_checkpoint(session, run=nulls, step=3),
+            losses=initial, window=None, seconds=1.0,
+        )  # fmt: skip
+        scans = {}
+        for run_id in ("run-a", "run-nulls"):
+            run = run_store.get_run(session, run_id=run_id)
+            scans[run_id] = loss_store.count_null_at(session, run=run, step=run.initial_step)
+    assert scans == {"run-a": 1, "run-nulls": 4}
+    engine = state.sessions.kw["bind"]
+    statements: list[str] = []
+
+    def record(_connection, _cursor, statement, *_args) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        listed = {r["run_id"]: r["n_invalid"] for r in client.get("/v1/runs").json()["runs"]}
+        one = client.get("/v1/runs/run-nulls").json()["n_invalid"]
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert listed == {"run-a": 1, "run-empty": None, "run-nulls": 4, "run-waiting": None}
+    assert one == scans["run-nulls"]
+    assert statements and [s for s in statements if re.search(r"\blosses\b", s, re.I)] == []
+
+
 def test_a_runs_training_token_is_not_served(client, state):
     config = stored_run_config("run-tok", 4) | {"run_token": "f" * 32}
     with state.sessions() as session:
-        crud.create_run(session, config=config, n_no_labels=0)
+        run_store.create_run(session, config=config, n_no_labels=0)
     served = client.get("/v1/runs/run-tok").json()["config"]
     assert "run_token" not in served and served["run_id"] == "run-tok"
     with state.sessions() as session:  # kept where it is checked: a resume must carry it
-        assert crud.get_run(session, run_id="run-tok").config["run_token"] == "f" * 32
+        assert run_store.get_run(session, run_id="run-tok").config["run_token"] == "f" * 32
 
 
 def test_runs_come_a_page_at_a_time(client):
@@ -233,14 +278,14 @@ def test_a_run_ends_as_its_trainer_reports_and_a_resume_reopens_it(client, state
     elsewhere = replace(state, instance="scorer-u")
     with TestClient(create_app(state.settings, elsewhere)) as client:
         with state.sessions() as session:
-            crud.get_run(session, run_id="run-a").instance = "scorer-t"
+            run_store.get_run(session, run_id="run-a").instance = "scorer-t"
             session.commit()
         other = client.post("/v1/runs/run-a/end", json={"status": "finished"})
         assert other.status_code == 403 and "report its end there" in other.json()["detail"]
     writable = replace(state, instance="scorer-t")
     with TestClient(create_app(state.settings, writable)) as client:
         with state.sessions() as session:  # as registered by a trainer that sent its token
-            run = crud.get_run(session, run_id="run-a")
+            run = run_store.get_run(session, run_id="run-a")
             run.config = {**run.config, "run_token": RUN_TOKEN}
             session.commit()
         without = client.post("/v1/runs/run-a/end", json={"status": "finished"})
@@ -261,7 +306,7 @@ def _end_and_reopen(client: TestClient, state: ApiState) -> None:
         assert client.post("/v1/runs/run-a/end", json=bad).status_code == 422, bad
     assert client.post("/v1/runs/run-x/end", json={"status": "finished"}).status_code == 404
     with state.sessions() as session:
-        crud.reopen_run(session, run=crud.get_run(session, run_id="run-a"))
+        run_store.reopen_run(session, run=run_store.get_run(session, run_id="run-a"))
     reopened = client.get("/v1/runs/run-a").json()
     assert (reopened["status"], reopened["ended_at"]) == ("training", None)
 
@@ -370,8 +415,8 @@ def test_pending_checkpoint_is_202_with_retry_after(client, route, step, status)
 @pytest.mark.parametrize("route", ["losses", "weights"])
 def test_failure_the_database_could_not_store_is_409_until_forgotten(client, state, route):
     with state.sessions() as session:
-        run = crud.get_run(session, run_id="run-a")
-        checkpoint = crud.get_checkpoint(session, run=run, step=RECEIVED_STEP)
+        run = run_store.get_run(session, run_id="run-a")
+        checkpoint = checkpoint_store.get_checkpoint(session, run=run, step=RECEIVED_STEP)
     state.failures.record(checkpoint.id, "OperationalError: database is locked")
     response = client.get(f"/v1/runs/run-a/{route}", params={"step": RECEIVED_STEP})
     assert response.status_code == 409

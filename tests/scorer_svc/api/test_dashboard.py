@@ -21,7 +21,8 @@ from common.selection import delta_window, rank_by_delta, window_over
 from scorer_svc.api.state import ApiState
 from scorer_svc.main import create_app
 from scorer_svc.scoring.progress import ScoringProgress
-from scorer_svc.storage import crud
+from scorer_svc.storage import checkpoints as checkpoint_store
+from scorer_svc.storage import runs as run_store
 from tests.scorer_svc.api.test_api import (
     FAILURE,
     INITIAL,
@@ -206,23 +207,27 @@ def seed_budgeted_async_run(state: ApiState, config: dict) -> int:
     values = losses(n)
     measured = np.arange(0, n, 2)
     with state.sessions() as session:
-        run = crud.get_run(session, run_id="run-b")
-        checkpoint = crud.add_checkpoint(
-            session, run=run, received=crud.Received(6, 3, "lora", "6" * 64, "step-6", 100)
+        run = run_store.get_run(session, run_id="run-b")
+        checkpoint = checkpoint_store.add_checkpoint(
+            session,
+            run=run,
+            received=checkpoint_store.Received(6, 3, "lora", "6" * 64, "step-6", 100),
         )
         current = np.full(n, np.nan)
         current[measured] = values[4][measured] - 0.1
         before = Estimates.measured_all(values[2] - values[4])
         estimates, _ = advance(before, measured, values[2] - current)
         window, _ = window_over(estimates.delta, 3, UPDATE_TIMES, WINDOW_SIZE)
-        crud.store_scores(
+        checkpoint_store.store_scores(
             session, checkpoint=checkpoint, losses=current, window=window, seconds=1.0,
             measured=measured, estimates=estimates,
         )  # fmt: skip
         for step in (8, 10):
-            received = crud.Received(step, 1, "lora", f"{step:064d}", f"step-{step}", 100)
-            crud.add_checkpoint(session, run=run, received=received)
-        assert crud.supersede(session, run=run) == ["step-8"]
+            received = checkpoint_store.Received(
+                step, 1, "lora", f"{step:064d}", f"step-{step}", 100
+            )
+            checkpoint_store.add_checkpoint(session, run=run, received=received)
+        assert checkpoint_store.supersede(session, run=run) == ["step-8"]
     return measured.size
 
 
@@ -231,8 +236,8 @@ def scoring_progress(state: ApiState) -> ScoringProgress:
     now = [100.0]
     progress = ScoringProgress(clock=lambda: now[0])
     with state.sessions() as session:
-        run = crud.get_run(session, run_id="run-a")
-        scoring = crud.get_checkpoint(session, run=run, step=SCORING_STEP)
+        run = run_store.get_run(session, run_id="run-a")
+        scoring = checkpoint_store.get_checkpoint(session, run=run, step=SCORING_STEP)
     progress.start(scoring.id, N, total_tokens=100)
     now[0] += 8.0
     progress.advance(scoring.id, 4, 40)

@@ -10,7 +10,8 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from scorer_svc.main import create_app
-from scorer_svc.storage import crud
+from scorer_svc.storage import checkpoints as checkpoint_store
+from scorer_svc.storage import runs as run_store
 from tests.scorer_svc.api.test_api import TOKEN, seeded_state
 
 RUN = "run-a"  # the seeded run: most generated requests then reach the routes' real answers
@@ -49,11 +50,11 @@ def test_every_operation_answers_as_documented(tmp_path, token):
         assert not failures, "\n\n".join(f"{k}:\n{v}" for k, v in failures.items())
         if token is None:  # no request showed a run's token: none was ended or deleted
             with state.sessions() as session:
-                runs = crud.list_runs(session)
+                runs = run_store.list_runs(session)
                 assert [(r.run_id, r.end_status) for r in runs] == [
                     (RUN, None), ("run-empty", None),
                 ]  # fmt: skip
-                assert len(crud.list_checkpoints(session, run=runs[0], limit=100)) == 6
+                assert len(checkpoint_store.list_checkpoints(session, run=runs[0], limit=100)) == 6
 
 
 def test_every_route_parameter_and_field_is_described(tmp_path):

@@ -1,5 +1,5 @@
 """A sample's text over REST, and the pictures that read the dataset's rows: in-process, a
-TestClient on a SQLite file seeded through crud with a run whose hello names a real dataset
+TestClient on a SQLite file seeded through the queries with a run whose hello names a real dataset
 file (tokenized with the tiny model, so that its fingerprint is the trainer's)."""
 
 import io
@@ -27,7 +27,8 @@ from scorer_svc.api.run_texts import RunTexts
 from scorer_svc.api.state import ApiState
 from scorer_svc.config import Settings
 from scorer_svc.main import create_app
-from scorer_svc.storage import crud
+from scorer_svc.storage import checkpoints as checkpoint_store
+from scorer_svc.storage import runs as run_store
 from scorer_svc.storage.db import make_engine, make_sessionmaker
 from scorer_svc.storage.failures import UnrecordedFailures
 from tests.support.scorer import LORA, SETTINGS
@@ -95,14 +96,16 @@ def seed_run(state: ApiState, config: dict) -> None:
     n = config["n_samples"]
     values = losses(n)
     with state.sessions() as session:
-        run = crud.create_run(session, config=config, n_no_labels=0)
+        run = run_store.create_run(session, config=config, n_no_labels=0)
         for step, k in ((2, 1), (4, 2)):
-            received = crud.Received(step, k, "lora", f"{step:064d}", f"step-{step}", 100)
-            checkpoint = crud.add_checkpoint(session, run=run, received=received)
+            received = checkpoint_store.Received(
+                step, k, "lora", f"{step:064d}", f"step-{step}", 100
+            )
+            checkpoint = checkpoint_store.add_checkpoint(session, run=run, received=received)
             window = None
             if k == 2:
                 window, _ = delta_window(values[2], values[4], k, UPDATE_TIMES, WINDOW_SIZE)
-            crud.store_scores(
+            checkpoint_store.store_scores(
                 session, checkpoint=checkpoint, losses=values[step], window=window, seconds=1.0
             )
 

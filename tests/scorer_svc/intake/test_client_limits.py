@@ -14,7 +14,7 @@ from delta_loss_devtools.waiting import wait_until
 from scorer_svc.config import Settings
 from scorer_svc.intake.server import Intake, IntakeServer
 from scorer_svc.main import MAX_FRAME_BYTES
-from scorer_svc.scoring import registry as registry_module
+from scorer_svc.scoring import run_dataset
 from scorer_svc.scoring.registry import Registry
 from scorer_svc.storage.db import make_engine, make_sessionmaker
 from tests.support.data import write_samples
@@ -42,9 +42,9 @@ def served(tmp_path, monkeypatch):
     registry = Registry(config)
     release = threading.Event()
     tokenized: list[str] = []
-    encode = registry_module.encode_dataset
+    encode = run_dataset.encode_dataset
     monkeypatch.setattr(
-        registry_module,
+        run_dataset,
         "encode_dataset",
         lambda tokenizer, samples, settings: (
             tokenized.append(len(samples)) or encode(tokenizer, samples, settings)

@@ -13,7 +13,8 @@ from common.wire.protocol import encode_checkpoint, encode_hello
 from scorer_svc.config import Settings
 from scorer_svc.intake.server import Intake
 from scorer_svc.scoring.registry import Registry
-from scorer_svc.storage import crud
+from scorer_svc.storage import checkpoints as checkpoint_store
+from scorer_svc.storage import runs as run_store
 from scorer_svc.storage.db import make_engine, make_sessionmaker
 from tests.support.data import write_samples
 from tests.support.postgres import PostgresCluster
@@ -71,6 +72,6 @@ def test_the_intake_answers_busy_while_the_database_is_down(cluster, tiny_model,
     assert intake_upload(intake, upload(2, 1))["status"] == "queued"  # sent again
     assert intake_upload(intake, upload(4, 2))["status"] == "queued"
     with sessions() as session:
-        run = crud.get_run(session, run_id="run-a")
+        run = run_store.get_run(session, run_id="run-a")
         assert run is not None
-        assert [c.step for c in crud.list_checkpoints(session, run=run)] == [2, 4]
+        assert [c.step for c in checkpoint_store.list_checkpoints(session, run=run)] == [2, 4]

@@ -21,7 +21,7 @@ from scorer_svc.config import Settings
 from scorer_svc.intake.server import Intake, IntakeServer
 from scorer_svc.main import MAX_FRAME_BYTES
 from scorer_svc.scoring.registry import Registry
-from scorer_svc.storage import crud
+from scorer_svc.storage import runs as run_store
 from scorer_svc.storage.db import make_engine, make_sessionmaker
 from tests.support.data import write_samples
 from tests.support.scorer import (
@@ -60,27 +60,27 @@ def test_the_same_training_run_comes_back_and_another_is_refused(intake, tiny_mo
         assert "run run-a is already registered by another training run" in reply["reason"]
         assert "new run_id" in reply["reason"] and "resume_from_checkpoint" in reply["reason"]
     with intake.sessions() as session:
-        assert crud.get_run(session, run_id="run-a").config["run_token"] == TOKEN
+        assert run_store.get_run(session, run_id="run-a").config["run_token"] == TOKEN
 
 
 def test_a_resumed_run_is_training_again(intake, tiny_model, tmp_path):
     data = write_samples(tmp_path / "train.json", 8)
     ask(intake, make_hello(tiny_model, data, run_token=TOKEN))
     with intake.sessions() as session:
-        crud.end_run(
-            session, run=crud.get_run(session, run_id="run-a"), status="failed", detail="x"
+        run_store.end_run(
+            session, run=run_store.get_run(session, run_id="run-a"), status="failed", detail="x"
         )
     assert ask(intake, make_hello(tiny_model, data, run_token=TOKEN))["status"] == (
         "already_registered"
     )
     with intake.sessions() as session:
-        run = crud.get_run(session, run_id="run-a")
+        run = run_store.get_run(session, run_id="run-a")
         assert (run.end_status, run.end_detail, run.ended_at) == (None, None, None)
-        crud.end_run(session, run=run, status="finished", detail=None)
+        run_store.end_run(session, run=run, status="finished", detail=None)
     refused = ask(intake, make_hello(tiny_model, data, run_token=OTHER))
     assert refused["code"] == "mismatch"  # another training run does not reopen it
     with intake.sessions() as session:
-        assert crud.get_run(session, run_id="run-a").end_status == "finished"
+        assert run_store.get_run(session, run_id="run-a").end_status == "finished"
 
 
 def test_a_run_registered_without_a_token_accepts_its_trainer_back(intake, tiny_model, tmp_path):

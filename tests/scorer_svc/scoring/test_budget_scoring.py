@@ -18,7 +18,10 @@ from scorer_svc.main import create_app
 from scorer_svc.scoring.registry import Registry
 from scorer_svc.scoring.weights import WeightsCache, build_weights
 from scorer_svc.scoring.worker import Worker
-from scorer_svc.storage import crud
+from scorer_svc.storage import checkpoints as checkpoint_store
+from scorer_svc.storage import losses as loss_store
+from scorer_svc.storage import runs as run_store
+from scorer_svc.storage import windows as window_store
 from scorer_svc.storage.db import make_engine, make_sessionmaker
 from scorer_svc.storage.failures import UnrecordedFailures
 from scorer_svc.storage.tables import RECEIVED, SCORED, SCORING, SUPERSEDED
@@ -78,8 +81,8 @@ class Scorer:
 
     def statuses(self, run_id: str) -> dict[int, str]:
         with self.sessions() as session:
-            run = crud.get_run(session, run_id=run_id)
-            return {c.step: c.status for c in crud.list_checkpoints(session, run=run)}
+            run = run_store.get_run(session, run_id=run_id)
+            return {c.step: c.status for c in checkpoint_store.list_checkpoints(session, run=run)}
 
 
 @pytest.fixture
@@ -105,29 +108,29 @@ def test_a_budgeted_checkpoint_measures_what_the_rule_chooses_and_ranks_on_estim
         scorer.send("full", step, update, drift)
     assert scorer.score_all() == 2 * len(STEPS)
     with scorer.sessions() as session:
-        run = crud.get_run(session, run_id="budgeted")
-        full = crud.get_run(session, run_id="full")
-        init = crud.losses_at(session, run=run, step=3)
-        rows = {c.step: c for c in crud.list_checkpoints(session, run=run)}
+        run = run_store.get_run(session, run_id="budgeted")
+        full = run_store.get_run(session, run_id="full")
+        init = loss_store.losses_at(session, run=run, step=3)
+        rows = {c.step: c for c in checkpoint_store.list_checkpoints(session, run=run)}
         assert {s: c.status for s, c in rows.items()} == dict.fromkeys((3, 5, 7, 9), SCORED)
         for step in (3, 5):  # in full: every loss, no estimates
             assert rows[step].n_measured is None and rows[step].mean_age is None
-            assert crud.get_estimates(session, run=run, step=step) is None
-            assert np.isfinite(crud.losses_at(session, run=run, step=step)).sum() == N
-        previous = Estimates.measured_all(init - crud.losses_at(session, run=run, step=5))
+            assert window_store.get_estimates(session, run=run, step=step) is None
+            assert np.isfinite(loss_store.losses_at(session, run=run, step=step)).sum() == N
+        previous = Estimates.measured_all(init - loss_store.losses_at(session, run=run, step=5))
         for step in (7, 9):
             checkpoint = rows[step]
             expected = choose(
                 previous, 5, update_index=checkpoint.update_index,
                 update_times=run.update_times, window_size=run.window_size,
             )  # fmt: skip
-            losses = crud.losses_at(session, run=run, step=step)
+            losses = loss_store.losses_at(session, run=run, step=step)
             measured = np.flatnonzero(np.isfinite(losses))
             assert measured.tolist() == expected.tolist()
             # the same losses a full pass over the same checkpoint gives those samples
-            reference = crud.losses_at(session, run=full, step=step)
+            reference = loss_store.losses_at(session, run=full, step=step)
             np.testing.assert_allclose(losses[measured], reference[measured], rtol=1e-5)
-            estimates = crud.get_estimates(session, run=run, step=step)
+            estimates = window_store.get_estimates(session, run=run, step=step)
             assert estimates is not None
             np.testing.assert_array_equal(estimates.delta[measured], (init - losses)[measured])
             assert set(np.flatnonzero(estimates.age == 0).tolist()) == set(measured.tolist())
@@ -144,9 +147,9 @@ def test_a_budgeted_checkpoint_measures_what_the_rule_chooses_and_ranks_on_estim
             assert cached.mean_age == served.mean_age
             previous = estimates
         # the published method, unchanged: no estimates, every loss at every checkpoint
-        for checkpoint in crud.list_checkpoints(session, run=full):
+        for checkpoint in checkpoint_store.list_checkpoints(session, run=full):
             assert checkpoint.n_measured is None
-            assert crud.get_estimates(session, run=full, step=checkpoint.step) is None
+            assert window_store.get_estimates(session, run=full, step=checkpoint.step) is None
 
 
 def test_the_api_says_how_much_of_a_ranking_was_measured(scorer):
@@ -187,7 +190,7 @@ def test_an_async_run_keeps_only_its_initial_and_newest_waiting_checkpoints(
     files = sorted(p.name for p in (scorer.settings.data_dir).rglob("*.safetensors"))
     assert len(files) == 2 + len(STEPS)  # the async run's two waiting, the sync run's four
     with scorer.sessions() as session:
-        counts = crud.count_checkpoints(session, instance="here")
+        counts = checkpoint_store.count_checkpoints(session, instance="here")
     assert counts[SUPERSEDED] == 2
     assert scorer.score_all() == 2 + len(STEPS)
     assert scorer.statuses("async") == {3: SCORED, 5: SUPERSEDED, 7: SUPERSEDED, 9: SCORED}
@@ -204,9 +207,9 @@ def test_a_checkpoint_being_scored_is_not_superseded(scorer_on_each_database):
     scorer.score_all()
     scorer.send("async", 5, 2, 2)
     with scorer.sessions() as session:  # the worker has claimed step 5
-        run = crud.get_run(session, run_id="async")
-        assert crud.claim(session, checkpoint_id=crud.get_checkpoint(session, run=run, step=5).id,
-                          instance="here") is not None  # fmt: skip
+        run = run_store.get_run(session, run_id="async")
+        step_5 = checkpoint_store.get_checkpoint(session, run=run, step=5).id
+        assert checkpoint_store.claim(session, checkpoint_id=step_5, instance="here") is not None
     scorer.send("async", 7, 3, 3)
     scorer.send("async", 9, 1, 4)
     assert scorer.statuses("async") == {3: SCORED, 5: SCORING, 7: SUPERSEDED, 9: RECEIVED}
@@ -220,9 +223,9 @@ def test_a_restarted_worker_supersedes_what_a_cut_off_scoring_left_waiting(score
     scorer.score_all()
     scorer.send("async", 5, 2, 2)
     with scorer.sessions() as session:
-        run = crud.get_run(session, run_id="async")
-        crud.claim(session, checkpoint_id=crud.get_checkpoint(session, run=run, step=5).id,
-                   instance="here")  # fmt: skip
+        run = run_store.get_run(session, run_id="async")
+        step_5 = checkpoint_store.get_checkpoint(session, run=run, step=5).id
+        checkpoint_store.claim(session, checkpoint_id=step_5, instance="here")
     scorer.send("async", 7, 3, 3)
     assert scorer.statuses("async")[5] == SCORING
     scorer.worker = Worker(
@@ -237,5 +240,5 @@ def test_a_resume_may_change_how_a_run_draws_and_its_budget(scorer):
     scorer.register("run", selection_mode="async")
     scorer.register("run", selection_mode="sync", score_budget=0.5)
     with scorer.sessions() as session:
-        run = crud.get_run(session, run_id="run")
+        run = run_store.get_run(session, run_id="run")
         assert (run.is_async, run.score_budget) == (False, 0.5)

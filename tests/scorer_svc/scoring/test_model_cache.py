@@ -15,7 +15,8 @@ from scorer_svc.intake.server import Intake
 from scorer_svc.scoring.model_cache import ModelCache, model_bytes
 from scorer_svc.scoring.registry import Registry
 from scorer_svc.scoring.worker import Worker
-from scorer_svc.storage import crud
+from scorer_svc.storage import checkpoints as checkpoint_store
+from scorer_svc.storage import runs as run_store
 from scorer_svc.storage.db import make_engine, make_sessionmaker
 from scorer_svc.storage.failures import UnrecordedFailures
 from scorer_svc.storage.tables import SCORED, CheckpointRow, Run
@@ -128,6 +129,6 @@ def test_two_runs_on_different_bases_take_turns_and_load_once(two_bases, budget,
     assert order == [("run-a", 1), ("run-b", 1), ("run-a", 2), ("run-b", 2)]
     assert worker.registry.models.loads == loads  # a reload at every turn without the room
     with sessions() as session:
-        runs = {r.run_id: r for r in crud.list_runs(session)}
+        runs = {r.run_id: r for r in run_store.list_runs(session)}
         for run_id in bases:
-            assert crud.scored_steps(session, run=runs[run_id]) == [10, 20]
+            assert checkpoint_store.scored_steps(session, run=runs[run_id]) == [10, 20]

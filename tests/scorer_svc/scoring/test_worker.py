@@ -20,7 +20,9 @@ from scorer_svc.scoring.progress import ScoringProgress
 from scorer_svc.scoring.registry import Registry
 from scorer_svc.scoring.weights import WeightsCache, build_weights
 from scorer_svc.scoring.worker import StoppedInOutage, Worker
-from scorer_svc.storage import crud
+from scorer_svc.storage import checkpoints as checkpoint_store
+from scorer_svc.storage import losses as loss_store
+from scorer_svc.storage import runs as run_store
 from scorer_svc.storage.db import make_engine, make_sessionmaker
 from scorer_svc.storage.failures import UnrecordedFailures
 from scorer_svc.storage.outages import DatabaseOutageTooLong, status_of
@@ -83,7 +85,7 @@ def _status_and_rows(sessions):
 def test_checkpoint_cut_off_while_scoring_is_scored_by_a_new_worker(queued):
     settings, sessions = queued
     with sessions() as session:  # a scorer that died mid-scoring leaves the row like this
-        crud.mark_scoring(session, checkpoint=session.scalar(select(CheckpointRow)))
+        checkpoint_store.mark_scoring(session, checkpoint=session.scalar(select(CheckpointRow)))
     assert _status_and_rows(sessions)[:2] == (SCORING, 0)
     worker = worker_for(settings, sessions)
     assert worker.run_once() is True
@@ -178,9 +180,9 @@ def test_the_worker_hands_the_api_the_weights_the_stored_losses_give(queued, tin
     worker = worker_for(settings, sessions, weights=cache)
     assert worker.run_once() and worker.run_once()
     with sessions() as session:
-        run = crud.get_run(session, run_id="run-w")
+        run = run_store.get_run(session, run_id="run-w")
         for step, update in ((3, 1), (5, 2)):
-            checkpoint = crud.get_checkpoint(session, run=run, step=step)
+            checkpoint = checkpoint_store.get_checkpoint(session, run=run, step=step)
             rebuilt = build_weights(session, run, checkpoint)
             cached = cache.get(None, run, checkpoint)  # no session: it cannot read anything
             assert cached.update_index == update
@@ -206,12 +208,16 @@ def test_update_one_of_a_later_epoch_is_weighted_through_the_window_at_its_start
     worker = worker_for(settings, sessions)
     assert worker.run_once() and worker.run_once()
     with sessions() as session:
-        run = crud.get_run(session, run_id="run-w")
+        run = run_store.get_run(session, run_id="run-w")
         assert run.initial_step == 3
-        later = build_weights(session, run, crud.get_checkpoint(session, run=run, step=9))
-        first = build_weights(session, run, crud.get_checkpoint(session, run=run, step=3))
-        initial = crud.losses_at(session, run=run, step=3)
-        current = crud.losses_at(session, run=run, step=9)
+        later = build_weights(
+            session, run, checkpoint_store.get_checkpoint(session, run=run, step=9)
+        )
+        first = build_weights(
+            session, run, checkpoint_store.get_checkpoint(session, run=run, step=3)
+        )
+        initial = loss_store.losses_at(session, run=run, step=3)
+        current = loss_store.losses_at(session, run=run, step=9)
     assert first.window is None
     window, expected = delta_weights(initial, current, 1, run.update_times, run.window_size)
     assert later.window == window and (window.t, window.start) == (0, 0)
@@ -226,12 +232,16 @@ def test_a_later_update_one_scored_without_a_window_is_served_as_it_was(queued, 
     worker = worker_for(settings, sessions)
     assert worker.run_once()  # the initial checkpoint, step 3
     with sessions() as session:
-        run = crud.get_run(session, run_id="run-w")
-        old = crud.get_checkpoint(session, run=run, step=9)
-        crud.mark_scoring(session, checkpoint=old)
+        run = run_store.get_run(session, run_id="run-w")
+        old = checkpoint_store.get_checkpoint(session, run=run, step=9)
+        checkpoint_store.mark_scoring(session, checkpoint=old)
         losses = np.linspace(1.0, 2.0, run.n_samples)
-        crud.store_scores(session, checkpoint=old, losses=losses, window=None, seconds=1.0)
-        served = build_weights(session, run, crud.get_checkpoint(session, run=run, step=9))
+        checkpoint_store.store_scores(
+            session, checkpoint=old, losses=losses, window=None, seconds=1.0
+        )
+        served = build_weights(
+            session, run, checkpoint_store.get_checkpoint(session, run=run, step=9)
+        )
     assert served.window is None
     assert served.values.tolist() == [1 / run.n_samples] * run.n_samples
 
@@ -254,8 +264,10 @@ def test_the_worker_reports_what_it_scores_and_fails_to_its_metrics(queued, tiny
     assert value("scorer_checkpoint_failures_total") == 0
     queue_checkpoint(settings, sessions, tiny_model, step=5, update_index=2, drift=1)
     with sessions() as session:
-        run = crud.get_run(session, run_id="run-w")
-        Path(crud.get_checkpoint(session, run=run, step=5).path).write_bytes(b"not tensors")
+        run = run_store.get_run(session, run_id="run-w")
+        Path(checkpoint_store.get_checkpoint(session, run=run, step=5).path).write_bytes(
+            b"not tensors"
+        )
     assert worker.run_once()
     assert value("scorer_checkpoint_failures_total") == 1
     assert value("scorer_samples_scored_total") == 10
@@ -363,20 +375,20 @@ def test_an_outage_at_claim_time_fails_nothing_and_the_checkpoint_is_scored_afte
 ):
     settings, sessions = queued
     worker = worker_for(no_retry(settings), sessions)
-    real_claim = crud.claim
+    real_claim = checkpoint_store.claim
 
     def claim(session, **where):
         if taken:
             real_claim(session, **where)
         raise lost_connection()
 
-    monkeypatch.setattr(crud, "claim", claim)
+    monkeypatch.setattr(checkpoint_store, "claim", claim)
     with pytest.raises(DatabaseOutageTooLong):  # the loop looks again a little later
         worker.run_once()
     assert worker.failures.pending() == {}  # no 409 for a checkpoint never scored
     assert _status_and_rows(sessions)[:2] == (SCORING if taken else RECEIVED, 0)
 
-    monkeypatch.setattr(crud, "claim", real_claim)  # the database answers again
+    monkeypatch.setattr(checkpoint_store, "claim", real_claim)  # the database answers again
     assert worker.run_once() is True
     status, n_rows, path = _status_and_rows(sessions)
     assert (status, n_rows) == (SCORED, 10)
@@ -393,21 +405,21 @@ def test_an_outage_while_storing_fails_nothing_and_the_checkpoint_is_settled_aft
     database answers: its tensors go if its losses are stored, else it is scored again."""
     settings, sessions = queued
     worker = worker_for(no_retry(settings), sessions)
-    real_store = crud.store_scores
+    real_store = checkpoint_store.store_scores
 
     def store(session, **what):
         if taken:
             real_store(session, **what)
         raise lost_connection()
 
-    monkeypatch.setattr(crud, "store_scores", store)
+    monkeypatch.setattr(checkpoint_store, "store_scores", store)
     assert worker.run_once() is True
     assert worker.failures.pending() == {}
     status, n_rows, path = _status_and_rows(sessions)
     assert (status, n_rows) == ((SCORED, 10) if taken else (SCORING, 0))
     assert Path(path).exists()  # kept until what became of the store is known
 
-    monkeypatch.setattr(crud, "store_scores", real_store)  # the database answers again
+    monkeypatch.setattr(checkpoint_store, "store_scores", real_store)  # the database answers again
     assert worker.run_once() is (not taken)  # scored again only if not stored
     assert _status_and_rows(sessions)[:2] == (SCORED, 10)
     assert not Path(path).exists()
@@ -456,14 +468,14 @@ def test_a_stop_during_an_outage_keeps_losses_whose_store_was_taken(queued, monk
     settings, sessions = queued
     caplog.set_level(logging.INFO)
     worker = worker_for(settings, sessions)
-    real_store = crud.store_scores
+    real_store = checkpoint_store.store_scores
 
     def store(session, **what):
         real_store(session, **what)  # taken; its answer lost, and the scorer told to stop
         worker._stop.set()
         raise lost_connection()
 
-    monkeypatch.setattr(crud, "store_scores", store)
+    monkeypatch.setattr(checkpoint_store, "store_scores", store)
     assert worker.run_once() is True
     assert worker.failures.pending() == {}
     assert _status_and_rows(sessions)[:2] == (SCORED, 10)  # not put back in the queue
@@ -479,7 +491,7 @@ def test_a_stop_during_an_outage_at_claim_time_ends_the_loop_quietly(queued, mon
         worker._stop.set()
         raise lost_connection()
 
-    monkeypatch.setattr(crud, "claim", claim)
+    monkeypatch.setattr(checkpoint_store, "claim", claim)
     worker.start()
     worker.stop(timeout=300)
     assert not worker._thread.is_alive()
@@ -505,7 +517,7 @@ def test_a_database_error_in_the_loop_is_logged_once_with_its_traceback(
         rounds.append(1)
         raise ProgrammingError("SELECT", None, ValueError("a query at fault"))
 
-    monkeypatch.setattr(crud, "pending", pending)
+    monkeypatch.setattr(checkpoint_store, "pending", pending)
     worker.start()
     try:
         wait_until(lambda: len(rounds) >= 3, "the worker to meet the error three times")

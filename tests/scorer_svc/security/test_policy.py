@@ -17,7 +17,7 @@ from scorer_svc.config import Settings
 from scorer_svc.intake.server import Intake
 from scorer_svc.scoring.registry import Registry
 from scorer_svc.security.policy import stay_off_the_hub
-from scorer_svc.storage import crud
+from scorer_svc.storage import runs as run_store
 from scorer_svc.storage.db import make_engine, make_sessionmaker
 from tests.support.data import write_samples
 from tests.support.hub import FakeHub, aim_at, process_environment
@@ -76,7 +76,7 @@ def ask(intake: Intake, hello) -> dict:
 
 def stored_runs(intake: Intake) -> list[str]:
     with intake.sessions() as session:
-        return [run.run_id for run in crud.list_runs(session)]
+        return [run.run_id for run in run_store.list_runs(session)]
 
 
 def test_a_hello_inside_the_roots_is_registered(place):

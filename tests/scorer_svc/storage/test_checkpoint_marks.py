@@ -5,7 +5,8 @@ stay, whatever the worker then believed."""
 import numpy as np
 from sqlalchemy import func, select
 
-from scorer_svc.storage import crud
+from scorer_svc.storage import checkpoints as checkpoint_store
+from scorer_svc.storage import runs as run_store
 from scorer_svc.storage.db import make_engine, make_sessionmaker
 from scorer_svc.storage.tables import FAILED, RECEIVED, SCORED, CheckpointRow, Loss
 from tests.support.scorer import stored_run_config
@@ -18,16 +19,18 @@ def checkpoints(database_url: str):
     waiting."""
     sessions = make_sessionmaker(make_engine(database_url))
     with sessions() as session:
-        run = crud.create_run(session, config=stored_run_config("run-m", N), n_no_labels=0)
+        run = run_store.create_run(session, config=stored_run_config("run-m", N), n_no_labels=0)
         added = {}
         for step in (1, 2, 3):
-            received = crud.Received(step, step, "lora", f"{step:064d}", f"step-{step}", 100)
-            added[step] = crud.add_checkpoint(session, run=run, received=received).id
-        crud.store_scores(
+            received = checkpoint_store.Received(
+                step, step, "lora", f"{step:064d}", f"step-{step}", 100
+            )
+            added[step] = checkpoint_store.add_checkpoint(session, run=run, received=received).id
+        checkpoint_store.store_scores(
             session, checkpoint=session.get(CheckpointRow, added[1]),
             losses=np.linspace(1.0, 2.0, N), window=None, seconds=1.0,
         )  # fmt: skip
-        crud.mark_scoring(session, checkpoint=session.get(CheckpointRow, added[2]))
+        checkpoint_store.mark_scoring(session, checkpoint=session.get(CheckpointRow, added[2]))
     return sessions, added
 
 
@@ -43,11 +46,11 @@ def test_mark_failed_fails_only_a_pending_checkpoint(database_url):
     sessions, ids = checkpoints(database_url)
     with sessions() as session:
         done = [
-            crud.mark_failed(session, checkpoint_id=ids[1], error="late"),
-            crud.mark_failed(session, checkpoint_id=ids[2], error="broke"),
-            crud.mark_failed(session, checkpoint_id=ids[3], error="gave up"),
-            crud.mark_failed(session, checkpoint_id=ids[3], error="again"),
-            crud.mark_failed(session, checkpoint_id=10_000, error="gone"),
+            checkpoint_store.mark_failed(session, checkpoint_id=ids[1], error="late"),
+            checkpoint_store.mark_failed(session, checkpoint_id=ids[2], error="broke"),
+            checkpoint_store.mark_failed(session, checkpoint_id=ids[3], error="gave up"),
+            checkpoint_store.mark_failed(session, checkpoint_id=ids[3], error="again"),
+            checkpoint_store.mark_failed(session, checkpoint_id=10_000, error="gone"),
         ]
         n_losses = session.scalar(select(func.count()).select_from(Loss))
     assert statuses(sessions) == {
@@ -60,6 +63,8 @@ def test_mark_failed_fails_only_a_pending_checkpoint(database_url):
 def test_mark_received_puts_back_only_a_checkpoint_being_scored(database_url):
     sessions, ids = checkpoints(database_url)
     with sessions() as session:
-        done = [crud.mark_received(session, checkpoint_id=ids[step]) for step in (1, 2, 3)]
+        done = [
+            checkpoint_store.mark_received(session, checkpoint_id=ids[step]) for step in (1, 2, 3)
+        ]
     assert statuses(sessions) == {1: (SCORED, None), 2: (RECEIVED, None), 3: (RECEIVED, None)}
     assert done == [False, True, False]

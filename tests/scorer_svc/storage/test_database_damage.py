@@ -15,7 +15,8 @@ from common.selection import delta_window
 from scorer_svc.api.state import ApiState
 from scorer_svc.config import Settings
 from scorer_svc.main import create_app
-from scorer_svc.storage import crud
+from scorer_svc.storage import checkpoints as checkpoint_store
+from scorer_svc.storage import runs as run_store
 from scorer_svc.storage.db import make_engine, make_sessionmaker
 from scorer_svc.storage.failures import UnrecordedFailures
 from scorer_svc.storage.outages import LOG_EVERY_SECONDS
@@ -32,14 +33,14 @@ def seed(state: ApiState) -> None:
     rng = np.random.default_rng(0)
     config = stored_run_config("run-d", N, window_size=0.5, update_times=UPDATE_TIMES)
     with state.sessions() as session:
-        run = crud.create_run(session, config=config, n_no_labels=0)
+        run = run_store.create_run(session, config=config, n_no_labels=0)
         initial = rng.uniform(1, 3, N)
         for k in range(1, STEPS + 1):
-            received = crud.Received(2 * k, k, "lora", f"{k:064d}", f"step-{k}", 100)
-            checkpoint = crud.add_checkpoint(session, run=run, received=received)
+            received = checkpoint_store.Received(2 * k, k, "lora", f"{k:064d}", f"step-{k}", 100)
+            checkpoint = checkpoint_store.add_checkpoint(session, run=run, received=received)
             losses = initial if k == 1 else initial - rng.uniform(-0.5, 1, N)
             window = None if k == 1 else delta_window(initial, losses, k, UPDATE_TIMES, 0.5)[0]
-            crud.store_scores(
+            checkpoint_store.store_scores(
                 session, checkpoint=checkpoint, losses=losses, window=window, seconds=1.0
             )
 

@@ -12,7 +12,8 @@ from sqlalchemy import text
 from scorer_svc.api.state import ApiState
 from scorer_svc.config import Settings
 from scorer_svc.main import create_app
-from scorer_svc.storage import crud
+from scorer_svc.storage import checkpoints as checkpoint_store
+from scorer_svc.storage import runs as run_store
 from scorer_svc.storage.db import make_engine, make_sessionmaker
 from scorer_svc.storage.failures import UnrecordedFailures
 from scorer_svc.storage.outages import LOG_EVERY_SECONDS
@@ -38,10 +39,10 @@ def test_a_database_error_of_the_scorers_own_is_logged_with_its_traceback(tmp_pa
     clock = Clock()
     state.database.clock = clock
     with state.sessions() as session:
-        run = crud.create_run(session, config=stored_run_config("run-e", N), n_no_labels=0)
-        received = crud.Received(2, 1, "lora", "0" * 64, "step-2", 100)
-        checkpoint = crud.add_checkpoint(session, run=run, received=received)
-        crud.store_scores(
+        run = run_store.create_run(session, config=stored_run_config("run-e", N), n_no_labels=0)
+        received = checkpoint_store.Received(2, 1, "lora", "0" * 64, "step-2", 100)
+        checkpoint = checkpoint_store.add_checkpoint(session, run=run, received=received)
+        checkpoint_store.store_scores(
             session, checkpoint=checkpoint, losses=np.linspace(1, 2, N), window=None, seconds=1
         )
     with engine.begin() as connection:  # what a query meets that names a table not there

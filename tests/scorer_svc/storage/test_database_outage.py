@@ -20,7 +20,7 @@ from scorer_svc.intake.server import Intake
 from scorer_svc.scoring.progress import ScoringProgress
 from scorer_svc.scoring.registry import Registry
 from scorer_svc.scoring.worker import Worker
-from scorer_svc.storage import crud
+from scorer_svc.storage import losses as loss_store
 from scorer_svc.storage.db import make_engine, make_sessionmaker
 from scorer_svc.storage.failures import UnrecordedFailures
 from scorer_svc.storage.outages import status_of
@@ -107,7 +107,7 @@ def stored(sessions, checkpoint_id: int) -> tuple[str, str | None, np.ndarray | 
         run = session.get(Run, checkpoint.run_pk)
         losses = None
         if checkpoint.status == SCORED:
-            losses = crud.losses_at(session, run=run, step=checkpoint.step)
+            losses = loss_store.losses_at(session, run=run, step=checkpoint.step)
         return checkpoint.status, checkpoint.error, losses
 
 

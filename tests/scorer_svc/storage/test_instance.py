@@ -14,7 +14,8 @@ from scorer_svc.config import Settings, SettingsError, load_settings
 from scorer_svc.intake.server import Intake
 from scorer_svc.scoring.registry import Registry
 from scorer_svc.scoring.worker import Worker
-from scorer_svc.storage import crud
+from scorer_svc.storage import checkpoints as checkpoint_store
+from scorer_svc.storage import runs as run_store
 from scorer_svc.storage.db import make_engine, make_sessionmaker
 from scorer_svc.storage.failures import UnrecordedFailures
 from scorer_svc.storage.instance import (
@@ -23,7 +24,7 @@ from scorer_svc.storage.instance import (
     InstanceLock,
     check_instance_free,
 )
-from scorer_svc.storage.tables import RECEIVED, SCORING, CheckpointRow, Loss
+from scorer_svc.storage.tables import RECEIVED, SCORING, CheckpointRow, Loss, now
 from tests.support.data import write_samples
 from tests.support.scorer import intake_upload, lora_checkpoints, make_hello, until_registered
 
@@ -136,9 +137,9 @@ def test_a_scorer_refuses_another_scorers_run(two_scorers, tiny_model):
     reply = intake_upload(other, _checkpoint("run-a", tiny_model, step=5))
     assert reply["code"] == "mismatch" and "'first'" in reply["reason"]
     with parts[0][1]() as session:
-        run = crud.get_run(session, run_id="run-a")
+        run = run_store.get_run(session, run_id="run-a")
         assert run.instance == "first"
-        assert [c.step for c in crud.list_checkpoints(session, run=run)] == [3]
+        assert [c.step for c in checkpoint_store.list_checkpoints(session, run=run)] == [3]
     assert list((parts[1][0].data_dir).glob("**/*.safetensors")) == []
 
 
@@ -176,23 +177,23 @@ def test_of_two_claims_of_one_checkpoint_one_wins(two_scorers):
     parts, _, _ = two_scorers
     sessions = parts[0][1]
     with sessions() as one, sessions() as other:
-        ((checkpoint_id, _),) = crud.pending(one, instance="first")
-        assert crud.claim(other, checkpoint_id=checkpoint_id, instance="second") is None
-        won = crud.claim(one, checkpoint_id=checkpoint_id, instance="first")
+        ((checkpoint_id, _),) = checkpoint_store.pending(one, instance="first")
+        assert checkpoint_store.claim(other, checkpoint_id=checkpoint_id, instance="second") is None
+        won = checkpoint_store.claim(one, checkpoint_id=checkpoint_id, instance="first")
         assert won is not None and won.status == SCORING
-        assert crud.claim(other, checkpoint_id=checkpoint_id, instance="first") is None
+        assert checkpoint_store.claim(other, checkpoint_id=checkpoint_id, instance="first") is None
 
 
 def test_a_checkpoint_whose_run_is_deleted_while_scored_stores_nothing(two_scorers):
     parts, _, _ = two_scorers
     sessions = parts[0][1]
     with sessions() as session:
-        ((checkpoint_id, _),) = crud.pending(session, instance="first")
-        checkpoint = crud.claim(session, checkpoint_id=checkpoint_id, instance="first")
-        run = crud.get_run(session, run_id="run-a")
-        assert crud.delete_run(session, run=run, keep_pending=False) is not None  # --force
-        with pytest.raises(crud.CheckpointGone):
-            crud.store_scores(
+        ((checkpoint_id, _),) = checkpoint_store.pending(session, instance="first")
+        checkpoint = checkpoint_store.claim(session, checkpoint_id=checkpoint_id, instance="first")
+        run = run_store.get_run(session, run_id="run-a")
+        assert run_store.delete_run(session, run=run, keep_pending=False) is not None  # --force
+        with pytest.raises(checkpoint_store.CheckpointGone):
+            checkpoint_store.store_scores(
                 session, checkpoint=checkpoint, losses=np.ones(10), window=None, seconds=1.0
             )
         assert session.scalar(select(func.count()).select_from(Loss)) == 0
@@ -206,21 +207,21 @@ def test_a_checkpoint_queued_while_its_run_is_deleted_stops_the_delete(two_score
     parts, _, _ = two_scorers
     sessions = parts[0][1]
     with sessions() as session:  # the first checkpoint scored: the run could be deleted
-        ((checkpoint_id, _),) = crud.pending(session, instance="first")
+        ((checkpoint_id, _),) = checkpoint_store.pending(session, instance="first")
         session.get(CheckpointRow, checkpoint_id).status = "scored"
         session.commit()
     outcome = {}
 
     def delete() -> None:
         with sessions() as session:
-            run = crud.get_run(session, run_id="run-a")
-            outcome["removed"] = crud.delete_run(session, run=run)
+            run = run_store.get_run(session, run_id="run-a")
+            outcome["removed"] = run_store.delete_run(session, run=run)
 
     with sessions() as intake, sessions() as watcher:
-        run = crud.get_run(intake, run_id="run-a")
-        received = crud.Received(9, 2, "lora", "0" * 64, "step-9", 10)
+        run = run_store.get_run(intake, run_id="run-a")
+        received = checkpoint_store.Received(9, 2, "lora", "0" * 64, "step-9", 10)
         intake.add(CheckpointRow(run_pk=run.id, **received.__dict__, status=RECEIVED,
-                                 received_at=crud.now()))  # fmt: skip
+                                 received_at=now()))  # fmt: skip
         intake.flush()  # the row exists in the intake's transaction, its run row share-locked
         deleting = threading.Thread(target=delete)
         deleting.start()
@@ -237,5 +238,5 @@ def test_a_checkpoint_queued_while_its_run_is_deleted_stops_the_delete(two_score
     deleting.join()
     assert outcome["removed"] is None
     with sessions() as session:
-        run = crud.get_run(session, run_id="run-a")
-        assert [c.step for c in crud.list_checkpoints(session, run=run)] == [3, 9]
+        run = run_store.get_run(session, run_id="run-a")
+        assert [c.step for c in checkpoint_store.list_checkpoints(session, run=run)] == [3, 9]

@@ -13,9 +13,11 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, make_url, text
 
-from scorer_svc.storage import crud
+from scorer_svc.storage import checkpoints as checkpoint_store
+from scorer_svc.storage import losses as loss_store
+from scorer_svc.storage import runs as run_store
 from scorer_svc.storage.db import MIGRATIONS, make_engine, make_sessionmaker
-from scorer_svc.storage.tables import Base
+from scorer_svc.storage.tables import Base, now
 from tests.support.scorer import stored_run_config
 
 
@@ -61,7 +63,7 @@ def test_a_database_of_the_release_before_migrations_is_upgraded_in_place(databa
                 " VALUES ('kept', 'none', 'lora', :config, :fp, 3, 0, 0.25, 3, 2, :now)"
             ),
             {"config": json.dumps(stored_run_config("kept", 3)), "fp": "0" * 64,
-             "now": crud.now()},
+             "now": now()},
         )  # fmt: skip
         connection.execute(
             text(
@@ -69,7 +71,7 @@ def test_a_database_of_the_release_before_migrations_is_upgraded_in_place(databa
                 " n_bytes, status, received_at) VALUES (1, 2, 1, 'lora', :digest, 'step-2',"
                 " 1000, 'scored', :now)"
             ),
-            {"digest": "0" * 64, "now": crud.now()},
+            {"digest": "0" * 64, "now": now()},
         )
         for index, loss in enumerate([1.0, None, 3.0]):
             connection.execute(
@@ -82,15 +84,17 @@ def test_a_database_of_the_release_before_migrations_is_upgraded_in_place(databa
     assert _revision(engine) == ScriptDirectory.from_config(_config()).get_current_head()
     sessions = make_sessionmaker(engine)
     with sessions() as session:
-        run = crud.get_run(session, run_id="kept")
+        run = run_store.get_run(session, run_id="kept")
         assert run.instance is None  # no scorer's until one starts on the database
-        assert crud.adopt_unowned_runs(session, instance="first") == 1
-        assert crud.adopt_unowned_runs(session, instance="second") == 0
-        assert crud.get_run(session, run_id="kept").instance == "first"
-        got = crud.losses_at(session, run=run, step=2)
+        assert run_store.adopt_unowned_runs(session, instance="first") == 1
+        assert run_store.adopt_unowned_runs(session, instance="second") == 0
+        assert run_store.get_run(session, run_id="kept").instance == "first"
+        got = loss_store.losses_at(session, run=run, step=2)
         np.testing.assert_array_equal(got, [1.0, np.nan, 3.0])
-        big = crud.Received(2**40, 2, "full", "xxh3-128:" + "0" * 32, "big", 16 << 30)
-        crud.add_checkpoint(session, run=run, received=big)  # 64-bit steps and sizes now
+        big = checkpoint_store.Received(2**40, 2, "full", "xxh3-128:" + "0" * 32, "big", 16 << 30)
+        checkpoint_store.add_checkpoint(
+            session, run=run, received=big
+        )  # 64-bit steps and sizes now
     with sessions() as session:
-        assert crud.get_checkpoint(session, run=run, step=2**40).n_bytes == 16 << 30
+        assert checkpoint_store.get_checkpoint(session, run=run, step=2**40).n_bytes == 16 << 30
     engine.dispose()

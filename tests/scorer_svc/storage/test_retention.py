@@ -13,7 +13,8 @@ from scorer_svc.api.state import ApiState
 from scorer_svc.cli import main
 from scorer_svc.config import Settings
 from scorer_svc.main import create_app
-from scorer_svc.storage import crud
+from scorer_svc.storage import checkpoints as checkpoint_store
+from scorer_svc.storage import runs as run_store
 from scorer_svc.storage.checkpoint_files import checkpoint_path
 from scorer_svc.storage.db import make_engine, make_sessionmaker
 from scorer_svc.storage.failures import UnrecordedFailures
@@ -30,16 +31,16 @@ def add_run(
     """A run with scored checkpoints at steps (their files kept on disk) and pending ones."""
     with sessions() as session:
         config = stored_run_config(run_id, n)
-        run = crud.create_run(session, config=config, n_no_labels=0, instance=instance)
+        run = run_store.create_run(session, config=config, n_no_labels=0, instance=instance)
         for k, step in enumerate([*steps, *pending], start=1):
             path = checkpoint_path(data_dir, run_id, step)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(b"tensors")
-            received = crud.Received(step, k, "lora", "0" * 64, str(path), 7)
-            checkpoint = crud.add_checkpoint(session, run=run, received=received)
+            received = checkpoint_store.Received(step, k, "lora", "0" * 64, str(path), 7)
+            checkpoint = checkpoint_store.add_checkpoint(session, run=run, received=received)
             if step in steps:
                 losses = np.arange(n, dtype=float) + step
-                crud.store_scores(
+                checkpoint_store.store_scores(
                     session, checkpoint=checkpoint, losses=losses, window=None, seconds=1.0
                 )
     return checkpoint_path(data_dir, run_id, 0).parent
@@ -146,7 +147,7 @@ def test_the_cli_deletes_a_run_offline(offline, capsys):
     assert capsys.readouterr().out.split() == ["busy", "instance", "here", "3", "checkpoints"]
     assert main(["runs", "--config", str(config), "delete", "busy", "--force"]) == 0
     with sessions() as session:
-        assert crud.list_runs(session) == []
+        assert run_store.list_runs(session) == []
 
 
 def test_the_cli_refuses_while_the_scorer_runs(offline, capsys):
@@ -160,7 +161,7 @@ def test_the_cli_refuses_while_the_scorer_runs(offline, capsys):
     err = capsys.readouterr().err
     assert "is running: use its REST API" in err and len(err.strip().splitlines()) == 1
     with sessions() as session:
-        assert json.loads(json.dumps([r.run_id for r in crud.list_runs(session)])) == ["run"]
+        assert json.loads(json.dumps([r.run_id for r in run_store.list_runs(session)])) == ["run"]
 
 
 def test_the_cli_leaves_a_run_whose_scorer_is_serving_it(tmp_path, postgres_cluster, capsys):

@@ -1,7 +1,7 @@
 """Each run names the scorer instance that registered it, so that several scorers can share
 one database: a scorer scores, fails and deletes only its own runs' checkpoints. Runs made
 before have none; the first scorer to start on the database takes them
-(`crud.adopt_unowned_runs`).
+(`scorer_svc.storage.runs.adopt_unowned_runs`).
 
 Revision ID: 0003
 """

@@ -1,0 +1,166 @@
+"""Queries of the runs table (and deleting a run with every row of it), keyword-only."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, case, delete, func, select, update
+from sqlalchemy.orm import Session
+
+from scorer_svc.storage.engines import queries_of
+from scorer_svc.storage.tables import (
+    PENDING,
+    SCORED,
+    CheckpointRow,
+    EstimateRow,
+    Loss,
+    Run,
+    WindowRow,
+    now,
+)
+
+
+def get_run(session: Session, *, run_id: str) -> Run | None:
+    return session.scalar(select(Run).where(Run.run_id == run_id))
+
+
+def list_runs(
+    session: Session, *, limit: int | None = None, from_id: int | None = None
+) -> Sequence[Run]:
+    """Runs in the order they were registered; from_id: from that row id on (a page's start)."""
+    query = select(Run).order_by(Run.id).limit(limit)
+    if from_id is not None:
+        query = query.where(Run.id >= from_id)
+    return session.scalars(query).all()
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    """What a run's checkpoints say of it."""
+
+    n_checkpoints: int = 0
+    last_step: int | None = None  # the latest checkpoint received
+    last_scored_step: int | None = None
+    # the samples without a loss at the run's initial checkpoint, once its losses are stored
+    # (the n_null its scoring recorded); None before
+    n_invalid: int | None = None
+
+
+def run_progress(session: Session, *, runs: Sequence[Run]) -> dict[int, RunProgress]:
+    """RunProgress of each run (by row id) in one query of the checkpoints (none of the
+    losses); runs with no checkpoint are left out. A scored checkpoint's n_null is the count
+    of its NULL losses: its losses are stored with it, in one transaction (store_scores), and
+    an initial checkpoint stores a row for each of the run's samples."""
+    if not runs:
+        return {}
+    scored_step = case((CheckpointRow.status == SCORED, CheckpointRow.step))
+    initial_null = case(
+        (
+            and_(CheckpointRow.step == Run.initial_step, CheckpointRow.status == SCORED),
+            CheckpointRow.n_null,
+        )
+    )
+    rows = session.execute(
+        select(
+            CheckpointRow.run_pk,
+            func.count(),
+            func.max(CheckpointRow.step),
+            func.max(scored_step),
+            func.max(initial_null),
+        )
+        .join(Run, Run.id == CheckpointRow.run_pk)
+        .where(CheckpointRow.run_pk.in_([run.id for run in runs]))
+        .group_by(CheckpointRow.run_pk)
+    ).all()
+    return {
+        pk: RunProgress(int(n), last, scored, None if null is None else int(null))
+        for pk, n, last, scored, null in rows
+    }
+
+
+def end_run(session: Session, *, run: Run, status: str, detail: str | None) -> None:
+    """Records how the run ended, as its trainer reports it (again: the last report stands)."""
+    run.end_status = status
+    run.end_detail = detail
+    run.ended_at = now()
+    session.commit()
+
+
+def reopen_run(session: Session, *, run: Run, settings: dict[str, Any] | None = None) -> None:
+    """A resumed run is training again: its recorded end, if any, no longer holds. settings:
+    hello keys a resume may change (how it draws, its scoring budget), stored with it."""
+    changed = {k: v for k, v in (settings or {}).items() if run.config.get(k) != v}
+    if run.end_status is None and run.ended_at is None and not changed:
+        return  # nothing to write: a read-mostly database sees no write
+    run.end_status = run.end_detail = run.ended_at = None
+    if changed:
+        run.config = {**run.config, **changed}
+    session.commit()
+
+
+def create_run(
+    session: Session, *, config: dict, n_no_labels: int, instance: str | None = None
+) -> Run:
+    """instance: the scorer registering it (None: no scorer's yet; the next to start takes it)."""
+    run = Run(
+        run_id=config["run_id"],
+        instance=instance,
+        base_model=config["base_model"],
+        finetuning_type=config["finetuning_type"],
+        config=config,
+        fingerprint=config["fingerprint"],
+        n_samples=config["n_samples"],
+        n_no_labels=n_no_labels,
+        window_size=config["window_size"],
+        update_times=config["update_times"],
+        created_at=now(),
+    )
+    session.add(run)
+    session.commit()
+    return run
+
+
+def adopt_unowned_runs(session: Session, *, instance: str) -> int:
+    """Runs that name no scorer (made before runs named one) become this instance's; how many."""
+    unowned = select(func.count()).select_from(Run).where(Run.instance.is_(None))
+    if not session.scalar(unowned):  # no write at all: a read-only database starts as well
+        return 0
+    done = session.execute(update(Run).where(Run.instance.is_(None)).values(instance=instance))
+    session.commit()
+    return int(done.rowcount or 0)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class RemovedRun:
+    """What deleting a run took out of the database; its checkpoint files are the caller's."""
+
+    checkpoints: int
+    losses: int
+    paths: list[str]
+
+
+def delete_run(session: Session, *, run: Run, keep_pending: bool = True) -> RemovedRun | None:
+    """Every row of a run (losses, windows, checkpoints, the run) in one transaction, or None,
+    with nothing deleted, when keep_pending and a checkpoint of it is queued or being scored.
+    The run's row and its checkpoints' rows are locked before they are read, so the check and
+    the deletes see the same checkpoints: a checkpoint added or sent again meanwhile waits,
+    then fails (its trainer is told, nothing is acknowledged). PostgreSQL locks the rows;
+    on SQLite the first write takes the database's one write lock."""
+    queries_of(session).lock_run(session, run_pk=run.id)
+    checkpoints = session.execute(
+        select(CheckpointRow.status, CheckpointRow.path)
+        .where(CheckpointRow.run_pk == run.id)
+        .with_for_update()
+    ).all()
+    if keep_pending and any(status in PENDING for status, _ in checkpoints):
+        session.rollback()
+        return None
+    losses = session.execute(delete(Loss).where(Loss.run_pk == run.id)).rowcount  # type: ignore[attr-defined]
+    session.execute(delete(WindowRow).where(WindowRow.run_pk == run.id))
+    session.execute(delete(EstimateRow).where(EstimateRow.run_pk == run.id))
+    session.execute(delete(CheckpointRow).where(CheckpointRow.run_pk == run.id))
+    session.execute(delete(Run).where(Run.id == run.id))
+    session.commit()
+    return RemovedRun(len(checkpoints), int(losses or 0), [path for _, path in checkpoints])
