@@ -3,20 +3,11 @@ tokenized, and each client (here told apart by source address on loopback) has i
 of the registrations and uploads in flight. Real ZeroMQ sockets against a real intake."""
 
 import json
-import threading
 
-import pytest
 import zmq
 
 from common.wire.protocol import encode_checkpoint, encode_hello
-from delta_loss_devtools.scorer_process import free_port
 from delta_loss_devtools.waiting import wait_until
-from scorer_svc.config import Settings
-from scorer_svc.intake.server import Intake, IntakeServer
-from scorer_svc.main import MAX_FRAME_BYTES
-from scorer_svc.scoring import run_dataset
-from scorer_svc.scoring.registry import Registry
-from scorer_svc.storage.db import make_engine, make_sessionmaker
 from tests.support.data import write_samples
 from tests.support.scorer import (
     lora_checkpoints,
@@ -32,39 +23,6 @@ OTHER_HOST = "127.0.0.2"  # a second client: the same loopback, another source a
 def from_host(url: str, host: str) -> str:
     """url connected from the source address host (libzmq's "source;destination" form)."""
     return url.replace("tcp://", f"tcp://{host}:0;", 1)
-
-
-@pytest.fixture
-def served(tmp_path, monkeypatch):
-    """A real intake on a loopback port; runs named "slow..." are prepared only once released.
-    Yields (url, release, intake, tokenized): the run ids whose samples were tokenized."""
-    config = Settings(data_dir=tmp_path / "scorer", device="cpu")
-    registry = Registry(config)
-    release = threading.Event()
-    tokenized: list[str] = []
-    encode = run_dataset.encode_dataset
-    monkeypatch.setattr(
-        run_dataset,
-        "encode_dataset",
-        lambda tokenizer, samples, settings: (
-            tokenized.append(len(samples)) or encode(tokenizer, samples, settings)
-        ),
-    )
-    tokenize = registry._tokenize
-
-    def held(hello):
-        if hello.run_id.startswith("slow"):
-            assert release.wait(300), "never released"
-        return tokenize(hello)
-
-    registry._tokenize = held  # type: ignore[method-assign]
-    sessions = make_sessionmaker(make_engine(config.resolved_database_url))
-    intake = Intake(config, sessions, registry, on_queued=lambda: None, instance="here")
-    server = IntakeServer(f"tcp://127.0.0.1:{free_port()}", intake, max_frame_bytes=MAX_FRAME_BYTES)
-    server.start()
-    yield server.url, release, intake, tokenized
-    release.set()
-    server.stop()
 
 
 def test_one_file_listed_under_many_spellings_is_refused_before_tokenizing(

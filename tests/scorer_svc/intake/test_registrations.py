@@ -4,7 +4,6 @@ windows); runs are prepared off the intake, which goes on answering everyone els
 hold in memory stays within its budget."""
 
 import json
-import threading
 import time
 
 import pytest
@@ -16,10 +15,8 @@ from common.model_spec import ModelSpec
 from common.wire.curve import create_keys
 from common.wire.hello import build_hello
 from common.wire.protocol import Hello, encode_hello
-from delta_loss_devtools.scorer_process import free_port
 from scorer_svc.config import Settings
-from scorer_svc.intake.server import Intake, IntakeServer
-from scorer_svc.main import MAX_FRAME_BYTES
+from scorer_svc.intake.server import Intake
 from scorer_svc.scoring.registry import Registry
 from scorer_svc.storage import runs as run_store
 from scorer_svc.storage.db import make_engine, make_sessionmaker
@@ -111,32 +108,8 @@ def test_hostile_json_gets_an_error_reply_not_an_internal_failure(tmp_path, secu
     assert reply["code"] == code, reply
 
 
-@pytest.fixture
-def served(tmp_path):
-    """A real intake on a loopback port whose registry prepares run "slow" only once released;
-    yields (url, release, intake)."""
-    config = Settings(data_dir=tmp_path / "scorer", device="cpu")
-    registry = Registry(config)
-    release = threading.Event()
-    tokenize = registry._tokenize
-
-    def held(hello):  # inside the registry's own work, as a slow dataset or hub would be
-        if hello.run_id.startswith("slow"):
-            assert release.wait(300), "never released"
-        return tokenize(hello)
-
-    registry._tokenize = held  # type: ignore[method-assign]
-    sessions = make_sessionmaker(make_engine(config.resolved_database_url))
-    intake = Intake(config, sessions, registry, on_queued=lambda: None, instance="here")
-    server = IntakeServer(f"tcp://127.0.0.1:{free_port()}", intake, max_frame_bytes=MAX_FRAME_BYTES)
-    server.start()
-    yield server.url, release, intake
-    release.set()
-    server.stop()
-
-
 def test_a_slow_registration_holds_up_no_other_trainer(served, tiny_model, tmp_path):
-    url, release, _ = served
+    url, release, _, _ = served
     data = write_samples(tmp_path / "d.json", 6)
     slow = make_hello(tiny_model, data, run_id="slow")
     assert zmq_request(url, encode_hello(slow))["status"] == "registering"  # answered at once
@@ -154,7 +127,7 @@ def test_a_slow_registration_holds_up_no_other_trainer(served, tiny_model, tmp_p
 
 
 def test_a_run_being_registered_is_not_taken_over_by_other_settings(served, tiny_model, tmp_path):
-    url, _, _ = served
+    url, _, _, _ = served
     data = write_samples(tmp_path / "d.json", 6)
     assert (
         zmq_request(url, encode_hello(make_hello(tiny_model, data, run_id="slow")))["status"]
@@ -166,7 +139,7 @@ def test_a_run_being_registered_is_not_taken_over_by_other_settings(served, tiny
 
 
 def test_too_many_registrations_at_once_are_told_to_come_back(served, tiny_model, tmp_path):
-    url, release, intake = served
+    url, release, intake, _ = served
     intake.registrations.max_pending = 3
     data = write_samples(tmp_path / "d.json", 6)
     for i in range(3):
