@@ -17,15 +17,21 @@ INDEX_KEY = "sample_index"
 
 
 class EncodedDataset(Dataset):
-    def __init__(self, encoded: list[EncodedSample]):
+    def __init__(self, encoded: list[EncodedSample], *, with_index: bool = True):
+        """with_index: each row carries its index (the training set's, to record what was
+        trained); an evaluation set's need not."""
         self.encoded = encoded
+        self.with_index = with_index
 
     def __len__(self) -> int:
         return len(self.encoded)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.encoded[index]
-        return {"input_ids": sample.input_ids, "labels": sample.labels, INDEX_KEY: index}
+        row: dict[str, Any] = {"input_ids": sample.input_ids, "labels": sample.labels}
+        if self.with_index:
+            row[INDEX_KEY] = index
+        return row
 
 
 class PadCollator:

@@ -1,64 +1,40 @@
-"""The Delta Loss training recipe: setup, train, save, cleanup, in that order.
+"""The Delta Loss training recipe, `trainer-svc train`: a thin script over a transformers
+Trainer with DeltaLossSelection attached (trainer_svc.training.selection).
 
-setup loads the tokenizer, encodes the data, loads the model (LoRA-wrapped or not) and
-registers the run with the scorer; train runs transformers' Trainer with the scheduled
-dataloader and the update callback; save writes the adapter or model, the trainer state,
-the metrics and the loss plot.
+setup loads the tokenizer and the model (LoRA-wrapped or not), makes the TrainingArguments from
+the config, the selection, the Trainer, attaches the selection and starts the run (registers it
+with the scorer, or resumes it); train runs trainer.train(); save writes the adapter or model,
+the trainer state, the metrics and the loss plot. What selects, records, resumes and stops is
+the selection's.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import secrets
-import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer, TrainingArguments, set_seed
-from transformers.trainer_utils import TrainOutput
+from transformers import AutoTokenizer, Trainer, TrainingArguments, set_seed
 
-from common.data.tokenization import TokenizationSettings, encode_dataset
+from common.data.tokenization import EncodedSample, encode_dataset
 from common.launch import Launch
-from common.model_spec import (
-    ATTENTION,
-    LoraSettings,
-    ModelSpec,
-    checkpoint_digest,
-    checkpoint_tensors,
-    pad_id,
-)
-from common.wire.errors import ProtocolError, RunMismatch
-from common.wire.hello import build_hello
-from common.wire.protocol import Hello
-from trainer_svc.config.train_config import LoadedConfig, TrainConfig, resolve_base_model
-from trainer_svc.scorer.client import RemoteScorer, ScorerClient, scorer_failed
-from trainer_svc.scorer.outage import Outage
-from trainer_svc.scorer.retry import ScorerFailure, StopRequested
+from common.model_spec import checkpoint_tensors
+from trainer_svc.config.train_config import LoadedConfig
+from trainer_svc.scorer.client import ScorerClient
+from trainer_svc.scorer.retry import ScorerFailure
 from trainer_svc.training import precision
-from trainer_svc.training.dataset import EncodedDataset, PadCollator
+from trainer_svc.training.dataset import EncodedDataset
 from trainer_svc.training.distributed import Ranks
-from trainer_svc.training.records import (
-    LOSS_PLOT,
-    SELECTIONS,
-    TRAINED,
-    JsonlRecord,
-    TrainedSamples,
-    eval_history,
-    read_jsonl,
-)
+from trainer_svc.training.records import LOSS_PLOT, eval_history
 from trainer_svc.training.records import plot_loss as write_loss_plot
-from trainer_svc.training.sampler import ScheduleBatchSampler, SelectionPlan
-from trainer_svc.training.snapshot import load_unsent
-from trainer_svc.training.trainer import GracefulStop, ScheduledTrainer, SelectionCallback
-from trainer_svc.training.updates import SharedUpdates, UpdateCoordinator, log_selection
+from trainer_svc.training.selection import DeltaLossSelection, model_spec
+from trainer_svc.training.trainer import GracefulStop
+from trainer_svc.training.updates import UpdateCoordinator
 
 logger = logging.getLogger(__name__)
-
-RUN_FILE = "run.json"
 
 
 class DeltaLossRecipe:
@@ -68,80 +44,51 @@ class DeltaLossRecipe:
         *,
         scorer: ScorerClient | None = None,
         on_update: Callable[[dict[str, Any]], None] | None = None,
+        handle_sigterm: bool = False,
     ):
         """scorer replaces the ZeroMQ and REST scorer (tests use delta_loss_devtools' FakeScorer);
-        on_update is called with each update's record row."""
+        on_update is called with each update's record row; handle_sigterm: the selection also
+        handles SIGTERM while it trains (run() handles it from the start)."""
         self.loaded = loaded
         self.scorer = scorer
         self.on_update = on_update
+        self.handle_sigterm = handle_sigterm
         self.cfg = loaded.config
+        # The process group first (torchrun), before the TrainingArguments set the device up.
         self.ranks = Ranks.start(Launch.from_environment(), self.cfg.ddp_timeout)
-        self.stop = GracefulStop(self.ranks)  # SIGTERM, once run() installs it
-        self.coordinator: UpdateCoordinator | None = None  # rank 0's, once set up
+        self.stop = GracefulStop(self.ranks)  # SIGTERM, once run() installs it; the selection's
+        self.selection: DeltaLossSelection | None = None
         self.output_dir = Path(self.cfg.output_dir)
         self.spec = model_spec(self.cfg)
         self.schedule = loaded.schedule()
         self.upcast: dict[str, torch.dtype] = {}  # trainable tensors made float32, as loaded
-        self.refused = False  # the scorer refused the run (another run holds its id, ...)
 
     # ---- setup ----
     def setup(self) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        main = self.ranks.is_main
-        named = list(self._run_identity()) if main else None  # run.json: rank 0's
-        self.run_id, self.run_token = self.ranks.share(named)
         self.tokenizer = AutoTokenizer.from_pretrained(
             self.spec.base_model, trust_remote_code=self.cfg.trust_remote_code
         )
-        self.settings = TokenizationSettings(self.cfg.template, self.cfg.cutoff_len)
-        self.encoded = encode_dataset(self.tokenizer, self.loaded.samples, self.settings)
-        self._warn_empty_labels()
         self.model = self._load_model()
-        self._connect_scorer_once()
-        if main:
-            self._record_identity()
-        self._build_trainer()
-
-    def _run_identity(self) -> tuple[str, str]:
-        """Configured, or kept from run.json when resuming, or new: dir name + time + random.
-        The run's token (its identity at the scorer) is kept from run.json on a resume of the
-        same run id, and new otherwise."""
-        run_file = self.output_dir / RUN_FILE
-        kept = {}
-        if self.cfg.resume_from_checkpoint and run_file.is_file():
-            kept = json.loads(run_file.read_text())
-        if self.cfg.run_id:
-            run_id = self.cfg.run_id
-        elif "run_id" in kept:
-            run_id = kept["run_id"]
-        else:
-            run_id = f"{run_stem(self.output_dir.name)}-{time.strftime('%Y%m%d-%H%M%S')}-" + (
-                secrets.token_hex(2)
-            )
-        same_run = kept.get("run_id") == run_id and kept.get("run_token")
-        run_token = kept["run_token"] if same_run else secrets.token_hex(16)
-        logger.info("run id %s", run_id)
-        return run_id, run_token
-
-    def _record_identity(self) -> None:
-        """run.json, written once the scorer has not refused the run: a start refused for
-        reusing another run's id leaves that run's run.json, and so its resume, as it was."""
-        run_file = self.output_dir / RUN_FILE
-        if self.refused:
-            logger.warning("%s left as it was: the scorer refused run %s", run_file, self.run_id)
-            return
-        run_file.write_text(json.dumps({"run_id": self.run_id, "run_token": self.run_token}) + "\n")
-
-    def _warn_empty_labels(self) -> None:
-        empty = [i for i, s in enumerate(self.encoded) if s.n_label_tokens == 0]
-        if empty:
-            logger.warning(
-                "%d sample(s) keep no response token after cutoff_len=%d (first: %s); "
-                "they have no loss and the scorer gives them weight 0",
-                len(empty),
-                self.cfg.cutoff_len,
-                empty[:10],
-            )
+        args = self._training_args()
+        self.selection = selection = DeltaLossSelection(
+            self.loaded, model=self.model, tokenizer=self.tokenizer, args=args,
+            scorer=self.scorer, on_update=self.on_update, handle_sigterm=self.handle_sigterm,
+            stop=self.stop,
+        )  # fmt: skip
+        self.trainer = Trainer(
+            model=self.model,
+            args=args,
+            train_dataset=selection.train_dataset,
+            eval_dataset=self._eval_dataset(),
+            data_collator=selection.data_collator,
+            processing_class=self.tokenizer,
+        )
+        self._upcast()
+        selection.wire_dtypes = precision.wire_dtypes(self.model, self.upcast)  # as stored
+        selection.attach(self.trainer)
+        selection.start(self.cfg.resume_from_checkpoint)
+        self.scorer = selection.scorer
 
     def _load_model(self) -> torch.nn.Module:
         # Seeded before the model is built: LoRA's random initialisation (and anything else
@@ -175,68 +122,6 @@ class DeltaLossRecipe:
     def trainable_tensors(self) -> dict[str, torch.Tensor]:
         """What a checkpoint carries: LoRA's trainable tensors, or the full state dict."""
         return checkpoint_tensors(self.model, self.spec.kind)
-
-    def hello(self) -> Hello:
-        return build_hello(
-            run_id=self.run_id,
-            spec=self.spec,
-            dataset=self.loaded.dataset,
-            val_size=self.cfg.val_size,
-            split_seed=self.cfg.seed,
-            tokenization=self.settings,
-            encoded=self.encoded,
-            window_size=self.loaded.window_size,
-            update_times=self.cfg.update_times,
-            vocab_size=len(self.tokenizer),  # the scorer compares its own tokenizer's length
-            model_digest=checkpoint_digest(self.model, self.spec.kind),
-            run_token=self.run_token,
-            token=self.cfg.scorer_token,
-            selection_mode=self.cfg.selection_mode,
-            score_budget=self.cfg.score_budget,
-        )
-
-    def _connect_scorer_once(self) -> None:
-        """The scorer hears from rank 0 alone; what stops rank 0 there stops every rank."""
-        outcome: dict[str, str] | None = None
-        if self.ranks.is_main:
-            try:
-                self._connect_scorer()
-                outcome = {}
-            except StopRequested as exc:
-                outcome = {"stop": str(exc)}
-                self.ranks.share(outcome)
-                raise
-            except Exception as exc:
-                outcome = {"failure": f"rank 0: {type(exc).__name__}: {exc}"}
-                self.ranks.share(outcome)
-                raise
-        outcome = self.ranks.share(outcome)
-        if "stop" in outcome:
-            raise StopRequested(outcome["stop"])
-        if "failure" in outcome:
-            raise ScorerFailure(outcome["failure"])
-
-    def _connect_scorer(self) -> None:
-        """Registers the run, waiting for a scorer that is not up yet (SIGTERM stops the
-        wait); a failure is handled as on_scorer_failure says."""
-        if self.scorer is None:
-            self.scorer = RemoteScorer.from_config(
-                self.cfg, self.run_id, stop_requested=lambda: self.stop.requested
-            )
-        self.outage = Outage(self.scorer.ping)
-        self.registered = False
-        try:
-            self.scorer.register(self.hello())
-            self.registered = True
-        except ProtocolError as exc:
-            self.refused = isinstance(exc, RunMismatch)
-            scorer_failed(
-                self.cfg.on_scorer_failure,
-                f"registering run {self.run_id} with the scorer at {self.cfg.scorer_zmq_url}",
-                exc,
-                fallback="training goes on; updates the scorer cannot serve use UNIFORM weights",
-            )
-            self.outage.note(exc, "registering the run")
 
     def _training_args(self) -> TrainingArguments:
         cfg = self.cfg
@@ -284,118 +169,38 @@ class DeltaLossRecipe:
             prediction_loss_only=True,  # the loss only: no logits kept for the whole eval set
         )
 
-    def _build_trainer(self) -> None:
-        fresh = not self.cfg.resume_from_checkpoint
-        main = self.ranks.is_main
-        self.plan = SelectionPlan(self.schedule, len(self.encoded), self.cfg.seed)
-        coordinator = None
-        trained_record = None
-        if main:  # the records and the scorer are rank 0's
-            selections = JsonlRecord(self.output_dir / SELECTIONS, truncate=fresh)
-            trained_record = JsonlRecord(self.output_dir / TRAINED, truncate=fresh)
-            assert self.scorer is not None, "setup connects the scorer first"
-            coordinator = UpdateCoordinator(
-                run_id=self.run_id,
-                kind=self.cfg.finetuning_type,
-                plan=self.plan,
-                scorer=self.scorer,
-                record=selections,
-                mode=self.cfg.selection_mode,
-                on_failure=self.cfg.on_scorer_failure,
-                on_update=self._on_update,
-                registered=self.registered,
-                outage=self.outage,
-                stop_requested=lambda: self.stop.requested,
-            )
-        self.coordinator = coordinator
-        self.trained = TrainedSamples(trained_record, self.ranks)
-        start = self._resume_records() if not fresh else 0
-        if coordinator is not None and not fresh:
-            self._resend_unsent(coordinator)
-        sampler = ScheduleBatchSampler(
-            self.plan,
-            self.cfg.per_device_train_batch_size,
-            start,
-            rank=self.ranks.rank,
-            world=self.ranks.world,
-        )
-        self.selection = callback = SelectionCallback(
-            self.schedule,
-            SharedUpdates(self.ranks, self.plan, coordinator),
-            self.trainable_tensors,
-            self.trained,
-            self.stop,
-        )
-        args = self._training_args()
-        self.ranks.one_gpu(args)
-        self.trainer = ScheduledTrainer(
-            model=self.model,
-            args=args,
-            train_dataset=EncodedDataset(self.encoded),
-            eval_dataset=self._eval_dataset(),
-            data_collator=PadCollator(pad_id(self.tokenizer)),
-            processing_class=self.tokenizer,
-            callbacks=[callback, self.stop],  # the stop after the update: see GracefulStop
-            batch_sampler=sampler,
-            trained=self.trained,
-        )
-        self._upcast()
-        if coordinator is not None:  # the snapshot buffer made once, before training, once
-            # Trainer has put the model on its device (pinned memory for a GPU's tensors)
-            snapshot = coordinator.sender.snapshot
-            snapshot.wire_dtypes = precision.wire_dtypes(self.model, self.upcast)  # as stored
-            snapshot.reserve(self.trainable_tensors())
-
-    def _on_update(self, row: dict[str, Any]) -> None:
-        """Each update's selection figures go to the Trainer's log, and so to report_to
-        (TensorBoard, W&B, MLflow), at the update's step; then to the caller's hook."""
-        log_selection(self.trainer, row)
-        if self.on_update is not None:
-            self.on_update(row)
-
-    def _resume_records(self) -> int:
-        """Restore the draws made before the resumed step (every rank); drop the records from
-        it on (rank 0)."""
-        assert self.cfg.resume_from_checkpoint is not None
-        state = Path(self.cfg.resume_from_checkpoint) / "trainer_state.json"
-        start = int(json.loads(state.read_text())["global_step"])
-        kept = None
-        if self.ranks.is_main:
-            kept = [r for r in read_jsonl(self.output_dir / SELECTIONS) if r["global_step"] < start]
-            _rewrite(self.output_dir / SELECTIONS, kept)
-            trained = read_jsonl(self.output_dir / TRAINED)
-            _rewrite(self.output_dir / TRAINED, [r for r in trained if r["step"] < start])
-        draws = self.ranks.share(
-            [[r["global_step"], r["sampled_indices"]] for r in kept] if kept is not None else None
-        )
-        for step, indices in draws:
-            self.plan.set_segment(self.schedule.segment_at(step), torch.tensor(indices))
-        logger.info("resuming at step %d with %d earlier update(s)", start, len(draws))
-        return start
-
-    def _resend_unsent(self, coordinator: UpdateCoordinator) -> None:
-        """A checkpoint the stopped run sent but the scorer did not acknowledge is sent again
-        (the scorer answers one it has with `duplicate`)."""
-        assert self.cfg.resume_from_checkpoint is not None
-        upload = load_unsent(Path(self.cfg.resume_from_checkpoint))
-        if upload is None:
-            return
-        if upload.run_id != self.run_id:
-            logger.warning(
-                "%s of run %s left unsent is not sent: this run is %s",
-                upload.describe(),
-                upload.run_id,
-                self.run_id,
-            )
-            return
-        coordinator.resend(upload)
-
     def _eval_dataset(self) -> EncodedDataset | None:
         if self.loaded.eval_samples is None:
             return None
-        return EncodedDataset(
-            encode_dataset(self.tokenizer, self.loaded.eval_samples, self.settings)
-        )
+        assert self.selection is not None
+        encoded = encode_dataset(self.tokenizer, self.loaded.eval_samples, self.selection.settings)
+        return EncodedDataset(encoded, with_index=False)  # evaluated, never recorded
+
+    # ---- what the selection holds ----
+    @property
+    def run_id(self) -> str:
+        assert self.selection is not None
+        return self.selection.run_id
+
+    @property
+    def encoded(self) -> list[EncodedSample]:
+        assert self.selection is not None
+        return self.selection.encoded
+
+    @property
+    def coordinator(self) -> UpdateCoordinator | None:
+        """Rank 0's, once set up."""
+        return self.selection.coordinator if self.selection is not None else None
+
+    @property
+    def stopped(self) -> bool:
+        """Stopped by a signal before the last step (its checkpoint holds the state)."""
+        return self.selection is not None and self.selection.stopped
+
+    @property
+    def stop_checkpoint(self) -> Path:
+        assert self.selection is not None
+        return self.selection.stop_checkpoint
 
     # ---- train ----
     def train(self) -> None:
@@ -409,7 +214,7 @@ class DeltaLossRecipe:
             self.schedule.batch,
             self.cfg.selection_mode,
         )
-        result = self._run_trainer()
+        result = self.trainer.train(resume_from_checkpoint=self.cfg.resume_from_checkpoint)
         if self.stopped:
             return
         self.trainer.log_metrics("train", result.metrics)
@@ -427,50 +232,11 @@ class DeltaLossRecipe:
                 evals[-1]["step"],
             )
 
-    def _run_trainer(self) -> TrainOutput:
-        """Trainer.train. A failed update (on_scorer_failure: fail) ends it with a
-        ScorerFailure that names the checkpoint to resume from: the one saved at the failed
-        update's step, or the one resumed from when no step was trained yet."""
-        resumed = self.cfg.resume_from_checkpoint
-        try:
-            result = self.trainer.train(resume_from_checkpoint=resumed)
-        except StopRequested:  # before the first step: the same checkpoint resumes
-            raise
-        except ScorerFailure as exc:  # an update before this run's first step: nothing to save
-            if resumed is None:
-                raise
-            hint = _resume_hint(resumed)
-            raise ScorerFailure(f"{exc}; nothing was trained after {hint}") from exc
-        failure = self.stop.failure
-        if failure is not None:  # the stop saved a checkpoint at the failed update's step
-            raise ScorerFailure(
-                f"{failure}; the state at step {self.trainer.state.global_step} is saved in "
-                f"{_resume_hint(self.stop_checkpoint)}"
-            ) from failure
-        return result
-
-    @property
-    def stopped(self) -> bool:
-        """Stopped by a signal before the last step (its checkpoint holds the state)."""
-        return self.stop.requested and self.trainer.state.global_step < self.schedule.max_steps
-
-    @property
-    def stop_checkpoint(self) -> Path:
-        return self.output_dir / f"checkpoint-{self.trainer.state.global_step}"
-
     # ---- save ----
     def save(self) -> None:
-        if self.stopped:
-            # Not the finished model: the checkpoint the stop saved is what a resume needs.
-            logger.warning(
-                "stopped at step %d of %d; state saved in %s: rerun with "
-                "resume_from_checkpoint=%s to finish",
-                self.trainer.state.global_step,
-                self.schedule.max_steps,
-                self.stop_checkpoint,
-                self.stop_checkpoint,
-            )
+        if self.stopped:  # not the finished model: the checkpoint the stop saved resumes
             return
+        assert self.selection is not None
         self.trainer.save_model(str(self.output_dir))
         self.trainer.save_state()
         unsent = self.selection.unsent_at_end
@@ -486,70 +252,25 @@ class DeltaLossRecipe:
             raise ScorerFailure(f"{unsent}; the trained model is saved in {self.output_dir}")
 
     def report_end(self, error: BaseException | None) -> None:
-        """Tell the scorer the run finished, or failed and why. A run stopped to be resumed
-        (SIGTERM, Ctrl-C) has not ended: nothing is said."""
-        if self.scorer is None or not getattr(self, "registered", False):
-            return  # never registered (or not the main rank, which alone talks to the scorer)
-        if isinstance(error, StopRequested | KeyboardInterrupt):
-            return
-        if error is None:
-            if self.stopped:
-                return
-            self.scorer.end("finished", f"trained {self.trainer.state.global_step} steps")
-        else:
-            self.scorer.end("failed", f"{type(error).__name__}: {error}")
+        """Tell the scorer the run finished, or failed and why (the selection's)."""
+        if self.selection is not None:
+            self.selection.report_end(error)
 
     # ---- cleanup ----
     def cleanup(self) -> None:
         try:
-            if self.coordinator is not None:
-                self.coordinator.close()  # a send in flight is cancelled first
-            if self.scorer is not None:
+            if self.selection is not None:
+                self.selection.close()  # a send in flight is cancelled first
+            elif self.scorer is not None:
                 self.scorer.close()
         finally:
             self.ranks.close()
 
 
-def run_stem(name: str) -> str:
-    """The part of a run id taken from the output folder's name: ASCII letters, digits, `_`
-    and `-` only (others become `-`), starting with a letter or digit; `run` if none is left."""
-    kept = "".join(c if (c.isascii() and c.isalnum()) or c in "_-" else "-" for c in name)
-    return kept.lstrip("_-")[:80] or "run"
-
-
-def model_spec(cfg: TrainConfig) -> ModelSpec:
-    """The run's model; a local base model is named by its absolute path, so that a scorer
-    started elsewhere finds the same folder."""
-    lora = None
-    if cfg.finetuning_type == "lora":
-        lora = LoraSettings(cfg.lora_rank, cfg.alpha, cfg.lora_dropout, cfg.target_modules)
-    return ModelSpec(
-        resolve_base_model(cfg.model_name_or_path),
-        cfg.finetuning_type,
-        lora,
-        cfg.trust_remote_code,
-        ATTENTION[cfg.flash_attn],
-        cfg.quantization_bit,
-    )
-
-
-def _resume_hint(checkpoint: str | Path) -> str:
-    return (
-        f"{checkpoint}: rerun with resume_from_checkpoint={checkpoint} to go on from there "
-        "(the update that failed is sent again)"
-    )
-
-
-def _rewrite(path: Path, rows: list[dict]) -> None:
-    record = JsonlRecord(path, truncate=True)
-    for row in rows:
-        record.append(row)
-
-
 def run(loaded: LoadedConfig, *, handle_sigterm: bool = False, **hooks) -> DeltaLossRecipe:
     """handle_sigterm: SIGTERM saves a checkpoint at the end of the current step and stops
     (`recipe.stopped` then says so); the command line sets it."""
-    recipe = DeltaLossRecipe(loaded, **hooks)
+    recipe = DeltaLossRecipe(loaded, handle_sigterm=handle_sigterm, **hooks)
     with recipe.stop.handling() if handle_sigterm else nullcontext():
         try:
             recipe.setup()

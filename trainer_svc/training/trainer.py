@@ -1,5 +1,7 @@
-"""Hooks into transformers' Trainer: a scheduled dataloader, a record of trained samples, and
-a callback that runs each update when its step is reached. Trainer's loop is used as is.
+"""Callbacks for transformers' Trainer: one that runs each update when its step is reached,
+and one that stops training at a step end with a checkpoint. Trainer's loop is used as is; the
+scheduled dataloader and the record of trained samples are installed by
+trainer_svc.training.selection.DeltaLossSelection.attach.
 """
 
 from __future__ import annotations
@@ -13,56 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
-from transformers import Trainer, TrainerCallback
+from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from trainer_svc.scorer.retry import ScorerFailure, StopRequested
-from trainer_svc.training.dataset import INDEX_KEY
 from trainer_svc.training.distributed import Ranks
 from trainer_svc.training.records import TrainedSamples
-from trainer_svc.training.sampler import ScheduleBatchSampler
 from trainer_svc.training.schedule import Schedule
 from trainer_svc.training.snapshot import save_unsent
 from trainer_svc.training.updates import Updates
 
 logger = logging.getLogger(__name__)
-
-
-class ScheduledTrainer(Trainer):
-    """Trains each step on the samples the schedule gives, and records them."""
-
-    def __init__(
-        self,
-        *args: Any,
-        batch_sampler: ScheduleBatchSampler,
-        trained: TrainedSamples,
-        **kwargs: Any,
-    ):
-        super().__init__(*args, **kwargs)
-        self.batch_sampler = batch_sampler
-        self.trained = trained
-
-    def get_train_dataloader(self) -> DataLoader:
-        # A plain DataLoader in this process: nothing reads batches ahead of the step that
-        # trains them (accelerate's wrapper would, and so would workers).
-        assert isinstance(self.train_dataset, Dataset)
-        return DataLoader(
-            self.train_dataset,
-            batch_sampler=self.batch_sampler,
-            collate_fn=self.data_collator,
-            num_workers=0,
-            # Its own generator: starting the iterator draws a base seed, which would otherwise
-            # come from the global RNG after Trainer restored it on resume, and shift every
-            # later dropout mask against an uninterrupted run.
-            generator=torch.Generator().manual_seed(self.args.seed),
-        )
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        index = inputs.pop(INDEX_KEY, None)
-        if index is not None and model.training:
-            self.trained.add(self.state.global_step, list(index))
-        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
 
 class SelectionCallback(TrainerCallback):

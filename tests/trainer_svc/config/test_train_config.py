@@ -13,7 +13,7 @@ from trainer_svc.config.train_config import (
     parse_config,
     resolve_base_model,
 )
-from trainer_svc.training.recipe import model_spec
+from trainer_svc.training.selection import model_spec
 
 
 def model_folder(tmp_path):
@@ -433,7 +433,7 @@ def test_a_run_id_that_could_leave_its_folder_is_named(demo_file, tmp_path):
 )
 def test_a_run_id_derived_from_any_folder_name_is_allowed(name, stem):
     from common.validation import check_run_id
-    from trainer_svc.training.recipe import run_stem
+    from trainer_svc.training.selection import run_stem
 
     assert run_stem(name) == stem
     check_run_id(f"{run_stem(name)}-20260101-000000-abcd")

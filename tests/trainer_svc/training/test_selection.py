@@ -1,12 +1,22 @@
 """Delta Loss selection added to a plain transformers Trainer built by the user."""
 
+import json
+import os
+import signal
+
 import httpx
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 
-from common.wire.errors import RunMismatch
+from common.wire.errors import RunMismatch, ScorerUnavailable
 from delta_loss_devtools.fake_scorer import FakeScorer
 from trainer_svc.config.train_config import ConfigError
 from trainer_svc.scorer.retry import ScorerFailure
@@ -37,22 +47,25 @@ def users_args(out, **over):
     return TrainingArguments(**{**keys, **over})
 
 
-def train_with(tiny_model, demo_file, out, scorer=None, **selection_keys):
+def train_with(
+    tiny_model, demo_file, out, scorer=None, *, resume=None, args=None, callbacks=(),
+    **selection_keys,
+):  # fmt: skip
     model = users_model(tiny_model)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    args = users_args(out)
+    args = users_args(out, **(args or {}))
     selection = DeltaLossSelection(
         {"dataset": str(demo_file), **SELECTION, **selection_keys},
         model=model, tokenizer=tokenizer, args=args, scorer=scorer,
     )  # fmt: skip
     trainer = Trainer(
         model=model, args=args, train_dataset=selection.train_dataset,
-        data_collator=selection.data_collator,
+        data_collator=selection.data_collator, callbacks=list(callbacks),
     )  # fmt: skip
     before = {n: t.clone() for n, t in model.named_parameters() if t.requires_grad}
     selection.attach(trainer)
     try:
-        trainer.train()
+        trainer.train(resume_from_checkpoint=resume)
     finally:
         selection.close()
     return selection, trainer, before
@@ -218,3 +231,99 @@ def test_a_users_upcast_model_sends_its_checkpoints_as_stored(tiny_bf16_model, d
     assert set(sent) == set(model.state_dict())
     assert {t.dtype for t in sent.values()} == {torch.bfloat16}
     assert {p.dtype for p in model.parameters()} == {torch.float32}  # trained as float32
+
+
+@pytest.mark.slow  # trains a model three times (in-process)
+def test_a_users_trainer_resumes_the_run_from_a_checkpoint(tiny_model, demo_file, tmp_path):
+    out = tmp_path / "out"
+    saving = dict(save_strategy="steps", save_steps=3)
+    first = FakeScorer(32)
+    train_with(tiny_model, demo_file, out, scorer=first, args=saving)
+    before = read_jsonl(out / "trained_samples.jsonl")
+    selections = [r["sampled_indices"] for r in read_jsonl(out / "selections.jsonl")]
+    assert json.loads((out / "run.json").read_text())["run_id"] == first.hellos[0].run_id
+
+    scorer = FakeScorer(32)
+    selection, trainer, _ = train_with(
+        tiny_model, demo_file, out, scorer=scorer, resume=str(out / "checkpoint-6"), args=saving
+    )
+    # updates from step 6 on are sent again (the scorer answers `duplicate`) and drawn again
+    assert [c.step for c in scorer.checkpoints] == [6, 10] and trainer.state.global_step == 12
+    (hello,), (again,) = first.hellos, scorer.hellos
+    assert (again.run_id, again.run_token) == (hello.run_id, hello.run_token)  # the same run
+    assert read_jsonl(out / "trained_samples.jsonl") == before
+    assert [r["sampled_indices"] for r in read_jsonl(out / "selections.jsonl")] == selections
+    assert scorer.ended == [("finished", "trained 12 steps")]
+
+
+class FailingAtStep(FakeScorer):
+    """Never answers the checkpoint of one step."""
+
+    def __init__(self, n, step):
+        super().__init__(n)
+        self.step = step
+
+    def send_checkpoint(self, checkpoint):
+        if checkpoint.step == self.step:
+            raise ScorerUnavailable("gave up waiting for a reply from the scorer")
+        return super().send_checkpoint(checkpoint)
+
+
+@pytest.mark.slow  # trains a model twice (in-process)
+def test_a_failed_update_names_its_checkpoint_and_the_last_one_resumes(
+    tiny_model, demo_file, tmp_path
+):
+    out = tmp_path / "out"
+    failing = FailingAtStep(32, 4)
+    with pytest.raises(ScorerFailure) as info:
+        train_with(tiny_model, demo_file, out, scorer=failing)
+    saved = out / "checkpoint-4"
+    assert f"the state at step 4 is saved in {saved}: rerun with resume_from_checkpoint" in str(
+        info.value
+    )
+    assert [status for status, _ in failing.ended] == ["failed"] and failing.closed
+    assert [r["global_step"] for r in read_jsonl(out / "selections.jsonl")] == [2]
+
+    scorer = FakeScorer(32)
+    train_with(tiny_model, demo_file, out, scorer=scorer, resume=True)  # the last checkpoint
+    assert [c.step for c in scorer.checkpoints] == [4, 6, 10]  # the failed update first
+    assert [r["global_step"] for r in read_jsonl(out / "selections.jsonl")] == [2, 4, 6, 10]
+    assert [r["step"] for r in read_jsonl(out / "trained_samples.jsonl")] == list(range(12))
+
+
+class SigtermAt(TrainerCallback):
+    """SIGTERM to this process as step `step` ends (a scheduler's preemption)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.slow  # trains a model twice (in-process)
+def test_sigterm_stops_a_users_trainer_with_a_checkpoint_that_resumes(
+    tiny_model, demo_file, tmp_path
+):
+    out = tmp_path / "out"
+    first = FakeScorer(32)
+    handler = signal.getsignal(signal.SIGTERM)
+    selection, trainer, _ = train_with(
+        tiny_model, demo_file, out, scorer=first, callbacks=[SigtermAt(5)]
+    )
+    assert signal.getsignal(signal.SIGTERM) == handler  # handled while training only
+    # the step the signal arrived in is finished and saved; the run has not ended
+    assert selection.stopped and trainer.state.global_step == 5
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-5"]
+    assert selection.stop_checkpoint == out / "checkpoint-5" and first.ended == []
+
+    scorer = FakeScorer(32)
+    selection, trainer, _ = train_with(
+        tiny_model, demo_file, out, scorer=scorer, resume=str(out / "checkpoint-5")
+    )
+    assert not selection.stopped and trainer.state.global_step == 12
+    assert [c.step for c in scorer.checkpoints] == [6, 10]
+    assert [r["global_step"] for r in read_jsonl(out / "selections.jsonl")] == [2, 4, 6, 10]
+    assert [r["step"] for r in read_jsonl(out / "trained_samples.jsonl")] == list(range(12))
+    assert scorer.ended == [("finished", "trained 12 steps")]
