@@ -35,6 +35,7 @@ from scorer_svc.metrics import ScorerMetrics
 from scorer_svc.scoring.progress import ScoringProgress
 from scorer_svc.scoring.ranks import RankGroup
 from scorer_svc.scoring.registry import Registry
+from scorer_svc.scoring.single_rank import SingleRank
 from scorer_svc.scoring.weights import WeightsCache
 from scorer_svc.scoring.worker import Worker
 from scorer_svc.security.tokens import OPEN_PATHS, OPEN_PREFIXES, bearer, same_token
@@ -74,8 +75,7 @@ class Background:
             self.exit_watch.stop()
         self.intake.stop()
         self.worker.stop()
-        if self.worker.group is not None:
-            self.worker.group.stop_others()
+        self.worker.group.stop_others()
         self.lock.release()
         self.engine.dispose()
         log.info("stopped")
@@ -113,7 +113,7 @@ def build_service(
             failures=failures,
             keep_checkpoints=settings.keep_checkpoints,
             instance=lock.name,
-            group=group,
+            group=SingleRank() if group is None else group,
             weights=weights,
             metrics=scoring_metrics,
             progress=progress,
@@ -128,7 +128,7 @@ def build_service(
         api = ApiState(
             settings, sessions, failures=failures, weights=weights, group=group,
             instance=lock.name, metrics=scoring_metrics, progress=progress,
-            worker_alive=worker.is_alive, datasets=registry.datasets,
+            worker_alive=worker.is_alive, datasets=registry.runs.datasets,
         )  # fmt: skip
         undo.pop_all()  # built: the Background gives them back when it stops
         return api, Background(engine, worker, intake, lock)
@@ -207,7 +207,7 @@ def _owned_service(
             settings.http_host,
             settings.http_port,
             settings.database_for_logs,
-            background.worker.registry.device,
+            background.worker.registry.models.device,
         )
         try:
             yield

@@ -166,9 +166,9 @@ class Registrations:
     def _prepare(self, hello: Hello, prepared: Future[int]) -> None:
         try:
             _import_transformers()
-            self.registry.check_loadable(hello)
-            data = self.registry.prepare(hello)
-            self.registry.manifest(hello)  # the base model must build as the trainer says
+            self.registry.models.check_loadable(hello)
+            data = self.registry.runs.prepare(hello)
+            self.registry.models.manifest(hello)  # the base model must build as the trainer says
         except BaseException as exc:
             prepared.set_exception(exc)
         else:

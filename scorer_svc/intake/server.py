@@ -39,7 +39,8 @@ from common.wire.protocol import (
 from scorer_svc.config import Settings
 from scorer_svc.intake.registrations import Registrations
 from scorer_svc.intake.uploads import Upload, Uploads
-from scorer_svc.scoring.registry import Registry, differences, identity
+from scorer_svc.scoring.registry import Registry
+from scorer_svc.scoring.run_data import differences, identity
 from scorer_svc.security.tokens import check_request_token, same_token
 from scorer_svc.security.zap import secure_server
 from scorer_svc.storage import checkpoints as checkpoint_store
@@ -251,7 +252,9 @@ class Intake:
             raise CheckpointRejected(
                 f"run {run.run_id} has no initial checkpoint yet: update 1 must come first"
             )
-        manifest = self.registry.manifest(self.registry.hello_of(run.run_id, run.config))
+        manifest = self.registry.models.manifest(
+            self.registry.runs.hello_of(run.run_id, run.config)
+        )
         manifest.check([(e.name, e.dtype, e.shape) for e in header.tensors])
         path = checkpoint_path(self.settings.data_dir, run.run_id, header.step)
         table = [(e.name, e.dtype, e.shape, e.length) for e in header.tensors]

@@ -61,7 +61,7 @@ def model_bytes(model: torch.nn.Module, itemsize: int | None = None) -> int:
 class ModelCache:
     """Models by spec, least recently used evicted first. Before a model is loaded, others are
     evicted until its estimated size fits beside those kept (a model larger than the budget on
-    its own is still loaded, alone). Not thread-safe: the registry holds its lock around it."""
+    its own is still loaded, alone). Not thread-safe: the catalogue holds its lock around it."""
 
     def __init__(
         self,

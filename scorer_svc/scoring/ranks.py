@@ -287,9 +287,9 @@ class RankGroup:
         None, logged, when they cannot be had."""
         config = command["config"]
         try:
-            hello = registry.hello_of(config["run_id"], config)
-            data = registry.prepare(hello)
-            model = registry.model(hello)
+            hello = registry.runs.hello_of(config["run_id"], config)
+            data = registry.runs.prepare(hello)
+            model = registry.models.model(hello)
             if command.get("samples") is None:
                 return model, data.batches
             return model, data.only(command["samples"], registry.settings)

@@ -1,6 +1,6 @@
 """A run's dataset as the scorer reads it again: every path checked against the scorer's roots
 before it is looked at, tokenized with the run's own tokenizer and settings, so that its
-fingerprint can be compared with the trainer's. The worker's tokenization (Registry) and the
+fingerprint can be compared with the trainer's. The worker's tokenization (RunDataStore) and the
 API's sample texts (scorer_svc.api.run_texts) read it through the same DatasetReader."""
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from scorer_svc.scoring.progress import ScoringProgress
 from scorer_svc.scoring.ranks import RankGroup, RankLost
 from scorer_svc.scoring.registry import Registry
 from scorer_svc.scoring.scheduling import next_turn
+from scorer_svc.scoring.single_rank import SingleRank
 from scorer_svc.scoring.weights import WeightsCache, served_weights
 from scorer_svc.storage import checkpoints as checkpoint_store
 from scorer_svc.storage.checkpoint_files import StoredCheckpoint
@@ -66,12 +67,13 @@ class Worker:
     failures: UnrecordedFailures
     keep_checkpoints: bool
     instance: str  # this scorer's name: it scores only the runs it registered
-    group: RankGroup | None = None  # the other ranks that score a share, under torchrun
+    # who scores: this process alone (SingleRank), or with the other ranks, under torchrun
+    group: RankGroup | SingleRank
     # the API's cache: a checkpoint's weights are put there as it is stored, so that its
     # trainer's first request does not read the losses back
-    weights: WeightsCache | None = None
-    metrics: ScorerMetrics | None = None  # what /metrics reports of the scoring
-    progress: ScoringProgress | None = None  # how far the checkpoint being scored is (API)
+    weights: WeightsCache
+    metrics: ScorerMetrics  # what /metrics reports of the scoring
+    progress: ScoringProgress  # how far the checkpoint being scored is (API)
 
     def __post_init__(self) -> None:
         # checkpoints left `scoring` (by a previous process, or by a claim or store of this
@@ -126,13 +128,12 @@ class Worker:
                 status_of(self.sessions).answered()
             self._database_failing = failing
             if not worked:
-                if self.group is not None:
-                    self._heartbeat(self.group)
+                self._heartbeat(self.group)
                 self._wake.wait(IDLE_WAIT_S)
                 self._wake.clear()
 
     @staticmethod
-    def _heartbeat(group: RankGroup) -> None:
+    def _heartbeat(group: RankGroup | SingleRank) -> None:
         try:
             group.heartbeat()
         except RankLost as exc:
@@ -142,7 +143,7 @@ class Worker:
         """Score one of this instance's pending checkpoints, runs taking turns
         (scheduling.next_turn); False when there was none (or when a scoring rank is lost:
         nothing is scored until the scorer is restarted)."""
-        if self.group is not None and self.group.lost is not None:
+        if self.group.lost is not None:
             return False
         self._record_failures()
         self._settle()
@@ -162,8 +163,7 @@ class Worker:
                 self._rollback(session)
                 log.error("cannot claim checkpoint %d (%s)", checkpoint_id, type(error).__name__)
                 self.failures.record(checkpoint_id, f"{type(error).__name__}: {error}")
-                if self.metrics is not None:
-                    self.metrics.failed()
+                self.metrics.failed()
                 return True
             if checkpoint is None:  # deleted since it was listed
                 return True
@@ -173,8 +173,7 @@ class Worker:
             try:
                 self._score(session, checkpoint)
             finally:
-                if self.progress is not None:
-                    self.progress.finish(checkpoint_id)
+                self.progress.finish(checkpoint_id)
             return True
 
     def _next(self, session: Session) -> int | None:
@@ -259,8 +258,7 @@ class Worker:
     def _fail(self, session: Session, checkpoint_id: int, error: str, path: str) -> None:
         """Record the failure; its tensors go once it is recorded (a step sent again brings
         them anew), and stay while the failure is only in memory: a restart scores it again."""
-        if self.metrics is not None:
-            self.metrics.failed()
+        self.metrics.failed()
         try:
             if not checkpoint_store.mark_failed(session, checkpoint_id=checkpoint_id, error=error):
                 log.warning(
@@ -320,9 +318,9 @@ class Worker:
             )
             assert run is not None
             label = f"run {run.run_id} step {checkpoint.step}"
-            hello = self.registry.hello_of(run.run_id, run.config)
-            data = self.registry.prepare(hello)
-            model = self.registry.model(hello)
+            hello = self.registry.runs.hello_of(run.run_id, run.config)
+            data = self.registry.runs.prepare(hello)
+            model = self.registry.models.model(hello)
             stored = StoredCheckpoint.open(path)  # its table; the tensors are streamed
             plan = self._database(
                 session, lambda: budget_plan(session, run, checkpoint), f"planning {label}"
@@ -334,22 +332,15 @@ class Worker:
                 else data.only(samples.tolist(), self.registry.settings)
             )
             started = time.perf_counter()
-            if self.progress is not None:  # the samples scored: those with a label token
-                rows = sum(len(batch.indices) for batch in batches)
-                tokens = sum(batch.input_ids.numel() for batch in batches)
-                self.progress.start(checkpoint_id, rows, tokens)
-            if self.group is None:
-                stored.copy_into(model.targets, model.device)
-                losses = model.score(
-                    batches, run.n_samples, stop=self._stop, desc=label,
-                    on_batch=self._advance(checkpoint_id),
-                )  # fmt: skip
-            else:
-                losses = self.group.score(
-                    run.config, stored, batches, model, run.n_samples,
-                    samples=None if samples is None else samples.tolist(),
-                    stop=self._stop, desc=label, on_batch=self._advance(checkpoint_id),
-                )  # fmt: skip
+            # the samples scored: those with a label token
+            rows = sum(len(batch.indices) for batch in batches)
+            tokens = sum(batch.input_ids.numel() for batch in batches)
+            self.progress.start(checkpoint_id, rows, tokens)
+            losses = self.group.score(
+                run.config, stored, batches, model, run.n_samples,
+                samples=None if samples is None else samples.tolist(),
+                stop=self._stop, desc=label, on_batch=self._advance(checkpoint_id),
+            )  # fmt: skip
             seconds = time.perf_counter() - started
             if not np.isfinite(losses).any():
                 raise ValueError(
@@ -376,12 +367,11 @@ class Worker:
                     seconds=seconds, measured=samples, estimates=estimates,
                 ),
             )  # fmt: skip
-            if self.metrics is not None:
-                self.metrics.scored(
-                    seconds=seconds,
-                    samples=int(np.isfinite(losses).sum()),
-                    write_seconds=time.perf_counter() - writing,
-                )
+            self.metrics.scored(
+                seconds=seconds,
+                samples=int(np.isfinite(losses).sum()),
+                write_seconds=time.perf_counter() - writing,
+            )
         except checkpoint_store.CheckpointGone:
             self._rollback(session)
             log.warning("%s was deleted while it was scored: its losses are not stored", label)
@@ -420,10 +410,7 @@ class Worker:
             log.exception("scoring %s failed", label)
             self._fail(session, checkpoint_id, f"{type(error).__name__}: {error}", path)
             return
-        if self.weights is not None:
-            self._put_weights(
-                self.weights, run, checkpoint, losses, window, ranking, deltas, estimates
-            )
+        self._put_weights(self.weights, run, checkpoint, losses, window, ranking, deltas, estimates)
         scored = run.n_samples if samples is None else samples.size
         log.info(
             "scored %s (update %d): %d samples in %.2fs, %.1f samples/s",
@@ -450,10 +437,8 @@ class Worker:
             log.warning("%s; checkpoint %d is put back in the queue at the next start",
                         exc, checkpoint_id)  # fmt: skip
 
-    def _advance(self, checkpoint_id: int) -> Callable[[int, int], None] | None:
+    def _advance(self, checkpoint_id: int) -> Callable[[int, int], None]:
         progress = self.progress
-        if progress is None:
-            return None
         return lambda samples, tokens: progress.advance(checkpoint_id, samples, tokens)
 
     def _discard(self, path: str) -> None:

@@ -38,14 +38,14 @@ def served(tmp_path, monkeypatch) -> Iterator[Served]:
             tokenized.append(len(samples)) or encode(tokenizer, samples, settings)
         ),
     )
-    tokenize = registry._tokenize
+    tokenize = registry.runs._tokenize
 
     def held(hello):
         if hello.run_id.startswith("slow"):
             assert release.wait(300), "never released"
         return tokenize(hello)
 
-    registry._tokenize = held  # type: ignore[method-assign]
+    registry.runs._tokenize = held  # type: ignore[method-assign]
     sessions = make_sessionmaker(make_engine(config.resolved_database_url))
     intake = Intake(config, sessions, registry, on_queued=lambda: None, instance="here")
     server = IntakeServer(f"tcp://127.0.0.1:{free_port()}", intake, max_frame_bytes=MAX_FRAME_BYTES)

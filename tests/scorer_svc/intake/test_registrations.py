@@ -18,6 +18,8 @@ from common.wire.protocol import Hello, encode_hello
 from scorer_svc.config import Settings
 from scorer_svc.intake.server import Intake
 from scorer_svc.scoring.registry import Registry
+from scorer_svc.scoring.run_data import RunDataStore
+from scorer_svc.scoring.run_dataset import DatasetReader
 from scorer_svc.storage import runs as run_store
 from scorer_svc.storage.db import make_engine, make_sessionmaker
 from tests.support.data import write_samples
@@ -156,28 +158,29 @@ def test_too_many_registrations_at_once_are_told_to_come_back(served, tiny_model
 
 def test_runs_data_stays_within_its_budget_and_comes_back_when_needed(tmp_path, tiny_model):
     data = write_samples(tmp_path / "d.json", 12)
-    probe = Registry(Settings(data_dir=tmp_path / "probe", device="cpu"))
+    probe_settings = Settings(data_dir=tmp_path / "probe", device="cpu")
+    probe = RunDataStore(probe_settings, DatasetReader.of(probe_settings))
     one_run = probe.prepare(make_hello(tiny_model, data, run_id="probe")).nbytes
     config = Settings(
         data_dir=tmp_path / "scorer", device="cpu", max_run_data_bytes=int(2.5 * one_run)
     )
-    registry = Registry(config)
+    runs = RunDataStore(config, DatasetReader.of(config))
     tokenized = []
-    tokenize = registry._tokenize
+    tokenize = runs._tokenize
 
     def counted(hello):
         tokenized.append(hello.run_id)
         return tokenize(hello)
 
-    registry._tokenize = counted  # type: ignore[method-assign]
+    runs._tokenize = counted  # type: ignore[method-assign]
     hellos = [make_hello(tiny_model, data, run_id=f"run-{i}") for i in range(10)]
     for hello in hellos:
-        registry.prepare(hello)
-    assert registry.run_data_bytes <= config.max_run_data_bytes
-    assert registry.run_data_bytes == 2 * one_run  # the two most recent
-    registry.prepare(hellos[-1])  # held: not tokenized again
+        runs.prepare(hello)
+    assert runs.run_data_bytes <= config.max_run_data_bytes
+    assert runs.run_data_bytes == 2 * one_run  # the two most recent
+    runs.prepare(hellos[-1])  # held: not tokenized again
     assert tokenized == [h.run_id for h in hellos]
-    again = registry.prepare(hellos[0])  # dropped: tokenized again, checked again
+    again = runs.prepare(hellos[0])  # dropped: tokenized again, checked again
     assert tokenized[-1] == "run-0" and again.nbytes == one_run
 
 
@@ -226,5 +229,5 @@ def test_a_run_whose_model_this_scorer_cannot_build_as_the_trainer_is_refused(
     assert "4-bit quantization (bitsandbytes) needs a CUDA GPU" in reply["reason"]
     hello = make_hello(tiny_model, data, run_id="run-sdpa", attn_implementation="sdpa")
     assert ask(intake, hello)["status"] == "registered"
-    model = intake.registry.model(hello)  # built with the trainer's attention
+    model = intake.registry.models.model(hello)  # built with the trainer's attention
     assert model.model.config._attn_implementation == "sdpa"

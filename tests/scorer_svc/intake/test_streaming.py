@@ -192,10 +192,13 @@ class ScoredModel:
 
 
 class Registry:
+    """A follower's registry, its run data store and model catalogue in one."""
+
     settings = None
 
     def __init__(self) -> None:
-        self.models: list[ScoredModel] = []
+        self.built: list[ScoredModel] = []
+        self.runs = self.models = self
 
     def hello_of(self, run_id, config):
         return run_id
@@ -204,8 +207,8 @@ class Registry:
         return SimpleNamespace(batches=[])
 
     def model(self, hello):
-        self.models.append(ScoredModel())
-        return self.models[-1]
+        self.built.append(ScoredModel())
+        return self.built[-1]
 
 
 COMMAND = {"op": "score", "config": {"run_id": "r", "n_samples": 3}, "tensors": TABLE,
@@ -217,7 +220,7 @@ def test_a_follower_takes_the_tensors_and_scores_its_share():
     follower._score_share(COMMAND, registry, threading.Event())
     assert follower.calls == [("ready", True), "tensor", "tensor", "tensor",
                               ("rank 0 streamed", True), ("gather", SCORED)]  # fmt: skip
-    (model,) = registry.models
+    (model,) = registry.built
     assert model.scored == 1
     for name, _, shape in TABLE:
         assert torch.equal(model.targets[name], _values(name, shape))
@@ -231,7 +234,7 @@ def test_a_follower_that_cannot_make_its_buffer_enters_no_tensor_collective(monk
     follower, registry = Follower(), Registry()
     follower._score_share(COMMAND, registry, threading.Event())
     assert follower.calls == [("ready", False), ("gather", FAILED)]
-    assert registry.models[0].scored == 0
+    assert registry.built[0].scored == 0
 
 
 def test_when_rank_0_could_not_read_the_checkpoint_followers_do_not_score():
@@ -239,7 +242,7 @@ def test_when_rank_0_could_not_read_the_checkpoint_followers_do_not_score():
     follower._score_share(COMMAND, registry, threading.Event())
     assert follower.calls == [("ready", True), "tensor", "tensor", "tensor",
                               ("rank 0 streamed", False), ("gather", SKIPPED)]  # fmt: skip
-    assert registry.models[0].scored == 0
+    assert registry.built[0].scored == 0
 
 
 # a checkpoint file

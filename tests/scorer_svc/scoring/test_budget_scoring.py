@@ -27,6 +27,7 @@ from scorer_svc.storage.failures import UnrecordedFailures
 from scorer_svc.storage.tables import RECEIVED, SCORED, SCORING, SUPERSEDED
 from tests.support.data import make_samples
 from tests.support.scorer import intake_upload, lora_checkpoints, make_hello, until_registered
+from tests.support.worker_parts import worker_parts
 
 N = 20
 # (step, update index, drift rounds): the initial checkpoint, then updates 2 and 3, then
@@ -52,7 +53,7 @@ class Scorer:
         self.weights = WeightsCache()
         self.worker = Worker(
             self.sessions, self.registry, failures=UnrecordedFailures(), keep_checkpoints=False,
-            instance="here", weights=self.weights,
+            instance="here", **worker_parts(weights=self.weights),
         )  # fmt: skip
         self.tensors = lora_checkpoints(tiny_model, len(STEPS))
 
@@ -230,7 +231,7 @@ def test_a_restarted_worker_supersedes_what_a_cut_off_scoring_left_waiting(score
     assert scorer.statuses("async")[5] == SCORING
     scorer.worker = Worker(
         scorer.sessions, scorer.registry, failures=UnrecordedFailures(), keep_checkpoints=False,
-        instance="here",
+        instance="here", **worker_parts(),
     )  # fmt: skip
     assert scorer.score_all() == 1
     assert scorer.statuses("async") == {3: SCORED, 5: SUPERSEDED, 7: SCORED}

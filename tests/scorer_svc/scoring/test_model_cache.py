@@ -22,6 +22,7 @@ from scorer_svc.storage.failures import UnrecordedFailures
 from scorer_svc.storage.tables import SCORED, CheckpointRow, Run
 from tests.support.data import write_samples
 from tests.support.scorer import intake_upload, lora_checkpoints, make_hello, until_registered
+from tests.support.worker_parts import worker_parts
 
 
 class Held:
@@ -81,7 +82,7 @@ def two_bases(tiny_model, tmp_path):
         intake = Intake(config, sessions, registry, on_queued=lambda: None, instance="here")
         worker = Worker(
             sessions, registry, failures=UnrecordedFailures(), keep_checkpoints=False,
-            instance="here",
+            instance="here", **worker_parts(),
         )  # fmt: skip
         return intake, worker, sessions
 
@@ -127,7 +128,7 @@ def test_two_runs_on_different_bases_take_turns_and_load_once(two_bases, budget,
     _queue(intake, "run-b", bases["run-b"], dataset, [1, 2])
     order = _score_all(worker, sessions)
     assert order == [("run-a", 1), ("run-b", 1), ("run-a", 2), ("run-b", 2)]
-    assert worker.registry.models.loads == loads  # a reload at every turn without the room
+    assert worker.registry.models.cache.loads == loads  # a reload at every turn without the room
     with sessions() as session:
         runs = {r.run_id: r for r in run_store.list_runs(session)}
         for run_id in bases:

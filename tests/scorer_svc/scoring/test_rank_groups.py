@@ -61,6 +61,9 @@ class Registry:
 
     settings = None
 
+    def __init__(self) -> None:
+        self.runs = self.models = self  # its run data store and model catalogue in one
+
     def hello_of(self, run_id, config):
         return run_id
 
@@ -92,6 +95,7 @@ class RegistryFailingOnce:
 
     def __init__(self) -> None:
         self.asked = 0
+        self.runs = self.models = self  # its run data store and model catalogue in one
 
     def hello_of(self, run_id, config):
         self.asked += 1

@@ -16,12 +16,12 @@ from scorer_svc.storage.failures import UnrecordedFailures
 def test_the_api_reads_datasets_through_the_registrys_reader(tmp_path: Path):
     settings = Settings(data_dir=tmp_path, device="cpu")
     registry = Registry(settings)
-    assert registry.access is registry.datasets.access
+    assert registry.access is registry.runs.datasets.access is registry.models.access
     engine = make_engine(settings.resolved_database_url)
     try:
         sessions = make_sessionmaker(engine)
-        shared = ApiState(settings, sessions, UnrecordedFailures(), datasets=registry.datasets)
-        assert shared.run_texts.reader is registry.datasets
+        shared = ApiState(settings, sessions, UnrecordedFailures(), datasets=registry.runs.datasets)
+        assert shared.run_texts.reader is registry.runs.datasets
         alone = ApiState(settings, sessions, UnrecordedFailures())  # a database alone
         assert alone.run_texts.reader.access == registry.access  # the same settings' policy
     finally:

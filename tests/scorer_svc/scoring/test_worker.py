@@ -29,6 +29,7 @@ from scorer_svc.storage.outages import DatabaseOutageTooLong, status_of
 from scorer_svc.storage.tables import FAILED, RECEIVED, SCORED, SCORING, CheckpointRow, Loss
 from tests.support.data import make_samples
 from tests.support.scorer import intake_upload, lora_checkpoints, make_hello, until_registered
+from tests.support.worker_parts import worker_parts
 
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -60,7 +61,7 @@ def worker_for(settings, sessions, **extra) -> Worker:
     """This scorer's worker on the test's database, failures kept in memory."""
     return Worker(
         sessions, Registry(settings), failures=UnrecordedFailures(), keep_checkpoints=False,
-        instance="here", **extra,
+        instance="here", **worker_parts(**extra),
     )  # fmt: skip
 
 
@@ -114,8 +115,9 @@ def test_read_only_database_fails_the_checkpoint_in_memory_then_on_disk(queued, 
     )
     failures = UnrecordedFailures()
     worker = Worker(
-        read_only, Registry(settings), failures=failures, keep_checkpoints=False, instance="here"
-    )
+        read_only, Registry(settings), failures=failures, keep_checkpoints=False, instance="here",
+        **worker_parts(),
+    )  # fmt: skip
     assert worker.run_once() is True
     with sessions() as session:
         checkpoint = session.scalar(select(CheckpointRow))
@@ -142,6 +144,7 @@ def test_a_failed_checkpoints_tensors_go_unless_kept(queued, keep):
         failures=UnrecordedFailures(),
         keep_checkpoints=keep,
         instance="here",
+        **worker_parts(),
     )
     assert worker.run_once() is True
     assert _status_and_rows(sessions)[:2] == ("failed", 0)
@@ -163,6 +166,7 @@ def test_tensors_of_a_failure_held_in_memory_stay_until_it_is_recorded(queued, t
         failures=UnrecordedFailures(),
         keep_checkpoints=False,
         instance="here",
+        **worker_parts(),
     )
     worker.run_once()
     assert path.exists()  # a restart would score it again

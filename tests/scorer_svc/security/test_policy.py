@@ -113,7 +113,7 @@ def test_model_code_runs_only_when_the_scorer_trusts_it(place):
 def test_a_run_stored_with_trust_is_built_without_it_by_a_scorer_that_does_not_trust(place):
     registry = intake_for(place).registry
     hello = make_hello(place["models"] / "custom", place["dataset"], trust_remote_code=True)
-    registry.manifest(hello)  # what the intake and the worker build for a stored run
+    registry.models.manifest(hello)  # what the intake and the worker build for a stored run
     assert not place["marker"].exists()
 
 
@@ -243,7 +243,7 @@ def test_a_stored_run_whose_model_is_no_folder_is_refused_without_asking_a_hub(p
     """Tokenizer, skeleton and weights of a run stored before: none is looked for on a hub."""
     registry = intake_for(place).registry
     hello = make_hello(place["models"] / "tiny", place["dataset"], base_model=HUB_NAME)
-    for load in (registry.prepare, registry.manifest, registry.model):
+    for load in (registry.runs.prepare, registry.models.manifest, registry.models.model):
         with pytest.raises(RunMismatch) as refused:
             load(hello)
         assert str(refused.value) == no_folder_refusal(place)

@@ -28,6 +28,7 @@ from scorer_svc.storage.tables import FAILED, SCORED, CheckpointRow, Run
 from tests.support.data import make_samples
 from tests.support.postgres import PostgresCluster
 from tests.support.scorer import intake_upload, lora_checkpoints, make_hello, until_registered
+from tests.support.worker_parts import worker_parts
 
 pytestmark = pytest.mark.slow  # a PostgreSQL server of their own, stopped and started
 
@@ -96,7 +97,7 @@ def queue_one(settings: Settings, tiny_model, tmp_path, tensors):
 def worker_on(settings: Settings, sessions, progress: ScoringProgress | None = None) -> Worker:
     return Worker(
         sessions, Registry(settings), failures=UnrecordedFailures(), keep_checkpoints=True,
-        instance="here", progress=progress,
+        instance="here", **worker_parts(progress=progress or ScoringProgress()),
     )  # fmt: skip
 
 

@@ -27,6 +27,7 @@ from scorer_svc.storage.instance import (
 from scorer_svc.storage.tables import RECEIVED, SCORING, CheckpointRow, Loss, now
 from tests.support.data import write_samples
 from tests.support.scorer import intake_upload, lora_checkpoints, make_hello, until_registered
+from tests.support.worker_parts import worker_parts
 
 
 def name_of(settings: Settings) -> str:
@@ -146,8 +147,9 @@ def test_a_scorer_refuses_another_scorers_run(two_scorers, tiny_model):
 def _worker(part, name):
     settings, sessions, registry, _ = part
     return Worker(
-        sessions, registry, failures=UnrecordedFailures(), keep_checkpoints=False, instance=name
-    )
+        sessions, registry, failures=UnrecordedFailures(), keep_checkpoints=False, instance=name,
+        **worker_parts(),
+    )  # fmt: skip
 
 
 def test_a_worker_never_takes_another_scorers_checkpoint(two_scorers):
