@@ -2,7 +2,6 @@
 requests ask for it at the same time, what it read kept, what it refused not read again."""
 
 import threading
-import time
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,6 +11,7 @@ from fastapi import HTTPException
 
 from common.data.datasets import Row
 from common.data.samples import Sample
+from delta_loss_devtools.waiting import wait_until
 from scorer_svc.api.run_texts import RunTexts
 from scorer_svc.config import Settings
 from scorer_svc.scoring.run_dataset import DatasetReader
@@ -28,13 +28,17 @@ def texts(tmp_path: Path) -> RunTexts:
     return RunTexts(DatasetReader.of(Settings(data_dir=tmp_path)))
 
 
-def counting(texts: RunTexts, monkeypatch, answer, seconds: float = 0.0) -> list[int]:
-    """The runs texts.read is called for; it waits `seconds`, then answers (or raises)."""
+def counting(
+    texts: RunTexts, monkeypatch, answer, gate: threading.Event | None = None
+) -> list[int]:
+    """The runs texts.read is called for; it waits for `gate` (when given), then answers (or
+    raises)."""
     calls: list[int] = []
 
     def read(run):
         calls.append(run.id)
-        time.sleep(seconds)
+        if gate is not None:
+            assert gate.wait(300), "the test never opened the gate"
         if isinstance(answer, Exception):
             raise answer
         return answer
@@ -47,11 +51,21 @@ ROWS = (Row(Sample(system="", turns=(("hi", "hello"),)), {"group": "a"}),)
 
 
 def test_requests_at_the_same_time_read_a_dataset_once(texts, monkeypatch):
-    calls = counting(texts, monkeypatch, ROWS, seconds=0.2)
+    gate = threading.Event()
+    calls = counting(texts, monkeypatch, ROWS, gate)
     got = []
-    threads = [threading.Thread(target=lambda: got.append(texts.rows(a_run()))) for _ in range(4)]
+    asking = []
+
+    def ask() -> None:
+        asking.append(1)
+        got.append(texts.rows(a_run()))
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
     for thread in threads:
         thread.start()
+    # every request is made while the first read is held open
+    wait_until(lambda: len(asking) == 4 and calls == [1], "four requests and one read")
+    gate.set()
     for thread in threads:
         thread.join()
     assert calls == [1] and got == [ROWS] * 4

@@ -2,7 +2,6 @@
 for the worker's tokenization and the API's sample texts), and work done once per key."""
 
 import threading
-import time
 from pathlib import Path
 
 from scorer_svc.api.state import ApiState
@@ -34,6 +33,8 @@ def test_single_flight_runs_a_key_once_at_a_time_and_other_keys_alongside():
     most: dict[str, int] = {"a": 0, "b": 0}
     guard = threading.Lock()
 
+    both_inside = threading.Event()  # the first a and the first b are in at once
+
     def work(key: str) -> None:
         with flight(key):
             with guard:
@@ -41,7 +42,9 @@ def test_single_flight_runs_a_key_once_at_a_time_and_other_keys_alongside():
                 most[key] = max(most[key], inside[key])
                 both = inside["a"] and inside["b"]
                 seen.append(bool(both))
-            time.sleep(0.05)
+                if both:
+                    both_inside.set()
+            assert both_inside.wait(300), "a and b were never computed together"
             with guard:
                 inside[key] -= 1
 
