@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from scorer_svc.storage.engines import queries_of
@@ -32,26 +32,6 @@ def insert_losses(
 def losses_at(session: Session, *, run: Run, step: int) -> np.ndarray:
     """The N losses at a scored step as float64, NaN where NULL."""
     return queries_of(session).losses_at(session, run=run, step=step)
-
-
-def count_losses(session: Session, *, run: Run, step: int) -> int:
-    return (
-        session.scalar(
-            select(func.count()).select_from(Loss).where(Loss.run_pk == run.id, Loss.step == step)
-        )
-        or 0
-    )
-
-
-def count_null_at(session: Session, *, run: Run, step: int) -> int:
-    return (
-        session.scalar(
-            select(func.count())
-            .select_from(Loss)
-            .where(Loss.run_pk == run.id, Loss.step == step, Loss.loss.is_(None))
-        )
-        or 0
-    )
 
 
 def loss_page(session: Session, *, run: Run, step: int, offset: int, limit: int) -> list:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from scorer_svc.storage.tables import CheckpointRow, Loss, Run
@@ -82,3 +82,16 @@ def sample_history_rows(
             .order_by(Loss.sample_index, Loss.step)
         )
     ]
+
+
+def count_null_at(session: Session, *, run: Run, step: int) -> int:
+    """How many samples have no loss at the step, by scanning its rows (what the stored
+    n_null of a checkpoint must equal)."""
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(Loss)
+            .where(Loss.run_pk == run.id, Loss.step == step, Loss.loss.is_(None))
+        )
+        or 0
+    )

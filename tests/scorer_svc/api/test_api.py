@@ -24,11 +24,11 @@ from scorer_svc.config import Settings
 from scorer_svc.main import build_service, create_app
 from scorer_svc.scoring.progress import ScoringProgress
 from scorer_svc.storage import checkpoints as checkpoint_store
-from scorer_svc.storage import losses as loss_store
 from scorer_svc.storage import runs as run_store
 from scorer_svc.storage.db import make_engine, make_sessionmaker
 from scorer_svc.storage.failures import UnrecordedFailures
 from scorer_svc.storage.tables import STATUSES, CheckpointRow
+from tests.support import reference_queries
 from tests.support.scorer import stored_run_config
 
 N, UPDATE_TIMES, WINDOW_SIZE, RETRY_AFTER = 10, 6, 0.3, 7
@@ -227,7 +227,7 @@ def test_listed_runs_give_the_invalid_count_of_a_scan_without_reading_losses(cli
         scans = {}
         for run_id in ("run-a", "run-nulls"):
             run = run_store.get_run(session, run_id=run_id)
-            scans[run_id] = loss_store.count_null_at(session, run=run, step=run.initial_step)
+            scans[run_id] = reference_queries.count_null_at(session, run=run, step=run.initial_step)
     assert scans == {"run-a": 1, "run-nulls": 4}
     engine = state.sessions.kw["bind"]
     statements: list[str] = []
