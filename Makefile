@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 DEMO_OUT ?= demo_out
 
-.PHONY: venv demo test test-fast lint bench lock clean
+.PHONY: venv demo test test-fast lint bench docs lock clean
 
 # The image's lock (without its hashes) constrains the venv: the tests run what the image ships.
 $(VENV)/.installed: pyproject.toml docker/requirements.lock
@@ -39,6 +39,10 @@ test-fast: lint
 
 bench: venv
 	$(PY) -m bench
+
+# docs/CONFIGURATION.md's tables of settings and keys, from their descriptions in the code.
+docs: venv
+	$(PY) -m delta_loss_devtools.configuration_page
 
 # The image's dependencies, pinned with their hashes, for the base image's Python (3.11) on
 # x86_64 Linux; torch is the base image's (docker/base-image.txt). Needs the package index.

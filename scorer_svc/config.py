@@ -73,8 +73,9 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None,
         description="a SQLAlchemy URL: sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DB "
-        "(the postgres extra; a URL with a password not as a flag, since a command line shows "
-        "in ps: SCORER_DATABASE_URL, the --config file or database_url_file); null: "
+        "(pip install 'delta-loss-selector[postgres]' for psycopg 3; a URL with a password not "
+        "as a flag, since a command line shows in ps: SCORER_DATABASE_URL, the --config file or "
+        "database_url_file); the schema is brought up to date at start; null: "
         "sqlite:///DATA_DIR/scorer.db",
     )
     database_url_file: Path | None = Field(
@@ -97,7 +98,12 @@ class Settings(BaseSettings):
     batch_size: int = Field(
         16, ge=1, description="rows per scoring batch (samples grouped by length)"
     )
-    max_batch_tokens: int = Field(16384, ge=1, description="padded tokens per scoring batch")
+    max_batch_tokens: int = Field(
+        16384,
+        ge=1,
+        description="padded tokens per scoring batch; on a GPU a batch is also cut to what its "
+        "free memory holds",
+    )
     max_checkpoint_bytes: int = Field(
         16 << 30,
         ge=1,
@@ -115,7 +121,8 @@ class Settings(BaseSettings):
         description="memory for scoring models kept loaded, so that runs on different base "
         "models do not reload at every checkpoint; the least recently used go first; null: "
         "60% of the GPU memory free when the scorer starts (what a trainer started earlier "
-        "on that GPU holds is left to it), or a quarter of the host's on the CPU",
+        "on that GPU holds is left to it), or on the CPU a quarter of the host's memory or of "
+        "the container's limit",
     )
     rank_timeout_seconds: float = Field(
         1800.0,
@@ -150,8 +157,9 @@ class Settings(BaseSettings):
     # A secret: hidden from the flags, and refused there, since a command line shows in `ps`.
     token: CliSuppress[SecretStr | None] = Field(
         None,
-        description="a shared secret every request must carry (Bearer on REST, the password of "
-        "the ZeroMQ handshake); SCORER_TOKEN or the YAML file only; null: no token",
+        description="a shared secret every request must carry (Bearer on REST, but for /healthz "
+        "and the API documentation; the password of the ZeroMQ handshake); SCORER_TOKEN or the "
+        "YAML file only, never a flag; null: no token",
     )
     token_file: Path | None = Field(
         None, description="a file holding the token (instead of token itself)"
@@ -160,7 +168,8 @@ class Settings(BaseSettings):
         False,
         description="with no token set: let any REST client that reaches the scorer delete "
         "runs and report their end (DELETE /v1/runs/RUN, POST /v1/runs/RUN/end) without the "
-        "run's own token (X-Run-Token); with a token set, the token is needed all the same",
+        "run's own token (X-Run-Token: the run_token in the trainer's output_dir/run.json, "
+        "which the trainer sends by itself); with a token set, the token is needed all the same",
     )
     curve_secret_key_file: Path | None = Field(
         None,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from delta_loss_devtools import configuration_page
 from scorer_svc.config import Settings
 from trainer_svc.config.train_config import TrainConfig
 
@@ -126,6 +127,34 @@ def test_every_trainer_key_is_in_the_configuration_page() -> None:
     text = CONFIGURATION.read_text(encoding="utf-8")
     missing = [name for name in TrainConfig.model_fields if not documented(name, text)]
     assert missing == [], f"trainer keys missing from {CONFIGURATION.name}: {missing}"
+
+
+def test_the_configuration_tables_are_generated_from_the_code() -> None:
+    text = CONFIGURATION.read_text(encoding="utf-8")
+    assert configuration_page.regenerate(text) == text, "run `make docs`"
+
+
+def test_the_generated_tables_follow_the_descriptions(tmp_path: Path) -> None:
+    page = tmp_path / "CONFIGURATION.md"
+    stale = CONFIGURATION.read_text(encoding="utf-8").replace(
+        "| `http_port` | `--http-port` | int | 8000 | REST port |",
+        "| `http_port` | `--http-port` | int | 9000 | an old text |",
+    )
+    assert "an old text" in stale
+    page.write_text(stale, encoding="utf-8")
+    assert configuration_page.main(["--page", str(page), "--check"]) == 1
+    assert configuration_page.main(["--page", str(page)]) == 0
+    assert page.read_text(encoding="utf-8") == CONFIGURATION.read_text(encoding="utf-8")
+    assert configuration_page.main(["--page", str(page), "--check"]) == 0
+    # the secret is never offered as a flag, and every trainer group has its table
+    assert "| `token` | none (a secret) |" in page.read_text(encoding="utf-8")
+    for group in ("Model", "Data", "Training", "Selection", "Scorer"):
+        assert f"### {group}\n" in page.read_text(encoding="utf-8")
+
+
+def test_a_page_without_its_blocks_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no block 'scorer-settings'"):
+        configuration_page.regenerate("# Configuration\n")
 
 
 def fenced_blocks(text: str) -> list[str]:
