@@ -72,12 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     current = regenerate(text)
     if args.check:
         if current != text:
-            print(f"{args.page}: the reference tables are out of date: run `make docs`")
+            print(f"{args.page}: the reference tables are out of date: run `make docs`")  # noqa: T201
             return 1
         return 0
     if current != text:
         args.page.write_text(current, encoding="utf-8")
-        print(f"{args.page}: reference tables rewritten")
+        print(f"{args.page}: reference tables rewritten")  # noqa: T201
     return 0
 
 
