@@ -57,7 +57,11 @@ def regenerate(text: str) -> str:
         if not pattern.search(text):
             raise ValueError(f"the page has no block {name!r} (<!-- BEGIN {name}: ... -->)")
         body = make()
-        text = pattern.sub(lambda m, body=body: m[1] + "\n" + body + "\n" + m[3], text)
+
+        def fill(match: re.Match[str], body: str = body) -> str:
+            return match[1] + "\n" + body + "\n" + match[3]
+
+        text = pattern.sub(fill, text)
     return text
 
 
