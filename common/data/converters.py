@@ -1,9 +1,9 @@
 """Rows into Samples, as LLaMA-Factory's data/converter.py: one function per `formatting`.
 
-CONVERTERS maps each formatting (dataset_info.FORMATTINGS) to the function that turns a row of
-a Source into a Sample; a new format is one function registered under its name. A row that
-cannot be a sample raises RowProblem, which the reader collects and reports with the file and
-row.
+CONVERTERS maps each formatting to the function that turns a row of a Source into a Sample. A
+new format is one function registered here and, under the same name, its columns class and
+reader in dataset_info.COLUMNS_READERS. A row that cannot be a sample raises RowProblem, which
+the reader collects and reports with the file and row.
 """
 
 from __future__ import annotations

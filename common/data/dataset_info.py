@@ -19,12 +19,11 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 DEFAULT_DATASET_DIR = "data"  # LLaMA-Factory's default, relative to the working directory
 DATASET_INFO = "dataset_info.json"
 FILE_SUFFIXES = (".json", ".jsonl")
-FORMATTINGS = ("alpaca", "sharegpt")
 HUB_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
 # Columns LLaMA-Factory reads for data this tool does not train on (it reads text turns only).
 UNSUPPORTED_COLUMNS = {
@@ -68,6 +67,8 @@ class DatasetSpec:
 class AlpacaColumns:
     """Row keys of an alpaca dataset; None: the dataset has no such column."""
 
+    formatting: ClassVar[str] = "alpaca"
+
     prompt: str = "instruction"
     query: str | None = "input"
     response: str = "output"
@@ -77,6 +78,10 @@ class AlpacaColumns:
 
 @dataclass(frozen=True)
 class SharegptColumns:
+    """Row keys of a sharegpt dataset; None: the dataset has no such column."""
+
+    formatting: ClassVar[str] = "sharegpt"
+
     messages: str = "conversations"
     system: str | None = "system"
 
@@ -106,7 +111,7 @@ class Source:
 
     @property
     def formatting(self) -> str:
-        return "alpaca" if isinstance(self.columns, AlpacaColumns) else "sharegpt"
+        return self.columns.formatting
 
 
 # Called with each path before it is looked at (exists, lists, reads): a reader that must stay
@@ -242,14 +247,11 @@ def entry_source(
             "role_tag 'role', content_tag 'content', user_tag 'user', assistant_tag "
             "'assistant', system_tag 'system')"
         )
-    columns_given = _mapping(entry, "columns", where)
-    tags_given = _mapping(entry, "tags", where)
+    columns, tags = COLUMNS_READERS[formatting](
+        _mapping(entry, "columns", where), _mapping(entry, "tags", where)
+    )
     paths = entry_files(entry.get("file_name"), directory, where, guard)
-    label = f"dataset '{name}'"
-    if formatting == "alpaca":
-        return Source(label, paths, alpaca_columns(columns_given), entry=True)
-    columns, tags = sharegpt_columns(columns_given), sharegpt_tags(tags_given)
-    return Source(label, paths, columns, tags, entry=True)
+    return Source(f"dataset '{name}'", paths, columns, tags, entry=True)
 
 
 def _refuse_unsupported(entry: dict[str, Any], where: str) -> None:
@@ -333,6 +335,20 @@ def sharegpt_tags(given: dict[str, str] | None) -> Tags:
         function=given.get("function_tag"),
         system=given.get("system_tag"),
     )
+
+
+# The parser's half of each formatting: an entry's `columns` and `tags` (None when not given)
+# into the Source's columns and tags. The converter's half, the rows into samples, is
+# common.data.converters.CONVERTERS; a new format adds one of each, under the same name.
+ColumnsReader = Callable[
+    [dict[str, str] | None, dict[str, str] | None],
+    tuple["AlpacaColumns | SharegptColumns", "Tags | None"],
+]
+COLUMNS_READERS: dict[str, ColumnsReader] = {
+    "alpaca": lambda columns, tags: (alpaca_columns(columns), None),
+    "sharegpt": lambda columns, tags: (sharegpt_columns(columns), sharegpt_tags(tags)),
+}
+FORMATTINGS = tuple(COLUMNS_READERS)
 
 
 def entry_files(

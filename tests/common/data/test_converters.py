@@ -7,13 +7,26 @@ from pathlib import Path
 import pytest
 
 from common.data.converters import CONVERTERS, converter
-from common.data.dataset_info import FORMATTINGS, AlpacaColumns, SharegptColumns, Source, Tags
+from common.data.dataset_info import (
+    COLUMNS_READERS,
+    FORMATTINGS,
+    AlpacaColumns,
+    SharegptColumns,
+    Source,
+    Tags,
+)
 from common.data.datasets import DatasetError, DatasetSpec, load_samples
 from common.data.samples import Sample
 
 
 def test_the_registry_holds_exactly_the_formattings_dataset_info_accepts():
-    assert sorted(CONVERTERS) == sorted(FORMATTINGS)
+    assert sorted(CONVERTERS) == sorted(FORMATTINGS) == sorted(COLUMNS_READERS)
+
+
+@pytest.mark.parametrize("formatting", sorted(COLUMNS_READERS))
+def test_each_formatting_reads_columns_that_name_it(formatting):
+    columns, _ = COLUMNS_READERS[formatting](None, None)
+    assert Source("file a.json", (), columns).formatting == formatting
 
 
 @pytest.mark.parametrize("formatting", ["openai", "Alpaca", ""])
