@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from scorer_svc.scoring.ranks import FAILED, SCORED, SKIPPED, RankGroup
-from scorer_svc.storage import checkpoint_files as store
+from scorer_svc.storage import checkpoint_files
 from scorer_svc.storage.checkpoint_files import (
     CheckpointWriter,
     StoredCheckpoint,
@@ -230,7 +230,7 @@ def test_a_follower_that_cannot_make_its_buffer_enters_no_tensor_collective(monk
     def refused(count: int, device: torch.device) -> torch.Tensor:
         raise torch.OutOfMemoryError(f"could not allocate {count} bytes on {device}")
 
-    monkeypatch.setattr(store, "allocate_bytes", refused)
+    monkeypatch.setattr(checkpoint_files, "allocate_bytes", refused)
     follower, registry = Follower(), Registry()
     follower._score_share(COMMAND, registry, threading.Event())
     assert follower.calls == [("ready", False), ("gather", FAILED)]

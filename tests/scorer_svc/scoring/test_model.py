@@ -15,7 +15,7 @@ from common.data.tokenization import (
 )
 from common.model_spec import LoraSettings, ModelSpec
 from common.wire.errors import CheckpointRejected
-from scorer_svc.scoring import model as scoring
+from scorer_svc.scoring import model as scoring_model
 from scorer_svc.scoring.batches import group_by_length, make_batches
 from scorer_svc.scoring.memory import LOSS_CHUNK_BYTES, MARGIN
 from scorer_svc.scoring.model import (
@@ -263,8 +263,8 @@ def test_scoring_makes_the_models_gpu_current_in_its_thread():
 def test_score_runs_with_the_models_device_current(tiny_model, monkeypatch):
     scorer = _load(tiny_model)
     entered = []
-    real = scoring.current_device
-    monkeypatch.setattr(scoring, "current_device", lambda d: entered.append(d) or real(d))
+    real = scoring_model.current_device
+    monkeypatch.setattr(scoring_model, "current_device", lambda d: entered.append(d) or real(d))
     encoded, batches = _batches(tiny_model, n=4)
     scorer.score(batches, len(encoded))
     assert entered == [CPU]

@@ -22,7 +22,7 @@ from delta_loss_devtools.waiting import wait_until
 from scorer_svc.scoring import ranks
 from scorer_svc.scoring.batches import Batch
 from scorer_svc.scoring.ranks import RankGroup, RankLost, share
-from scorer_svc.storage import checkpoint_files as store
+from scorer_svc.storage import checkpoint_files
 from scorer_svc.storage.checkpoint_files import StoredCheckpoint
 
 CPU = torch.device("cpu")
@@ -186,7 +186,9 @@ def test_rank_0_short_of_memory_fails_the_checkpoint_before_any_tensor_moves(
     one_rank, monkeypatch, tmp_path
 ):
     calls = _record_groups(monkeypatch, one_rank)
-    monkeypatch.setattr(store, "allocate_bytes", RefusedOnce(store.allocate_bytes))
+    monkeypatch.setattr(
+        checkpoint_files, "allocate_bytes", RefusedOnce(checkpoint_files.allocate_bytes)
+    )
     config = {"run_id": "r", "n_samples": N_SAMPLES}
     with pytest.raises(torch.OutOfMemoryError):
         one_rank.score(config, _stored(tmp_path), _batches(), SumModel(), N_SAMPLES)
@@ -259,7 +261,7 @@ def _follow(folder: Path, port: int) -> None:
 
 def _follow_short_of_memory(folder: Path, port: int) -> None:
     """Rank 1: its first receive buffer cannot be allocated."""
-    store.allocate_bytes = RefusedOnce(store.allocate_bytes)
+    checkpoint_files.allocate_bytes = RefusedOnce(checkpoint_files.allocate_bytes)
     group = _join(1, 2, port)
     _report(folder, 1, group.follow(Registry()))
 
