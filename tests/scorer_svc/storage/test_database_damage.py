@@ -13,12 +13,9 @@ import numpy as np
 
 from common.selection import delta_window
 from scorer_svc.api.state import ApiState
-from scorer_svc.config import Settings
 from scorer_svc.main import create_app
 from scorer_svc.storage import checkpoints as checkpoint_store
 from scorer_svc.storage import runs as run_store
-from scorer_svc.storage.db import make_engine, make_sessionmaker
-from scorer_svc.storage.failures import UnrecordedFailures
 from scorer_svc.storage.outages import LOG_EVERY_SECONDS
 from tests.support.scorer import stored_run_config
 from tests.support.serving import serving
@@ -80,52 +77,37 @@ def get_paths(app) -> list[str]:
 NOT_READING = {"/metrics"}
 
 
-class Clock:
-    """The DatabaseStatus's clock: it stands still until the test moves it."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_a_damaged_database_answers_503_json_on_every_route(tmp_path, caplog):
+def test_a_damaged_database_answers_503_json_on_every_route(clocked_api, caplog):
     caplog.set_level(logging.INFO)
-    settings = Settings(data_dir=tmp_path / "data", retry_after_seconds=3)
-    engine = make_engine(settings.resolved_database_url)
-    state = ApiState(settings, make_sessionmaker(engine), UnrecordedFailures())
-    clock = Clock()
-    state.database.clock = clock  # the line a minute is the test's to bring about
+    state, clock, engine = clocked_api.state, clocked_api.clock, clocked_api.engine
     seed(state)
-    app = create_app(settings, state)
-    try:
-        with serving(app) as base, httpx.Client(base_url=base, timeout=60) as client:
-            assert client.get("/healthz").status_code == 200
-            assert client.get("/v1/runs/run-d/checkpoints").status_code == 200
-            engine.dispose()  # no connection keeps pages it read before in its cache
-            damage(tmp_path / "data" / "scorer.db")
-            caplog.clear()
+    app = create_app(clocked_api.settings, state)
+    with serving(app) as base, httpx.Client(base_url=base, timeout=60) as client:
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/v1/runs/run-d/checkpoints").status_code == 200
+        engine.dispose()  # no connection keeps pages it read before in its cache
+        damage(clocked_api.database_file)
+        caplog.clear()
 
-            first = client.get("/v1/runs/run-d/weights")  # reads the damaged losses
-            assert first.status_code == 503, first.text[:300]
-            paths = get_paths(app)
-            assert "/healthz" in paths and "/v1/runs/run-d/plots/trajectories" in paths
-            answers = {}
-            for _ in range(3):  # again and again: the log does not grow with them
-                for path in paths:
-                    answers[path] = client.get(path)
-            at_first = [r.getMessage() for r in caplog.records if r.name == OUTAGES]
-            clock.now += LOG_EVERY_SECONDS  # a minute on: one line more, with a count
-            a_minute_on = client.get("/v1/runs/run-d/weights")
-    finally:
-        engine.dispose()
+        first = client.get("/v1/runs/run-d/weights")  # reads the damaged losses
+        assert first.status_code == 503, first.text[:300]
+        paths = get_paths(app)
+        assert "/healthz" in paths and "/v1/runs/run-d/plots/trajectories" in paths
+        answers = {}
+        for _ in range(3):  # again and again: the log does not grow with them
+            for path in paths:
+                answers[path] = client.get(path)
+        at_first = [r.getMessage() for r in caplog.records if r.name == OUTAGES]
+        clock.now += LOG_EVERY_SECONDS  # a minute on: one line more, with a count
+        a_minute_on = client.get("/v1/runs/run-d/weights")
     for path, response in answers.items():
         if path in NOT_READING:
             continue
         assert response.status_code == 503, (path, response.status_code, response.text[:300])
         assert response.headers["content-type"] == "application/json", path
-        assert response.headers["Retry-After"] == "3", path
+        assert response.headers["Retry-After"] == str(clocked_api.settings.retry_after_seconds), (
+            path
+        )
         detail = response.json()["detail"]
         assert "damaged" in detail and "restore the file from a backup" in detail, (path, detail)
     assert answers["/metrics"].status_code == 200

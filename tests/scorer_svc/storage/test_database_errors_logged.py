@@ -9,13 +9,9 @@ import httpx
 import numpy as np
 from sqlalchemy import text
 
-from scorer_svc.api.state import ApiState
-from scorer_svc.config import Settings
 from scorer_svc.main import create_app
 from scorer_svc.storage import checkpoints as checkpoint_store
 from scorer_svc.storage import runs as run_store
-from scorer_svc.storage.db import make_engine, make_sessionmaker
-from scorer_svc.storage.failures import UnrecordedFailures
 from scorer_svc.storage.outages import LOG_EVERY_SECONDS
 from tests.support.scorer import stored_run_config
 from tests.support.serving import serving
@@ -23,21 +19,9 @@ from tests.support.serving import serving
 N = 16
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_a_database_error_of_the_scorers_own_is_logged_with_its_traceback(tmp_path, caplog):
+def test_a_database_error_of_the_scorers_own_is_logged_with_its_traceback(clocked_api, caplog):
     caplog.set_level(logging.INFO)
-    settings = Settings(data_dir=tmp_path / "data", retry_after_seconds=3)
-    engine = make_engine(settings.resolved_database_url)
-    state = ApiState(settings, make_sessionmaker(engine), UnrecordedFailures())
-    clock = Clock()
-    state.database.clock = clock
+    state, clock, engine = clocked_api.state, clocked_api.clock, clocked_api.engine
     with state.sessions() as session:
         run = run_store.create_run(session, config=stored_run_config("run-e", N), n_no_labels=0)
         received = checkpoint_store.Received(2, 1, "lora", "0" * 64, "step-2", 100)
@@ -47,16 +31,13 @@ def test_a_database_error_of_the_scorers_own_is_logged_with_its_traceback(tmp_pa
         )
     with engine.begin() as connection:  # what a query meets that names a table not there
         connection.execute(text("DROP TABLE losses"))
-    app = create_app(settings, state)
-    try:
-        with serving(app) as base, httpx.Client(base_url=base, timeout=60) as client:
-            caplog.clear()
-            answers = [client.get("/v1/runs/run-e/weights") for _ in range(3)]
-            first = [r for r in caplog.records if r.name == "scorer_svc.storage.outages"]
-            clock.now += LOG_EVERY_SECONDS
-            answers.append(client.get("/v1/runs/run-e/weights"))
-    finally:
-        engine.dispose()
+    app = create_app(clocked_api.settings, state)
+    with serving(app) as base, httpx.Client(base_url=base, timeout=60) as client:
+        caplog.clear()
+        answers = [client.get("/v1/runs/run-e/weights") for _ in range(3)]
+        first = [r for r in caplog.records if r.name == "scorer_svc.storage.outages"]
+        clock.now += LOG_EVERY_SECONDS
+        answers.append(client.get("/v1/runs/run-e/weights"))
     for answer in answers:
         assert answer.status_code == 503, answer.text[:300]
         assert answer.headers["content-type"] == "application/json"
