@@ -21,7 +21,6 @@ from transformers import AutoTokenizer, Trainer, TrainingArguments, set_seed
 
 from common.data.tokenization import EncodedSample, encode_dataset
 from common.launch import Launch
-from common.model_spec import checkpoint_tensors
 from trainer_svc.config.train_config import LoadedConfig
 from trainer_svc.scorer.client import ScorerClient
 from trainer_svc.scorer.retry import ScorerFailure
@@ -118,10 +117,6 @@ class DeltaLossRecipe:
                 "neither bf16 nor fp16 is set: training computes in float32, slower and with "
                 "twice the activation memory of bf16: true (mixed precision)"
             )
-
-    def trainable_tensors(self) -> dict[str, torch.Tensor]:
-        """What a checkpoint carries: LoRA's trainable tensors, or the full state dict."""
-        return checkpoint_tensors(self.model, self.spec.kind)
 
     def _training_args(self) -> TrainingArguments:
         cfg = self.cfg

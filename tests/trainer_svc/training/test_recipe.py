@@ -67,7 +67,7 @@ def test_lora_run_trains_exactly_the_scheduled_samples(tiny_model, demo_file, tm
 
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), out)
     saved = dict(model.named_parameters())
-    for name, tensor in recipe.trainable_tensors().items():
+    for name, tensor in recipe.selection.trainable_tensors().items():
         assert torch.equal(saved[name], tensor)
     assert (out / "training_loss.png").is_file() and (out / "trainer_state.json").is_file()
     assert scorer.ended == [("finished", "trained 12 steps")]  # the run's status on the scorer
@@ -235,7 +235,7 @@ def test_optimizer_and_memory_keys_reach_the_trainer(tiny_model, demo_file, tmp_
     assert [c.step for c in scorer.checkpoints] == [2, 4]
     assert recipe.model.base_model.model.is_gradient_checkpointing
     # trained through the checkpointed layers: LoRA's B matrices, zero at the start, moved
-    moved = [t for n, t in recipe.trainable_tensors().items() if "lora_B" in n]
+    moved = [t for n, t in recipe.selection.trainable_tensors().items() if "lora_B" in n]
     assert moved and all(t.abs().sum() > 0 for t in moved)
     assert sorted(p.name for p in (tmp_path / "out").glob("checkpoint-*")) == ["checkpoint-5"]
 
