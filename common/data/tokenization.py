@@ -14,7 +14,9 @@ import hashlib
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator
 
 from common.data.samples import Sample
 from common.data.templates import BOS, TEMPLATES, Piece, Special, render_turns, text_of
@@ -24,6 +26,28 @@ IGNORE_INDEX = -100
 AUTO = "auto"  # the tokenizer's chat template when it has one, "plain" otherwise
 CHAT = "chat"  # the tokenizer's chat template, required
 TEMPLATE_NAMES = (AUTO, CHAT, *TEMPLATES)
+
+
+def template_problem(name: str) -> str | None:
+    """Why `name` is no template here, with what to choose instead; None when it is one."""
+    if name in TEMPLATE_NAMES:
+        return None
+    return (
+        f"'{name}' is not a template this tool builds in; use auto, the tokenizer's own chat "
+        "template (what a model's LLaMA-Factory template such as qwen3 or llama3 reproduces), "
+        f"or one of {', '.join(TEMPLATE_NAMES[1:])}"
+    )
+
+
+def _check_template(name: str) -> str:
+    problem = template_problem(name)
+    if problem is not None:
+        raise ValueError(problem)
+    return name
+
+
+# A config field naming a template.
+TemplateName = Annotated[str, AfterValidator(_check_template)]
 
 
 class ChatTemplateError(ValueError):

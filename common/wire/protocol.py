@@ -43,8 +43,8 @@ from pydantic import (
 )
 
 from common import dtypes
-from common.data.tokenization import TEMPLATE_NAMES
-from common.validation import PlainText, RunId, describe_errors, one_of
+from common.data.tokenization import TemplateName
+from common.validation import PlainText, RunId, describe_errors
 from common.wire.errors import (
     IntegrityError,
     MalformedMessage,
@@ -113,7 +113,7 @@ class TokenizationSpec(BaseModel):
     """How samples become tokens: the settings trainer and scorer must share."""
 
     model_config = ConfigDict(extra="forbid")
-    template: Annotated[str, one_of(TEMPLATE_NAMES)]
+    template: TemplateName
     cutoff_len: int = Field(ge=2, le=MAX_CUTOFF_LEN)
 
 

@@ -41,7 +41,7 @@ from common.data.datasets import (
     split_validation,
 )
 from common.data.samples import Sample
-from common.data.tokenization import TEMPLATE_NAMES
+from common.data.tokenization import TEMPLATE_NAMES, TemplateName
 from common.launch import Launch
 from common.model_spec import ATTENTION, attention_problem, quantization_problem
 from common.selection import DEFAULT_WINDOW_SIZE
@@ -200,7 +200,7 @@ class DataKeys(Keys):
     max_samples: int | None = Field(
         None, ge=1, description="read only the first max_samples rows of each dataset; null: all"
     )
-    template: Annotated[str, one_of(TEMPLATE_NAMES)] = Field(
+    template: TemplateName = Field(
         "auto",
         description=f"the prompt format: auto (the tokenizer's chat template, else plain), chat "
         f"(the tokenizer's chat template, required), or a built-in as LLaMA-Factory's: "
@@ -420,8 +420,9 @@ class SelectionKeys(Keys):
     )
     components_cfg_file: str | None = Field(
         None,
-        description="a DataFlex components YAML file; the entry component_name names gives "
-        f"params.window_size, in [0, 1]; null: window_size {DEFAULT_WINDOW_SIZE}",
+        description="a DataFlex components YAML file, as DataFlex 1.1.0 writes it (the entry "
+        "under selectors:) or flat (the entry at the top level); the entry component_name "
+        f"names gives params.window_size, in [0, 1]; null: window_size {DEFAULT_WINDOW_SIZE}",
     )
     component_name: Literal["delta_loss"] = Field(
         "delta_loss", description="the selection component: delta_loss only"
@@ -818,7 +819,7 @@ def base_model_problem(name: str) -> str | None:
     elif cached_hub_model(name) is None:
         return (
             f"{name} is neither a local model folder nor in the Hugging Face cache; this tool "
-            f"loads models from disk only: download it first (huggingface-cli download {name}) "
+            f"loads models from disk only: download it first (hf download {name}) "
             "or give the path of a folder that holds it"
         )
     return None
@@ -936,6 +937,45 @@ def _find_file(name: str, base_dir: Path | None) -> Path | None:
     return None
 
 
+# DataFlex's components file groups its entries by kind (DataFlex 1.1.0: selectors, mixers,
+# weighters); the seed's guide writes the selector's entry at the top level. Both are read.
+COMPONENT_SECTION = "selectors"
+OTHER_SECTIONS = ("mixers", "weighters")
+
+
+def component_entry(components: Any, name: str, path: Path) -> tuple[dict[str, Any] | None, str]:
+    """The entry `name` of a components file, from its `selectors:` section or its top level,
+    else None and what is wrong."""
+    if not isinstance(components, dict):
+        return None, f"{path} must hold a mapping of components (selectors: {name}: ...)"
+    section = components.get(COMPONENT_SECTION)
+    if isinstance(section, dict) and isinstance(section.get(name), dict):
+        return section[name], ""
+    if name not in OTHER_SECTIONS and isinstance(components.get(name), dict):
+        return components[name], ""
+    elsewhere = [
+        kind
+        for kind in OTHER_SECTIONS
+        if isinstance(components.get(kind), dict) and name in components[kind]
+    ]
+    if elsewhere:
+        return None, (
+            f"{path} lists '{name}' under {elsewhere[0]}:, not {COMPONENT_SECTION}:; this "
+            f"trainer selects samples (train_type: dynamic_select), so the entry belongs under "
+            f"{COMPONENT_SECTION}:"
+        )
+    known = (
+        sorted(section)
+        if isinstance(section, dict)
+        else sorted(key for key, value in components.items() if isinstance(value, dict))
+    )
+    listed = f" (it lists {', '.join(map(str, known))})" if known else ""
+    return None, (
+        f"{path} has no entry '{name}' under {COMPONENT_SECTION}: or at its top level{listed}; "
+        f"add one: {COMPONENT_SECTION}: {{{name}: {{name: {name}, params: {{window_size: 0.2}}}}}}"
+    )
+
+
 def _window_size(cfg: TrainConfig, base_dir: Path | None, problems: dict[str, str]) -> float:
     name = cfg.components_cfg_file
     if not name:
@@ -950,9 +990,9 @@ def _window_size(cfg: TrainConfig, base_dir: Path | None, problems: dict[str, st
         problems["components_cfg_file"] = f"{path} is not valid YAML: {exc}"
         return DEFAULT_WINDOW_SIZE
     component = cfg.component_name
-    entry = components.get(component) if isinstance(components, dict) else None
-    if not isinstance(entry, dict):
-        problems["component_name"] = f"{path} has no entry '{component}'"
+    entry, problem = component_entry(components, component, path)
+    if entry is None:
+        problems["component_name"] = problem
         return DEFAULT_WINDOW_SIZE
     params = entry.get("params") or {}
     extra = sorted(set(params) - {"window_size", "cache_dir"})

@@ -16,14 +16,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from common.data.templates import CONTENT, TEMPLATES, Piece, Special
-from common.data.tokenization import TEMPLATE_NAMES
+from common.data.tokenization import TemplateName
 from common.model_spec import empty_model
-from common.validation import one_of
 from trainer_svc.config.train_config import (
     ConfigError,
     base_model_problem,
@@ -46,7 +45,7 @@ class ExportConfig(BaseModel):
 
     model_name_or_path: str = Field(min_length=1)
     adapter_name_or_path: str = Field(min_length=1)  # one directory, or a comma list merged in turn
-    template: Annotated[str, one_of(TEMPLATE_NAMES)] = "auto"
+    template: TemplateName = "auto"
     trust_remote_code: bool = False
     export_dir: str = Field(min_length=1)
     export_size: float = Field(5.0, gt=0)  # largest shard, GB

@@ -146,7 +146,7 @@ def test_a_hub_id_must_be_in_the_local_cache(demo_file, tmp_path, monkeypatch):
         parse_config(base(demo_file, tmp_path, model_name_or_path="org/absent-model"))
     message = info.value.problems["model_name_or_path"]
     assert "neither a local model folder nor in the Hugging Face cache" in message
-    assert "huggingface-cli download org/absent-model" in message
+    assert "hf download org/absent-model" in message
     # the same id once in the cache: both services load its snapshot folder
     snapshot = tmp_path / "hub" / "models--org--cached-model" / "snapshots" / "abc123"
     snapshot.mkdir(parents=True)
