@@ -15,14 +15,18 @@ ARG BASE_IMAGE=pytorch/pytorch:2.7.1-cuda12.8-cudnn9-runtime
 FROM ${BASE_IMAGE}
 
 # HF_*_OFFLINE: never reach the Hugging Face Hub from the containers; models come from /models.
+# The caches (matplotlib's fonts, Hugging Face's) live under /var/cache/app, which belongs to
+# the services' user: matplotlib's font cache, built at the import check below, is kept.
+# DELTA_LOSS_IMAGE: the services refuse to run as root here (common/container.py).
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
-    HF_HOME=/tmp/hf-home \
-    MPLCONFIGDIR=/tmp/matplotlib
+    HF_HOME=/var/cache/app/huggingface \
+    MPLCONFIGDIR=/var/cache/app/matplotlib \
+    DELTA_LOSS_IMAGE=1
 
 # The dependencies, before any source: this layer is built again only when the lock changes.
 COPY docker/requirements.lock /tmp/requirements.lock
@@ -38,7 +42,7 @@ COPY scorer_svc ./scorer_svc
 COPY trainer_svc ./trainer_svc
 COPY delta_loss_devtools ./delta_loss_devtools
 RUN pip install --no-deps --no-build-isolation . \
- && python -c "import torch, scorer_svc.main, trainer_svc.training.recipe, delta_loss_devtools.demo; print('torch', torch.__version__)"
+ && python -c "import torch, scorer_svc.main, trainer_svc.training.recipe, delta_loss_devtools.demo, matplotlib.pyplot; print('torch', torch.__version__)"
 
 # The user the services run as, and the folders they write. Declared here, so that other ids
 # rebuild only the layers from here on.
@@ -46,8 +50,9 @@ ARG HOST_UID=1000
 ARG HOST_GID=1000
 RUN groupadd --non-unique --gid "${HOST_GID}" app \
  && useradd --non-unique --no-log-init --create-home --uid "${HOST_UID}" --gid "${HOST_GID}" app \
- && mkdir -p /var/lib/scorer /data /models /outputs /config /demo \
+ && mkdir -p /var/lib/scorer /data /models /outputs /config /demo "${MPLCONFIGDIR}" "${HF_HOME}" \
  && chown app:app /var/lib/scorer /outputs /demo \
+ && chown -R app:app /var/cache/app \
  && rm -rf /tmp/src
 
 # Scorer defaults; docker-compose.yml sets them too.

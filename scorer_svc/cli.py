@@ -12,6 +12,7 @@ from pathlib import Path
 import zmq
 from pydantic_settings import CliSettingsSource
 
+from common.container import root_in_image
 from common.launch import Launch
 from scorer_svc.config import (
     Settings,
@@ -311,6 +312,12 @@ def main(argv: list[str] | None = None) -> int:
         public, secret = create_keys(args.directory, args.name)
         print(f"public key (give to peers): {public}\nsecret key (keep): {secret}")
         return 0
+    as_root = root_in_image(os.environ, os.geteuid())
+    if as_root is not None:
+        refused, message = as_root
+        print(f"scorer-svc: {message}", file=sys.stderr)
+        if refused:
+            return 2
     launch = Launch.from_environment()
     rank, world = launch.rank, launch.world
     try:

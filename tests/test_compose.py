@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -563,3 +564,89 @@ def test_plain_up_starts_the_gpu_services_and_profile_cpu_the_cpu_ones_only(comp
     assert listed(ENV_FILE) == ["scorer", "trainer"]
     assert listed(ENV_FILE, "cpu") == ["demo-assets", "scorer-cpu", "trainer-cpu"]
     assert listed(env_files["empty"]) == []  # without .env's profile, nothing would start
+
+
+# --- the `up` commands the documentation gives ----------------------------------------------
+
+DOCUMENTED = (ROOT / "README.md", ROOT / "docs" / "DEPLOY.md", *ALL_FILES)
+UP_COMMAND = re.compile(r"(?:[A-Z_]+=\S+\s+)*docker compose\s[^`#\n]*?\bup\b[^`#\n]*")
+
+
+def documented_up_commands(paths: tuple[Path, ...] = DOCUMENTED) -> list[tuple[str, list[str]]]:
+    """(where, the words after `docker compose`) of every `docker compose ... up` command the
+    pages and the compose files' comments give, continuation lines joined."""
+    found = []
+    for path in paths:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        if path.suffix == ".yml":  # the commands are in the header's comments
+            lines = [line.lstrip("#").strip() for line in lines if line.startswith("#")]
+        text = re.sub(r"\\\n\s*", " ", "\n".join(lines))
+        for match in UP_COMMAND.finditer(text):
+            words = shlex.split(match[0])
+            start = words.index("docker") + 2
+            found.append((f"{path.name}: {match[0].strip()}", words[start:]))
+    return found
+
+
+def one_shot_services(services: dict[str, Any]) -> set[str]:
+    """Services another waits to complete (service_completed_successfully): they exit 0."""
+    return {
+        name
+        for svc in services.values()
+        for name, cond in (svc.get("depends_on") or {}).items()
+        if isinstance(cond, dict) and cond.get("condition") == "service_completed_successfully"
+    }
+
+
+def up_problems(words: list[str], services: dict[str, Any]) -> list[str]:
+    """What keeps an `up` command from exiting with its trainer's exit code."""
+    if "-d" in words or "--detach" in words:
+        return []  # a detached scorer host: no trainer to wait for
+    trainers = [name for name in services if name.startswith("trainer")]
+    if not trainers:
+        return []
+    given = words[words.index("--exit-code-from") + 1] if "--exit-code-from" in words else None
+    problems = []
+    if given not in trainers:
+        problems.append(f"--exit-code-from {trainers[0]} is missing (it gives {given})")
+    if one_shot_services(services) and "--abort-on-container-failure" not in words:
+        problems.append("--abort-on-container-failure is missing: a one-shot service's exit 0 "
+                        "would stop the others")  # fmt: skip
+    return problems
+
+
+def test_every_documented_up_exits_with_the_trainers_code(compose_v2, tmp_path) -> None:
+    env_file = tmp_path / "documented.env"  # the shipped .env and what the cross-host files need
+    env_file.write_text(ENV_FILE.read_text() + "".join(f"{k}={v}\n" for k, v in CROSS_HOST.items()))
+    commands = documented_up_commands()
+    assert len(commands) >= 6, commands  # GPU, CPU, multi-GPU, both hosts, ...
+    flags = _run(compose_v2, "up", "--help", env_file=env_file).stdout
+    problems = {}
+    for where, words in commands:
+        files = tuple(ROOT / w for i, w in enumerate(words) if i and words[i - 1] == "-f")
+        profile = words[words.index("--profile") + 1] if "--profile" in words else "gpu"
+        services = render(compose_v2, env_file, profile, files or (COMPOSE_FILE,))["services"]
+        found = up_problems(words, services)
+        after_up = words[words.index("up") + 1 :]
+        found += [f"{w} is no flag of up" for w in after_up
+                  if w.startswith("--") and w not in flags]  # fmt: skip
+        if found:
+            problems[where] = found
+    assert problems == {}
+
+
+def test_the_up_check_can_fail(compose_v2, env_files) -> None:
+    cpu = render(compose_v2, env_files["empty"], "cpu")["services"]
+    assert one_shot_services(cpu) == {"demo-assets"}
+    assert up_problems(["--profile", "cpu", "up", "--build"], cpu) == [
+        "--exit-code-from trainer-cpu is missing (it gives None)",
+        "--abort-on-container-failure is missing: a one-shot service's exit 0 would stop the "
+        "others",
+    ]
+    assert up_problems(["--profile", "cpu", "up", "--exit-code-from", "scorer-cpu"], cpu)[0] == (
+        "--exit-code-from trainer-cpu is missing (it gives scorer-cpu)"
+    )
+    gpu = render(compose_v2, env_files["empty"], "gpu")["services"]
+    assert up_problems(["up", "--build", "--exit-code-from", "trainer"], gpu) == []
+    assert up_problems(["up", "-d"], gpu) == []
+    assert documented_up_commands((ROOT / "docs" / "DEPLOY.md",))  # the pattern finds them

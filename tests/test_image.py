@@ -17,6 +17,8 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from common.container import IMAGE_MARK
+
 pytestmark = pytest.mark.docker  # docker-compose, a Docker daemon or its build tools
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,6 +99,55 @@ def test_the_dockerfile_checks_can_fail() -> None:
     assert any("before any source" in p for p in dockerfile_problems(source_first))
     uid_first = "ARG HOST_UID=1000\n" + good
     assert any("ARG HOST_UID" in p for p in dockerfile_problems(uid_first))
+
+
+def image_environment(text: str) -> dict[str, str]:
+    """The ENV of a Dockerfile, by name (NAME=value forms)."""
+    env: dict[str, str] = {}
+    for word, args in instructions(text):
+        if word == "ENV":
+            env.update(item.split("=", 1) for item in args.split() if "=" in item)
+    return env
+
+
+def cache_problems(text: str) -> list[str]:
+    """The caches the services write (matplotlib's, Hugging Face's) must be in folders of the
+    services' user, made after that user exists: not in /tmp, which the build's root owns."""
+    env = image_environment(text)
+    steps = instructions(text)
+    user_made = next((i for i, (w, a) in enumerate(steps) if w == "RUN" and "useradd" in a), None)
+    owned = [
+        path
+        for word, args in steps[user_made or 0 :]
+        if word == "RUN"
+        for path in re.findall(r"chown -R app:app (\S+)", args)
+    ]
+    problems = []
+    for name in ("MPLCONFIGDIR", "HF_HOME"):
+        folder = env.get(name)
+        if folder is None:
+            problems.append(f"{name} is not set")
+        elif folder.startswith("/tmp"):
+            problems.append(f"{name} is {folder}: under /tmp, the build (as root) makes it root's")
+        elif not any(folder == o or folder.startswith(o.rstrip("/") + "/") for o in owned):
+            problems.append(f"{name} ({folder}) is not in a folder chowned -R to app")
+    if env.get(IMAGE_MARK) != "1":
+        problems.append(f"ENV {IMAGE_MARK}=1 is missing: the services would not refuse root")
+    return problems
+
+
+def test_the_caches_belong_to_the_services_user_and_root_is_refused() -> None:
+    assert cache_problems(DOCKERFILE.read_text()) == []
+
+
+def test_the_cache_checks_can_fail() -> None:
+    good = DOCKERFILE.read_text()
+    in_tmp = good.replace("MPLCONFIGDIR=/var/cache/app/matplotlib", "MPLCONFIGDIR=/tmp/matplotlib")
+    assert any("under /tmp" in p for p in cache_problems(in_tmp))
+    not_owned = good.replace("chown -R app:app /var/cache/app", "true")
+    assert len(cache_problems(not_owned)) == 2
+    unmarked = good.replace(f"{IMAGE_MARK}=1", f"{IMAGE_MARK}=0")
+    assert any(IMAGE_MARK in p for p in cache_problems(unmarked))
 
 
 def _hadolint() -> str:

@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from common.container import root_in_image
 from trainer_svc.config.reference import FORMATS, render
 from trainer_svc.config.train_config import KEY_GROUPS, ConfigError, load_config
 from trainer_svc.scorer.retry import ScorerFailure, StopRequested
@@ -138,6 +139,12 @@ def main(argv: list[str] | None = None) -> int:
         return report(args.output_dir, args.scorer, args.color_by, args.samples)
     if args.command == "compare":
         return compare(args.config, args.overrides, args.strategies, args.seeds, args.group_by)
+    as_root = root_in_image(os.environ, os.geteuid())
+    if as_root is not None:
+        refused, message = as_root
+        (logger.error if refused else logger.warning)("%s", message)
+        if refused:
+            return 2
     try:  # checked here first under FORCE_TORCHRUN too: one error, not one per rank
         loaded = load_config(args.config, args.overrides)
     except (ConfigError, OSError) as exc:
