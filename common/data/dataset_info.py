@@ -2,28 +2,41 @@
 dataset_info.json entries, their files, and the columns and tags a row is read by.
 
 `dataset` is a comma list of items, concatenated in order (LLaMA-Factory's "concat" mix). An
-item ending in .json or .jsonl is a file path (from the working directory, else from
-dataset_dir); any other item is a name in dataset_dir/dataset_info.json, whose entry gives a
-`file_name` (a file, or a folder whose .json/.jsonl files are read in name order), a
-`formatting` (alpaca or sharegpt), `columns` and, for sharegpt, `tags`. The defaults are
-LLaMA-Factory's, with one addition: an entry without `columns` (and a bare path) also reads
-a row's `history` and `system` keys when present. Hub datasets, tool use, images and
-preference data are refused by name. Each item becomes a Source; common.data.converters turns
-its rows into samples.
+item ending in a data file's suffix (FILE_KINDS: .json, .jsonl, .csv, .parquet, .arrow) is a
+file path (from the working directory, else from dataset_dir); any other item is a name in
+dataset_dir/dataset_info.json, whose entry gives a `file_name` (a data file, or a folder whose
+data files, all of one kind, are read in name order), a `formatting` (alpaca or sharegpt),
+`columns` and, for sharegpt, `tags`. The defaults are LLaMA-Factory's, with one addition: an
+entry without `columns` (and a bare path) also reads a row's `history` and `system` keys when
+present. Hub datasets, other kinds of file (LLaMA-Factory's .txt among them), sharegpt in csv
+(a cell cannot hold a list of messages), tool use, images and preference data are refused by
+name. Each item becomes a Source; common.data.datasets reads its files' rows and
+common.data.converters turns them into samples.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 DEFAULT_DATASET_DIR = "data"  # LLaMA-Factory's default, relative to the working directory
 DATASET_INFO = "dataset_info.json"
-FILE_SUFFIXES = (".json", ".jsonl")
+# Each kind of data file read, by suffix, with the `datasets` loader that reads it: LLaMA-Factory's
+# FILEEXT2TYPE less .txt (plain text, for pre-training). JSON is read by this package's own
+# reader (common.data.datasets), the others by the `datasets` library, as LLaMA-Factory does.
+FILE_KINDS = {
+    ".json": "json",
+    ".jsonl": "json",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".arrow": "arrow",
+}
+FILE_SUFFIXES = tuple(FILE_KINDS)
+KINDS_TEXT = f"{', '.join(FILE_SUFFIXES[:-1])} or {FILE_SUFFIXES[-1]}"  # for messages
 HUB_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
 # Columns LLaMA-Factory reads for data this tool does not train on (it reads text turns only).
 UNSUPPORTED_COLUMNS = {
@@ -177,12 +190,18 @@ def _refuse_reread(source: Source, item: str, read_by: dict[Path, str]) -> None:
 
 
 def is_path(item: str) -> bool:
-    """Whether a dataset item is a file path (a .json/.jsonl suffix) rather than a name."""
+    """Whether a dataset item is a file path (a suffix of FILE_KINDS) rather than a name."""
     return Path(item).suffix.lower() in FILE_SUFFIXES
 
 
+def file_kind(path: Path) -> str:
+    """The loader of a data file by its suffix (FILE_KINDS): json, csv, parquet or arrow. A
+    suffix of no kind (the target of a link whose own name gives the kind) reads as JSON."""
+    return FILE_KINDS.get(path.suffix.lower(), "json")
+
+
 def path_item(item: str, directory: Path, guard: Guard = unguarded) -> Path:
-    """A .json/.jsonl item: from the working directory, else from dataset_dir."""
+    """A data file item: from the working directory, else from dataset_dir."""
     path = Path(item).expanduser()
     candidates = (path,) if path.is_absolute() else (path, directory / path)
     for candidate in candidates:
@@ -192,7 +211,7 @@ def path_item(item: str, directory: Path, guard: Guard = unguarded) -> Path:
     also = "" if path.is_absolute() else f" nor at {directory / path}"
     raise DatasetError(
         f"dataset file {item} does not exist (not at {path.resolve()}{also}); give the path "
-        "of an existing .json or .jsonl file"
+        f"of an existing {KINDS_TEXT} file"
     )
 
 
@@ -203,16 +222,16 @@ def read_dataset_info(directory: Path, wanted: str, guard: Guard = unguarded) ->
         raise DatasetError(
             f"dataset_dir '{raw}' means datasets from a hub, and this tool reads local files "
             "only; download the data, then set dataset_dir to a folder with a "
-            f"{DATASET_INFO} that names it, or give the path of a .json/.jsonl file"
+            f"{DATASET_INFO} that names it, or give the path of a {KINDS_TEXT} file"
         )
     path = directory / DATASET_INFO
     guard(path)
     if not path.is_file():
         raise DatasetError(
-            f"dataset '{wanted}' is not a .json/.jsonl path, so it must be a name in "
-            f"{path}, which does not exist; set dataset_dir to the folder holding "
+            f"dataset '{wanted}' is not the path of a {KINDS_TEXT} file, so it must be a "
+            f"name in {path}, which does not exist; set dataset_dir to the folder holding "
             f"{DATASET_INFO} (default: '{DEFAULT_DATASET_DIR}' in the working directory), "
-            "or give the path of a .json/.jsonl file"
+            f"or give the path of a {KINDS_TEXT} file"
         )
     try:
         info = json.loads(path.read_text(encoding="utf-8-sig"))
@@ -233,7 +252,7 @@ def entry_source(
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise DatasetError(
             f"dataset '{name}' is not in {directory / DATASET_INFO} ({len(info)} entries); "
-            f"{hint}add an entry with its file_name, or give the path of a .json/.jsonl file"
+            f"{hint}add an entry with its file_name, or give the path of a {KINDS_TEXT} file"
         )
     entry = info[name]
     if not isinstance(entry, dict):
@@ -251,7 +270,22 @@ def entry_source(
         _mapping(entry, "columns", where), _mapping(entry, "tags", where)
     )
     paths = entry_files(entry.get("file_name"), directory, where, guard)
+    _refuse_messages_in_csv(columns, paths, where)
     return Source(f"dataset '{name}'", paths, columns, tags, entry=True)
+
+
+def _refuse_messages_in_csv(
+    columns: AlpacaColumns | SharegptColumns, paths: tuple[Path, ...], where: str
+) -> None:
+    """A sharegpt row holds a list of messages, which a csv cell cannot (it holds text; a JSON
+    text there is not parsed, as LLaMA-Factory does not parse it)."""
+    if isinstance(columns, SharegptColumns) and file_kind(paths[0]) == "csv":
+        raise DatasetError(
+            f"{where} is sharegpt data in csv ({_names(paths)}), but a csv cell holds text, "
+            f"not the list of messages its '{columns.messages}' column must hold; store the "
+            "conversations as .json, .jsonl, .parquet or .arrow, or make the entry alpaca "
+            "(a prompt and a response column, text in each cell)"
+        )
 
 
 def _refuse_unsupported(entry: dict[str, Any], where: str) -> None:
@@ -261,7 +295,7 @@ def _refuse_unsupported(entry: dict[str, Any], where: str) -> None:
             f"remove {', '.join(hub)} from the entry so that its file_name is read"
             if "file_name" in entry
             else "download the data, then give the entry a file_name (relative to "
-            "dataset_dir), or give the path of the .json/.jsonl file instead of the name"
+            f"dataset_dir), or give the path of the {KINDS_TEXT} file instead of the name"
         )
         raise DatasetError(
             f"{where} is a hub dataset ({hub[0]}: {entry[hub[0]]}), and this tool reads "
@@ -354,31 +388,59 @@ FORMATTINGS = tuple(COLUMNS_READERS)
 def entry_files(
     file_name: Any, directory: Path, where: str, guard: Guard = unguarded
 ) -> tuple[Path, ...]:
-    """The files of an entry's file_name (relative to dataset_dir): the file, or a folder's
-    .json/.jsonl files in name order."""
+    """The files of an entry's file_name (relative to dataset_dir): the data file, or a
+    folder's data files in name order, all of one kind (files of no kind read here, a README
+    say, are left alone)."""
     if not isinstance(file_name, str) or not file_name:
         raise DatasetError(
-            f"{where} has no file_name; give the .json/.jsonl file (or folder of them), "
-            "relative to dataset_dir"
+            f"{where} has no file_name; give the data file ({KINDS_TEXT}) or a folder of "
+            "them, relative to dataset_dir"
         )
     path = (directory / Path(file_name).expanduser()).resolve()
     guard(path)
     if path.is_dir():
-        found = sorted(
-            (p for p in path.iterdir() if p.suffix.lower() in FILE_SUFFIXES),
-            key=lambda p: p.name,
-        )
-        for member in found:
-            guard(member)
-        found = [p.resolve() for p in found if p.is_file()]
-        if not found:
-            raise DatasetError(f"{where}: the folder {path} holds no .json or .jsonl file")
-        return tuple(found)
+        return _folder_files(path, where, guard)
     if not path.is_file():
         raise DatasetError(f"{where} names file_name {file_name}, but {path} does not exist")
-    if path.suffix.lower() not in FILE_SUFFIXES:
+    if not is_path(path.name):
+        kind = f"a {path.suffix} file" if path.suffix else "a file without a suffix"
         raise DatasetError(
-            f"{where}: {path} is not a .json or .jsonl file, the only kinds this tool reads; "
-            "convert it to JSON (a list of rows, or one row per line)"
+            f"{where}: {path} is {kind}, not a kind this tool reads ({KINDS_TEXT}); convert "
+            "it to one of them (JSON: a list of rows, or one row per line)"
         )
     return (path,)
+
+
+def _folder_files(folder: Path, where: str, guard: Guard) -> tuple[Path, ...]:
+    """A folder's data files, resolved, in name order; guard sees each before it is looked at."""
+    members = sorted(folder.iterdir(), key=lambda p: p.name)
+    found = [p for p in members if is_path(p.name)]
+    for member in found:
+        guard(member)
+    found = [p.resolve() for p in found if p.is_file()]
+    if not found:
+        held = f" (it holds {_names(members)})" if members else " (it is empty)"
+        raise DatasetError(f"{where}: the folder {folder} holds no {KINDS_TEXT} file{held}")
+    _refuse_mixed_kinds(found, folder, where)
+    return tuple(found)
+
+
+def _refuse_mixed_kinds(paths: list[Path], folder: Path, where: str) -> None:
+    """LLaMA-Factory reads a folder with one loader: its files must be of one kind (.json and
+    .jsonl are one)."""
+    by_kind: dict[str, list[Path]] = {}
+    for path in paths:
+        by_kind.setdefault(file_kind(path), []).append(path)
+    if len(by_kind) > 1:
+        kinds = "; ".join(f"{kind}: {_names(found)}" for kind, found in by_kind.items())
+        raise DatasetError(
+            f"{where}: the folder {folder} holds data files of {len(by_kind)} kinds ({kinds}), "
+            "and a folder is read as one kind (.json and .jsonl are one); move the files of "
+            "the other kinds to a folder of their own and give it an entry of its own"
+        )
+
+
+def _names(paths: Sequence[Path], most: int = 3) -> str:
+    """The first few file names of paths, for messages."""
+    shown = ", ".join(path.name for path in paths[:most])
+    return shown if len(paths) <= most else f"{shown} and {len(paths) - most} more"

@@ -1,9 +1,14 @@
 """The training data as a LLaMA-Factory user sets it up, read into Samples by both services.
 
 common.data.dataset_info reads the setup (the dataset list, dataset_info.json, paths, columns
-and tags) into Sources; common.data.converters turns a row into a Sample by its formatting.
-Each dataset is cut to its first max_samples rows before the datasets are joined, as
-LLaMA-Factory does.
+and tags) into Sources; read_rows reads each file's rows by its kind; common.data.converters
+turns a row into a Sample by its formatting. Each dataset is cut to its first max_samples rows
+before the datasets are joined, as LLaMA-Factory does.
+
+JSON (.json, .jsonl) is read by read_json_rows; csv, parquet and arrow files by the `datasets`
+library's loader of that kind, as LLaMA-Factory reads them, from the local file only (nothing
+is downloaded, and what the loader writes goes to a temporary folder removed after). A null
+cell (a csv's empty field) is left out of its row, as a key missing from a JSON row.
 
 LLaMA-Factory skips a malformed row with a warning; here it is an error, because the trainer
 and the scorer must read the same samples: the message counts the bad rows and shows the
@@ -15,9 +20,13 @@ sample; `load_rows` gives their scalar values with each sample, to describe and 
 
 from __future__ import annotations
 
+import glob
 import json
 import math
-from collections.abc import Collection, Iterable, Sequence
+import tempfile
+import threading
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,8 +37,10 @@ from common.data.converters import RowProblem, alpaca_sample, converter, sharegp
 from common.data.dataset_info import (
     DATASET_INFO,
     DEFAULT_DATASET_DIR,
+    FILE_KINDS,
     FILE_SUFFIXES,
     FORMATTINGS,
+    KINDS_TEXT,
     AlpacaColumns,
     DatasetError,
     DatasetSpec,
@@ -41,6 +52,7 @@ from common.data.dataset_info import (
     dataset_items,
     entry_files,
     entry_source,
+    file_kind,
     is_path,
     path_item,
     read_dataset_info,
@@ -54,8 +66,10 @@ from common.data.samples import Sample
 __all__ = [
     "DATASET_INFO",
     "DEFAULT_DATASET_DIR",
+    "FILE_KINDS",
     "FILE_SUFFIXES",
     "FORMATTINGS",
+    "KINDS_TEXT",
     "MAX_FIELDS",
     "MAX_FIELD_NAME",
     "MAX_FIELD_TEXT",
@@ -75,12 +89,15 @@ __all__ = [
     "entry_files",
     "entry_source",
     "extra_fields",
+    "file_kind",
     "files",
     "is_path",
     "load_rows",
     "load_samples",
     "read_dataset_info",
+    "read_json_rows",
     "read_rows",
+    "read_table_rows",
     "rows_size",
     "sharegpt_columns",
     "sharegpt_sample",
@@ -250,13 +267,25 @@ def source_rows(source: Source, max_samples: int | None = None) -> list[Row]:
     if bad:
         where, reason = bad[0]
         count = "1 row" if len(bad) == 1 else f"{len(bad)} rows"
+        entry = ", or correct the entry's columns and tags" if source.entry else ""
         raise DatasetError(
             f"{source.label}: {count} cannot be read as {source.formatting} samples, the "
             f"first at {where}: {reason}. Reading with {_mapping_text(source)}. Both "
             "services must read the same samples, so no row is skipped: fix or remove these "
-            "rows" + (", or correct the entry's columns and tags" if source.entry else "")
+            f"rows{entry}{_csv_note(source)}"
         )
     return found
+
+
+def _csv_note(source: Source) -> str:
+    """How a csv file's cells are read, for a message about its rows."""
+    if not any(file_kind(path) == "csv" for path in source.files):
+        return ""
+    return (
+        ". In a csv file an empty cell (or one the loader reads as missing: NA, N/A, null, "
+        "NaN, None) is a missing value, and a column whose cells are all numbers holds numbers, "
+        "not text: fill the cells, or store the data as .json or .parquet with text values"
+    )
 
 
 def extra_fields(row: dict[str, Any], read: Collection[str]) -> dict[str, Scalar]:
@@ -296,6 +325,12 @@ def _file_list(paths: Sequence[Path]) -> str:
 
 
 def read_rows(path: Path) -> list[tuple[str, Any]]:
+    """(where, row) for each row of a data file, read by its kind (file_kind)."""
+    kind = file_kind(path)
+    return read_json_rows(path) if kind == "json" else read_table_rows(path, kind)
+
+
+def read_json_rows(path: Path) -> list[tuple[str, Any]]:
     """(where, row) for each row of a JSON list or of JSON lines (either suffix, as
     LLaMA-Factory's reader takes both); where is "PATH row i" (from 0) or "PATH line n"."""
     text = path.read_text(encoding="utf-8-sig")
@@ -317,3 +352,63 @@ def read_rows(path: Path) -> list[tuple[str, Any]]:
                 "list must hold one JSON object per line"
             ) from exc
     return found
+
+
+# The `datasets` loader's message for a file of no rows (a csv of a header only, say).
+_NO_ROWS = "corresponds to no data"
+# One file is loaded at a time: progress bars are switched off process-wide while it is.
+_loading = threading.Lock()
+
+
+def read_table_rows(path: Path, loader: str) -> list[tuple[str, Any]]:
+    """(where, row) for each row of a csv, parquet or arrow file, read by the `datasets`
+    loader of that name; where is "PATH row i", from 0 (a csv's header is not a row). A null
+    cell is left out of its row."""
+    return [
+        (f"{path} row {i}", {k: v for k, v in row.items() if not _is_null(v)})
+        for i, row in enumerate(_load_table(path, loader))
+    ]
+
+
+def _load_table(path: Path, loader: str) -> list[dict[str, Any]]:
+    """The rows of one local file, as the `datasets` library's loader reads them; what the
+    loader writes goes to a temporary folder, removed before this returns."""
+    import datasets  # slow to import: only when such a file is read
+
+    pattern = glob.escape(str(path))  # data_files are patterns: match this file alone
+    with _loading, _no_progress_bars(datasets), tempfile.TemporaryDirectory() as cache:
+        try:
+            table = datasets.load_dataset(
+                loader, data_files=[pattern], split="train", cache_dir=cache, keep_in_memory=True
+            )
+        except Exception as exc:  # the loader's errors are of many kinds: each is named
+            if _NO_ROWS in str(exc):
+                return []
+            raise DatasetError(
+                f"{path} cannot be read as a {loader} file ({_root_cause(exc)}); check that "
+                f"it is one, or store the data as another of the kinds read ({KINDS_TEXT})"
+            ) from exc
+        rows: list[dict[str, Any]] = table.to_list()
+        return rows
+
+
+@contextmanager
+def _no_progress_bars(datasets: Any) -> Iterator[None]:
+    """The loader's progress bars off while loading (back on after, if they were on)."""
+    were_on = not datasets.utils.are_progress_bars_disabled()
+    datasets.utils.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if were_on:
+            datasets.utils.enable_progress_bars()
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The first error of a chain of errors, as "Type: message"."""
+    cause = exc.__cause__ or exc.__context__
+    return _root_cause(cause) if cause is not None else f"{type(exc).__name__}: {exc}"
+
+
+def _is_null(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))

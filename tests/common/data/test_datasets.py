@@ -155,7 +155,7 @@ def test_default_dataset_dir_is_data_in_the_working_directory(tmp_path, monkeypa
 def test_a_name_without_dataset_info_says_where_it_looked(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     message = refusal("alpaca_en_demo")
-    assert "dataset 'alpaca_en_demo' is not a .json/.jsonl path" in message
+    assert "dataset 'alpaca_en_demo' is not the path of a .json, .jsonl, .csv," in message
     assert str(Path("data") / "dataset_info.json") in message
     assert "set dataset_dir" in message
 
@@ -193,22 +193,22 @@ def test_file_name_folder_reads_its_json_files_in_name_order(tmp_path):
 
 def test_file_name_problems(tmp_path):
     (tmp_path / "empty").mkdir()
-    (tmp_path / "t.csv").write_text("instruction,output\n")
+    (tmp_path / "t.txt").write_text("instruction,output\n")
     info(
         tmp_path,
         {
             "none": {"formatting": "alpaca"},
             "gone": {"file_name": "gone.json"},
             "empty": {"file_name": "empty"},
-            "csv": {"file_name": "t.csv"},
+            "txt": {"file_name": "t.txt"},
         },
     )
     assert "dataset 'none' in" in refusal("none", tmp_path)
     assert "has no file_name" in refusal("none", tmp_path)
     message = refusal("gone", tmp_path)
     assert f"file_name gone.json, but {tmp_path / 'gone.json'} does not exist" in message
-    assert "holds no .json or .jsonl file" in refusal("empty", tmp_path)
-    assert "is not a .json or .jsonl file" in refusal("csv", tmp_path)
+    assert "holds no .json, .jsonl, .csv, .parquet or .arrow file" in refusal("empty", tmp_path)
+    assert "is a .txt file, not a kind this tool reads" in refusal("txt", tmp_path)
 
 
 def test_files_lists_every_data_file_resolved_and_once(tmp_path, monkeypatch):
