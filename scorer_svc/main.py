@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, ExitStack, asynccontextmanager
 from dataclasses import dataclass
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
@@ -16,6 +16,7 @@ from common.wire.protocol import FRAME_BYTES, MAX_HEADER_BYTES
 from scorer_svc.api.docs import serve_docs
 from scorer_svc.api.errors import add_error_handlers
 from scorer_svc.api.openapi import COMMON_RESPONSES, describe
+from scorer_svc.api.query_check import refuse_unknown_query
 from scorer_svc.api.routes import (
     dashboard,
     deltas,
@@ -158,7 +159,7 @@ def create_app(
     )
     serve_docs(app)
     for module in (health, metrics, runs, losses, samples, deltas, plots, weights, dashboard):
-        app.include_router(module.router)
+        app.include_router(module.router, dependencies=[Depends(refuse_unknown_query)])
     add_error_handlers(app, settings)
     token = settings.shared_token()
     describe(app, token=token is not None)

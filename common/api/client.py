@@ -3,9 +3,10 @@ common.api.schemas, and every answer that is not a success raised as an ApiError
 the scorer's `detail`.
 
     with ScorerApi("http://127.0.0.1:8000", token=...) as api:
-        for run in api.all_runs():
-            print(run.run_id, run.status, run.last_step)
+        for run in api.all_runs(status="failed", tags={"team": "nlp"}):
+            print(run.run_id, run.run_name, run.status, run.last_step)
         weights = api.weights("my-run", step=40)  # NotScoredYet while it is being scored
+        frame = api.histories_frame("my-run", [0, 7], min_step=10)  # pandas, if installed
 
 The routes that change a run (its end, its deletion) need, on a scorer without a token, the
 run's own token: `run_token=` (the run_token of the trainer's run.json).
@@ -17,8 +18,8 @@ the caller's business: the trainer retries under its policy (trainer_svc.scorer.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable, Iterator
-from typing import Any, Literal, TypeVar
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import httpx
 from pydantic import BaseModel
@@ -34,12 +35,18 @@ from common.api.schemas import (
     RunEnd,
     RunEnding,
     RunInfo,
+    RunOrder,
     RunPage,
+    RunStatus,
     SampleHistories,
     SampleHistory,
+    SampleText,
     WeightsBody,
 )
 from common.wire.errors import ProtocolError
+
+if TYPE_CHECKING:
+    import pandas
 
 Model = TypeVar("Model", bound=BaseModel)
 MAX_GET_INDICES = 200  # more are POSTed: a URL stays well under proxies' 8 KiB
@@ -133,11 +140,40 @@ class ScorerApi:
         extra = {} if timeout is None else {"timeout": timeout}
         return self._get(Health, "/healthz", **extra)
 
-    def runs(self, *, max_results: int = 100, page_token: str | None = None) -> RunPage:
-        return self._get(RunPage, "/v1/runs", params=_page(max_results, page_token))
+    def runs(
+        self,
+        *,
+        status: RunStatus | Sequence[RunStatus] | None = None,
+        name: str | None = None,
+        base_model: str | None = None,
+        tags: Mapping[str, str | None] | None = None,
+        order_by: RunOrder = "created",
+        max_results: int = 100,
+        page_token: str | None = None,
+    ) -> RunPage:
+        """A page of the runs, filtered (every filter given must hold) and ordered: status
+        (one or several), name (within run_name or run_id), base_model (within its path),
+        tags (key to value; a value None: the key only), order_by ("created", "last_step",
+        either with " DESC")."""
+        params: dict[str, Any] = {"order_by": order_by, **_page(max_results, page_token)}
+        if status is not None:
+            params["status"] = [status] if isinstance(status, str) else list(status)
+        if name is not None:
+            params["name"] = name
+        if base_model is not None:
+            params["base_model"] = base_model
+        if tags:
+            params["tag"] = [
+                key if value is None else f"{key}={value}" for key, value in tags.items()
+            ]
+        return self._get(RunPage, "/v1/runs", params=params)
 
-    def all_runs(self) -> Iterator[RunInfo]:
-        return _every(lambda token: self.runs(page_token=token), lambda page: page.runs)
+    def all_runs(self, **search: Any) -> Iterator[RunInfo]:
+        """Every run `runs(**search)` finds, page after page."""
+        return _every(
+            lambda token: self.runs(**search, max_results=1000, page_token=token),
+            lambda page: page.runs,
+        )
 
     def run(self, run_id: str) -> RunInfo:
         return self._get(RunInfo, f"/v1/runs/{run_id}")
@@ -192,17 +228,64 @@ class ScorerApi:
         params = {**_step(step), "order": order, **_page(max_results, page_token)}
         return self._get(DeltaPage, f"/v1/runs/{run_id}/deltas", params=params)
 
-    def history(self, run_id: str, index: int) -> SampleHistory:
-        return self._get(SampleHistory, f"/v1/runs/{run_id}/samples/{index}/losses")
+    def history(
+        self,
+        run_id: str,
+        index: int,
+        *,
+        min_step: int | None = None,
+        max_step: int | None = None,
+    ) -> SampleHistory:
+        """One sample's loss history, within min_step and max_step when given."""
+        params = _steps(min_step, max_step)
+        return self._get(SampleHistory, f"/v1/runs/{run_id}/samples/{index}/losses", params=params)
 
-    def histories(self, run_id: str, indices: list[int]) -> SampleHistories:
+    def histories(
+        self,
+        run_id: str,
+        indices: list[int],
+        *,
+        min_step: int | None = None,
+        max_step: int | None = None,
+    ) -> SampleHistories:
         """Several samples' histories: in the URL for a few, POSTed for many."""
         path = f"/v1/runs/{run_id}/losses/history"
+        steps = _steps(min_step, max_step)
         if len(indices) <= MAX_GET_INDICES:
-            params = {"indices": ",".join(map(str, indices))}
+            params = {"indices": ",".join(map(str, indices)), **steps}
             return self._get(SampleHistories, path, params=params)
-        response = self.http.post(path, json={"indices": indices})
+        response = self.http.post(path, json={"indices": indices, **steps})
         return _read(SampleHistories, response)
+
+    def histories_frame(
+        self,
+        run_id: str,
+        indices: list[int],
+        *,
+        min_step: int | None = None,
+        max_step: int | None = None,
+    ) -> pandas.DataFrame:
+        """The histories as a pandas DataFrame, a row per sample and step: sample_index,
+        step, update_index, loss, delta (pandas must be installed: pip install pandas)."""
+        try:
+            import pandas
+        except ImportError as exc:
+            raise ImportError(
+                "histories_frame needs pandas: pip install pandas (or use histories())"
+            ) from exc
+        found = self.histories(run_id, indices, min_step=min_step, max_step=max_step)
+        rows = [
+            {"sample_index": sample.sample_index, **point.model_dump()}
+            for sample in found.samples
+            for point in sample.history
+        ]
+        columns = ["sample_index", "step", "update_index", "loss", "delta"]
+        return pandas.DataFrame(rows, columns=columns)
+
+    def sample(self, run_id: str, index: int) -> SampleText:
+        """The sample's system prompt and turns as the run trains on them, and its row's other
+        columns."""
+        return self._get(SampleText, f"/v1/runs/{run_id}/samples/{index}")
 
     def plot_deltas(self, run_id: str, *, step: int | None = None, **params: Any) -> bytes:
         """The PNG of loss reduction by rank at a checkpoint."""
@@ -252,6 +335,11 @@ def _run_token(run_token: str | None) -> dict[str, str]:
 
 def _step(step: int | None) -> dict[str, int]:
     return {} if step is None else {"step": step}
+
+
+def _steps(min_step: int | None, max_step: int | None) -> dict[str, int]:
+    bounds = {"min_step": min_step, "max_step": max_step}
+    return {key: value for key, value in bounds.items() if value is not None}
 
 
 def _page(max_results: int, page_token: str | None) -> dict[str, Any]:

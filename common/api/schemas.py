@@ -20,6 +20,10 @@ def _utc(value: datetime) -> datetime:
 UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
 
 RunStatus = Literal["registered", "training", "finished", "failed"]
+# How GET /v1/runs orders the runs: as they registered, or by their latest checkpoint's step
+RunOrder = Literal[
+    "created", "created ASC", "created DESC", "last_step", "last_step ASC", "last_step DESC"
+]
 RunEnding = Literal["finished", "failed"]
 CheckpointStatus = Literal["received", "scoring", "scored", "failed", "superseded"]
 FinetuningType = Literal["lora", "full"]
@@ -62,6 +66,8 @@ class RunInfo(BaseModel):
             "examples": [
                 {
                     "run_id": "demo",
+                    "run_name": "qwen-7b alpaca, window 0.2",
+                    "tags": {"team": "nlp", "dataset": "alpaca"},
                     "instance": "scorer-1",
                     "status": "training",
                     "base_model": "/models/Qwen2.5-7B",
@@ -84,7 +90,13 @@ class RunInfo(BaseModel):
             ]
         }
     )
-    run_id: str = Field(description="the run's name, chosen by its trainer")
+    run_id: str = Field(description="the run's id, chosen by its trainer")
+    run_name: str | None = Field(
+        None, description="what people call the run: its trainer's run_name (null: none given)"
+    )
+    tags: dict[str, str] = Field(
+        default_factory=dict, description="the run's tags: its trainer's tags, key to value"
+    )
     instance: str | None = Field(
         description="the scorer that registered it, the only one that scores it"
     )
@@ -119,7 +131,7 @@ class RunInfo(BaseModel):
 
 
 class RunPage(BaseModel):
-    runs: list[RunInfo] = Field(description="runs in the order they were registered")
+    runs: list[RunInfo] = Field(description="the runs found, in the order asked for")
     next_page_token: str | None = Field(description=PAGE_TOKEN)
 
 
@@ -211,6 +223,8 @@ class HistoryRequest(BaseModel):
     indices: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] = Field(
         min_length=1, max_length=10_000, description="sample indices, at most 10,000"
     )
+    min_step: int | None = Field(None, ge=0, description="the first step kept; null: the first")
+    max_step: int | None = Field(None, ge=0, description="the last step kept; null: the last")
 
 
 class SampleHistories(BaseModel):

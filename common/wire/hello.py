@@ -29,6 +29,8 @@ def build_hello(
     token: str | None = None,
     selection_mode: Literal["sync", "async"] = "sync",
     score_budget: float = 1.0,
+    run_name: str | None = None,
+    tags: dict[str, str] | None = None,
 ) -> Hello:
     """dataset names the files as the scorer reads them (common.data.datasets.absolute_spec);
     val_size and split_seed the validation split held out of them, if any; vocab_size is
@@ -58,4 +60,6 @@ def build_hello(
         run_token=run_token,
         selection_mode=selection_mode,
         score_budget=score_budget,
+        run_name=run_name,
+        tags=tags or {},
     )

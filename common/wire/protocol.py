@@ -44,7 +44,7 @@ from pydantic import (
 
 from common import dtypes
 from common.data.tokenization import TemplateName
-from common.validation import PlainText, RunId, describe_errors
+from common.validation import PlainText, RunId, RunName, RunTags, describe_errors
 from common.wire.errors import (
     IntegrityError,
     MalformedMessage,
@@ -53,7 +53,7 @@ from common.wire.errors import (
     VersionMismatch,
 )
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 FRAME_BYTES = 16 << 20  # the largest payload frame, and the chunk size trainers use
 DIGEST = "xxh3-128"  # of each chunk; the payload's is the same hash over the chunk digests
 UPLOAD_ID = r"^[0-9a-f]{32}$"
@@ -153,6 +153,9 @@ class Hello(_Header):
     # the samples each checkpoint after the first with a window measures (common.budget): a
     # fraction in (0, 1] or a count; 1 is every sample, the published method
     score_budget: float = Field(1.0, gt=0.0, le=MAX_SAMPLES, allow_inf_nan=False)
+    # what people call and mark the run by (MLflow's run name and tags); a resume may change them
+    run_name: RunName | None = None
+    tags: RunTags = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _whole_count(self) -> Hello:

@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Path, Query, Request
+from pydantic import StringConstraints
 from sqlalchemy.orm import Session
 
-from common.api.schemas import ErrorBody, Pending
+from common.api.schemas import ErrorBody, Pending, RunOrder, RunStatus
 from common.wire.errors import UnknownRun
 from common.wire.protocol import MAX_STEP
 from scorer_svc.api.errors import DatabaseRefused, NotScoredYet
@@ -172,6 +173,117 @@ def paged(default: int, maximum: int) -> Callable[..., Page]:
         return Page(max_results, page_position(page_token))
 
     return get_page
+
+
+@dataclass(frozen=True)
+class StepRange:
+    """The steps a history keeps: from min_step to max_step, both included (None: no bound)."""
+
+    min_step: int | None = None
+    max_step: int | None = None
+
+    def holds(self, step: int) -> bool:
+        return (self.min_step is None or step >= self.min_step) and (
+            self.max_step is None or step <= self.max_step
+        )
+
+
+def get_step_range(
+    min_step: Annotated[
+        int | None, Query(ge=0, le=MAX_STEP, description="the first step kept; default the first")
+    ] = None,
+    max_step: Annotated[
+        int | None, Query(ge=0, le=MAX_STEP, description="the last step kept; default the last")
+    ] = None,
+) -> StepRange:
+    return StepRange(min_step, max_step)  # min_step above max_step: an empty history
+
+
+StepRangeDep = Annotated[StepRange, Depends(get_step_range)]
+
+
+# A page of GET /v1/runs starts at a run named by its order key and row id.
+RunsPageToken = Annotated[
+    str | None,
+    Query(
+        pattern=r"^-?[0-9]{1,19}:[0-9]{1,18}$",
+        description="the next_page_token of the page before, with the same filters and order; "
+        "none: the first page",
+    ),
+]
+
+
+# KEY=VALUE or KEY, KEY as a tag key is written (common.validation.TagKey)
+TagFilter = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-/: ]{1,250}(=.{0,5000})?$")]
+
+
+@dataclass(frozen=True)
+class RunsQuery:
+    search: run_store.RunSearch
+    max_results: int
+
+
+def get_runs_query(
+    status: Annotated[
+        list[RunStatus] | None,
+        Query(description="runs in any of these statuses (repeat the parameter for several)"),
+    ] = None,
+    name: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=256,
+            description="runs whose run_name or run_id holds this text (any case)",
+        ),
+    ] = None,
+    base_model: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=4096,
+            description="runs whose base model path or id holds this text (any case)",
+        ),
+    ] = None,
+    tag: Annotated[
+        list[TagFilter] | None,
+        Query(
+            description="KEY=VALUE: runs with this tag; KEY alone: runs with a tag KEY; repeat "
+            "for several, which must all hold",
+        ),
+    ] = None,
+    order_by: Annotated[
+        RunOrder,
+        Query(
+            description="created: as the runs registered; last_step: by their latest "
+            "checkpoint's step (none yet: first); DESC: the other way round"
+        ),
+    ] = "created",
+    max_results: Annotated[
+        int, Query(ge=1, le=1000, description="runs per page, at most 1000")
+    ] = 100,
+    page_token: RunsPageToken = None,
+) -> RunsQuery:
+    order, _, direction = order_by.partition(" ")
+    tags = tuple(
+        (key, value if sep else None) for key, sep, value in (t.partition("=") for t in tag or [])
+    )
+    start = None
+    if page_token is not None:
+        at, _, row = page_token.partition(":")
+        start = (int(at), int(row))
+    search = run_store.RunSearch(
+        statuses=tuple(dict.fromkeys(status or [])),
+        name=name,
+        base_model=base_model,
+        tags=tags,
+        order=order,
+        descending=direction == "DESC",
+        start=start,
+    )
+    return RunsQuery(search, max_results)
+
+
+RunsQueryDep = Annotated[RunsQuery, Depends(get_runs_query)]
 
 
 def page_position(token: str | None) -> int | None:

@@ -188,7 +188,12 @@ class Intake:
                     + "; ".join(diffs)
                     + ". Use a new run id for a different run."
                 )
-            resumed = {"selection_mode": hello.selection_mode, "score_budget": hello.score_budget}
+            resumed = {  # what a resume may change
+                "selection_mode": hello.selection_mode,
+                "score_budget": hello.score_budget,
+                "run_name": hello.run_name,
+                "tags": hello.tags,
+            }
             run_store.reopen_run(session, run=run, settings=resumed)  # resumed: training again
             status = "already_registered"
         else:

@@ -6,17 +6,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, case, delete, func, select, update
+from sqlalchemy import ColumnElement, and_, case, delete, exists, func, not_, or_, select, update
 from sqlalchemy.orm import Session
 
 from scorer_svc.storage.engines import queries_of
 from scorer_svc.storage.tables import (
+    FINISHED,
     PENDING,
     SCORED,
     CheckpointRow,
     EstimateRow,
     Loss,
     Run,
+    RunTag,
     WindowRow,
     now,
 )
@@ -34,6 +36,109 @@ def list_runs(
     if from_id is not None:
         query = query.where(Run.id >= from_id)
     return session.scalars(query).all()
+
+
+# What a run's status is, from its end and its checkpoints (as RunInfo reports it).
+RUN_STATUSES = ("registered", "training", "finished", "failed")
+ORDERS = ("created", "last_step")
+
+
+@dataclass(frozen=True)
+class RunSearch:
+    """Which runs, in which order. Every filter given must hold (AND); a tag with value None
+    asks only that the run has the key. `start`: the (order key, row id) of a page's first run,
+    as the previous page's search gave it (its next_start)."""
+
+    statuses: tuple[str, ...] = ()
+    name: str | None = None  # within run_name or run_id, case-insensitive
+    base_model: str | None = None  # within base_model, case-insensitive
+    tags: tuple[tuple[str, str | None], ...] = ()
+    order: str = "created"
+    descending: bool = False
+    start: tuple[int, int] | None = None
+
+
+def _has_checkpoint() -> ColumnElement[bool]:
+    return exists().where(CheckpointRow.run_pk == Run.id)
+
+
+def _status_is(status: str) -> ColumnElement[bool]:
+    if status == "finished":
+        return Run.end_status == FINISHED
+    if status == "failed":
+        return and_(Run.end_status.is_not(None), Run.end_status != FINISHED)
+    if status == "training":
+        return and_(Run.end_status.is_(None), _has_checkpoint())
+    return and_(Run.end_status.is_(None), not_(_has_checkpoint()))
+
+
+def _order_key(order: str) -> ColumnElement[int]:
+    """created: the row id (runs are numbered as they register); last_step: the run's latest
+    checkpoint step, -1 before any."""
+    if order == "created":
+        return Run.id  # type: ignore[return-value]
+    latest = select(func.max(CheckpointRow.step)).where(CheckpointRow.run_pk == Run.id)
+    return func.coalesce(latest.scalar_subquery(), -1)
+
+
+def search_runs(
+    session: Session, *, search: RunSearch, limit: int
+) -> tuple[Sequence[Run], tuple[int, int] | None]:
+    """Up to `limit` runs matching `search`, in its order (ties by row id), and where the next
+    page starts (None: this is the last)."""
+    key = _order_key(search.order)
+    conditions: list[ColumnElement[bool]] = []
+    if search.statuses:
+        conditions.append(or_(*(_status_is(s) for s in search.statuses)))
+    if search.name:
+        conditions.append(
+            or_(
+                func.lower(Run.run_name).contains(search.name.lower(), autoescape=True),
+                func.lower(Run.run_id).contains(search.name.lower(), autoescape=True),
+            )
+        )
+    if search.base_model:
+        conditions.append(
+            func.lower(Run.base_model).contains(search.base_model.lower(), autoescape=True)
+        )
+    for tag_key, tag_value in search.tags:
+        tagged = exists().where(RunTag.run_pk == Run.id, RunTag.key == tag_key)
+        if tag_value is not None:
+            tagged = tagged.where(RunTag.value == tag_value)
+        conditions.append(tagged)
+    if search.start is not None:
+        at, row = search.start
+        if search.descending:
+            conditions.append(or_(key < at, and_(key == at, Run.id <= row)))
+        else:
+            conditions.append(or_(key > at, and_(key == at, Run.id >= row)))
+    order = (key.desc(), Run.id.desc()) if search.descending else (key.asc(), Run.id.asc())
+    rows = session.execute(
+        select(Run, key).where(*conditions).order_by(*order).limit(limit + 1)
+    ).all()
+    runs = [run for run, _ in rows[:limit]]
+    following = (int(rows[limit][1]), rows[limit][0].id) if len(rows) > limit else None
+    return runs, following
+
+
+def tags_of(session: Session, *, runs: Sequence[Run]) -> dict[int, dict[str, str]]:
+    """Each run's tags (by row id), in one query; runs without tags are left out."""
+    if not runs:
+        return {}
+    found: dict[int, dict[str, str]] = {}
+    rows = session.execute(
+        select(RunTag.run_pk, RunTag.key, RunTag.value)
+        .where(RunTag.run_pk.in_([run.id for run in runs]))
+        .order_by(RunTag.run_pk, RunTag.key)
+    )
+    for pk, tag_key, value in rows:
+        found.setdefault(pk, {})[tag_key] = value
+    return found
+
+
+def _set_tags(session: Session, *, run_pk: int, tags: dict[str, str]) -> None:
+    session.execute(delete(RunTag).where(RunTag.run_pk == run_pk))
+    session.add_all(RunTag(run_pk=run_pk, key=k, value=v) for k, v in tags.items())
 
 
 @dataclass(frozen=True)
@@ -97,6 +202,10 @@ def reopen_run(session: Session, *, run: Run, settings: dict[str, Any] | None = 
     run.end_status = run.end_detail = run.ended_at = None
     if changed:
         run.config = {**run.config, **changed}
+    if "run_name" in changed:
+        run.run_name = changed["run_name"]
+    if "tags" in changed:
+        _set_tags(session, run_pk=run.id, tags=changed["tags"] or {})
     session.commit()
 
 
@@ -115,9 +224,12 @@ def create_run(
         n_no_labels=n_no_labels,
         window_size=config["window_size"],
         update_times=config["update_times"],
+        run_name=config.get("run_name"),
         created_at=now(),
     )
     session.add(run)
+    session.flush()  # its row id, for its tags
+    _set_tags(session, run_pk=run.id, tags=config.get("tags") or {})
     session.commit()
     return run
 
@@ -160,6 +272,7 @@ def delete_run(session: Session, *, run: Run, keep_pending: bool = True) -> Remo
     losses = session.execute(delete(Loss).where(Loss.run_pk == run.id)).rowcount  # type: ignore[attr-defined]
     session.execute(delete(WindowRow).where(WindowRow.run_pk == run.id))
     session.execute(delete(EstimateRow).where(EstimateRow.run_pk == run.id))
+    session.execute(delete(RunTag).where(RunTag.run_pk == run.id))
     session.execute(delete(CheckpointRow).where(CheckpointRow.run_pk == run.id))
     session.execute(delete(Run).where(Run.id == run.id))
     session.commit()

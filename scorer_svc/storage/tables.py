@@ -54,6 +54,8 @@ class Run(Base):
     base_model: Mapped[str] = mapped_column(Text)
     finetuning_type: Mapped[str] = mapped_column(String(16))
     config: Mapped[dict] = mapped_column(JSON)  # the hello that registered the run
+    # what people call the run (its trainer's run_name; a resume may change it); tags: RunTag
+    run_name: Mapped[str | None] = mapped_column(String(256), nullable=True, index=True)
     fingerprint: Mapped[str] = mapped_column(String(64))
     n_samples: Mapped[int] = mapped_column(Integer)
     n_no_labels: Mapped[int] = mapped_column(Integer)
@@ -161,3 +163,15 @@ class EstimateRow(Base):
     step: Mapped[int] = mapped_column(Wide, primary_key=True)
     delta: Mapped[bytes] = mapped_column(LargeBinary)
     age: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class RunTag(Base):
+    """A run's tags (its trainer's `tags`, MLflow's run tags): one row per key, so that runs
+    can be searched by tag in SQL on every backend."""
+
+    __tablename__ = "run_tags"
+
+    run_pk: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(250), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    __table_args__ = (Index("ix_run_tags_key", "key"),)

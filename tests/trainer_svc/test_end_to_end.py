@@ -93,13 +93,19 @@ def test_sync_run_trains_on_the_scorers_selection(tiny_model, scorer, tmp_path):
 def test_a_budgeted_run_trains_on_the_weights_of_its_estimates(tiny_model, scorer, tmp_path):
     """score_budget 0.25 of 64 samples: updates 1 and 2 are scored in full, update 3 measures
     16; the trainer draws from the weights served and records how much was measured."""
-    out, run_id = run_trainer(tiny_model, scorer, tmp_path, "sync", score_budget=0.25)
+    tags = {"team": "nlp", "budget": "quarter"}
+    out, run_id = run_trainer(
+        tiny_model, scorer, tmp_path, "sync", score_budget=0.25, run_name="a quarter", tags=tags
+    )
     rows = check_run(tiny_model, scorer, out, run_id)
     assert [r["n_measured"] for r in rows] == [None, None, 16]
     assert rows[2]["mean_age"] == pytest.approx(1.0)
     with ScorerApi(scorer.base_url) as api:
         losses = api.all_losses(run_id, step=6)
+        # the run's name and tags, as its YAML gave them, found by a search
+        found = list(api.all_runs(tags={"budget": "quarter"}, name="QUARTER"))
     assert sum(v is not None for v in losses) == 16
+    assert [(r.run_id, r.run_name, r.tags) for r in found] == [(run_id, "a quarter", tags)]
 
 
 def test_async_run_uses_older_weights_and_records_them(tiny_model, scorer, tmp_path):

@@ -45,7 +45,7 @@ from common.data.tokenization import TEMPLATE_NAMES, TemplateName
 from common.launch import Launch
 from common.model_spec import ATTENTION, attention_problem, quantization_problem
 from common.selection import DEFAULT_WINDOW_SIZE
-from common.validation import RunId, ZmqUrl, one_of, problems_by_key
+from common.validation import RunId, RunName, RunTags, ZmqUrl, one_of, problems_by_key
 from common.wire.protocol import (
     MAX_LORA_RANK,
     MAX_NAME_CHARS,
@@ -178,7 +178,8 @@ class DataKeys(Keys):
     dataset: str = Field(
         min_length=1,
         description="the training data: a comma list of names in "
-        "dataset_dir/dataset_info.json and .json/.jsonl paths, concatenated in order",
+        "dataset_dir/dataset_info.json and paths of .json, .jsonl, .csv, .parquet or .arrow "
+        "files, concatenated in order",
     )
     dataset_dir: str | None = Field(
         None,
@@ -463,6 +464,18 @@ class ScorerKeys(Keys):
         description="the run's name at the scorer: 1 to 128 letters, digits, '.', '_' or '-', "
         "starting with a letter or digit, no '..'; kept in output_dir/run.json for resumes; "
         "null: made from output_dir's name",
+    )
+    run_name: RunName | None = Field(
+        None,
+        description="what people call the run (up to 256 characters): shown by the scorer's API "
+        "and dashboard, searchable there, and the run name trackers (report_to) record; a resume "
+        "may change it; null: none (trackers name it after output_dir)",
+    )
+    tags: RunTags = Field(
+        default_factory=dict,
+        description="the run's tags, a YAML mapping of key to text (up to 64; keys of letters, "
+        "digits, '_', '.', '-', '/', ':' and spaces): stored by the scorer and searchable there "
+        "(GET /v1/runs?tag=KEY=VALUE); a resume may change them",
     )
     scorer_zmq_url: ZmqUrl = Field(
         "tcp://127.0.0.1:5555",

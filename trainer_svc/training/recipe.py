@@ -151,6 +151,7 @@ class DeltaLossRecipe:
             load_best_model_at_end=cfg.load_best_model_at_end,
             seed=cfg.seed,
             report_to=cfg.report_to,
+            run_name=cfg.run_name,  # the trackers' run name (None: transformers' default)
             dataloader_num_workers=0,
             remove_unused_columns=False,
             ignore_data_skip=True,  # the sampler starts at the resumed step itself

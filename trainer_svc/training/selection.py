@@ -110,8 +110,9 @@ SELECTION_KEYS = frozenset(
     {
         "dataset", "dataset_dir", "max_samples", "template", "cutoff_len", "trust_remote_code",
         "train_type", "components_cfg_file", "component_name", "warmup_step", "update_step",
-        "update_times", "run_id", "scorer_zmq_url", "scorer_http_url", "scorer_token",
-        "scorer_ca_file", "scorer_curve_secret_key_file", "scorer_curve_server_key_file",
+        "update_times", "run_id", "run_name", "tags", "scorer_zmq_url", "scorer_http_url",
+        "scorer_token", "scorer_ca_file", "scorer_curve_secret_key_file",
+        "scorer_curve_server_key_file",
         "selection_mode", "score_budget", "scorer_wait_seconds", "on_scorer_failure",
     }
 )  # fmt: skip
@@ -220,6 +221,8 @@ class DeltaLossSelection:
             token=cfg.scorer_token,
             selection_mode=cfg.selection_mode,
             score_budget=cfg.score_budget,
+            run_name=cfg.run_name,
+            tags=cfg.tags,
         )
 
     def trainable_tensors(self) -> dict[str, torch.Tensor]:

@@ -225,14 +225,33 @@
 
   // --- runs ---------------------------------------------------------------------------
 
+  // GET /v1/runs with the search form's filters and order.
+  function runsQuery() {
+    const params = new URLSearchParams({ max_results: "100", order_by: $("runs-order").value });
+    const name = $("runs-name").value.trim();
+    const status = $("runs-status").value;
+    const tag = $("runs-tag").value.trim();
+    if (name) params.set("name", name);
+    if (status) params.set("status", status);
+    if (tag) params.set("tag", tag);
+    return `v1/runs?${params}`;
+  }
+
+  function tagsText(tags) {
+    const pairs = Object.entries(tags || {}).map(([key, value]) => (value ? `${key}=${value}` : key));
+    return pairs.length ? pairs.join(", ") : "—";
+  }
+
   async function loadRuns() {
-    const runs = await listAll("v1/runs?max_results=100", "runs");
+    const runs = await listAll(runsQuery(), "runs");
     const tbody = $("runs").tBodies[0];
     tbody.replaceChildren(
       ...runs.map((run) => {
         const tr = clickableRow(
           [
             cell(run.run_id),
+            cell(orDash(run.run_name)),
+            cell(tagsText(run.tags)),
             cell(orDash(run.status)),
             cell(run.base_model, `${run.finetuning_type}, fingerprint ${run.fingerprint}`),
             cell(String(run.n_samples)),
@@ -761,6 +780,11 @@
 
   document.addEventListener("DOMContentLoaded", () => {
     $("token-form").addEventListener("submit", useToken);
+    $("runs-search").addEventListener("submit", (event) => {
+      event.preventDefault();
+      clearError();
+      loadRuns().catch(report);
+    });
     $("refresh").addEventListener("click", refresh);
     // a # typed or pasted (the page's own changes replace the state: no event)
     window.addEventListener("hashchange", () => restore().catch(report));

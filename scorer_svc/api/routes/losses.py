@@ -28,6 +28,9 @@ from scorer_svc.api.deps import (
     RunDep,
     ScoredPagedCheckpointDep,
     SessionDep,
+    StepRange,
+    StepRangeDep,
+    get_step_range,
 )
 from scorer_svc.api.state import ApiState
 from scorer_svc.storage import losses as loss_store
@@ -69,11 +72,13 @@ def sample_losses(
     session: SessionDep,
     run: RunDep,
     index: Annotated[int, PathParam(ge=0, le=MAX_STEP, description="the sample's index")],
+    steps: StepRangeDep,
 ) -> SampleHistory:
-    """One sample's loss and loss reduction at every scored checkpoint, by step."""
+    """One sample's loss and loss reduction at every scored checkpoint, by step (within
+    min_step and max_step when given)."""
     _check_indices(run, [index])
     rows = loss_store.sample_history(session, run=run, sample_index=index)
-    return _history(run, index, rows)
+    return _history(run, index, rows, steps)
 
 
 @router.get("/losses/history", summary="Several samples' loss histories", responses=NOT_A_SAMPLE)
@@ -90,6 +95,7 @@ def histories(
             examples=["0,7,42"],
         ),
     ],
+    steps: StepRangeDep,
 ) -> SampleHistories:
     """The loss history of each sample named, as /samples/{index}/losses gives one."""
     wanted = sorted({int(i) for i in indices.split(",")})
@@ -97,13 +103,14 @@ def histories(
         raise HTTPException(
             422, detail=f"{len(wanted)} indices: at most {MAX_QUERY_INDICES} in a GET; POST them"
         )
-    return _histories(session, run, wanted)
+    return _histories(session, run, wanted, steps)
 
 
 @router.post("/losses/history", summary="Many samples' loss histories", responses=NOT_A_SAMPLE)
 def histories_posted(session: SessionDep, run: RunDep, body: HistoryRequest) -> SampleHistories:
     """The loss history of each sample in the body's `indices`, for more than a URL holds."""
-    return _histories(session, run, sorted(set(body.indices)))
+    steps = get_step_range(body.min_step, body.max_step)
+    return _histories(session, run, sorted(set(body.indices)), steps)
 
 
 @router.get(
@@ -167,13 +174,18 @@ def _check_indices(run: Run, indices: Sequence[int]) -> None:
         )
 
 
-def _histories(session: Session, run: Run, indices: Sequence[int]) -> SampleHistories:
+def _histories(
+    session: Session, run: Run, indices: Sequence[int], steps: StepRange
+) -> SampleHistories:
     _check_indices(run, indices)
     rows = loss_store.sample_histories(session, run=run, sample_indices=indices)
-    return SampleHistories(run_id=run.run_id, samples=[_history(run, i, rows[i]) for i in indices])
+    return SampleHistories(
+        run_id=run.run_id, samples=[_history(run, i, rows[i], steps) for i in indices]
+    )
 
 
-def _history(run: Run, index: int, rows: Sequence[tuple]) -> SampleHistory:
+def _history(run: Run, index: int, rows: Sequence[tuple], steps: StepRange) -> SampleHistory:
+    """The points within `steps`; a loss reduction is from the initial loss all the same."""
     initial = next((loss for step, _, loss in rows if step == run.initial_step), None)
     return SampleHistory(
         run_id=run.run_id,
@@ -186,5 +198,6 @@ def _history(run: Run, index: int, rows: Sequence[tuple]) -> SampleHistory:
                 delta=None if loss is None or initial is None else initial - loss,
             )
             for step, update_index, loss in rows
+            if steps.holds(step)
         ],
     )

@@ -17,7 +17,15 @@ from common.api.schemas import (
     RunPage,
     RunStatus,
 )
-from scorer_svc.api.deps import RUN_RESPONSES, ApiDep, Page, RunDep, SessionDep, paged
+from scorer_svc.api.deps import (
+    RUN_RESPONSES,
+    ApiDep,
+    Page,
+    RunDep,
+    RunsQueryDep,
+    SessionDep,
+    paged,
+)
 from scorer_svc.api.state import ApiState
 from scorer_svc.config import Settings
 from scorer_svc.security.tokens import has_shared_token, is_runs_token
@@ -28,17 +36,20 @@ from scorer_svc.storage.tables import Run
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
-RunsPageDep = Annotated[Page, Depends(paged(100, 1000))]
 CheckpointsPageDep = Annotated[Page, Depends(paged(100, 1000))]
 READ_ONLY = "this API serves a database read-only: it changes nothing"
 
 
 def run_infos(session: Session, runs: Sequence[Run]) -> list[RunInfo]:
     progress = run_store.run_progress(session, runs=runs)
-    return [_run_info(run, progress.get(run.id, run_store.RunProgress())) for run in runs]
+    tags = run_store.tags_of(session, runs=runs)
+    return [
+        _run_info(run, progress.get(run.id, run_store.RunProgress()), tags.get(run.id, {}))
+        for run in runs
+    ]
 
 
-def _run_info(run: Run, progress: run_store.RunProgress) -> RunInfo:
+def _run_info(run: Run, progress: run_store.RunProgress, tags: dict[str, str]) -> RunInfo:
     status: RunStatus = "registered" if progress.n_checkpoints == 0 else "training"
     if run.end_status is not None:
         status = "finished" if run.end_status == "finished" else "failed"
@@ -49,6 +60,7 @@ def _run_info(run: Run, progress: run_store.RunProgress) -> RunInfo:
             # could take the run over as its resume
             "config": {k: v for k, v in run.config.items() if k != "run_token"},
             "status": status,
+            "tags": tags,
             "n_invalid": progress.n_invalid,
             "n_checkpoints": progress.n_checkpoints,
             "last_step": progress.last_step,
@@ -58,15 +70,15 @@ def _run_info(run: Run, progress: run_store.RunProgress) -> RunInfo:
     return info
 
 
-@router.get("", summary="List the runs")
-def list_runs(session: SessionDep, page: RunsPageDep) -> RunPage:
-    """The runs in the order they were registered, with their status and last steps, a page
-    at a time."""
-    runs = run_store.list_runs(session, limit=page.max_results + 1, from_id=page.start)
-    following = runs[page.max_results] if len(runs) > page.max_results else None
+@router.get("", summary="List and search the runs")
+def list_runs(session: SessionDep, query: RunsQueryDep) -> RunPage:
+    """The runs with their name, tags, status and last steps, a page at a time: all of them in
+    the order they registered, or those the filters find (status, name, base_model, tags; all
+    must hold) in the order asked for, as MLflow's run search orders them."""
+    runs, following = run_store.search_runs(session, search=query.search, limit=query.max_results)
     return RunPage(
-        runs=run_infos(session, runs[: page.max_results]),
-        next_page_token=None if following is None else str(following.id),
+        runs=run_infos(session, runs),
+        next_page_token=None if following is None else f"{following[0]}:{following[1]}",
     )
 
 

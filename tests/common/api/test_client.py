@@ -134,3 +134,35 @@ def test_a_missing_token_is_its_own_error(tmp_path):
         assert [r.run_id for r in ScorerApi("http://t", client=http).all_runs()] == [
             "run-a", "run-empty",
         ]  # fmt: skip
+
+
+def test_runs_are_searched_through_the_client(api):
+    assert [r.run_id for r in api.runs(status="registered").runs] == ["run-empty"]
+    both = api.all_runs(status=["training", "registered"], order_by="created DESC")
+    assert [r.run_id for r in both] == ["run-empty", "run-a"]
+    assert [r.run_id for r in api.all_runs(name="EMPTY")] == ["run-empty"]
+    assert list(api.all_runs(tags={"team": None})) == []
+    assert list(api.all_runs(base_model="no such model")) == []
+    with pytest.raises(ApiError, match="order_by"):
+        api.runs(order_by="name")  # type: ignore[arg-type]
+
+
+def test_histories_over_a_step_range_and_as_a_data_frame(api, monkeypatch):
+    whole = api.history("run-a", 0)
+    part = api.history("run-a", 0, min_step=4, max_step=6)
+    assert [p.step for p in part.history] == [4, 6]
+    assert part.history == [p for p in whole.history if 4 <= p.step <= 6]  # deltas kept
+    assert api.history("run-a", 0, min_step=7, max_step=6).history == []
+    monkeypatch.setattr(scorer_api, "MAX_GET_INDICES", 1)  # posted, with the range
+    posted = api.histories("run-a", [0, 1], min_step=6)
+    assert [[p.step for p in s.history] for s in posted.samples] == [
+        [p.step for p in api.history("run-a", i).history if p.step >= 6] for i in (0, 1)
+    ]
+    pandas = pytest.importorskip("pandas")
+    frame = api.histories_frame("run-a", [0, 1], min_step=4)
+    assert isinstance(frame, pandas.DataFrame)
+    assert list(frame.columns) == ["sample_index", "step", "update_index", "loss", "delta"]
+    assert sorted(set(frame.sample_index)) == [0, 1] and frame.step.min() == 4
+    row = frame[(frame.sample_index == 0) & (frame.step == 4)].iloc[0]
+    point = next(p for p in whole.history if p.step == 4)
+    assert (row.loss, row.delta) == (point.loss, point.delta)

@@ -59,3 +59,20 @@ def test_hello_carries_how_the_run_draws_and_its_scoring_budget(tiny_model):
     for bad in (0.0, 2.5, -1.0):
         with pytest.raises(ValidationError):
             Hello.model_validate({**plain.model_dump(), "score_budget": bad})
+
+
+def test_hello_carries_the_runs_name_and_tags(tiny_model):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    settings = TokenizationSettings(template="plain", cutoff_len=64)
+    encoded = encode_dataset(tokenizer, as_samples(make_samples(5)), settings)
+    common = dict(run_id="r1", spec=ModelSpec(str(tiny_model), "full"),
+                  dataset=DatasetSpec("/d.json"), tokenization=settings, encoded=encoded,
+                  window_size=0.2, update_times=3)  # fmt: skip
+    plain = build_hello(**common)
+    assert (plain.run_name, plain.tags) == (None, {})
+    hello = build_hello(**common, run_name="qwen 20%", tags={"team": "nlp"})
+    assert decode_request(encode_hello(hello)) == hello
+    assert (hello.run_name, hello.tags) == ("qwen 20%", {"team": "nlp"})
+    for bad in ({"run_name": "a\nb"}, {"tags": {"k=v": "x"}}, {"tags": {"k": "x" * 5001}}):
+        with pytest.raises(ValidationError):
+            Hello.model_validate({**plain.model_dump(), **bad})

@@ -111,10 +111,10 @@ def _mutate_header(frames, **changes):
         ([pickle.dumps({"type": "hello"})], errors.MalformedMessage, "JSON header"),
         ([b'{"protocol": 99, "type": "hello"}'], errors.VersionMismatch, "99"),
         ([b'{"type": "hello"}'], errors.VersionMismatch, "None"),
-        ([b'{"protocol": 4, "type": "nope"}'], errors.MalformedMessage, "unknown message"),
-        ([b'{"protocol": 4, "type": "hello"}'], errors.MalformedMessage, "run_id"),
-        ([b'{"protocol": 4, "type": "chunk"}'], errors.MalformedMessage, "header frame and one"),
-        ([b'{"protocol": 4, "type": "commit"}', b"x"], errors.MalformedMessage, "single header"),
+        ([b'{"protocol": 5, "type": "nope"}'], errors.MalformedMessage, "unknown message"),
+        ([b'{"protocol": 5, "type": "hello"}'], errors.MalformedMessage, "run_id"),
+        ([b'{"protocol": 5, "type": "chunk"}'], errors.MalformedMessage, "header frame and one"),
+        ([b'{"protocol": 5, "type": "commit"}', b"x"], errors.MalformedMessage, "single header"),
     ],
 )
 def test_bad_headers_are_refused(frames, error, words):
@@ -124,11 +124,15 @@ def test_bad_headers_are_refused(frames, error, words):
 
 def test_a_checkpoint_of_the_previous_protocol_gets_a_version_refusal():
     old = {"protocol": 2, "type": "checkpoint", "run_id": "r", "step": 1, "sha256": "0" * 64}
-    with pytest.raises(errors.VersionMismatch, match="version 2 is not supported.*version 4"):
+    with pytest.raises(errors.VersionMismatch, match="version 2 is not supported.*version 5"):
         decode_request([json.dumps(old).encode(), b"payload"])
     # version 3 scorers weighed update 1 of later epochs uniformly: refused too
     hello = {"protocol": 3, "type": "hello", "run_id": "r"}
-    with pytest.raises(errors.VersionMismatch, match="version 3 is not supported.*version 4"):
+    with pytest.raises(errors.VersionMismatch, match="version 3 is not supported.*version 5"):
+        decode_request([json.dumps(hello).encode()])
+    # version 4 hellos carried no run name or tags
+    hello = {"protocol": 4, "type": "hello", "run_id": "r"}
+    with pytest.raises(errors.VersionMismatch, match="version 4 is not supported.*version 5"):
         decode_request([json.dumps(hello).encode()])
 
 
@@ -243,7 +247,7 @@ def test_a_run_id_that_could_leave_its_folder_is_refused_in_every_message(run_id
     ("frame", "words"),
     [
         (b"[" * 100_000 + b"]" * 100_000, "too deeply"),
-        (b'{"protocol": 4, "type": "hello", "n_samples": 1' + b"0" * 5000 + b"}", "digits"),
+        (b'{"protocol": 5, "type": "hello", "n_samples": 1' + b"0" * 5000 + b"}", "digits"),
     ],
     ids=["nested", "huge integer"],
 )

@@ -255,8 +255,10 @@ def test_dashboard_in_a_browser_from_runs_to_a_samples_history(tmp_path, browser
     text_losses = losses(len(dataset_rows()))
     text_top = int(rank_by_delta(text_losses[2] - text_losses[4])[0])
     with seeded_state(tmp_path) as state:
-        seed_run(state, run_config(tiny_model, DatasetSpec(str(data_file)), "run-t"))
+        texts = run_config(tiny_model, DatasetSpec(str(data_file)), "run-t")
+        seed_run(state, {**texts, "run_name": "texts, full scoring", "tags": {"team": "nlp"}})
         budgeted = run_config(tiny_model, DatasetSpec(str(data_file)), "run-b")
+        budgeted |= {"run_name": "async under a budget", "tags": {"team": "nlp", "gpu": "h100"}}
         n_measured = seed_budgeted_async_run(state, budgeted)
         app = create_app(state.settings, replace(state, progress=scoring_progress(state)))
         with serving(app) as base:
@@ -323,6 +325,18 @@ def test_dashboard_in_a_browser_from_runs_to_a_samples_history(tmp_path, browser
             )
             superseded.click()  # nothing to show: the chosen step stays
             assert "step=6" in browser.execute_script("return location.hash")
+
+            # runs by name and tags: shown, and searched (the API filters them)
+            row = shown(browser, "#runs tr[data-run-id='run-b']")
+            assert "async under a budget" in row.text and "gpu=h100, team=nlp" in row.text
+            assert count(browser, "#runs tbody tr") > 2  # run-a and the seeded ones too
+            browser.find_element("id", "runs-tag").send_keys("team=nlp")
+            browser.find_element("css selector", "#runs-search button").click()
+            wait_for(browser, lambda d: count(d, "#runs tbody tr") == 2, "the nlp runs only")
+            browser.find_element("id", "runs-name").send_keys("BUDGET")
+            browser.find_element("css selector", "#runs-search button").click()
+            wait_for(browser, lambda d: count(d, "#runs tbody tr") == 1, "run-b alone")
+            assert shown(browser, "#runs tbody tr").get_attribute("data-run-id") == "run-b"
             error = browser.find_element("id", "error")
             assert not error.is_displayed(), error.text
             assert severe(browser) == []  # no console error, no refused call

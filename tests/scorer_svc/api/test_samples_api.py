@@ -17,6 +17,8 @@ import pytest
 from fastapi.testclient import TestClient
 from transformers import AutoTokenizer
 
+from common.api.client import NotFound, ScorerApi
+from common.api.schemas import SampleText
 from common.data.datasets import DatasetSpec, load_samples, split_validation
 from common.data.tokenization import encode_dataset
 from common.model_spec import ModelSpec
@@ -416,3 +418,12 @@ def test_a_refused_dataset_is_not_read_again_at_each_click(
     assert [a.status_code for a in answers] == [409] * 3
     assert len({a.json()["detail"] for a in answers}) == 1
     assert len(reads) == 1
+
+
+def test_the_typed_client_reads_a_samples_text(client):
+    api = ScorerApi("http://testserver", client=client)
+    text = api.sample("run-t", 3)
+    assert isinstance(text, SampleText)
+    assert text.model_dump() == expected_text(dataset_rows()[3], 3)
+    with pytest.raises(NotFound, match="sample 999 does not exist"):
+        api.sample("run-t", 999)

@@ -526,3 +526,16 @@ def test_a_scoring_budget_that_means_nothing_is_refused_saying_what_to_give(
     with pytest.raises(ConfigError) as info:
         parse_config(base(demo_file, tmp_path, score_budget=budget))
     assert "score_budget" in str(info.value)
+
+
+def test_a_run_name_and_tags_are_read_and_bounded(demo_file, tmp_path):
+    tags = {"team": "nlp", "data/source": "alpaca en"}
+    cfg = parse_config(base(demo_file, tmp_path, run_name="qwen 20%", tags=tags)).config
+    assert (cfg.run_name, cfg.tags) == ("qwen 20%", tags)
+    assert parse_config(base(demo_file, tmp_path)).config.tags == {}
+    with pytest.raises(ConfigError) as info:
+        parse_config(base(demo_file, tmp_path, run_name="", tags={"a=b": "x"}))
+    assert set(info.value.problems) == {"run_name", "tags"}
+    with pytest.raises(ConfigError) as info:
+        parse_config(base(demo_file, tmp_path, tags={f"k{i}": "v" for i in range(65)}))
+    assert "tags" in info.value.problems
