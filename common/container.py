@@ -14,9 +14,14 @@ IMAGE_MARK = "DELTA_LOSS_IMAGE"  # "1" in the image (Dockerfile ENV)
 ALLOW_ROOT = "DELTA_LOSS_ALLOW_ROOT"  # "1": run as root all the same, with a warning
 
 
+def in_image(environ: Mapping[str, str]) -> bool:
+    """Whether this process runs in the project's image."""
+    return environ.get(IMAGE_MARK) == "1"
+
+
 def root_in_image(environ: Mapping[str, str], euid: int) -> tuple[bool, str] | None:
     """None when all is well; else (refused, what to say): refused unless ALLOW_ROOT is 1."""
-    if euid != 0 or environ.get(IMAGE_MARK) != "1":
+    if euid != 0 or not in_image(environ):
         return None
     allowed = environ.get(ALLOW_ROOT) == "1"
     what = (

@@ -4,6 +4,7 @@ threads); otherwise it builds the scorer's parts and runs intake and worker with
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, ExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
+from common.container import in_image
 from common.wire.protocol import FRAME_BYTES, MAX_HEADER_BYTES
 from scorer_svc.api.docs import serve_docs
 from scorer_svc.api.errors import add_error_handlers
@@ -220,8 +222,14 @@ def _owned_service(
 
 def _log_exposure(settings: Settings) -> None:
     exposed = settings.exposed_addresses()
+    # In the image, every interface is the container's own: the host publishes what it is told
+    # (the compose files: 127.0.0.1 only), so the address alone is no warning.
+    contained = in_image(os.environ)
     for address in exposed:
-        log.warning("listening beyond loopback at %s", address)
+        if contained:
+            log.info("listening at %s in the container (the host publishes it)", address)
+        else:
+            log.warning("listening beyond loopback at %s", address)
     if settings.token is None and settings.token_file is None:
         log.info("no token set: any local process can use this scorer")
     else:

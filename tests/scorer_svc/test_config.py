@@ -163,3 +163,20 @@ def test_a_token_exposed_in_clear_is_warned_of_at_start(tmp_path, caplog, over, 
     assert len(messages) == len(warned)
     for message, words in zip(messages, warned, strict=True):
         assert words in message
+
+
+def test_in_the_image_an_open_address_is_the_containers_own_and_no_warning(
+    tmp_path, caplog, monkeypatch
+):
+    from common.container import IMAGE_MARK
+    from scorer_svc.main import _log_exposure
+
+    monkeypatch.setenv(IMAGE_MARK, "1")
+    settings = Settings(data_dir=tmp_path, http_host="0.0.0.0")
+    with caplog.at_level(logging.INFO, logger="scorer_svc.main"):
+        _log_exposure(settings)
+    levels = {r.getMessage(): r.levelname for r in caplog.records}
+    assert levels["listening at http://0.0.0.0:8000 in the container (the host publishes it)"] == (
+        "INFO"
+    )
+    assert "WARNING" not in levels.values()

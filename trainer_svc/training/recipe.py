@@ -10,6 +10,7 @@ the selection's.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -141,9 +142,7 @@ class DeltaLossRecipe:
             adam_beta2=cfg.adam_beta2,
             adam_epsilon=cfg.adam_epsilon,
             optim=cfg.optim,
-            gradient_checkpointing=cfg.gradient_checkpointing,
-            # not re-entrant: works with a frozen base (LoRA) without inputs that need grads
-            gradient_checkpointing_kwargs={"use_reentrant": False},
+            **checkpointing_arguments(cfg.gradient_checkpointing),
             save_total_limit=cfg.save_total_limit,
             deepspeed=str(self.loaded.deepspeed) if self.loaded.deepspeed else None,
             metric_for_best_model=cfg.metric_for_best_model,
@@ -261,6 +260,19 @@ class DeltaLossRecipe:
                 self.scorer.close()
         finally:
             self.ranks.close()
+
+
+def checkpointing_arguments(enabled: bool) -> dict[str, Any]:
+    """TrainingArguments' recomputation of activations, under the names this transformers
+    takes: activation_checkpointing where it has it (gradient_checkpointing is deprecated
+    there), else gradient_checkpointing. Not re-entrant: it works with a frozen base (LoRA)
+    without inputs that need gradients."""
+    names = {field.name for field in dataclasses.fields(TrainingArguments)}
+    prefix = "activation" if "activation_checkpointing" in names else "gradient"
+    return {
+        f"{prefix}_checkpointing": enabled,
+        f"{prefix}_checkpointing_kwargs": {"use_reentrant": False},
+    }
 
 
 def run(loaded: LoadedConfig, *, handle_sigterm: bool = False, **hooks) -> DeltaLossRecipe:
