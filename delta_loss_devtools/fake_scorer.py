@@ -41,6 +41,7 @@ class FakeScorer:
         self.scored: dict[int, ScorerWeights] = {}  # by step
         self.pings: list[float] = []  # the seconds each probe was given
         self.ended: list[tuple[str, str | None]] = []  # each end told: (status, detail)
+        self.metrics: list[Any] = []  # each MetricPoint logged, in the order sent
         self.closed = False
 
     def register(self, hello: Hello) -> dict[str, Any]:
@@ -76,6 +77,9 @@ class FakeScorer:
 
     def end(self, status: str, detail: str | None = None) -> None:
         self.ended.append((status, detail))
+
+    def log_metrics(self, points: list[Any]) -> None:
+        self.metrics.extend(points)
 
     def close(self) -> None:
         self.closed = True

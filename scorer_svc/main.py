@@ -26,6 +26,7 @@ from scorer_svc.api.routes import (
     losses,
     metrics,
     plots,
+    run_metrics,
     runs,
     samples,
     weights,
@@ -160,7 +161,8 @@ def create_app(
         responses=COMMON_RESPONSES,
     )
     serve_docs(app)
-    for module in (health, metrics, runs, losses, samples, deltas, plots, weights, dashboard):
+    routers = (health, metrics, runs, run_metrics, losses, samples, deltas, plots, weights)
+    for module in (*routers, dashboard):
         app.include_router(module.router, dependencies=[Depends(refuse_unknown_query)])
     add_error_handlers(app, settings)
     token = settings.shared_token()

@@ -31,10 +31,16 @@ from common.api.schemas import (
     DeltaPage,
     Health,
     LossPage,
+    MetricBatch,
+    MetricHistory,
+    MetricPoint,
+    MetricsStored,
+    MetricValue,
     Pending,
     RunEnd,
     RunEnding,
     RunInfo,
+    RunMetrics,
     RunOrder,
     RunPage,
     RunStatus,
@@ -324,6 +330,55 @@ class ScorerApi:
         which a scorer without a token asks for."""
         response = self.http.delete(f"/v1/runs/{run_id}", headers=_run_token(run_token))
         return _read(DeletedRun, response)
+
+    def log_metrics(
+        self,
+        run_id: str,
+        points: Sequence[MetricPoint],
+        *,
+        run_token: str | None = None,
+        timeout: float | None = None,
+    ) -> MetricsStored:
+        """Store logged values of the run (at most MAX_METRICS_BATCH a call). run_token: the
+        run's own token, which a scorer without a token asks for."""
+        body = MetricBatch(metrics=list(points)).model_dump()
+        extra: dict[str, Any] = {"headers": _run_token(run_token)}
+        if timeout is not None:
+            extra["timeout"] = timeout
+        return _read(
+            MetricsStored, self.http.post(f"/v1/runs/{run_id}/metrics", json=body, **extra)
+        )
+
+    def metrics(self, run_id: str) -> RunMetrics:
+        """Each metric the run logged, at its latest step."""
+        return self._get(RunMetrics, f"/v1/runs/{run_id}/metrics")
+
+    def metric_history(
+        self,
+        run_id: str,
+        key: str,
+        *,
+        min_step: int | None = None,
+        max_step: int | None = None,
+        max_results: int = 1000,
+        page_token: str | None = None,
+    ) -> MetricHistory:
+        params = {"key": key, **_steps(min_step, max_step), **_page(max_results, page_token)}
+        return self._get(MetricHistory, f"/v1/runs/{run_id}/metrics/history", params=params)
+
+    def all_metric_history(
+        self, run_id: str, key: str, *, min_step: int | None = None, max_step: int | None = None
+    ) -> list[MetricValue]:
+        """The metric's whole history (within the step range), page after page."""
+        return list(
+            _every(
+                lambda token: self.metric_history(
+                    run_id, key, min_step=min_step, max_step=max_step, max_results=10_000,
+                    page_token=token,
+                ),
+                lambda page: page.history,
+            )
+        )  # fmt: skip
 
     def _get(self, model: type[Model], path: str, **kwargs: Any) -> Model:
         return _read(model, self.http.get(path, **kwargs))

@@ -336,3 +336,58 @@ class SampleText(BaseModel):
         description="the dataset row's other scalar columns (a group, a source...); text "
         "values shortened to 200 characters"
     )
+
+
+# --- a run's logged metrics, as MLflow serves a run's metrics ---------------------------------
+
+MAX_METRICS_BATCH = 1000  # points in one POST
+MetricKey = Annotated[str, Field(min_length=1, max_length=250, pattern=r"^[A-Za-z0-9_.\-/: ]+$")]
+
+
+class MetricPoint(BaseModel):
+    """One logged value: its key, the optimizer step it was logged at, the value."""
+
+    model_config = ConfigDict(extra="forbid")
+    key: MetricKey = Field(description="the metric: loss, eval_loss, learning_rate, selection/...")
+    step: int = Field(ge=0, le=2**62, description="the optimizer step it was logged at")
+    value: float = Field(allow_inf_nan=False, description="its value (finite)")
+
+
+class MetricBatch(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"metrics": [{"key": "loss", "step": 10, "value": 1.25}]}]},
+    )
+    metrics: list[MetricPoint] = Field(
+        min_length=1,
+        max_length=MAX_METRICS_BATCH,
+        description=f"the points, at most {MAX_METRICS_BATCH}; a key and step sent again "
+        "replaces the value stored",
+    )
+
+
+class MetricsStored(BaseModel):
+    run_id: str = Field(description="the run")
+    stored: int = Field(description="the points stored (a key and step sent twice counts once)")
+
+
+class MetricValue(BaseModel):
+    step: int = Field(description="the optimizer step")
+    value: float = Field(description="the value logged")
+    logged_at: UtcDatetime = Field(description="when the scorer stored it (UTC)")
+
+
+class LatestMetric(MetricValue):
+    key: str = Field(description="the metric")
+
+
+class RunMetrics(BaseModel):
+    run_id: str = Field(description="the run")
+    metrics: list[LatestMetric] = Field(description="each metric's value at its latest step")
+
+
+class MetricHistory(BaseModel):
+    run_id: str = Field(description="the run")
+    key: str = Field(description="the metric")
+    history: list[MetricValue] = Field(description="its values by step")
+    next_page_token: str | None = Field(description=PAGE_TOKEN)

@@ -17,6 +17,7 @@ from scorer_svc.storage.tables import (
     CheckpointRow,
     EstimateRow,
     Loss,
+    MetricRow,
     Run,
     RunTag,
     WindowRow,
@@ -273,6 +274,7 @@ def delete_run(session: Session, *, run: Run, keep_pending: bool = True) -> Remo
     session.execute(delete(WindowRow).where(WindowRow.run_pk == run.id))
     session.execute(delete(EstimateRow).where(EstimateRow.run_pk == run.id))
     session.execute(delete(RunTag).where(RunTag.run_pk == run.id))
+    session.execute(delete(MetricRow).where(MetricRow.run_pk == run.id))
     session.execute(delete(CheckpointRow).where(CheckpointRow.run_pk == run.id))
     session.execute(delete(Run).where(Run.id == run.id))
     session.commit()

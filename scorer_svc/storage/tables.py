@@ -175,3 +175,17 @@ class RunTag(Base):
     key: Mapped[str] = mapped_column(String(250), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
     __table_args__ = (Index("ix_run_tags_key", "key"),)
+
+
+class MetricRow(Base):
+    """What the run's trainer logged (loss, eval loss, learning rate, the selection's figures),
+    as MLflow keeps a run's metrics: one value per key and step, the last sent standing (a
+    resumed run logs its steps after the checkpoint again)."""
+
+    __tablename__ = "metrics"
+
+    run_pk: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(250), primary_key=True)
+    step: Mapped[int] = mapped_column(Wide, primary_key=True)
+    value: Mapped[float] = mapped_column(Float)
+    logged_at: Mapped[datetime] = mapped_column(DateTime)

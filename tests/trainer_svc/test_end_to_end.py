@@ -1,5 +1,7 @@
 """Trainer and scorer for real on loopback: `trainer-svc train` against `scorer_svc serve`."""
 
+import json
+
 import httpx
 import matplotlib.image
 import pytest
@@ -76,7 +78,11 @@ def test_sync_run_trains_on_the_scorers_selection(tiny_model, scorer, tmp_path):
     assert [r["window"] is None for r in rows] == [True, False, False]
     with ScorerApi(scorer.base_url) as api:  # the trainer told the scorer the run finished
         run = api.run(run_id)
+        stored_losses = api.all_metric_history(run_id, "loss")  # and what it logged
     assert (run.status, run.last_scored_step) == ("finished", 6)
+    state = json.loads((out / "trainer_state.json").read_text())
+    logged = [(row["step"], row["loss"]) for row in state["log_history"] if "loss" in row]
+    assert logged and [(h.step, h.value) for h in stored_losses] == logged
     assert run.end_detail is not None and run.end_detail.startswith("trained ")
     # the run's report, its loss reductions read back from the scorer
     assert cli_main(["report", str(out), "--scorer", scorer.base_url]) == 0

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
-from common.api.schemas import RunEnding
+from common.api.schemas import MetricPoint, RunEnding
 from common.validation import is_loopback
 from common.wire.curve import ClientKeys, load_client_keys
 from common.wire.errors import ProtocolError, UnknownRun
@@ -75,6 +75,11 @@ class ScorerClient(Protocol):
 
     def end(self, status: RunEnding, detail: str | None = None) -> None:
         """Tell the scorer how the run ended; a failure to tell it is only logged."""
+        ...
+
+    def log_metrics(self, points: list[MetricPoint]) -> None:
+        """Store logged values with the run (called from the metrics thread, at most
+        MAX_METRICS_BATCH at a time); raises when they could not be stored."""
         ...
 
     def close(self) -> None: ...
@@ -150,6 +155,9 @@ class RemoteScorer:
 
     def end(self, status: RunEnding, detail: str | None = None) -> None:
         self.weights.end(status, detail)
+
+    def log_metrics(self, points: list[MetricPoint]) -> None:
+        self.weights.log_metrics(points)
 
     def close(self) -> None:
         self.publisher.close()

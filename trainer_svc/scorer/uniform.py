@@ -42,5 +42,8 @@ class UniformSelection:
     def end(self, status: str, detail: str | None = None) -> None:
         """No scorer to tell."""
 
+    def log_metrics(self, points: list[Any]) -> None:
+        """No scorer to keep them: the Trainer's own log and report_to trackers have them."""
+
     def close(self) -> None:
         """Nothing to close."""

@@ -32,7 +32,7 @@ from common.api.client import (
     NotScoredYet,
     ScorerApi,
 )
-from common.api.schemas import RunEnding, WeightsBody
+from common.api.schemas import MetricPoint, RunEnding, WeightsBody
 from common.wire.errors import ProtocolError, ScorerUnavailable, Unauthorized, UnknownRun
 from trainer_svc.scorer.retry import NotYet, RetryPolicy
 
@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 FIRST_PENDING_POLL = 0.05
 END_TIMEOUT_SECONDS = 5.0  # telling the scorer the run ended holds up the run's end no longer
+METRICS_TIMEOUT_SECONDS = 10.0  # one batch of metrics (sent from their own thread)
 
 
 class ScoringFailed(ProtocolError):
@@ -110,6 +111,11 @@ class WeightsClient:
         self.api = ScorerApi(
             self.base_url, token=token, ca_file=ca_file, timeout=30.0, client=client
         )
+        # the metrics thread's own connection: the training thread's polls never wait on it
+        self.metrics_api = ScorerApi(
+            self.base_url, token=token, ca_file=ca_file, timeout=METRICS_TIMEOUT_SECONDS,
+            client=client,
+        )  # fmt: skip
 
     def wait_for(self, step: int) -> ScorerWeights:
         """The weights of checkpoint `step`, waiting while it is queued or scoring."""
@@ -149,8 +155,13 @@ class WeightsClient:
                 self.base_url, self.run_id, status, exc,
             )  # fmt: skip
 
+    def log_metrics(self, points: list[MetricPoint]) -> None:
+        """Store logged values with the run (one try; the metrics thread tries again later)."""
+        self.metrics_api.log_metrics(self.run_id, points, run_token=self.run_token)
+
     def close(self) -> None:
         self.api.close()
+        self.metrics_api.close()
 
     def _poll(self, step: int | None, what: str, *, accept_missing: bool) -> ScorerWeights | None:
         pending = itertools.count()  # 202s so far: the pause they ask for grows with them

@@ -83,6 +83,7 @@ from trainer_svc.config.train_config import (
     resolve_base_model,
 )
 from trainer_svc.scorer.client import RemoteScorer, ScorerClient, scorer_failed
+from trainer_svc.scorer.metrics_reporter import MetricsReporter
 from trainer_svc.scorer.outage import Outage
 from trainer_svc.scorer.retry import ScorerFailure, StopRequested
 from trainer_svc.training import precision
@@ -346,6 +347,8 @@ class DeltaLossSelection:
             self.trained,
             self.stop,
         )
+        if main and self.registered and self.scorer is not None:
+            self.callback.metrics = MetricsReporter(self.scorer.log_metrics)
         if coordinator is not None:  # the snapshot buffer made once, before training, once
             # the Trainer has put the model on its device (pinned memory for a GPU's tensors)
             snapshot = coordinator.sender.snapshot
@@ -574,6 +577,9 @@ class DeltaLossSelection:
         is cancelled first) and a process group the selection started. A last checkpoint whose
         sending failed (on_scorer_failure: fail) is raised here, once reported."""
         unsent = None if self._ended else self.unsent_at_end
+        if self.callback.metrics is not None:  # what is logged is stored before the end
+            self.callback.metrics.close()
+            self.callback.metrics = None
         try:
             if unsent is not None:
                 failure = ScorerFailure(f"{unsent}; training finished at step {self.global_step}")
@@ -597,6 +603,7 @@ class _SelectionEvents(TrainerCallback):
 
     def __init__(self) -> None:
         self.updates: SelectionCallback | None = None
+        self.metrics: MetricsReporter | None = None  # rank 0's, once the run is registered
 
     def on_train_begin(self, args, state, control, **kwargs):
         if self.updates is None:
@@ -691,6 +698,12 @@ def spec_of(model: torch.nn.Module, *, trust_remote_code: bool = False) -> Model
     if problems:
         raise ConfigError(problems)
     return spec
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        """What the Trainer logs (the loss, eval loss, learning rate, the selection's figures)
+        goes to the scorer too, in the background."""
+        if self.metrics is not None and logs:
+            self.metrics.add(state.global_step, logs)
 
 
 def _is_default(value: Any, default: Any) -> bool:

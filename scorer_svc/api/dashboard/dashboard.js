@@ -294,7 +294,54 @@
     $("checkpoints").tBodies[0].replaceChildren(...checkpoints.map(checkpointRow));
     $("checkpoints-section").hidden = false;
     markSelected($("checkpoints").tBodies[0], "step", String(chosen.step));
+    loadTraining(run, checkpoints).catch(report);
     return checkpoints;
+  }
+
+  // --- the training curves: what the trainer logged, beside its updates -----------------
+
+  async function loadTraining(run, checkpoints) {
+    const history = (key) =>
+      listAll(`${runPath(run)}/metrics/history?key=${encodeURIComponent(key)}&max_results=10000`, "history");
+    const [train, evals] = await Promise.all([history("loss"), history("eval_loss")]);
+    if (chosen.run !== run) return;
+    drawTraining(train, evals, checkpoints.map((c) => c.step));
+  }
+
+  function drawTraining(train, evals, updates) {
+    const box = $("training-chart");
+    const note = $("training-note");
+    if (!train.length && !evals.length) {
+      box.replaceChildren();
+      note.textContent = "No loss logged for this run yet (its trainer sends what it logs as it trains).";
+      return;
+    }
+    const steps = [...train, ...evals].map((p) => p.step).concat(updates);
+    const first = Math.min(...steps);
+    const last = Math.max(...steps);
+    const pad = Math.max((last - first) * 0.02, 0.5);
+    const values = [...train, ...evals].map((p) => p.value);
+    const { root, x, y } = frame("training-svg", [first - pad, last + pad], extent(values), "step", "loss", true);
+    const marks = svg("g", { class: "updates" }, root);
+    for (const step of updates) {
+      const line = svg("line", { class: "update-marker", x1: x(step), x2: x(step), y1: M.top, y2: H - M.bottom, "data-step": step }, marks);
+      svg("title", {}, line).textContent = `checkpoint at step ${step}`;
+    }
+    if (train.length) {
+      svg("path", { class: "curve train", d: curvePath(train.map((p) => p.step), train.map((p) => p.value), x, y) }, root);
+    }
+    if (evals.length) {
+      svg("path", { class: "curve eval", d: curvePath(evals.map((p) => p.step), evals.map((p) => p.value), x, y) }, root);
+      const points = svg("g", { class: "eval-points" }, root);
+      for (const p of evals) {
+        const dot = svg("circle", { class: "eval-point", cx: x(p.step), cy: y(p.value), r: 4, "data-step": p.step }, points);
+        svg("title", {}, dot).textContent = `step ${p.step}: eval loss ${fmtDelta(p.value)}`;
+      }
+    }
+    box.replaceChildren(root);
+    note.textContent =
+      `training loss (${train.length} points, blue), eval loss (${evals.length}, orange); ` +
+      `dashed lines: the ${updates.length} checkpoints sent for scoring`;
   }
 
   function checkpointRow(c) {

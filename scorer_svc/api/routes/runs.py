@@ -3,10 +3,9 @@
 from collections.abc import Sequence
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, HTTPException
+from fastapi import APIRouter, Depends, HTTPException
 from sqlalchemy.orm import Session
 
-from common.api.client import RUN_TOKEN_HEADER
 from common.api.schemas import (
     CheckpointInfo,
     CheckpointPage,
@@ -26,9 +25,12 @@ from scorer_svc.api.deps import (
     SessionDep,
     paged,
 )
-from scorer_svc.api.state import ApiState
-from scorer_svc.config import Settings
-from scorer_svc.security.tokens import has_shared_token, is_runs_token
+from scorer_svc.api.write_access import (
+    WRITE_REFUSED,
+    RunTokenDep,
+    check_authorized,
+    check_writable,
+)
 from scorer_svc.storage import checkpoints as checkpoint_store
 from scorer_svc.storage import runs as run_store
 from scorer_svc.storage.retention import NotOwner, RunBusy, delete_run
@@ -37,7 +39,6 @@ from scorer_svc.storage.tables import Run
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
 CheckpointsPageDep = Annotated[Page, Depends(paged(100, 1000))]
-READ_ONLY = "this API serves a database read-only: it changes nothing"
 
 
 def run_infos(session: Session, runs: Sequence[Run]) -> list[RunInfo]:
@@ -104,68 +105,6 @@ def list_checkpoints(session: SessionDep, run: RunDep, page: CheckpointsPageDep)
     )
 
 
-# The answer of a route that changes a run, refused: where the API cannot change it, or the
-# request has not shown it may.
-WRITE_REFUSED = {
-    "model": ErrorBody,
-    "description": "the API serves its database read-only; or the run is another scorer "
-    "instance's; or, on a scorer without a token, the request does not carry the run's own "
-    f"token in {RUN_TOKEN_HEADER} (nor was the scorer started with "
-    "--allow-unauthenticated-writes)",
-}
-RunTokenDep = Annotated[
-    str | None,
-    Header(
-        alias=RUN_TOKEN_HEADER,
-        description="the run's own token: the run_token its trainer sent at registration "
-        "(kept in run.json in the trainer's output_dir). Authorizes this request on a scorer "
-        "without a token; with a token set, Authorization: Bearer is needed instead",
-    ),
-]
-
-
-def _check_writable(run: Run, api: ApiState, there: str) -> str:
-    """This scorer's instance; 403 where this API may not change the run whoever asks: a
-    database served read-only, or a run another scorer instance owns (`there`: what to do on
-    that one)."""
-    if api.instance is None:
-        raise HTTPException(403, detail=READ_ONLY)
-    if run.instance is not None and run.instance != api.instance:
-        raise HTTPException(
-            403,
-            detail=f"run {run.run_id} belongs to the scorer instance {run.instance!r} (this one "
-            f"is {api.instance!r}): {there}",
-        )
-    return api.instance
-
-
-def _check_authorized(run: Run, settings: Settings, run_token: str | None, action: str) -> None:
-    """403 unless the request may change the run: with a token set, the bearer token (checked
-    before any route); without one, the run's own token, or the scorer started with
-    allow_unauthenticated_writes."""
-    if has_shared_token(settings) or settings.allow_unauthenticated_writes:
-        return
-    if is_runs_token(run.config, run_token):
-        return
-    other_ways = (
-        "set a token on the scorer (SCORER_TOKEN or token_file) and send it as Authorization: "
-        "Bearer, or start the scorer with --allow-unauthenticated-writes"
-    )
-    if not run.config.get("run_token"):
-        raise HTTPException(
-            403,
-            detail=f"{action} needs a token, and run {run.run_id} has no run token of its own "
-            f"(its trainer sent none when it registered): {other_ways}",
-        )
-    sent = "carries none" if run_token is None else f"carries another in {RUN_TOKEN_HEADER}"
-    raise HTTPException(
-        403,
-        detail=f"{action} needs run {run.run_id}'s own token, and the request {sent}: send "
-        f"the run_token of run.json in its trainer's output_dir as {RUN_TOKEN_HEADER}, or "
-        + other_ways,
-    )
-
-
 @router.post(
     "/{run_id}/end",
     summary="Report how a run ended",
@@ -179,8 +118,8 @@ def end_run(
     With a token set on the scorer it needs that token; without one, the run's own token in
     X-Run-Token (the trainer sends it), unless the scorer was started with
     --allow-unauthenticated-writes."""
-    _check_writable(run, api, there="report its end there")
-    _check_authorized(run, api.settings, run_token, f"reporting the end of run {run.run_id}")
+    check_writable(run, api, there="report its end there")
+    check_authorized(run, api.settings, run_token, f"reporting the end of run {run.run_id}")
     run_store.end_run(session, run=run, status=body.status, detail=body.detail)
     return run_infos(session, [run])[0]
 
@@ -200,8 +139,8 @@ def remove_run(
     """Remove the run's history (losses, windows, checkpoints) and its checkpoint files. With
     a token set on the scorer it needs that token; without one, the run's own token in
     X-Run-Token, unless the scorer was started with --allow-unauthenticated-writes."""
-    instance = _check_writable(run, api, there="delete it there, where its checkpoint files are")
-    _check_authorized(run, api.settings, run_token, f"deleting run {run.run_id}")
+    instance = check_writable(run, api, there="delete it there, where its checkpoint files are")
+    check_authorized(run, api.settings, run_token, f"deleting run {run.run_id}")
     try:
         deleted = delete_run(session, run, instance=instance, data_dir=api.settings.data_dir)
     except NotOwner as exc:  # taken over by another instance meanwhile

@@ -22,6 +22,7 @@ from scorer_svc.api.state import ApiState
 from scorer_svc.main import create_app
 from scorer_svc.scoring.progress import ScoringProgress
 from scorer_svc.storage import checkpoints as checkpoint_store
+from scorer_svc.storage import metrics as metric_store
 from scorer_svc.storage import runs as run_store
 from tests.scorer_svc.api.test_api import (
     FAILURE,
@@ -231,6 +232,20 @@ def seed_budgeted_async_run(state: ApiState, config: dict) -> int:
     return measured.size
 
 
+TRAIN_STEPS = range(1, 6)
+EVAL_STEPS = (0, 3, 5)
+
+
+def seed_training_curves(state: ApiState, run_id: str) -> None:
+    """What the run's trainer logged: a falling training loss, and an eval loss."""
+    points = [metric_store.Point("loss", s, 2.5 - 0.2 * s) for s in TRAIN_STEPS]
+    points += [metric_store.Point("eval_loss", s, 2.6 - 0.1 * s) for s in EVAL_STEPS]
+    points.append(metric_store.Point("learning_rate", 1, 1e-4))
+    with state.sessions() as session:
+        run = run_store.get_run(session, run_id=run_id)
+        metric_store.store_metrics(session, run=run, points=points)
+
+
 def scoring_progress(state: ApiState) -> ScoringProgress:
     """Progress for the seeded checkpoint being scored: 4 of N samples done."""
     now = [100.0]
@@ -257,6 +272,7 @@ def test_dashboard_in_a_browser_from_runs_to_a_samples_history(tmp_path, browser
     with seeded_state(tmp_path) as state:
         texts = run_config(tiny_model, DatasetSpec(str(data_file)), "run-t")
         seed_run(state, {**texts, "run_name": "texts, full scoring", "tags": {"team": "nlp"}})
+        seed_training_curves(state, "run-t")
         budgeted = run_config(tiny_model, DatasetSpec(str(data_file)), "run-b")
         budgeted |= {"run_name": "async under a budget", "tags": {"team": "nlp", "gpu": "h100"}}
         n_measured = seed_budgeted_async_run(state, budgeted)
@@ -304,6 +320,17 @@ def test_dashboard_in_a_browser_from_runs_to_a_samples_history(tmp_path, browser
             )
             assert check_sample_text(browser, base, "run-t", text_top) == 200
             assert dataset_rows()[text_top]["output"] in shown(browser, "#sample-text").text
+
+            # its training curves beside its checkpoints, as its trainer logged them
+            shown(browser, "#training-svg path.curve.train")
+            assert count(browser, "#training-svg path.curve.eval") == 1
+            assert count(browser, "#training-svg circle.eval-point") == len(EVAL_STEPS)
+            markers = browser.find_elements("css selector", "#training-svg line.update-marker")
+            assert sorted(int(m.get_attribute("data-step")) for m in markers) == [2, 4]
+            assert (
+                f"training loss ({len(TRAIN_STEPS)} points" in shown(browser, "#training-note").text
+            )
+            screenshot(browser, tmp_path, "training.png")
 
             # an async run under a scoring budget: a superseded step, a partly measured one
             shown(browser, "#runs tr[data-run-id='run-b']").click()

@@ -71,6 +71,12 @@ def test_lora_run_trains_exactly_the_scheduled_samples(tiny_model, demo_file, tm
         assert torch.equal(saved[name], tensor)
     assert (out / "training_loss.png").is_file() and (out / "trainer_state.json").is_file()
     assert scorer.ended == [("finished", "trained 12 steps")]  # the run's status on the scorer
+    # what the Trainer logged reached the scorer: each loss at its step, the updates' figures
+    logged = [(row["step"], row["loss"]) for row in recipe.trainer.state.log_history
+              if "loss" in row]  # fmt: skip
+    assert logged and [(p.step, p.value) for p in scorer.metrics if p.key == "loss"] == logged
+    window_steps = [p.step for p in scorer.metrics if p.key == "selection/window_start"]
+    assert window_steps == [r["global_step"] for r in selections if r["window"] is not None]
 
 
 class RefusingRegistration(FakeScorer):
