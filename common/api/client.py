@@ -320,9 +320,7 @@ class ScorerApi:
         scorer without a token asks for."""
         body = RunEnd(status=status, detail=None if detail is None else detail[:4000])
         path, payload = f"/v1/runs/{run_id}/end", body.model_dump()
-        extra: dict[str, Any] = {"headers": _run_token(run_token)}
-        if timeout is not None:
-            extra["timeout"] = timeout
+        extra = _write_options(run_token, timeout)
         return _read(RunInfo, self.http.post(path, json=payload, **extra))
 
     def delete_run(self, run_id: str, *, run_token: str | None = None) -> DeletedRun:
@@ -342,9 +340,7 @@ class ScorerApi:
         """Store logged values of the run (at most MAX_METRICS_BATCH a call). run_token: the
         run's own token, which a scorer without a token asks for."""
         body = MetricBatch(metrics=list(points)).model_dump()
-        extra: dict[str, Any] = {"headers": _run_token(run_token)}
-        if timeout is not None:
-            extra["timeout"] = timeout
+        extra = _write_options(run_token, timeout)
         return _read(
             MetricsStored, self.http.post(f"/v1/runs/{run_id}/metrics", json=body, **extra)
         )
@@ -386,6 +382,11 @@ class ScorerApi:
 
 def _run_token(run_token: str | None) -> dict[str, str]:
     return {} if run_token is None else {RUN_TOKEN_HEADER: run_token}
+
+
+def _write_options(run_token: str | None, timeout: float | None) -> dict[str, Any]:
+    """httpx options of a request that changes a run: its token, and a timeout if given."""
+    return {"headers": _run_token(run_token)} | ({} if timeout is None else {"timeout": timeout})
 
 
 def _step(step: int | None) -> dict[str, int]:
