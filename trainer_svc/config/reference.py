@@ -53,8 +53,13 @@ def type_name(annotation: Any) -> str:
     if origin is list:
         (item,) = get_args(annotation) or (Any,)
         return f"list of {type_name(item)}"
+    if origin is dict or annotation is dict:
+        key, value = get_args(annotation) or (str, Any)
+        return f"mapping of {type_name(key)} to {type_name(value)}"
     if origin is not None:  # Annotated and the like: the type they annotate
         return type_name(get_args(annotation)[0])
+    if annotation is Any:
+        return "any value"
     return getattr(annotation, "__name__", str(annotation))
 
 

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -284,7 +285,24 @@ class TrainingKeys(Keys):
         None,
         description="a DeepSpeed JSON config file passed to the Trainer (the deepspeed package "
         "installed); ZeRO stage 0, 1 or 2 only: each checkpoint sent to the scorer needs whole "
-        "parameters; null: no DeepSpeed",
+        "parameters, and ZeRO-3's gather of them is not wired (shard with fsdp instead); null: "
+        "no DeepSpeed",
+    )
+    fsdp: bool | str | list[str] | None = Field(
+        None,
+        description="shard the model with FSDP (FSDP2), as transformers' TrainingArguments "
+        "takes it: true, or options as a string or a list (full_shard, shard_grad_op, offload, "
+        "auto_wrap); full fine-tuning under torchrun with more than one process only; each "
+        "checkpoint sent is the full state dict, gathered to rank 0's host memory (see "
+        "docs/GPUS.md); null: DDP",
+    )
+    fsdp_config: dict[str, Any] | str | None = Field(
+        None,
+        description="FSDP's settings, with fsdp, as TrainingArguments takes them: a mapping, or "
+        "a JSON or YAML file holding one (reshard_after_forward, cpu_offload, "
+        "activation_checkpointing, cpu_ram_efficient_loading, auto_wrap_policy, "
+        "transformer_layer_cls_to_wrap, min_num_params; version 2 and state_dict_type "
+        "FULL_STATE_DICT only); null: transformers' defaults",
     )
     bf16: bool = Field(False, description="bfloat16 mixed precision; not with fp16")
     fp16: bool = Field(False, description="float16 mixed precision; not with bf16 or pure_bf16")
@@ -643,6 +661,7 @@ class LoadedConfig:
     eval_samples: list[Sample] | None  # eval_dataset's, or the val_size split's
     world_size: int
     deepspeed: Path | None = None
+    fsdp_config: dict[str, Any] | None = None  # read from its file when a path was given
 
     @property
     def batch(self) -> int:
@@ -744,8 +763,9 @@ def parse_config(raw: dict[str, Any], base_dir: Path | None = None) -> LoadedCon
     files are read and keys checked together also when some keys are bad alone."""
     cfg, problems = validate_keys(TrainConfig, raw, TRAINER_KEYS_DOCUMENTED)
     window_size = _window_size(cfg, base_dir, problems)
-    world_size = _world_size(raw, cfg, problems)
+    world_size = _world_size(cfg, problems)
     deepspeed = _deepspeed(cfg, base_dir, problems)
+    fsdp_config = _fsdp(cfg, base_dir, world_size, problems)
     dataset, samples = _dataset(cfg, "dataset", base_dir, problems)
     eval_dataset, eval_samples = (None, None)
     if getattr(cfg, "eval_dataset", None):
@@ -763,8 +783,9 @@ def parse_config(raw: dict[str, Any], base_dir: Path | None = None) -> LoadedCon
         raise ConfigError(problems)
     _note_ignored(cfg)
     return LoadedConfig(
-        cfg, window_size, dataset, samples, eval_dataset, eval_samples, world_size, deepspeed
-    )
+        cfg, window_size, dataset, samples, eval_dataset, eval_samples, world_size, deepspeed,
+        fsdp_config,
+    )  # fmt: skip
 
 
 # Keys LLaMA-Factory's and DataFlex's configs carry that change nothing here, and why.
@@ -1020,11 +1041,6 @@ def _window_size(cfg: TrainConfig, base_dir: Path | None, problems: dict[str, st
     return float(window)
 
 
-# Sharded-training keys of LLaMA-Factory's and transformers' configs that this trainer does not
-# honour: refused rather than silently ignored (data-parallel DDP under torchrun is supported).
-UNSUPPORTED_PARALLELISM = ("fsdp", "fsdp_config")
-
-
 def _deepspeed(cfg: TrainConfig, base_dir: Path | None, problems: dict[str, str]) -> Path | None:
     """The DeepSpeed config file, when one is given and can be honoured."""
     name = getattr(cfg, "deepspeed", None)
@@ -1046,21 +1062,140 @@ def _deepspeed(cfg: TrainConfig, base_dir: Path | None, problems: dict[str, str]
     if stage == 3:
         problems["deepspeed"] = (
             "ZeRO stage 3 shards every parameter across ranks, but each checkpoint sent to the "
-            "scorer needs them whole: use ZeRO stage 0, 1 or 2"
+            "scorer needs them whole, and ZeRO-3's gather is not wired: use ZeRO stage 0, 1 or "
+            "2, or shard with fsdp instead (full fine-tuning, see docs/GPUS.md)"
         )
         return None
     return path.resolve()
 
 
-def _world_size(raw: dict[str, Any], cfg: TrainConfig, problems: dict[str, str]) -> int:
-    """torchrun's WORLD_SIZE (1 without it); keys of parallelism this trainer lacks refused."""
+# The fsdp options of TrainingArguments FSDP2 takes (the other sharding strategies are FSDP1's).
+FSDP_OPTIONS = ("full_shard", "shard_grad_op", "offload", "auto_wrap")
+# The fsdp_config settings TrainingArguments reads for FSDP2 (without their optional fsdp_
+# prefix).
+FSDP_SETTINGS = (
+    "version", "reshard_after_forward", "cpu_offload", "activation_checkpointing",
+    "cpu_ram_efficient_loading", "state_dict_type", "auto_wrap_policy",
+    "transformer_layer_cls_to_wrap", "min_num_params",
+)  # fmt: skip
+
+
+def _fsdp(
+    cfg: TrainConfig, base_dir: Path | None, world: int, problems: dict[str, str]
+) -> dict[str, Any] | None:
+    """fsdp_config as a mapping (read from its file), when fsdp can be honoured: full
+    fine-tuning, several processes, FSDP2 options and settings."""
+    fsdp, given = getattr(cfg, "fsdp", None), getattr(cfg, "fsdp_config", None)
+    if not fsdp:
+        if given:
+            problems["fsdp_config"] = "has no effect without fsdp: set fsdp: true, or remove it"
+        return None
+    if problem := _fsdp_problem(cfg, fsdp, world):
+        problems["fsdp"] = problem
+    if not given:
+        return None
+    settings = _fsdp_settings(given, base_dir)
+    if isinstance(settings, str):
+        problems["fsdp_config"] = settings
+        return None
+    if problem := _fsdp_settings_problem(settings, cfg):
+        problems["fsdp_config"] = problem
+    return settings
+
+
+def _fsdp_problem(cfg: TrainConfig, fsdp: bool | str | list[str], world: int) -> str | None:
+    """What stops fsdp in this run: LoRA, one process, DeepSpeed, an option of FSDP1's."""
+    if cfg.finetuning_type != "full":
+        return (
+            "FSDP is wired for finetuning_type: full only: a LoRA checkpoint would need its "
+            "adapters gathered apart from the frozen base, which is not done; LoRA trains "
+            "with data-parallel DDP under torchrun: remove fsdp"
+        )
+    processes = launched_processes(world)
+    if processes == 1:
+        return (
+            "FSDP shards the model across processes, and this run has one: launch it under "
+            "torchrun with several (FORCE_TORCHRUN=1 NPROC_PER_NODE=2, see docs/GPUS.md), or "
+            "remove fsdp"
+        )
+    if getattr(cfg, "deepspeed", None):
+        return "fsdp and deepspeed cannot both be set: keep one"
+    options = fsdp.split() if isinstance(fsdp, str) else fsdp if isinstance(fsdp, list) else []
+    odd = [option for option in options if option not in FSDP_OPTIONS]
+    if odd:
+        return (
+            f"{', '.join(odd)}: not an FSDP2 option; give true, or among {', '.join(FSDP_OPTIONS)}"
+        )
+    return None
+
+
+def _fsdp_settings(given: dict[str, Any] | str, base_dir: Path | None) -> dict[str, Any] | str:
+    """fsdp_config as a mapping, read from its JSON or YAML file when it names one; or what is
+    wrong with it."""
+    if isinstance(given, dict):
+        return dict(given)
+    path = _find_file(given, base_dir)
+    if path is None:
+        return f"{given} does not exist: give a mapping, or a JSON or YAML file holding one"
+    try:
+        settings = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        return f"{path} is neither JSON nor YAML: {exc}"
+    if not isinstance(settings, dict):
+        return f"{path} must hold a mapping of FSDP settings"
+    return settings
+
+
+def _fsdp_settings_problem(settings: dict[str, Any], cfg: TrainConfig) -> str | None:
+    """What in fsdp_config FSDP2 would not honour here, or what contradicts another key."""
+    plain = {str(key).removeprefix("fsdp_"): value for key, value in settings.items()}
+    unknown = sorted(set(plain) - set(FSDP_SETTINGS))
+    if unknown:
+        return (
+            f"{', '.join(unknown)}: not FSDP2 settings (FSDP1's and XLA's are not taken "
+            f"here); give among {', '.join(FSDP_SETTINGS)}"
+        )
+    if str(plain.get("version", 2)) != "2":
+        return (
+            "version 2 (FSDP2, the default) only: FSDP1 is deprecated by transformers and its "
+            "checkpoints are not gathered here"
+        )
+    if str(plain.get("state_dict_type", "FULL_STATE_DICT")) != "FULL_STATE_DICT":
+        return (
+            "state_dict_type FULL_STATE_DICT only: the trained model is saved as one "
+            "model.safetensors from the full state dict"
+        )
+    if str(plain.get("activation_checkpointing", False)).lower() == "true" and getattr(
+        cfg, "gradient_checkpointing", False
+    ):
+        return (
+            "activation_checkpointing here and gradient_checkpointing: true cannot both be "
+            "set; keep FSDP's own (the other gathers the parameters again in the backward pass)"
+        )
+    return None
+
+
+def launched_processes(world: int, environ: Mapping[str, str] = os.environ) -> int | None:
+    """The processes that will train: torchrun's world size, or before FORCE_TORCHRUN starts
+    torchrun, NPROC_PER_NODE x NNODES (NPROC_PER_NODE unset: every GPU, or one). None where
+    torchrun's own words say it (gpu, auto): the ranks check again once started."""
+    forced = environ.get("FORCE_TORCHRUN", "").lower() in ("1", "true", "yes")
+    if world > 1 or not forced or "RANK" in environ:
+        return world
+    nproc = environ.get("NPROC_PER_NODE")
+    if nproc is None:
+        import torch
+
+        nproc = str(max(1, torch.cuda.device_count()))
+    try:
+        return int(nproc) * int(environ.get("NNODES", "1"))
+    except ValueError:
+        return None
+
+
+def _world_size(cfg: TrainConfig, problems: dict[str, str]) -> int:
+    """torchrun's WORLD_SIZE (1 without it)."""
     world = Launch.from_environment().world
-    for key in UNSUPPORTED_PARALLELISM:
-        if raw.get(key):
-            problems[key] = (
-                "FSDP is not supported: remove it; several GPUs train with data-parallel DDP "
-                "under torchrun (FORCE_TORCHRUN=1, see docs/GPUS.md), or DeepSpeed ZeRO 0-2"
-            )
     wait = getattr(cfg, "scorer_wait_seconds", 600.0)
     needed = 2 * wait + 120  # an update sends (up to the wait), then waits for weights (again)
     if world > 1 and cfg.ddp_timeout <= needed:

@@ -122,6 +122,10 @@ class DeltaLossRecipe:
     def _training_args(self) -> TrainingArguments:
         cfg = self.cfg
         evaluate = self.loaded.eval_samples is not None and cfg.eval_strategy != "no"
+        fsdp: dict[str, Any] = {}
+        if cfg.fsdp:  # FSDP2 for full fine-tuning under torchrun (checked with the config)
+            settings = self.loaded.fsdp_config  # a copy: TrainingArguments rewrites its own
+            fsdp = {"fsdp": cfg.fsdp, "fsdp_config": dict(settings) if settings else None}
         return TrainingArguments(
             output_dir=str(self.output_dir),
             per_device_train_batch_size=cfg.per_device_train_batch_size,
@@ -162,6 +166,7 @@ class DeltaLossRecipe:
             eval_on_start=evaluate,
             per_device_eval_batch_size=cfg.per_device_eval_batch_size,
             prediction_loss_only=True,  # the loss only: no logits kept for the whole eval set
+            **fsdp,
         )
 
     def _eval_dataset(self) -> EncodedDataset | None:

@@ -41,6 +41,10 @@ run would have trained.
 close() reports the run's end to the scorer (finished, or failed and why; a run stopped to be
 resumed has not ended) and closes the scorer link; a last checkpoint whose sending failed
 under on_scorer_failure: fail is raised there, once the trained model could be saved.
+
+FSDP (the Trainer's fsdp and fsdp_config; full fine-tuning under torchrun, FSDP2): each update's
+checkpoint is the full state dict, gathered to rank 0 by every rank at the update's step
+(trainer_svc.training.snapshot.gather_full), under the names and dtypes a DDP run sends.
 """
 
 from __future__ import annotations
@@ -97,7 +101,8 @@ from trainer_svc.training.records import (
     read_jsonl,
 )
 from trainer_svc.training.sampler import ScheduleBatchSampler, SelectionPlan
-from trainer_svc.training.snapshot import load_unsent
+from trainer_svc.training.schedule import Segment
+from trainer_svc.training.snapshot import gather_full, load_unsent, sharded
 from trainer_svc.training.trainer import GracefulStop, SelectionCallback
 from trainer_svc.training.updates import SharedUpdates, UpdateCoordinator, log_selection
 
@@ -191,6 +196,7 @@ class DeltaLossSelection:
         self.callback = _SelectionEvents()  # the updates, once started
         self.coordinator: UpdateCoordinator | None = None  # rank 0's, once started
         self.trainer: Trainer | None = None
+        self.fsdp = False  # the attached Trainer shards the model with FSDP
         self.sampler: ScheduleBatchSampler | None = None
         self.outage: Outage | None = None
         self.registered = False  # the scorer registered the run (rank 0)
@@ -227,7 +233,11 @@ class DeltaLossSelection:
         )
 
     def trainable_tensors(self) -> dict[str, torch.Tensor]:
-        """What a checkpoint carries: LoRA's trainable tensors, or the full state dict."""
+        """What a checkpoint carries: LoRA's trainable tensors, or the full state dict. A model
+        FSDP shards has its full state dict gathered to rank 0 (a collective: every rank calls
+        it, and the others get nothing)."""
+        if sharded(self.model):
+            return gather_full(self.model)
         return checkpoint_tensors(self.model, self.spec.kind)
 
     def _warn_empty_labels(self) -> None:
@@ -255,6 +265,7 @@ class DeltaLossSelection:
         self.trainer = trainer
         args = trainer.args
         self.ranks.one_gpu(args)  # before train() would wrap it in DataParallel
+        self.fsdp = _fsdp(trainer, self.spec.kind)
         trainer._train_batch_size = args.train_batch_size  # as counted for one GPU
         if args.max_steps != self.schedule.max_steps:
             logger.info("max_steps set to the schedule's %d", self.schedule.max_steps)
@@ -340,9 +351,10 @@ class DeltaLossSelection:
             self.sampler.start_step = self._resume_records(checkpoint)
             if coordinator is not None:
                 self._resend_unsent(coordinator, checkpoint)
+        shared = GatheredUpdates if self.fsdp else SharedUpdates
         self.callback.updates = SelectionCallback(
             self.schedule,
-            SharedUpdates(self.ranks, self.plan, coordinator),
+            shared(self.ranks, self.plan, coordinator),
             self.trainable_tensors,
             self.trained,
             self.stop,
@@ -597,6 +609,76 @@ class DeltaLossSelection:
                     self.ranks.close()
 
 
+class GatheredUpdates(SharedUpdates):
+    """SharedUpdates for a model FSDP shards: every rank gathers the update's checkpoint first,
+    at the update's step (a collective), then rank 0 sends what it gathered."""
+
+    def run_update(
+        self, segment: Segment, tensors: Callable[[], dict[str, torch.Tensor]]
+    ) -> dict | None:
+        started = time.monotonic()
+        gathered = tensors()  # the full state dict on rank 0, nothing elsewhere
+        if gathered:
+            size = sum(t.numel() * t.element_size() for t in gathered.values())
+            logger.info(
+                "update %d at step %d: the full state dict gathered to rank 0 (%d tensors, "
+                "%.1f MiB) in %.2fs", segment.update_index, segment.start, len(gathered),
+                size / (1 << 20), time.monotonic() - started,
+            )  # fmt: skip
+        return super().run_update(segment, lambda: gathered)
+
+
+def _fsdp(trainer: Trainer, kind: str) -> bool:
+    """Whether the Trainer shards the model with FSDP (its TrainingArguments' fsdp); what the
+    checkpoints could not be gathered from is refused. On CPU processes FSDP is set up here
+    (fsdp_on_cpu)."""
+    plugin_args = getattr(trainer.args, "fsdp_plugin_args", None)
+    if not trainer.args.fsdp or plugin_args is None:
+        return False
+    problems = {}
+    if kind != "full":
+        problems["fsdp"] = (
+            "FSDP is wired for full fine-tuning only: a LoRA checkpoint would need its adapters "
+            "gathered apart from the frozen base; train LoRA with DDP (no fsdp)"
+        )
+    if plugin_args.get("fsdp_version") != 2:
+        problems["fsdp_config"] = (
+            "FSDP1 (version 1) is not supported: its checkpoints are not gathered here; use "
+            "FSDP2 (version 2, transformers' default)"
+        )
+    if problems:
+        raise ConfigError(problems)
+    if not getattr(trainer, "is_fsdp_enabled", False):
+        fsdp_on_cpu(trainer)
+    return True
+
+
+def fsdp_on_cpu(trainer: Trainer) -> None:
+    """FSDP for a Trainer whose processes train on CPUs (gloo). accelerate takes the Trainer's
+    FSDP plugin only for accelerator devices: on CPUs it drops it, and the model would train
+    under DDP while the config asks for FSDP. torch's fully_shard runs on CPUs with gloo, so
+    the Accelerator's state is set to FSDP with the plugin of the TrainingArguments, as
+    accelerate sets it on GPUs (where this is not needed), in both of its shared states: every
+    new AcceleratorState copies the process's PartialState over its own."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    state = trainer.accelerator.state
+    if state.distributed_type != DistributedType.MULTI_CPU:
+        raise ValueError(
+            f"fsdp is set, but accelerate chose {state.distributed_type} without FSDP: launch "
+            "under torchrun with more than one process"
+        )
+    plugin = FullyShardedDataParallelPlugin(**trainer.args.fsdp_plugin_args)
+    if state.mixed_precision != "no":
+        plugin.set_mixed_precision(state.mixed_precision)
+    state.fsdp_plugin = plugin
+    state.distributed_type = DistributedType.FSDP
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    trainer.is_fsdp_enabled = True
+    logger.info("FSDP on CPU processes (gloo): the Accelerator is set to shard the model")
+
+
 class _SelectionEvents(TrainerCallback):
     """The Trainer's events for the run's updates (SelectionCallback), made when the run
     starts: once the run is registered and its records are open."""
@@ -621,6 +703,12 @@ class _SelectionEvents(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self.updates is not None:
             return self.updates.on_train_end(args, state, control, **kwargs)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        """What the Trainer logs (the loss, eval loss, learning rate, the selection's figures)
+        goes to the scorer too, in the background."""
+        if self.metrics is not None and logs:
+            self.metrics.add(state.global_step, logs)
 
 
 def _recording(
@@ -698,12 +786,6 @@ def spec_of(model: torch.nn.Module, *, trust_remote_code: bool = False) -> Model
     if problems:
         raise ConfigError(problems)
     return spec
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        """What the Trainer logs (the loss, eval loss, learning rate, the selection's figures)
-        goes to the scorer too, in the background."""
-        if self.metrics is not None and logs:
-            self.metrics.add(state.global_step, logs)
 
 
 def _is_default(value: Any, default: Any) -> bool:

@@ -10,6 +10,10 @@ goes on. A stopped run keeps an upload that was not acknowledged beside its chec
 The buffer is ordinary host memory of the checkpoint's exact size, page-locked where it is by
 CUDA's host registration (`HostPin`): torch's pinned allocator rounds each allocation up to the
 next power of two, which would lock up to twice the checkpoint's size in RAM.
+
+A model sharded by FSDP (`sharded`) holds a slice of each parameter per rank: `gather_full`
+gathers its full state dict to rank 0's host memory first, one parameter at a time, with every
+rank taking part, and the snapshot is then copied from that.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors import safe_open
@@ -224,6 +228,31 @@ class Snapshot:
         return CheckpointUpload(
             upload.run_id, upload.step, upload.update_index, upload.kind, views, payload
         )
+
+
+def sharded(model: torch.nn.Module) -> bool:
+    """Whether FSDP2 (`fully_shard`, as accelerate applies it) shards the model's parameters."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def gather_full(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The full, unsharded state dict of an FSDP2 model on rank 0, in host memory, under the
+    names and dtypes of the unwrapped model's state_dict (what a DDP run sends); {} on the
+    other ranks. A collective: every rank calls it, at the same point of training.
+
+    torch.distributed.checkpoint gathers one parameter at a time: each rank holds one whole
+    parameter beside its shard while it is gathered, and rank 0 moves it to host memory
+    before the next. Rank 0's host then holds one full copy of the state dict in the dtype
+    it trains in (4 bytes a parameter for float32 master weights) until the update that
+    asked for it ends, beside the snapshot buffer the copy is taken into (the checkpoint
+    once more, in its wire dtype): 6 bytes a parameter for a bfloat16 model, 8 for a float32
+    one, on top of what training holds there."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return cast(dict[str, torch.Tensor], get_model_state_dict(model, options=options))
 
 
 def _allocate(total: int, *, zeroed: bool, pinned: bool = False) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """Config validation: defaults, the components file, one error naming every bad key."""
 
 import importlib.util
+import json
 import logging
 
 import pytest
@@ -539,3 +540,92 @@ def test_a_run_name_and_tags_are_read_and_bounded(demo_file, tmp_path):
     with pytest.raises(ConfigError) as info:
         parse_config(base(demo_file, tmp_path, tags={f"k{i}": "v" for i in range(65)}))
     assert "tags" in info.value.problems
+
+
+def fsdp_run(demo_file, tmp_path, **over):
+    """Full fine-tuning with FSDP, and the keys in over."""
+    return base(demo_file, tmp_path, **{"finetuning_type": "full", "fsdp": "full_shard", **over})
+
+
+def test_fsdp_is_taken_for_full_fine_tuning_under_torchrun(demo_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    loaded = parse_config(fsdp_run(demo_file, tmp_path, fsdp_config={"cpu_offload": False}))
+    assert loaded.config.fsdp == "full_shard"
+    assert loaded.fsdp_config == {"cpu_offload": False}
+    as_list = parse_config(fsdp_run(demo_file, tmp_path, fsdp=["full_shard", "offload"]))
+    assert as_list.config.fsdp == ["full_shard", "offload"] and as_list.fsdp_config is None
+    assert parse_config(fsdp_run(demo_file, tmp_path, fsdp=True)).config.fsdp is True
+
+
+@pytest.mark.parametrize("suffix", ["json", "yaml"])
+def test_fsdp_config_may_be_a_json_or_yaml_file(demo_file, tmp_path, monkeypatch, suffix):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    settings = {"fsdp_reshard_after_forward": False, "transformer_layer_cls_to_wrap": ["X"]}
+    path = tmp_path / f"fsdp.{suffix}"
+    path.write_text(yaml.safe_dump(settings) if suffix == "yaml" else json.dumps(settings))
+    assert parse_config(fsdp_run(demo_file, tmp_path, fsdp_config=str(path))).fsdp_config == (
+        settings
+    )
+    path.write_text("- a list\n")
+    with pytest.raises(ConfigError) as info:
+        parse_config(fsdp_run(demo_file, tmp_path, fsdp_config=str(path)))
+    assert "must hold a mapping" in info.value.problems["fsdp_config"]
+    with pytest.raises(ConfigError) as info:
+        parse_config(fsdp_run(demo_file, tmp_path, fsdp_config=str(tmp_path / "none.json")))
+    assert "does not exist" in info.value.problems["fsdp_config"]
+
+
+def test_fsdp_with_lora_is_refused_saying_why(demo_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError) as info:
+        parse_config(fsdp_run(demo_file, tmp_path, finetuning_type="lora"))
+    said = info.value.problems["fsdp"]
+    assert "finetuning_type: full only" in said and "LoRA" in said and "DDP" in said
+
+
+def test_fsdp_in_one_process_is_refused(demo_file, tmp_path, monkeypatch):
+    with pytest.raises(ConfigError) as info:
+        parse_config(fsdp_run(demo_file, tmp_path))
+    assert "this run has one" in info.value.problems["fsdp"]
+    # checked before FORCE_TORCHRUN starts torchrun: the processes it will start
+    monkeypatch.setenv("FORCE_TORCHRUN", "1")
+    monkeypatch.setenv("NPROC_PER_NODE", "2")
+    assert parse_config(fsdp_run(demo_file, tmp_path)).world_size == 1
+    monkeypatch.setenv("NPROC_PER_NODE", "1")
+    with pytest.raises(ConfigError) as info:
+        parse_config(fsdp_run(demo_file, tmp_path))
+    assert "torchrun with several" in info.value.problems["fsdp"]
+
+
+@pytest.mark.parametrize(
+    ("over", "key", "said"),
+    [
+        ({"fsdp": None, "fsdp_config": {"cpu_offload": True}}, "fsdp_config", "without fsdp"),
+        ({"fsdp": "hybrid_shard"}, "fsdp", "not an FSDP2 option"),
+        ({"fsdp_config": {"version": 1}}, "fsdp_config", "version 2"),
+        ({"fsdp_config": {"sync_module_states": True}}, "fsdp_config", "not FSDP2 settings"),
+        ({"fsdp_config": {"state_dict_type": "SHARDED_STATE_DICT"}}, "fsdp_config", "FULL_"),
+        (
+            {"fsdp_config": {"activation_checkpointing": True}, "gradient_checkpointing": True},
+            "fsdp_config",
+            "cannot both be set",
+        ),
+    ],
+)
+def test_fsdp_settings_it_would_not_honour_are_refused(
+    demo_file, tmp_path, monkeypatch, over, key, said
+):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError) as info:
+        parse_config(fsdp_run(demo_file, tmp_path, **over))
+    assert said in info.value.problems[key]
+
+
+def test_deepspeed_zero_3_is_refused_pointing_at_fsdp(demo_file, tmp_path, monkeypatch):
+    ds = tmp_path / "ds.json"
+    ds.write_text('{"zero_optimization": {"stage": 3}}')
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    with pytest.raises(ConfigError) as info:
+        parse_config(base(demo_file, tmp_path, deepspeed=str(ds)))
+    said = info.value.problems["deepspeed"]
+    assert "needs them whole" in said and "gather is not wired" in said and "fsdp" in said
