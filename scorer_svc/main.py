@@ -161,9 +161,9 @@ def create_app(
         responses=COMMON_RESPONSES,
     )
     serve_docs(app)
-    routers = (health, metrics, runs, run_metrics, losses, samples, deltas, plots, weights)
-    for module in (*routers, dashboard):
+    for module in (health, metrics, runs, run_metrics, losses, samples, deltas, plots, weights):
         app.include_router(module.router, dependencies=[Depends(refuse_unknown_query)])
+    app.include_router(dashboard.router)  # a page: ?utm_source=... and the like are a browser's
     add_error_handlers(app, settings)
     token = settings.shared_token()
     describe(app, token=token is not None)

@@ -174,10 +174,10 @@ class ScorerApi:
             ]
         return self._get(RunPage, "/v1/runs", params=params)
 
-    def all_runs(self, **search: Any) -> Iterator[RunInfo]:
-        """Every run `runs(**search)` finds, page after page."""
+    def all_runs(self, *, max_results: int = 1000, **search: Any) -> Iterator[RunInfo]:
+        """Every run `runs(**search)` finds, page after page (max_results a page)."""
         return _every(
-            lambda token: self.runs(**search, max_results=1000, page_token=token),
+            lambda token: self.runs(**search, max_results=max_results, page_token=token),
             lambda page: page.runs,
         )
 

@@ -206,13 +206,15 @@ StepRangeDep = Annotated[StepRange, Depends(get_step_range)]
 RunsPageToken = Annotated[
     str | None,
     Query(
-        pattern=r"^-?[0-9]{1,19}:[0-9]{1,18}$",
+        pattern=r"^(-1|[0-9]{1,18}):[0-9]{1,18}$",  # each fits a 64-bit integer
         description="the next_page_token of the page before, with the same filters and order; "
         "none: the first page",
     ),
 ]
 
 
+MAX_TAG_FILTERS = 16  # each is one more EXISTS in the search
+MAX_ROW_ID = 2**31 - 1  # runs.id: a 32-bit integer on PostgreSQL
 # KEY=VALUE or KEY, KEY as a tag key is written (common.validation.TagKey)
 TagFilter = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-/: ]{1,250}(=.{0,5000})?$")]
 
@@ -247,8 +249,9 @@ def get_runs_query(
     tag: Annotated[
         list[TagFilter] | None,
         Query(
+            max_length=MAX_TAG_FILTERS,
             description="KEY=VALUE: runs with this tag; KEY alone: runs with a tag KEY; repeat "
-            "for several, which must all hold",
+            f"for several (at most {MAX_TAG_FILTERS}), which must all hold",
         ),
     ] = None,
     order_by: Annotated[
@@ -270,7 +273,10 @@ def get_runs_query(
     start = None
     if page_token is not None:
         at, _, row = page_token.partition(":")
-        start = (int(at), int(row))
+        # row ids (and created's key, the row id) are 32-bit on PostgreSQL: a larger one,
+        # which no page gave, reads as the last there can be
+        key = int(at) if order == "last_step" else min(int(at), MAX_ROW_ID)
+        start = (key, min(int(row), MAX_ROW_ID))
     search = run_store.RunSearch(
         statuses=tuple(dict.fromkeys(status or [])),
         name=name,

@@ -79,7 +79,14 @@ def upgrade(engine: Engine) -> None:
         command.upgrade(config, "head")
 
 
+def _unicode_lower(text: object) -> object:
+    return text.lower() if isinstance(text, str) else text
+
+
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    # SQLite's own lower() folds ASCII letters only: "Ärger" would not match "ärger" in a
+    # search that PostgreSQL answers in any case
+    dbapi_connection.create_function("lower", 1, _unicode_lower, deterministic=True)
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")  # an acknowledged checkpoint survives power loss

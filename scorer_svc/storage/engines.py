@@ -1,8 +1,9 @@
 """What each supported database engine does its own way: the losses written and read through
 the driver (SQLite: a plain executemany and a raw cursor; PostgreSQL through psycopg 3: binary
-COPY and one packed bytea), a sample's history, a run's lock. scorer_svc.storage.db picks one
-implementation from the engine's dialect when the engine is made, and every session of its
-sessionmaker carries it (queries_of); the table modules call it, never asking the dialect."""
+COPY and one packed bytea), a sample's history, a run's lock, the metrics' upsert.
+scorer_svc.storage.db picks one implementation from the engine's dialect when the engine is
+made, and every session of its sessionmaker carries it (queries_of); the table modules call
+it, never asking the dialect."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from typing import Any, Protocol
 
 import numpy as np
 from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from scorer_svc.storage.tables import CheckpointRow, Loss, Run
+from scorer_svc.storage.tables import CheckpointRow, Loss, MetricRow, Run
 
 # Where a session of scorer_svc.storage.db.make_sessionmaker holds its engine's queries
 QUERIES_KEY = "engine_queries"
@@ -53,6 +56,11 @@ class EngineQueries(Protocol):
     ) -> Iterable[tuple]:
         """(sample_index, step, update_index, loss) of each of a few samples, by sample then
         step."""
+
+    def upsert_metrics(self, session: Session, *, rows: Sequence[dict[str, Any]]) -> None:
+        """The metrics rows (run_pk, key, step, value, logged_at), each replacing the row at
+        its run, key and step: one statement, so two writers of the same points never
+        collide."""
 
 
 def queries_of(session: Session) -> EngineQueries:
@@ -101,6 +109,9 @@ class SqliteQueries:
     """SQLite through Python's sqlite3 (pysqlite)."""
 
     name = "sqlite+pysqlite"
+
+    def upsert_metrics(self, session: Session, *, rows: Sequence[dict[str, Any]]) -> None:
+        _upsert_metrics(session, sqlite_insert(MetricRow), rows)
 
     def lock_run(self, session: Session, *, run_pk: int) -> None:
         """SQLite has no row locks: the first write takes the database's one write lock."""
@@ -210,10 +221,27 @@ def _losses_and_nulls(values: Sequence[float | None]) -> tuple[np.ndarray, np.nd
     return losses, null
 
 
+def _upsert_metrics(session: Session, insert: Any, rows: Sequence[dict[str, Any]]) -> None:
+    """INSERT ... ON CONFLICT (run_pk, key, step) DO UPDATE, as SQLite and PostgreSQL both
+    spell it."""
+    if not rows:
+        return
+    statement = insert.values(list(rows))
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["run_pk", "key", "step"],
+            set_={"value": statement.excluded.value, "logged_at": statement.excluded.logged_at},
+        )
+    )
+
+
 class PsycopgQueries:
     """PostgreSQL through psycopg 3."""
 
     name = "postgresql+psycopg"
+
+    def upsert_metrics(self, session: Session, *, rows: Sequence[dict[str, Any]]) -> None:
+        _upsert_metrics(session, postgresql_insert(MetricRow), rows)
 
     def lock_run(self, session: Session, *, run_pk: int) -> None:
         session.execute(select(Run.id).where(Run.id == run_pk).with_for_update())

@@ -7,9 +7,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, delete, func, select, tuple_
+from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
+from scorer_svc.storage.engines import queries_of
 from scorer_svc.storage.tables import MetricRow, Run, now
 
 
@@ -23,28 +24,17 @@ class Point:
 
 def store_metrics(session: Session, *, run: Run, points: Sequence[Point]) -> int:
     """The points, each replacing what the run had at its key and step (the last of a batch
-    wins); how many rows were written."""
+    wins), in one upsert; how many rows were written."""
     latest = {(p.key, p.step): p for p in points}
-    if not latest:
-        return 0
-    keys = list(latest)
-    for start in range(0, len(keys), 500):  # a bounded IN list per statement
-        chunk = keys[start : start + 500]
-        session.execute(
-            delete(MetricRow).where(
-                MetricRow.run_pk == run.id,
-                tuple_(MetricRow.key, MetricRow.step).in_(chunk),
-            )
-        )
     stamp = now()
-    session.add_all(
-        MetricRow(
-            run_pk=run.id, key=p.key, step=p.step, value=p.value, logged_at=p.logged_at or stamp
-        )
+    rows = [
+        {"run_pk": run.id, "key": p.key, "step": p.step, "value": p.value,
+         "logged_at": p.logged_at or stamp}
         for p in latest.values()
-    )
+    ]  # fmt: skip
+    queries_of(session).upsert_metrics(session, rows=rows)
     session.commit()
-    return len(latest)
+    return len(rows)
 
 
 def latest_metrics(session: Session, *, run: Run) -> list[MetricRow]:

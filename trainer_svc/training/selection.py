@@ -573,6 +573,7 @@ class DeltaLossSelection:
         if self._ended:
             return
         self._ended = True
+        self._close_metrics()  # what was logged is stored before the run is said to end
         if self.scorer is None or not self.registered:
             return  # never registered (or not the main rank, which alone talks to the scorer)
         if isinstance(error, StopRequested | KeyboardInterrupt):
@@ -584,14 +585,18 @@ class DeltaLossSelection:
         else:
             self.scorer.end("failed", f"{type(error).__name__}: {error}")
 
+    def _close_metrics(self) -> None:
+        """Send what is left of the logged metrics (bounded in time) and stop their thread."""
+        if self.callback.metrics is not None:
+            self.callback.metrics.close()
+            self.callback.metrics = None
+
     def close(self) -> None:
         """Report the run's end (unless reported), then close the scorer link (a send in flight
         is cancelled first) and a process group the selection started. A last checkpoint whose
         sending failed (on_scorer_failure: fail) is raised here, once reported."""
         unsent = None if self._ended else self.unsent_at_end
-        if self.callback.metrics is not None:  # what is logged is stored before the end
-            self.callback.metrics.close()
-            self.callback.metrics = None
+        self._close_metrics()
         try:
             if unsent is not None:
                 failure = ScorerFailure(f"{unsent}; training finished at step {self.global_step}")

@@ -316,9 +316,13 @@
       note.textContent = "No loss logged for this run yet (its trainer sends what it logs as it trains).";
       return;
     }
-    const steps = [...train, ...evals].map((p) => p.step).concat(updates);
-    const first = Math.min(...steps);
-    const last = Math.max(...steps);
+    // loops, not Math.min(...a): a spread of a long run's points overflows the call stack
+    let first = Infinity;
+    let last = -Infinity;
+    for (const step of [...train.map((p) => p.step), ...evals.map((p) => p.step), ...updates]) {
+      if (step < first) first = step;
+      if (step > last) last = step;
+    }
     const pad = Math.max((last - first) * 0.02, 0.5);
     const values = [...train, ...evals].map((p) => p.value);
     const { root, x, y } = frame("training-svg", [first - pad, last + pad], extent(values), "step", "loss", true);

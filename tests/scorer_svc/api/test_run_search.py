@@ -131,6 +131,8 @@ def test_pages_follow_the_order_and_filters_without_gaps(client, order_by):
         ({"page_token": "12"}, "page_token"),
         ({"tag": "a=b=c=d", "max_results": 0}, "max_results"),
         ({"tag": "bad key!"}, "tag"),
+        ({"tag": [f"k{i}" for i in range(17)]}, "tag"),  # each filter is one more EXISTS
+        ({"page_token": "9999999999999999999:1"}, "page_token"),  # beyond the steps stored
     ],
 )
 def test_a_bad_search_is_refused_naming_the_parameter(client, params, named):
@@ -169,3 +171,9 @@ def test_a_resume_may_rename_and_retag_and_a_deletion_takes_the_tags(client):
         run = run_store.get_run(session, run_id="qwen-a")
         assert run_store.delete_run(session, run=run) is not None
         assert session.query(RunTag).filter(RunTag.run_pk == run.id).count() == 0
+
+
+def test_a_page_token_past_every_run_gives_an_empty_page(client):
+    assert found(client, page_token="5:999999999999999999") == []
+    assert found(client, page_token="999999999999999999:1") == []
+    assert found(client, page_token="-1:1", order_by="last_step DESC") == []

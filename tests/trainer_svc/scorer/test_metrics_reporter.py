@@ -103,3 +103,27 @@ def test_closing_sends_what_is_left_and_says_what_was_not_stored(caplog):
 @pytest.mark.parametrize("bad", [{"loss": float("inf")}, {"": 1.0}, {"k" * 251: 1.0}])
 def test_what_the_scorer_would_refuse_is_left_out(bad):
     assert points_of(1, bad) == []
+
+
+def test_the_trainers_log_reaches_the_reporter_through_its_callback_handler():
+    """The selection's events, as a Trainer calls them: each log line at its step."""
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+    from transformers.trainer_callback import CallbackHandler
+
+    from trainer_svc.training.selection import _SelectionEvents
+
+    class Queue:
+        def __init__(self) -> None:
+            self.added: list[tuple[int, dict]] = []
+
+        def add(self, step: int, logs: dict) -> None:
+            self.added.append((step, logs))
+
+    events = _SelectionEvents()
+    events.metrics = queue = Queue()  # type: ignore[assignment]
+    handler = CallbackHandler([events], None, None, None, None)
+    state = TrainerState()
+    state.global_step = 7
+    args = TrainingArguments("unused", report_to=[])
+    handler.on_log(args, state, TrainerControl(), {"loss": 1.5})
+    assert queue.added == [(7, {"loss": 1.5})]
