@@ -44,6 +44,7 @@ def run_toy_bench(tmp_path: Path) -> tuple[int, str, Path]:
 
 
 @pytest.mark.slow  # every section: real scorers, trainers and torchrun groups
+@pytest.mark.timeout(1500)  # about 2 minutes alone; far longer on a loaded machine
 def test_every_section_runs_and_renders_at_toy_size(tmp_path):
     before = modified()
     status, output, out = run_toy_bench(tmp_path)
