@@ -29,6 +29,7 @@ def test_allowed_root_is_a_warning():
     assert not refused and "running as root all the same" in message
 
 
+@pytest.mark.slow  # starts the services' processes
 @pytest.mark.skipif(os.geteuid() != 0, reason="the services must be started as root")
 @pytest.mark.parametrize("command", [["scorer_svc", "serve"], ["trainer_svc", "train", "x.yaml"]])
 def test_the_services_started_as_root_in_the_image_stop_before_anything_else(tmp_path, command):
