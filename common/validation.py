@@ -97,18 +97,19 @@ def check_no_control_chars(value: str) -> str:
 # A path or a name that a peer sends: no control characters.
 PlainText = Annotated[str, AfterValidator(check_no_control_chars)]
 
-# A run's name and tags, as MLflow bounds them: a name people read (any text but control
-# characters), tag keys of letters, digits and `_ . - / :` and spaces (never `=`, which a tag
-# filter `key=value` splits on), values of any text.
+# A run's name, tags and metric keys, as MLflow bounds them: a name people read (any text but
+# control characters); tag and metric keys of letters, digits, `_ . - / :` and spaces (never
+# `=`, which a tag filter `key=value` splits on); tag values of any text.
 MAX_RUN_NAME_CHARS = 256
 MAX_TAGS = 64
-MAX_TAG_KEY_CHARS = 250
+MAX_KEY_CHARS = 250
 MAX_TAG_VALUE_CHARS = 5000
-TAG_KEY_PATTERN = r"^[A-Za-z0-9_.\-/: ]+$"
+KEY_CHARS = r"[A-Za-z0-9_.\-/: ]"  # one character of a key, as a regular expression
+KEY_PATTERN = rf"^{KEY_CHARS}+$"
 RunName = Annotated[PlainText, Field(min_length=1, max_length=MAX_RUN_NAME_CHARS)]
-TagKey = Annotated[str, Field(min_length=1, max_length=MAX_TAG_KEY_CHARS, pattern=TAG_KEY_PATTERN)]
+Key = Annotated[str, Field(min_length=1, max_length=MAX_KEY_CHARS, pattern=KEY_PATTERN)]
 TagValue = Annotated[PlainText, Field(max_length=MAX_TAG_VALUE_CHARS)]
-RunTags = Annotated[dict[TagKey, TagValue], Field(max_length=MAX_TAGS)]
+RunTags = Annotated[dict[Key, TagValue], Field(max_length=MAX_TAGS)]
 
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}

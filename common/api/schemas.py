@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from common.validation import Key
+
 
 def _utc(value: datetime) -> datetime:
     """The tables keep naive UTC times: given their zone here."""
@@ -341,7 +343,7 @@ class SampleText(BaseModel):
 # --- a run's logged metrics, as MLflow serves a run's metrics ---------------------------------
 
 MAX_METRICS_BATCH = 1000  # points in one POST
-MetricKey = Annotated[str, Field(min_length=1, max_length=250, pattern=r"^[A-Za-z0-9_.\-/: ]+$")]
+MetricKey = Key  # as a tag key
 
 
 class MetricPoint(BaseModel):

@@ -10,6 +10,7 @@ from pydantic import StringConstraints
 from sqlalchemy.orm import Session
 
 from common.api.schemas import ErrorBody, Pending, RunOrder, RunStatus
+from common.validation import KEY_CHARS, MAX_KEY_CHARS, MAX_TAG_VALUE_CHARS
 from common.wire.errors import UnknownRun
 from common.wire.protocol import MAX_STEP
 from scorer_svc.api.errors import DatabaseRefused, NotScoredYet
@@ -215,8 +216,13 @@ RunsPageToken = Annotated[
 
 MAX_TAG_FILTERS = 16  # each is one more EXISTS in the search
 MAX_ROW_ID = 2**31 - 1  # runs.id: a 32-bit integer on PostgreSQL
-# KEY=VALUE or KEY, KEY as a tag key is written (common.validation.TagKey)
-TagFilter = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-/: ]{1,250}(=.{0,5000})?$")]
+# KEY=VALUE or KEY, KEY as a tag key is written (common.validation.Key)
+TagFilter = Annotated[
+    str,
+    StringConstraints(
+        pattern=rf"^{KEY_CHARS}{{1,{MAX_KEY_CHARS}}}(=.{{0,{MAX_TAG_VALUE_CHARS}}})?$"
+    ),
+]
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,6 @@ from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
-_known: dict[int, frozenset[str]] = {}  # by route: the query parameters it and its deps read
-
 
 def query_parameters(dependant: Dependant) -> set[str]:
     """The query parameters a route or dependency reads, its sub-dependencies' included."""
@@ -19,19 +17,12 @@ def query_parameters(dependant: Dependant) -> set[str]:
     return names
 
 
-def known_query_parameters(route: APIRoute) -> frozenset[str]:
-    names = _known.get(id(route))
-    if names is None:
-        names = _known[id(route)] = frozenset(query_parameters(route.dependant))
-    return names
-
-
 def refuse_unknown_query(request: Request) -> None:
     """A dependency of every API route: 422 for a query parameter the route does not read."""
     route = request.scope.get("route")
     if not isinstance(route, APIRoute):
         return
-    known = known_query_parameters(route)
+    known = query_parameters(route.dependant)  # a few dependencies: no cache needed
     unknown = sorted(set(request.query_params) - known)
     if not unknown:
         return

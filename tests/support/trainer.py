@@ -12,8 +12,10 @@ from typing import Any
 
 import yaml
 
+from common.wire.errors import ScorerUnavailable
 from delta_loss_devtools.children import die_with_parent
 from delta_loss_devtools.demo_data import write_dataset
+from delta_loss_devtools.fake_scorer import FakeScorer
 from delta_loss_devtools.scorer_process import ScorerProcess
 from trainer_svc.training.records import read_jsonl
 
@@ -137,3 +139,16 @@ def run_trainer(tiny_model: Path, scorer: ScorerProcess, tmp_path: Path, mode: s
     )  # fmt: skip
     train(config, *scorer_keys(scorer), log=tmp_path / f"{mode}.log", timeout=400)
     return out, run_id_of(out)
+
+
+class FailingAtStep(FakeScorer):
+    """Never answers the checkpoint of one step."""
+
+    def __init__(self, n: int, step: int) -> None:
+        super().__init__(n)
+        self.step = step
+
+    def send_checkpoint(self, checkpoint: Any) -> dict[str, Any]:
+        if checkpoint.step == self.step:
+            raise ScorerUnavailable("gave up waiting for a reply from the scorer")
+        return super().send_checkpoint(checkpoint)

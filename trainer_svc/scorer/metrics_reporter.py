@@ -20,10 +20,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from common.api.schemas import MAX_METRICS_BATCH, MetricPoint
+from common.validation import KEY_CHARS, MAX_KEY_CHARS
 
 logger = logging.getLogger(__name__)
 
-KEY = re.compile(r"^[A-Za-z0-9_.\-/: ]{1,250}$")  # as common.api.schemas.MetricKey
+KEY = re.compile(rf"^{KEY_CHARS}{{1,{MAX_KEY_CHARS}}}$")  # common.api.schemas.MetricKey
 INTERVAL_SECONDS = 2.0
 MAX_INTERVAL_SECONDS = 30.0
 MAX_PENDING = 100_000  # points queued at most while the scorer is away

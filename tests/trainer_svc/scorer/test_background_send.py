@@ -11,8 +11,8 @@ import pytest
 from delta_loss_devtools.scorer_process import ScorerProcess
 from delta_loss_devtools.waiting import wait_until
 from tests.support.relay import StallingRelay
-from tests.support.trainer import TrainerProcess, run_id_of, write_config
-from tests.trainer_svc.training.test_recipe import FailingAtStep, config, train
+from tests.support.trainer import FailingAtStep, TrainerProcess, run_id_of, write_config
+from tests.trainer_svc.training.test_recipe import config, train
 from trainer_svc.scorer.retry import ScorerFailure
 from trainer_svc.training.recipe import run
 from trainer_svc.training.records import read_jsonl

@@ -12,7 +12,7 @@ from common.wire.errors import RunMismatch, ScorerUnavailable
 from common.wire.protocol import Hello
 from delta_loss_devtools.demo_data import write_dataset
 from delta_loss_devtools.fake_scorer import FakeScorer
-from tests.support.trainer import trainer_config
+from tests.support.trainer import FailingAtStep, trainer_config
 from trainer_svc.config.train_config import parse_config
 from trainer_svc.scorer.outage import PROBE_SECONDS
 from trainer_svc.scorer.retry import ScorerFailure
@@ -133,19 +133,6 @@ def test_a_scorer_down_at_registration_is_only_probed_by_the_updates(
     ]
     assert "registering the run found it down" in rows[0]["failure"]
     assert len(read_jsonl(out / "trained_samples.jsonl")) == 12  # training went on
-
-
-class FailingAtStep(FakeScorer):
-    """Never answers the checkpoint of one step."""
-
-    def __init__(self, n, step):
-        super().__init__(n)
-        self.step = step
-
-    def send_checkpoint(self, checkpoint):
-        if checkpoint.step == self.step:
-            raise ScorerUnavailable("gave up waiting for a reply from the scorer")
-        return super().send_checkpoint(checkpoint)
 
 
 def test_a_failed_update_saves_its_step_and_the_resumed_run_sends_it_again(

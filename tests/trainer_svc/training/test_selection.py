@@ -16,8 +16,9 @@ from transformers import (
     TrainingArguments,
 )
 
-from common.wire.errors import RunMismatch, ScorerUnavailable
+from common.wire.errors import RunMismatch
 from delta_loss_devtools.fake_scorer import FakeScorer
+from tests.support.trainer import FailingAtStep
 from trainer_svc.config.train_config import ConfigError
 from trainer_svc.scorer.retry import ScorerFailure
 from trainer_svc.training.records import read_jsonl
@@ -254,19 +255,6 @@ def test_a_users_trainer_resumes_the_run_from_a_checkpoint(tiny_model, demo_file
     assert read_jsonl(out / "trained_samples.jsonl") == before
     assert [r["sampled_indices"] for r in read_jsonl(out / "selections.jsonl")] == selections
     assert scorer.ended == [("finished", "trained 12 steps")]
-
-
-class FailingAtStep(FakeScorer):
-    """Never answers the checkpoint of one step."""
-
-    def __init__(self, n, step):
-        super().__init__(n)
-        self.step = step
-
-    def send_checkpoint(self, checkpoint):
-        if checkpoint.step == self.step:
-            raise ScorerUnavailable("gave up waiting for a reply from the scorer")
-        return super().send_checkpoint(checkpoint)
 
 
 @pytest.mark.slow  # trains a model twice (in-process)
